@@ -1,0 +1,13 @@
+"""ringx: exact ring and ringX context-parallel attention."""
+
+from .algorithms import ALGORITHMS, Algorithm
+from .api import CallStats, RingxInputError, attention
+from .comm import Ledger
+from .kernels import KERNELS, select_kernel
+from .layouts import LAYOUTS, shard, unshard
+
+__all__ = [
+    "ALGORITHMS", "Algorithm", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "RingxInputError",
+    "attention", "select_kernel", "shard", "unshard",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,96 @@
+"""The broadcast schedules of ringX (X1, X2, X4 and their overlapped forms).
+
+``q_forward`` (X1/X2): each rank in turn broadcasts its Q; every rank attends
+it against its own K/V; an all-reduce(max) of the partial LSEs gives a common
+shift; the shifted numerator and denominator are reduced to the Q's owner.
+
+``kv_forward`` (X4): each rank in turn broadcasts its K/V; every rank attends
+its own Q against it and merges locally.
+
+``kv_backward`` (X1, X2, X4): each rank in turn broadcasts its K/V; every rank
+adds the gradient of its Q and a partial dK/dV for the owner, which are
+reduced to the owner. A reduce leaves non-root buffers overwritten, so each
+round reduces a fresh buffer (reusing it is the published X4 bug).
+
+With ``overlap`` the next broadcast is posted before the current round
+computes, and reductions run asynchronously, two rounds in flight at most.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..blocks import Grad, attend, attend_backward
+from ..kernels import acc_dtype
+from ..merge import Partial
+from .base import Ctx, InFlight, Tensor
+
+
+def _rounds(c: Ctx, mine: list[Tensor]):
+    """Yield (root, root's tensors) for root = 0..P-1, prefetching when overlapping."""
+    def fetch(root: int):
+        bufs = mine if root == c.rank else [torch.empty_like(t) for t in mine]
+        return [c.comm.broadcast(b, root, async_op=c.overlap) for b in bufs]
+
+    nxt = fetch(0)
+    for root in range(c.world):
+        got = [p.wait()[0] for p in nxt]
+        if c.overlap and root + 1 < c.world:
+            nxt = fetch(root + 1)  # in flight while this round computes
+        yield root, got
+        if not c.overlap and root + 1 < c.world:
+            nxt = fetch(root + 1)
+
+
+def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    n = q.shape[1]
+    inflight = InFlight()
+    own = None
+    for root, (qj,) in _rounds(c, [q]):
+        part = Partial(qj)
+        attend(c.kernel, qj, k, v, c.plan(root, c.rank, n), c.scale, part)
+        o, lse = part.result()
+        shift = c.comm.all_reduce_max(lse.clone())
+        shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
+        den = torch.exp(lse - shift)
+        buf = torch.empty(o.numel() + den.numel(), dtype=o.dtype, device=o.device)
+        num_view, den_view = buf[: o.numel()].view_as(o), buf[o.numel():].view_as(den)
+        torch.mul(o, den.transpose(1, 2).unsqueeze(-1), out=num_view)
+        den_view.copy_(den)
+        pending = c.comm.reduce(buf, root, async_op=c.overlap)
+        if root == c.rank:
+            own = (pending, num_view, den_view, shift)
+        else:
+            inflight.push(pending)
+    inflight.drain()
+    pending, num, den, shift = own
+    pending.wait()
+    out = num / den.transpose(1, 2).unsqueeze(-1)
+    return out, shift + torch.log(den)
+
+
+def kv_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    acc = Partial(q)
+    for root, (kj, vj) in _rounds(c, [k, v]):
+        attend(c.kernel, q, kj, vj, c.plan(c.rank, root, q.shape[1]), c.scale, acc)
+    return acc.result()
+
+
+def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
+    dq = Grad(q)
+    inflight = InFlight()
+    own = None
+    for root, (kj, vj) in _rounds(c, [k, v]):
+        buf = torch.zeros((2, *k.shape), dtype=acc_dtype(k.dtype), device=k.device)
+        dk, dv = Grad(kj, into=buf[0]), Grad(vj, into=buf[1])
+        plan = c.plan(c.rank, root, q.shape[1])
+        attend_backward(c.kernel, dout, q, kj, vj, out, lse, plan, c.scale, dq, dk, dv)
+        pending = c.comm.reduce(buf, root, async_op=c.overlap)
+        if root == c.rank:
+            own = (pending, buf)
+        else:
+            inflight.push(pending)
+    inflight.drain()
+    pending, buf = own
+    pending.wait()
+    return dq.result(), buf[0], buf[1]

@@ -1,0 +1,39 @@
+"""ringX3: all-gather K/V, attend locally, reduce-scatter dK/dV.
+
+K and V travel together in one all-gather; the gathered blocks are put in
+global order so the masking plan can use long contiguous key ranges. The
+backward gathers again (memory stays O(S) only inside the call) and returns
+each rank's dK/dV with one reduce-scatter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..blocks import Grad, attend, attend_backward
+from ..layouts import shard, unshard
+from ..merge import Partial
+from .base import Ctx, Tensor
+
+
+def _gather_kv(c: Ctx, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    kv = c.comm.all_gather(torch.stack([k, v]))  # (P, 2, B, n, H, D)
+    full = unshard(list(kv.unbind(0)), c.layout, dim=2)  # (2, B, S, H, D)
+    return full[0], full[1]
+
+
+def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    kg, vg = _gather_kv(c, k, v)
+    acc = Partial(q)
+    attend(c.kernel, q, kg, vg, c.gathered_plan(q.shape[1]), c.scale, acc)
+    return acc.result()
+
+
+def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
+    kg, vg = _gather_kv(c, k, v)
+    dq, dk, dv = Grad(q), Grad(kg), Grad(vg)
+    attend_backward(c.kernel, dout, q, kg, vg, out, lse, c.gathered_plan(q.shape[1]), c.scale, dq, dk, dv)
+    dkv = torch.stack([dk.result(), dv.result()])  # (2, B, S, H, D)
+    per_rank = torch.stack([shard(dkv, c.layout, r, c.world, dim=2) for r in range(c.world)])
+    mine = c.comm.reduce_scatter(per_rank)
+    return dq.result(), mine[0], mine[1]

@@ -1,0 +1,44 @@
+"""Ring attention: K/V blocks travel point-to-point around the ring.
+
+Forward: at step t this rank holds the K/V of rank (r - t) mod P; the next
+block is already in flight while the current one is computed. Backward: the
+K/V blocks travel again, and each block's dK/dV accumulator travels with it,
+collecting every rank's contribution until it arrives home after P hops.
+The same schedule serves the contiguous, zigzag and stripe layouts.
+"""
+
+from __future__ import annotations
+
+from ..blocks import Grad, attend, attend_backward
+from ..merge import Partial
+from .base import Ctx, Tensor
+
+
+def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    acc = Partial(q)
+    for step in range(c.world):
+        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+        attend(c.kernel, q, k, v, c.plan(c.rank, (c.rank - step) % c.world, q.shape[1]), c.scale, acc)
+        if nxt is not None:
+            k, v = nxt.wait()
+    return acc.result()
+
+
+def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
+    dq = Grad(q)
+    travelling = None  # dK/dV of the block we hold, summed over the ranks it has visited
+    for step in range(c.world):
+        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+        dk, dv = Grad(k), Grad(v)
+        plan = c.plan(c.rank, (c.rank - step) % c.world, q.shape[1])
+        attend_backward(c.kernel, dout, q, k, v, out, lse, plan, c.scale, dq, dk, dv)
+        if travelling is None:
+            dkv = [dk.result(), dv.result()]
+        else:
+            got_k, got_v = travelling.wait()
+            dkv = [dk.plus(got_k), dv.plus(got_v)]
+        travelling = c.comm.ring_shift(dkv)
+        if nxt is not None:
+            k, v = nxt.wait()
+    dk_home, dv_home = travelling.wait()
+    return dq.result(), dk_home, dv_home

@@ -1,0 +1,189 @@
+"""``ringx.attention``: context-parallel attention on this rank's shard."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from . import algorithms
+from .algorithms.base import Ctx
+from .comm import Comm, Ledger
+from .kernels import Kernel, select_kernel
+from .layouts import local_divisor
+
+Tensor = torch.Tensor
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+class RingxInputError(ValueError):
+    """Bad input to :func:`attention`; raised on every rank of the group alike."""
+
+
+@dataclass
+class CallStats:
+    """Filled in by :func:`attention` (and later by its backward): what ran and what moved."""
+
+    algorithm: str = ""
+    layout: str = ""
+    kernel: str = ""
+    forward: Ledger = field(default_factory=Ledger)
+    backward: Ledger = field(default_factory=Ledger)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
+        out, lse = algo.forward(fwd_ctx, q, k, v)
+        out = out.to(q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.algo, ctx.bwd_ctx = algo, bwd_ctx
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
+              softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
+              return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
+              validate: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+    """Exact softmax attention of this rank's queries over the whole distributed sequence.
+
+    ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
+    (batch, seq_local, kv_heads, head_dim), already sharded in the algorithm's
+    layout (``ringx.shard``; see ``ringx.ALGORITHMS[name].layout(causal)``).
+    Returns ``out`` shaped like ``q`` in its dtype, and with ``return_lse`` the
+    log-sum-exp (batch, heads, seq_local) in float32 (float64 for float64 input).
+    Differentiable in q, k, v.
+
+    ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
+    receives the kernel used and the forward and backward communication ledgers.
+    With ``validate`` (default) the ranks first compare their inputs with one
+    small all-gather so that a bad input raises :class:`RingxInputError` on every
+    rank instead of leaving some rank waiting in a collective.
+    """
+    if not dist.is_available() or not dist.is_initialized():
+        raise RingxInputError(
+            "torch.distributed is not initialised: call ringx.launch.init() under mpiexec/srun, "
+            "or torch.distributed.init_process_group(), before ringx.attention")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    comm_world = dist.get_world_size(group)
+    problem = _local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world)
+    if validate:
+        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem)
+    elif problem:
+        raise RingxInputError(problem)
+
+    algo = algorithms.ALGORITHMS[algorithm]
+    layout = algo.layout(causal)
+    kern: Kernel = select_kernel(q.device, q.dtype, kernel)
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    stats = stats if stats is not None else CallStats()
+    stats.algorithm, stats.layout, stats.kernel = algorithm, layout, kern.name
+
+    def ctx(ledger: Ledger) -> Ctx:
+        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap)
+
+    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), algo,
+                                ctx(stats.forward), ctx(stats.backward))
+    return (out, lse) if return_lse else out
+
+
+def _local_problem(q, k, v, algorithm, causal, scale, kernel, world) -> str:
+    """What is wrong with this rank's input, or ''."""
+    try:
+        algo = algorithms.get(algorithm, causal)
+    except ValueError as e:
+        return str(e)
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return (f"q, k, v must be 4-D (batch, seq_local, heads, head_dim); got {q.dim()}-D, "
+                f"{k.dim()}-D, {v.dim()}-D")
+    if k.shape != v.shape:
+        return f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        return (f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree in batch, local sequence "
+                "length and head_dim")
+    if k.shape[2] == 0 or q.shape[2] % k.shape[2]:
+        return (f"q has {q.shape[2]} heads and k/v have {k.shape[2]}: the q heads must be a "
+                "multiple of the k/v heads (GQA/MQA)")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.dtype not in DTYPES:
+        return f"dtype {q.dtype} is not supported; use one of {', '.join(map(str, DTYPES))}"
+    if q.device != k.device or q.device != v.device:
+        return f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
+    if min(q.shape) == 0:
+        return f"empty input: q has shape {tuple(q.shape)}"
+    div = local_divisor(algo.layout(causal))
+    if q.shape[1] % div:
+        return (f"local sequence length {q.shape[1]} must be a multiple of {div} for the "
+                f"{algo.layout(causal)} layout of {algorithm} (global length a multiple of {div * world})")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        return f"softmax_scale must be a positive finite number, got {scale!r}"
+    try:
+        select_kernel(q.device, q.dtype, kernel)
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
+_MSG = 240  # bytes of error text shared with the other ranks
+
+
+def _signature(q, k, v, algorithm, causal, scale, problem: str) -> list[int]:
+    dev = {"cpu": 1, "cuda": 2}.get(q.device.type, 3)
+    dtype = DTYPES.index(q.dtype) if q.dtype in DTYPES else 99
+    algo = list(algorithms.ALGORITHMS).index(algorithm) if algorithm in algorithms.ALGORITHMS else 99
+    scale_bits = int(round((scale or 0.0) * 1e9))
+    fields = [int(bool(problem)), dtype, dev, algo, int(causal), scale_bits]
+    shapes = [list(t.shape)[:4] + [0] * (4 - min(t.dim(), 4)) for t in (q, k, v)]
+    msg = list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
+    return fields + [x for s in shapes for x in s] + msg
+
+
+_FIELDS = ["", "dtype", "device type", "algorithm", "causal", "softmax_scale", "q shape", "k shape", "v shape"]
+
+
+def _agree(q, k, v, algorithm, causal, scale, group, problem: str) -> None:
+    """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
+    sig = _signature(q, k, v, algorithm, causal, scale, problem)
+    device = q.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    world = dist.get_world_size(group)
+    mine = torch.tensor(sig, dtype=torch.int64, device=device)
+    every = torch.empty(world * len(sig), dtype=torch.int64, device=device)
+    dist.all_gather_into_tensor(every, mine, group=group)
+    rows = every.view(world, len(sig)).cpu().tolist()
+    bad = [(r, bytes(row[-_MSG:]).rstrip(b"\0").decode(errors="replace")) for r, row in enumerate(rows) if row[0]]
+    if bad:
+        detail = "; ".join(f"rank {r}: {m}" for r, m in bad)
+        raise RingxInputError(f"ringx.attention rejected the input ({detail})")
+    ref = rows[0]
+    for r, row in enumerate(rows[1:], start=1):
+        spans = [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 10), (10, 14), (14, 18)]
+        for name, (a, b) in zip(_FIELDS[1:], spans):
+            if row[a:b] != ref[a:b]:
+                raise RingxInputError(
+                    f"ringx.attention: {name} differs across ranks: rank 0 has {_show(name, ref[a:b])}, "
+                    f"rank {r} has {_show(name, row[a:b])}")
+
+
+def _show(name: str, vals: list[int]):
+    if name == "dtype":
+        return str(DTYPES[vals[0]]) if vals[0] < len(DTYPES) else "?"
+    if name == "algorithm":
+        names = list(algorithms.ALGORITHMS)
+        return names[vals[0]] if vals[0] < len(names) else "?"
+    if name == "device type":
+        return {1: "cpu", 2: "cuda"}.get(vals[0], "other")
+    if name == "softmax_scale":
+        return vals[0] / 1e9
+    return tuple(vals) if len(vals) > 1 else vals[0]

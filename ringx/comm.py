@@ -1,0 +1,165 @@
+"""Communication over torch.distributed, with a ledger of what each rank moved.
+
+The ledger counts, per operation, the calls and the *payload* bytes this rank
+sends and receives, independent of how the collective library routes them:
+
+====================  ==============================  ==================================
+op                    sent                            received
+====================  ==============================  ==================================
+send / recv           the message                     the message
+broadcast             root: the buffer                others: the buffer
+reduce                non-root: the buffer            root: the buffer
+all_reduce            the buffer                      the buffer
+all_gather            the local input                 (P-1) x the local input
+reduce_scatter        (P-1)/P x the input             the output (input / P)
+====================  ==============================  ==================================
+
+so algorithms can be compared, and checked against a formula, by the data
+they must move. Wire traffic of a concrete collective algorithm (ring, tree)
+is the cost model's business, not the ledger's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class OpStats:
+    calls: int = 0
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass
+class Ledger:
+    """Per-op payload counts for one rank; ``events`` keeps (op, buffer bytes) in call order."""
+
+    ops: dict[str, OpStats] = field(default_factory=lambda: defaultdict(OpStats))
+    events: list[tuple[str, int]] = field(default_factory=list)
+
+    def record(self, op: str, nbytes: int, sent: int, received: int) -> None:
+        s = self.ops[op]
+        s.calls += 1
+        s.sent += sent
+        s.received += received
+        self.events.append((op, nbytes))
+
+    @property
+    def sent(self) -> int:
+        return sum(s.sent for s in self.ops.values())
+
+    @property
+    def received(self) -> int:
+        return sum(s.received for s in self.ops.values())
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.ops.values())
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {op: {"calls": s.calls, "sent": s.sent, "received": s.received} for op, s in sorted(self.ops.items())}
+
+
+def nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class Pending:
+    """Outstanding async operations; ``wait()`` returns the received tensors."""
+
+    def __init__(self, works: list, result: list[Tensor] | None = None, keep: list[Tensor] | None = None):
+        self.works = works
+        self.payload = result or []
+        self._keep = keep  # send buffers must outlive their sends
+
+    def wait(self) -> list[Tensor]:
+        for w in self.works:
+            w.wait()
+        self.works, self._keep = [], None
+        return self.payload
+
+
+class Comm:
+    """The collectives the algorithms use, on one process group, counted in a ledger.
+
+    With a single rank every operation is a no-op that moves (and records) nothing.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.ledger = ledger if ledger is not None else Ledger()
+
+    def _global(self, group_rank: int) -> int:
+        return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
+
+    def broadcast(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
+        if self.world == 1:
+            return Pending([], [t])
+        n = nbytes(t)
+        self.ledger.record("broadcast", n, n if self.rank == root else 0, 0 if self.rank == root else n)
+        w = dist.broadcast(t, self._global(root), group=self.group, async_op=async_op)
+        return Pending([w] if async_op else [], [t])
+
+    def reduce(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
+        """Sum ``t`` onto ``root``. On other ranks ``t`` is left overwritten: never reuse it."""
+        if self.world == 1:
+            return Pending([], [t])
+        n = nbytes(t)
+        self.ledger.record("reduce", n, 0 if self.rank == root else n, n if self.rank == root else 0)
+        w = dist.reduce(t, self._global(root), op=dist.ReduceOp.SUM, group=self.group, async_op=async_op)
+        return Pending([w] if async_op else [], [t])
+
+    def all_reduce_max(self, t: Tensor) -> Tensor:
+        if self.world == 1:
+            return t
+        n = nbytes(t)
+        self.ledger.record("all_reduce", n, n, n)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return t
+
+    def all_gather(self, t: Tensor) -> Tensor:
+        """All ranks' ``t`` stacked as (P, *t.shape), in group-rank order."""
+        if self.world == 1:
+            return t.unsqueeze(0)
+        t = t.contiguous()
+        n = nbytes(t)
+        self.ledger.record("all_gather", n * self.world, n, n * (self.world - 1))
+        out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
+        dist.all_gather_into_tensor(out.view(-1), t.view(-1), group=self.group)
+        return out
+
+    def reduce_scatter(self, t: Tensor) -> Tensor:
+        """Sum (P, *shape) ``t`` over ranks and keep slice ``rank``."""
+        if self.world == 1:
+            return t[0]
+        t = t.contiguous()
+        n = nbytes(t)
+        self.ledger.record("reduce_scatter", n, n - n // self.world, n // self.world)
+        out = torch.empty(t.shape[1:], dtype=t.dtype, device=t.device)
+        dist.reduce_scatter_tensor(out.view(-1), t.view(-1), op=dist.ReduceOp.SUM, group=self.group)
+        return out
+
+    def ring_shift(self, tensors: list[Tensor]) -> Pending:
+        """Send each tensor to rank+1 and receive its peer's from rank-1, asynchronously."""
+        nxt, prv = self._global((self.rank + 1) % self.world), self._global((self.rank - 1) % self.world)
+        if self.world == 1:
+            return Pending([], list(tensors))
+        ops, recvs, sends = [], [], []
+        for t in tensors:
+            t = t.contiguous()
+            r = torch.empty_like(t)
+            self.ledger.record("send", nbytes(t), nbytes(t), 0)
+            self.ledger.record("recv", nbytes(t), 0, nbytes(t))
+            ops += [dist.P2POp(dist.isend, t, nxt, self.group), dist.P2POp(dist.irecv, r, prv, self.group)]
+            recvs.append(r)
+            sends.append(t)
+        return Pending(dist.batch_isend_irecv(ops), recvs, sends)

@@ -1,0 +1,167 @@
+"""Sequence layouts: how a global sequence is split over P ranks, and which
+parts of one rank's queries may see which parts of another rank's keys.
+
+- ``contiguous``: rank r holds tokens [r*n, (r+1)*n).
+- ``zigzag``: the sequence is cut into 2P chunks; rank r holds chunks r and
+  2P-1-r, which balances causal work across ranks.
+- ``stripe``: token i lives on rank i mod P (also balanced for causal).
+
+The masking plan is the single place where causality meets layout: every
+algorithm asks it which (q rows, k rows) sub-blocks to compute and whether a
+sub-block is fully visible or carries a (square, diagonal) causal mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+LAYOUTS = ("contiguous", "zigzag", "stripe")
+
+
+def chunks_per_rank(layout: str) -> int:
+    """How many equal chunks a rank's local sequence is made of."""
+    return {"contiguous": 1, "zigzag": 2, "stripe": 1}[_check(layout)]
+
+
+def _check(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def local_divisor(layout: str) -> int:
+    """The local sequence length must be a multiple of this."""
+    return chunks_per_rank(layout)
+
+
+def global_divisor(layout: str, world_size: int) -> int:
+    """The global sequence length must be a multiple of this."""
+    return chunks_per_rank(layout) * world_size
+
+
+def rank_chunks(layout: str, rank: int, world_size: int) -> tuple[int, ...]:
+    """Global chunk ids held by ``rank`` (chunked layouts only), in local order."""
+    if _check(layout) == "contiguous":
+        return (rank,)
+    if layout == "zigzag":
+        return (rank, 2 * world_size - 1 - rank)
+    raise ValueError("stripe is not a chunked layout")
+
+
+def shard(x: torch.Tensor, layout: str, rank: int, world_size: int, dim: int = 1) -> torch.Tensor:
+    """This rank's part of the global tensor ``x`` along ``dim`` (a contiguous copy)."""
+    seq = x.shape[dim]
+    div = global_divisor(layout, world_size)
+    if seq % div:
+        raise ValueError(
+            f"sequence length {seq} is not divisible by {div} "
+            f"({layout} layout over {world_size} ranks)"
+        )
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    if layout == "stripe":
+        return x.index_select(dim, torch.arange(rank, seq, world_size, device=x.device))
+    pieces = x.chunk(world_size * chunks_per_rank(layout), dim=dim)
+    return torch.cat([pieces[c] for c in rank_chunks(layout, rank, world_size)], dim=dim)
+
+
+def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, dim: int = 1) -> torch.Tensor:
+    """Inverse of :func:`shard`: the global tensor from every rank's shard, in rank order."""
+    world_size = len(shards)
+    if world_size == 1:
+        return shards[0]
+    if layout == "stripe":
+        stacked = torch.stack(list(shards), dim=dim + 1)  # (..., n_local, P, ...)
+        return stacked.flatten(dim, dim + 1)
+    per = chunks_per_rank(layout)
+    chunks: list[torch.Tensor | None] = [None] * (world_size * per)
+    for rank, s in enumerate(shards):
+        for piece, c in zip(s.chunk(per, dim=dim), rank_chunks(layout, rank, world_size)):
+            chunks[c] = piece
+    return torch.cat(chunks, dim=dim)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Queries [q0, q1) against keys [k0, k1) of the local buffers.
+
+    ``causal`` blocks are square and diagonal: row i sees keys k0..k0+i.
+    """
+
+    q0: int
+    q1: int
+    k0: int
+    k1: int
+    causal: bool
+
+    @property
+    def flops_pairs(self) -> int:
+        """Number of visible (query, key) pairs."""
+        n, m = self.q1 - self.q0, self.k1 - self.k0
+        return n * (n + 1) // 2 if self.causal else n * m
+
+
+def _chunk_plan(q_chunks: tuple[int, ...], k_chunks: tuple[int, ...], clen: int, causal: bool) -> tuple[Block, ...]:
+    if not causal:
+        return (Block(0, len(q_chunks) * clen, 0, len(k_chunks) * clen, False),)
+    if q_chunks == k_chunks and list(q_chunks) == sorted(q_chunks):
+        # Same increasing token set on both sides: one plain causal block.
+        n = len(q_chunks) * clen
+        return (Block(0, n, 0, n, True),)
+    per_q: list[list[Block]] = []
+    for qi, qc in enumerate(q_chunks):
+        row: list[Block] = []
+        for ki, kc in enumerate(k_chunks):
+            if kc > qc:
+                continue
+            blk = Block(qi * clen, (qi + 1) * clen, ki * clen, (ki + 1) * clen, kc == qc)
+            prev = row[-1] if row else None
+            if prev and not prev.causal and not blk.causal and prev.k1 == blk.k0:
+                row[-1] = Block(prev.q0, prev.q1, prev.k0, blk.k1, False)
+            else:
+                row.append(blk)
+        per_q.append(row)
+    # Merge neighbouring query chunks that see exactly the same full key ranges.
+    out: list[Block] = []
+    for row in per_q:
+        for blk in row:
+            for i, prev in enumerate(out):
+                if (not prev.causal and not blk.causal and prev.q1 == blk.q0
+                        and (prev.k0, prev.k1) == (blk.k0, blk.k1)):
+                    out[i] = Block(prev.q0, blk.q1, prev.k0, prev.k1, False)
+                    break
+            else:
+                out.append(blk)
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def block_plan(layout: str, world_size: int, q_rank: int, kv_rank: int, seq_local: int,
+               causal: bool) -> tuple[Block, ...]:
+    """Sub-blocks of rank ``q_rank``'s queries against rank ``kv_rank``'s keys.
+
+    An empty plan means the whole pair is masked out.
+    """
+    if layout == "stripe":
+        if not causal or kv_rank <= q_rank:
+            return (Block(0, seq_local, 0, seq_local, causal),)
+        # Query j (global q_rank + jP) sees key i (global kv_rank + iP) iff i < j:
+        # a causal block shifted by one, whose first query sees nothing here.
+        if seq_local == 1:
+            return ()
+        return (Block(1, seq_local, 0, seq_local - 1, True),)
+    clen = seq_local // chunks_per_rank(layout)
+    return _chunk_plan(rank_chunks(layout, q_rank, world_size), rank_chunks(layout, kv_rank, world_size), clen, causal)
+
+
+@lru_cache(maxsize=4096)
+def gathered_plan(layout: str, world_size: int, q_rank: int, seq_local: int, causal: bool) -> tuple[Block, ...]:
+    """Sub-blocks of ``q_rank``'s queries against the whole sequence in global order."""
+    per = chunks_per_rank(layout)
+    if layout == "stripe":
+        raise ValueError("gathered plans need a chunked layout (contiguous or zigzag)")
+    clen = seq_local // per
+    return _chunk_plan(rank_chunks(layout, q_rank, world_size), tuple(range(world_size * per)), clen, causal)

@@ -1,0 +1,64 @@
+"""Online-softmax merge of partial attention results.
+
+A partial result for a set of query rows is ``(out, lse)``: the softmax-
+weighted values over some subset of keys and the log of that subset's
+softmax denominator. Two partials over disjoint key sets combine exactly:
+
+    lse = logaddexp(lse_a, lse_b)
+    out = out_b + sigmoid(lse_a - lse_b) * (out_a - out_b)
+
+Rows that have seen no key yet carry ``lse = -inf`` and ``out = 0``; the
+sigmoid form gives weight 0 to such a side, and a row that is -inf on both
+sides stays (0, -inf) instead of turning into NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .kernels import acc_dtype
+
+Tensor = torch.Tensor
+
+
+def merge_(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
+    """Fold ``(blk_out, blk_lse)`` into ``(out, lse)`` in place.
+
+    ``out`` is (B, S, H, D) in the accumulation dtype, ``lse`` is (B, H, S).
+    """
+    w_old = torch.sigmoid(lse - blk_lse).nan_to_num_(0.0)  # NaN only where both are -inf
+    w_old = w_old.transpose(1, 2).unsqueeze(-1).to(out.dtype)
+    out.sub_(blk_out).mul_(w_old).add_(blk_out)
+    lse.copy_(torch.logaddexp(lse, blk_lse.to(lse.dtype)))
+
+
+class Partial:
+    """Accumulates partial (out, lse) for one set of query rows."""
+
+    def __init__(self, like_q: Tensor):
+        self.shape = like_q.shape
+        self.device = like_q.device
+        self.dtype = acc_dtype(like_q.dtype)
+        self.out: Tensor | None = None
+        self.lse: Tensor | None = None
+
+    def add(self, q0: int, q1: int, blk_out: Tensor, blk_lse: Tensor) -> None:
+        """Merge a partial result covering query rows [q0, q1)."""
+        b, s, h, d = self.shape
+        if self.out is None and (q0, q1) == (0, s):
+            # First full-range partial: adopt it, no copy when dtypes agree.
+            self.out = blk_out.to(self.dtype)
+            self.lse = blk_lse.to(self.dtype)
+            return
+        if self.out is None:
+            self.out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+            self.lse = torch.full((b, h, s), float("-inf"), dtype=self.dtype, device=self.device)
+        merge_(self.out[:, q0:q1], self.lse[:, :, q0:q1], blk_out, blk_lse)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """(out, lse); rows that saw no key are (0, -inf)."""
+        if self.out is None:
+            b, s, h, _ = self.shape
+            return (torch.zeros(self.shape, dtype=self.dtype, device=self.device),
+                    torch.full((b, h, s), float("-inf"), dtype=self.dtype, device=self.device))
+        return self.out, self.lse
