@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from . import algorithms
 from .algorithms.base import Ctx
-from .comm import Comm, Ledger
+from .comm import Comm, Ledger, all_gather_flat
 from .kernels import Kernel, select_kernel
 from .layouts import local_divisor
 
@@ -137,20 +137,23 @@ def _local_problem(q, k, v, algorithm, causal, scale, kernel, world) -> str:
 
 
 _MSG = 240  # bytes of error text shared with the other ranks
+# What the ranks must agree on: (name, number of int64 slots).
+_FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("softmax_scale", 1),
+           ("q shape", 4), ("k shape", 4), ("v shape", 4))
 
 
 def _signature(q, k, v, algorithm, causal, scale, problem: str) -> list[int]:
-    dev = {"cpu": 1, "cuda": 2}.get(q.device.type, 3)
-    dtype = DTYPES.index(q.dtype) if q.dtype in DTYPES else 99
-    algo = list(algorithms.ALGORITHMS).index(algorithm) if algorithm in algorithms.ALGORITHMS else 99
-    scale_bits = int(round((scale or 0.0) * 1e9))
-    fields = [int(bool(problem)), dtype, dev, algo, int(causal), scale_bits]
-    shapes = [list(t.shape)[:4] + [0] * (4 - min(t.dim(), 4)) for t in (q, k, v)]
-    msg = list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
-    return fields + [x for s in shapes for x in s] + msg
-
-
-_FIELDS = ["", "dtype", "device type", "algorithm", "causal", "softmax_scale", "q shape", "k shape", "v shape"]
+    """[problem flag] + the _FIELDS values + the problem text as bytes."""
+    names = list(algorithms.ALGORITHMS)
+    values = [
+        DTYPES.index(q.dtype) if q.dtype in DTYPES else 99,
+        {"cpu": 1, "cuda": 2}.get(q.device.type, 3),
+        names.index(algorithm) if algorithm in names else 99,
+        int(causal),
+        int(round((scale or 0.0) * 1e9)),
+        *[x for t in (q, k, v) for x in (list(t.shape)[:4] + [0] * 4)[:4]],
+    ]
+    return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
 
 
 def _agree(q, k, v, algorithm, causal, scale, group, problem: str) -> None:
@@ -160,20 +163,21 @@ def _agree(q, k, v, algorithm, causal, scale, group, problem: str) -> None:
     world = dist.get_world_size(group)
     mine = torch.tensor(sig, dtype=torch.int64, device=device)
     every = torch.empty(world * len(sig), dtype=torch.int64, device=device)
-    dist.all_gather_into_tensor(every, mine, group=group)
+    all_gather_flat(every, mine, group=group)
     rows = every.view(world, len(sig)).cpu().tolist()
     bad = [(r, bytes(row[-_MSG:]).rstrip(b"\0").decode(errors="replace")) for r, row in enumerate(rows) if row[0]]
     if bad:
         detail = "; ".join(f"rank {r}: {m}" for r, m in bad)
         raise RingxInputError(f"ringx.attention rejected the input ({detail})")
-    ref = rows[0]
     for r, row in enumerate(rows[1:], start=1):
-        spans = [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 10), (10, 14), (14, 18)]
-        for name, (a, b) in zip(_FIELDS[1:], spans):
-            if row[a:b] != ref[a:b]:
+        at = 1
+        for name, width in _FIELDS:
+            mine_v, ref_v = row[at:at + width], rows[0][at:at + width]
+            if mine_v != ref_v:
                 raise RingxInputError(
-                    f"ringx.attention: {name} differs across ranks: rank 0 has {_show(name, ref[a:b])}, "
-                    f"rank {r} has {_show(name, row[a:b])}")
+                    f"ringx.attention: {name} differs across ranks: rank 0 has {_show(name, ref_v)}, "
+                    f"rank {r} has {_show(name, mine_v)}")
+            at += width
 
 
 def _show(name: str, vals: list[int]):

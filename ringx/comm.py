@@ -29,6 +29,10 @@ import torch.distributed as dist
 
 Tensor = torch.Tensor
 
+# torch 2.13 renamed the flat collectives; older releases (e.g. 2.4 on Frontier) only have the old names.
+all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 @dataclass
 class OpStats:
@@ -134,7 +138,7 @@ class Comm:
         n = nbytes(t)
         self.ledger.record("all_gather", n * self.world, n, n * (self.world - 1))
         out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
-        dist.all_gather_into_tensor(out.view(-1), t.view(-1), group=self.group)
+        all_gather_flat(out.view(-1), t.view(-1), group=self.group)
         return out
 
     def reduce_scatter(self, t: Tensor) -> Tensor:
@@ -145,7 +149,7 @@ class Comm:
         n = nbytes(t)
         self.ledger.record("reduce_scatter", n, n - n // self.world, n // self.world)
         out = torch.empty(t.shape[1:], dtype=t.dtype, device=t.device)
-        dist.reduce_scatter_tensor(out.view(-1), t.view(-1), op=dist.ReduceOp.SUM, group=self.group)
+        reduce_scatter_flat(out.view(-1), t.view(-1), op=dist.ReduceOp.SUM, group=self.group)
         return out
 
     def ring_shift(self, tensors: list[Tensor]) -> Pending:
