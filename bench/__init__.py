@@ -1,0 +1,1 @@
+"""ringx-bench: drivers that measure ring vs ringX attention."""

@@ -1,0 +1,27 @@
+"""``python -m bench COMMAND``: the ringx-bench drivers."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
+}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help") or sys.argv[1] not in COMMANDS:
+        print("usage: python -m bench COMMAND [options]   (COMMAND --help for its options)\n\ncommands:")
+        for name, (_, doc) in COMMANDS.items():
+            print(f"  {name:12s} {doc}")
+        if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help"):
+            print(f"\nunknown command {sys.argv[1]!r}", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    return importlib.import_module(COMMANDS[sys.argv[1]][0]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
