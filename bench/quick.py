@@ -20,6 +20,35 @@ from pathlib import Path
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
 
 
+def _callables(name: str, causal: bool, q, k, v, do, scale: float):
+    """(forward, forward+backward) closures for one algorithm, or the bare kernel for ``kernel``."""
+    import torch
+
+    import ringx
+
+    if name == "kernel":
+        kern = ringx.select_kernel(q.device, q.dtype)
+
+        def fwd():
+            return kern.forward(q, k, v, causal, scale)
+
+        def fwdbwd():
+            out, lse = kern.forward(q, k, v, causal, scale)
+            return kern.backward(do, q, k, v, out, lse, causal, scale)
+
+        return fwd, fwdbwd
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+
+    def fwd():
+        return ringx.attention(q, k, v, algorithm=name, causal=causal, validate=False)
+
+    def fwdbwd():
+        out = ringx.attention(qg, kg, vg, algorithm=name, causal=causal, validate=False)
+        return torch.autograd.grad(out, (qg, kg, vg), do)
+
+    return fwd, fwdbwd
+
+
 def worker(a: argparse.Namespace) -> None:
     """Runs under mpiexec: time every algorithm (and the bare kernel at one rank)."""
     import torch
@@ -38,29 +67,12 @@ def worker(a: argparse.Namespace) -> None:
     Q, K, V, dO = (torch.randn(s, generator=g, dtype=dt) for s in (shape_q, shape_kv, shape_kv, shape_q))
     rows = []
     for causal in (False, True):
-        cases = [("kernel", None)] if P == 1 else []
+        cases = [("kernel", "contiguous")] if P == 1 else []
         cases += [(name, ringx.ALGORITHMS[name].layout(causal)) for name in a.algorithms]
         for name, layout in cases:
-            q, k, v, do = (ringx.shard(t, layout or "contiguous", r, P) for t in (Q, K, V, dO))
-            qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-            if name == "kernel":
-                kern = ringx.select_kernel(q.device, q.dtype)
-                scale = a.head_dim ** -0.5
-
-                def fwd():
-                    return kern.forward(q, k, v, causal, scale)
-
-                def fwdbwd():
-                    out, lse = kern.forward(q, k, v, causal, scale)
-                    return kern.backward(do, q, k, v, out, lse, causal, scale)
-            else:
-                def fwd():
-                    return ringx.attention(q, k, v, algorithm=name, causal=causal, validate=False)
-
-                def fwdbwd():
-                    out = ringx.attention(qg, kg, vg, algorithm=name, causal=causal, validate=False)
-                    return torch.autograd.grad(out, (qg, kg, vg), do)
-            for mode, fn in (("fwd", fwd), ("fwd+bwd", fwdbwd)):
+            q, k, v, do = (ringx.shard(t, layout, r, P) for t in (Q, K, V, dO))
+            fns = _callables(name, causal, q, k, v, do, a.head_dim**-0.5)
+            for mode, fn in zip(("fwd", "fwd+bwd"), fns):
                 samples = time_iterations(fn, a.warmup, a.iters, q.device)
                 rows.append({"world": P, "algorithm": name, "causal": causal, "mode": mode,
                              "samples": samples, **summarize(samples)})
@@ -80,7 +92,8 @@ def table(rows: list[dict]) -> str:
         base_name = "kernel" if P == 1 else "ring"
         what = "time / bare kernel" if P == 1 else "time / ring (<1: faster than ring)"
         lines += [f"\n### {P} rank{'s' if P > 1 else ''}: median ms (p10-p90), ratio = {what}\n",
-                  "| algorithm | full fwd | ratio | full fwd+bwd | ratio | causal fwd | ratio | causal fwd+bwd | ratio |",
+                  "| algorithm | full fwd | ratio | full fwd+bwd | ratio "
+                  "| causal fwd | ratio | causal fwd+bwd | ratio |",
                   "|---|---|---|---|---|---|---|---|---|"]
         base = {(x["causal"], x["mode"]): x["median"] for x in sub if x["algorithm"] == base_name}
         for name in dict.fromkeys(x["algorithm"] for x in sub):
