@@ -2,7 +2,8 @@
 
 At one rank every algorithm is timed against the bare local kernel on the
 same data (the library's overhead); at more ranks each algorithm is timed
-beside ``ring`` in the same run. Times are medians of the slowest rank per
+beside ``ring``. All candidates take turns within every iteration, so the
+ratios are measured side by side. Times are medians of the slowest rank per
 iteration; p10-p90 and the samples are kept in the JSON output.
 """
 
@@ -54,7 +55,7 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     import ringx
-    from bench.timing import summarize, time_iterations
+    from bench.timing import summarize, time_round_robin
     from ringx import launch
 
     torch.set_num_threads(a.threads)
@@ -67,15 +68,18 @@ def worker(a: argparse.Namespace) -> None:
     Q, K, V, dO = (torch.randn(s, generator=g, dtype=dt) for s in (shape_q, shape_kv, shape_kv, shape_q))
     rows = []
     for causal in (False, True):
-        cases = [("kernel", "contiguous")] if P == 1 else []
-        cases += [(name, ringx.ALGORITHMS[name].layout(causal)) for name in a.algorithms]
-        for name, layout in cases:
+        names = (["kernel"] if P == 1 else []) + list(a.algorithms)
+        fns = {}
+        for name in names:
+            layout = "contiguous" if name == "kernel" else ringx.ALGORITHMS[name].layout(causal)
             q, k, v, do = (ringx.shard(t, layout, r, P) for t in (Q, K, V, dO))
-            fns = _callables(name, causal, q, k, v, do, a.head_dim**-0.5)
-            for mode, fn in zip(("fwd", "fwd+bwd"), fns):
-                samples = time_iterations(fn, a.warmup, a.iters, q.device)
+            fns[name] = _callables(name, causal, q, k, v, do, a.head_dim**-0.5)
+        for m, mode in enumerate(("fwd", "fwd+bwd")):
+            # All candidates take turns within each iteration: their ratios are side by side.
+            samples = time_round_robin([f[m] for f in fns.values()], a.warmup, a.iters, torch.device("cpu"))
+            for name, s in zip(names, samples):
                 rows.append({"world": P, "algorithm": name, "causal": causal, "mode": mode,
-                             "samples": samples, **summarize(samples)})
+                             "samples": s, **summarize(s)})
                 if r == 0 and not a.quiet:
                     print(f"  P={P} {name:8s} {'causal' if causal else 'full':6s} {mode:8s} "
                           f"{rows[-1]['median'] * 1e3:9.2f} ms", flush=True)

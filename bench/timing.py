@@ -17,29 +17,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_iterations(fn: Callable[[], object], warmup: int, iters: int, device: torch.device,
-                    group: dist.ProcessGroup | None = None) -> list[float]:
-    """Seconds per iteration, each the slowest rank's, after ``warmup`` untimed runs.
+def time_round_robin(fns: list[Callable[[], object]], warmup: int, iters: int, device: torch.device,
+                     group: dist.ProcessGroup | None = None) -> list[list[float]]:
+    """Seconds per iteration of each function, each the slowest rank's.
 
-    Every iteration starts after a barrier and ends after the device is idle,
-    so a rank's time covers its whole share; per-rank times are exchanged once
-    at the end so the exchange itself is never timed.
+    The functions take turns, one iteration each, so drift of the machine
+    (clock, neighbours, thermals) falls on all of them alike and their ratios
+    are measured side by side. Every iteration starts after a barrier and ends
+    when the device is idle; per-rank times are exchanged once at the end so
+    the exchange is never timed.
     """
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     _sync(device)
-    mine = []
-    for _ in range(iters):
-        dist.barrier(group)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        mine.append(time.perf_counter() - t0)
+    mine = [[0.0] * iters for _ in fns]
+    for i in range(iters):
+        for j, fn in enumerate(fns):
+            dist.barrier(group)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            mine[j][i] = time.perf_counter() - t0
     local = torch.tensor(mine, dtype=torch.float64)
     if device.type == "cuda":
         local = local.to(device)
     dist.all_reduce(local, op=dist.ReduceOp.MAX, group=group)
     return local.cpu().tolist()
+
+
+def time_iterations(fn: Callable[[], object], warmup: int, iters: int, device: torch.device,
+                    group: dist.ProcessGroup | None = None) -> list[float]:
+    """Seconds per iteration of one function (see :func:`time_round_robin`)."""
+    return time_round_robin([fn], warmup, iters, device, group)[0]
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
