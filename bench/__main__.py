@@ -6,6 +6,8 @@ import sys
 
 COMMANDS = {
     "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
+    "run": ("bench.run", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
+    "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
 }
 
 

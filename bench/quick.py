@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
@@ -111,21 +108,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def provenance() -> dict:
-    import torch
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
-                                  timeout=10).stdout.strip()
-        except OSError:
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench quick", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.seq % (2 * P):
             p.error(f"--seq {a.seq} must be divisible by {2 * P} (zigzag over {P} ranks)")
 
-    from bench import mpirun
+    from bench import mpirun, provenance
 
+    prov = provenance.collect([provenance.local_host()], ["-m", "bench", "quick", *(argv or sys.argv[1:])])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -193,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
           f"head_dim {a.head_dim}, {a.dtype}, {a.iters} timed iterations after {a.warmup} warm-up\n" + table(rows))
     print(md)
     (out / "table.md").write_text(md + "\n")
-    (out / "results.json").write_text(json.dumps({"provenance": provenance(), "config": vars(a), "rows": rows},
+    (out / "results.json").write_text(json.dumps({"provenance": prov, "config": vars(a), "rows": rows},
                                                  indent=1))
     print(f"\n[quick] table: {out / 'table.md'}; samples and provenance: {out / 'results.json'}")
     return 0

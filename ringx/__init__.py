@@ -1,5 +1,6 @@
 """ringx: exact ring and ringX context-parallel attention."""
 
+from . import verify
 from .algorithms import ALGORITHMS, Algorithm
 from .api import CallStats, RingxInputError, attention
 from .comm import Ledger
@@ -8,6 +9,6 @@ from .layouts import LAYOUTS, shard, unshard
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "RingxInputError",
-    "attention", "select_kernel", "shard", "unshard",
+    "attention", "select_kernel", "shard", "unshard", "verify",
 ]
 __version__ = "0.1.0"

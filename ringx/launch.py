@@ -93,3 +93,9 @@ def finalize() -> None:
     """Tear the process group down (safe to call twice)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def reinit(ctx: DistContext, timeout_s: float = 300.0) -> DistContext:
+    """Replace a process group left unusable by a failed collective (all ranks call it together)."""
+    finalize()
+    return init(ctx.backend, timeout_s)

@@ -43,7 +43,7 @@ def test_tiny_run_writes_table_and_samples(tmp_path):
                  "--out", str(tmp_path), "--quiet")
     assert proc.returncode == 0, proc.stderr
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["provenance"]["torch"] and res["provenance"]["commit"] is not None
+    assert res["provenance"]["software"]["torch"] and res["provenance"]["git_commit"]
     keys = {(r["world"], r["algorithm"], r["causal"], r["mode"]) for r in res["rows"]}
     assert keys == {(w, a, c, m) for w, names in ((1, ("kernel", "ring", "ringx4")), (2, ("ring", "ringx4")))
                     for a in names for c in (False, True) for m in ("fwd", "fwd+bwd")}

@@ -1,0 +1,163 @@
+"""bench run and bench collectives under mpiexec: records, provenance, resume, failures as data."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bench import mpirun
+from bench.collectives import busbw_factor, parse_size, sizes
+from bench.store import Store, validate
+
+
+def bench(nprocs: int, *args: str, timeout: float = 300):
+    return mpirun.run(nprocs, ["-m", "bench", *args], timeout=timeout)
+
+
+def records(root, campaign="c") -> list[dict]:
+    return Store(root, campaign).records()
+
+
+SMALL = ["--seq", "64", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
+         "--quiet", "--campaign", "c"]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_records_validate_and_carry_provenance(tmp_path, world):
+    proc = bench(world, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx3,ringx4o",
+                 "--causal", "true,false", "--mode", "fwd,fwd+bwd", "--check", "--tag", "t1")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path)
+    assert len(recs) == 3 * 2 * 2
+    for r in recs:
+        assert validate(r) == [], r
+        assert r["status"] == "ok" and r["world_size"] == world and r["tag"] == "t1"
+        assert len(r["samples_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["check_max_error"] <= r["check_tolerance"]
+        assert len(r["bytes_sent_per_rank"]) == world and all(b > 0 for b in r["bytes_sent_per_rank"])
+        assert r["tflops_per_rank"] == pytest.approx(r["flops"] / world / r["median_s"] / 1e12)
+        expect = 4 * 64 * 64 * 4 * 16 / (2 if r["causal"] else 1) * (3.5 if r["mode"] == "fwd+bwd" else 1)
+        assert r["flops"] == expect
+    runs = list((tmp_path / "c" / "runs").glob("*.json"))
+    assert len(runs) == 1
+    prov = json.loads(runs[0].read_text())
+    assert prov["run_id"] == recs[0]["run_id"] and prov["ranks"] == world and prov["nodes"] == 1
+    assert prov["software"]["torch"] and prov["software"]["mpi_library"] and prov["git_commit"]
+    assert prov["env"]["OMP_NUM_THREADS"] == "1"  # the OMP_ family is recorded
+
+
+def test_resume_skips_done_and_retries_failed_on_request(tmp_path):
+    args = ["run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx1"]
+    assert bench(2, *args, "--inject", "1:1:raise").returncode == 0
+    first = records(tmp_path)
+    assert [r["status"] for r in first] == ["ok", "failed"]
+    assert bench(2, *args).returncode == 0
+    assert len(records(tmp_path)) == 2  # nothing re-run: the ok one is done, the failed one kept
+    assert bench(2, *args, "--retry-failed").returncode == 0
+    after = records(tmp_path)
+    assert [r["status"] for r in after] == ["ok", "failed", "ok"] and after[2]["key"] == first[1]["key"]
+
+
+@pytest.mark.parametrize("kind,failure,message", [
+    ("raise", "exception", "rank 1: Injected: injected failure on rank 1"),
+    ("oom", "oom", "rank 1: out of memory: injected out of memory on rank 1"),
+    ("midraise", "exception", "rank 1: Injected: injected failure mid-run on rank 1"),
+])
+def test_a_failing_rank_becomes_a_record_and_the_run_goes_on(tmp_path, kind, failure, message):
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4,ringx3", "--timeout", "5",
+                 "--inject", f"1:1:{kind}")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path)
+    assert [r["status"] for r in recs] == ["ok", "failed", "ok"]
+    bad = recs[1]
+    assert validate(bad) == [] and bad["failure"] == failure and message in bad["error"]
+    assert 1 in bad["failed_ranks"]
+
+
+def test_a_failed_check_is_recorded_and_not_timed(tmp_path):
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4", "--check",
+                 "--inject", "0:0:check")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path)
+    assert recs[0]["status"] == "failed" and recs[0]["failure"] == "check" and "samples_s" not in recs[0]
+    assert recs[1]["status"] == "ok"
+
+
+def test_a_killed_rank_ends_the_run_and_keeps_earlier_records(tmp_path):
+    start = time.monotonic()
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4,ringx3", "--timeout", "5",
+                 "--inject", "1:2:kill", timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 60
+    recs = records(tmp_path)
+    assert [r["status"] for r in recs] == ["ok", "ok"] and all(validate(r) == [] for r in recs)
+
+
+def test_a_hung_rank_is_recorded_and_the_others_stop(tmp_path):
+    start = time.monotonic()
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4", "--timeout", "2",
+                 "--inject", "1:1:hang", timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and elapsed < 2 + 30 + 30, elapsed
+    recs = records(tmp_path)
+    assert [r["status"] for r in recs] == ["ok", "failed"] and recs[1]["failure"] == "timeout"
+    assert "a rank died or hangs" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--algorithms", "ring,ringx9"], "unknown algorithm 'ringx9'"),
+    (["--seq", "102"], "sequence length 102 cannot be split for zigzag (causal) over 2 ranks: it must be a multiple "
+                       "of 4"),
+    (["--seq", "-8"], "sequence lengths must be positive"),
+    (["--batch", "0"], "--batch must be positive"),
+    (["--heads", "8", "--kv-heads", "3"], "--heads (8) must be a positive multiple of --kv-heads (3)"),
+    (["--seq", "64", "--seq-per-rank", "32"], "not both"),
+    (["--mode", "bwd"], "--mode 'bwd'"),
+    (["--causal", "maybe"], "not a boolean"),
+])
+def test_bad_cli_input_gets_one_message_before_any_work(tmp_path, args, message):
+    proc = bench(2, "run", "--out", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count(message) == 1, proc.stderr  # once, not once per rank
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "default").exists()
+
+
+def test_config_file_keys_and_typos(tmp_path):
+    good = tmp_path / "sweep.toml"
+    good.write_text('algorithms = ["ring", "ringx4"]\nseq = [64]\nheads = 4\nhead_dim = 16\niters = 2\n'
+                    'campaign = "fromfile"\nquiet = true\n')
+    assert bench(2, "run", "--config", str(good), "--out", str(tmp_path)).returncode == 0
+    assert [r["algorithm"] for r in records(tmp_path, "fromfile")] == ["ring", "ringx4"]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("head_dims = 16\n")
+    proc = bench(2, "run", "--config", str(bad), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "did you mean 'head_dim'?" in proc.stderr
+
+
+def test_busbw_factors_and_sizes_follow_nccl_tests():
+    assert busbw_factor("all_reduce", 4) == 1.5
+    assert busbw_factor("all_gather", 4) == busbw_factor("reduce_scatter", 4) == 0.75
+    assert busbw_factor("broadcast", 8) == busbw_factor("reduce", 8) == busbw_factor("sendrecv", 8) == 1.0
+    assert parse_size("64K") == 65536 and parse_size("1M") == 1 << 20 and parse_size("512") == 512
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    assert sizes(1000, 100000, 10, 16) == [992, 10000, 100000]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_collectives_records(tmp_path, world):
+    proc = bench(world, "collectives", "--min-bytes", "1K", "--max-bytes", "64K", "--iters", "3", "--out",
+                 str(tmp_path), "--campaign", "net", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path, "net")
+    assert {r["op"] for r in recs} == {"broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter",
+                                       "sendrecv"}
+    for r in recs:
+        assert validate(r) == [] and r["status"] == "ok" and r["world_size"] == world
+        assert r["bytes"] % (4 * world) == 0
+        assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
+        assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * busbw_factor(r["op"], world))
+    assert bench(world, "collectives", "--max-bytes", "huge", "--out", str(tmp_path)).returncode == 2
