@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = group.comm.bcast(store.new_run(provenance.collect(hosts, ["-m", "bench", "collectives", *(argv or [])]))
                               if rank == 0 else None, root=0)
     done = group.comm.bcast(store.done() if rank == 0 else None, root=0)
-    nodes = len({h["hostname"] for h in hosts})
+    nodes = len({h["node"] for h in hosts})
     dt = getattr(torch, a.dtype)
     esize = torch.empty((), dtype=dt).element_size()
     plan = [(op, b) for op in ops for b in sizes(lo, hi, a.step, esize * P)]

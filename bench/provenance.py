@@ -55,8 +55,9 @@ def local_host() -> dict:
 
     devices = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                if torch.cuda.is_available() else [])
-    return {"hostname": platform.node(), "cpus": os.cpu_count(), "machine": platform.machine(),
-            "devices": devices}
+    # Under Slurm the node is the slurmd's name: several simulated nodes can share one host.
+    return {"hostname": platform.node(), "node": os.environ.get("SLURMD_NODENAME") or platform.node(),
+            "cpus": os.cpu_count(), "machine": platform.machine(), "devices": devices}
 
 
 def environment() -> dict:
@@ -65,7 +66,7 @@ def environment() -> dict:
 
 def collect(hosts: list[dict], argv: list[str] | None = None) -> dict:
     """The provenance of one run, given every rank's :func:`local_host` (in rank order)."""
-    names = [h["hostname"] for h in hosts]
+    names = [h["node"] for h in hosts]
     per_node: dict[str, int] = {}
     for n in names:
         per_node[n] = per_node.get(n, 0) + 1
@@ -75,11 +76,12 @@ def collect(hosts: list[dict], argv: list[str] | None = None) -> dict:
         "command": [sys.executable, *(argv if argv is not None else sys.argv)],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "software": software(),
-        "hosts": sorted(per_node),
+        "hosts": sorted({h["hostname"] for h in hosts}),
+        "node_names": sorted(per_node),
         "nodes": len(per_node),
         "ranks": len(names),
         "ranks_per_node": per_node,
-        "rank_hosts": names,
+        "rank_nodes": names,
         "devices": sorted({d for h in hosts for d in h["devices"]}),
         "slurm": {"job_id": os.environ.get("SLURM_JOB_ID"), "step_id": os.environ.get("SLURM_STEP_ID"),
                   "nodelist": os.environ.get("SLURM_JOB_NODELIST")},

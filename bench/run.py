@@ -18,32 +18,16 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 
 from bench.cli import Group, Parser, Progress, describe, load_config, parse_bool, split_list
+from bench.points import DTYPES, MODES, Point, make_point, record_config
 
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-MODES = ("fwd", "fwd+bwd")
 DEFAULTS = dict(algorithms=None, seq=None, seq_per_rank=None, batch=1, heads=8, kv_heads=None, head_dim=64,
                 dtype="float32", causal="true", mode="fwd+bwd", warmup=2, iters=10, repeats=1, kernel=None,
                 out="results", campaign="default", tag=None, check=False, check_max_seq=2048,
-                peak_tflops=None, timeout=300.0, retry_failed=False, quiet=False, baselines="", inject=None)
-
-
-@dataclass(frozen=True)
-class Point:
-    """One configuration (everything but the algorithm and repeat)."""
-
-    seq: int
-    seq_per_rank: int
-    scaling: str
-    batch: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    dtype: str
-    causal: bool
-    mode: str
+                peak_tflops=None, timeout=300.0, retry_failed=False, quiet=False, baselines="", inject=None,
+                points=None)
 
 
 def build_parser() -> Parser:
@@ -51,6 +35,8 @@ def build_parser() -> Parser:
                .RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    add("--points", help="JSON file listing points (dicts of algorithm, seq or seq_per_rank, batch, heads, kv_heads, "
+        "head_dim, dtype, causal, mode) instead of the cross product of the flags below (used by bench sweep)")
     add("--algorithms", help="comma-separated names (default: every algorithm supporting the masking)")
     add("--seq", help="global sequence length(s), comma-separated: strong scaling (default 2048)")
     add("--seq-per-rank", help="sequence length(s) per rank: weak scaling (global = this x ranks)")
@@ -81,8 +67,10 @@ def build_parser() -> Parser:
     return p
 
 
-def resolve(p: Parser, argv: list[str] | None, world: int):
-    """Parse flags (over the config file, over defaults) and validate them for ``world`` ranks."""
+def resolve(p: Parser, argv: list[str] | None, world: int) -> tuple[dict, list[Point]]:
+    """Parse flags (over the config file, over defaults) into validated points for ``world`` ranks."""
+    import json
+
     import ringx
 
     a = p.parse_args(argv)
@@ -90,17 +78,54 @@ def resolve(p: Parser, argv: list[str] | None, world: int):
     if a.config:
         opts |= load_config(p, a.config, set(DEFAULTS))
     opts |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
+    for name in ("iters", "repeats", "check_max_seq"):
+        if int(opts[name]) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {opts[name]}")
+    if opts["warmup"] < 0:
+        p.error("--warmup must be >= 0")
+    if opts["timeout"] <= 0:
+        p.error("--timeout must be positive")
+    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
+        p.error(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
+    baselines = split_list(opts["baselines"]) if opts["baselines"] else []
+    for b in baselines:
+        if b != "ring_flash_attn":
+            p.error(f"unknown baseline {b!r}; available: ring_flash_attn")
+    opts["baselines"] = baselines
+    if opts["points"]:
+        try:
+            raw = json.loads(open(opts["points"]).read())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"cannot read points file {opts['points']}: {e}")
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            p.error(f"points file {opts['points']} must hold a JSON list of objects")
+    else:
+        raw = cross_product(p, opts)
+    points = []
+    for d in raw:
+        try:
+            points.append(make_point(d, world))
+        except ValueError as e:
+            p.error(str(e))
+    return opts, points
+
+
+def cross_product(p: Parser, opts: dict) -> list[dict]:
+    """Point dicts from the flags: every algorithm x sequence x masking x mode x dtype."""
+    import ringx
+
     try:
         causals = [parse_bool(x) for x in split_list(opts["causal"])]
         seqs = split_list(opts["seq"], int) if opts["seq"] is not None else []
         per_rank = split_list(opts["seq_per_rank"], int) if opts["seq_per_rank"] is not None else []
     except ValueError as e:
         p.error(str(e))
-    modes, dtypes = split_list(opts["mode"]), split_list(opts["dtype"])
     if seqs and per_rank:
         p.error("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
-    if not seqs and not per_rank:
-        seqs = [2048]
+    for s in seqs + per_rank:
+        if s < 1:
+            p.error(f"sequence lengths must be positive, got {s}")
+    modes, dtypes = split_list(opts["mode"]), split_list(opts["dtype"])
     for m in modes:
         if m not in MODES:
             p.error(f"--mode {m!r}: choose fwd or fwd+bwd")
@@ -109,47 +134,20 @@ def resolve(p: Parser, argv: list[str] | None, world: int):
             p.error(f"--dtype {d!r}: choose one of {', '.join(DTYPES)}")
     heads = opts["heads"]
     kv = opts["kv_heads"] or heads
-    for name in ("batch", "heads", "head_dim", "iters", "repeats", "check_max_seq"):
-        if int(opts[name]) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {opts[name]}")
+    for name, v in (("batch", opts["batch"]), ("heads", heads), ("head_dim", opts["head_dim"])):
+        if int(v) < 1:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {v}")
     if kv < 1 or heads % kv:
         p.error(f"--heads ({heads}) must be a positive multiple of --kv-heads ({kv})")
-    if opts["warmup"] < 0:
-        p.error("--warmup must be >= 0")
-    if opts["timeout"] <= 0:
-        p.error("--timeout must be positive")
-    for s in seqs + per_rank:
-        if s < 1:
-            p.error(f"sequence lengths must be positive, got {s}")
-    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
-        p.error(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
     names = split_list(opts["algorithms"]) if opts["algorithms"] else None
     for n in names or []:
         if n not in ringx.ALGORITHMS:
             p.error(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
-    algos = {c: [n for n in (names or ringx.algorithms.names(c)) if ringx.ALGORITHMS[n].supports(c)]
-             for c in causals}
-    for c in causals:
-        for n in names or []:
-            if n not in algos[c]:
-                p.error(f"{n} does not support {'causal' if c else 'non-causal'} attention")
-    points = []
-    for c in causals:
-        for s in seqs or [x * world for x in per_rank]:
-            for n in algos[c]:
-                div = ringx.layouts.global_divisor(ringx.ALGORITHMS[n].layout(c), world)
-                if s % div:
-                    p.error(f"sequence length {s} cannot be split for {n} ({'causal' if c else 'non-causal'}) "
-                            f"over {world} ranks: it must be a multiple of {div}")
-            for m in modes:
-                for d in dtypes:
-                    points.append(Point(s, s // world, "weak" if per_rank else "strong", int(opts["batch"]),
-                                        heads, kv, int(opts["head_dim"]), d, c, m))
-    baselines = split_list(opts["baselines"]) if opts["baselines"] else []
-    for b in baselines:
-        if b != "ring_flash_attn":
-            p.error(f"unknown baseline {b!r}; available: ring_flash_attn")
-    return opts, points, algos, baselines
+    seq_key, lengths = ("seq", seqs or [2048]) if not per_rank else ("seq_per_rank", per_rank)
+    return [{"algorithm": n, seq_key: s, "batch": int(opts["batch"]), "heads": heads, "kv_heads": kv,
+             "head_dim": int(opts["head_dim"]), "dtype": d, "causal": c, "mode": m}
+            for c in causals for s in lengths for m in modes for d in dtypes
+            for n in (names or ringx.algorithms.names(c))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,30 +203,30 @@ class Runner:
             else None
         self.run_id = self.group.comm.bcast(run_id, root=0)
         self.done = self.group.comm.bcast(self.store.done() if self.rank == 0 else None, root=0)
-        self.nodes = len({h["hostname"] for h in hosts})
+        self.nodes = len({h["node"] for h in hosts})
         self.external = baselines.load(opts["baselines"])
         self.ringx = ringx
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
 
-    def run(self, points: list[Point], algos: dict[bool, list[str]]) -> None:
-        cases = [(pt, rep, name) for pt in points for rep in range(int(self.opts["repeats"]))
-                 for name in algos[pt.causal] + list(self.external)]
+    def run(self, points: list[Point]) -> None:
+        # Baselines from outside run at every configuration the ringx algorithms do.
+        configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in points))
+        points = points + [replace(c, algorithm=name) for c in configs for name in self.external]
+        cases = [(pt, rep) for pt in points for rep in range(int(self.opts["repeats"]))]
         self.progress = Progress(len(cases), self.opts["quiet"], self.rank == 0)
         self.progress.note(f"bench run: {len(cases)} records to make on {self.P} ranks ({self.nodes} node(s)), "
                            f"campaign {self.store.campaign!r} -> {self.store.records_path} (run {self.run_id})")
-        for index, (pt, rep, name) in enumerate(cases):
-            self.one(index, pt, rep, name)
+        for index, (pt, rep) in enumerate(cases):
+            self.one(index, pt, rep)
         c = self.counts
         self.progress.note(f"bench run: {c['recorded']} recorded, {c['failed']} failed, {c['skipped']} already in "
                            f"the store -> {self.store.records_path}")
 
-    def one(self, index: int, pt: Point, rep: int, name: str) -> None:
+    def one(self, index: int, pt: Point, rep: int) -> None:
         from bench.store import SCHEMA_VERSION, config_key, now
 
-        o = self.opts
-        config = {"algorithm": name, "world_size": self.P, "nodes": self.nodes, "repeat": rep,
-                  "kernel_requested": o["kernel"], "warmup": int(o["warmup"]), "iters": int(o["iters"]),
-                  **asdict(pt)}
+        o, name = self.opts, pt.algorithm
+        config = record_config(pt, self.P, self.nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
         key = config_key(config)
         label = f"{name} seq={pt.seq} {'causal' if pt.causal else 'full'} {pt.mode} {pt.dtype}"
         prior = self.done.get(key)
@@ -366,10 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     from mpi4py import MPI
 
-    opts, points, algos, baselines = resolve(parser, argv, MPI.COMM_WORLD.Get_size())
-    opts["baselines"] = baselines
+    opts, points = resolve(parser, argv, MPI.COMM_WORLD.Get_size())
     runner = Runner(opts, argv)
-    runner.run(points, algos)
+    runner.run(points)
     from ringx import launch
 
     launch.finalize()
