@@ -31,6 +31,12 @@ class Point:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def spec(self) -> dict:
+        """The point as it is specified: the global length for strong scaling, per rank for weak."""
+        d = asdict(self)
+        del d["scaling"], d["seq_per_rank" if self.scaling == "strong" else "seq"]
+        return d
+
 
 def make_point(d: dict, world: int, external: tuple[str, ...] = ()) -> Point:
     """A validated point for ``world`` ranks from a dict with the FIELDS keys (seq or seq_per_rank).

@@ -1,0 +1,135 @@
+"""Machine profiles (jobs/profiles/*.toml), job scripts, and talking to Slurm.
+
+Every value substituted into a job script is shell-quoted; values that must
+appear in ``#SBATCH`` lines (which cannot be quoted) are checked against a
+safe character set instead, so a sweep file can never inject a command.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = Path(__file__).resolve().parent.parent / "jobs" / "profiles"
+SAFE = re.compile(r"^[A-Za-z0-9._:,=/@+%-]+$")
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+            "PREEMPTED"}
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    scheduler: str  # "slurm" or "local"
+    gpus_per_node: int  # 0: CPU ranks
+    peak_tflops: float  # per rank
+    efficiency: float
+    launcher: str  # with {nodes} {ranks} {ranks_per_node} {mpiexec}
+    directives: list[str] = field(default_factory=list)
+    account: str = ""
+    partition: str = ""
+    qos: str = ""
+    modules: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    startup_s: float = 60.0  # job start-up (imports, rendezvous) for estimates
+    per_point_s: float = 2.0  # per-point overhead (inputs, check, record) for estimates
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES.glob("*.toml"))
+
+
+def load_profile(name: str) -> Profile:
+    """A profile by name (jobs/profiles/NAME.toml) or by path to a TOML file."""
+    path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
+    if not path.exists():
+        raise ValueError(f"unknown machine {name!r}; profiles: {', '.join(available_profiles())} "
+                         f"(add one as jobs/profiles/NAME.toml)")
+    data = tomllib.loads(path.read_text())
+    known = set(Profile.__dataclass_fields__) - {"name"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    prof = Profile(name=path.stem, **data)
+    if prof.scheduler not in ("slurm", "local"):
+        raise ValueError(f"profile {path}: scheduler must be slurm or local")
+    for line in prof.directives + prof.setup + prof.modules:
+        if "\n" in line:
+            raise ValueError(f"profile {path}: directives, setup and modules entries must be single lines")
+    return prof
+
+
+def sbatch_value(name: str, value: str) -> str:
+    """A value for an #SBATCH line, which the shell never sees and so cannot be quoted: checked instead."""
+    if not SAFE.match(str(value)):
+        raise ValueError(f"{name} {value!r} may only contain letters, digits and ._:,=/@+%- "
+                         "(it goes into an #SBATCH line, where quoting is impossible)")
+    return str(value)
+
+
+def time_limit(seconds: float) -> str:
+    """Slurm's D-HH:MM:SS, rounded up to whole minutes."""
+    minutes = max(1, -(-int(seconds) // 60))
+    d, rem = divmod(minutes, 24 * 60)
+    h, m = divmod(rem, 60)
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
+
+
+def render(prof: Profile, *, job_name: str, nodes: int, ranks_per_node: int, limit_s: float, log_dir: Path,
+           workdir: Path, python: str, mpiexec: str, bench_args: list[str], account: str = "", partition: str = "",
+           qos: str = "") -> str:
+    """The job script for one job of a sweep."""
+    ranks = nodes * ranks_per_node
+    q = shlex.quote
+    lines = ["#!/bin/bash",
+             f"# Rendered by ringx-bench (bench sweep) for profile {prof.name}: {nodes} node(s) x {ranks_per_node} "
+             "ranks.",
+             "# Every substituted value is shell-quoted; #SBATCH values are restricted to a safe character set."]
+    if prof.scheduler == "slurm":
+        sb = [f"--job-name={sbatch_value('job name', job_name)}", f"--nodes={nodes}",
+              f"--ntasks-per-node={ranks_per_node}", f"--time={time_limit(limit_s)}",
+              f"--output={sbatch_value('log directory', str(log_dir))}/%x-%j.out",
+              f"--error={sbatch_value('log directory', str(log_dir))}/%x-%j.err"]
+        for key, value in (("account", account or prof.account), ("partition", partition or prof.partition),
+                           ("qos", qos or prof.qos)):
+            if value:
+                sb.append(f"--{key}={sbatch_value(key, value)}")
+        lines += [f"#SBATCH {d}" for d in sb + prof.directives]
+    lines.append("set -euo pipefail")
+    if prof.modules:
+        lines.append("module load " + " ".join(q(m) for m in prof.modules))
+    lines += prof.setup  # written by the profile's author: shell, on purpose
+    lines += [f"export {k}={q(str(v))}" for k, v in prof.env.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    launcher = prof.launcher.format(nodes=nodes, ranks=ranks, ranks_per_node=ranks_per_node, mpiexec=q(mpiexec))
+    lines += [f"cd {q(str(workdir))}",
+              f"{launcher} {q(python)} -m bench run " + " ".join(q(a) for a in bench_args), ""]
+    return "\n".join(lines)
+
+
+def sbatch(script: Path, env: dict | None = None) -> str:
+    """Submit a script; return its job id."""
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sbatch {script} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_state(job_id: str, env: dict | None = None) -> str:
+    """PENDING, RUNNING, COMPLETED, ... from squeue, else scontrol; UNKNOWN when Slurm forgot the job."""
+    try:
+        sq = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=env,
+                            timeout=30)
+        if sq.returncode == 0 and sq.stdout.strip():
+            return sq.stdout.split()[0]
+        sc = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, env=env,
+                            timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    m = re.search(r"JobState=(\w+)", sc.stdout)
+    return m.group(1) if m else "UNKNOWN"
