@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
+    "demo": ("bench.demo", "the README's main command: overhead table, a local ring-vs-ringX campaign, its table"),
     "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
     "run": ("bench.run", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
     "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),

@@ -19,7 +19,8 @@ others of equal length; `exclude` rules drop the points they match:
   ranks_per_node = 8                   # default: the profile's GPUs per node
   account = "abc123"                   # optional: partition, qos, out (default results), tag
   zip = [["seq", "heads"]]             # pair these lists element-wise instead of crossing them
-  [bench]                              # warmup, iters, repeats, check, timeout, kernel, peak_tflops
+  [bench]                              # warmup, iters, repeats, check, check_max_seq, timeout, kernel,
+                                       #   peak_tflops
   iters = 10
   [params]                             # algorithms, seq or seq_per_rank, batch, heads, kv_heads,
   algorithms = ["ring", "ringx4"]      #   head_dim, dtype, causal, mode
@@ -49,8 +50,8 @@ from bench.store import Store, config_key
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
        "bench", "params", "zip", "exclude"}
-BENCH = {"warmup": 2, "iters": 10, "repeats": 1, "check": False, "timeout": 300.0, "kernel": None,
-         "peak_tflops": None}
+BENCH = {"warmup": 2, "iters": 10, "repeats": 1, "check": False, "check_max_seq": 2048, "timeout": 300.0,
+         "kernel": None, "peak_tflops": None}
 PARAMS = {"algorithms", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode"}
 
 
@@ -230,7 +231,7 @@ def bench_args(sw: Sweep, points_file: Path, retry_failed: bool = False) -> list
             "--warmup", str(b["warmup"]), "--iters", str(b["iters"]), "--repeats", str(b["repeats"]),
             "--timeout", str(b["timeout"])]
     if b["check"]:
-        args.append("--check")
+        args += ["--check", "--check-max-seq", str(b["check_max_seq"])]
     if b["kernel"]:
         args += ["--kernel", b["kernel"]]
     if b["peak_tflops"]:

@@ -1,0 +1,38 @@
+"""``python -m bench demo``: the README's main command, on an embedded default.
+
+1. the library's overhead at one rank: every algorithm against the bare local
+   kernel on the same data (`bench quick --ranks 1`);
+2. a small local campaign, ring vs ringX on 1, 2 and 4 CPU ranks
+   (`bench sweep local jobs/sweeps/local-demo.toml`: every algorithm checked
+   against float64 attention, then timed; re-running resumes it);
+3. the campaign's table (`bench summary`).
+Everything lands under runs/ (not tracked by git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from bench import mpirun, quick, summary, sweep
+
+SWEEP = mpirun.ROOT / "jobs" / "sweeps" / "local-demo.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip-overhead", action="store_true", help="skip step 1")
+    a = p.parse_args(argv)
+    os.chdir(mpirun.ROOT)  # the sweep file's out = "runs" is relative to the checkout
+    if not a.skip_overhead:
+        print("== 1/3 library overhead at one rank (time / bare kernel) ==", flush=True)
+        if quick.main(["--ranks", "1", "--out", "runs/quick", "--quiet"]) != 0:
+            return 1
+    print(f"\n== 2/3 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
+    if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
+        return 1
+    print("\n== 3/3 ring vs ringX ==", flush=True)
+    summary.main(["runs/local-demo"])
+    print("\nrecords: runs/local-demo/records.jsonl (schema: results/README.md); overhead table: runs/quick/table.md")
+    return 0
