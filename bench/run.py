@@ -60,7 +60,7 @@ def build_parser() -> Parser:
     add("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (e.g. 989 for H100 SXM bf16)")
     add("--timeout", type=float, help="seconds a rank waits on its peers before a case fails (default 300)")
     add("--retry-failed", action="store_true", default=None, help="re-run configurations recorded as failed")
-    add("--baselines", help="outside implementations to time too: ring_flash_attn")
+    add("--baselines", help="outside implementations to time too, at every configuration: ring_flash_attn, torch_cp")
     add("--quiet", action="store_true", default=None, help="no progress output")
     # tests: RANK:CASE:KIND, KIND one of raise, oom (preparing inputs), midraise, kill, hang (timing), check
     add("--inject", help=__import__("argparse").SUPPRESS)
@@ -88,9 +88,11 @@ def resolve(p: Parser, argv: list[str] | None, world: int) -> tuple[dict, list[P
     if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
         p.error(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
     baselines = split_list(opts["baselines"]) if opts["baselines"] else []
+    from bench.baselines import FAMILIES
+
     for b in baselines:
-        if b != "ring_flash_attn":
-            p.error(f"unknown baseline {b!r}; available: ring_flash_attn")
+        if b not in FAMILIES:
+            p.error(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
     opts["baselines"] = baselines
     if opts["points"]:
         try:
@@ -204,7 +206,7 @@ class Runner:
         self.run_id = self.group.comm.bcast(run_id, root=0)
         self.done = self.group.comm.bcast(self.store.done() if self.rank == 0 else None, root=0)
         self.nodes = len({h["node"] for h in hosts})
-        self.external = baselines.load(opts["baselines"])
+        self.external = baselines.load(opts["baselines"], self.ctx.device.type)
         self.ringx = ringx
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
 
@@ -243,7 +245,7 @@ class Runner:
             self.write(rec)
             self.progress.step(f"{label}: skipped ({ext.reason})")
             return
-        layout = ext.layout if ext else self.ringx.ALGORITHMS[name].layout(pt.causal)
+        layout = ext.layout(pt.causal) if ext else self.ringx.ALGORITHMS[name].layout(pt.causal)
         inputs, err = None, None
         try:  # 1. inputs (may run out of memory)
             maybe_inject(o["inject"], self.rank, index, "prepare")
@@ -278,12 +280,13 @@ class Runner:
         from bench.timing import time_iterations
 
         o, dev, result = self.opts, self.ctx.device, {}
-        if o["check"] and not ext:
+        if o["check"]:
             cs = min(pt.seq, o["check_max_seq"])
             cs -= cs % self.ringx.layouts.global_divisor(layout, self.P)
             dt = getattr(torch, pt.dtype)
+            fn = functools.partial(ext.fn, causal=pt.causal) if ext else None
             err = self.ringx.verify.max_error(name, pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt, dev,
-                                              o["kernel"], seed=index)
+                                              o["kernel"], seed=index, fn=fn, layout=layout)
             tol = self.ringx.verify.TOLERANCE[dt]
             result.update(check_max_error=err, check_tolerance=tol, check_seq=cs)
             maybe_inject(o["inject"], self.rank, index, "check")

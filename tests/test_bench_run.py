@@ -161,3 +161,20 @@ def test_collectives_records(tmp_path, world):
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * busbw_factor(r["op"], world))
     assert bench(world, "collectives", "--max-bytes", "huge", "--out", str(tmp_path)).returncode == 2
+
+
+def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "zigzag", "--causal", "true,false",
+                 "--baselines", "torch_cp,ring_flash_attn", "--check")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path)
+    by = {(r["algorithm"], r["causal"]): r for r in recs}
+    for name in ("tcp-allgather", "tcp-ring"):
+        for causal in (False, True):
+            r = by[name, causal]
+            assert validate(r) == [] and r["status"] == "ok" and r["family"] == "external"
+            assert r["check_max_error"] <= r["check_tolerance"]
+            assert r["layout"] == ("zigzag" if causal else "contiguous")
+    for name in ("rfa-ring", "rfa-zigzag", "rfa-stripe"):
+        r = by[name, True]
+        assert r["status"] == "skipped" and "ring_flash_attn not importable" in r["error"]
