@@ -5,7 +5,8 @@
 2. a small local campaign, ring vs ringX on 1, 2 and 4 CPU ranks
    (`bench sweep local jobs/sweeps/local-demo.toml`: every algorithm checked
    against float64 attention, then timed; re-running resumes it);
-3. the campaign's table (`bench summary`).
+3. the campaign's table (`bench summary`), figures and a report page
+   (`python -m analysis report runs/local-demo`).
 Everything lands under runs/ (not tracked by git).
 """
 
@@ -32,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== 2/3 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
-    print("\n== 3/3 ring vs ringX ==", flush=True)
+    print("\n== 3/3 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
-    print("\nrecords: runs/local-demo/records.jsonl (schema: results/README.md); overhead table: runs/quick/table.md")
+    try:
+        from analysis import report
+    except ImportError as e:  # pandas/matplotlib absent: the measurements stand, the figures wait
+        print(f"\nno figures: {e} (pip install -e '.[analysis]')")
+        return 0
+    page = report.write("runs/local-demo", "runs/local-demo/report")
+    print(f"\nfigures: runs/local-demo/report/figures/ (PDF and PNG); report: {page}")
+    print("records: runs/local-demo/records.jsonl (schema: results/README.md); overhead table: runs/quick/table.md")
     return 0

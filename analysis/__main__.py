@@ -1,0 +1,64 @@
+"""``python -m analysis COMMAND CAMPAIGN``: figures, tables and reports from a campaign.
+
+  figures CAMPAIGN [--out DIR] [--format pdf,png,svg] [--width one|two] [--baseline ring]
+  table   CAMPAIGN [--format markdown|latex|csv] [--baseline ring]
+  report  CAMPAIGN [--out DIR] [--format html|md] [--baseline ring]
+
+CAMPAIGN is a campaign directory (e.g. results/cpu-sample) or a records.jsonl file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["figures", "table", "report"])
+    p.add_argument("campaign")
+    p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report)")
+    p.add_argument("--format", help="figures: pdf,png,svg (default pdf,png); table: markdown|latex|csv; "
+                                    "report: html|md")
+    p.add_argument("--baseline", default="ring", help="algorithm speedups are relative to (default ring)")
+    p.add_argument("--width", choices=["one", "two"], default="two", help="figure width: one or two columns")
+    a = p.parse_args(argv)
+
+    from analysis import metrics, report, tables
+    from analysis.load import EmptyCampaign, load
+
+    warnings.simplefilter("always")
+    warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)
+    try:
+        if a.command == "report":
+            path = report.write(a.campaign, a.out, a.format or "html", a.baseline)
+            print(f"report: {path}")
+            return 0
+        df = load(a.campaign)
+        if a.command == "table":
+            fmt = a.format or "markdown"
+            if fmt not in ("markdown", "latex", "csv"):
+                p.error(f"--format {fmt!r}: choose markdown, latex or csv")
+            print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), fmt), end="")
+            return 0
+        formats = tuple((a.format or "pdf,png").split(","))
+        for f in formats:
+            if f not in ("pdf", "png", "svg"):
+                p.error(f"--format {f!r}: choose from pdf, png, svg")
+        out = Path(a.out) if a.out else Path(a.campaign) / "figures"
+        made, skipped = report.build_figures(df, out, formats, a.baseline, a.width)
+        for name, paths in made.items():
+            print(f"{name}: {', '.join(map(str, paths))}")
+        for name, why in skipped.items():
+            print(f"skipped {name}: {why}")
+        return 0 if made else 1
+    except (EmptyCampaign, metrics.MissingBaseline, ValueError) as e:
+        print(f"python -m analysis {a.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

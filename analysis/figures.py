@@ -1,0 +1,251 @@
+"""Publication figures from a campaign: one paper style, readable in grayscale.
+
+Each function takes frames from :mod:`analysis.metrics` (or the collective
+records), returns the matplotlib Figure, and saves it when ``out`` is given.
+Algorithms keep one marker, line style and colour across every figure.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt  # headless machines fall back to Agg; Jupyter keeps its inline backend
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+
+from .metrics import speedup, strong_scaling
+
+WIDTH_IN = {"one": 3.5, "two": 7.16}  # one and two columns of a two-column paper
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
+         "ytick.labelsize": 7, "lines.linewidth": 1.2, "lines.markersize": 4, "axes.grid": True,
+         "grid.linewidth": 0.4, "grid.alpha": 0.5, "savefig.bbox": "tight", "savefig.dpi": 200,
+         "pdf.fonttype": 42, "ps.fonttype": 42}
+MARKERS = "osD^v<>PX*hp"
+DASHES = ["-", "--", "-.", ":"]
+# Okabe-Ito: distinguishable with colour-vision deficiencies; markers and dashes carry it in grayscale.
+COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#999999", "#882255",
+          "#B8A000"]
+ORDER = ["ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o"]
+
+
+class NoData(ValueError):
+    """The campaign has nothing this figure can show."""
+
+
+def style(algorithm: str) -> dict:
+    i = ORDER.index(algorithm) if algorithm in ORDER else len(ORDER) + sum(map(ord, algorithm)) % 7
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)],
+            "color": COLORS[i % len(COLORS)], "label": algorithm}
+
+
+def _algos(df: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(df["algorithm"]))
+    return sorted(present, key=lambda a: (ORDER.index(a) if a in ORDER else len(ORDER), a))
+
+
+def styled(fn):
+    """Draw the whole figure under the paper style (fonts, lines, grid)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _fig(ncols: int, nrows: int = 1, width: str = "two", height: float = 2.2):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN[width], height * nrows + 0.45), squeeze=False)
+    return fig, axes
+
+
+def _legend(fig, axes) -> None:
+    """One legend for all panels, above them."""
+    seen: dict[str, object] = {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels = sorted(seen, key=lambda a: (a == "ideal", ORDER.index(a) if a in ORDER else len(ORDER), a))
+    if seen:
+        fig.legend([seen[k] for k in labels], labels, loc="upper center", ncol=min(len(seen), 6), frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+    rows = -(-len(seen) // 6) if seen else 0
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * rows * 2.2 / fig.get_figheight()))
+
+
+def save(fig, out: str | Path | None, name: str, formats=("pdf", "png")) -> list[Path]:
+    if out is None:
+        return []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with plt.rc_context(STYLE):
+        for fmt in formats:
+            p = out / f"{name}.{fmt}"
+            fig.savefig(p)
+            paths.append(p)
+    return paths
+
+
+def _mask(c) -> str:
+    return "causal" if c else "non-causal"
+
+
+@styled
+def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+    """Speedup over the baseline vs global sequence length, one panel per (masking, rank count)."""
+    sp = speedup(summary, baseline)
+    panels = sorted({(bool(c), int(w)) for c, w in zip(sp["causal"], sp["world_size"])}, key=lambda x: (x[0], x[1]))
+    fig, axes = _fig(len(panels), width=width)
+    for ax, (causal, world) in zip(axes[0], panels):
+        d = sp[(sp["causal"] == causal) & (sp["world_size"] == world)]
+        for a in _algos(d):
+            if a == baseline:
+                continue
+            g = d[d["algorithm"] == a].sort_values("seq")
+            st = style(a)
+            ax.errorbar(g["seq"], g["speedup"], yerr=[g["speedup"] - g["speedup_lo"], g["speedup_hi"] - g["speedup"]],
+                        capsize=2, elinewidth=0.6, **st)
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{world} ranks, {_mask(causal)}")
+        ax.set_xlabel("sequence length (tokens)")
+    axes[0][0].set_ylabel(f"speedup over {baseline}")
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def scaling(summary: pd.DataFrame, width: str = "two"):
+    """Strong scaling: time vs ranks on log-log axes, with the ideal line and a p10-p90 band."""
+    st_df = strong_scaling(summary)
+    if st_df.empty or st_df["world_size"].nunique() < 2:
+        raise NoData("scaling needs strong-scaling records at two or more rank counts")
+    panels = sorted({(bool(c), int(s)) for c, s in zip(st_df["causal"], st_df["seq"])})
+    fig, axes = _fig(len(panels), width=width)
+    for ax, (causal, seq) in zip(axes[0], panels):
+        d = st_df[(st_df["causal"] == causal) & (st_df["seq"] == seq)]
+        for a in _algos(d):
+            g = d[d["algorithm"] == a].sort_values("world_size")
+            s = style(a)
+            ax.plot(g["world_size"], g["median_s"] * 1e3, **s)
+            ax.fill_between(g["world_size"], g["p10_s"] * 1e3, g["p90_s"] * 1e3, color=s["color"], alpha=0.15,
+                            linewidth=0)
+        w = np.array(sorted(d["world_size"].unique()), dtype=float)
+        best0 = d[d["world_size"] == w[0]]["median_s"].min() * 1e3
+        ax.plot(w, best0 * w[0] / w, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="ideal")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xticks(w, [str(int(x)) for x in w])
+        ax.set_title(f"seq {seq}, {_mask(causal)}")
+        ax.set_xlabel("ranks (GPUs)")
+    axes[0][0].set_ylabel("time per call (ms)")
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
+    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown)."""
+    use_mfu = summary["mfu"].notna().any()
+    col, label = ("mfu", "MFU") if use_mfu else ("tflops_per_rank", "TFLOP/s per rank")
+    panels = sorted({(bool(c), int(w)) for c, w in zip(summary["causal"], summary["world_size"])})
+    fig, axes = _fig(len(panels), width=width)
+    for ax, (causal, world) in zip(axes[0], panels):
+        d = summary[(summary["causal"] == causal) & (summary["world_size"] == world)]
+        for a in _algos(d):
+            g = d[d["algorithm"] == a].sort_values("seq")
+            ax.plot(g["seq"], g[col], **style(a))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{world} ranks, {_mask(causal)}")
+        ax.set_xlabel("sequence length (tokens)")
+    axes[0][0].set_ylabel(label)
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+    """Which algorithm is fastest at each (sequence length, ranks), shaded by its speedup over the baseline."""
+    sp = speedup(summary, baseline)
+    masks = sorted({bool(c) for c in sp["causal"]})
+    fig, axes = _fig(len(masks), width=width, height=2.4)
+    for ax, causal in zip(axes[0], masks):
+        d = sp[sp["causal"] == causal]
+        seqs, worlds = sorted(d["seq"].unique()), sorted(d["world_size"].unique())
+        grid = np.full((len(worlds), len(seqs)), np.nan)
+        for i, w in enumerate(worlds):
+            for j, s in enumerate(seqs):
+                cell = d[(d["world_size"] == w) & (d["seq"] == s)]
+                if cell.empty:
+                    continue
+                best = cell.loc[cell["median_s"].idxmin()]
+                grid[i, j] = best["speedup"]
+                ax.text(j, i, f"{best['algorithm']}\n{best['speedup']:.2f}x", ha="center", va="center", fontsize=6)
+        im = ax.imshow(grid, cmap="Greys", vmin=1.0, vmax=max(1.5, np.nanmax(grid)), origin="lower", aspect="auto",
+                       alpha=0.6)
+        ax.set_xticks(range(len(seqs)), [str(s) for s in seqs])
+        ax.set_yticks(range(len(worlds)), [str(w) for w in worlds])
+        ax.grid(False)
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_title(f"{_mask(causal)}: fastest, x {baseline}")
+    axes[0][0].set_ylabel("ranks (GPUs)")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"speedup over {baseline}")
+    return fig
+
+
+@styled
+def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
+    """Bus bandwidth vs message size per operation, one line per rank count (nccl-tests convention)."""
+    ok = coll[(coll["kind"] == "collective") & (coll["status"] == "ok")]
+    if ok.empty:
+        raise NoData("no collective records (run `python -m bench collectives`)")
+    ops = list(dict.fromkeys(ok["op"]))
+    ncols = min(3, len(ops))
+    nrows = -(-len(ops) // ncols)
+    fig, axes = _fig(ncols, nrows, width=width, height=1.9)
+    for k, op in enumerate(ops):
+        ax = axes[k // ncols][k % ncols]
+        d = ok[ok["op"] == op]
+        for i, (w, g) in enumerate(sorted(d.groupby("world_size"), key=lambda x: x[0])):
+            g = g.sort_values("bytes")
+            ax.plot(g["bytes"], g["busbw_GBps"], marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
+                    color=COLORS[i % len(COLORS)], label=f"{w} ranks")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(op)
+        ax.set_xlabel("message size (bytes)")
+        if k % ncols == 0:
+            ax.set_ylabel("busbw (GB/s)")
+    for k in range(len(ops), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
+    """Peak memory per rank vs sequence length (device memory on GPUs, process RSS on CPU)."""
+    d0 = summary[summary["mem_peak_bytes"].notna()]
+    if d0.empty:
+        raise NoData("no memory measurements in this campaign")
+    panels = sorted({(bool(c), int(w)) for c, w in zip(d0["causal"], d0["world_size"])})
+    fig, axes = _fig(len(panels), width=width)
+    for ax, (causal, world) in zip(axes[0], panels):
+        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
+        for a in _algos(d):
+            g = d[d["algorithm"] == a].sort_values("seq")
+            ax.plot(g["seq"], g["mem_peak_bytes"] / 2**20, **style(a))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{world} ranks, {_mask(causal)}")
+        ax.set_xlabel("sequence length (tokens)")
+    axes[0][0].set_ylabel("peak memory per rank (MiB)")
+    _legend(fig, axes)
+    return fig
+
+
+FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
+           "memory": memory_per_rank}

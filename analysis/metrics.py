@@ -1,0 +1,94 @@
+"""Metrics from a campaign frame: spread, speedup over a baseline, strong and weak scaling.
+
+Spread: for each (configuration, algorithm) the timed iterations of all repeats are pooled (each
+iteration's time is already the slowest rank's); we report their median and the p10-p90 range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+SPREAD_METHOD = "median and p10-p90 of all timed iterations pooled over repeats (iteration = slowest rank)"
+CONFIG = ["world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim", "dtype",
+          "causal", "mode"]
+
+
+class MissingBaseline(ValueError):
+    """The requested baseline algorithm has no measurement at some configuration."""
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (configuration, algorithm) of the ok attention records, with the pooled spread."""
+    ok = df[(df["kind"] == "attention") & (df["status"] == "ok")]
+    if ok.empty:
+        raise ValueError("no successful attention records to summarize")
+    rows = []
+    for key, g in ok.groupby(CONFIG + ["algorithm"], dropna=False, sort=True):
+        samples = np.concatenate([np.asarray(s, dtype=float) for s in g["samples_s"]])
+        med = float(np.median(samples))
+        per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12
+        peak = g["peak_tflops"].iloc[0] if "peak_tflops" in g else np.nan
+        mem = [max(m for m in x if m is not None) if isinstance(x, list) and any(m is not None for m in x)
+               else np.nan for x in g.get("mem_peak_bytes_per_rank", [])]
+        sent = [max(b for b in x if b is not None) if isinstance(x, list) and any(b is not None for b in x)
+                else np.nan for x in g.get("bytes_sent_per_rank", [])]
+        rows.append({**dict(zip(CONFIG + ["algorithm"], key)), "family": g["family"].iloc[0],
+                     "median_s": med, "p10_s": float(np.percentile(samples, 10)),
+                     "p90_s": float(np.percentile(samples, 90)), "n_samples": len(samples), "n_repeats": len(g),
+                     "tflops_per_rank": per_rank,
+                     "mfu": per_rank / peak if pd.notna(peak) and peak else np.nan,
+                     "mem_peak_bytes": float(np.nanmax(mem)) if len(mem) and not np.all(np.isnan(mem)) else np.nan,
+                     "bytes_sent_max_rank": float(np.nanmax(sent)) if len(sent) and not np.all(np.isnan(sent))
+                     else np.nan})
+    out = pd.DataFrame(rows)
+    out.attrs["spread_method"] = SPREAD_METHOD
+    return out
+
+
+def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
+    """Each algorithm's speedup over ``baseline`` at identical configuration (baseline time / time).
+
+    ``speedup_lo``/``speedup_hi`` combine the spreads pessimistically (baseline p10 / p90 and
+    baseline p90 / p10). Configurations where the baseline was not measured are dropped; if it was
+    measured nowhere, MissingBaseline names the algorithms that were.
+    """
+    base = summary[summary["algorithm"] == baseline]
+    if base.empty:
+        raise MissingBaseline(f"baseline {baseline!r} has no successful measurement; measured: "
+                              f"{', '.join(sorted(summary['algorithm'].unique()))}")
+    b = base[CONFIG + ["median_s", "p10_s", "p90_s"]].rename(
+        columns={"median_s": "base_s", "p10_s": "base_p10_s", "p90_s": "base_p90_s"})
+    out = summary.merge(b, on=CONFIG, how="inner")
+    out["speedup"] = out["base_s"] / out["median_s"]
+    out["speedup_lo"] = out["base_p10_s"] / out["p90_s"]
+    out["speedup_hi"] = out["base_p90_s"] / out["p10_s"]
+    out.attrs["baseline"] = baseline
+    return out
+
+
+def _scaling(summary: pd.DataFrame, kind: str, vary: list[str]) -> pd.DataFrame:
+    sub = summary[summary["scaling"] == kind]
+    if sub.empty:
+        return sub.assign(speedup=[], efficiency=[])
+    keep = [c for c in CONFIG if c not in vary] + ["algorithm"]
+    parts = []
+    for _, g in sub.groupby(keep, dropna=False):
+        g = g.sort_values("world_size")
+        b = g.iloc[0]
+        g = g.assign(base_world=b["world_size"], base_s=b["median_s"])
+        g["speedup"] = g["base_s"] / g["median_s"]
+        ideal = g["world_size"] / g["base_world"] if kind == "strong" else 1.0
+        g["efficiency"] = g["speedup"] / ideal
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)
+
+
+def strong_scaling(summary: pd.DataFrame) -> pd.DataFrame:
+    """Fixed global sequence: speedup over the smallest rank count measured and efficiency = speedup / (P / P0)."""
+    return _scaling(summary, "strong", ["world_size", "nodes", "seq_per_rank"])
+
+
+def weak_scaling(summary: pd.DataFrame) -> pd.DataFrame:
+    """Fixed tokens per rank: efficiency = t(P0) / t(P) (1 = perfect)."""
+    return _scaling(summary, "weak", ["world_size", "nodes", "seq"])

@@ -1,0 +1,127 @@
+"""One self-contained page per campaign: every figure, the tables, the configuration, the provenance."""
+
+from __future__ import annotations
+
+import base64
+import html
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from . import figures, metrics, tables
+from .load import load
+
+
+def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baseline: str = "ring", width: str = "two"
+                  ) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Write every figure the campaign supports; return (name -> files, name -> why it was skipped)."""
+    import matplotlib.pyplot as plt
+
+    made, skipped = {}, {}
+    att = df[df["kind"] == "attention"] if "kind" in df else df
+    try:
+        summary = metrics.summarize(att) if not att.empty else None
+    except ValueError as e:
+        summary, skipped["attention figures"] = None, str(e)
+    if summary is not None:
+        for name, fn in figures.FIGURES.items():
+            try:
+                kw = {"baseline": baseline} if name in ("speedup", "fastest") else {}
+                fig = fn(summary, width=width, **kw)
+            except (figures.NoData, metrics.MissingBaseline) as e:
+                skipped[name] = str(e)
+                continue
+            made[name] = figures.save(fig, out, name, formats)
+            plt.close(fig)
+    if "kind" in df and (df["kind"] == "collective").any():
+        try:
+            fig = figures.collectives_busbw(df, width=width)
+            made["collectives"] = figures.save(fig, out, "collectives", formats)
+            plt.close(fig)
+        except figures.NoData as e:
+            skipped["collectives"] = str(e)
+    return made, skipped
+
+
+def _config(df: pd.DataFrame) -> dict[str, str]:
+    cols = ["algorithm", "world_size", "nodes", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal",
+            "mode", "kernel", "iters", "warmup", "op"]
+    return {c: ", ".join(str(v) for v in sorted(df[c].dropna().unique(), key=str)) for c in cols if c in df}
+
+
+def _provenance(df: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in ("run_id", "run_date", "commit", "dirty", "hosts", "run_nodes", "devices", "torch",
+                        "mpi_library", "slurm_job_id") if c in df]
+    return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if pd.isna(v) else str(v))}</td>" for v in r) + "</tr>"
+                   for r in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
+    """Write the report (HTML with embedded images, or Markdown beside PNG files); return its path."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = load(campaign)
+    notes = [str(w.message) for w in caught]
+    name = str(df["campaign"].iloc[0]) if "campaign" in df else Path(campaign).name
+    out = Path(out) if out else Path(campaign) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline)
+    table = None
+    try:
+        table = tables.speedup_table(metrics.summarize(df[df["kind"] == "attention"]), baseline)
+    except ValueError as e:  # no attention records, or no baseline
+        skipped["speedup table"] = str(e)
+    bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
+    failures = bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error") if c in bad]]
+    config, prov = _config(df), _provenance(df)
+    title = f"ringx-bench report: campaign {name}"
+    counts = df["status"].value_counts().to_dict() if "status" in df else {}
+    summary_line = ", ".join(f"{v} {k}" for k, v in counts.items())
+    if fmt == "md":
+        lines = [f"# {title}", "", f"{len(df)} records ({summary_line}). Spread: {metrics.SPREAD_METHOD}.", ""]
+        lines += [f"- {n}" for n in notes]
+        for fig_name, paths in made.items():
+            png = next(p for p in paths if p.suffix == ".png")
+            lines += [f"## {fig_name}", "", f"![{fig_name}]({png.relative_to(out)})", ""]
+        if table is not None:
+            lines += ["## speedup table", "", table.attrs["caption"], "", tables.render(table, "markdown")]
+        lines += ["## configuration", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
+        lines += ["## provenance", "", tables.render(prov, "markdown")]
+        if not failures.empty:
+            lines += ["## not timed", "", tables.render(failures, "markdown")]
+        if skipped:
+            lines += ["## skipped figures", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
+        path = out / "report.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+             f"</head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{len(df)} records ({html.escape(summary_line)}). Spread: {html.escape(metrics.SPREAD_METHOD)}.</p>"]
+    parts += [f"<p><b>note:</b> {html.escape(n)}</p>" for n in notes]
+    for fig_name, paths in made.items():
+        png = next(p for p in paths if p.suffix == ".png")
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<h2>{fig_name}</h2><img alt='{fig_name}' src='data:image/png;base64,{data}'>")
+    if table is not None:
+        parts += ["<h2>speedup table</h2>", f"<p>{html.escape(table.attrs['caption'])}</p>", _html_table(table)]
+    parts += ["<h2>configuration</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
+                                               for k, v in config.items()] + ["</ul>"]
+    parts += ["<h2>provenance</h2>", _html_table(prov)]
+    if not failures.empty:
+        parts += ["<h2>not timed</h2>", _html_table(failures)]
+    if skipped:
+        parts += ["<h2>skipped figures</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
+                                                     for k, v in skipped.items()] + ["</ul>"]
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path
