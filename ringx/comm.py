@@ -105,12 +105,17 @@ class Comm:
     def _global(self, group_rank: int) -> int:
         return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
 
+    def _run(self, op: str, nbytes: int, async_op: bool, call):
+        """Perform one operation (``call`` posts it); a hook for tracing schedules without a network."""
+        return call()
+
     def broadcast(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
         if self.world == 1:
             return Pending([], [t])
         n = nbytes(t)
         self.ledger.record("broadcast", n, n if self.rank == root else 0, 0 if self.rank == root else n)
-        w = dist.broadcast(t, self._global(root), group=self.group, async_op=async_op)
+        w = self._run("broadcast", n, async_op,
+                      lambda: dist.broadcast(t, self._global(root), group=self.group, async_op=async_op))
         return Pending([w] if async_op else [], [t])
 
     def reduce(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
@@ -119,7 +124,8 @@ class Comm:
             return Pending([], [t])
         n = nbytes(t)
         self.ledger.record("reduce", n, 0 if self.rank == root else n, n if self.rank == root else 0)
-        w = dist.reduce(t, self._global(root), op=dist.ReduceOp.SUM, group=self.group, async_op=async_op)
+        w = self._run("reduce", n, async_op, lambda: dist.reduce(t, self._global(root), op=dist.ReduceOp.SUM,
+                                                                  group=self.group, async_op=async_op))
         return Pending([w] if async_op else [], [t])
 
     def all_reduce_max(self, t: Tensor) -> Tensor:
@@ -127,7 +133,7 @@ class Comm:
             return t
         n = nbytes(t)
         self.ledger.record("all_reduce", n, n, n)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group))
         return t
 
     def all_gather(self, t: Tensor) -> Tensor:
@@ -138,7 +144,8 @@ class Comm:
         n = nbytes(t)
         self.ledger.record("all_gather", n * self.world, n, n * (self.world - 1))
         out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
-        all_gather_flat(out.view(-1), t.view(-1), group=self.group)
+        self._run("all_gather", n * self.world, False, lambda: all_gather_flat(out.view(-1), t.view(-1),
+                                                                                group=self.group))
         return out
 
     def reduce_scatter(self, t: Tensor) -> Tensor:
@@ -149,7 +156,8 @@ class Comm:
         n = nbytes(t)
         self.ledger.record("reduce_scatter", n, n - n // self.world, n // self.world)
         out = torch.empty(t.shape[1:], dtype=t.dtype, device=t.device)
-        reduce_scatter_flat(out.view(-1), t.view(-1), op=dist.ReduceOp.SUM, group=self.group)
+        self._run("reduce_scatter", n, False, lambda: reduce_scatter_flat(out.view(-1), t.view(-1),
+                                                                           op=dist.ReduceOp.SUM, group=self.group))
         return out
 
     def ring_shift(self, tensors: list[Tensor]) -> Pending:
@@ -157,13 +165,15 @@ class Comm:
         nxt, prv = self._global((self.rank + 1) % self.world), self._global((self.rank - 1) % self.world)
         if self.world == 1:
             return Pending([], list(tensors))
-        ops, recvs, sends = [], [], []
+        ops, recvs, sends, total = [], [], [], 0
         for t in tensors:
             t = t.contiguous()
             r = torch.empty_like(t)
             self.ledger.record("send", nbytes(t), nbytes(t), 0)
             self.ledger.record("recv", nbytes(t), 0, nbytes(t))
-            ops += [dist.P2POp(dist.isend, t, nxt, self.group), dist.P2POp(dist.irecv, r, prv, self.group)]
+            ops += [(dist.isend, t, nxt), (dist.irecv, r, prv)]
             recvs.append(r)
             sends.append(t)
-        return Pending(dist.batch_isend_irecv(ops), recvs, sends)
+            total += nbytes(t)
+        post = lambda: dist.batch_isend_irecv([dist.P2POp(f, t, peer, self.group) for f, t, peer in ops])  # noqa: E731
+        return Pending(self._run("sendrecv", total, True, post), recvs, sends)

@@ -99,3 +99,18 @@ def test_ledger_matches_formula(results, case: Case):
         for name, expected, got in (("forward", fwd, row["forward"]), ("backward", bwd, row["backward"])):
             moved = {op: (s["sent"], s["received"]) for op, s in got.items()}
             assert moved == expected, f"rank {row['rank']} {name} ledger {moved} != formula {expected}"
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
+def test_traced_schedule_matches_the_real_ledger(results, case: Case):
+    """The schedule traced on meta tensors moves exactly what the real run moved: calls and bytes per op."""
+    import torch
+
+    from ringx.schedule import trace
+
+    for row in results(case.world)[case.id]:
+        tr = trace(case.algorithm, case.causal, case.world, row["rank"], batch=case.batch,
+                   seq=case.seq_local * case.world, heads=case.heads, kv_heads=case.kv_heads,
+                   head_dim=case.head_dim, dtype=getattr(torch, case.dtype))
+        assert tr.ledger_forward.as_dict() == row["forward"], f"rank {row['rank']} forward"
+        assert tr.ledger_backward.as_dict() == row["backward"], f"rank {row['rank']} backward"
