@@ -38,6 +38,7 @@ class Profile:
     env: dict[str, str] = field(default_factory=dict)
     startup_s: float = 60.0  # job start-up (imports, rendezvous) for estimates
     per_point_s: float = 2.0  # per-point overhead (inputs, check, record) for estimates
+    model: dict = field(default_factory=dict)  # cost-model machine description (analysis/model.py)
 
 
 def available_profiles() -> list[str]:
