@@ -1,6 +1,19 @@
-"""ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports."""
+"""ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
-from .load import EmptyCampaign, load
-from .metrics import speedup, strong_scaling, summarize, weak_scaling
+The package imports pandas lazily, so ``analysis.model`` (the cost model, which ``bench sweep plan``
+uses) works without it.
+"""
 
-__all__ = ["EmptyCampaign", "load", "speedup", "strong_scaling", "summarize", "weak_scaling"]
+_LAZY = {"EmptyCampaign": "records", "load": "records", "speedup": "metrics", "strong_scaling": "metrics",
+         "summarize": "metrics", "weak_scaling": "metrics"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

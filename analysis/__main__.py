@@ -3,6 +3,9 @@
   figures CAMPAIGN [--out DIR] [--format pdf,png,svg] [--width one|two] [--baseline ring]
   table   CAMPAIGN [--format markdown|latex|csv] [--baseline ring]
   report  CAMPAIGN [--out DIR] [--format html|md] [--baseline ring]
+  predict SWEEP_FILE [--machine NAME]      predicted time per point and the fastest algorithm (cost model)
+  validate CAMPAIGN [--cores-per-node N]   fit the model on a campaign, compare predictions with measurements
+  curve   --machine NAME [--seq N] [--max-ranks N]   predicted speedup over ring up to many GPUs
 
 CAMPAIGN is a campaign directory (e.g. results/cpu-sample) or a records.jsonl file.
 """
@@ -18,17 +21,27 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["figures", "table", "report"])
-    p.add_argument("campaign")
+    p.add_argument("command", choices=["figures", "table", "report", "predict", "validate", "curve"])
+    p.add_argument("campaign", nargs="?", help="campaign directory (predict: a sweep file)")
     p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report)")
     p.add_argument("--format", help="figures: pdf,png,svg (default pdf,png); table: markdown|latex|csv; "
                                     "report: html|md")
     p.add_argument("--baseline", default="ring", help="algorithm speedups are relative to (default ring)")
     p.add_argument("--width", choices=["one", "two"], default="two", help="figure width: one or two columns")
+    p.add_argument("--machine", help="predict/curve: a profile with a [model] table (default: the sweep's)")
+    p.add_argument("--cores-per-node", type=int, help="validate: CPU cores shared by a node's ranks")
+    p.add_argument("--seq", type=int, default=1 << 20, help="curve: global sequence length (default 1M)")
+    p.add_argument("--max-ranks", type=int, default=4096, help="curve: largest rank count (default 4096)")
     a = p.parse_args(argv)
+    if a.command != "curve" and not a.campaign:
+        p.error(f"{a.command} needs a campaign (predict: a sweep file)")
+    if a.command in ("predict", "validate", "curve"):
+        from analysis import cli_model
+
+        return cli_model.run(a)
 
     from analysis import metrics, report, tables
-    from analysis.load import EmptyCampaign, load
+    from analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
     warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)

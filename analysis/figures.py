@@ -88,6 +88,14 @@ def save(fig, out: str | Path | None, name: str, formats=("pdf", "png")) -> list
     return paths
 
 
+def _plain_log(ax, axis: str = "y") -> None:
+    """Log scale with plain numbers (30, 100, 300) rather than 3x10^1 labels."""
+    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for a in ((ax.xaxis,) if axis == "x" else (ax.yaxis,) if axis == "y" else (ax.xaxis, ax.yaxis)):
+        a.set_major_formatter(fmt)
+        a.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _mask(c) -> str:
     return "causal" if c else "non-causal"
 
@@ -137,8 +145,7 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
         ax.plot(w, best0 * w[0] / w, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="ideal")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        _plain_log(ax)
         ax.set_xticks(w, [str(int(x)) for x in w])
         ax.set_title(f"seq {seq}, {_mask(causal)}")
         ax.set_xlabel("ranks (GPUs)")
@@ -249,3 +256,48 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
 
 FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
            "memory": memory_per_rank}
+
+
+@styled
+def predicted_vs_measured(v: pd.DataFrame, width: str = "one"):
+    """Predicted vs measured time per call (model validation), log-log, with the y = x line."""
+    fig, axes = _fig(1, width=width, height=2.6)
+    ax = axes[0][0]
+    for a in _algos(v):
+        g = v[v["algorithm"] == a]
+        s = style(a)
+        ax.plot(g["measured_s"] * 1e3, g["predicted_s"] * 1e3, linestyle="none", marker=s["marker"],
+                color=s["color"], label=a)
+    lo = min(v["measured_s"].min(), v["predicted_s"].min()) * 1e3 * 0.8
+    hi = max(v["measured_s"].max(), v["predicted_s"].max()) * 1e3 * 1.25
+    ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="y = x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log(ax, "both")
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("predicted (ms)")
+    _legend(fig, axes)
+    return fig
+
+
+@styled
+def predicted_speedup_curve(curve: pd.DataFrame, measured: pd.DataFrame | None = None, title: str = "",
+                            width: str = "one"):
+    """Predicted speedup over the baseline vs ranks (log2 x); measured points where they exist."""
+    fig, axes = _fig(1, width=width, height=2.6)
+    ax = axes[0][0]
+    for a in _algos(curve):
+        g = curve[curve["algorithm"] == a].sort_values("ranks")
+        ax.plot(g["ranks"], g["speedup"], **style(a))
+        if measured is not None and not measured.empty:
+            m = measured[measured["algorithm"] == a]
+            ax.plot(m["ranks"], m["speedup"], linestyle="none", marker=style(a)["marker"], markerfacecolor="none",
+                    color=style(a)["color"], markersize=6)
+    ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("ranks (GPUs)")
+    ax.set_ylabel("predicted speedup over ring")
+    if title:
+        ax.set_title(title)
+    _legend(fig, axes)
+    return fig

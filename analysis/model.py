@@ -31,7 +31,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "sendrecv")
 
@@ -164,8 +163,10 @@ def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *
 # ------------------------------------------------------------------------------------------ calibration
 
 
-def fit_links(coll: pd.DataFrame) -> tuple[dict[str, Link], pd.DataFrame]:
+def fit_links(coll):
     """Per op: alpha and bandwidth by least squares on relative error over all sizes and rank counts."""
+    import pandas as pd
+
     ok = coll[(coll["kind"] == "collective") & (coll["status"] == "ok") & (coll["world_size"] > 1)]
     links, rows = {}, []
     for op, g in ok.groupby("op"):
@@ -187,7 +188,7 @@ def fit_links(coll: pd.DataFrame) -> tuple[dict[str, Link], pd.DataFrame]:
     return links, pd.DataFrame(rows)
 
 
-def fit_throughput(att: pd.DataFrame) -> float:
+def fit_throughput(att) -> float:
     """Per-rank attention FLOP/s from single-rank records (traced FLOPs / median time)."""
     one = att[(att["kind"] == "attention") & (att["status"] == "ok") & (att["world_size"] == 1)]
     if one.empty:
@@ -203,7 +204,8 @@ def exact_flops(r) -> float:
     return 4.0 * b * h * d * pairs * (3.5 if r["mode"] == "fwd+bwd" else 1.0)
 
 
-def calibrate(df: pd.DataFrame, name: str, cores_per_node: int | None = None) -> tuple[Machine, pd.DataFrame]:
+def calibrate(df, name: str, cores_per_node: int | None = None):
+    """(fitted Machine, fit table) from a campaign's collectives and single-rank attention records."""
     links, fit = fit_links(df)
     return Machine(name, f"fitted from {name}", fit_throughput(df), links, {}, cores_per_node), fit
 
@@ -217,3 +219,55 @@ def machine_from_profile(prof) -> Machine:
     inter = {"default": Link(**m["inter"])} if "inter" in m else {}
     return Machine(prof.name, m.get("source", "published"), float(m["flops_per_s"]), intra, inter,
                    m.get("cores_per_node"))
+
+
+# ------------------------------------------------------------------------------------------ use
+
+
+def validate(df, machine: Machine):
+    """Predicted vs measured median for every ok attention configuration of a campaign."""
+    import pandas as pd
+
+    from .metrics import summarize
+
+    s = summarize(df)
+    rows = []
+    for _, r in s.iterrows():
+        if r["family"] == "external":
+            continue
+        pred = predict(r["algorithm"], bool(r["causal"]), r["mode"], int(r["world_size"]), machine,
+                       nodes=int(r["nodes"]), batch=int(r["batch"]), seq=int(r["seq"]), heads=int(r["heads"]),
+                       kv_heads=int(r["kv_heads"]), head_dim=int(r["head_dim"]), dtype=r["dtype"])
+        rows.append({"algorithm": r["algorithm"], "world_size": int(r["world_size"]), "seq": int(r["seq"]),
+                     "causal": bool(r["causal"]), "mode": r["mode"], "measured_s": r["median_s"],
+                     "predicted_s": pred.total_s, "compute_s": pred.compute_s, "imbalance_s": pred.imbalance_s,
+                     "exposed_comm_s": pred.exposed_comm_s})
+    out = pd.DataFrame(rows)
+    out["rel_err"] = (out["predicted_s"] - out["measured_s"]).abs() / out["measured_s"]
+    return out
+
+
+def error_summary(v):
+    """Median and worst relative error per algorithm."""
+    import pandas as pd
+
+    g = v.groupby("algorithm")["rel_err"]
+    return pd.DataFrame({"points": g.size(), "median_rel_err": g.median(), "worst_rel_err": g.max()}).reset_index()
+
+
+def speedup_curve(machine: Machine, algorithms: list[str], ranks: list[int], *, seq: int, gpus_per_node: int,
+                  baseline: str = "ring", causal: bool = True, mode: str = "fwd+bwd", heads: int = 32,
+                  kv_heads: int = 8, head_dim: int = 128, dtype: str = "bfloat16"):
+    """Predicted speedup over the baseline at a fixed global sequence for growing rank counts."""
+    import pandas as pd
+
+    rows = []
+    for p in ranks:
+        nodes = max(1, p // gpus_per_node)
+        times = {a: predict(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, dtype=dtype, exact_ranks=16)
+                 for a in dict.fromkeys([baseline, *algorithms])}
+        for a in algorithms:
+            rows.append({"algorithm": a, "ranks": p, "nodes": nodes, "predicted_s": times[a].total_s,
+                         "speedup": times[baseline].total_s / times[a].total_s})
+    return pd.DataFrame(rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, metrics, tables
-from .load import load
+from .records import load
 
 
 def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baseline: str = "ring", width: str = "two"

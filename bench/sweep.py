@@ -209,19 +209,38 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     return sw
 
 
-def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
-    """Seconds a job needs: start-up, then per point and repeat its calls at the profile's throughput.
+def call_seconds(sw: Sweep, job: Job, p: Point) -> float:
+    """One call's time: the cost model where the profile describes the machine, else compute-bound.
 
-    Compute-bound guess: FLOPs per rank / (peak x efficiency), plus a fixed cost per point.
-    It only grows with the work (more points, longer sequences, more iterations).
+    Compute-bound: FLOPs per rank / (peak x efficiency).
     """
+    prof = sw.profile
+    if prof.model:
+        from analysis.model import machine_from_profile, predict
+
+        return predict(p.algorithm, p.causal, p.mode, job.ranks, machine_from_profile(prof), nodes=job.nodes,
+                       batch=p.batch, seq=p.seq, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
+                       dtype=p.dtype, exact_ranks=8).total_s
     from bench.metrics import attention_flops
 
-    b, prof = sw.bench, sw.profile
     rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12
+    return attention_flops(p.batch, p.seq, p.heads, p.head_dim, p.causal, p.mode) / job.ranks / rate
+
+
+def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
+    """Seconds a job needs: start-up, then per point and repeat its calls, plus a fixed cost per point.
+
+    It only grows with the work (more points, longer sequences, more iterations).
+    """
+    b, prof = sw.bench, sw.profile
     calls = b["warmup"] + b["iters"] + 1 + (3 if b["check"] else 0)
-    work = sum(attention_flops(p.batch, p.seq, p.heads, p.head_dim, p.causal, p.mode) / job.ranks / rate * calls
-               + prof.per_point_s for p in points)
+    cache = sw.__dict__.setdefault("_call_s", {})
+    work = 0.0
+    for p in points:
+        key = (job.nodes, job.ranks, p)
+        if key not in cache:
+            cache[key] = call_seconds(sw, job, p)
+        work += cache[key] * calls + prof.per_point_s
     return prof.startup_s + work * b["repeats"]
 
 

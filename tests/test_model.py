@@ -1,0 +1,93 @@
+"""The cost model: simulation semantics, monotone behaviour, calibration on synthetic records, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis import model
+from analysis.model import Link, Machine, predict, simulate
+from ringx.schedule import Event
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE = dict(seq=4096, heads=8, kv_heads=2, head_dim=64, dtype="bfloat16")
+ALGOS = ["ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o"]
+
+
+def machine(flops=1e12, alpha=5e-6, bw=50.0) -> Machine:
+    return Machine("m", "test", flops, {"default": Link(alpha, bw)})
+
+
+def test_simulation_semantics():
+    m = machine(flops=1e9, alpha=0.0, bw=1.0)  # 1 GFLOP/s, 1 GB/s
+    comp = Event("compute", flops=1e9)  # 1 s
+    blocking = Event("comm", op="sendrecv", nbytes=10**9, blocking=True, index=0)  # 1 s
+    assert simulate([[comp]], m, 1, 1).total_s == pytest.approx(1.0)
+    assert simulate([[comp, blocking], [blocking]], m, 2, 1).total_s == pytest.approx(2.0)  # waits for rank 0
+    hidden = [Event("comm", op="sendrecv", nbytes=10**9, blocking=False, index=0), comp, Event("wait", index=0)]
+    p = simulate([hidden, hidden], m, 2, 1)
+    assert p.total_s == pytest.approx(1.0) and p.exposed_comm_s == pytest.approx(0.0)  # overlapped
+    slow = simulate([[comp, comp, blocking], [comp, blocking]], m, 2, 1)
+    assert slow.total_s == pytest.approx(3.0) and slow.imbalance_s == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_more_bandwidth_is_never_slower_and_more_work_never_faster(algorithm, causal):
+    def t(m, **kw):
+        return predict(algorithm, causal, "fwd+bwd", 4, m, **{**SHAPE, **kw}).total_s
+
+    base = t(machine())
+    assert t(machine(bw=500.0)) <= base <= t(machine(bw=5.0))
+    assert t(machine(alpha=0.0)) <= base <= t(machine(alpha=1e-3))
+    assert t(machine(flops=1e13)) <= base <= t(machine(flops=1e11))
+    assert base <= t(machine(), seq=8192) and base <= t(machine(), heads=16)
+
+
+def test_balanced_layouts_remove_the_causal_imbalance():
+    m = machine()
+    ring = predict("ring", True, "fwd+bwd", 8, m, **SHAPE)
+    zig = predict("zigzag", True, "fwd+bwd", 8, m, **SHAPE)
+    assert ring.imbalance_s > 0.3 * ring.total_s and zig.imbalance_s < 1e-9
+    assert zig.total_s < ring.total_s
+
+
+def test_calibration_recovers_known_parameters():
+    pd = pytest.importorskip("pandas")
+    truth = {"broadcast": (7e-6, 20.0), "all_reduce": (3e-6, 40.0), "sendrecv": (11e-6, 9.0)}
+    rows = []
+    for op, (alpha, bw) in truth.items():
+        for p in (2, 4, 8):
+            for nbytes in (1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26):
+                t = model.hops(op, p) * alpha + nbytes * model.busbw_factor(op, p) / (bw * 1e9)
+                rows.append({"kind": "collective", "status": "ok", "op": op, "world_size": p, "bytes": nbytes,
+                             "median_s": t})
+    links, fit = model.fit_links(pd.DataFrame(rows))
+    for op, (alpha, bw) in truth.items():
+        assert links[op].alpha_s == pytest.approx(alpha, rel=1e-6) and links[op].bw_GBps == pytest.approx(bw, rel=1e-6)
+    assert (fit["worst_rel_err"] < 1e-9).all()
+    one = pd.DataFrame([{"kind": "attention", "status": "ok", "world_size": 1, "batch": 1, "seq": s, "heads": 8,
+                         "head_dim": 64, "causal": c, "mode": "fwd+bwd",
+                         "median_s": 4.0 * 8 * 64 * (s * (s + 1) / 2 if c else s * s) * 3.5 / 5e10}
+                        for s in (512, 1024) for c in (False, True)])
+    assert model.fit_throughput(one) == pytest.approx(5e10)
+
+
+def test_validate_and_predict_cli():
+    proc = subprocess.run([sys.executable, "-m", "analysis", "validate", "results/local-demo", "--cores-per-node",
+                           "2", "--out", "/tmp/ringx-model-test"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| algorithm | points | median_rel_err | worst_rel_err |" in proc.stdout
+    assert all(f"| {a} |" in proc.stdout for a in ("ring", "zigzag", "ringx3", "ringx4o"))
+    proc = subprocess.run([sys.executable, "-m", "analysis", "predict", "jobs/sweeps/local-demo.toml", "--machine",
+                           "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
+    assert len(rows) == 78 and sum("| yes |" in r for r in rows) >= 12  # a fastest per configuration
+    proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "--machine", "local"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and "has no [model] table" in proc.stderr
