@@ -154,24 +154,29 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     return fig
 
 
-@styled
-def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
-    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown)."""
-    use_mfu = summary["mfu"].notna().any()
-    col, label = ("mfu", "MFU") if use_mfu else ("tflops_per_rank", "TFLOP/s per rank")
-    panels = sorted({(bool(c), int(w)) for c, w in zip(summary["causal"], summary["world_size"])})
+def _vs_seq(d0: pd.DataFrame, col: str, label: str, scale: float, width: str):
+    """``col`` (x ``scale``) vs sequence length, one line per algorithm, one panel per (masking, ranks)."""
+    panels = sorted({(bool(c), int(w)) for c, w in zip(d0["causal"], d0["world_size"])})
     fig, axes = _fig(len(panels), width=width)
     for ax, (causal, world) in zip(axes[0], panels):
-        d = summary[(summary["causal"] == causal) & (summary["world_size"] == world)]
+        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
         for a in _algos(d):
             g = d[d["algorithm"] == a].sort_values("seq")
-            ax.plot(g["seq"], g[col], **style(a))
+            ax.plot(g["seq"], g[col] * scale, **style(a))
         ax.set_xscale("log", base=2)
         ax.set_title(f"{world} ranks, {_mask(causal)}")
         ax.set_xlabel("sequence length (tokens)")
     axes[0][0].set_ylabel(label)
     _legend(fig, axes)
     return fig
+
+
+@styled
+def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
+    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown)."""
+    if summary["mfu"].notna().any():
+        return _vs_seq(summary, "mfu", "MFU", 1.0, width)
+    return _vs_seq(summary, "tflops_per_rank", "TFLOP/s per rank", 1.0, width)
 
 
 @styled
@@ -239,19 +244,7 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     d0 = summary[summary["mem_peak_bytes"].notna()]
     if d0.empty:
         raise NoData("no memory measurements in this campaign")
-    panels = sorted({(bool(c), int(w)) for c, w in zip(d0["causal"], d0["world_size"])})
-    fig, axes = _fig(len(panels), width=width)
-    for ax, (causal, world) in zip(axes[0], panels):
-        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
-        for a in _algos(d):
-            g = d[d["algorithm"] == a].sort_values("seq")
-            ax.plot(g["seq"], g["mem_peak_bytes"] / 2**20, **style(a))
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{world} ranks, {_mask(causal)}")
-        ax.set_xlabel("sequence length (tokens)")
-    axes[0][0].set_ylabel("peak memory per rank (MiB)")
-    _legend(fig, axes)
-    return fig
+    return _vs_seq(d0, "mem_peak_bytes", "peak memory per rank (MiB)", 1 / 2**20, width)
 
 
 FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
