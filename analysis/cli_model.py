@@ -46,10 +46,11 @@ def run(a) -> int:
             return _err("curve", "give --machine (a profile with a [model] table, e.g. frontier)")
         prof = jobs.load_profile(a.machine)
         machine = model.machine_from_profile(prof)
-        ranks = [r for r in (8, 32, 128, 512, 1024, 2048, 4096, 8192) if r <= a.max_ranks]
+        ranks = [r for r in (8, 64, 512, 4096, 32768) if r <= a.max_ranks]
         algos = ["zigzag", "ringx2", "ringx3", "ringx4", "ringx4o"]
         print(f"predicting {len(algos) + 1} algorithms at {ranks} ranks, seq {a.seq} on {prof.name} "
-              f"({machine.source}); this traces each schedule, about a minute per 4096 ranks", flush=True)
+              f"({machine.source}); tracing costs a few ms per schedule step: about 10 minutes up to 4096 ranks",
+              flush=True)
         curve = model.speedup_curve(machine, algos, ranks, seq=a.seq, gpus_per_node=prof.gpus_per_node or 1)
         print(tables.render(curve.round(3), "markdown"))
         out = Path(a.out) if a.out else Path("runs") / "model"
