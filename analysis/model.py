@@ -7,8 +7,8 @@ Machine: per-rank attention throughput (FLOP/s, with ranks sharing a node's
 cores when there are more ranks than cores), and per operation a latency and a
 bus bandwidth, within a node and across nodes. An operation of size n on P
 ranks costs hops(P) x alpha + n x busbw_factor(P) / bandwidth, with nccl-tests'
-factors and hops P-1 for ring collectives (all_reduce twice), log2 P for
-tree-like broadcast/reduce, 1 for the ring exchange.
+factors and hops P-1 for all_gather/reduce_scatter, 2 log2 P for all_reduce
+(a tree's latency), log2 P for broadcast/reduce, 1 for the ring exchange.
 
 Simulation: every rank walks its events with its own clock; the k-th
 collective starts when the last rank posts it; a blocking one holds every rank
@@ -40,11 +40,23 @@ def busbw_factor(op: str, p: int) -> float:
 
 
 def hops(op: str, p: int) -> float:
+    """Latency steps of one operation on ``p`` ranks.
+
+    all_gather/reduce_scatter are rings (P-1 steps). all_reduce takes a tree's
+    latency (2 log2 P: NCCL/RCCL switch small messages to trees, gloo to
+    halving-doubling) with the ring's bandwidth term; a ring's 2(P-1) steps
+    would make thousands of small LSE all-reduces cost seconds each.
+    broadcast/reduce are trees (log2 P); NCCL runs them as a pipelined chain
+    whose latency grows with P, so at thousands of ranks this is optimistic.
+    """
     if op == "sendrecv":
         return 1.0
+    log_p = math.ceil(math.log2(p))
     if op in ("broadcast", "reduce"):
-        return math.ceil(math.log2(p))
-    return (2 if op == "all_reduce" else 1) * (p - 1)
+        return log_p
+    if op == "all_reduce":
+        return 2 * log_p
+    return p - 1
 
 
 @dataclass

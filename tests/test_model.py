@@ -34,6 +34,16 @@ def test_simulation_semantics():
     assert slow.total_s == pytest.approx(3.0) and slow.imbalance_s == pytest.approx(0.5)
 
 
+def test_latency_steps_per_operation():
+    # rings pay P-1 steps; all_reduce a tree's 2 log2 P (what NCCL and gloo pick for the small LSE
+    # all-reduces: a ring would charge ringx2 thousands of 2(P-1)-step all-reduces at scale)
+    assert [model.hops("all_gather", p) for p in (2, 4096)] == [1, 4095]
+    assert [model.hops("reduce_scatter", p) for p in (3, 4096)] == [2, 4095]
+    assert [model.hops("all_reduce", p) for p in (2, 5, 4096)] == [2, 6, 24]
+    assert [model.hops("broadcast", p) for p in (2, 4096)] == [1, 12] == [model.hops("reduce", p) for p in (2, 4096)]
+    assert model.hops("sendrecv", 4096) == 1
+
+
 @pytest.mark.parametrize("algorithm", ALGOS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_more_bandwidth_is_never_slower_and_more_work_never_faster(algorithm, causal):
@@ -88,6 +98,15 @@ def test_validate_and_predict_cli():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
     assert len(rows) == 78 and sum("| yes |" in r for r in rows) >= 12  # a fastest per configuration
+    proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "results/local-demo", "--machine", "frontier",
+                           "--seq", "2048", "--max-ranks", "8", "--out", "/tmp/ringx-curve-test"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    predicted = [line for line in proc.stdout.split("measured")[0].splitlines() if line.startswith("| ringx")]
+    assert len(predicted) == 2 * 4  # ranks 2 and 8, four ringX algorithms
+    measured = proc.stdout.split("measured speedups from results/local-demo")[1]
+    assert sum(line.startswith("| ringx") for line in measured.splitlines()) == 2 * 4  # at 2 and 4 local ranks
+    assert (Path("/tmp/ringx-curve-test") / "speedup-curve-frontier.png").stat().st_size > 10_000
     proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "--machine", "local"], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and "has no [model] table" in proc.stderr
