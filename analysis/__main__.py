@@ -5,7 +5,9 @@
   report  CAMPAIGN [--out DIR] [--format html|md] [--baseline ring]
   predict SWEEP_FILE [--machine NAME]      predicted time per point and the fastest algorithm (cost model)
   validate CAMPAIGN [--cores-per-node N]   fit the model on a campaign, compare predictions with measurements
-  curve   --machine NAME [--seq N] [--max-ranks N]   predicted speedup over ring up to many GPUs
+  curve   [CAMPAIGN] --machine NAME [--seq N] [--max-ranks N]
+                                           predicted speedup over ring up to many GPUs, with
+                                           CAMPAIGN's measured points at that sequence length
 
 CAMPAIGN is a campaign directory (e.g. results/cpu-sample) or a records.jsonl file.
 """
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["figures", "table", "report", "predict", "validate", "curve"])
-    p.add_argument("campaign", nargs="?", help="campaign directory (predict: a sweep file)")
+    p.add_argument("campaign", nargs="?",
+                   help="campaign directory (predict: a sweep file; curve: optional measured points)")
     p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report)")
     p.add_argument("--format", help="figures: pdf,png,svg (default pdf,png); table: markdown|latex|csv; "
                                     "report: html|md")

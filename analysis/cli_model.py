@@ -46,15 +46,16 @@ def run(a) -> int:
             return _err("curve", "give --machine (a profile with a [model] table, e.g. frontier)")
         prof = jobs.load_profile(a.machine)
         machine = model.machine_from_profile(prof)
-        ranks = [r for r in (8, 64, 512, 4096, 32768) if r <= a.max_ranks]
+        ranks = [r for r in (2, 8, 64, 512, 4096, 32768) if r <= a.max_ranks]
         algos = ["zigzag", "ringx2", "ringx3", "ringx4", "ringx4o"]
         print(f"predicting {len(algos) + 1} algorithms at {ranks} ranks, seq {a.seq} on {prof.name} "
               f"({machine.source}); tracing costs a few ms per schedule step: about 10 minutes up to 4096 ranks",
               flush=True)
         curve = model.speedup_curve(machine, algos, ranks, seq=a.seq, gpus_per_node=prof.gpus_per_node or 1)
         print(tables.render(curve.round(3), "markdown"))
+        measured = _measured_speedups(a.campaign, algos, a.seq) if a.campaign else None
         out = Path(a.out) if a.out else Path("runs") / "model"
-        fig = figures.predicted_speedup_curve(curve, title=f"{prof.name} ({machine.source.split(' (')[0]}), "
+        fig = figures.predicted_speedup_curve(curve, measured, title=f"{prof.name} ({machine.source.split(' (')[0]}), "
                                                            f"seq {a.seq}, causal fwd+bwd")
         paths = figures.save(fig, out, f"speedup-curve-{prof.name}", ("pdf", "png"))
         curve.to_csv(out / f"speedup-curve-{prof.name}.csv", index=False)
@@ -62,6 +63,23 @@ def run(a) -> int:
         return 0
     except ValueError as e:
         return _err(a.command, str(e))
+
+
+def _measured_speedups(campaign: str, algos: list[str], seq: int):
+    """The campaign's measured speedups over ring at the curve's configuration (causal fwd+bwd, same sequence)."""
+    from .metrics import speedup, summarize
+    from .records import load
+
+    s = speedup(summarize(load(campaign)))
+    m = s[(s["seq"] == seq) & s["causal"].astype(bool) & (s["mode"] == "fwd+bwd") & s["algorithm"].isin(algos)
+          & (s["world_size"] > 1)]
+    m = m.rename(columns={"world_size": "ranks"})[["algorithm", "ranks", "speedup"]]
+    if m.empty:
+        print(f"measured: none in {campaign} at seq {seq}, causal fwd+bwd (no points drawn)")
+    else:
+        print(f"measured speedups from {campaign} (open markers):\n")
+        print(tables.render(m.sort_values(["ranks", "algorithm"]).round(3), "markdown"))
+    return m
 
 
 def predict(a) -> int:

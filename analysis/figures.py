@@ -289,7 +289,9 @@ def predicted_speedup_curve(curve: pd.DataFrame, measured: pd.DataFrame | None =
     ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("ranks (GPUs)")
-    ax.set_ylabel("predicted speedup over ring")
+    has_measured = measured is not None and not measured.empty
+    ax.set_ylabel("speedup over ring\n(lines predicted, open markers measured)" if has_measured
+                  else "predicted speedup over ring")
     if title:
         ax.set_title(title)
     _legend(fig, axes)
