@@ -11,8 +11,11 @@ factors and hops P-1 for all_gather/reduce_scatter, 2 log2 P for all_reduce
 (a tree's latency), log2 P for broadcast/reduce, 1 for the ring exchange.
 
 Simulation: every rank walks its events with its own clock; the k-th
-collective starts when the last rank posts it; a blocking one holds every rank
-until it ends, an asynchronous one runs beside compute until waited for.
+collective starts when the last rank posts it and the previous one has ended
+(a communicator runs its operations one at a time, as NCCL's stream does, so
+double-buffered transfers share the link rather than each having it whole); a
+blocking one holds every rank until it ends, an asynchronous one runs beside
+compute until waited for.
 Predicted time = the slowest rank's clock. Breakdown: compute (mean over
 ranks), imbalance (slowest rank's compute minus the mean), exposed
 communication (the rest).
@@ -104,6 +107,7 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int) 
     compute = [0.0] * n
     posted: dict[int, list[float]] = {}
     finish: dict[int, float] = {}
+    channel_free = 0.0  # one communicator runs its operations one at a time, in posting order
     waiting = [None] * n  # index of the blocking collective a rank is held in
     flops = machine.rank_flops(p, nodes)
     while True:
@@ -131,7 +135,8 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int) 
                 else:
                     posted.setdefault(e.index, []).append(clock[r])
                     if len(posted[e.index]) == n:
-                        finish[e.index] = max(posted[e.index]) + machine.comm_s(e.op, e.nbytes, p, nodes)
+                        start = max(max(posted[e.index]), channel_free)
+                        finish[e.index] = channel_free = start + machine.comm_s(e.op, e.nbytes, p, nodes)
                     if e.blocking:
                         waiting[r] = e.index
                         moved = True

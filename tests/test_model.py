@@ -30,6 +30,10 @@ def test_simulation_semantics():
     hidden = [Event("comm", op="sendrecv", nbytes=10**9, blocking=False, index=0), comp, Event("wait", index=0)]
     p = simulate([hidden, hidden], m, 2, 1)
     assert p.total_s == pytest.approx(1.0) and p.exposed_comm_s == pytest.approx(0.0)  # overlapped
+    two = [Event("comm", op="sendrecv", nbytes=10**9, blocking=False, index=0),
+           Event("comm", op="sendrecv", nbytes=10**9, blocking=False, index=1), comp,
+           Event("wait", index=0), Event("wait", index=1)]
+    assert simulate([two, two], m, 2, 1).total_s == pytest.approx(2.0)  # in flight together, one after the other
     slow = simulate([[comp, comp, blocking], [comp, blocking]], m, 2, 1)
     assert slow.total_s == pytest.approx(3.0) and slow.imbalance_s == pytest.approx(0.5)
 
