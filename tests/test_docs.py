@@ -25,3 +25,12 @@ def test_readme_names_every_bench_command():
 
     for name in COMMANDS:
         assert f"bench {name}" in README, f"README does not mention `python -m bench {name}`"
+
+
+def test_shipped_sweep_files_load_and_match_their_campaigns():
+    # the demo's and the slow-link run's sweeps; each campaign's committed records came from its file
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted((root / "jobs" / "sweeps").glob("*.toml")):
+        sw = sweep.load(f)
+        assert sw.jobs and all(j.points for j in sw.jobs), f
+        assert (root / "results" / sw.campaign / "records.jsonl").exists(), f"{f.name}: no results/{sw.campaign}"
