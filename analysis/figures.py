@@ -288,6 +288,8 @@ def predicted_speedup_curve(curve: pd.DataFrame, measured: pd.DataFrame | None =
                     color=style(a)["color"], markersize=6)
     ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(curve["ranks"].unique()))
+    _plain_log(ax, "x")
     ax.set_xlabel("ranks (GPUs)")
     has_measured = measured is not None and not measured.empty
     ax.set_ylabel("speedup over ring\n(lines predicted, open markers measured)" if has_measured
