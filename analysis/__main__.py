@@ -5,11 +5,13 @@
   report  CAMPAIGN [--out DIR] [--format html|md] [--baseline ring]
   predict SWEEP_FILE [--machine NAME]      predicted time per point and the fastest algorithm (cost model)
   validate CAMPAIGN [--cores-per-node N]   fit the model on a campaign, compare predictions with measurements
+  export  CAMPAIGN [--out FILE]           every record as one Parquet file (default CAMPAIGN/records.parquet)
   curve   [CAMPAIGN] --machine NAME [--seq N] [--max-ranks N]
                                            predicted speedup over ring up to many GPUs, with
                                            CAMPAIGN's measured points at that sequence length
 
-CAMPAIGN is a campaign directory (e.g. results/cpu-sample) or a records.jsonl file.
+CAMPAIGN is a campaign directory (e.g. results/cpu-sample), a records.jsonl file or an exported
+.parquet file (records.jsonl stays the store of record; Parquet loads faster for large campaigns).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["figures", "table", "report", "predict", "validate", "curve"])
+    p.add_argument("command", choices=["figures", "table", "report", "export", "predict", "validate", "curve"])
     p.add_argument("campaign", nargs="?",
                    help="campaign directory (predict: a sweep file; curve: optional measured points)")
-    p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report)")
+    p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report); "
+                                 "export: a file")
     p.add_argument("--format", help="figures: pdf,png,svg (default pdf,png); table: markdown|latex|csv; "
                                     "report: html|md")
     p.add_argument("--baseline", default="ring", help="algorithm speedups are relative to (default ring)")
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always")
     warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)
     try:
+        if a.command == "export":
+            from analysis.records import export_parquet
+
+            path, n = export_parquet(a.campaign, a.out or Path(a.campaign) / "records.parquet")
+            print(f"{n} records -> {path}")
+            return 0
         if a.command == "report":
             path = report.write(a.campaign, a.out, a.format or "html", a.baseline)
             print(f"report: {path}")

@@ -31,11 +31,14 @@ def _paths(source) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             p = p / "records.jsonl"
+        elif p.suffix == ".parquet" and p.exists():
+            out.append(p)
+            continue
         elif not p.exists() and (Path("results") / str(item) / "records.jsonl").exists():
             p = Path("results") / str(item) / "records.jsonl"
         if not p.exists():
             raise EmptyCampaign(f"no campaign at {item}: expected a campaign directory holding records.jsonl "
-                                "(e.g. results/cpu-sample) or a records.jsonl file")
+                                "(e.g. results/cpu-sample), a records.jsonl file or an exported .parquet file")
         out.append(p)
     return out
 
@@ -79,7 +82,8 @@ def _provenance(path: Path) -> pd.DataFrame:
 
 
 def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> pd.DataFrame:
-    """Every record of one or more campaigns (directories or records.jsonl files) as a typed DataFrame.
+    """Every record of one or more campaigns (directories, records.jsonl or exported .parquet files) as a
+    typed DataFrame.
 
     Corrupt or truncated lines are skipped and counted in a warning; records of a schema this code
     does not know are skipped and named. ``kind`` keeps only "attention" or "collective" records.
@@ -87,6 +91,9 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
     """
     frames = []
     for path in _paths(source):
+        if path.suffix == ".parquet":
+            frames.append(read_parquet(path))
+            continue
         recs, corrupt, newer = _read(path)
         if corrupt:
             warnings.warn(f"{path}: skipped {corrupt} corrupt or truncated line(s)", stacklevel=2)
@@ -122,4 +129,58 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
             df[c] = df[c].astype("string")
     if "written_at" in df:
         df["written_at"] = pd.to_datetime(df["written_at"], errors="coerce", utc=True)
+    return df
+
+
+# ------------------------------------------------------------------------------------------ Parquet
+# records.jsonl stays the store of record; Parquet is a columnar copy that loads fast for large
+# campaigns. Nested dicts (ledger, errors) have no fixed schema, so they travel as JSON text and
+# the metadata names those columns for the reader.
+
+_JSON_COLUMNS = b"ringx.json_columns"
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ValueError("Parquet needs pyarrow: pip install pyarrow (or: pip install -e '.[analysis]')") from None
+    return pyarrow
+
+
+def _is_nested(v) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, dict | list) for x in v))
+
+
+def export_parquet(source, out: str | Path) -> tuple[Path, int]:
+    """Write ``load(source)`` (every record, typed, with provenance) to one Parquet file."""
+    pa = _pyarrow()
+    df = load(source).copy()
+    nested = [c for c in df.columns if df[c].map(_is_nested).any()]
+    for c in nested:
+        df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and pd.isna(v)) else json.dumps(v))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _JSON_COLUMNS: json.dumps(nested).encode()})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    pa.parquet.write_table(table, tmp)
+    tmp.replace(out)  # a reader never sees half a file
+    return out, len(df)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    pa = _pyarrow()
+    try:
+        table = pa.parquet.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise EmptyCampaign(f"{path}: not a readable Parquet file ({e})") from None
+    nested = json.loads((table.schema.metadata or {}).get(_JSON_COLUMNS, b"[]"))
+    df = table.to_pandas()
+    for c in nested:
+        df[c] = df[c].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+    for c in df.columns:  # list columns come back as numpy arrays; the JSON reader gives lists
+        if df[c].map(lambda v: hasattr(v, "tolist") and getattr(v, "ndim", 0) == 1).any():
+            df[c] = df[c].map(lambda v: v.tolist() if hasattr(v, "tolist") else v)
     return df

@@ -143,6 +143,26 @@ def test_cli_on_the_sample_campaign(tmp_path):
     assert page.count("data:image/png;base64,") == 6 and commit in page and "speedup table" in page
 
 
+def test_parquet_export_round_trips_every_record(sample, tmp_path):
+    pytest.importorskip("pyarrow")
+    df, _ = sample
+    proc = cli("export", str(SAMPLE), "--out", str(tmp_path / "c.parquet"))
+    assert proc.returncode == 0, proc.stderr
+    back = analysis.load(tmp_path / "c.parquet")
+    assert f"{len(df)} records" in proc.stdout and list(back.columns) == list(df.columns)
+    assert back.dtypes.equals(df.dtypes)
+    for col in df.columns:  # lists (samples, per-rank), nested dicts (ledger), provenance, nulls
+        for a, b in zip(df[col], back[col]):
+            assert a == b if isinstance(a, list | dict) else (pd.isna(a) and pd.isna(b)) or a == b, col
+    pd.testing.assert_frame_equal(metrics.summarize(back), metrics.summarize(df))
+    assert cli("table", str(tmp_path / "c.parquet")).stdout == cli("table", str(SAMPLE)).stdout
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    proc = cli("table", str(tmp_path / "junk.parquet"))
+    assert proc.returncode == 2 and "not a readable Parquet file" in proc.stderr
+    proc = cli("export", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "no campaign at" in proc.stderr
+
+
 def test_bad_data_gives_figures_or_clear_messages(tmp_path):
     camp = tmp_path / "c"
     shutil.copytree(SAMPLE, camp)
