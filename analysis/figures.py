@@ -41,9 +41,13 @@ def style(algorithm: str) -> dict:
             "color": COLORS[i % len(COLORS)], "label": algorithm}
 
 
+def order_key(algorithm: str) -> tuple:
+    """Sort key putting algorithms in the paper's order (ORDER), unknown ones after it by name."""
+    return (ORDER.index(algorithm) if algorithm in ORDER else len(ORDER), algorithm)
+
+
 def _algos(df: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(df["algorithm"]))
-    return sorted(present, key=lambda a: (ORDER.index(a) if a in ORDER else len(ORDER), a))
+    return sorted(dict.fromkeys(df["algorithm"]), key=order_key)
 
 
 def styled(fn):
@@ -66,7 +70,7 @@ def _legend(fig, axes) -> None:
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    labels = sorted(seen, key=lambda a: (a == "ideal", ORDER.index(a) if a in ORDER else len(ORDER), a))
+    labels = sorted(seen, key=lambda a: (a == "ideal", *order_key(a)))
     if seen:
         fig.legend([seen[k] for k in labels], labels, loc="upper center", ncol=min(len(seen), 6), frameon=False,
                    bbox_to_anchor=(0.5, 1.0))
@@ -100,28 +104,21 @@ def _mask(c) -> str:
     return "causal" if c else "non-causal"
 
 
+def _panels(d0: pd.DataFrame, key: str, width: str):
+    """One panel per (masking, ``key``) of ``d0``: the figure, its axes and (ax, causal, value, rows) per panel."""
+    keys = sorted({(bool(c), int(v)) for c, v in zip(d0["causal"], d0[key])})
+    fig, axes = _fig(len(keys), width=width)
+    return fig, axes, [(ax, c, v, d0[(d0["causal"] == c) & (d0[key] == v)]) for ax, (c, v) in zip(axes[0], keys)]
+
+
 @styled
 def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
     """Speedup over the baseline vs global sequence length, one panel per (masking, rank count)."""
-    sp = speedup(summary, baseline)
-    panels = sorted({(bool(c), int(w)) for c, w in zip(sp["causal"], sp["world_size"])}, key=lambda x: (x[0], x[1]))
-    fig, axes = _fig(len(panels), width=width)
-    for ax, (causal, world) in zip(axes[0], panels):
-        d = sp[(sp["causal"] == causal) & (sp["world_size"] == world)]
-        for a in _algos(d):
-            if a == baseline:
-                continue
-            g = d[d["algorithm"] == a].sort_values("seq")
-            st = style(a)
-            ax.errorbar(g["seq"], g["speedup"], yerr=[g["speedup"] - g["speedup_lo"], g["speedup_hi"] - g["speedup"]],
-                        capsize=2, elinewidth=0.6, **st)
-        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{world} ranks, {_mask(causal)}")
-        ax.set_xlabel("sequence length (tokens)")
-    axes[0][0].set_ylabel(f"speedup over {baseline}")
-    _legend(fig, axes)
-    return fig
+    def bars(ax, g, st):
+        ax.errorbar(g["seq"], g["speedup"], yerr=[g["speedup"] - g["speedup_lo"], g["speedup_hi"] - g["speedup"]],
+                    capsize=2, elinewidth=0.6, **st)
+
+    return _vs_seq(speedup(summary, baseline), f"speedup over {baseline}", width, bars, skip=baseline, ref=1.0)
 
 
 @styled
@@ -130,10 +127,8 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     st_df = strong_scaling(summary)
     if st_df.empty or st_df["world_size"].nunique() < 2:
         raise NoData("scaling needs strong-scaling records at two or more rank counts")
-    panels = sorted({(bool(c), int(s)) for c, s in zip(st_df["causal"], st_df["seq"])})
-    fig, axes = _fig(len(panels), width=width)
-    for ax, (causal, seq) in zip(axes[0], panels):
-        d = st_df[(st_df["causal"] == causal) & (st_df["seq"] == seq)]
+    fig, axes, panels = _panels(st_df, "seq", width)
+    for ax, causal, seq, d in panels:
         for a in _algos(d):
             g = d[d["algorithm"] == a].sort_values("world_size")
             s = style(a)
@@ -154,15 +149,16 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     return fig
 
 
-def _vs_seq(d0: pd.DataFrame, col: str, label: str, scale: float, width: str):
-    """``col`` (x ``scale``) vs sequence length, one line per algorithm, one panel per (masking, ranks)."""
-    panels = sorted({(bool(c), int(w)) for c, w in zip(d0["causal"], d0["world_size"])})
-    fig, axes = _fig(len(panels), width=width)
-    for ax, (causal, world) in zip(axes[0], panels):
-        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
+def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw, skip: str | None = None, ref: float | None = None):
+    """A metric vs sequence length, one panel per (masking, ranks): ``draw(ax, rows, style)`` per algorithm
+    (but ``skip``), with a dotted line at ``ref``."""
+    fig, axes, panels = _panels(d0, "world_size", width)
+    for ax, causal, world, d in panels:
         for a in _algos(d):
-            g = d[d["algorithm"] == a].sort_values("seq")
-            ax.plot(g["seq"], g[col] * scale, **style(a))
+            if a != skip:
+                draw(ax, d[d["algorithm"] == a].sort_values("seq"), style(a))
+        if ref is not None:
+            ax.axhline(ref, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
         ax.set_xscale("log", base=2)
         ax.set_title(f"{world} ranks, {_mask(causal)}")
         ax.set_xlabel("sequence length (tokens)")
@@ -171,12 +167,16 @@ def _vs_seq(d0: pd.DataFrame, col: str, label: str, scale: float, width: str):
     return fig
 
 
+def _line(col: str, scale: float = 1.0):
+    return lambda ax, g, st: ax.plot(g["seq"], g[col] * scale, **st)
+
+
 @styled
 def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
     """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown)."""
     if summary["mfu"].notna().any():
-        return _vs_seq(summary, "mfu", "MFU", 1.0, width)
-    return _vs_seq(summary, "tflops_per_rank", "TFLOP/s per rank", 1.0, width)
+        return _vs_seq(summary, "MFU", width, _line("mfu"))
+    return _vs_seq(summary, "TFLOP/s per rank", width, _line("tflops_per_rank"))
 
 
 @styled
@@ -244,7 +244,7 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     d0 = summary[summary["mem_peak_bytes"].notna()]
     if d0.empty:
         raise NoData("no memory measurements in this campaign")
-    return _vs_seq(d0, "mem_peak_bytes", "peak memory per rank (MiB)", 1 / 2**20, width)
+    return _vs_seq(d0, "peak memory per rank (MiB)", width, _line("mem_peak_bytes", 1 / 2**20))
 
 
 FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,

@@ -18,6 +18,12 @@ class MissingBaseline(ValueError):
     """The requested baseline algorithm has no measurement at some configuration."""
 
 
+def _max_over_ranks(g: pd.DataFrame, col: str) -> float:
+    """The largest per-rank value of ``col`` (lists with nulls) over a group's records; NaN when none."""
+    vals = [m for x in g.get(col, []) if isinstance(x, list) for m in x if m is not None]
+    return float(max(vals)) if vals else np.nan
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (configuration, algorithm) of the ok attention records, with the pooled spread."""
     ok = df[(df["kind"] == "attention") & (df["status"] == "ok")]
@@ -29,18 +35,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         med = float(np.median(samples))
         per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12
         peak = g["peak_tflops"].iloc[0] if "peak_tflops" in g else np.nan
-        mem = [max(m for m in x if m is not None) if isinstance(x, list) and any(m is not None for m in x)
-               else np.nan for x in g.get("mem_peak_bytes_per_rank", [])]
-        sent = [max(b for b in x if b is not None) if isinstance(x, list) and any(b is not None for b in x)
-                else np.nan for x in g.get("bytes_sent_per_rank", [])]
         rows.append({**dict(zip(CONFIG + ["algorithm"], key)), "family": g["family"].iloc[0],
                      "median_s": med, "p10_s": float(np.percentile(samples, 10)),
                      "p90_s": float(np.percentile(samples, 90)), "n_samples": len(samples), "n_repeats": len(g),
                      "tflops_per_rank": per_rank,
                      "mfu": per_rank / peak if pd.notna(peak) and peak else np.nan,
-                     "mem_peak_bytes": float(np.nanmax(mem)) if len(mem) and not np.all(np.isnan(mem)) else np.nan,
-                     "bytes_sent_max_rank": float(np.nanmax(sent)) if len(sent) and not np.all(np.isnan(sent))
-                     else np.nan})
+                     "mem_peak_bytes": _max_over_ranks(g, "mem_peak_bytes_per_rank"),
+                     "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank")})
     out = pd.DataFrame(rows)
     out.attrs["spread_method"] = SPREAD_METHOD
     return out

@@ -30,16 +30,13 @@ and may miss the slowest rank of unbalanced ones.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "sendrecv")
-
-
-def busbw_factor(op: str, p: int) -> float:
-    return {"all_reduce": 2 * (p - 1) / p, "all_gather": (p - 1) / p, "reduce_scatter": (p - 1) / p}.get(op, 1.0)
+from bench.collectives import busbw_factor  # nccl-tests' factors, one definition for benchmark and model
 
 
 def hops(op: str, p: int) -> float:
@@ -159,17 +156,24 @@ def sample_ranks(p: int, exact_ranks: int) -> list[int]:
     return sorted({round(i * (p - 1) / (k - 1)) for i in range(k)})
 
 
-def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
-            seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
-            exact_ranks: int = 64) -> Prediction:
-    """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks."""
+@functools.lru_cache(maxsize=512)
+def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward) -> tuple:
+    """The sampled ranks' schedules; cached because tracing dominates and a schedule does not depend on the
+    machine (the planner and `analysis predict` ask for the same configurations)."""
     import torch
 
     from ringx.schedule import trace
 
-    ranks = sample_ranks(p, exact_ranks)
-    traces = [trace(algorithm, causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
-                    head_dim=head_dim, dtype=getattr(torch, dtype), backward=mode == "fwd+bwd") for r in ranks]
+    return tuple(trace(algorithm, causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+                       head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward) for r in ranks)
+
+
+def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
+            seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
+            exact_ranks: int = 64) -> Prediction:
+    """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks."""
+    traces = _traces(algorithm, bool(causal), p, tuple(sample_ranks(p, exact_ranks)), batch, seq, heads, kv_heads,
+                     head_dim, dtype, mode == "fwd+bwd")
     fwd = simulate([t.forward for t in traces], machine, p, nodes)
     if mode == "fwd":
         return fwd

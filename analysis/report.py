@@ -13,17 +13,21 @@ from . import figures, metrics, tables
 from .records import load
 
 
-def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baseline: str = "ring", width: str = "two"
-                  ) -> tuple[dict[str, list[Path]], dict[str, str]]:
-    """Write every figure the campaign supports; return (name -> files, name -> why it was skipped)."""
+def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baseline: str = "ring", width: str = "two",
+                  summary: pd.DataFrame | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Write every figure the campaign supports; return (name -> files, name -> why it was skipped).
+
+    ``summary``: the attention records' ``metrics.summarize``, when the caller already has it.
+    """
     import matplotlib.pyplot as plt
 
     made, skipped = {}, {}
-    att = df[df["kind"] == "attention"] if "kind" in df else df
-    try:
-        summary = metrics.summarize(att) if not att.empty else None
-    except ValueError as e:
-        summary, skipped["attention figures"] = None, str(e)
+    if summary is None:
+        att = df[df["kind"] == "attention"] if "kind" in df else df
+        try:
+            summary = metrics.summarize(att) if not att.empty else None
+        except ValueError as e:
+            summary, skipped["attention figures"] = None, str(e)
     if summary is not None:
         for name, fn in figures.FIGURES.items():
             try:
@@ -72,12 +76,15 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     name = str(df["campaign"].iloc[0]) if "campaign" in df else Path(campaign).name
     out = Path(out) if out else Path(campaign) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline)
-    table = None
+    table = summary = None
     try:
-        table = tables.speedup_table(metrics.summarize(df[df["kind"] == "attention"]), baseline)
+        summary = metrics.summarize(df[df["kind"] == "attention"])
+        table = tables.speedup_table(summary, baseline)
     except ValueError as e:  # no attention records, or no baseline
-        skipped["speedup table"] = str(e)
+        why = str(e)
+    made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
+    if table is None:
+        skipped["speedup table"] = why
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
     failures = bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error") if c in bad]]
     config, prov = _config(df), _provenance(df)

@@ -16,9 +16,9 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame
                    cell=[f"{m * 1e3:.1f} ({s:.2f}x)" for m, s in zip(sp["median_s"], sp["speedup"])])
     table = sp.pivot_table(index=["world_size", "seq", "mask", "mode", "dtype"], columns="algorithm", values="cell",
                            aggfunc="first")
-    from .figures import ORDER
+    from .figures import order_key
 
-    table = table[sorted(table.columns, key=lambda a: (ORDER.index(a) if a in ORDER else len(ORDER), a))]
+    table = table[sorted(table.columns, key=order_key)]
     table = table.reset_index().rename(columns={"world_size": "ranks"})
     table.columns.name = None
     table.attrs["caption"] = (f"Median time per call in ms and speedup over {baseline} "
