@@ -43,17 +43,15 @@ class OpStats:
 
 @dataclass
 class Ledger:
-    """Per-op payload counts for one rank; ``events`` keeps (op, buffer bytes) in call order."""
+    """Per-op payload counts for one rank."""
 
     ops: dict[str, OpStats] = field(default_factory=lambda: defaultdict(OpStats))
-    events: list[tuple[str, int]] = field(default_factory=list)
 
-    def record(self, op: str, nbytes: int, sent: int, received: int) -> None:
+    def record(self, op: str, sent: int, received: int) -> None:
         s = self.ops[op]
         s.calls += 1
         s.sent += sent
         s.received += received
-        self.events.append((op, nbytes))
 
     @property
     def sent(self) -> int:
@@ -113,7 +111,7 @@ class Comm:
         if self.world == 1:
             return Pending([], [t])
         n = nbytes(t)
-        self.ledger.record("broadcast", n, n if self.rank == root else 0, 0 if self.rank == root else n)
+        self.ledger.record("broadcast", n if self.rank == root else 0, 0 if self.rank == root else n)
         w = self._run("broadcast", n, async_op,
                       lambda: dist.broadcast(t, self._global(root), group=self.group, async_op=async_op))
         return Pending([w] if async_op else [], [t])
@@ -123,7 +121,7 @@ class Comm:
         if self.world == 1:
             return Pending([], [t])
         n = nbytes(t)
-        self.ledger.record("reduce", n, 0 if self.rank == root else n, n if self.rank == root else 0)
+        self.ledger.record("reduce", 0 if self.rank == root else n, n if self.rank == root else 0)
         w = self._run("reduce", n, async_op, lambda: dist.reduce(t, self._global(root), op=dist.ReduceOp.SUM,
                                                                   group=self.group, async_op=async_op))
         return Pending([w] if async_op else [], [t])
@@ -132,7 +130,7 @@ class Comm:
         if self.world == 1:
             return t
         n = nbytes(t)
-        self.ledger.record("all_reduce", n, n, n)
+        self.ledger.record("all_reduce", n, n)
         self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group))
         return t
 
@@ -142,7 +140,7 @@ class Comm:
             return t.unsqueeze(0)
         t = t.contiguous()
         n = nbytes(t)
-        self.ledger.record("all_gather", n * self.world, n, n * (self.world - 1))
+        self.ledger.record("all_gather", n, n * (self.world - 1))
         out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
         self._run("all_gather", n * self.world, False, lambda: all_gather_flat(out.view(-1), t.view(-1),
                                                                                 group=self.group))
@@ -154,7 +152,7 @@ class Comm:
             return t[0]
         t = t.contiguous()
         n = nbytes(t)
-        self.ledger.record("reduce_scatter", n, n - n // self.world, n // self.world)
+        self.ledger.record("reduce_scatter", n - n // self.world, n // self.world)
         out = torch.empty(t.shape[1:], dtype=t.dtype, device=t.device)
         self._run("reduce_scatter", n, False, lambda: reduce_scatter_flat(out.view(-1), t.view(-1),
                                                                            op=dist.ReduceOp.SUM, group=self.group))
@@ -169,8 +167,8 @@ class Comm:
         for t in tensors:
             t = t.contiguous()
             r = torch.empty_like(t)
-            self.ledger.record("send", nbytes(t), nbytes(t), 0)
-            self.ledger.record("recv", nbytes(t), 0, nbytes(t))
+            self.ledger.record("send", nbytes(t), 0)
+            self.ledger.record("recv", 0, nbytes(t))
             ops += [(dist.isend, t, nxt), (dist.irecv, r, prv)]
             recvs.append(r)
             sends.append(t)

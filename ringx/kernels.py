@@ -12,7 +12,9 @@ makes each block's gradient exact on its own (as flash-attention does).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 from typing import Protocol
 
 import torch
@@ -148,6 +150,16 @@ class TorchCudaKernel:
         return _bhsd(dq), _fold_heads(_bhsd(dk), hk), _fold_heads(_bhsd(dv), hk)
 
 
+@functools.cache
+def _have_flash_attn() -> bool:  # asked at every attention call: search sys.path once
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@functools.cache
+def _param_names(fn) -> frozenset[str]:  # asked per block: read the installed version's signature once
+    return frozenset(inspect.signature(fn).parameters)
+
+
 class FlashAttnKernel:
     """The ``flash_attn`` package (GPU, half types); GQA is native.
 
@@ -158,13 +170,11 @@ class FlashAttnKernel:
     name = "flash-attn"
 
     def supports(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return device.type == "cuda" and dtype in HALF and importlib.util.find_spec("flash_attn") is not None
+        return device.type == "cuda" and dtype in HALF and _have_flash_attn()
 
     @staticmethod
     def _call(fn, **kw):
-        import inspect
-
-        params = inspect.signature(fn).parameters
+        params = _param_names(fn)
         if "window_size" in params:
             kw["window_size"] = (-1, -1)
         else:

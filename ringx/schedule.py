@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .algorithms import ALGORITHMS, get
+from .algorithms import get
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger
 from .kernels import acc_dtype
+from .layouts import Block
 
 
 @dataclass
@@ -73,8 +74,7 @@ class TraceKernel:
     @staticmethod
     def _flops(q, k, causal: bool) -> float:
         b, n, h, d = q.shape
-        pairs = n * (n + 1) // 2 if causal else n * k.shape[1]
-        return 4.0 * b * h * d * pairs
+        return 4.0 * b * h * d * Block(0, n, 0, k.shape[1], causal).flops_pairs
 
     def forward(self, q, k, v, causal, scale):
         self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal)))
@@ -109,4 +109,4 @@ def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, se
     return tr
 
 
-__all__ = ["ALGORITHMS", "Event", "Trace", "TraceComm", "TraceKernel", "trace"]
+__all__ = ["Event", "Trace", "TraceComm", "TraceKernel", "trace"]
