@@ -106,7 +106,6 @@ class Group:
     def __init__(self, timeout: float):
         from mpi4py import MPI
 
-        self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.deadline = timeout + 30.0
@@ -124,6 +123,18 @@ class Group:
                 return None
             time.sleep(0.01)
         return self.comm.allgather({"ok": ok, **info})
+
+    def open_campaign(self, out: str, campaign: str, command: list[str]):
+        """(store, run_id, done, nodes): rank 0 opens the store and writes the run's provenance; every rank
+        learns the run id, what the store already holds (key -> status) and how many nodes the run spans."""
+        from bench import provenance
+        from bench.store import Store
+
+        store = Store(out, campaign)
+        hosts = self.comm.allgather(provenance.local_host())
+        run_id = self.comm.bcast(store.new_run(provenance.collect(hosts, command)) if self.rank == 0 else None, root=0)
+        done = self.comm.bcast(store.done() if self.rank == 0 else None, root=0)
+        return store, run_id, done, len({h["node"] for h in hosts})
 
     def give_up(self, message: str) -> None:
         print(f"bench run (rank {self.rank}): {message}", file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ import re
 import sys
 
 from bench.cli import Group, Parser, Progress, describe
+from bench.points import DTYPES
 
 OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "sendrecv")
 
@@ -90,7 +91,7 @@ def build_parser() -> Parser:
     p.add_argument("--min-bytes", default="1K", help="smallest size (default 1K)")
     p.add_argument("--max-bytes", default="16M", help="largest size (default 16M)")
     p.add_argument("--step", type=int, default=4, help="size multiplier between points (default 4)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default="results")
@@ -120,19 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench import provenance
-    from bench.store import SCHEMA_VERSION, Store, config_key, now
-    from bench.timing import summarize, time_iterations
+    from bench.store import SCHEMA_VERSION, already_recorded, config_key, now
+    from bench.timing import stat_fields, summarize, time_iterations
     from ringx import launch
     ctx = launch.init(timeout_s=a.timeout)
     group = Group(a.timeout)
     P, rank = ctx.world_size, ctx.rank
-    store = Store(a.out, a.campaign)
-    hosts = group.comm.allgather(provenance.local_host())
-    run_id = group.comm.bcast(store.new_run(provenance.collect(hosts, ["-m", "bench", "collectives", *(argv or [])]))
-                              if rank == 0 else None, root=0)
-    done = group.comm.bcast(store.done() if rank == 0 else None, root=0)
-    nodes = len({h["node"] for h in hosts})
+    store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "collectives", *(argv or [])])
     dt = getattr(torch, a.dtype)
     esize = torch.empty((), dtype=dt).element_size()
     plan = [(op, b) for op in ops for b in sizes(lo, hi, a.step, esize * P)]
@@ -143,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = {"op": op, "bytes": nbytes, "dtype": a.dtype, "world_size": P, "nodes": nodes,
                "warmup": a.warmup, "iters": a.iters}
         key = config_key(cfg)
-        if done.get(key) == "ok" or (done.get(key) == "failed" and not a.retry_failed):
+        if already_recorded(done.get(key), a.retry_failed):
             progress.step(f"{op} {nbytes} B: already recorded")
             continue
         rec = {"schema": SCHEMA_VERSION, "kind": "collective", "campaign": store.campaign, "tag": a.tag,
@@ -170,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         st = summarize(samples)
         algbw = nbytes / st["median"] / 1e9
         rec.update(written_at=now(), samples_s=samples,
-                   **{f"{k}_s": st[k] for k in ("median", "min", "max", "mean", "std", "p10", "p90")},
+                   **stat_fields(st),
                    algbw_GBps=algbw, busbw_GBps=algbw * rec["busbw_factor"])
         if rank == 0:
             store.append(rec)

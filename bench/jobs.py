@@ -16,8 +16,6 @@ from pathlib import Path
 
 PROFILES = Path(__file__).resolve().parent.parent / "jobs" / "profiles"
 SAFE = re.compile(r"^[A-Za-z0-9._:,=/@+%-]+$")
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-            "PREEMPTED"}
 
 
 @dataclass

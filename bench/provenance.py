@@ -6,8 +6,9 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from bench.store import now
 
 ENV_PREFIXES = ("NCCL_", "RCCL_", "FI_", "MPICH_", "OMPI_", "SLURM_", "OMP_", "TORCH_", "HSA_", "CUDA_")
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def collect(hosts: list[dict], argv: list[str] | None = None) -> dict:
         "git_commit": _git("rev-parse", "HEAD") or None,
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "command": [sys.executable, *(argv if argv is not None else sys.argv)],
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "date": now(),
         "software": software(),
         "hosts": sorted({h["hostname"] for h in hosts}),
         "node_names": sorted(per_node),

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv)
 
     import ringx
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import mpirun, provenance
 
-    prov = provenance.collect([provenance.local_host()], ["-m", "bench", "quick", *(argv or sys.argv[1:])])
+    prov = provenance.collect([provenance.local_host()], ["-m", "bench", "quick", *argv])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[quick] {P} rank(s) x {threads} thread(s): {len(a.algorithms)} algorithms, seq {a.seq}, "
               f"{a.dtype}, {a.warmup} warm-up + {a.iters} timed iterations", flush=True)
         part = out / f"P{P}.json"
-        fwd = [x for x in (argv if argv is not None else sys.argv[1:]) if x != "--worker"]
+        fwd = [x for x in argv if x != "--worker"]
         proc = mpirun.run(P, ["-m", "bench", "quick", *fwd, "--worker", "--threads", str(threads),
                               "--out", str(part.resolve())], capture=False, threads_per_rank=threads)
         if proc.returncode != 0:

@@ -191,21 +191,15 @@ class Runner:
 
     def __init__(self, opts: dict, argv: list[str]):
         import ringx
-        from bench import baselines, provenance
-        from bench.store import Store
+        from bench import baselines
         from ringx import launch
 
         self.opts = opts
         self.ctx = launch.init(timeout_s=opts["timeout"])
         self.group = Group(opts["timeout"])
         self.rank, self.P = self.ctx.rank, self.ctx.world_size
-        self.store = Store(opts["out"], opts["campaign"])
-        hosts = self.group.comm.allgather(provenance.local_host())
-        run_id = self.store.new_run(provenance.collect(hosts, ["-m", "bench", "run", *argv])) if self.rank == 0 \
-            else None
-        self.run_id = self.group.comm.bcast(run_id, root=0)
-        self.done = self.group.comm.bcast(self.store.done() if self.rank == 0 else None, root=0)
-        self.nodes = len({h["node"] for h in hosts})
+        self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
+            opts["out"], opts["campaign"], ["-m", "bench", "run", *argv])
         self.external = baselines.load(opts["baselines"], self.ctx.device.type)
         self.ringx = ringx
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
@@ -225,14 +219,14 @@ class Runner:
                            f"the store -> {self.store.records_path}")
 
     def one(self, index: int, pt: Point, rep: int) -> None:
-        from bench.store import SCHEMA_VERSION, config_key, now
+        from bench.store import SCHEMA_VERSION, already_recorded, config_key, now
 
         o, name = self.opts, pt.algorithm
         config = record_config(pt, self.P, self.nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
         key = config_key(config)
         label = f"{name} seq={pt.seq} {'causal' if pt.causal else 'full'} {pt.mode} {pt.dtype}"
         prior = self.done.get(key)
-        if prior == "ok" or (prior == "failed" and not o["retry_failed"]):
+        if already_recorded(prior, o["retry_failed"]):
             self.counts["skipped"] += 1
             self.progress.step(f"{label}: already recorded ({prior})")
             return
@@ -337,7 +331,7 @@ class Runner:
     def finish(self, rec: dict, pt: Point, layout: str, result: dict, label: str) -> None:
         from bench import metrics
         from bench.store import now
-        from bench.timing import summarize
+        from bench.timing import stat_fields, summarize
 
         st = summarize(result["samples"])
         flops = metrics.attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
@@ -345,7 +339,7 @@ class Runner:
         peak = self.opts["peak_tflops"]
         rec.update(
             written_at=now(), kernel=result["kernel"], layout=layout, samples_s=result["samples"],
-            **{f"{k}_s": st[k] for k in ("median", "min", "max", "mean", "std", "p10", "p90")},
+            **stat_fields(st),
             flops=flops, flops_convention=metrics.FLOPS_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
             mfu=tflops / peak if peak else None,
             bytes_sent_per_rank=[v["sent"] for v in self.votes],

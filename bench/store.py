@@ -106,5 +106,10 @@ class Store:
             os.fsync(f.fileno())
 
 
+def already_recorded(prior: str | None, retry_failed: bool) -> bool:
+    """Resume: skip a configuration whose latest record is ok, or failed unless failures are retried."""
+    return prior == "ok" or (prior == "failed" and not retry_failed)
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -39,14 +39,13 @@ import difflib
 import itertools
 import json
 import sys
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import jobs
 from bench.points import Point, make_point, record_config
-from bench.store import Store, config_key
+from bench.store import Store, config_key, now
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
        "bench", "params", "zip", "exclude"}
@@ -124,7 +123,11 @@ class Sweep:
     qos: str = ""
     tag: str | None = None
     time_margin: float = 2.0
-    raw: dict = field(default_factory=dict)
+    _call_s: dict = field(default_factory=dict, init=False, repr=False)  # estimate's cache per (job, point)
+
+    def limit_s(self, estimate_s: float) -> float:
+        """A job's time limit: the estimate times the margin, plus 5 minutes of slack."""
+        return estimate_s * self.time_margin + 300
 
     @property
     def store(self) -> Store:
@@ -203,7 +206,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
     sw = Sweep(path, campaign, profile, sweep_jobs, bench, Path(raw.get("out", "results")),
                account or raw.get("account", ""), partition or raw.get("partition", ""), qos or raw.get("qos", ""),
-               raw.get("tag"), float(raw.get("time_margin", 2.0)), raw)
+               raw.get("tag"), float(raw.get("time_margin", 2.0)))
     for j in sw.jobs:
         j.estimate_s = estimate(sw, j, j.points)
     return sw
@@ -234,7 +237,7 @@ def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
     """
     b, prof = sw.bench, sw.profile
     calls = b["warmup"] + b["iters"] + 1 + (3 if b["check"] else 0)
-    cache = sw.__dict__.setdefault("_call_s", {})
+    cache = sw._call_s
     work = 0.0
     for p in points:
         key = (job.nodes, job.ranks, p)
@@ -272,7 +275,7 @@ def write_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "", retry_
     pfile.write_text(json.dumps([p.spec() for p in points], indent=1) + "\n")
     script = sw.dir / "jobs" / f"{job.name}{suffix}.sh"
     text = jobs.render(sw.profile, job_name=f"ringx-{sw.campaign}-{job.name}", nodes=job.nodes,
-                       ranks_per_node=job.ranks_per_node, limit_s=estimate(sw, job, points) * sw.time_margin + 300,
+                       ranks_per_node=job.ranks_per_node, limit_s=sw.limit_s(estimate(sw, job, points)),
                        log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT, python=sys.executable,
                        mpiexec=mpirun.mpiexec(), bench_args=bench_args(sw, pfile, retry_failed), account=sw.account,
                        partition=sw.partition, qos=sw.qos)
@@ -329,7 +332,7 @@ def cmd_plan(sw: Sweep, a) -> int:
         total += j.estimate_s
         print(f"  job {j.name}: {j.nodes} node(s) x {j.ranks_per_node} = {j.ranks} ranks, {len(j.points)} points "
               f"x {sw.bench['repeats']} repeat(s), estimated {j.estimate_s / 60:.1f} min, time limit "
-              f"{jobs.time_limit(j.estimate_s * sw.time_margin + 300)}")
+              f"{jobs.time_limit(sw.limit_s(j.estimate_s))}")
         if a.verbose:
             for p in j.points:
                 print(f"    {p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} "
@@ -354,7 +357,7 @@ def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: boo
             continue
         jid = jobs.sbatch(script)
         m["submissions"].append({"job": job.name, "job_id": jid, "script": str(script), "points": len(pts),
-                                 "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                 "submitted_at": now()})
         save_manifest(sw, m)
         print(f"submitted {job.name}: job {jid} ({len(pts)} points) -> {script}")
     return 0

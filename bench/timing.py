@@ -52,6 +52,11 @@ def time_iterations(fn: Callable[[], object], warmup: int, iters: int, device: t
     return time_round_robin([fn], warmup, iters, device, group)[0]
 
 
+def stat_fields(st: dict[str, float]) -> dict[str, float]:
+    """A summary's statistics as record fields (median_s, min_s, ...), as the results schema names them."""
+    return {f"{k}_s": st[k] for k in ("median", "min", "max", "mean", "std", "p10", "p90")}
+
+
 def summarize(samples: list[float]) -> dict[str, float]:
     """median, min, max, mean, std, p10, p90 of the samples (seconds)."""
     s = sorted(samples)
