@@ -1,7 +1,7 @@
 """ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
-The package imports pandas lazily, so ``analysis.model`` (the cost model, which ``bench sweep plan``
-uses) works without it.
+It reads what bench writes through the shared definitions in ``core`` (record kinds, store, statistics,
+table writer) and uses the cost model in ``costmodel``; it never imports ``bench``. pandas is imported lazily.
 """
 
 _LAZY = {"EmptyCampaign": "records", "load": "records", "speedup": "metrics", "strong_scaling": "metrics",

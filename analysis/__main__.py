@@ -1,46 +1,76 @@
-"""``python -m analysis COMMAND CAMPAIGN``: figures, tables and reports from a campaign.
+"""``python -m analysis COMMAND``: figures, tables, reports and the cost model, from campaigns.
 
-  figures CAMPAIGN [--out DIR] [--format pdf,png,svg] [--width one|two] [--baseline ring]
-  table   CAMPAIGN [--format markdown|latex|csv] [--baseline ring]
-  report  CAMPAIGN [--out DIR] [--format html|md] [--baseline ring]
-  predict SWEEP_FILE [--machine NAME]      predicted time per point and the fastest algorithm (cost model)
-  validate CAMPAIGN [--cores-per-node N]   fit the model on a campaign, compare predictions with measurements
-  export  CAMPAIGN [--out FILE]           every record as one Parquet file (default CAMPAIGN/records.parquet)
-  curve   [CAMPAIGN] --machine NAME [--seq N] [--max-ranks N]
-                                           predicted speedup over ring up to many GPUs, with
-                                           CAMPAIGN's measured points at that sequence length
-
-CAMPAIGN is a campaign directory (e.g. results/cpu-sample), a records.jsonl file or an exported
-.parquet file (records.jsonl stays the store of record; Parquet loads faster for large campaigns).
+CAMPAIGN is a campaign directory (e.g. runs/local-demo or results/cpu-sample), a bare name (looked up
+under runs/ only), its records.jsonl, or an exported .parquet file. Output goes beside the campaign's
+records, except for the tracked results/ tree: for those, to runs/NAME/ unless --out says otherwise.
+Speedups are over --baseline (above 1: faster), each with a bootstrap interval; '~' marks an interval
+that contains 1 (within noise). `COMMAND --help` explains each command's options.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
 
+from core.cli import Parser, UserError
+from core.cli import main as cli_main
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m analysis", description=__doc__)
+    sub = p.commands()
+
+    def campaign_cmd(name: str, help_: str) -> Parser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("campaign", help="campaign directory, bare name under runs/, records.jsonl or .parquet")
+        return c
+
+    c = campaign_cmd("figures", "every figure the campaign supports, as PDF/PNG/SVG")
+    c.add_argument("--out", help="output directory (default: the campaign's figures/)")
+    c.add_argument("--format", default="pdf,png", help="comma-separated: pdf, png, svg (default: pdf,png)")
+    c.add_argument("--width", choices=["one", "two"], default="two", help="figure width: one or two columns")
+    c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
+    c = campaign_cmd("table", "the speedup table")
+    c.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
+    c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
+    c = campaign_cmd("report", "one self-contained page: figures, tables, configuration, provenance")
+    c.add_argument("--out", help="output directory (default: the campaign's report/)")
+    c.add_argument("--format", default="html", choices=["html", "md"])
+    c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
+    c = campaign_cmd("export", "every record, typed, as one Parquet file")
+    c.add_argument("--out", help="the file (default: records.parquet beside the records)")
+    c = campaign_cmd("validate", "fit the cost model on the campaign's microbenchmarks; predicted vs measured")
+    c.add_argument("--out", help="output directory (default: the campaign's model/)")
+    c.add_argument("--cores-per-node", type=int, help="CPU cores shared by a node's ranks")
+    c = sub.add_parser("predict", help="predicted time of every algorithm at one configuration, and the fastest",
+                       description="predicted time of every algorithm at one configuration on a machine "
+                                   "description (a profile's [model] table); a sweep file's points: "
+                                   "`python -m bench sweep predict FILE`")
+    c.add_argument("--machine", required=True, help="a profile with a [model] table, e.g. frontier")
+    c.add_argument("--ranks", default="8,64,512", help="comma-separated rank counts (default: 8,64,512)")
+    c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
+    c.add_argument("--heads", type=int, default=32)
+    c.add_argument("--kv-heads", type=int, default=8)
+    c.add_argument("--head-dim", type=int, default=128)
+    c.add_argument("--causal", choices=["true", "false"], default="true")
+    c.add_argument("--mode", choices=["fwd", "fwd+bwd"], default="fwd+bwd")
+    c = sub.add_parser("curve", help="predicted speedup over ring up to many GPUs",
+                       description="predicted speedup over ring up to many GPUs, with a campaign's measured points")
+    c.add_argument("campaign", nargs="?", help="optional campaign whose measured speedups are drawn too")
+    c.add_argument("--machine", required=True, help="a profile with a [model] table, e.g. frontier")
+    c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
+    c.add_argument("--max-ranks", type=int, default=4096, help="largest rank count (default 4096)")
+    c.add_argument("--out", help="output directory (default: runs/model)")
+    return p
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["figures", "table", "report", "export", "predict", "validate", "curve"])
-    p.add_argument("campaign", nargs="?",
-                   help="campaign directory (predict: a sweep file; curve: optional measured points)")
-    p.add_argument("--out", help="output directory (figures: CAMPAIGN/figures, report: CAMPAIGN/report); "
-                                 "export: a file")
-    p.add_argument("--format", help="figures: pdf,png,svg (default pdf,png); table: markdown|latex|csv; "
-                                    "report: html|md")
-    p.add_argument("--baseline", default="ring", help="algorithm speedups are relative to (default ring)")
-    p.add_argument("--width", choices=["one", "two"], default="two", help="figure width: one or two columns")
-    p.add_argument("--machine", help="predict/curve: a profile with a [model] table (default: the sweep's)")
-    p.add_argument("--cores-per-node", type=int, help="validate: CPU cores shared by a node's ranks")
-    p.add_argument("--seq", type=int, default=1 << 20, help="curve: global sequence length (default 1M)")
-    p.add_argument("--max-ranks", type=int, default=4096, help="curve: largest rank count (default 4096)")
-    a = p.parse_args(argv)
-    if a.command != "curve" and not a.campaign:
-        p.error(f"{a.command} needs a campaign (predict: a sweep file)")
+    a = build_parser().parse_args(argv)
+    return cli_main(f"python -m analysis {a.command}", lambda: run(a))
+
+
+def run(a) -> int:
     if a.command in ("predict", "validate", "curve"):
         from analysis import cli_model
 
@@ -55,25 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         if a.command == "export":
             from analysis.records import export_parquet
 
-            path, n = export_parquet(a.campaign, a.out or Path(a.campaign) / "records.parquet")
+            path, n = export_parquet(a.campaign, a.out or report.default_out(a.campaign, "records.parquet"))
             print(f"{n} records -> {path}")
             return 0
         if a.command == "report":
-            path = report.write(a.campaign, a.out, a.format or "html", a.baseline)
+            path = report.write(a.campaign, a.out, a.format, a.baseline)
             print(f"report: {path}")
             return 0
         df = load(a.campaign)
         if a.command == "table":
-            fmt = a.format or "markdown"
-            if fmt not in ("markdown", "latex", "csv"):
-                p.error(f"--format {fmt!r}: choose markdown, latex or csv")
-            print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), fmt), end="")
+            print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), a.format), end="")
             return 0
-        formats = tuple((a.format or "pdf,png").split(","))
+        formats = tuple(f for f in a.format.split(",") if f)
         for f in formats:
             if f not in ("pdf", "png", "svg"):
-                p.error(f"--format {f!r}: choose from pdf, png, svg")
-        out = Path(a.out) if a.out else Path(a.campaign) / "figures"
+                raise UserError(f"--format {f!r}: choose from pdf, png, svg")
+        out = Path(a.out) if a.out else report.default_out(a.campaign, "figures")
         made, skipped = report.build_figures(df, out, formats, a.baseline, a.width)
         for name, paths in made.items():
             print(f"{name}: {', '.join(map(str, paths))}")
@@ -81,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped {name}: {why}")
         return 0 if made else 1
     except (EmptyCampaign, metrics.MissingBaseline, ValueError) as e:
-        print(f"python -m analysis {a.command}: error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
 
 
 if __name__ == "__main__":

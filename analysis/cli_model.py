@@ -1,22 +1,19 @@
-"""The cost model's commands: predict (a sweep file), validate (a campaign), curve (a machine)."""
+"""The cost model's commands: predict (one configuration), validate (a campaign), curve (a machine)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from . import figures, model, tables
+from core.cli import UserError
+from costmodel import machine as machines
+from costmodel.predict import predict as predict_one
+from costmodel.predict import speedup_curve
 
-
-def _err(cmd: str, msg: str) -> int:
-    print(f"python -m analysis {cmd}: error: {msg}", file=sys.stderr)
-    return 2
+from . import calibrate, figures, tables
 
 
 def run(a) -> int:
     import matplotlib.pyplot as plt
-
-    from bench import jobs
 
     try:
         if a.command == "predict":
@@ -25,15 +22,17 @@ def run(a) -> int:
             from .records import load
 
             df = load(a.campaign)
-            machine, fit = model.calibrate(df, Path(a.campaign).name, a.cores_per_node)
+            machine, fit = calibrate.calibrate(df, Path(a.campaign).name, a.cores_per_node)
             print(f"fitted machine ({machine.source}): attention throughput {machine.flops_per_s / 1e9:.1f} GFLOP/s "
                   f"per rank{f', {a.cores_per_node} cores per node shared by its ranks' if a.cores_per_node else ''}")
             print("collectives: time = hops x alpha + bytes x busbw factor / bandwidth\n")
-            print(tables.render(fit.round(4), "markdown"))
-            v = model.validate(df, machine)
+            print(tables.render(tables.frame_table(fit.round(4)), "markdown"))
+            v = calibrate.validate(df, machine)
             print("predicted vs measured (median of each configuration):\n")
-            print(tables.render(model.error_summary(v).round(3), "markdown"))
-            out = Path(a.out) if a.out else Path(a.campaign) / "model"
+            print(tables.render(tables.frame_table(calibrate.error_summary(v).round(3)), "markdown"))
+            from .report import default_out
+
+            out = Path(a.out) if a.out else default_out(a.campaign, "model")
             out.mkdir(parents=True, exist_ok=True)
             v.to_csv(out / "validation.csv", index=False)
             fig = figures.predicted_vs_measured(v)
@@ -42,27 +41,24 @@ def run(a) -> int:
             print(f"figure: {', '.join(map(str, paths))}; table: {out / 'validation.csv'}")
             return 0
         # curve
-        if not a.machine:
-            return _err("curve", "give --machine (a profile with a [model] table, e.g. frontier)")
-        prof = jobs.load_profile(a.machine)
-        machine = model.machine_from_profile(prof)
+        machine, gpus_per_node = machines.load(a.machine)
         ranks = [r for r in (2, 8, 64, 512, 4096, 32768) if r <= a.max_ranks]
         algos = ["zigzag", "ringx2", "ringx3", "ringx4", "ringx4o"]
-        print(f"predicting {len(algos) + 1} algorithms at {ranks} ranks, seq {a.seq} on {prof.name} "
+        print(f"predicting {len(algos) + 1} algorithms at {ranks} ranks, seq {a.seq} on {machine.name} "
               f"({machine.source}); tracing costs a few ms per schedule step: about 10 minutes up to 4096 ranks",
               flush=True)
-        curve = model.speedup_curve(machine, algos, ranks, seq=a.seq, gpus_per_node=prof.gpus_per_node or 1)
-        print(tables.render(curve.round(3), "markdown"))
+        curve = speedup_curve(machine, algos, ranks, seq=a.seq, gpus_per_node=gpus_per_node)
+        print(tables.render(tables.frame_table(curve.round(3)), "markdown"))
         measured = _measured_speedups(a.campaign, algos, a.seq) if a.campaign else None
         out = Path(a.out) if a.out else Path("runs") / "model"
-        fig = figures.predicted_speedup_curve(curve, measured, title=f"{prof.name} ({machine.source.split(' (')[0]}), "
-                                                           f"seq {a.seq}, causal fwd+bwd")
-        paths = figures.save(fig, out, f"speedup-curve-{prof.name}", ("pdf", "png"))
-        curve.to_csv(out / f"speedup-curve-{prof.name}.csv", index=False)
+        title = f"{machine.name} ({machine.source.split(' (')[0]}), seq {a.seq}, causal fwd+bwd"
+        fig = figures.predicted_speedup_curve(curve, measured, title=title)
+        paths = figures.save(fig, out, f"speedup-curve-{machine.name}", ("pdf", "png"))
+        curve.to_csv(out / f"speedup-curve-{machine.name}.csv", index=False)
         print(f"figure: {', '.join(map(str, paths))}")
         return 0
     except ValueError as e:
-        return _err(a.command, str(e))
+        raise UserError(str(e)) from None
 
 
 def _measured_speedups(campaign: str, algos: list[str], seq: int):
@@ -78,34 +74,37 @@ def _measured_speedups(campaign: str, algos: list[str], seq: int):
         print(f"measured: none in {campaign} at seq {seq}, causal fwd+bwd (no points drawn)")
     else:
         print(f"measured speedups from {campaign} (open markers):\n")
-        print(tables.render(m.sort_values(["ranks", "algorithm"]).round(3), "markdown"))
+        print(tables.render(tables.frame_table(m.sort_values(["ranks", "algorithm"]).round(3)), "markdown"))
     return m
 
 
 def predict(a) -> int:
-    from bench import jobs, sweep
+    """Every algorithm at one configuration on a machine description: predicted time and the fastest."""
+    import ringx
 
-    sw = sweep.load(a.campaign)
-    prof = jobs.load_profile(a.machine) if a.machine else sw.profile
-    machine = model.machine_from_profile(prof)
-    print(f"campaign {sw.campaign}: predictions on {prof.name} ({machine.source})\n")
-    lines = ["| job | algorithm | seq | mask | mode | predicted ms | compute | imbalance | exposed comm | fastest |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for j in sw.jobs:
+    machine, gpus_per_node = machines.load(a.machine)
+    causal = a.causal == "true"
+    try:
+        ranks = [int(x) for x in a.ranks.split(",") if x]
+    except ValueError:
+        raise UserError(f"--ranks must be comma-separated integers, got {a.ranks!r}") from None
+    print(f"predictions on {machine.name} ({machine.source}): seq {a.seq}, {a.heads}/{a.kv_heads} heads, head_dim "
+          f"{a.head_dim}, {'causal' if causal else 'non-causal'} {a.mode}\n")
+    rows = []
+    for p in ranks:
+        nodes = max(1, p // gpus_per_node)
         preds = {}
-        for pt in j.points:
-            preds[pt] = model.predict(pt.algorithm, pt.causal, pt.mode, j.ranks, machine, nodes=j.nodes,
-                                      batch=pt.batch, seq=pt.seq, heads=pt.heads, kv_heads=pt.kv_heads,
-                                      head_dim=pt.head_dim, dtype=pt.dtype, exact_ranks=16)
-        cfgs = {pt: (pt.seq, pt.causal, pt.mode, pt.dtype, pt.batch, pt.heads, pt.kv_heads, pt.head_dim)
-                for pt in preds}  # the configuration the algorithms compete at
-        best: dict = {}
-        for pt, pr in preds.items():
-            if cfgs[pt] not in best or pr.total_s < preds[best[cfgs[pt]]].total_s:
-                best[cfgs[pt]] = pt
-        for pt, pr in preds.items():
-            lines.append(f"| {j.name} | {pt.algorithm} | {pt.seq} | {'causal' if pt.causal else 'full'} | {pt.mode} | "
-                         f"{pr.total_s * 1e3:.2f} | {pr.compute_s * 1e3:.2f} | {pr.imbalance_s * 1e3:.2f} | "
-                         f"{pr.exposed_comm_s * 1e3:.2f} | {'yes' if best[cfgs[pt]] is pt else ''} |")
-    print("\n".join(lines))
+        for name in ringx.algorithms.names(causal):
+            layout = ringx.ALGORITHMS[name].layout(causal)
+            if a.seq % ringx.layouts.global_divisor(layout, p):
+                continue
+            preds[name] = predict_one(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq, heads=a.heads,
+                                      kv_heads=a.kv_heads, head_dim=a.head_dim, exact_ranks=16)
+        if not preds:
+            raise UserError(f"seq {a.seq} cannot be split over {p} ranks by any algorithm")
+        best = min(preds, key=lambda n: preds[n].total_s)
+        rows += [[p, nodes, n, round(pr.total_s * 1e3, 3), round(pr.compute_s * 1e3, 3),
+                  round(pr.exposed_comm_s * 1e3, 3), "yes" if n == best else ""] for n, pr in preds.items()]
+    print(tables.render(tables.Table(["ranks", "nodes", "algorithm", "predicted ms", "compute", "exposed comm",
+                                      "fastest"], rows), "markdown"), end="")
     return 0

@@ -2,6 +2,8 @@
 
 Spread: for each (configuration, algorithm) the timed iterations of all repeats are pooled (each
 iteration's time is already the slowest rank's); we report their median and the p10-p90 range.
+Speedup: baseline median / median (above 1: faster) with core/stats.py's bootstrap interval, paired
+when the two were timed side by side; an interval that contains 1 is "within noise".
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.records import COMPARE_BY
+from core.stats import METHOD, records_speedup
+
 SPREAD_METHOD = "median and p10-p90 of all timed iterations pooled over repeats (iteration = slowest rank)"
-CONFIG = ["world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim", "dtype",
-          "causal", "mode"]
+CONFIG = list(COMPARE_BY)
 
 
 class MissingBaseline(ValueError):
@@ -22,6 +26,12 @@ def _max_over_ranks(g: pd.DataFrame, col: str) -> float:
     """The largest per-rank value of ``col`` (lists with nulls) over a group's records; NaN when none."""
     vals = [m for x in g.get(col, []) if isinstance(x, list) for m in x if m is not None]
     return float(max(vals)) if vals else np.nan
+
+
+def _on_cpu(g: pd.DataFrame) -> bool:
+    if "device" in g and g["device"].notna().any():
+        return bool((g["device"] == "cpu").any())
+    return bool(g["kernel"].isin(["torch-cpu"]).any()) if "kernel" in g else False
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -35,7 +45,12 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         med = float(np.median(samples))
         per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12
         peak = g["peak_tflops"].iloc[0] if "peak_tflops" in g else np.nan
+        if _on_cpu(g):
+            peak = np.nan  # a CPU has no published peak: a guessed one gives MFU above 1
+        groups = g["timing_group"] if "timing_group" in g else [None] * len(g)
         rows.append({**dict(zip(CONFIG + ["algorithm"], key)), "family": g["family"].iloc[0],
+                     "runs": [{"samples_s": list(sm), "timing_group": None if pd.isna(tg) else tg}
+                              for sm, tg in zip(g["samples_s"], groups)],
                      "median_s": med, "p10_s": float(np.percentile(samples, 10)),
                      "p90_s": float(np.percentile(samples, 90)), "n_samples": len(samples), "n_repeats": len(g),
                      "tflops_per_rank": per_rank,
@@ -50,21 +65,25 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
     """Each algorithm's speedup over ``baseline`` at identical configuration (baseline time / time).
 
-    ``speedup_lo``/``speedup_hi`` combine the spreads pessimistically (baseline p10 / p90 and
-    baseline p90 / p10). Configurations where the baseline was not measured are dropped; if it was
-    measured nowhere, MissingBaseline names the algorithms that were.
+    ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (core/stats.py), ``within_noise`` is True
+    where that interval contains 1. Configurations where the baseline was not measured are dropped; if it
+    was measured nowhere, MissingBaseline names the algorithms that were.
     """
     base = summary[summary["algorithm"] == baseline]
     if base.empty:
         raise MissingBaseline(f"baseline {baseline!r} has no successful measurement; measured: "
                               f"{', '.join(sorted(summary['algorithm'].unique()))}")
-    b = base[CONFIG + ["median_s", "p10_s", "p90_s"]].rename(
-        columns={"median_s": "base_s", "p10_s": "base_p10_s", "p90_s": "base_p90_s"})
+    b = base[CONFIG + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
     out = summary.merge(b, on=CONFIG, how="inner")
+    sps = [records_speedup(br, r) for br, r in zip(out["base_runs"], out["runs"])]
     out["speedup"] = out["base_s"] / out["median_s"]
-    out["speedup_lo"] = out["base_p10_s"] / out["p90_s"]
-    out["speedup_hi"] = out["base_p90_s"] / out["p10_s"]
+    out["speedup_lo"] = [x.lo for x in sps]
+    out["speedup_hi"] = [x.hi for x in sps]
+    out["within_noise"] = [x.within_noise and a != baseline for x, a in zip(sps, out["algorithm"])]
+    out["paired"] = [x.paired for x in sps]
+    out = out.drop(columns=["base_runs"])
     out.attrs["baseline"] = baseline
+    out.attrs["interval_method"] = METHOD
     return out
 
 

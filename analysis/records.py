@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-SCHEMA = 1
-# Upgraders from older schema versions to the next one: {version: function(record) -> record}.
-UPGRADES: dict[int, callable] = {}
+from core.records import column_types
+from core.store import Store
 
-INT = ["world_size", "nodes", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "repeat", "warmup",
-       "iters", "bytes"]
-FLOAT = ["median_s", "min_s", "max_s", "mean_s", "std_s", "p10_s", "p90_s", "flops", "tflops_per_rank",
-         "peak_tflops", "mfu", "algbw_GBps", "busbw_GBps", "busbw_factor", "check_max_error"]
+DEFAULT_ROOT = Path("runs")  # a bare campaign name means runs/NAME, nothing else
 PROVENANCE = {"git_commit": "commit", "git_dirty": "dirty", "date": "run_date", "nodes": "run_nodes"}
 
 
@@ -25,56 +21,30 @@ class EmptyCampaign(ValueError):
 
 
 def _paths(source) -> list[Path]:
+    """Campaign directories or exported Parquet files; a bare name is looked up under runs/ only."""
     items = [source] if isinstance(source, str | Path) else list(source)
     out = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            p = p / "records.jsonl"
-        elif p.suffix == ".parquet" and p.exists():
+        if p.is_file() and p.name == "records.jsonl":
+            p = p.parent
+        if p.suffix == ".parquet" and p.is_file():
             out.append(p)
             continue
-        elif not p.exists() and (Path("results") / str(item) / "records.jsonl").exists():
-            p = Path("results") / str(item) / "records.jsonl"
-        if not p.exists():
-            raise EmptyCampaign(f"no campaign at {item}: expected a campaign directory holding records.jsonl "
-                                "(e.g. results/cpu-sample), a records.jsonl file or an exported .parquet file")
+        if not p.is_dir() and len(p.parts) == 1 and (DEFAULT_ROOT / p).is_dir():
+            p = DEFAULT_ROOT / p
+        if not p.is_dir():
+            raise EmptyCampaign(f"no campaign at {item}: expected a campaign directory (e.g. runs/local-demo or "
+                                "results/cpu-sample), its records.jsonl or an exported .parquet file")
         out.append(p)
     return out
 
 
-def _read(path: Path) -> tuple[list[dict], int, dict[int, int]]:
-    recs, corrupt, newer = [], 0, {}
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            corrupt += 1
-            continue
-        if not isinstance(rec, dict) or "kind" not in rec:
-            corrupt += 1
-            continue
-        v = rec.get("schema", 0)
-        while v in UPGRADES:
-            rec, v = UPGRADES[v](rec), v + 1
-        if v != SCHEMA:
-            newer[v] = newer.get(v, 0) + 1
-            continue
-        recs.append(rec)
-    return recs, corrupt, newer
-
-
-def _provenance(path: Path) -> pd.DataFrame:
+def _provenance(store: Store) -> pd.DataFrame:
     rows = []
-    for f in sorted((path.parent / "runs").glob("*.json")):
-        try:
-            d = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        sw = d.get("software", {})
-        rows.append({"run_id": d.get("run_id", f.stem), **{new: d.get(old) for old, new in PROVENANCE.items()},
+    for d in store.runs():
+        sw = d.get("software") or {}
+        rows.append({"run_id": d["run_id"], **{new: d.get(old) for old, new in PROVENANCE.items()},
                      "hosts": ",".join(d.get("hosts", [])), "torch": sw.get("torch"),
                      "mpi_library": sw.get("mpi_library"), "devices": ",".join(d.get("devices", [])) or "cpu",
                      "slurm_job_id": (d.get("slurm") or {}).get("job_id")})
@@ -94,17 +64,15 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
         if path.suffix == ".parquet":
             frames.append(read_parquet(path))
             continue
-        recs, corrupt, newer = _read(path)
-        if corrupt:
-            warnings.warn(f"{path}: skipped {corrupt} corrupt or truncated line(s)", stacklevel=2)
-        for v, n in newer.items():
-            warnings.warn(f"{path}: skipped {n} record(s) of schema {v}; this analysis reads schema {SCHEMA}",
-                          stacklevel=2)
-        if not recs:
+        store = Store.at(path)
+        reading = store.read()
+        if reading.skipped:
+            warnings.warn(f"{path}: {reading.summary()} (corrupt, torn or foreign; not used)", stacklevel=2)
+        if not reading.records:
             continue
-        df = pd.DataFrame(recs)
-        df["campaign_path"] = str(path.parent)
-        prov = _provenance(path)
+        df = pd.DataFrame(reading.records)
+        df["campaign_path"] = str(path)
+        prov = _provenance(store)
         if not prov.empty and "run_id" in df:
             df = df.merge(prov, on="run_id", how="left")
         frames.append(df)
@@ -115,18 +83,15 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
         df = df[df["kind"] == kind].reset_index(drop=True)
         if df.empty:
             raise EmptyCampaign(f"no {kind} records in {source}")
-    for c in INT:
-        if c in df:
+    for c, dtype in column_types().items():
+        if c not in df:
+            continue
+        if dtype == "Int64":
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    for c in FLOAT:
-        if c in df:
+        elif dtype == "float64":
             df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    if "causal" in df:
-        df["causal"] = df["causal"].astype("boolean")
-    for c in ("status", "kind", "algorithm", "family", "dtype", "mode", "scaling", "layout", "kernel", "op", "failure",
-              "kernel_requested", "tag", "error"):
-        if c in df:
-            df[c] = df[c].astype("string")
+        else:
+            df[c] = df[c].astype(dtype)
     if "written_at" in df:
         df["written_at"] = pd.to_datetime(df["written_at"], errors="coerce", utc=True)
     return df

@@ -60,11 +60,23 @@ def _provenance(df: pd.DataFrame) -> pd.DataFrame:
     return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True)
 
 
-def _html_table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if pd.isna(v) else str(v))}</td>" for v in r) + "</tr>"
-                   for r in df.itertuples(index=False))
+def _html_table(t: tables.Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(tables.cell(v))}</td>" for v in r) + "</tr>" for r in t.rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def default_out(campaign: str | Path, what: str) -> Path:
+    """Where a command writes for a campaign when not told: beside its records, except for the tracked
+    results/ tree, which is never a default write target (runs/NAME/WHAT instead)."""
+    from .records import DEFAULT_ROOT, _paths
+
+    path = _paths(campaign)[0]
+    base = path.parent if path.suffix == ".parquet" else path
+    tracked = Path(__file__).resolve().parent.parent / "results"
+    if base.resolve().is_relative_to(tracked):
+        return DEFAULT_ROOT / base.name / what
+    return base / what
 
 
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
@@ -74,7 +86,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         df = load(campaign)
     notes = [str(w.message) for w in caught]
     name = str(df["campaign"].iloc[0]) if "campaign" in df else Path(campaign).name
-    out = Path(out) if out else Path(campaign) / "report"
+    out = Path(out) if out else default_out(campaign, "report")
     out.mkdir(parents=True, exist_ok=True)
     table = summary = None
     try:
@@ -86,8 +98,9 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     if table is None:
         skipped["speedup table"] = why
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
-    failures = bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error") if c in bad]]
-    config, prov = _config(df), _provenance(df)
+    failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error")
+                                      if c in bad]])
+    config, prov = _config(df), tables.frame_table(_provenance(df))
     title = f"ringx-bench report: campaign {name}"
     counts = df["status"].value_counts().to_dict() if "status" in df else {}
     summary_line = ", ".join(f"{v} {k}" for k, v in counts.items())
@@ -98,10 +111,10 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
             png = next(p for p in paths if p.suffix == ".png")
             lines += [f"## {fig_name}", "", f"![{fig_name}]({png.relative_to(out)})", ""]
         if table is not None:
-            lines += ["## speedup table", "", table.attrs["caption"], "", tables.render(table, "markdown")]
+            lines += ["## speedup table", "", tables.render(table, "markdown")]
         lines += ["## configuration", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## provenance", "", tables.render(prov, "markdown")]
-        if not failures.empty:
+        if failures.rows:
             lines += ["## not timed", "", tables.render(failures, "markdown")]
         if skipped:
             lines += ["## skipped figures", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
@@ -119,11 +132,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h2>{fig_name}</h2><img alt='{fig_name}' src='data:image/png;base64,{data}'>")
     if table is not None:
-        parts += ["<h2>speedup table</h2>", f"<p>{html.escape(table.attrs['caption'])}</p>", _html_table(table)]
+        parts += ["<h2>speedup table</h2>", f"<p>{html.escape(table.caption)}</p>", _html_table(table)]
     parts += ["<h2>configuration</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
                                                for k, v in config.items()] + ["</ul>"]
     parts += ["<h2>provenance</h2>", _html_table(prov)]
-    if not failures.empty:
+    if failures.rows:
         parts += ["<h2>not timed</h2>", _html_table(failures)]
     if skipped:
         parts += ["<h2>skipped figures</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"

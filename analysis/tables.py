@@ -1,53 +1,53 @@
-"""Tables of a campaign in Markdown, LaTeX (booktabs) or CSV."""
+"""Tables of a campaign, written by the one table writer (core/tables.py): Markdown, LaTeX or CSV."""
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
+
+from core.tables import Table, cell, render  # noqa: F401 - the one writer, used through this module too
 
 from .metrics import speedup
 
 
-def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
-    """One row per configuration, one column per algorithm: median ms and speedup over the baseline."""
-    sp = speedup(summary, baseline)
-    sp = sp.assign(mask=sp["causal"].map({True: "causal", False: "non-causal"}),
-                   cell=[f"{m * 1e3:.1f} ({s:.2f}x)" for m, s in zip(sp["median_s"], sp["speedup"])])
-    table = sp.pivot_table(index=["world_size", "seq", "mask", "mode", "dtype"], columns="algorithm", values="cell",
-                           aggfunc="first")
+def frame_table(df: pd.DataFrame, caption: str = "", label: str = "") -> Table:
+    """Any frame as a Table (missing cells empty)."""
+    rows = [[None if (isinstance(v, float) and pd.isna(v)) or v is pd.NA else v for v in r]
+            for r in df.itertuples(index=False)]
+    return Table([str(c) for c in df.columns], rows, caption, label)
+
+
+def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> Table:
+    """One row per configuration, one column per algorithm: median ms and speedup over the baseline.
+
+    A speedup whose interval contains 1 is marked '~' (within noise); a cell with no measurement is 'n/a'.
+    """
     from .figures import order_key
 
-    table = table[sorted(table.columns, key=order_key)]
-    table = table.reset_index().rename(columns={"world_size": "ranks"})
-    table.columns.name = None
-    table.attrs["caption"] = (f"Median time per call in ms and speedup over {baseline} "
-                              f"(median of all timed iterations, each the slowest rank's).")
-    return table
-
-
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """``df`` as markdown, latex or csv text."""
-    df = df.fillna("")
-    if fmt == "csv":
-        buf = io.StringIO()
-        df.to_csv(buf, index=False)
-        return buf.getvalue()
-    cols = [str(c) for c in df.columns]
-    rows = [[str(v) for v in r] for r in df.itertuples(index=False)]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-    if fmt == "latex":
-        def esc(s: str) -> str:
-            return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-
-        out = [r"\begin{table}", r"\centering", r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule",
-               " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
-        out += [" & ".join(esc(v) for v in r) + r" \\" for r in rows]
-        out += [r"\bottomrule", r"\end{tabular}"]
-        if df.attrs.get("caption"):
-            out.append(r"\caption{" + esc(df.attrs["caption"]) + "}")
-        out.append(r"\end{table}")
-        return "\n".join(out) + "\n"
-    raise ValueError(f"unknown table format {fmt!r}: choose markdown, latex or csv")
+    sp = speedup(summary, baseline)
+    sp = sp.assign(mask=sp["causal"].map({True: "causal", False: "non-causal"}))
+    algos = sorted(sp["algorithm"].unique(), key=order_key)
+    keys = ["world_size", "seq", "mask", "mode", "dtype"]
+    rows, latex = [], {}
+    for i, (cfg, g) in enumerate(sp.groupby(keys, sort=True)):
+        cells = []
+        for j, a in enumerate(algos, start=len(keys)):
+            r = g[g["algorithm"] == a]
+            if r.empty:
+                cells.append("n/a")
+                continue
+            r = r.iloc[0]
+            ms = f"{r['median_s'] * 1e3:.1f}"
+            if a == baseline:
+                cells.append(f"{ms} ms")
+                continue
+            noise = "~" if r["within_noise"] else ""
+            cells.append(f"{ms} ({noise}{r['speedup']:.2f}x [{r['speedup_lo']:.2f}-{r['speedup_hi']:.2f}])")
+            mark = r"$\sim$" if noise else ""
+            latex[i, j] = (f"{ms} ({mark}{r['speedup']:.2f}" + r"$\times$"
+                           + f"$_{{{r['speedup_lo']:.2f}-{r['speedup_hi']:.2f}}}$)")
+        rows.append([*cfg, *cells])
+    caption = (f"Median time per call in ms of the slowest rank per iteration, and speedup over {baseline} "
+               f"(above 1: faster) with its {sp.attrs['interval_method']}. ~: the interval contains 1 "
+               "(within noise). n/a: not measured at that configuration.")
+    return Table(["ranks", "seq", "mask", "mode", "dtype", *algos], rows, caption, label="tab:speedup",
+                 latex_cells=latex)

@@ -9,7 +9,7 @@ COMMANDS = {
     "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
     "run": ("bench.run", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
     "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
-    "sweep": ("bench.sweep", "campaigns from a sweep file: plan, render, submit (Slurm), local, status, resubmit"),
+    "sweep": ("bench.sweep.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
     "summary": ("bench.summary", "a campaign's records as markdown tables"),
 }
 

@@ -23,20 +23,12 @@ from __future__ import annotations
 import re
 import sys
 
-from bench.cli import Group, Parser, Progress, describe
-from bench.points import DTYPES
+from bench.measure.ranks import Group, Progress, describe
+from bench.options import DTYPES
+from core.cli import Parser
+from costmodel.network import busbw_factor
 
 OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "sendrecv")
-
-
-def busbw_factor(op: str, n: int) -> float:
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter"):
-        return (n - 1) / n
-    if op in ("broadcast", "reduce", "sendrecv"):
-        return 1.0
-    raise ValueError(f"unknown op {op!r}")
 
 
 def parse_size(text: str) -> int:
@@ -83,10 +75,7 @@ def op_call(op: str, numel: int, dtype, device, rank: int, world: int):
 
 
 def build_parser() -> Parser:
-    import argparse
-
-    p = Parser(prog="python -m bench collectives", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m bench collectives", description=__doc__)
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated (default: all)")
     p.add_argument("--min-bytes", default="1K", help="smallest size (default 1K)")
     p.add_argument("--max-bytes", default="16M", help="largest size (default 16M)")
@@ -94,10 +83,10 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--out", default="results")
-    p.add_argument("--campaign", default="collectives")
+    p.add_argument("--out", default="runs", help="output root (default: runs)")
+    p.add_argument("--campaign", default="collectives", help="campaign name (default: collectives)")
     p.add_argument("--tag")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits on its peers (default 300)")
     p.add_argument("--retry-failed", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -116,16 +105,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if not 0 < lo <= hi:
         p.error(f"need 0 < --min-bytes <= --max-bytes, got {lo} and {hi}")
-    if a.step < 2 or a.iters < 1 or a.warmup < 0:
-        p.error("--step must be >= 2, --iters >= 1, --warmup >= 0")
+    if a.step < 2 or a.iters < 1 or a.warmup < 0 or a.iters > 100_000 or a.warmup > 100_000:
+        p.error("--step must be >= 2, --iters from 1 to 100000, --warmup from 0 to 100000")
+    if not 0 < a.timeout <= 86400:
+        p.error("--timeout must be a number of seconds from 1 to 86400")
+    from core.store import StoreError, check_campaign_name
+
+    try:
+        check_campaign_name(a.campaign)
+    except StoreError as e:
+        p.error(str(e))
 
     import torch
 
-    from bench.store import SCHEMA_VERSION, already_recorded, config_key, now
-    from bench.timing import stat_fields, summarize, time_iterations
+    from bench.measure.timing import time_iterations
+    from core.stats import stat_fields, summarize
+    from core.store import SCHEMA_VERSION, already_recorded, config_key, now
     from ringx import launch
     ctx = launch.init(timeout_s=a.timeout)
-    group = Group(a.timeout)
+    group = Group(a.timeout, "bench collectives")
     P, rank = ctx.world_size, ctx.rank
     store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "collectives", *(argv or [])])
     dt = getattr(torch, a.dtype)
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         st = summarize(samples)
         algbw = nbytes / st["median"] / 1e9
         rec.update(written_at=now(), samples_s=samples,
-                   **stat_fields(st),
+                   **stat_fields(samples),
                    algbw_GBps=algbw, busbw_GBps=algbw * rec["busbw_factor"])
         if rank == 0:
             store.append(rec)

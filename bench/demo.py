@@ -4,7 +4,8 @@
    kernel on the same data (`bench quick --ranks 1`);
 2. a small local campaign, ring vs ringX on 1, 2 and 4 CPU ranks
    (`bench sweep local jobs/sweeps/local-demo.toml`: every algorithm checked
-   against float64 attention, then timed; re-running resumes it);
+   against float64 attention, then all algorithms of a configuration timed
+   side by side; re-running resumes it);
 3. the campaign's table (`bench summary`), figures and a report page
    (`python -m analysis report runs/local-demo`).
 Everything lands under runs/ (not tracked by git).
@@ -12,35 +13,39 @@ Everything lands under runs/ (not tracked by git).
 
 from __future__ import annotations
 
-import argparse
 import os
+import subprocess
+import sys
 
-from bench import mpirun, quick, summary, sweep
+from bench import mpirun, quick, summary
+from bench.sweep import commands as sweep
+from core.cli import Parser
 
 SWEEP = mpirun.ROOT / "jobs" / "sweeps" / "local-demo.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m bench demo", description=__doc__)
     p.add_argument("--skip-overhead", action="store_true", help="skip step 1")
     a = p.parse_args(argv)
     os.chdir(mpirun.ROOT)  # the sweep file's out = "runs" is relative to the checkout
+    cores = os.cpu_count() or 1
     if not a.skip_overhead:
-        print("== 1/3 library overhead at one rank (time / bare kernel) ==", flush=True)
+        print("== 1/3 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
         if quick.main(["--ranks", "1", "--out", "runs/quick", "--quiet"]) != 0:
             return 1
     print(f"\n== 2/3 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
+    print(f"this machine has {cores} core(s): runs with more ranks than that share cores, so their times include "
+          "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
     print("\n== 3/3 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
-    try:
-        from analysis import report
-    except ImportError as e:  # pandas/matplotlib absent: the measurements stand, the figures wait
-        print(f"\nno figures: {e} (pip install -e '.[analysis]')")
+    # analysis is a separate layer (pandas, matplotlib): run it as its own command
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"], cwd=mpirun.ROOT)
+    if proc.returncode != 0:
+        print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
         return 0
-    page = report.write("runs/local-demo", "runs/local-demo/report")
-    print(f"\nfigures: runs/local-demo/report/figures/ (PDF and PNG); report: {page}")
-    print("records: runs/local-demo/records.jsonl (schema: results/README.md); overhead table: runs/quick/table.md")
+    print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
+    print("records: runs/local-demo/records/ (schema: results/README.md); overhead table: runs/quick/table.md")
     return 0

@@ -2,8 +2,9 @@
 
 At one rank every algorithm is timed against the bare local kernel on the
 same data (the library's overhead); at more ranks each algorithm is timed
-beside ``ring``. All candidates take turns within every iteration, so the
-ratios are measured side by side. Times are medians of the slowest rank per
+beside ``ring``. All candidates take turns within every iteration, in an
+order that rotates, so the ratios are measured side by side; each speedup
+comes with a paired bootstrap interval, '~' marking one within noise. Times are medians of the slowest rank per
 iteration; p10-p90 and the samples are kept in the JSON output.
 """
 
@@ -14,6 +15,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from core.cli import Parser
 
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
 
@@ -52,7 +55,8 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     import ringx
-    from bench.timing import summarize, time_round_robin
+    from bench.measure.timing import time_round_robin
+    from core.stats import summarize
     from ringx import launch
 
     torch.set_num_threads(a.threads)
@@ -86,41 +90,41 @@ def worker(a: argparse.Namespace) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: median ms and ratio (vs bare kernel at P=1, vs ring at P>1)."""
-    lines = []
+    """Markdown per rank count: median ms (p10-p90) and speedup over the baseline (bare kernel at one rank,
+    ring beyond), with its paired bootstrap interval; '~' marks an interval containing 1 (within noise)."""
+    from core.stats import speedup
+    from core.tables import Table, render
+
+    parts = []
     for P in sorted({x["world"] for x in rows}):
         sub = [x for x in rows if x["world"] == P]
         base_name = "kernel" if P == 1 else "ring"
-        what = "time / bare kernel" if P == 1 else "time / ring (<1: faster than ring)"
-        lines += [f"\n### {P} rank{'s' if P > 1 else ''}: median ms (p10-p90), ratio = {what}\n",
-                  "| algorithm | full fwd | ratio | full fwd+bwd | ratio "
-                  "| causal fwd | ratio | causal fwd+bwd | ratio |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        base = {(x["causal"], x["mode"]): x["median"] for x in sub if x["algorithm"] == base_name}
+        base = {(x["causal"], x["mode"]): x["samples"] for x in sub if x["algorithm"] == base_name}
+        out = []
         for name in dict.fromkeys(x["algorithm"] for x in sub):
-            cells = []
+            cells = [name]
             for causal in (False, True):
                 for mode in ("fwd", "fwd+bwd"):
                     x = next(y for y in sub if y["algorithm"] == name and y["causal"] == causal and y["mode"] == mode)
+                    sp = speedup(base[causal, mode], x["samples"], paired=True)
                     cells += [f"{x['median'] * 1e3:.1f} ({x['p10'] * 1e3:.1f}-{x['p90'] * 1e3:.1f})",
-                              f"{x['median'] / base[causal, mode]:.3f}"]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+                              "-" if name == base_name else sp.text()]
+            out.append(cells)
+        what = "the bare kernel (below 1: the library's overhead)" if P == 1 else "ring (above 1: faster)"
+        parts.append(f"\n### {P} rank{'s' if P > 1 else ''}: median ms (p10-p90); speedup over {what}\n\n" + render(
+            Table(["algorithm", "full fwd", "speedup", "full fwd+bwd", "speedup", "causal fwd", "speedup",
+                   "causal fwd+bwd", "speedup"], out), "markdown").rstrip())
+    return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench quick", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from bench import options
+
+    p = Parser(prog="python -m bench quick", description=__doc__)
     p.add_argument("--ranks", default="1,2,4", help="comma-separated world sizes (default: 1,2,4)")
-    p.add_argument("--seq", type=int, default=DEFAULTS["seq"], help="global sequence length (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
-    p.add_argument("--heads", type=int, default=DEFAULTS["heads"])
-    p.add_argument("--kv-heads", type=int, default=DEFAULTS["kv_heads"])
-    p.add_argument("--head-dim", type=int, default=DEFAULTS["head_dim"])
-    p.add_argument("--dtype", default=DEFAULTS["dtype"], choices=["float32", "float64"])
-    p.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
-    p.add_argument("--iters", type=int, default=DEFAULTS["iters"], help="timed iterations (default: %(default)s)")
-    p.add_argument("--algorithms", default=None, help="comma-separated (default: every registered algorithm)")
+    opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype")]
+    opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
+    options.add_arguments(p, opts, DEFAULTS)
     p.add_argument("--out", default="runs/quick", help="output directory (default: %(default)s)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -129,31 +133,34 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     import ringx
+    from core.cli import UserError
 
-    a.algorithms = a.algorithms.split(",") if isinstance(a.algorithms, str) else list(ringx.ALGORITHMS)
+    try:
+        for o in opts:
+            given = getattr(a, o.name)
+            setattr(a, o.name, options.value(o, DEFAULTS.get(o.name) if given is None else given, "bench quick",
+                                             many=o.name == "algorithms"))
+        a.algorithms = a.algorithms or list(ringx.ALGORITHMS)
+        ranks = options.value(options.Option("ranks", None, "", int, low=1, high=64), a.ranks, "bench quick",
+                              many=True)
+    except UserError as e:
+        p.error(str(e))
     if a.worker:
         worker(a)
         return 0
-    try:
-        ranks = [int(x) for x in a.ranks.split(",")]
-    except ValueError:
-        p.error(f"--ranks must be comma-separated integers, got {a.ranks!r}")
     unknown = [x for x in a.algorithms if x not in ringx.ALGORITHMS]
     if unknown:
         p.error(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ringx.ALGORITHMS)}")
-    for name, val in (("--seq", a.seq), ("--batch", a.batch), ("--heads", a.heads), ("--kv-heads", a.kv_heads),
-                      ("--head-dim", a.head_dim), ("--iters", a.iters), *(("--ranks", x) for x in ranks)):
-        if val < 1:
-            p.error(f"{name} must be positive, got {val}")
-    if a.warmup < 0:
-        p.error("--warmup must be >= 0")
+    if a.dtype not in ("float32", "float64"):
+        p.error(f"--dtype {a.dtype}: quick runs on CPU ranks, use float32 or float64")
     if a.heads % a.kv_heads:
         p.error(f"--heads ({a.heads}) must be a multiple of --kv-heads ({a.kv_heads})")
     for P in ranks:
         if a.seq % (2 * P):
             p.error(f"--seq {a.seq} must be divisible by {2 * P} (zigzag over {P} ranks)")
 
-    from bench import mpirun, provenance
+    from bench import mpirun
+    from bench.measure import provenance
 
     prov = provenance.collect([provenance.local_host()], ["-m", "bench", "quick", *argv])
     out = Path(a.out)

@@ -1,11 +1,15 @@
 """``python -m bench run``: time ring and ringX algorithms under mpiexec or srun.
 
-Every (configuration, algorithm, repeat) becomes one record in the campaign's
-store, appended by rank 0 as soon as it is measured. Re-running the same
-command skips what is already recorded; failures (an exception or out of
-memory on any rank, a failed --check, a collective that times out) become
-records too, and the run goes on. A rank that dies or hangs makes the others
-stop within --timeout plus a margin, with the records already written intact.
+All algorithms of one configuration are timed side by side: within every
+iteration each takes its turn, in an order that rotates from one iteration to
+the next, so their ratios are measured under the same conditions and sample i
+of each comes from the same round. Every (configuration, algorithm, repeat)
+becomes one record with its own samples, written by rank 0 to this run's file
+in the campaign store as soon as its configuration is measured. Re-running the
+same command skips what is recorded; failures (an exception or out of memory
+on any rank, a failed --check, a collective that times out) become records
+too, and the run goes on. A rank that dies or hangs makes the others stop
+within --timeout plus a margin, with the records already written intact.
 
 Example (4 local CPU ranks):
   mpiexec -n 4 python -m bench run --seq 1024,2048 --causal true,false --campaign demo
@@ -13,142 +17,103 @@ Example (4 local CPU ranks):
 
 from __future__ import annotations
 
-import functools
+import argparse
+import json
 import os
 import signal
 import sys
 import time
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, field, replace
 
-from bench.cli import Group, Parser, Progress, describe, load_config, parse_bool, split_list
-from bench.points import DTYPES, MODES, Point, make_point, record_config
+from bench import options
+from bench.measure.ranks import Group, Progress, describe
+from bench.points import Point, make_point, record_config
+from core.cli import Parser, UserError, load_config, split_list
 
-DEFAULTS = dict(algorithms=None, seq=None, seq_per_rank=None, batch=1, heads=8, kv_heads=None, head_dim=64,
-                dtype="float32", causal="true", mode="fwd+bwd", warmup=2, iters=10, repeats=1, kernel=None,
-                out="results", campaign="default", tag=None, check=False, check_max_seq=2048,
-                peak_tflops=None, timeout=300.0, retry_failed=False, quiet=False, baselines="", inject=None,
+RUN_ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False, baselines="", inject=None,
                 points=None)
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench run", description=__doc__, formatter_class=__import__("argparse")
-               .RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m bench run", description=__doc__)
     add = p.add_argument
     add("--config", help="TOML or JSON file with any of the options below (flags override it)")
     add("--points", help="JSON file listing points (dicts of algorithm, seq or seq_per_rank, batch, heads, kv_heads, "
         "head_dim, dtype, causal, mode) instead of the cross product of the flags below (used by bench sweep)")
-    add("--algorithms", help="comma-separated names (default: every algorithm supporting the masking)")
-    add("--seq", help="global sequence length(s), comma-separated: strong scaling (default 2048)")
-    add("--seq-per-rank", help="sequence length(s) per rank: weak scaling (global = this x ranks)")
-    add("--batch", type=int)
-    add("--heads", type=int, help="query heads (default 8)")
-    add("--kv-heads", type=int, help="key/value heads (default: = heads; fewer for GQA/MQA)")
-    add("--head-dim", type=int, help="default 64")
-    add("--dtype", help=f"one or more of {', '.join(DTYPES)} (default float32; use bf16/fp16 on GPUs)")
-    add("--causal", help="true, false or both as 'true,false' (default true)")
-    add("--mode", help="fwd, fwd+bwd or both (default fwd+bwd)")
-    add("--warmup", type=int, help="untimed iterations per record (default 2)")
-    add("--iters", type=int, help="timed iterations per record (default 10)")
-    add("--repeats", type=int, help="records per configuration and algorithm (default 1)")
-    add("--kernel", help="force a local kernel: flash-attn, torch-cuda, torch-cpu, reference (default: auto)")
-    add("--out", help="results root directory (default: results)")
-    add("--campaign", help="campaign name: records go to OUT/CAMPAIGN/records.jsonl (default: default)")
-    add("--tag", help="free-form label stored in every record")
-    add("--check", action="store_true", default=None,
-        help="before timing, compare each algorithm with float64 attention; failing ones are recorded, not timed")
-    add("--check-max-seq", type=int, help="largest sequence the check uses (reduced beyond; default 2048)")
-    add("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (e.g. 989 for H100 SXM bf16)")
-    add("--timeout", type=float, help="seconds a rank waits on its peers before a case fails (default 300)")
-    add("--retry-failed", action="store_true", default=None, help="re-run configurations recorded as failed")
-    add("--baselines", help="outside implementations to time too, at every configuration: ring_flash_attn, torch_cp")
-    add("--quiet", action="store_true", default=None, help="no progress output")
-    # tests: RANK:CASE:KIND, KIND one of raise, oom (preparing inputs), midraise, kill, hang (timing), check
-    add("--inject", help=__import__("argparse").SUPPRESS)
+    options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
+    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="output root: records go to OUT/CAMPAIGN/ (default: runs)")
+    g.add_argument("--campaign", help="campaign name, a plain directory name (default: default)")
+    g.add_argument("--tag", help="free-form label stored in every record")
+    g.add_argument("--retry-failed", action="store_true", default=None,
+                   help="re-run configurations recorded as failed")
+    g.add_argument("--baselines", help="outside implementations to time too, at every configuration: "
+                   "ring_flash_attn, torch_cp")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    # tests: RANK:CASE:KIND, KIND one of raise, oom (preparing), midraise, kill, hang (first call), check
+    add("--inject", help=argparse.SUPPRESS)
     return p
 
 
-def resolve(p: Parser, argv: list[str] | None, world: int) -> tuple[dict, list[Point]]:
-    """Parse flags (over the config file, over defaults) into validated points for ``world`` ranks."""
-    import json
-
+def resolve(argv: list[str] | None, world: int) -> tuple[dict, list[Point]]:
+    """Flags (over the config file, over the definitions' defaults) into validated points for ``world`` ranks."""
     import ringx
-
-    a = p.parse_args(argv)
-    opts = dict(DEFAULTS)
-    if a.config:
-        opts |= load_config(p, a.config, set(DEFAULTS))
-    opts |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
-    for name in ("iters", "repeats", "check_max_seq"):
-        if int(opts[name]) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {opts[name]}")
-    if opts["warmup"] < 0:
-        p.error("--warmup must be >= 0")
-    if opts["timeout"] <= 0:
-        p.error("--timeout must be positive")
-    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
-        p.error(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
-    baselines = split_list(opts["baselines"]) if opts["baselines"] else []
     from bench.baselines import FAMILIES
 
+    a = build_parser().parse_args(argv)
+    valid = set(options.PARAMS) | set(options.SETTINGS) | set(RUN_ONLY)
+    given = load_config(a.config, valid) if a.config else {}
+    given |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
+    opts = dict(RUN_ONLY) | {k: v for k, v in given.items() if k in RUN_ONLY}
+    opts |= options.settings(given, "")
+    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
+        raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
+    from core.store import check_campaign_name
+
+    check_campaign_name(opts["campaign"])
+    baselines = split_list(opts["baselines"]) if opts["baselines"] else []
     for b in baselines:
         if b not in FAMILIES:
-            p.error(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
+            raise UserError(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
     opts["baselines"] = baselines
     if opts["points"]:
         try:
             raw = json.loads(open(opts["points"]).read())
-        except (OSError, json.JSONDecodeError) as e:
-            p.error(f"cannot read points file {opts['points']}: {e}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read points file {opts['points']}: {e}") from None
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
-            p.error(f"points file {opts['points']} must hold a JSON list of objects")
+            raise UserError(f"points file {opts['points']} must hold a JSON list of objects")
     else:
-        raw = cross_product(p, opts)
-    points = []
-    for d in raw:
-        try:
-            points.append(make_point(d, world))
-        except ValueError as e:
-            p.error(str(e))
-    return opts, points
+        raw = cross_product({k: given.get(k) for k in options.PARAMS})
+    return opts, [make_point(d, world) for d in raw]
 
 
-def cross_product(p: Parser, opts: dict) -> list[dict]:
-    """Point dicts from the flags: every algorithm x sequence x masking x mode x dtype."""
+def cross_product(params: dict) -> list[dict]:
+    """Point dicts from the parameters: every masking x sequence x mode x dtype x algorithm."""
     import ringx
 
-    try:
-        causals = [parse_bool(x) for x in split_list(opts["causal"])]
-        seqs = split_list(opts["seq"], int) if opts["seq"] is not None else []
-        per_rank = split_list(opts["seq_per_rank"], int) if opts["seq_per_rank"] is not None else []
-    except ValueError as e:
-        p.error(str(e))
-    if seqs and per_rank:
-        p.error("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
-    for s in seqs + per_rank:
-        if s < 1:
-            p.error(f"sequence lengths must be positive, got {s}")
-    modes, dtypes = split_list(opts["mode"]), split_list(opts["dtype"])
-    for m in modes:
-        if m not in MODES:
-            p.error(f"--mode {m!r}: choose fwd or fwd+bwd")
-    for d in dtypes:
-        if d not in DTYPES:
-            p.error(f"--dtype {d!r}: choose one of {', '.join(DTYPES)}")
-    heads = opts["heads"]
-    kv = opts["kv_heads"] or heads
-    for name, v in (("batch", opts["batch"]), ("heads", heads), ("head_dim", opts["head_dim"])):
-        if int(v) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if kv < 1 or heads % kv:
-        p.error(f"--heads ({heads}) must be a positive multiple of --kv-heads ({kv})")
-    names = split_list(opts["algorithms"]) if opts["algorithms"] else None
+    P = options.PARAMS
+    many = {k: options.value(P[k], params[k], "", many=True) for k in params if params[k] is not None}
+    if "seq" in many and "seq_per_rank" in many:
+        raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
+    for k in ("batch", "heads", "kv_heads", "head_dim"):
+        if k in many and len(many[k]) != 1:
+            raise UserError(f"--{k.replace('_', '-')} takes one value (sweep files cross several)")
+    one = {k: many[k][0] if k in many else P[k].default for k in ("batch", "heads", "kv_heads", "head_dim")}
+    one["kv_heads"] = one["kv_heads"] or one["heads"]
+    if one["heads"] % one["kv_heads"]:
+        raise UserError(f"--heads ({one['heads']}) must be a multiple of --kv-heads ({one['kv_heads']})")
+    names = many.get("algorithms")
     for n in names or []:
         if n not in ringx.ALGORITHMS:
-            p.error(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
-    seq_key, lengths = ("seq", seqs or [2048]) if not per_rank else ("seq_per_rank", per_rank)
-    return [{"algorithm": n, seq_key: s, "batch": int(opts["batch"]), "heads": heads, "kv_heads": kv,
-             "head_dim": int(opts["head_dim"]), "dtype": d, "causal": c, "mode": m}
-            for c in causals for s in lengths for m in modes for d in dtypes
+            raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
+    seq_key = "seq_per_rank" if "seq_per_rank" in many else "seq"
+    lengths = many.get(seq_key, [2048])
+    return [{"algorithm": n, seq_key: s, **one, "dtype": d, "causal": c, "mode": m}
+            for c in many.get("causal", [P["causal"].default]) for s in lengths
+            for m in many.get("mode", [P["mode"].default]) for d in many.get("dtype", [P["dtype"].default])
             for n in (names or ringx.algorithms.names(c))]
 
 
@@ -186,6 +151,22 @@ def maybe_inject(spec: str | None, rank: int, index: int, stage: str) -> None:
         time.sleep(10**6)
 
 
+@dataclass
+class Case:
+    """One algorithm of a configuration group: its record in the making and what measuring it gave."""
+
+    index: int  # position in the run's case list (--inject addresses it)
+    point: Point
+    rec: dict
+    label: str
+    layout: str = ""
+    ext: object = None
+    call: object = None
+    stats: object = None
+    result: dict = field(default_factory=dict)
+    votes: list = field(default_factory=list)  # every rank's report of the last stage
+
+
 class Runner:
     """Runs the cases of one invocation on every rank; rank 0 writes the records."""
 
@@ -195,11 +176,15 @@ class Runner:
         from ringx import launch
 
         self.opts = opts
-        self.ctx = launch.init(timeout_s=opts["timeout"])
+        self.ctx = launch.init(timeout_s=opts["timeout"], **_launch_args(opts))
         self.group = Group(opts["timeout"])
         self.rank, self.P = self.ctx.rank, self.ctx.world_size
         self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
             opts["out"], opts["campaign"], ["-m", "bench", "run", *argv])
+        interrupt_cleanly(self.store, self.rank)
+        from bench.measure.pinning import pin
+
+        self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
         self.external = baselines.load(opts["baselines"], self.ctx.device.type)
         self.ringx = ringx
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
@@ -207,19 +192,33 @@ class Runner:
     def run(self, points: list[Point]) -> None:
         # Baselines from outside run at every configuration the ringx algorithms do.
         configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in points))
-        points = points + [replace(c, algorithm=name) for c in configs for name in self.external]
-        cases = [(pt, rep) for pt in points for rep in range(int(self.opts["repeats"]))]
-        self.progress = Progress(len(cases), self.opts["quiet"], self.rank == 0)
-        self.progress.note(f"bench run: {len(cases)} records to make on {self.P} ranks ({self.nodes} node(s)), "
-                           f"campaign {self.store.campaign!r} -> {self.store.records_path} (run {self.run_id})")
-        for index, (pt, rep) in enumerate(cases):
-            self.one(index, pt, rep)
+        names = {c: [pt.algorithm for pt in points if replace(pt, algorithm="") == c] + list(self.external)
+                 for c in configs}
+        reps = int(self.opts["repeats"])
+        total = sum(len(n) for n in names.values()) * reps
+        self.progress = Progress(total, self.opts["quiet"], self.rank == 0)
+        self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "
+                           f"{self.ctx.device.type}), campaign {self.store.campaign!r} -> {self.store.records_path}")
+        if self.pinned:
+            self.progress.note(f"bench run: CPU ranks pinned, rank 0 to core(s) {self.pinned}")
+        cores = os.cpu_count() or 1
+        if self.ctx.device.type == "cpu" and self.P > cores and self.nodes == 1:
+            self.progress.note(f"bench run: note: {self.P} ranks share {cores} cores; times include that contention")
+        index = 0
+        for c in configs:
+            for rep in range(reps):
+                cases = []
+                for name in names[c]:
+                    cases.append(self.case(index, replace(c, algorithm=name), rep))
+                    index += 1
+                self.measure_group([x for x in cases if x is not None])
         c = self.counts
         self.progress.note(f"bench run: {c['recorded']} recorded, {c['failed']} failed, {c['skipped']} already in "
                            f"the store -> {self.store.records_path}")
 
-    def one(self, index: int, pt: Point, rep: int) -> None:
-        from bench.store import SCHEMA_VERSION, already_recorded, config_key, now
+    def case(self, index: int, pt: Point, rep: int) -> Case | None:
+        """The case's record skeleton, or None when it is already recorded or cannot run here (recorded so)."""
+        from core.store import SCHEMA_VERSION, already_recorded, config_key, now
 
         o, name = self.opts, pt.algorithm
         config = record_config(pt, self.P, self.nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
@@ -229,145 +228,265 @@ class Runner:
         if already_recorded(prior, o["retry_failed"]):
             self.counts["skipped"] += 1
             self.progress.step(f"{label}: already recorded ({prior})")
-            return
+            return None
         ext = self.external.get(name)
         rec = {"schema": SCHEMA_VERSION, "kind": "attention", "campaign": self.store.campaign, "tag": o["tag"],
                "run_id": self.run_id, "key": key, "status": "ok", "error": None, "failure": None,
-               "written_at": "", "family": "external" if ext else self.ringx.ALGORITHMS[name].family, **config}
+               "written_at": "", "device": self.ctx.device.type,
+               "family": "external" if ext else self.ringx.ALGORITHMS[name].family, **config}
         if ext and ext.reason:
             rec.update(status="skipped", error=ext.reason, written_at=now())
             self.write(rec)
             self.progress.step(f"{label}: skipped ({ext.reason})")
-            return
+            return None
         layout = ext.layout(pt.causal) if ext else self.ringx.ALGORITHMS[name].layout(pt.causal)
-        inputs, err = None, None
-        try:  # 1. inputs (may run out of memory)
-            maybe_inject(o["inject"], self.rank, index, "prepare")
-            inputs = self.inputs(pt, index)
+        return Case(index, pt, rec, label, layout, ext)
+
+    def measure_group(self, cases: list[Case]) -> None:
+        """Inputs, check and one untimed call per algorithm (each may fail alone), then all timed side by side."""
+        if not cases:
+            return
+        inputs = None
+        err = None
+        try:  # one set of inputs for the whole configuration: the algorithms see the same data
+            inputs = self.inputs(cases[0].point)
         except Exception as e:  # noqa: BLE001 - every failure becomes a record
             err = describe(e)
-        if not self.settle(rec, err, {}, label, broke_group=False):
+        if not self.settle_all(cases, err, broke_group=False):
             return
-        result = {}
-        try:  # 2. optional check, one call for the ledger, then the timed iterations
-            result = self.measure(index, name, pt, layout, inputs, ext)
-        except CheckFailed as e:
-            err = ("check", str(e))
+        live = []
+        for c in cases:
+            if self.stage(c, lambda c=c: self.prepare(c, inputs), broke_group=False) and \
+                    self.stage(c, lambda c=c: self.check(c), broke_group=False) and \
+                    self.stage(c, lambda c=c: self.first_call(c), broke_group=True):
+                live.append(c)
+        if not live:
+            return
+        err = None
+        try:
+            from bench.measure.timing import time_round_robin
+
+            samples = time_round_robin([c.call for c in live], int(self.opts["warmup"]), int(self.opts["iters"]),
+                                       self.ctx.device)
         except Exception as e:  # noqa: BLE001
             err = describe(e)
-        if not self.settle(rec, err, result, label, broke_group=err is not None and err[0] != "check"):
+        if not self.settle_all(live, err, broke_group=True):
             return
-        self.finish(rec, pt, layout, result, label)
+        group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
+        for c, s in zip(live, samples):
+            self.finish(c, s, group_id)
 
-    def inputs(self, pt: Point, index: int):
+    def inputs(self, pt: Point):
         import torch
 
-        g = torch.Generator(device="cpu").manual_seed(1000 + index)
+        g = torch.Generator(device="cpu").manual_seed(1000 + hash((pt.seq, pt.heads, pt.head_dim)) % 1000)
         dt = getattr(torch, pt.dtype)
         return [torch.randn(pt.batch, pt.seq_per_rank, h, pt.head_dim, generator=g, dtype=dt).to(self.ctx.device)
                 for h in (pt.heads, pt.kv_heads, pt.kv_heads, pt.heads)]
 
-    def measure(self, index: int, name: str, pt: Point, layout: str, inputs, ext) -> dict:
+    def prepare(self, c: Case, inputs) -> None:
+        maybe_inject(self.opts["inject"], self.rank, c.index, "prepare")
+        c.call, c.stats = make_call(c.point.algorithm, c.ext, c.point, inputs, self.opts["kernel"])
+
+    def check(self, c: Case) -> None:
+        import functools
+
         import torch
 
-        from bench import metrics
-        from bench.timing import time_iterations
+        o, pt = self.opts, c.point
+        if not o["check"]:
+            return
+        cs = min(pt.seq, o["check_max_seq"])
+        cs -= cs % self.ringx.layouts.global_divisor(c.layout, self.P)
+        if cs < 1:
+            c.result["check_skipped"] = True  # too short to split: the configuration itself runs unchecked
+            return
+        dt = getattr(torch, pt.dtype)
+        fn = functools.partial(c.ext.fn, causal=pt.causal) if c.ext else None
+        err = self.ringx.verify.max_error(pt.algorithm, pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
+                                          self.ctx.device, o["kernel"], seed=c.index, fn=fn, layout=c.layout)
+        tol = self.ringx.verify.TOLERANCE[dt]
+        c.result.update(check_max_error=err, check_tolerance=tol, check_seq=cs)
+        maybe_inject(o["inject"], self.rank, c.index, "check")
+        if not err <= tol:
+            raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
 
-        o, dev, result = self.opts, self.ctx.device, {}
-        if o["check"]:
-            cs = min(pt.seq, o["check_max_seq"])
-            cs -= cs % self.ringx.layouts.global_divisor(layout, self.P)
-            dt = getattr(torch, pt.dtype)
-            fn = functools.partial(ext.fn, causal=pt.causal) if ext else None
-            err = self.ringx.verify.max_error(name, pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt, dev,
-                                              o["kernel"], seed=index, fn=fn, layout=layout)
-            tol = self.ringx.verify.TOLERANCE[dt]
-            result.update(check_max_error=err, check_tolerance=tol, check_seq=cs)
-            maybe_inject(o["inject"], self.rank, index, "check")
-            if not err <= tol:
-                raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
-        call, stats = make_call(name, ext, pt, inputs, o["kernel"])
-        metrics.reset_peak_memory(dev)
-        call(stats)  # untimed: fills the ledger
-        maybe_inject(o["inject"], self.rank, index, "run")
-        samples = time_iterations(functools.partial(call, None), int(o["warmup"]), int(o["iters"]), dev)
-        ledgers = [stats.forward, stats.backward] if stats else []
-        result.update(samples=samples, mem=metrics.peak_memory(dev), kernel=stats.kernel if stats else "external",
-                      sent=sum(x.sent for x in ledgers), received=sum(x.received for x in ledgers),
-                      calls=sum(x.calls for x in ledgers),
-                      ledger={"forward": stats.forward.as_dict(), "backward": stats.backward.as_dict()}
-                      if stats else None)
-        return result
+    def first_call(self, c: Case) -> None:
+        """One untimed call: fills the ledger and measures this algorithm's own peak memory."""
+        from bench.measure.memory import peak_memory, reset_peak_memory
 
-    def settle(self, rec: dict, err, result: dict, label: str, broke_group: bool) -> bool:
-        """Agree across ranks on how the stage went; record a failure if any rank failed."""
-        from bench.store import now
+        dev = self.ctx.device
+        reset_peak_memory(dev)
+        maybe_inject(self.opts["inject"], self.rank, c.index, "run")
+        c.call(c.stats)
+        st = c.stats
+        ledgers = [st.forward, st.backward] if st else []
+        c.result.update(mem=peak_memory(dev), kernel=st.kernel if st else "external",
+                        kernel_version=getattr(st, "kernel_version", None) if st else None,
+                        sent=sum(x.sent for x in ledgers), received=sum(x.received for x in ledgers),
+                        calls=sum(x.calls for x in ledgers),
+                        ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
+        c.call = _untracked(c.call)
 
-        info = {"error": err[1] if err else None, "kind": err[0] if err else None,
-                **{k: result.get(k) for k in ("mem", "sent", "received", "calls")}}
-        votes = self.group.agree(err is None, info)
+    def stage(self, c: Case, fn, broke_group: bool) -> bool:
+        err = None
+        try:
+            fn()
+        except CheckFailed as e:
+            err = ("check", str(e))
+        except Exception as e:  # noqa: BLE001
+            err = describe(e)
+        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
+        votes = self.agree(c.rec, c.label, err, info)
+        c.votes = votes
+        return self.record_failure(c, votes, broke_group and err is not None and err[0] != "check")
+
+    def settle_all(self, cases: list[Case], err, broke_group: bool) -> bool:
+        """A failure that concerns every case of the group (inputs, the timed loop) fails them all."""
+        votes = self.agree(cases[0].rec, cases[0].label, err, {})
+        ok = True
+        for c in cases:
+            ok = self.record_failure(c, votes, broke_group, reinit=False) and ok
+        if not ok and broke_group:
+            from ringx import launch
+
+            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
+        return ok
+
+    def agree(self, rec: dict, label: str, err, info: dict) -> list[dict]:
+        from core.store import now
+
+        votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
+                                               **info})
         if votes is None:
             msg = (f"not every rank reported within {self.group.deadline:.0f}s during {label}: a rank died or "
                    "hangs; stopping the run (the records written so far are intact)")
             rec.update(status="failed", failure="timeout", error=msg, written_at=now())
             self.write(rec)
             self.group.give_up(msg)
-        self.votes = votes
+        return votes
+
+    def record_failure(self, c: Case, votes: list[dict], broke_group: bool, reinit: bool = True) -> bool:
+        from core.store import now
+
         bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
         if not bad:
             return True
-        rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
-                   error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
-                   **{k: v for k, v in result.items() if k.startswith("check_")})
-        self.write(rec)
+        c.rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
+                     error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
+                     **{k: v for k, v in c.result.items() if k.startswith("check_") and k != "check_skipped"})
+        self.write(c.rec)
         self.counts["failed"] += 1
-        self.progress.step(f"{label}: FAILED ({rec['error']})")
-        if broke_group or any(v["kind"] != "check" for _, v in bad):
+        self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
+        if reinit and (broke_group or any(v["kind"] != "check" for _, v in bad)):
             from ringx import launch
 
             self.ctx = launch.reinit(self.ctx, self.opts["timeout"])  # a collective may be half-done
         return False
 
-    def finish(self, rec: dict, pt: Point, layout: str, result: dict, label: str) -> None:
-        from bench import metrics
-        from bench.store import now
-        from bench.timing import stat_fields, summarize
+    def finish(self, c: Case, samples: list[float], group_id: str | None) -> None:
+        from core.stats import stat_fields
+        from core.store import now
+        from ringx.flops import CONVENTION, attention_flops
 
-        st = summarize(result["samples"])
-        flops = metrics.attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
-        tflops = flops / self.P / st["median"] / 1e12
+        pt, result, votes = c.point, c.result, c.votes
+        fields = stat_fields(samples)
+        flops = attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
+        tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.opts["peak_tflops"]
-        rec.update(
-            written_at=now(), kernel=result["kernel"], layout=layout, samples_s=result["samples"],
-            **stat_fields(st),
-            flops=flops, flops_convention=metrics.FLOPS_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
+        c.rec.update(
+            written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
+            timing_group=group_id, samples_s=samples, **fields,
+            flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
             mfu=tflops / peak if peak else None,
-            bytes_sent_per_rank=[v["sent"] for v in self.votes],
-            bytes_received_per_rank=[v["received"] for v in self.votes],
-            comm_calls_per_rank=[v["calls"] for v in self.votes],
-            mem_peak_bytes_per_rank=[v["mem"] for v in self.votes],
-            ledger_rank0=result["ledger"], **{k: v for k, v in result.items() if k.startswith("check_")})
-        self.write(rec)
+            bytes_sent_per_rank=[v["sent"] for v in votes],
+            bytes_received_per_rank=[v["received"] for v in votes],
+            comm_calls_per_rank=[v["calls"] for v in votes],
+            mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            ledger_rank0=result["ledger"],
+            **{k: v for k, v in result.items() if k.startswith("check_") and k != "check_skipped"})
+        self.write(c.rec)
         self.counts["recorded"] += 1
-        self.progress.step(f"{label}: {st['median'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)")
+        self.progress.step(f"{c.label}: {fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)")
 
     def write(self, rec: dict) -> None:
         if self.rank == 0:
             self.store.append(rec)
 
 
+def _launch_args(opts: dict) -> dict:
+    return {k: opts[k] for k in ("device", "backend") if opts.get(k) not in (None, "auto")}
+
+
+def _untracked(call):
+    """The timed form of a call: no stats, no input validation exchange."""
+    return lambda: call(None)
+
+
+def interrupt_cleanly(store, rank: int) -> None:
+    """Ctrl-C / SIGTERM: every rank stops at once, with one line from rank 0 and no traceback.
+
+    A rank blocked inside a collective never returns to Python, so a Python-level handler would not run: the
+    C-level handler writes the signal to a pipe, and a thread reading it ends the process (after letting a
+    record write in progress finish, so the store stays intact).
+    """
+    import threading
+
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+
+    def watch() -> None:
+        sig = os.read(r, 1)
+        store.quiesce()
+        if rank == 0:
+            name = "interrupted" if sig and sig[0] == signal.SIGINT else "terminated"
+            print(f"\nbench run: {name}; the records written so far are in {store.records_path}", file=sys.stderr,
+                  flush=True)
+        os._exit(130 if sig and sig[0] == signal.SIGINT else 143)
+
+    threading.Thread(target=watch, daemon=True, name="ringx-interrupt").start()
+
+
+def check_slurm_world(world: int, rank: int) -> None:
+    """Refuse N copies of rank 0 (an MPI that does not see srun's tasks) with the likely cause."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS")
+    if not tasks or not tasks.isdigit():
+        return
+    tasks = int(tasks)
+    if world == 1 and tasks > 1:
+        procid = os.environ.get("SLURM_PROCID", "0")
+        if procid == "0":
+            print(f"bench run: error: srun started {tasks} tasks but MPI sees 1 rank in each: {tasks} copies of "
+                  "rank 0 would write one store. Launch with `srun --mpi=pmi2` (or pmix, as your MPI needs), or "
+                  "install mpi4py built against the machine's MPI (MPICC=cc pip install --no-binary mpi4py "
+                  "mpi4py).", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if world == tasks and os.environ.get("SLURM_PROCID", str(rank)) != str(rank):
+        print(f"bench run: warning: MPI rank {rank} is Slurm task {os.environ['SLURM_PROCID']}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from core.cli import main as cli_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    from mpi4py import MPI
 
-    opts, points = resolve(parser, argv, MPI.COMM_WORLD.Get_size())
-    runner = Runner(opts, argv)
-    runner.run(points)
-    from ringx import launch
+    def go() -> int:
+        from mpi4py import MPI
 
-    launch.finalize()
-    return 0
+        world = MPI.COMM_WORLD
+        check_slurm_world(world.Get_size(), world.Get_rank())
+        opts, points = resolve(argv, world.Get_size())
+        runner = Runner(opts, argv)
+        runner.run(points)
+        from ringx import launch
+
+        launch.finalize()
+        return 0
+
+    return cli_main("python -m bench run", go)
 
 
 def make_call(name: str, ext, pt: Point, inputs, kernel):
@@ -377,7 +496,7 @@ def make_call(name: str, ext, pt: Point, inputs, kernel):
     import ringx
 
     q, k, v, do = inputs
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))  # shares the inputs' storage: no copy
     if ext:
         def f(q_, k_, v_, _stats):
             return ext.fn(q_, k_, v_, causal=pt.causal)

@@ -1,50 +1,53 @@
 """``python -m bench summary CAMPAIGN``: a campaign's records as markdown tables.
 
-A quick look for the terminal and for notes: attention medians per
-configuration with each algorithm's ratio to ring measured in the same
-campaign, and collectives busbw per op and size. Failed and skipped records
-are listed with their reasons. (Publication figures and tables: analysis/.)
+A quick look for the terminal and for notes: for each configuration every
+algorithm's median time and its speedup over ring (above 1: faster), with a
+95% bootstrap interval; a speedup whose interval contains 1 is marked "~"
+(within noise). Repeats and runs of one cell are pooled, as analysis pools
+them. Collectives: busbw per op and size. Failed and skipped records are
+listed with their reasons. (Publication figures and tables: analysis/.)
 """
 
 from __future__ import annotations
 
-import argparse
+import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bench.store import Store
+from core.cli import Parser, UserError
+from core.records import COMPARE_BY
+from core.stats import METHOD, records_speedup
+from core.store import Store, StoreError
+from core.tables import Table, render
 
 
-def attention_table(recs: list[dict]) -> str:
+def attention_table(recs: list[dict], baseline: str = "ring") -> str:
     ok = [r for r in recs if r["kind"] == "attention" and r["status"] == "ok"]
     if not ok:
         return ""
-    groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for r in ok:  # the latest record of each (configuration, algorithm) wins; repeats: lowest median
-        g = (r["world_size"], r["nodes"], r["seq"], r["causal"], r["mode"], r["dtype"], r["batch"], r["heads"],
-             r["kv_heads"], r["head_dim"])
-        prev = groups[g].get(r["algorithm"])
-        if prev is None or r["median_s"] < prev["median_s"]:
-            groups[g][r["algorithm"]] = r
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in ok:
+        groups[tuple(r[k] for k in COMPARE_BY)][r["algorithm"]].append(r)
     algos = list(dict.fromkeys(r["algorithm"] for r in ok))
-    lines = ["| ranks | seq | mask | mode | dtype | " + " | ".join(algos) + " |",
-             "|---|---|---|---|---|" + "---|" * len(algos)]
+    rows = []
     for g in sorted(groups):
-        row = groups[g]
-        base = row.get("ring")
+        by = groups[g]
         cells = []
         for a in algos:
-            r = row.get(a)
-            if r is None:
-                cells.append("")
+            rs = by.get(a)
+            if not rs:
+                cells.append("n/a")
                 continue
-            ratio = f" ({r['median_s'] / base['median_s']:.2f})" if base else ""
-            cells.append(f"{r['median_s'] * 1e3:.1f}{ratio}")
-        lines.append(f"| {g[0]} | {g[2]} | {'causal' if g[3] else 'full'} | {g[4]} | {g[5]} | " + " | ".join(cells)
-                     + " |")
-    return ("Median ms of the slowest rank per iteration; in brackets time / ring's time (< 1: faster than ring)."
-            "\n\n" + "\n".join(lines))
+            ms = statistics.median(x for r in rs for x in r["samples_s"]) * 1e3
+            sp = "" if a == baseline or baseline not in by else " " + records_speedup(by[baseline], rs).text()
+            cells.append(f"{ms:.1f}{sp}")
+        c = dict(zip(COMPARE_BY, g))
+        rows.append([c["world_size"], c["seq"], "causal" if c["causal"] else "full", c["mode"], c["dtype"], *cells])
+    t = Table(["ranks", "seq", "mask", "mode", "dtype", *algos], rows)
+    return (f"Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
+            f"and its {METHOD}. `~`: the interval contains 1, within noise. n/a: not measured.\n\n"
+            + render(t, "markdown"))
 
 
 def collectives_table(recs: list[dict]) -> str:
@@ -53,35 +56,49 @@ def collectives_table(recs: list[dict]) -> str:
         return ""
     ops = list(dict.fromkeys(r["op"] for r in ok))
     cells = {(r["world_size"], r["bytes"], r["op"]): r for r in ok}
-    lines = ["| ranks | bytes | " + " | ".join(f"{o} us / busbw GB/s" for o in ops) + " |",
-             "|---|---|" + "---|" * len(ops)]
+    rows = []
     for world, nbytes in sorted({(w, b) for w, b, _ in cells}):
         row = [cells.get((world, nbytes, o)) for o in ops]
-        lines.append(f"| {world} | {nbytes} | " + " | ".join(
-            f"{r['median_s'] * 1e6:.0f} / {r['busbw_GBps']:.3f}" if r else "" for r in row) + " |")
-    return "Median us per call and bus bandwidth (nccl-tests convention).\n\n" + "\n".join(lines)
+        rows.append([world, nbytes, *(f"{r['median_s'] * 1e6:.0f} / {r['busbw_GBps']:.3f}" if r else "n/a"
+                                      for r in row)])
+    t = Table(["ranks", "bytes", *(f"{o} us / busbw GB/s" for o in ops)], rows)
+    return "Median us per call and bus bandwidth (nccl-tests convention).\n\n" + render(t, "markdown")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench summary", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("campaign", help="campaign directory (e.g. results/default) or name under --out")
-    p.add_argument("--out", default="results", help="results root (default: results)")
+    from core.cli import main as cli_main
+
+    p = Parser(prog="python -m bench summary", description=__doc__)
+    p.add_argument("campaign", help="campaign directory (e.g. runs/local-demo), or a name under --out")
+    p.add_argument("--out", default="runs", help="output root a bare campaign name is looked up in (default: runs)")
+    p.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
     a = p.parse_args(argv)
-    path = Path(a.campaign)
-    store = Store(path.parent, path.name) if path.is_dir() else Store(a.out, a.campaign)
-    recs = store.records()
-    if not recs:
-        print(f"no records in {store.records_path}", file=sys.stderr)
-        return 1
-    parts = [f"# campaign {store.campaign}: {len(recs)} records"]
-    for t in (attention_table(recs), collectives_table(recs)):
-        if t:
-            parts.append(t)
-    bad = [r for r in recs if r["status"] != "ok"]
-    if bad:
-        parts.append("Not timed:\n\n" + "\n".join(
-            f"- {r['status']}: {r.get('algorithm') or r.get('op')} ({r['world_size']} ranks): {r['error']}"
-            for r in bad))
-    print("\n\n".join(parts))
-    return 0
+
+    def go() -> int:
+        path = Path(a.campaign)
+        try:
+            store = Store.at(path) if path.is_dir() else Store(a.out, a.campaign)
+        except StoreError as e:
+            raise UserError(str(e)) from None
+        reading = store.read()
+        if not reading.records:
+            raise UserError(f"no records in {store.dir}" + (f" ({reading.summary()})" if reading.skipped else ""))
+        parts = [f"# campaign {store.campaign}: {len(reading.records)} records"]
+        if reading.skipped:
+            parts.append(f"warning: {reading.summary()} (corrupt, torn or foreign; not used)")
+        for t in (attention_table(reading.records, a.baseline), collectives_table(reading.records)):
+            if t:
+                parts.append(t.rstrip())
+        bad = [r for r in reading.records if r["status"] != "ok"]
+        if bad:
+            parts.append("Not timed:\n\n" + "\n".join(
+                f"- {r['status']}: {r.get('algorithm') or r.get('op')} ({r['world_size']} ranks): {r['error']}"
+                for r in bad))
+        print("\n\n".join(parts))
+        return 0
+
+    return cli_main("python -m bench summary", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

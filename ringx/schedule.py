@@ -17,6 +17,7 @@ import torch
 from .algorithms import get
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger
+from .flops import block_flops
 from .kernels import acc_dtype
 from .layouts import Block
 
@@ -74,7 +75,7 @@ class TraceKernel:
     @staticmethod
     def _flops(q, k, causal: bool) -> float:
         b, n, h, d = q.shape
-        return 4.0 * b * h * d * Block(0, n, 0, k.shape[1], causal).flops_pairs
+        return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal).flops_pairs)
 
     def forward(self, q, k, v, causal, scale):
         self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal)))

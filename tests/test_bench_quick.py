@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from core.stats import summarize
 
 from bench.mpirun import ROOT
-from bench.timing import summarize
 
 
 def test_summarize_known_answers():
@@ -27,10 +27,10 @@ def quick(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args,message", [
     (["--algorithms", "ring,ringx9"], "unknown algorithm(s) ringx9"),
-    (["--seq", "-4"], "--seq must be positive"),
+    (["--seq", "-4"], "seq must be >= 1, got '-4'"),
     (["--seq", "100", "--ranks", "1,3"], "--seq 100 must be divisible by 6"),
     (["--heads", "6", "--kv-heads", "4"], "--heads (6) must be a multiple of --kv-heads (4)"),
-    (["--ranks", "two"], "--ranks must be comma-separated integers"),
+    (["--ranks", "two"], "ranks must be an integer, got 'two'"),
 ])
 def test_bad_arguments_get_one_clear_message(args, message):
     proc = quick(*args)
@@ -50,4 +50,6 @@ def test_tiny_run_writes_table_and_samples(tmp_path):
     for r in res["rows"]:
         assert len(r["samples"]) == 3 and r["min"] <= r["median"] <= r["max"] and r["min"] > 0
     table = (tmp_path / "table.md").read_text()
-    assert "| kernel |" in table and "ratio = time / ring" in table
+    assert "| kernel |" in table and "speedup over ring (above 1: faster)" in table
+    assert "speedup over the bare kernel" in table
+    assert table.count("x [") == 2 * 4 + 1 * 4  # an interval beside every speedup (not the baselines')

@@ -6,10 +6,11 @@ import json
 import time
 
 import pytest
+from core.store import Store, validate
 
 from bench import mpirun
-from bench.collectives import busbw_factor, parse_size, sizes
-from bench.store import Store, validate
+from bench.collectives import parse_size, sizes
+from costmodel.network import busbw_factor
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
@@ -18,6 +19,14 @@ def bench(nprocs: int, *args: str, timeout: float = 300):
 
 def records(root, campaign="c") -> list[dict]:
     return Store(root, campaign).records()
+
+
+def status(recs: list[dict]) -> dict:
+    """(algorithm, causal) -> the statuses of its records, in the order written."""
+    out: dict = {}
+    for r in recs:
+        out.setdefault((r["algorithm"], r["causal"]), []).append(r["status"])
+    return out
 
 
 SMALL = ["--seq", "64", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
@@ -52,12 +61,15 @@ def test_resume_skips_done_and_retries_failed_on_request(tmp_path):
     args = ["run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx1"]
     assert bench(2, *args, "--inject", "1:1:raise").returncode == 0
     first = records(tmp_path)
-    assert [r["status"] for r in first] == ["ok", "failed"]
+    assert status(first) == {("ring", True): ["ok"], ("ringx1", True): ["failed"]}
     assert bench(2, *args).returncode == 0
     assert len(records(tmp_path)) == 2  # nothing re-run: the ok one is done, the failed one kept
     assert bench(2, *args, "--retry-failed").returncode == 0
     after = records(tmp_path)
-    assert [r["status"] for r in after] == ["ok", "failed", "ok"] and after[2]["key"] == first[1]["key"]
+    assert status(after) == {("ring", True): ["ok"], ("ringx1", True): ["failed", "ok"]}
+    failed = next(r for r in first if r["status"] == "failed")
+    assert after[-1]["key"] == failed["key"] and len({r["run_id"] for r in after}) == 2  # the 2nd run wrote none
+    assert len(list((tmp_path / "c" / "records").glob("*.jsonl"))) == 3
 
 
 @pytest.mark.parametrize("kind,failure,message", [
@@ -70,39 +82,41 @@ def test_a_failing_rank_becomes_a_record_and_the_run_goes_on(tmp_path, kind, fai
                  "--inject", f"1:1:{kind}")
     assert proc.returncode == 0, proc.stderr
     recs = records(tmp_path)
-    assert [r["status"] for r in recs] == ["ok", "failed", "ok"]
-    bad = recs[1]
+    assert status(recs) == {("ring", True): ["ok"], ("ringx4", True): ["failed"], ("ringx3", True): ["ok"]}
+    bad = next(r for r in recs if r["status"] == "failed")
     assert validate(bad) == [] and bad["failure"] == failure and message in bad["error"]
     assert 1 in bad["failed_ranks"]
+    ok = [r for r in recs if r["status"] == "ok"]  # the others were still timed side by side
+    assert ok[0]["timing_group"] and ok[0]["timing_group"] == ok[1]["timing_group"]
 
 
 def test_a_failed_check_is_recorded_and_not_timed(tmp_path):
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4", "--check",
                  "--inject", "0:0:check")
     assert proc.returncode == 0, proc.stderr
-    recs = records(tmp_path)
-    assert recs[0]["status"] == "failed" and recs[0]["failure"] == "check" and "samples_s" not in recs[0]
-    assert recs[1]["status"] == "ok"
+    recs = {r["algorithm"]: r for r in records(tmp_path)}
+    assert recs["ring"]["status"] == "failed" and recs["ring"]["failure"] == "check"
+    assert "samples_s" not in recs["ring"] and recs["ringx4"]["status"] == "ok"
 
 
 def test_a_killed_rank_ends_the_run_and_keeps_earlier_records(tmp_path):
     start = time.monotonic()
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4,ringx3", "--timeout", "5",
-                 "--inject", "1:2:kill", timeout=120)
+                 "--causal", "true,false", "--inject", "1:4:kill", timeout=120)  # in the second configuration
     assert proc.returncode != 0
     assert time.monotonic() - start < 60
     recs = records(tmp_path)
-    assert [r["status"] for r in recs] == ["ok", "ok"] and all(validate(r) == [] for r in recs)
+    assert [(r["status"], r["causal"]) for r in recs] == [("ok", True)] * 3 and all(validate(r) == [] for r in recs)
 
 
 def test_a_hung_rank_is_recorded_and_the_others_stop(tmp_path):
     start = time.monotonic()
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4", "--timeout", "2",
-                 "--inject", "1:1:hang", timeout=120)
+                 "--causal", "true,false", "--inject", "1:3:hang", timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0 and elapsed < 2 + 30 + 30, elapsed
     recs = records(tmp_path)
-    assert [r["status"] for r in recs] == ["ok", "failed"] and recs[1]["failure"] == "timeout"
+    assert [r["status"] for r in recs] == ["ok", "ok", "failed"] and recs[2]["failure"] == "timeout"
     assert "a rank died or hangs" in proc.stderr
 
 
@@ -110,12 +124,19 @@ def test_a_hung_rank_is_recorded_and_the_others_stop(tmp_path):
     (["--algorithms", "ring,ringx9"], "unknown algorithm 'ringx9'"),
     (["--seq", "102"], "sequence length 102 cannot be split for zigzag (causal) over 2 ranks: it must be a multiple "
                        "of 4"),
-    (["--seq", "-8"], "sequence lengths must be positive"),
-    (["--batch", "0"], "--batch must be positive"),
-    (["--heads", "8", "--kv-heads", "3"], "--heads (8) must be a positive multiple of --kv-heads (3)"),
+    (["--seq", "-8"], "seq must be >= 1, got '-8'"),
+    (["--batch", "0"], "batch must be >= 1, got '0'"),
+    (["--kv-heads", "0"], "kv_heads must be >= 1"),
+    (["--heads", "8", "--kv-heads", "3"], "--heads (8) must be a multiple of --kv-heads (3)"),
     (["--seq", "64", "--seq-per-rank", "32"], "not both"),
-    (["--mode", "bwd"], "--mode 'bwd'"),
-    (["--causal", "maybe"], "not a boolean"),
+    (["--mode", "bwd"], "mode 'bwd': choose one of fwd, fwd+bwd"),
+    (["--causal", "maybe"], "causal must be true or false"),
+    (["--timeout", "nan"], "timeout must be a finite number"),
+    (["--timeout", "inf"], "timeout must be a finite number"),
+    (["--timeout", "1e-6"], "timeout must be >= 1"),
+    (["--iters", str(10**12)], "iters must be <= 100000"),
+    (["--peak-tflops", "-1"], "peak_tflops must be >= 0.001"),
+    (["--campaign", "../x y"], "must be a plain directory name"),
 ])
 def test_bad_cli_input_gets_one_message_before_any_work(tmp_path, args, message):
     proc = bench(2, "run", "--out", str(tmp_path), *args, timeout=120)
@@ -130,7 +151,7 @@ def test_config_file_keys_and_typos(tmp_path):
     good.write_text('algorithms = ["ring", "ringx4"]\nseq = [64]\nheads = 4\nhead_dim = 16\niters = 2\n'
                     'campaign = "fromfile"\nquiet = true\n')
     assert bench(2, "run", "--config", str(good), "--out", str(tmp_path)).returncode == 0
-    assert [r["algorithm"] for r in records(tmp_path, "fromfile")] == ["ring", "ringx4"]
+    assert sorted(r["algorithm"] for r in records(tmp_path, "fromfile")) == ["ring", "ringx4"]
     bad = tmp_path / "bad.toml"
     bad.write_text("head_dims = 16\n")
     proc = bench(2, "run", "--config", str(bad), "--out", str(tmp_path))

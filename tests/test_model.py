@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from costmodel import Link, Machine, predict, simulate
+from costmodel import network as model
 
-from analysis import model
-from analysis.model import Link, Machine, predict, simulate
+from analysis import calibrate
 from ringx.schedule import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ def test_calibration_recovers_known_parameters():
                 t = model.hops(op, p) * alpha + nbytes * model.busbw_factor(op, p) / (bw * 1e9)
                 rows.append({"kind": "collective", "status": "ok", "op": op, "world_size": p, "bytes": nbytes,
                              "median_s": t})
-    links, fit = model.fit_links(pd.DataFrame(rows))
+    links, fit = calibrate.fit_links(pd.DataFrame(rows))
     for op, (alpha, bw) in truth.items():
         assert links[op].alpha_s == pytest.approx(alpha, rel=1e-6) and links[op].bw_GBps == pytest.approx(bw, rel=1e-6)
     assert (fit["worst_rel_err"] < 1e-9).all()
@@ -87,7 +88,7 @@ def test_calibration_recovers_known_parameters():
                          "head_dim": 64, "causal": c, "mode": "fwd+bwd",
                          "median_s": 4.0 * 8 * 64 * (s * (s + 1) / 2 if c else s * s) * 3.5 / 5e10}
                         for s in (512, 1024) for c in (False, True)])
-    assert model.fit_throughput(one) == pytest.approx(5e10)
+    assert calibrate.fit_throughput(one) == pytest.approx(5e10)
 
 
 def test_validate_and_predict_cli():
@@ -97,11 +98,16 @@ def test_validate_and_predict_cli():
     assert proc.returncode == 0, proc.stderr
     assert "| algorithm | points | median_rel_err | worst_rel_err |" in proc.stdout
     assert all(f"| {a} |" in proc.stdout for a in ("ring", "zigzag", "ringx3", "ringx4o"))
-    proc = subprocess.run([sys.executable, "-m", "analysis", "predict", "jobs/sweeps/local-demo.toml", "--machine",
-                           "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "predict", "jobs/sweeps/local-demo.toml",
+                           "--machine", "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
-    assert len(rows) == 78 and sum("| yes |" in r for r in rows) >= 12  # a fastest per configuration
+    assert len(rows) == 78 and sum("| yes |" in r for r in rows) == 12  # one fastest per configuration
+    proc = subprocess.run([sys.executable, "-m", "analysis", "predict", "--machine", "frontier", "--ranks", "8,64",
+                           "--seq", "65536"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 8 |", "| 64 |"))]
+    assert len(rows) == 2 * 10 and sum("| yes |" in r for r in rows) == 2  # every causal algorithm, one fastest
     proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "results/local-demo", "--machine", "frontier",
                            "--seq", "2048", "--max-ranks", "8", "--out", "/tmp/ringx-curve-test"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)

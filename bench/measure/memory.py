@@ -1,4 +1,4 @@
-"""What a timing is worth: FLOPs by flash-attention's convention, and peak memory."""
+"""Peak memory of a rank: the device's allocator peak on GPUs, the process's peak RSS on CPUs."""
 
 from __future__ import annotations
 
@@ -6,15 +6,6 @@ import re
 from pathlib import Path
 
 import torch
-
-FLOPS_CONVENTION = ("flash-attn: forward 4*B*S^2*H*D (H = query heads, S global), halved when causal; "
-                    "backward 2.5x forward; fwd+bwd 3.5x forward")
-
-
-def attention_flops(batch: int, seq: int, heads: int, head_dim: int, causal: bool, mode: str) -> float:
-    """Total FLOPs of one call over all ranks."""
-    fwd = 4.0 * batch * seq * seq * heads * head_dim / (2 if causal else 1)
-    return fwd * {"fwd": 1.0, "fwd+bwd": 3.5}[mode]
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -1,8 +1,9 @@
-"""Machine profiles (jobs/profiles/*.toml), job scripts, and talking to Slurm.
+"""Talking to Slurm: job scripts from a profile, sbatch, and job states.
 
 Every value substituted into a job script is shell-quoted; values that must
 appear in ``#SBATCH`` lines (which cannot be quoted) are checked against a
-safe character set instead, so a sweep file can never inject a command.
+safe character set instead, so a sweep file can never inject a command. The
+profile itself is trusted (its set-up lines are shell by design).
 """
 
 from __future__ import annotations
@@ -10,62 +11,16 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
-PROFILES = Path(__file__).resolve().parent.parent / "jobs" / "profiles"
+from .profiles import Profile
+
 SAFE = re.compile(r"^[A-Za-z0-9._:,=/@+%-]+$")
-
-
-@dataclass
-class Profile:
-    name: str
-    description: str
-    scheduler: str  # "slurm" or "local"
-    gpus_per_node: int  # 0: CPU ranks
-    peak_tflops: float  # per rank
-    efficiency: float
-    launcher: str  # with {nodes} {ranks} {ranks_per_node} {mpiexec}
-    directives: list[str] = field(default_factory=list)
-    account: str = ""
-    partition: str = ""
-    qos: str = ""
-    modules: list[str] = field(default_factory=list)
-    setup: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    startup_s: float = 60.0  # job start-up (imports, rendezvous) for estimates
-    per_point_s: float = 2.0  # per-point overhead (inputs, check, record) for estimates
-    model: dict = field(default_factory=dict)  # cost-model machine description (analysis/model.py)
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES.glob("*.toml"))
-
-
-def load_profile(name: str) -> Profile:
-    """A profile by name (jobs/profiles/NAME.toml) or by path to a TOML file."""
-    path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
-    if not path.exists():
-        raise ValueError(f"unknown machine {name!r}; profiles: {', '.join(available_profiles())} "
-                         f"(add one as jobs/profiles/NAME.toml)")
-    data = tomllib.loads(path.read_text())
-    known = set(Profile.__dataclass_fields__) - {"name"}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}")
-    prof = Profile(name=path.stem, **data)
-    if prof.scheduler not in ("slurm", "local"):
-        raise ValueError(f"profile {path}: scheduler must be slurm or local")
-    for line in prof.directives + prof.setup + prof.modules:
-        if "\n" in line:
-            raise ValueError(f"profile {path}: directives, setup and modules entries must be single lines")
-    return prof
 
 
 def sbatch_value(name: str, value: str) -> str:
     """A value for an #SBATCH line, which the shell never sees and so cannot be quoted: checked instead."""
-    if not SAFE.match(str(value)):
+    if not SAFE.fullmatch(str(value)):  # fullmatch: '$' alone would let a trailing newline through
         raise ValueError(f"{name} {value!r} may only contain letters, digits and ._:,=/@+%- "
                          "(it goes into an #SBATCH line, where quoting is impossible)")
     return str(value)

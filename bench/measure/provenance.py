@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.store import now
+from core.store import now
 
 ENV_PREFIXES = ("NCCL_", "RCCL_", "FI_", "MPICH_", "OMPI_", "SLURM_", "OMP_", "TORCH_", "HSA_", "CUDA_")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str:

@@ -1,0 +1,174 @@
+"""The one definition of every benchmark option: default, help, type and bounds.
+
+Two kinds:
+- parameters (``PARAMS``): the axes of a point (algorithm, sequence, heads, ...);
+  lists are crossed into points by ``bench run`` flags and sweep files alike;
+- settings (``SETTINGS``): how points are measured (iterations, check, timeout, ...).
+
+``bench run``'s flags, a ``--config`` file, a sweep file's ``[bench]`` and
+``[params]`` tables, ``bench quick``'s flags and the points of a job are all read
+through :func:`value` and written back with :func:`to_argv`, so a value means
+the same wherever it is given, and a bad one is refused with the same message
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core.cli import UserError
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+MODES = ("fwd", "fwd+bwd")
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "gloo", "nccl")
+MAX_ITERS = 100_000  # a typo guard: 10**12 iterations is never meant
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # python name; the flag is --name-with-dashes, the TOML key the name
+    default: object
+    help: str
+    kind: type  # int, float, bool or str (a parameter's value may be a list of these)
+    low: float | None = None  # inclusive lower bound
+    high: float | None = None  # inclusive upper bound
+    choices: tuple | None = None
+    nullable: bool = False  # None is a valid value (automatic / not set)
+    check: Callable[[object], str] | None = None  # extra rule: '' or the problem
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _p(name, default, help, kind, **kw) -> Option:  # noqa: A002 - argparse's word
+    return Option(name, default, help, kind, **kw)
+
+
+PARAMS: dict[str, Option] = {o.name: o for o in (
+    _p("algorithms", None, "comma-separated names (default: every algorithm supporting the masking)", str,
+       nullable=True),
+    _p("seq", None, "global sequence length(s): strong scaling (default 2048)", int, low=1, nullable=True),
+    _p("seq_per_rank", None, "sequence length(s) per rank: weak scaling (global = this x ranks)", int, low=1,
+       nullable=True),
+    _p("batch", 1, "batch size", int, low=1, high=1 << 20),
+    _p("heads", 8, "query heads", int, low=1, high=1 << 16),
+    _p("kv_heads", None, "key/value heads (default: = heads; fewer for GQA/MQA)", int, low=1, high=1 << 16,
+       nullable=True),
+    _p("head_dim", 64, "head dimension", int, low=1, high=1024),
+    _p("dtype", "float32", "element type (float32/float64 on CPUs, bfloat16/float16 on GPUs)", str, choices=DTYPES),
+    _p("causal", True, "causal masking: true, false, or both as 'true,false'", bool),
+    _p("mode", "fwd+bwd", "fwd or fwd+bwd", str, choices=MODES),
+)}
+
+SETTINGS: dict[str, Option] = {o.name: o for o in (
+    _p("warmup", 2, "untimed iterations per configuration", int, low=0, high=MAX_ITERS),
+    _p("iters", 10, "timed iterations per configuration (every algorithm of it takes turns in each)", int, low=1,
+       high=MAX_ITERS),
+    _p("repeats", 1, "records per configuration and algorithm", int, low=1, high=1000),
+    _p("check", False, "before timing, compare each algorithm with float64 attention; failing ones are "
+       "recorded, not timed", bool),
+    _p("check_max_seq", 2048, "largest sequence the check uses (reduced beyond)", int, low=1, high=1 << 22),
+    _p("timeout", 300.0, "seconds a rank waits on its peers before the run stops", float, low=1.0,
+       high=MAX_TIMEOUT_S),
+    _p("kernel", None, "force a local kernel (default: the fastest exact one for the device)", str, nullable=True),
+    _p("peak_tflops", None, "the device's published peak TFLOP/s for MFU (e.g. 989 for H100 SXM bf16); "
+       "no MFU without it", float, low=1e-3, high=1e6, nullable=True),
+    _p("device", "auto", "where to run: cpu, cuda or auto (cuda when present)", str, choices=DEVICES),
+    _p("backend", "auto", "torch.distributed backend: gloo, nccl or auto (nccl on GPUs)", str, choices=BACKENDS),
+)}
+
+
+def _one(o: Option, v, where: str):
+    where = f"{where}: " if where else ""
+    if v is None:
+        if o.nullable:
+            return None
+        raise UserError(f"{where}{o.name} needs a value")
+    try:
+        if o.kind is bool:
+            from core.cli import parse_bool
+
+            x = parse_bool(v)
+        elif o.kind is int:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError
+            x = int(v)
+        elif o.kind is float:
+            if isinstance(v, bool):
+                raise ValueError
+            x = float(v)
+        else:
+            if not isinstance(v, str):
+                raise ValueError
+            x = v.strip()
+    except (TypeError, ValueError):
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[o.kind]
+        raise UserError(f"{where}{o.name} must be {kind}, got {v!r}") from None
+    if isinstance(x, float) and not math.isfinite(x):
+        raise UserError(f"{where}{o.name} must be a finite number, got {v!r}")
+    if o.choices and x not in o.choices:
+        raise UserError(f"{where}{o.name} {x!r}: choose one of {', '.join(o.choices)}")
+    if o.low is not None and x < o.low:
+        raise UserError(f"{where}{o.name} must be >= {o.low:g}, got {v!r}")
+    if o.high is not None and x > o.high:
+        raise UserError(f"{where}{o.name} must be <= {o.high:g}, got {v!r}")
+    if o.check:
+        problem = o.check(x)
+        if problem:
+            raise UserError(f"{where}{o.name}: {problem}")
+    return x
+
+
+def value(o: Option, v, where: str = "option", many: bool = False):
+    """``v`` (a CLI string, a TOML value or a list of them) checked against the option.
+
+    With ``many`` (parameters) the result is a list: 'a,b', ['a', 'b'] and 'a' all work.
+    """
+    if not many:
+        return _one(o, v, where)
+    if v is None:
+        return None
+    from core.cli import split_list
+
+    items = split_list(v) if isinstance(v, str | list) else [v]
+    if not items:
+        raise UserError(f"{where + ': ' if where else ''}{o.name} is empty")
+    return [_one(o, x, where) for x in items]
+
+
+def add_arguments(parser: argparse.ArgumentParser, options, defaults: dict | None = None) -> None:
+    """One flag per option; the default shown in --help comes from the definition (or ``defaults``)."""
+    for o in options:
+        d = (defaults or {}).get(o.name, o.default)
+        shown = "" if d is None else f" (default: {str(d).lower() if isinstance(d, bool) else d})"
+        if o.kind is bool and o.name in SETTINGS:
+            parser.add_argument(o.flag, action="store_true", default=None, help=o.help + shown)
+        else:
+            parser.add_argument(o.flag, default=None, metavar=o.name.upper(), help=o.help + shown)
+
+
+def settings(given: dict, where: str) -> dict:
+    """Every setting: the given ones checked, the others at their defaults."""
+    return {n: value(o, given.get(n, o.default), where) for n, o in SETTINGS.items()}
+
+
+def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
+    """Flags for ``bench run`` reproducing ``values`` (settings); defaults spelled out with ``keep_defaults``
+    (a job script says exactly what it runs, whatever later defaults become)."""
+    out = []
+    for name, v in values.items():
+        o = SETTINGS[name]
+        if v is None or (v == o.default and not keep_defaults) or (o.choices and v == "auto"):
+            continue
+        if o.kind is bool:
+            if v:
+                out.append(o.flag)
+        else:
+            out += [o.flag, str(v)]
+    return out

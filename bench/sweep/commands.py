@@ -1,0 +1,218 @@
+"""``python -m bench sweep COMMAND FILE``: a campaign of jobs from one sweep file.
+
+Commands:
+  plan      the jobs, their points and an estimated duration of each
+  render    write the job scripts and point lists into the campaign directory
+  submit    render, then sbatch one job per (nodes, ranks per node); --dry-run prints instead
+  local     run the same jobs here with mpiexec (no scheduler)
+  status    per job and point: done, failed, running, pending or missing
+  resubmit  submit only what is missing (--failed: failed points too)
+
+The sweep file (TOML) names the campaign, a machine profile (jobs/profiles),
+node counts and ranks per node, and the benchmark parameters. A parameter
+given as a list is crossed with the others, unless `zip` groups it with
+others of equal length; `exclude` rules drop the points they match:
+
+  campaign = "scaling"
+  machine = "frontier"                 # or a path to a profile .toml
+  nodes = [1, 2, 4]
+  ranks_per_node = 8                   # default: the profile's GPUs per node
+  account = "abc123"                   # optional: partition, qos, out (default runs), tag
+  zip = [["seq", "heads"]]             # pair these lists element-wise instead of crossing them
+  [bench]                              # warmup, iters, repeats, check, check_max_seq, timeout, kernel,
+                                       #   peak_tflops
+  iters = 10
+  [params]                             # algorithms, seq or seq_per_rank, batch, heads, kv_heads,
+  algorithms = ["ring", "ringx4"]      #   head_dim, dtype, causal, mode
+  seq = [65536, 131072]
+  heads = [32, 64]
+  causal = [true, false]
+  [[exclude]]                          # drop points matching every key given
+  algorithms = "ringx2"
+  causal = false
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench.points import Point
+from core.cli import Parser, UserError
+from core.cli import main as cli_main
+from core.store import now
+
+from . import slurm
+from .plan import bench_args, write_job
+from .spec import Job, Sweep, SweepError, load
+from .state import manifest, point_states, save_manifest
+
+
+def cmd_plan(sw: Sweep, a) -> int:
+    total = 0.0
+    print(f"campaign {sw.campaign} on {sw.profile.name} ({sw.profile.description}) -> {sw.store.records_path}")
+    for j in sw.jobs:
+        total += j.estimate_s
+        print(f"  job {j.name}: {j.nodes} node(s) x {j.ranks_per_node} = {j.ranks} ranks, {len(j.points)} points "
+              f"x {sw.bench['repeats']} repeat(s), estimated {j.estimate_s / 60:.1f} min, time limit "
+              f"{slurm.time_limit(sw.limit_s(j.estimate_s))}")
+        if a.verbose:
+            for p in j.points:
+                print(f"    {p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} "
+                      f"{p.dtype} b{p.batch} h{p.heads}/{p.kv_heads} d{p.head_dim}")
+    print(f"total: {len(sw.jobs)} jobs, {sum(len(j.points) for j in sw.jobs)} points, "
+          f"estimated {total / 3600:.2f} node-job hours of wall time")
+    return 0
+
+
+def cmd_render(sw: Sweep, a) -> int:
+    for j in sw.jobs:
+        print(write_job(sw, j, j.points))
+    return 0
+
+
+def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: bool, retry: bool = False) -> int:
+    m = manifest(sw)
+    for job, pts, suffix in pending:
+        script = write_job(sw, job, pts, suffix, retry)
+        if dry_run:
+            print(f"# would run: sbatch --parsable {script}  ({len(pts)} points)\n{script.read_text()}")
+            continue
+        jid = slurm.sbatch(script)
+        m["submissions"].append({"job": job.name, "job_id": jid, "script": str(script), "points": len(pts),
+                                 "submitted_at": now()})
+        save_manifest(sw, m)
+        print(f"submitted {job.name}: job {jid} ({len(pts)} points) -> {script}")
+    return 0
+
+
+def cmd_submit(sw: Sweep, a) -> int:
+    if sw.profile.scheduler != "slurm":
+        raise SweepError(f"machine {sw.profile.name} has no scheduler: use `bench sweep local`")
+    return _submit(sw, [(j, j.points, "") for j in sw.jobs], a.dry_run)
+
+
+def cmd_resubmit(sw: Sweep, a) -> int:
+    states = point_states(sw)
+    want = {"missing", "failed"} if a.failed else {"missing"}
+    pending = []
+    n = len(manifest(sw)["submissions"])
+    for j in sw.jobs:
+        pts = list(dict.fromkeys(p for p, s in states[j.name] if s in want))
+        if pts:
+            pending.append((j, pts, f"-r{n}"))
+    if not pending:
+        print("nothing to resubmit: every point is done" + ("" if a.failed else " or failed (add --failed)")
+              + ", running or pending")
+        return 0
+    return _submit(sw, pending, a.dry_run, retry=a.failed)
+
+
+def cmd_status(sw: Sweep, a) -> int:
+    states = point_states(sw)
+    subs = {s["job"]: s["job_id"] for s in manifest(sw)["submissions"]}
+    width = max(len(j.name) for j in sw.jobs)
+    for j in sw.jobs:
+        rows = states[j.name]
+        counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "failed", "running", "pending", "missing")}
+        job = f"job {subs[j.name]}" if j.name in subs else "not submitted"
+        print(f"{j.name:{width}s}  {job:18s} " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+        if a.verbose:
+            for p, s in rows:
+                print(f"    {s:8s} {p.algorithm:8s} seq={p.seq} {'causal' if p.causal else 'full'} {p.mode}")
+    return 0
+
+
+def cmd_local(sw: Sweep, a) -> int:
+    from bench import mpirun
+
+    for j in sw.jobs:
+        script = write_job(sw, j, j.points)
+        print(f"[sweep local] {j.name}: {j.ranks} rank(s), {len(j.points)} points (~{j.estimate_s / 60:.1f} min)",
+              flush=True)
+        args = ["-m", "bench", "run", *bench_args(sw, sw.dir / "points" / f"{j.name}.json")]
+        if a.quiet:
+            args.append("--quiet")
+        proc = mpirun.run(j.ranks, args, capture=False, env=sw.profile.env)
+        if proc.returncode != 0:
+            print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its script: {script}", file=sys.stderr)
+            return 1
+    print(f"[sweep local] done -> {sw.store.records_path}")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "render": cmd_render, "submit": cmd_submit, "local": cmd_local, "status": cmd_status,
+            "resubmit": cmd_resubmit}
+
+
+def cmd_predict(sw: Sweep, a) -> int:
+    """Each point's predicted time on the profile's machine description, and the fastest per configuration."""
+    from core.tables import Table, render
+    from costmodel.machine import from_table
+    from costmodel.machine import load as load_machine
+    from costmodel.predict import predict
+
+    machine = load_machine(a.machine)[0] if a.machine else from_table(sw.profile.name, sw.profile.model)
+    print(f"campaign {sw.campaign}: predictions on {machine.name} ({machine.source})\n")
+    rows = []
+    for j in sw.jobs:
+        preds = {pt: predict(pt.algorithm, pt.causal, pt.mode, j.ranks, machine, nodes=j.nodes, batch=pt.batch,
+                             seq=pt.seq, heads=pt.heads, kv_heads=pt.kv_heads, head_dim=pt.head_dim, dtype=pt.dtype,
+                             exact_ranks=16) for pt in j.points}
+        best: dict = {}
+        for pt, pr in preds.items():  # the algorithms compete at one configuration
+            cfg = pt.spec() | {"algorithm": ""}
+            key = tuple(sorted(cfg.items()))
+            if key not in best or pr.total_s < preds[best[key]].total_s:
+                best[key] = pt
+        fastest = set(best.values())
+        rows += [[j.name, pt.algorithm, pt.seq, "causal" if pt.causal else "full", pt.mode, round(pr.total_s * 1e3, 3),
+                  round(pr.compute_s * 1e3, 3), round(pr.imbalance_s * 1e3, 3), round(pr.exposed_comm_s * 1e3, 3),
+                  "yes" if pt in fastest else ""] for pt, pr in preds.items()]
+    print(render(Table(["job", "algorithm", "seq", "mask", "mode", "predicted ms", "compute", "imbalance",
+                        "exposed comm", "fastest"], rows), "markdown"), end="")
+    return 0
+
+
+COMMANDS["predict"] = cmd_predict
+HELP = {"plan": "the jobs, their points, estimated duration and time limit of each",
+        "render": "write the job scripts and point lists into the campaign directory",
+        "submit": "render, then sbatch one job per (nodes, ranks per node)",
+        "local": "run the same jobs here with mpiexec (no scheduler)",
+        "status": "per job and point: done, failed, running, pending or missing",
+        "resubmit": "submit only what is missing (--failed: failed points too)",
+        "predict": "each point's predicted time (cost model) and the fastest algorithm per configuration"}
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m bench sweep", description=__doc__)
+    sub = p.commands()
+    for name in COMMANDS:
+        c = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        c.add_argument("file", help="the sweep file (TOML)")
+        if name in ("submit", "resubmit"):
+            c.add_argument("--dry-run", action="store_true", help="print the scripts instead of submitting")
+            c.add_argument("--account", default="", help="override the sweep file's / profile's account")
+            c.add_argument("--partition", default="", help="override the partition")
+            c.add_argument("--qos", default="", help="override the QOS")
+        if name == "resubmit":
+            c.add_argument("--failed", action="store_true", help="failed points too, not only missing ones")
+        if name in ("plan", "status"):
+            c.add_argument("--verbose", "-v", action="store_true", help="list every point")
+        if name == "local":
+            c.add_argument("--quiet", action="store_true", help="no per-record progress")
+        if name == "predict":
+            c.add_argument("--machine", help="another profile with a [model] table (default: the sweep's)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+
+    def go() -> int:
+        try:
+            sw = load(a.file, getattr(a, "account", ""), getattr(a, "partition", ""), getattr(a, "qos", ""))
+            return COMMANDS[a.command](sw, a)
+        except RuntimeError as e:  # sbatch or a local job failed: said plainly, no traceback
+            raise UserError(str(e)) from None
+
+    return cli_main(f"bench sweep {a.command}", go)

@@ -1,0 +1,48 @@
+"""Where a sweep stands: its submissions (manifest) and the state of every point."""
+
+from __future__ import annotations
+
+import json
+
+from bench.points import Point
+
+from . import slurm
+from .spec import Sweep
+
+
+def manifest(sw: Sweep) -> dict:
+    path = sw.dir / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else {"campaign": sw.campaign, "submissions": []}
+
+
+def save_manifest(sw: Sweep, m: dict) -> None:
+    sw.dir.mkdir(parents=True, exist_ok=True)
+    (sw.dir / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+
+
+def point_states(sw: Sweep, env: dict | None = None) -> dict[str, list[tuple[Point, str]]]:
+    """job name -> [(point, state)] with state done, failed, running, pending or missing."""
+    recorded = sw.store.done()
+    subs = manifest(sw)["submissions"]
+    live: dict[str, str] = {}
+    for s in subs:  # the latest submission of each job decides running/pending
+        live[s["job"]] = s["job_id"]
+    job_states = {name: slurm.job_state(jid, env) for name, jid in live.items()} if sw.profile.scheduler == "slurm" \
+        else {}
+    out = {}
+    for job in sw.jobs:
+        rows = []
+        for key, pt in sw.keys(job).items():
+            st = recorded.get(key)
+            if st == "ok":
+                rows.append((pt, "done"))
+            elif st == "failed":
+                rows.append((pt, "failed"))
+            elif job_states.get(job.name) in ("RUNNING", "COMPLETING"):
+                rows.append((pt, "running"))
+            elif job_states.get(job.name) in ("PENDING", "CONFIGURING", "REQUEUED"):
+                rows.append((pt, "pending"))
+            else:
+                rows.append((pt, "missing"))
+        out[job.name] = rows
+    return out

@@ -1,0 +1,173 @@
+"""The one definition of each record kind in a campaign store.
+
+The store's validation, the analysis column types and the schema tables of
+``results/README.md`` are all derived from the field lists below, so a field
+is added, typed and documented in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+_NUM = (int, float)
+_NONE = type(None)
+
+# How analysis types a column: "int" -> Int64, "float" -> float64, "str" -> string, "bool" -> boolean.
+COLUMN_DTYPES = {"int": "Int64", "float": "float64", "str": "string", "bool": "boolean"}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    types: type | tuple  # accepted JSON value types
+    meaning: str
+    when: str = "always"  # "always", "ok" (timed records only) or "optional"
+    column: str | None = None  # analysis column type (a COLUMN_DTYPES key); None: left as read
+    config: bool = False  # part of the configuration hashed into `key`
+
+    @property
+    def type_name(self) -> str:
+        types = self.types if isinstance(self.types, tuple) else (self.types,)
+        names = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict", _NONE: "null"}
+        return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def F(name, types, meaning, when="always", column=None, config=False) -> Field:  # noqa: N802 - a table row
+    return Field(name, types, meaning, when, column, config)
+
+
+COMMON = (
+    F("schema", int, f"record schema version ({SCHEMA_VERSION})"),
+    F("kind", str, "`attention` or `collective`", column="str"),
+    F("campaign", str, "campaign name"),
+    F("tag", (str, _NONE), "free label from `--tag`", "optional", "str"),
+    F("run_id", str, "the run that wrote it: `runs/<run_id>.json` holds its provenance"),
+    F("key", str, "hash of the configuration fields (resume)"),
+    F("status", str, "`ok`, `failed` (not timed; see `error`) or `skipped` (cannot run here)", column="str"),
+    F("error", (str, _NONE), "why it failed or was skipped, naming the rank(s)", column="str"),
+    F("failure", (str, _NONE), "`exception`, `oom`, `check` (wrong results), `timeout` (a rank died or hung)",
+      "optional", "str"),
+    F("failed_ranks", list, "ranks that reported the failure", "optional"),
+    F("written_at", str, "ISO-8601 time"),
+    F("world_size", int, "ranks of the run", column="int", config=True),
+    F("nodes", int, "distinct nodes of the run", column="int", config=True),
+    F("warmup", int, "untimed iterations", column="int", config=True),
+    F("iters", int, "timed iterations", column="int", config=True),
+    F("samples_s", list, "seconds of every timed iteration, each the **slowest rank's**", "ok"),
+    F("median_s", _NUM, "median of `samples_s`", "ok", "float"),
+    F("min_s", _NUM, "statistics of `samples_s` (p10/p90 interpolated)", "ok", "float"),
+    F("max_s", _NUM, "", "ok", "float"),
+    F("mean_s", _NUM, "", "ok", "float"),
+    F("std_s", _NUM, "", "ok", "float"),
+    F("p10_s", _NUM, "", "ok", "float"),
+    F("p90_s", _NUM, "", "ok", "float"),
+)
+
+ATTENTION = (
+    F("algorithm", str, "a ringx algorithm, or an outside baseline (`tcp-*`, `rfa-*`)", column="str", config=True),
+    F("family", str, "`ring`, `ringx` or `external`", column="str"),
+    F("seq", int, "global tokens", column="int", config=True),
+    F("seq_per_rank", int, "tokens per rank", column="int", config=True),
+    F("scaling", str, "`strong` (global length given) or `weak` (length per rank given)", column="str", config=True),
+    F("batch", int, "batch size", column="int", config=True),
+    F("heads", int, "query heads", column="int", config=True),
+    F("kv_heads", int, "key/value heads", column="int", config=True),
+    F("head_dim", int, "head dimension", column="int", config=True),
+    F("dtype", str, "`float32`, `float64`, `bfloat16` or `float16`", column="str", config=True),
+    F("causal", bool, "causal masking", column="bool", config=True),
+    F("mode", str, "`fwd` or `fwd+bwd`", column="str", config=True),
+    F("repeat", int, "repeat index of the configuration", column="int", config=True),
+    F("kernel_requested", (str, _NONE), "local kernel asked for (null: automatic)", "optional", "str", True),
+    F("device", str, "`cpu` or `cuda` (null in records older than this field)", "optional", "str"),
+    F("timing_group", (str, _NONE), "id shared by the records timed side by side (their samples are paired: "
+      "sample i of each was taken in the same round)", "optional", "str"),
+    F("kernel", str, "local kernel that ran (`torch-cpu`, `torch-cudnn`, ...)", "ok", "str"),
+    F("kernel_version", (str, _NONE), "the kernel's library version", "optional", "str"),
+    F("layout", str, "the sequence layout", "ok", "str"),
+    F("flops", _NUM, "FLOPs of one call over all ranks (`flops_convention`)", "ok", "float"),
+    F("flops_convention", str, "how `flops` is counted (ringx/flops.py)", "ok"),
+    F("tflops_per_rank", _NUM, "`flops / world_size / median_s / 1e12`", "ok", "float"),
+    F("peak_tflops", (int, float, _NONE), "the device's published peak (null on CPUs: no MFU without a real peak)",
+      "optional", "float"),
+    F("mfu", (int, float, _NONE), "`tflops_per_rank / peak_tflops`", "optional", "float"),
+    F("bytes_sent_per_rank", list, "payload bytes sent by each rank in one call (ringx ledger)", "ok"),
+    F("bytes_received_per_rank", list, "payload bytes received by each rank in one call", "ok"),
+    F("comm_calls_per_rank", list, "communication calls of each rank in one call", "ok"),
+    F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank", "ok"),
+    F("ledger_rank0", (dict, _NONE), "rank 0's ledger by operation, `forward` and `backward`", "optional"),
+    F("check_max_error", _NUM, "with `--check`: largest relative error of out, dQ, dK, dV against float64",
+      "optional", "float"),
+    F("check_tolerance", _NUM, "the tolerance of the check for the dtype", "optional", "float"),
+    F("check_seq", int, "sequence length the check ran at", "optional", "int"),
+)
+
+COLLECTIVE = (
+    F("op", str, "`broadcast`, `reduce`, `all_reduce`, `all_gather`, `reduce_scatter`, `sendrecv`", column="str",
+      config=True),
+    F("bytes", int, "nccl-tests' size: the buffer (gathered output for all_gather, input for reduce_scatter)",
+      column="int", config=True),
+    F("dtype", str, "element type", column="str", config=True),
+    F("busbw_factor", _NUM, "all_reduce 2(n-1)/n; all_gather, reduce_scatter (n-1)/n; others 1", column="float"),
+    F("algbw_GBps", _NUM, "bytes / median / 1e9", "ok", "float"),
+    F("busbw_GBps", _NUM, "algbw x busbw_factor", "ok", "float"),
+)
+
+KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE}
+
+
+def validate(rec: object) -> list[str]:
+    """Problems with a record against its kind's fields ([] when valid)."""
+    if not isinstance(rec, dict):
+        return [f"not a JSON object ({type(rec).__name__})"]
+    fields = KINDS.get(rec.get("kind"))
+    if fields is None:
+        return [f"unknown kind {rec.get('kind')!r}"]
+    problems = []
+    if rec.get("schema") != SCHEMA_VERSION:
+        problems.append(f"schema {rec.get('schema')!r} != {SCHEMA_VERSION}")
+    if rec.get("status") not in STATUSES:
+        problems.append(f"status {rec.get('status')!r} not in {STATUSES}")
+    ok = rec.get("status") == "ok"
+    for f in fields:
+        required = f.when == "always" or (f.when == "ok" and ok)
+        if f.name not in rec:
+            if required:
+                problems.append(f"missing {f.name}")
+            continue
+        v = rec[f.name]
+        bad_type = not isinstance(v, f.types) or (isinstance(v, bool) and bool not in _tuple(f.types))
+        if bad_type and (required or v is not None):
+            problems.append(f"{f.name} has type {type(v).__name__}")
+    return problems
+
+
+def _tuple(t) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def config_fields(kind: str) -> list[str]:
+    """The fields whose values make up a record's configuration (hashed into its key)."""
+    return [f.name for f in KINDS[kind] if f.config]
+
+
+def column_types() -> dict[str, str]:
+    """Column -> pandas dtype for every typed field of every kind."""
+    return {f.name: COLUMN_DTYPES[f.column] for fields in KINDS.values() for f in fields if f.column}
+
+
+def schema_markdown(kind: str) -> str:
+    """The field table of one kind, as results/README.md shows it."""
+    own = {f.name for f in COMMON} if kind != "common" else set()
+    fields = COMMON if kind == "common" else tuple(f for f in KINDS[kind] if f.name not in own)
+    when = {"always": "always", "ok": "when ok", "optional": "optional"}
+    lines = ["| field | type | present | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{f.name}` | {f.type_name} | {when[f.when]} | {f.meaning}{' (configuration)' if f.config else ''} |"
+              for f in fields]
+    return "\n".join(lines)
+
+
+# The configuration algorithms are compared at: a speedup pairs two algorithms with equal values of these.
+COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim",
+              "dtype", "causal", "mode")

@@ -1,0 +1,51 @@
+"""Predicted time of one call of an algorithm, from its traced schedule on a machine description."""
+
+from __future__ import annotations
+
+import functools
+
+from .machine import Machine
+from .simulate import Prediction, sample_ranks, simulate
+
+
+@functools.lru_cache(maxsize=512)
+def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward) -> tuple:
+    """The sampled ranks' schedules; cached because tracing dominates and a schedule does not depend on the
+    machine (the planner and `analysis predict` ask for the same configurations)."""
+    import torch
+
+    from ringx.schedule import trace
+
+    return tuple(trace(algorithm, causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+                       head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward) for r in ranks)
+
+
+def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
+            seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
+            exact_ranks: int = 64) -> Prediction:
+    """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks."""
+    traces = _traces(algorithm, bool(causal), p, tuple(sample_ranks(p, exact_ranks)), batch, seq, heads, kv_heads,
+                     head_dim, dtype, mode == "fwd+bwd")
+    fwd = simulate([t.forward for t in traces], machine, p, nodes)
+    if mode == "fwd":
+        return fwd
+    bwd = simulate([t.backward for t in traces], machine, p, nodes)
+    return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
+
+
+def speedup_curve(machine: Machine, algorithms: list[str], ranks: list[int], *, seq: int, gpus_per_node: int,
+                  baseline: str = "ring", causal: bool = True, mode: str = "fwd+bwd", heads: int = 32,
+                  kv_heads: int = 8, head_dim: int = 128, dtype: str = "bfloat16"):
+    """Predicted speedup over the baseline at a fixed global sequence for growing rank counts."""
+    import pandas as pd
+
+    rows = []
+    for p in ranks:
+        nodes = max(1, p // gpus_per_node)
+        times = {a: predict(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, dtype=dtype, exact_ranks=16)
+                 for a in dict.fromkeys([baseline, *algorithms])}
+        for a in algorithms:
+            rows.append({"algorithm": a, "ranks": p, "nodes": nodes, "predicted_s": times[a].total_s,
+                         "speedup": times[baseline].total_s / times[a].total_s})
+    return pd.DataFrame(rows)
