@@ -113,10 +113,16 @@ def _panels(d0: pd.DataFrame, key: str, width: str):
 
 @styled
 def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
-    """Speedup over the baseline vs global sequence length, one panel per (masking, rank count)."""
+    """Speedup over the baseline vs global sequence length, one panel per (masking, rank count).
+
+    Error bars: the speedup's 95% bootstrap interval; hollow markers: within noise (the interval contains 1).
+    """
     def bars(ax, g, st):
         ax.errorbar(g["seq"], g["speedup"], yerr=[g["speedup"] - g["speedup_lo"], g["speedup_hi"] - g["speedup"]],
                     capsize=2, elinewidth=0.6, **st)
+        noise = g[g["within_noise"].astype(bool)]
+        ax.plot(noise["seq"], noise["speedup"], linestyle="none", marker=st["marker"], color=st["color"],
+                markerfacecolor="white", zorder=3)
 
     return _vs_seq(speedup(summary, baseline), f"speedup over {baseline}", width, bars, skip=baseline, ref=1.0)
 
@@ -160,7 +166,7 @@ def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw, skip: str | None = N
         if ref is not None:
             ax.axhline(ref, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
         ax.set_xscale("log", base=2)
-        ax.set_title(f"{world} ranks, {_mask(causal)}")
+        ax.set_title(f"{world} rank{'s' if world != 1 else ''}, {_mask(causal)}")
         ax.set_xlabel("sequence length (tokens)")
     axes[0][0].set_ylabel(label)
     _legend(fig, axes)
@@ -249,6 +255,20 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
 
 FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
            "memory": memory_per_rank}
+TITLES = {"speedup": "Speedup over the baseline", "scaling": "Strong scaling", "mfu": "Throughput per rank",
+          "fastest": "Fastest algorithm", "memory": "Peak memory per rank", "collectives": "Collectives"}
+CAPTIONS = {
+    "speedup": "Speedup over {baseline} (above 1: faster) against the global sequence length, one panel per rank "
+               "count and masking. Markers: the ratio of median times; error bars: its 95% bootstrap interval "
+               "(paired rounds when timed side by side); hollow markers: within noise (the interval contains 1).",
+    "scaling": "Median time per call against ranks (log-log) at a fixed global sequence length; band: p10-p90 of "
+               "the timed iterations (each the slowest rank's); dotted: ideal scaling from the smallest rank count.",
+    "mfu": "Model FLOPs utilisation against the device's published peak where the records name one; otherwise "
+           "TFLOP/s per rank (CPU runs have no published peak).",
+    "fastest": "The fastest algorithm at each (sequence length, ranks); its speedup over {baseline} in each cell.",
+    "memory": "Peak memory per rank (largest rank): device allocator peak on GPUs, peak resident set size on CPUs.",
+    "collectives": "Bus bandwidth (nccl-tests convention) against message size, one panel per operation.",
+}
 
 
 @styled

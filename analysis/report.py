@@ -109,9 +109,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         lines += [f"- {n}" for n in notes]
         for fig_name, paths in made.items():
             png = next(p for p in paths if p.suffix == ".png")
-            lines += [f"## {fig_name}", "", f"![{fig_name}]({png.relative_to(out)})", ""]
+            cap = figures.CAPTIONS.get(fig_name, "").format(baseline=baseline)
+            lines += [f"## {figures.TITLES.get(fig_name, fig_name)}", "", f"![{fig_name}]({png.relative_to(out)})", "",
+                      f"*{cap}*", ""]
         if table is not None:
-            lines += ["## speedup table", "", tables.render(table, "markdown")]
+            lines += ["## Speedup table", "", tables.render(table, "markdown")]
         lines += ["## configuration", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
@@ -130,9 +132,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     for fig_name, paths in made.items():
         png = next(p for p in paths if p.suffix == ".png")
         data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h2>{fig_name}</h2><img alt='{fig_name}' src='data:image/png;base64,{data}'>")
+        cap = html.escape(figures.CAPTIONS.get(fig_name, "").format(baseline=baseline))
+        parts.append(f"<h2>{html.escape(figures.TITLES.get(fig_name, fig_name))}</h2><figure><img alt='{fig_name}' "
+                     f"src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>")
     if table is not None:
-        parts += ["<h2>speedup table</h2>", f"<p>{html.escape(table.caption)}</p>", _html_table(table)]
+        parts += ["<h2>Speedup table</h2>", f"<p>{html.escape(table.caption)}</p>", _html_table(table)]
     parts += ["<h2>configuration</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
                                                for k, v in config.items()] + ["</ul>"]
     parts += ["<h2>provenance</h2>", _html_table(prov)]

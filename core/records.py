@@ -57,12 +57,12 @@ COMMON = (
     F("iters", int, "timed iterations", column="int", config=True),
     F("samples_s", list, "seconds of every timed iteration, each the **slowest rank's**", "ok"),
     F("median_s", _NUM, "median of `samples_s`", "ok", "float"),
-    F("min_s", _NUM, "statistics of `samples_s` (p10/p90 interpolated)", "ok", "float"),
-    F("max_s", _NUM, "", "ok", "float"),
-    F("mean_s", _NUM, "", "ok", "float"),
-    F("std_s", _NUM, "", "ok", "float"),
-    F("p10_s", _NUM, "", "ok", "float"),
-    F("p90_s", _NUM, "", "ok", "float"),
+    F("min_s", _NUM, "minimum of `samples_s`", "ok", "float"),
+    F("max_s", _NUM, "maximum of `samples_s`", "ok", "float"),
+    F("mean_s", _NUM, "mean of `samples_s`", "ok", "float"),
+    F("std_s", _NUM, "standard deviation of `samples_s`", "ok", "float"),
+    F("p10_s", _NUM, "10th percentile of `samples_s` (interpolated)", "ok", "float"),
+    F("p90_s", _NUM, "90th percentile of `samples_s` (interpolated)", "ok", "float"),
 )
 
 ATTENTION = (

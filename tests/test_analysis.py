@@ -144,7 +144,8 @@ def test_cli_on_the_sample_campaign(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "r" / "report.html").read_text()
     commit = json.loads(next((SAMPLE / "runs").glob("*.json")).read_text())["git_commit"]
-    assert page.count("data:image/png;base64,") == 6 and commit in page and "speedup table" in page
+    assert page.count("data:image/png;base64,") == 6 and commit in page
+    assert "Speedup table" in page and "within noise" in page and page.count("<figcaption>") == 6
 
 
 def test_parquet_export_round_trips_every_record(sample, tmp_path):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from core.stats import summarize
 
 from bench.mpirun import ROOT
+from core.stats import summarize
 
 
 def test_summarize_known_answers():

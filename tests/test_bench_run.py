@@ -6,10 +6,10 @@ import json
 import time
 
 import pytest
-from core.store import Store, validate
 
 from bench import mpirun
 from bench.collectives import parse_size, sizes
+from core.store import Store, validate
 from costmodel.network import busbw_factor
 
 

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from costmodel import Link, Machine, predict, simulate
-from costmodel import network as model
 
 from analysis import calibrate
+from costmodel import Link, Machine, predict, simulate
+from costmodel import network as model
 from ringx.schedule import Event
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from core.store import Store, validate
 
 from bench import mpirun
+from core.store import Store, validate
 from tests.slurm_cluster import SlurmCluster, require_slurm
 
 SWEEP = """

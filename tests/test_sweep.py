@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench import sweep
-from bench.sweep import plan, profiles, slurm
 from bench.points import make_point
+from bench.sweep import plan, profiles, slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 
