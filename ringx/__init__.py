@@ -6,9 +6,10 @@ from .api import CallStats, RingxInputError, attention
 from .comm import Ledger
 from .kernels import KERNELS, select_kernel
 from .layouts import LAYOUTS, shard, unshard
+from .topology import Topology
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "RingxInputError",
-    "attention", "select_kernel", "shard", "unshard", "verify",
+    "Topology", "attention", "select_kernel", "shard", "unshard", "verify",
 ]
 __version__ = "0.1.0"

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from . import algorithms
+from . import algorithms, launch
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger, all_gather_flat
 from .kernels import Kernel, select_kernel
-from .layouts import local_divisor
+from .topology import Topology
 
 Tensor = torch.Tensor
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -29,6 +29,7 @@ class CallStats:
     algorithm: str = ""
     layout: str = ""
     kernel: str = ""
+    ulysses_degree: int = 0  # 0: the algorithm has none
     forward: Ledger = field(default_factory=Ledger)
     backward: Ledger = field(default_factory=Ledger)
 
@@ -53,7 +54,8 @@ class _Attention(torch.autograd.Function):
 def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
               softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
-              validate: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+              validate: bool = True, topology: Topology | None = None,
+              ulysses_degree: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of this rank's queries over the whole distributed sequence.
 
     ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
@@ -68,6 +70,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
     With ``validate`` (default) the ranks first compare their inputs with one
     small all-gather so that a bad input raises :class:`RingxInputError` on every
     rank instead of leaving some rank waiting in a collective.
+
+    The hierarchical algorithms (``ringx3b``, ``ulysses``, ``usp``, ``usp-ringx``) use
+    ``topology`` (a :class:`ringx.topology.Topology` of ``group``: which ranks share a node);
+    by default ``ringx.launch.topology(group)``, made once per group and kept, whose
+    intra-/inter-node process groups are built by the first call that needs them, never
+    per call (``RINGX_RANKS_PER_NODE`` simulates nodes). ``ulysses_degree`` (``usp``,
+    ``usp-ringx``) is the Ulysses group size u, the ring across groups has P/u ranks;
+    by default u is the ranks per node; it must divide P and the query heads, and the
+    causal layout ``zigzag-u{u}`` depends on it (``ALGORITHMS[name].layout(causal, u)``).
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RingxInputError(
@@ -77,21 +88,34 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
         if not isinstance(t, torch.Tensor):
             raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     comm_world = dist.get_world_size(group)
-    problem = _local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world)
+    problem = (_local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world)
+               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group))
     if validate:
-        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem)
+        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem, ulysses_degree)
     elif problem:
         raise RingxInputError(problem)
 
     algo = algorithms.ALGORITHMS[algorithm]
-    layout = algo.layout(causal)
+    topo = degree = None
+    if algo.topology:  # after the agreement: building it is collective
+        topo = topology if topology is not None else launch.topology(group)
+        try:
+            rpn = None if algo.ulysses == "all" else topo.ranks_per_node  # the others need regular nodes
+        except ValueError as e:  # the same on every rank: so is the node layout
+            raise RingxInputError(str(e)) from None
+        degree = algo.degree(comm_world, ulysses_degree, rpn)
+        if degree is not None and q.shape[2] % degree:  # a default degree the heads do not fit
+            raise RingxInputError(_heads_message(algorithm, q.shape[2], degree))
+    layout = algo.layout(causal, degree)
     kern: Kernel = select_kernel(q.device, q.dtype, kernel)
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     stats = stats if stats is not None else CallStats()
     stats.algorithm, stats.layout, stats.kernel = algorithm, layout, kern.name
+    stats.ulysses_degree = degree or 0
+    stash: dict = {}  # what this call's forward keeps for its backward
 
     def ctx(ledger: Ledger) -> Ctx:
-        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap)
+        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash)
 
     out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), algo,
                                 ctx(stats.forward), ctx(stats.backward))
@@ -123,10 +147,11 @@ def _local_problem(q, k, v, algorithm, causal, scale, kernel, world) -> str:
         return f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
     if min(q.shape) == 0:
         return f"empty input: q has shape {tuple(q.shape)}"
-    div = local_divisor(algo.layout(causal))
+    div = algo.local_divisor(causal)
     if q.shape[1] % div:
         return (f"local sequence length {q.shape[1]} must be a multiple of {div} for the "
-                f"{algo.layout(causal)} layout of {algorithm} (global length a multiple of {div * world})")
+                f"{algo.causal_layout if causal else algo.noncausal_layout} layout of {algorithm} "
+                f"(global length a multiple of {div * world})")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         return f"softmax_scale must be a positive finite number, got {scale!r}"
     try:
@@ -136,13 +161,39 @@ def _local_problem(q, k, v, algorithm, causal, scale, kernel, world) -> str:
     return ""
 
 
+def _heads_message(algorithm: str, heads: int, degree: int) -> str:
+    others = ", ".join(n for n in algorithms.ALGORITHMS if not algorithms.ALGORITHMS[n].ulysses)
+    return (f"{algorithm}: {heads} query heads do not divide by the Ulysses degree {degree}; use usp/usp-ringx "
+            f"with a ulysses_degree dividing {heads}, or one of {others}")
+
+
+def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
+    """What is wrong with the Ulysses degree or topology asked for, or '' (checks needing no topology)."""
+    algo = algorithms.ALGORITHMS[algorithm]
+    if degree is not None:
+        if algo.ulysses != "node":
+            return (f"ulysses_degree applies to {', '.join(algorithms.ulysses_names())}, not to {algorithm}")
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1 or world % degree:
+            return f"ulysses_degree={degree!r} must be a positive integer dividing the {world} ranks"
+    fixed = algo.degree(world, degree, None)
+    if fixed is not None and q.shape[2] % fixed:
+        return _heads_message(algorithm, q.shape[2], fixed)
+    if topology is not None:
+        if not topology.builds_groups or topology.group is not group:
+            return "topology must be made for this group, with process groups (not Topology.simulated)"
+        if (topology.world, topology.rank) != (world, dist.get_rank(group)):
+            return (f"topology describes rank {topology.rank} of {topology.world}, but this is rank "
+                    f"{dist.get_rank(group)} of {world} in the group")
+    return ""
+
+
 _MSG = 240  # bytes of error text shared with the other ranks
 # What the ranks must agree on: (name, number of int64 slots).
 _FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("softmax_scale", 1),
-           ("q shape", 4), ("k shape", 4), ("v shape", 4))
+           ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1))
 
 
-def _signature(q, k, v, algorithm, causal, scale, problem: str) -> list[int]:
+def _signature(q, k, v, algorithm, causal, scale, problem: str, degree=None) -> list[int]:
     """[problem flag] + the _FIELDS values + the problem text as bytes."""
     names = list(algorithms.ALGORITHMS)
     values = [
@@ -152,13 +203,14 @@ def _signature(q, k, v, algorithm, causal, scale, problem: str) -> list[int]:
         int(causal),
         int(round((scale or 0.0) * 1e9)),
         *[x for t in (q, k, v) for x in (list(t.shape)[:4] + [0] * 4)[:4]],
+        degree if isinstance(degree, int) else 0,
     ]
     return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
 
 
-def _agree(q, k, v, algorithm, causal, scale, group, problem: str) -> None:
+def _agree(q, k, v, algorithm, causal, scale, group, problem: str, degree=None) -> None:
     """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
-    sig = _signature(q, k, v, algorithm, causal, scale, problem)
+    sig = _signature(q, k, v, algorithm, causal, scale, problem, degree)
     device = q.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
     world = dist.get_world_size(group)
     mine = torch.tensor(sig, dtype=torch.int64, device=device)

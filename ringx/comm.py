@@ -12,11 +12,15 @@ reduce                non-root: the buffer            root: the buffer
 all_reduce            the buffer                      the buffer
 all_gather            the local input                 (P-1) x the local input
 reduce_scatter        (P-1)/P x the input             the output (input / P)
+all_to_all            (P-1)/P x the input             (P-1)/P x the input (= the output's
+                                                      rows from the other ranks)
 ====================  ==============================  ==================================
 
 so algorithms can be compared, and checked against a formula, by the data
 they must move. Wire traffic of a concrete collective algorithm (ring, tree)
-is the cost model's business, not the ledger's.
+is the cost model's business, not the ledger's. P is the size of the
+operation's group: a hierarchical algorithm holds one Comm per sub-group
+(``Comm.sub``), all recording into the same ledger.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from .topology import SubGroup
 
 Tensor = torch.Tensor
 
@@ -94,11 +100,16 @@ class Comm:
     With a single rank every operation is a no-op that moves (and records) nothing.
     """
 
-    def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None):
+    def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None, *, solo: bool = False):
+        """``solo``: a group of one rank (no process group needed)."""
         self.group = group
-        self.rank = dist.get_rank(group)
-        self.world = dist.get_world_size(group)
+        self.rank = 0 if solo else dist.get_rank(group)
+        self.world = 1 if solo else dist.get_world_size(group)
         self.ledger = ledger if ledger is not None else Ledger()
+
+    def sub(self, sg: SubGroup) -> Comm:
+        """A communicator on ``sg`` (ranks of this communicator's group), counting into the same ledger."""
+        return Comm(sg.pg, self.ledger, solo=sg.size == 1)
 
     def _global(self, group_rank: int) -> int:
         return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
@@ -136,14 +147,33 @@ class Comm:
 
     def all_gather(self, t: Tensor) -> Tensor:
         """All ranks' ``t`` stacked as (P, *t.shape), in group-rank order."""
+        return self._all_gather(t, False).wait()[0]
+
+    def all_gather_async(self, t: Tensor) -> Pending:
+        """``all_gather`` left in flight: ``wait()`` returns [the stacked tensor]."""
+        return self._all_gather(t, True)
+
+    def _all_gather(self, t: Tensor, async_op: bool) -> Pending:
         if self.world == 1:
-            return t.unsqueeze(0)
+            return Pending([], [t.unsqueeze(0)])
         t = t.contiguous()
         n = nbytes(t)
         self.ledger.record("all_gather", n, n * (self.world - 1))
         out = torch.empty((self.world, *t.shape), dtype=t.dtype, device=t.device)
-        self._run("all_gather", n * self.world, False, lambda: all_gather_flat(out.view(-1), t.view(-1),
-                                                                                group=self.group))
+        w = self._run("all_gather", n * self.world, async_op,
+                      lambda: all_gather_flat(out.view(-1), t.view(-1), group=self.group, async_op=async_op))
+        return Pending([w] if async_op else [], [out], [t])
+
+    def all_to_all(self, t: Tensor) -> Tensor:
+        """Send ``t[i]`` to group rank i; row i of the (P, ...) result came from rank i."""
+        if self.world == 1:
+            return t
+        t = t.contiguous()
+        n = nbytes(t)
+        moved = n - n // self.world  # the row a rank keeps does not travel
+        self.ledger.record("all_to_all", moved, moved)
+        out = torch.empty_like(t)
+        self._run("all_to_all", n, False, lambda: dist.all_to_all_single(out.view(-1), t.view(-1), group=self.group))
         return out
 
     def reduce_scatter(self, t: Tensor) -> Tensor:

@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .topology import Topology
+
 # Local-rank variables set by the launchers we meet: Slurm, Open MPI, MPICH (hydra), Cray PALS, MVAPICH.
 LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID",
                    "MV2_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK")
@@ -66,6 +68,7 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> DistContext:
     hostname = socket.gethostname()
     hosts = comm.allgather(hostname)
     local_rank, local_size = _local_rank(comm)
+    _NODES["world"] = _node_of(comm)
 
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -91,6 +94,7 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> DistContext:
 
 def finalize() -> None:
     """Tear the process group down (safe to call twice)."""
+    _TOPOLOGIES.clear()  # their sub-groups die with the process group
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -99,3 +103,73 @@ def reinit(ctx: DistContext, timeout_s: float = 300.0) -> DistContext:
     """Replace a process group left unusable by a failed collective (all ranks call it together)."""
     finalize()
     return init(ctx.backend, timeout_s)
+
+
+# Topology: which ranks share a node. ---------------------------------------------------------------
+_NODES: dict[str, list[int]] = {}  # "world": each world rank's node (its lowest rank), from MPI at init
+_TOPOLOGIES: list[tuple[dist.ProcessGroup | None, Topology]] = []  # built once per group, dropped by finalize
+
+
+def _node_of(comm) -> list[int]:
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks that share memory: one node
+    try:
+        leader = node.bcast(comm.Get_rank(), root=0)
+    finally:
+        node.Free()
+    return comm.allgather(leader)
+
+
+def _env_ranks_per_node() -> int | None:
+    v = os.environ.get("RINGX_RANKS_PER_NODE")
+    if not v:
+        return None
+    if not v.isdigit() or int(v) < 1:
+        raise ValueError(f"RINGX_RANKS_PER_NODE must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def node_ids(group: dist.ProcessGroup | None = None) -> list:
+    """A label of the node of every rank of ``group`` (equal labels: same node).
+
+    ``RINGX_RANKS_PER_NODE=k`` simulates nodes of k consecutive ranks (tests, CPU runs); otherwise
+    MPI's shared-memory split recorded by :func:`init`; otherwise (torch.distributed started by
+    something else) the ranks' host names, exchanged over ``group`` (collective).
+    """
+    world = dist.get_world_size(group)
+    rpn = _env_ranks_per_node()
+    if rpn is not None:
+        if world % rpn:
+            raise ValueError(f"RINGX_RANKS_PER_NODE={rpn} does not divide the {world} ranks")
+        return [r // rpn for r in range(world)]
+    glob = [r if group is None else dist.get_global_rank(group, r) for r in range(world)]
+    if "world" in _NODES and len(_NODES["world"]) == dist.get_world_size():
+        return [_NODES["world"][g] for g in glob]
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, socket.gethostname(), group=group)
+    return hosts
+
+
+def topology(group: dist.ProcessGroup | None = None) -> Topology:
+    """``group``'s :class:`~ringx.topology.Topology`, made on first use and kept until :func:`finalize`.
+
+    Every rank of the group must call it the first time (it may exchange host names); its
+    intra-/inter-node sub-groups are built later, once, by the first call that needs them.
+    """
+    for g, topo in _TOPOLOGIES:
+        if g is group:
+            return topo
+    topo = Topology(node_ids(group), dist.get_rank(group), group)
+    _TOPOLOGIES.append((group, topo))
+    return topo
+
+
+def known_ranks_per_node() -> int | None:
+    """Ranks per node of the default group if known without communicating (else None)."""
+    rpn = _env_ranks_per_node()
+    if rpn is not None:
+        return rpn
+    if any(g is None for g, _ in _TOPOLOGIES) or ("world" in _NODES and dist.is_initialized()):
+        return topology().ranks_per_node
+    return None

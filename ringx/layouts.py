@@ -5,6 +5,14 @@ parts of one rank's queries may see which parts of another rank's keys.
 - ``zigzag``: the sequence is cut into 2P chunks; rank r holds chunks r and
   2P-1-r, which balances causal work across ranks.
 - ``stripe``: token i lives on rank i mod P (also balanced for causal).
+- ``zigzag-u{U}`` (e.g. ``zigzag-u2``; USP's layout, as yunchang shards it):
+  the ranks form R = P/U Ulysses groups of U consecutive ranks; group
+  i = r // U owns the zigzag pair of a ring of R (chunks i and 2R-1-i of
+  2R), split contiguously over its U ranks (rank r takes part r mod U).
+  After the Ulysses all-to-all each group member holds exactly that pair,
+  so the ring across groups is a balanced zigzag ring. ``zigzag-u1``
+  is ``zigzag``; ``zigzag-uP`` is ``contiguous``. Only shard/unshard and the
+  divisors know it: the algorithms plan on the ring's ``zigzag``.
 
 The masking plan is the single place where causality meets layout: every
 algorithm asks it which (q rows, k rows) sub-blocks to compute and whether a
@@ -13,12 +21,30 @@ sub-block is fully visible or carries a (square, diagonal) causal mask.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
 LAYOUTS = ("contiguous", "zigzag", "stripe")
+_ULYSSES_ZIGZAG = re.compile(r"zigzag-u(\d+|\{u\})")  # "{u}": the template, degree not yet chosen
+
+
+def ulysses_zigzag(degree: int) -> str:
+    """The name of USP's layout for Ulysses degree ``degree`` (see the module doc)."""
+    return f"zigzag-u{degree}"
+
+
+def ulysses_degree_of(layout: str) -> int | None:
+    """U of a ``zigzag-u{U}`` layout; None for the other layouts."""
+    m = _ULYSSES_ZIGZAG.fullmatch(layout)
+    if m is None:
+        return None
+    if not m.group(1).isdigit():
+        raise ValueError(f"layout {layout!r} needs the Ulysses degree: ask the algorithm for "
+                         "layout(causal, ulysses_degree=U)")
+    return int(m.group(1))
 
 
 def chunks_per_rank(layout: str) -> int:
@@ -28,18 +54,20 @@ def chunks_per_rank(layout: str) -> int:
 
 def _check(layout: str) -> str:
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)} or zigzag-u<U>")
     return layout
 
 
 def local_divisor(layout: str) -> int:
     """The local sequence length must be a multiple of this."""
+    if _ULYSSES_ZIGZAG.fullmatch(layout):
+        return 2  # U ranks share a zigzag pair of equal chunks (a multiple of 2 for any U)
     return chunks_per_rank(layout)
 
 
 def global_divisor(layout: str, world_size: int) -> int:
     """The global sequence length must be a multiple of this."""
-    return chunks_per_rank(layout) * world_size
+    return local_divisor(layout) * world_size
 
 
 def rank_chunks(layout: str, rank: int, world_size: int) -> tuple[int, ...]:
@@ -62,6 +90,11 @@ def shard(x: torch.Tensor, layout: str, rank: int, world_size: int, dim: int = 1
         )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    u = ulysses_degree_of(layout)
+    if u is not None:
+        _check_degree(u, world_size)
+        pair = shard(x, "zigzag", rank // u, world_size // u, dim)  # this Ulysses group's zigzag pair
+        return pair.chunk(u, dim=dim)[rank % u].contiguous()
     if layout == "stripe":
         return x.index_select(dim, torch.arange(rank, seq, world_size, device=x.device))
     pieces = x.chunk(world_size * chunks_per_rank(layout), dim=dim)
@@ -73,6 +106,11 @@ def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, 
     world_size = len(shards)
     if world_size == 1:
         return shards[0]
+    u = ulysses_degree_of(layout)
+    if u is not None:
+        _check_degree(u, world_size)
+        pairs = [torch.cat(list(shards[i:i + u]), dim=dim) for i in range(0, world_size, u)]
+        return unshard(pairs, "zigzag", dim)
     if layout == "stripe":
         stacked = torch.stack(list(shards), dim=dim + 1)  # (..., n_local, P, ...)
         return stacked.flatten(dim, dim + 1)
@@ -82,6 +120,11 @@ def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, 
         for piece, c in zip(s.chunk(per, dim=dim), rank_chunks(layout, rank, world_size)):
             chunks[c] = piece
     return torch.cat(chunks, dim=dim)  # type: ignore[arg-type]
+
+
+def _check_degree(u: int, world_size: int) -> None:
+    if u < 1 or world_size % u:
+        raise ValueError(f"Ulysses degree {u} must divide the {world_size} ranks")
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,19 @@ rank of a world of any size, on meta tensors (no memory, no network): a
 tracing communicator records each operation with its payload (and when an
 asynchronous one is waited for), a tracing kernel records each local block's
 FLOPs. The ledger it fills is computed by the same code as in a real run,
-so the two agree exactly (tests/test_schedule.py checks it against runs).
+so the two agree exactly (tests/test_attention_mpi.py and tests/test_hier_mpi.py
+check it against runs).
+
+Hierarchical schedules communicate in sub-groups (within a node, across
+nodes, Ulysses and ring groups) of a simulated topology (``ranks_per_node``):
+each operation records its group's members and how many nodes they span. A
+collective is the same on every member of its group: ``(group, index)``
+identifies it, and ``index`` is this rank's n-th operation of the pass.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -20,16 +28,19 @@ from .comm import Comm, Ledger
 from .flops import block_flops
 from .kernels import acc_dtype
 from .layouts import Block
+from .topology import SubGroup, Topology
 
 
 @dataclass
 class Event:
     kind: str  # "compute", "comm" or "wait"
-    op: str = ""  # comm: broadcast, reduce, all_reduce, all_gather, reduce_scatter, sendrecv
+    op: str = ""  # comm: broadcast, reduce, all_reduce, all_gather, reduce_scatter, all_to_all, sendrecv
     flops: float = 0.0  # compute: FLOPs (forward 4*B*H*D per visible pair; backward 2.5x)
     nbytes: int = 0  # comm: the operation's size (nccl-tests convention; sendrecv: bytes this rank sends)
     blocking: bool = True  # comm: the rank waits for it at once
-    index: int = 0  # comm and wait: the rank's n-th operation (the same collective on every rank)
+    index: int = 0  # comm and wait: the rank's n-th operation (the same collective on every member)
+    group: tuple[int, ...] = ()  # comm: the ranks of a sub-group operation; () for all ranks
+    nodes: int = 0  # comm: nodes those ranks span (1: within a node); 0 for all ranks (the caller's nodes)
 
 
 @dataclass
@@ -37,6 +48,8 @@ class Trace:
     algorithm: str
     rank: int
     world: int
+    ranks_per_node: int = 0  # of the simulated topology (hierarchical algorithms); 0 when none was used
+    ulysses_degree: int = 0  # 0: the algorithm has none
     forward: list[Event] = field(default_factory=list)
     backward: list[Event] = field(default_factory=list)
     ledger_forward: Ledger = field(default_factory=Ledger)
@@ -54,14 +67,21 @@ class _Work:
 class TraceComm(Comm):
     """A communicator that records operations instead of performing them."""
 
-    def __init__(self, rank: int, world: int, ledger: Ledger, events: list[Event]):
+    def __init__(self, rank: int, world: int, ledger: Ledger, events: list[Event], *, members: tuple[int, ...] = (),
+                 nodes: int = 0, counter: itertools.count | None = None):
         self.group, self.rank, self.world, self.ledger = None, rank, world, ledger
-        self.events, self.count = events, 0
+        self.events, self.members, self.nodes = events, members, nodes
+        self.counter = counter if counter is not None else itertools.count()  # shared with sub-groups
+
+    def sub(self, sg: SubGroup) -> TraceComm:
+        return TraceComm(sg.ranks.index(self.rank), sg.size, self.ledger, self.events, members=sg.ranks,
+                         nodes=sg.nodes, counter=self.counter)
 
     def _run(self, op: str, nbytes: int, async_op: bool, call):
-        self.events.append(Event("comm", op=op, nbytes=nbytes, blocking=not async_op, index=self.count))
-        self.count += 1
-        return [_Work(self.events, self.count - 1)] if op == "sendrecv" else _Work(self.events, self.count - 1)
+        index = next(self.counter)
+        self.events.append(Event("comm", op=op, nbytes=nbytes, blocking=not async_op, index=index,
+                                 group=self.members, nodes=self.nodes))
+        return [_Work(self.events, index)] if op == "sendrecv" else _Work(self.events, index)
 
 
 class TraceKernel:
@@ -90,18 +110,28 @@ class TraceKernel:
 
 
 def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int, kv_heads: int,
-          head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True) -> Trace:
-    """The forward (and backward) schedule of ``rank`` among ``world`` ranks for a global ``seq``."""
+          head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
+          ranks_per_node: int | None = None, ulysses_degree: int | None = None) -> Trace:
+    """The forward (and backward) schedule of ``rank`` among ``world`` ranks for a global ``seq``.
+
+    Hierarchical algorithms run on nodes of ``ranks_per_node`` consecutive ranks (default: one node),
+    with ``ulysses_degree`` as in ``ringx.attention`` (default: the ranks per node).
+    """
     algo = get(algorithm, causal)
     n = seq // world
     q = torch.empty(batch, n, heads, head_dim, dtype=dtype, device="meta")
     kv = torch.empty(batch, n, kv_heads, head_dim, dtype=dtype, device="meta")
-    tr = Trace(algorithm, rank, world)
-    layout = algo.layout(causal)
+    topo = Topology.simulated(world, rank, ranks_per_node or world) if algo.topology else None
+    degree = algo.degree(world, ulysses_degree, topo.ranks_per_node if topo else None)
+    if degree is not None and (world % degree or heads % degree):
+        raise ValueError(f"Ulysses degree {degree} must divide the {world} ranks and the {heads} heads")
+    tr = Trace(algorithm, rank, world, topo.ranks_per_node if topo else 0, degree or 0)
+    layout = algo.layout(causal, degree)
+    stash: dict = {}  # shared by the forward and backward, as in a real call
 
     def ctx(ledger: Ledger, events: list[Event]) -> Ctx:
         return Ctx(TraceComm(rank, world, ledger, events), TraceKernel(events), layout, causal, head_dim**-0.5,
-                   algo.overlap)
+                   algo.overlap, topo, degree, stash)
 
     out, lse = algo.forward(ctx(tr.ledger_forward, tr.forward), q, kv, kv)
     if backward:

@@ -8,13 +8,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import bcast, gather, ring
+from ..layouts import local_divisor
+from . import bcast, gather, hier, ring, ulysses
 
 
 @dataclass(frozen=True)
 class Algorithm:
     name: str
-    family: str  # "ring" (baseline) or "ringx"
+    family: str  # "ring" (baseline), "ringx" or "ulysses"
+    # layouts; "zigzag-u{u}" is a template filled with the call's Ulysses degree
     noncausal_layout: str | None  # None: non-causal not supported
     causal_layout: str | None  # None: causal not supported
     forward: Callable
@@ -22,12 +24,38 @@ class Algorithm:
     overlap: bool
     pattern: str  # communication, forward; backward
     summary: str
+    topology: bool = False  # needs to know which ranks share a node (ringx.topology)
+    ulysses: str = ""  # Ulysses degree: "" none, "all" every rank, "node" per call, default ranks per node
 
     def supports(self, causal: bool) -> bool:
-        return self.layout(causal) is not None
+        return self._layout(causal) is not None
 
-    def layout(self, causal: bool) -> str | None:
+    def _layout(self, causal: bool) -> str | None:
         return self.causal_layout if causal else self.noncausal_layout
+
+    def layout(self, causal: bool, ulysses_degree: int | None = None) -> str | None:
+        """The layout to shard inputs in. Where it depends on the Ulysses degree and none is given, the
+        default group's ranks per node (the default degree), or the template if that is not known yet."""
+        lay = self._layout(causal)
+        if lay is None or "{u}" not in lay:
+            return lay
+        if ulysses_degree is None:
+            from ..launch import known_ranks_per_node
+
+            ulysses_degree = known_ranks_per_node()
+        return lay if ulysses_degree is None else lay.format(u=ulysses_degree)
+
+    def local_divisor(self, causal: bool) -> int:
+        """The local sequence length must be a multiple of this (for any Ulysses degree)."""
+        return local_divisor(self._layout(causal))
+
+    def degree(self, world: int, requested: int | None, ranks_per_node: int | None) -> int | None:
+        """The Ulysses degree of a call: ``requested``, else what this algorithm does by default."""
+        if self.ulysses == "all":
+            return world
+        if self.ulysses == "node":
+            return requested or ranks_per_node
+        return None
 
 
 def _x(name, nc, c, fwd, bwd, overlap, pattern, summary):
@@ -38,6 +66,11 @@ _RING = "p2p ring(k,v); p2p ring(k,v) + ring(dk,dv)"
 _BQ = "broadcast(q) + all_reduce(max lse) + reduce(num,den); broadcast(k,v) + reduce(dk,dv)"
 _BKV = "broadcast(k,v); broadcast(k,v) + reduce(dk,dv)"
 _AG = "all_gather(k,v); all_gather(k,v) + reduce_scatter(dk,dv)"
+_AG2 = ("all_gather(k,v) inter, then intra; all_gather(k,v) inter, then intra + reduce_scatter(dk,dv) intra, "
+        "then inter")
+_A2A = "all_to_all(q,k,v){f} + all_to_all(out,lse); all_to_all(dout){b} + all_to_all(dq,dk,dv)"
+_usp_fwd, _usp_bwd = ulysses.schedule(ring.forward, ring.backward)
+_uspx_fwd, _uspx_bwd = ulysses.schedule(gather.forward, gather.backward)
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("ring", "ring", "contiguous", "contiguous", ring.forward, ring.backward, True, _RING,
@@ -60,6 +93,19 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
        "ringX2 with double-buffered async collectives"),
     _x("ringx4o", "zigzag", "zigzag", bcast.kv_forward, bcast.kv_backward, True, _BKV,
        "ringX4 with double-buffered async collectives"),
+    Algorithm("ringx3b", "ringx", "contiguous", "zigzag", hier.forward, hier.backward, True, _AG2,
+              "ringX3b: two-level all-gather of K/V (across nodes, then within), the local block computed "
+              "meanwhile; two-level reduce-scatter of dK/dV", topology=True),
+    Algorithm("ulysses", "ulysses", "contiguous", "contiguous", _usp_fwd, _usp_bwd, False,
+              _A2A.format(f="", b=""),
+              "DeepSpeed-Ulysses: all-to-all sequence -> heads over all ranks, local attention, all-to-all back",
+              topology=True, ulysses="all"),
+    Algorithm("usp", "ulysses", "contiguous", "zigzag-u{u}", _usp_fwd, _usp_bwd, True,
+              _A2A.format(f=" + p2p ring(k,v)", b=" + p2p ring(k,v) + ring(dk,dv)"),
+              "USP: Ulysses within a node x zigzag ring across nodes", topology=True, ulysses="node"),
+    Algorithm("usp-ringx", "ulysses", "contiguous", "zigzag-u{u}", _uspx_fwd, _uspx_bwd, False,
+              _A2A.format(f=" + all_gather(k,v)", b=" + all_gather(k,v) + reduce_scatter(dk,dv)"),
+              "Ulysses within a node x ringX3 (all-gather K/V) across nodes", topology=True, ulysses="node"),
 )}
 
 
@@ -73,6 +119,11 @@ def get(name: str, causal: bool) -> Algorithm:
         alts = [a for a, x in ALGORITHMS.items() if x.supports(causal)]
         raise ValueError(f"algorithm {name!r} does not support {mask} attention; use one of {', '.join(alts)}")
     return algo
+
+
+def ulysses_names() -> list[str]:
+    """The algorithms that take a per-call ``ulysses_degree``."""
+    return [n for n, a in ALGORITHMS.items() if a.ulysses == "node"]
 
 
 def names(causal: bool | None = None) -> list[str]:

@@ -1,14 +1,20 @@
-"""What every schedule receives: the group, the kernel, the layout and masking."""
+"""What every schedule receives: the group, the kernel, the layout and masking.
+
+The hierarchical schedules also get the group's topology (which ranks share
+a node; flat schedules ignore it), the Ulysses degree, and a stash shared by
+one call's forward and backward (what the forward keeps for the backward).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..comm import Comm
 from ..kernels import Kernel
 from ..layouts import Block, block_plan, gathered_plan
+from ..topology import Topology
 
 Tensor = torch.Tensor
 
@@ -21,6 +27,9 @@ class Ctx:
     causal: bool
     scale: float
     overlap: bool
+    topology: Topology | None = None
+    ulysses_degree: int | None = None
+    stash: dict = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
