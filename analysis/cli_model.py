@@ -90,16 +90,16 @@ def predict(a) -> int:
         raise UserError(f"--ranks must be comma-separated integers, got {a.ranks!r}") from None
     print(f"predictions on {machine.name} ({machine.source}): seq {a.seq}, {a.heads}/{a.kv_heads} heads, head_dim "
           f"{a.head_dim}, {'causal' if causal else 'non-causal'} {a.mode}\n")
-    rows = []
+    rows, cannot = [], []
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
         preds = {}
         for name in ringx.algorithms.names(causal):
-            layout = ringx.ALGORITHMS[name].layout(causal)
-            if a.seq % ringx.layouts.global_divisor(layout, p):
-                continue
-            preds[name] = predict_one(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq, heads=a.heads,
-                                      kv_heads=a.kv_heads, head_dim=a.head_dim, exact_ranks=16)
+            try:
+                preds[name] = predict_one(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq, heads=a.heads,
+                                          kv_heads=a.kv_heads, head_dim=a.head_dim, exact_ranks=16)
+            except ValueError as e:  # this configuration is impossible for it (heads, divisibility)
+                cannot.append(f"{name} at {p} ranks: {e}")
         if not preds:
             raise UserError(f"seq {a.seq} cannot be split over {p} ranks by any algorithm")
         best = min(preds, key=lambda n: preds[n].total_s)
@@ -107,4 +107,6 @@ def predict(a) -> int:
                   round(pr.exposed_comm_s * 1e3, 3), "yes" if n == best else ""] for n, pr in preds.items()]
     print(tables.render(tables.Table(["ranks", "nodes", "algorithm", "predicted ms", "compute", "exposed comm",
                                       "fastest"], rows), "markdown"), end="")
+    if cannot:
+        print("\nnot predicted (cannot run at that configuration):\n" + "\n".join(f"- {c}" for c in cannot))
     return 0

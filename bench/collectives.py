@@ -11,6 +11,7 @@ nccl-tests' size convention and factors (n ranks):
   all_reduce      the buffer                       2(n-1)/n
   all_gather      the gathered output (n parts)    (n-1)/n
   reduce_scatter  the input (n parts)              (n-1)/n
+  all_to_all      the input (n parts, one per peer) (n-1)/n
   sendrecv        what each rank sends to rank+1   1   (the ring exchange of ring attention)
 
 Records go to the same store as `bench run` (kind "collective").
@@ -28,7 +29,7 @@ from bench.options import DTYPES
 from core.cli import Parser
 from costmodel.network import busbw_factor
 
-OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "sendrecv")
+OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv")
 
 
 def parse_size(text: str) -> int:
@@ -70,6 +71,7 @@ def op_call(op: str, numel: int, dtype, device, rank: int, world: int):
         "all_reduce": lambda: dist.all_reduce(buf),
         "all_gather": lambda: all_gather_flat(buf, part),
         "reduce_scatter": lambda: reduce_scatter_flat(part, buf),
+        "all_to_all": lambda: dist.all_to_all_single(recv, buf),
         "sendrecv": sendrecv,
     }[op]
 

@@ -14,7 +14,7 @@ def busbw_factor(op: str, n: int) -> float:
     """nccl-tests' bus-bandwidth factor of ``op`` on ``n`` ranks: one definition for benchmark and model."""
     if op == "all_reduce":
         return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter"):
+    if op in ("all_gather", "reduce_scatter", "all_to_all"):
         return (n - 1) / n
     if op in ("broadcast", "reduce", "sendrecv"):
         return 1.0
@@ -24,7 +24,7 @@ def busbw_factor(op: str, n: int) -> float:
 def hops(op: str, p: int) -> float:
     """Latency steps of one operation on ``p`` ranks.
 
-    all_gather/reduce_scatter are rings (P-1 steps). all_reduce takes a tree's
+    all_gather/reduce_scatter are rings (P-1 steps); all_to_all is P-1 pairwise exchanges. all_reduce takes a tree's
     latency (2 log2 P: NCCL/RCCL switch small messages to trees, gloo to
     halving-doubling) with the ring's bandwidth term; a ring's 2(P-1) steps
     would make thousands of small LSE all-reduces cost seconds each.

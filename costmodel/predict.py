@@ -9,7 +9,8 @@ from .simulate import Prediction, sample_ranks, simulate
 
 
 @functools.lru_cache(maxsize=512)
-def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward) -> tuple:
+def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward,
+            ranks_per_node=None) -> tuple:
     """The sampled ranks' schedules; cached because tracing dominates and a schedule does not depend on the
     machine (the planner and `analysis predict` ask for the same configurations)."""
     import torch
@@ -17,19 +18,22 @@ def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, 
     from ringx.schedule import trace
 
     return tuple(trace(algorithm, causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
-                       head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward) for r in ranks)
+                       head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward,
+                       ranks_per_node=ranks_per_node) for r in ranks)
 
 
 def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
             seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
             exact_ranks: int = 64) -> Prediction:
     """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks."""
-    traces = _traces(algorithm, bool(causal), p, tuple(sample_ranks(p, exact_ranks)), batch, seq, heads, kv_heads,
-                     head_dim, dtype, mode == "fwd+bwd")
-    fwd = simulate([t.forward for t in traces], machine, p, nodes)
+    ranks = sample_ranks(p, exact_ranks)
+    rpn = p // nodes if nodes > 1 and p % nodes == 0 else None  # hierarchical schedules follow the nodes
+    traces = _traces(algorithm, bool(causal), p, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
+                     mode == "fwd+bwd", rpn)
+    fwd = simulate([t.forward for t in traces], machine, p, nodes, ranks)
     if mode == "fwd":
         return fwd
-    bwd = simulate([t.backward for t in traces], machine, p, nodes)
+    bwd = simulate([t.backward for t in traces], machine, p, nodes, ranks)
     return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
 
 

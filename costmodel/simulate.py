@@ -43,15 +43,26 @@ class Prediction:
     exposed_comm_s: float  # total - slowest rank's compute
 
 
-def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int) -> Prediction:
-    """Replay each rank's events (see module doc); ``events_per_rank`` may be a sample of the P ranks."""
+def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
+             ranks: list[int] | None = None) -> Prediction:
+    """Replay each rank's events (see module doc); ``events_per_rank`` may be a sample of the P ranks
+    (``ranks`` names them; default 0..n-1).
+
+    A collective is identified by its group and the members' running index: a sub-group operation (of a
+    hierarchical schedule) waits for its sampled members only, costs the link its members span, and runs on
+    its own communicator (sub-groups are separate communicators, so their operations do not queue behind
+    each other's).
+    """
     n = len(events_per_rank)
+    ranks = list(range(n)) if ranks is None else ranks
     clock, pos = [0.0] * n, [0] * n
     compute = [0.0] * n
-    posted: dict[int, list[float]] = {}
-    finish: dict[int, float] = {}
-    channel_free = 0.0  # one communicator runs its operations one at a time, in posting order
-    waiting = [None] * n  # index of the blocking collective a rank is held in
+    posted: dict[tuple, list[float]] = {}
+    finish: dict[tuple, float] = {}
+    channel_free: dict[tuple, float] = {}  # per communicator: one operation at a time, in posting order
+    mine: list[dict[int, tuple]] = [{} for _ in range(n)]  # per rank: its op index -> collective key
+    waiting = [None] * n  # key of the blocking collective a rank is held in
+    sampled = set(ranks)
     flops = machine.rank_flops(p, nodes)
     while True:
         moved = False
@@ -72,16 +83,22 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int) 
                     clock[r] += dt
                     compute[r] += dt
                 elif e.kind == "wait":
-                    if e.index not in finish:
+                    key = mine[r][e.index]
+                    if key not in finish:
                         break
-                    clock[r] = max(clock[r], finish[e.index])
+                    clock[r] = max(clock[r], finish[key])
                 else:
-                    posted.setdefault(e.index, []).append(clock[r])
-                    if len(posted[e.index]) == n:
-                        start = max(max(posted[e.index]), channel_free)
-                        finish[e.index] = channel_free = start + machine.comm_s(e.op, e.nbytes, p, nodes)
+                    group = getattr(e, "group", ()) or ()
+                    key = (group, e.index)
+                    mine[r][e.index] = key
+                    posted.setdefault(key, []).append(clock[r])
+                    need = len(sampled.intersection(group)) if group else n
+                    if len(posted[key]) == need:
+                        size, span = (len(group), getattr(e, "nodes", 0) or 1) if group else (p, nodes)
+                        start = max(max(posted[key]), channel_free.get(group, 0.0))
+                        finish[key] = channel_free[group] = start + machine.comm_s(e.op, e.nbytes, size, span)
                     if e.blocking:
-                        waiting[r] = e.index
+                        waiting[r] = key
                         moved = True
                         continue
                 pos[r] += 1
