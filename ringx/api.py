@@ -44,11 +44,14 @@ class _Attention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.algo, ctx.bwd_ctx = algo, bwd_ctx
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the LSE nobody differentiates
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:  # every rank must still take part in the backward's collectives
+            dout = torch.zeros_like(out)
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
         return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
 
