@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from . import algorithms, launch
+from . import algorithms, kernels, launch
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger, all_gather_flat
 from .kernels import Kernel, select_kernel
@@ -30,6 +31,7 @@ class CallStats:
     layout: str = ""
     kernel: str = ""
     ulysses_degree: int = 0  # 0: the algorithm has none
+    kernel_version: str = ""  # the kernel's library and version, e.g. "torch 2.13.0, cuDNN 91900"
     forward: Ledger = field(default_factory=Ledger)
     backward: Ledger = field(default_factory=Ledger)
 
@@ -38,17 +40,25 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
         out, lse = algo.forward(fwd_ctx, q, k, v)
-        out = out.to(q.dtype)
+        if out.dtype != q.dtype:
+            out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.algo, ctx.bwd_ctx = algo, bwd_ctx
         ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the LSE nobody differentiates
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:  # every rank must still take part in the backward's collectives
+            dout = torch.zeros_like(out)
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
+
+
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
@@ -66,10 +76,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
     Differentiable in q, k, v.
 
     ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
-    receives the kernel used and the forward and backward communication ledgers.
-    With ``validate`` (default) the ranks first compare their inputs with one
-    small all-gather so that a bad input raises :class:`RingxInputError` on every
-    rank instead of leaving some rank waiting in a collective.
+    receives the kernel used (and its library version) and the forward and
+    backward communication ledgers. With ``validate`` (default) the ranks first
+    compare their inputs with one small all-gather so that a bad input raises
+    :class:`RingxInputError` on every rank instead of leaving some rank waiting in
+    a collective (at one rank nothing is exchanged). Tensors must be on a device the
+    group's backend moves: CPU for gloo, CUDA for NCCL.
 
     The hierarchical algorithms (``ringx3b``, ``ulysses``, ``usp``, ``usp-ringx``) use
     ``topology`` (a :class:`ringx.topology.Topology` of ``group``: which ranks share a node);
@@ -88,10 +100,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
         if not isinstance(t, torch.Tensor):
             raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     comm_world = dist.get_world_size(group)
-    problem = (_local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world)
+    moves = backend_device_types(group)
+    problem = (_local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world, moves)
                or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group))
-    if validate:
-        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem, ulysses_degree)
+    if validate and comm_world > 1:
+        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem, moves, ulysses_degree)
     elif problem:
         raise RingxInputError(problem)
 
@@ -107,10 +120,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
         if degree is not None and q.shape[2] % degree:  # a default degree the heads do not fit
             raise RingxInputError(_heads_message(algorithm, q.shape[2], degree))
     layout = algo.layout(causal, degree)
-    kern: Kernel = select_kernel(q.device, q.dtype, kernel)
+    kern: Kernel = select_kernel(q.device, q.dtype, kernel, head_dim=q.shape[-1])
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     stats = stats if stats is not None else CallStats()
-    stats.algorithm, stats.layout, stats.kernel = algorithm, layout, kern.name
+    stats.algorithm, stats.layout, stats.kernel, stats.kernel_version = algorithm, layout, kern.name, kern.version()
     stats.ulysses_degree = degree or 0
     stash: dict = {}  # what this call's forward keeps for its backward
 
@@ -122,43 +135,76 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
     return (out, lse) if return_lse else out
 
 
-def _local_problem(q, k, v, algorithm, causal, scale, kernel, world) -> str:
+def backend_device_types(group: dist.ProcessGroup | None = None) -> frozenset[str] | None:
+    """Device types whose tensors the group's backend moves, or None for a backend ringx does not know.
+
+    gloo counts as CPU only: with CUDA tensors it aborts the process (seen on an H100 node).
+    """
+    backend = str(dist.get_backend(group))
+    if ":" in backend:  # one backend per device type, e.g. "cpu:gloo,cuda:nccl"
+        return frozenset(part.split(":")[0] for part in backend.split(","))
+    return _BACKEND_DEVICES.get(backend)
+
+
+_BACKEND_DEVICES = {"gloo": frozenset({"cpu"}), "nccl": frozenset({"cuda"})}
+
+
+def _local_problem(q, k, v, algorithm, causal, scale, kernel, world, moves=None) -> str:
     """What is wrong with this rank's input, or ''."""
+    key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, algorithm, causal,
+           scale, kernel, world, moves)
+    try:
+        return _problem_cached(*key)
+    except TypeError:  # something unhashable (e.g. algorithm given as a list): check it without the cache
+        return _problem(*key)
+
+
+def _problem(qs, ks, vs, qt, kt, vt, qd, kd, vd, algorithm, causal, scale, kernel, world, moves) -> str:
+    """The checks of _local_problem, on the tensors' shapes, dtypes and devices (the same inputs give the
+    same answer, so repeated calls with one configuration are answered from a cache)."""
     try:
         algo = algorithms.get(algorithm, causal)
     except ValueError as e:
         return str(e)
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        return (f"q, k, v must be 4-D (batch, seq_local, heads, head_dim); got {q.dim()}-D, "
-                f"{k.dim()}-D, {v.dim()}-D")
-    if k.shape != v.shape:
-        return f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
-    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
-        return (f"q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree in batch, local sequence "
+    if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
+        return (f"q, k, v must be 4-D (batch, seq_local, heads, head_dim); got {len(qs)}-D, "
+                f"{len(ks)}-D, {len(vs)}-D")
+    if ks != vs:
+        return f"k and v must have the same shape, got {tuple(ks)} and {tuple(vs)}"
+    if qs[0] != ks[0] or qs[1] != ks[1] or qs[3] != ks[3]:
+        return (f"q {tuple(qs)} and k/v {tuple(ks)} must agree in batch, local sequence "
                 "length and head_dim")
-    if k.shape[2] == 0 or q.shape[2] % k.shape[2]:
-        return (f"q has {q.shape[2]} heads and k/v have {k.shape[2]}: the q heads must be a "
+    if ks[2] == 0 or qs[2] % ks[2]:
+        return (f"q has {qs[2]} heads and k/v have {ks[2]}: the q heads must be a "
                 "multiple of the k/v heads (GQA/MQA)")
-    if q.dtype != k.dtype or q.dtype != v.dtype:
-        return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
-    if q.dtype not in DTYPES:
-        return f"dtype {q.dtype} is not supported; use one of {', '.join(map(str, DTYPES))}"
-    if q.device != k.device or q.device != v.device:
-        return f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}"
-    if min(q.shape) == 0:
-        return f"empty input: q has shape {tuple(q.shape)}"
+    if qt != kt or qt != vt:
+        return f"q, k, v must share one dtype, got {qt}, {kt}, {vt}"
+    if qt not in DTYPES:
+        return f"dtype {qt} is not supported; use one of {', '.join(map(str, DTYPES))}"
+    if qd != kd or qd != vd:
+        return f"q, k, v must be on one device, got {qd}, {kd}, {vd}"
+    if moves is not None and qd.type not in moves:
+        there = " or ".join(sorted(moves))
+        return (f"q, k, v are on {qd.type} but this process group's backend moves {there} tensors: put them "
+                f"on {there}, or start a group for {qd.type} tensors (ringx.launch.init(device={qd.type!r}))")
+    if min(qs) == 0:
+        return f"empty input: q has shape {tuple(qs)}"
     div = algo.local_divisor(causal)
-    if q.shape[1] % div:
-        return (f"local sequence length {q.shape[1]} must be a multiple of {div} for the "
+    if qs[1] % div:
+        return (f"local sequence length {qs[1]} must be a multiple of {div} for the "
                 f"{algo.causal_layout if causal else algo.noncausal_layout} layout of {algorithm} "
                 f"(global length a multiple of {div * world})")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         return f"softmax_scale must be a positive finite number, got {scale!r}"
     try:
-        select_kernel(q.device, q.dtype, kernel)
+        select_kernel(qd, qt, kernel, head_dim=qs[3])
     except ValueError as e:
         return str(e)
     return ""
+
+
+_problem_cached = functools.lru_cache(maxsize=256)(_problem)
+kernels._ON_CLEAR.append(_problem_cached.cache_clear)
 
 
 def _heads_message(algorithm: str, heads: int, degree: int) -> str:
@@ -208,10 +254,17 @@ def _signature(q, k, v, algorithm, causal, scale, problem: str, degree=None) -> 
     return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
 
 
-def _agree(q, k, v, algorithm, causal, scale, group, problem: str, degree=None) -> None:
+def _agree(q, k, v, algorithm, causal, scale, group, problem: str, moves: frozenset[str] | None = None,
+           degree=None) -> None:
     """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
     sig = _signature(q, k, v, algorithm, causal, scale, problem, degree)
-    device = q.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    # The exchange goes where the backend can move it, whatever device the (maybe wrong) inputs are on.
+    if moves is None:
+        device = q.device
+    elif "cpu" in moves:
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", torch.cuda.current_device())
     world = dist.get_world_size(group)
     mine = torch.tensor(sig, dtype=torch.int64, device=device)
     every = torch.empty(world * len(sig), dtype=torch.int64, device=device)

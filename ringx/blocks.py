@@ -18,49 +18,75 @@ from .merge import Partial
 Tensor = torch.Tensor
 
 
+def _rows(x: Tensor, lo: int, hi: int) -> Tensor:
+    """``x[:, lo:hi]``, or ``x`` itself when that is all of it (most blocks at small world sizes)."""
+    return x if lo == 0 and hi == x.shape[1] else x[:, lo:hi]
+
+
 def attend(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, plan: Sequence[Block], scale: float,
            acc: Partial) -> None:
     """Add the attention of ``q`` over the visible parts of ``k``/``v`` to ``acc``."""
     for b in plan:
-        out, lse = kernel.forward(q[:, b.q0:b.q1], k[:, b.k0:b.k1], v[:, b.k0:b.k1], b.causal, scale)
+        out, lse = kernel.forward(_rows(q, b.q0, b.q1), _rows(k, b.k0, b.k1), _rows(v, b.k0, b.k1), b.causal, scale)
         acc.add(b.q0, b.q1, out, lse)
 
 
 class Grad:
-    """A gradient accumulator for one tensor, allocated on first use."""
+    """A gradient accumulator for one tensor, allocated on first use.
+
+    A first gradient covering every row is adopted as the kernel returned it (its
+    own dtype, no copy); it is widened to the accumulation dtype when a second one
+    is added, or when :meth:`result` is asked for.
+    """
 
     def __init__(self, like: Tensor, into: Tensor | None = None):
         self.like = like
+        self.acc = acc_dtype(like.dtype)
         self.value: Tensor | None = into  # a zeroed buffer to accumulate into, if given
 
     def add(self, lo: int, hi: int, g: Tensor) -> None:
-        full = (lo, hi) == (0, self.like.shape[1])
-        if self.value is None and full:
-            self.value = g.to(acc_dtype(self.like.dtype))
-            return
         if self.value is None:
-            self.value = torch.zeros(self.like.shape, dtype=acc_dtype(self.like.dtype), device=self.like.device)
-        self.value[:, lo:hi] += g
+            if lo == 0 and hi == self.like.shape[1]:
+                self.value = g
+                return
+            self.value = torch.zeros(self.like.shape, dtype=self.acc, device=self.like.device)
+        elif self.value.dtype != self.acc:
+            self.value = self.value.to(self.acc)
+        if lo == 0 and hi == self.value.shape[1]:
+            self.value += g
+        else:
+            self.value[:, lo:hi] += g
 
     def plus(self, other: Tensor) -> Tensor:
         """The accumulated gradient plus ``other`` (which may be reused as storage)."""
         if self.value is None:
             return other
+        if self.value.dtype != self.acc:
+            return other.add_(self.value)  # ``other`` is in the accumulation dtype already
         return self.value.add_(other)
 
     def result(self) -> Tensor:
         """Accumulated gradient in the accumulation dtype (zeros if nothing was added)."""
         if self.value is None:
-            return torch.zeros(self.like.shape, dtype=acc_dtype(self.like.dtype), device=self.like.device)
+            return torch.zeros(self.like.shape, dtype=self.acc, device=self.like.device)
+        if self.value.dtype != self.acc:
+            self.value = self.value.to(self.acc)
         return self.value
+
+    def final(self) -> Tensor:
+        """The gradient for handing back to the caller, who casts it to the input dtype: a single
+        adopted block stays in the kernel's dtype (no widening only to narrow it again)."""
+        return self.value if self.value is not None else self.result()
 
 
 def attend_backward(kernel: Kernel, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                     plan: Sequence[Block], scale: float, dq: Grad, dk: Grad, dv: Grad) -> None:
     """Add the gradients of every visible sub-block; ``out``/``lse`` are the rows' global results."""
     for b in plan:
-        gq, gk, gv = kernel.backward(dout[:, b.q0:b.q1], q[:, b.q0:b.q1], k[:, b.k0:b.k1], v[:, b.k0:b.k1],
-                                     out[:, b.q0:b.q1], lse[:, :, b.q0:b.q1], b.causal, scale)
-        dq.add(b.q0, b.q1, gq)
-        dk.add(b.k0, b.k1, gk)
-        dv.add(b.k0, b.k1, gv)
+        q0, q1, k0, k1 = b.q0, b.q1, b.k0, b.k1
+        lse_b = lse if q0 == 0 and q1 == lse.shape[2] else lse[:, :, q0:q1]
+        gq, gk, gv = kernel.backward(_rows(dout, q0, q1), _rows(q, q0, q1), _rows(k, k0, k1), _rows(v, k0, k1),
+                                     _rows(out, q0, q1), lse_b, b.causal, scale)
+        dq.add(q0, q1, gq)
+        dk.add(k0, k1, gk)
+        dv.add(k0, k1, gv)

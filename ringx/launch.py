@@ -3,6 +3,12 @@
 torch wheels have no MPI backend, so MPI only supplies rank, size and the
 rendezvous: rank 0 picks an address and a free port and broadcasts them; the
 tensors then travel over NCCL/RCCL (GPUs) or gloo (CPU).
+
+Which device and backend: ``init(device=..., backend=...)`` when given (gloo
+means CPU, nccl means CUDA), else the ``RINGX_DEVICE`` environment variable ("cpu" or "cuda"; test workers and scripts
+set it to force CPU ranks on a GPU node), else CUDA/ROCm with NCCL when a GPU is
+visible and CPU with gloo otherwise. NCCL needs one GPU per rank: more ranks on a
+node than GPUs is refused with a :class:`LaunchError` before any process group exists.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from .topology import Topology
 # Local-rank variables set by the launchers we meet: Slurm, Open MPI, MPICH (hydra), Cray PALS, MVAPICH.
 LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID",
                    "MV2_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK")
+DEVICE_ENV = "RINGX_DEVICE"
+DEVICES = ("cpu", "cuda")
+BACKENDS = ("gloo", "nccl")
+
+
+class LaunchError(RuntimeError):
+    """The job cannot start as asked (raised on every rank alike, before any process group exists)."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +67,52 @@ def _local_rank(comm) -> tuple[int, int]:
     return local, local_size
 
 
-def init(backend: str | None = None, timeout_s: float = 300.0) -> DistContext:
+def plan(backend: str | None, device: str | None, env_device: str | None, gpus: int, local_ranks: int,
+         host: str = "this node") -> tuple[str, str]:
+    """(device type, backend) for this node, or LaunchError saying in one line what is wrong and how to fix it.
+
+    ``backend``/``device`` are what the caller asked for (None: choose), ``env_device`` is
+    ``RINGX_DEVICE``, ``gpus`` the GPUs visible here and ``local_ranks`` the ranks on this node.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise LaunchError(f"ringx.launch: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    # Precedence: the device asked for, then the one the backend asked for implies, then RINGX_DEVICE, then GPUs.
+    if device is not None:
+        chosen, source = device, "device"
+    elif backend is not None:
+        chosen, source = {"gloo": "cpu", "nccl": "cuda"}[backend], "backend"
+    elif env_device:
+        chosen, source = env_device, DEVICE_ENV
+    else:
+        chosen, source = ("cuda" if gpus else "cpu"), "auto"
+    if chosen not in DEVICES:
+        raise LaunchError(f"ringx.launch: {source}={chosen!r} is not a device type; use one of {', '.join(DEVICES)}")
+    if backend is None:
+        backend = "nccl" if chosen == "cuda" else "gloo"
+    if chosen == "cpu" and backend != "gloo":
+        raise LaunchError(f"ringx.launch: {backend} cannot move CPU tensors; use backend gloo with device cpu")
+    if chosen == "cuda":
+        if backend != "nccl":
+            raise LaunchError(f"ringx.launch: {backend} with CUDA tensors is not supported (gloo aborts on them); "
+                              "use backend nccl, or device cpu")
+        if gpus == 0:
+            raise LaunchError(f"ringx.launch: device cuda asked, but {host} has no visible GPU; "
+                              f"run CPU ranks instead (--device cpu or {DEVICE_ENV}=cpu, gloo)")
+        if local_ranks > gpus:
+            g = "GPU is" if gpus == 1 else "GPUs are"
+            raise LaunchError(f"ringx.launch: {local_ranks} ranks on {host} need {local_ranks} GPUs for NCCL (one "
+                              f"each), but {gpus} {g} visible there; run at most {gpus} rank(s) per node, "
+                              f"or run CPU ranks (--device cpu or {DEVICE_ENV}=cpu, gloo)")
+    return chosen, backend
+
+
+def init(backend: str | None = None, timeout_s: float = 300.0, device: str | None = None) -> DistContext:
     """Initialise torch.distributed's default group from MPI and return where this rank stands.
 
-    ``backend`` defaults to nccl when CUDA/ROCm devices are present, gloo otherwise.
+    ``device`` ("cpu" or "cuda") and ``backend`` ("gloo" or "nccl") choose explicitly;
+    otherwise ``RINGX_DEVICE``, else NCCL on GPUs when any is visible, gloo on CPUs.
+    A setup that cannot work (e.g. more ranks on a node than GPUs with NCCL) raises
+    :class:`LaunchError` on every rank before the process group is created.
     The address is rank 0's (``RINGX_MASTER_ADDR`` or ``MASTER_ADDR`` override it);
     ``timeout_s`` bounds how long a rank waits on a peer that has gone.
     """
@@ -70,13 +125,22 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> DistContext:
     local_rank, local_size = _local_rank(comm)
     _NODES["world"] = _node_of(comm)
 
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    try:
+        dev_type, backend = plan(backend, device, os.environ.get(DEVICE_ENV) or None, gpus, local_size, hostname)
+        problem = ""
+    except LaunchError as e:
+        problem = str(e)
+    # Every rank learns of any node's problem, so none is left waiting in the rendezvous.
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        raise LaunchError(problems[0])
+
+    if dev_type == "cuda":
+        dev = torch.device("cuda", local_rank % gpus)
+        torch.cuda.set_device(dev)
     else:
-        device = torch.device("cpu")
+        dev = torch.device("cpu")
 
     addr = port = None
     if rank == 0:
@@ -88,8 +152,8 @@ def init(backend: str | None = None, timeout_s: float = 300.0) -> DistContext:
 
     dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=size,
                             timeout=timedelta(seconds=timeout_s),
-                            **({"device_id": device} if backend == "nccl" else {}))
-    return DistContext(rank, size, local_rank, local_size, len(set(hosts)), hostname, device, backend)
+                            **({"device_id": dev} if backend == "nccl" else {}))
+    return DistContext(rank, size, local_rank, local_size, len(set(hosts)), hostname, dev, backend)
 
 
 def finalize() -> None:
@@ -102,7 +166,7 @@ def finalize() -> None:
 def reinit(ctx: DistContext, timeout_s: float = 300.0) -> DistContext:
     """Replace a process group left unusable by a failed collective (all ranks call it together)."""
     finalize()
-    return init(ctx.backend, timeout_s)
+    return init(ctx.backend, timeout_s, device=ctx.device.type)
 
 
 # Topology: which ranks share a node. ---------------------------------------------------------------

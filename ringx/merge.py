@@ -33,7 +33,12 @@ def merge_(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
 
 
 class Partial:
-    """Accumulates partial (out, lse) for one set of query rows."""
+    """Accumulates partial (out, lse) for one set of query rows.
+
+    The first partial covering every row is adopted as the kernel returned it
+    (its own dtype, no copy); it is widened to the accumulation dtype only when
+    a second partial is merged into it or :meth:`result` is asked for.
+    """
 
     def __init__(self, like_q: Tensor):
         self.shape = like_q.shape
@@ -45,20 +50,34 @@ class Partial:
     def add(self, q0: int, q1: int, blk_out: Tensor, blk_lse: Tensor) -> None:
         """Merge a partial result covering query rows [q0, q1)."""
         b, s, h, d = self.shape
-        if self.out is None and (q0, q1) == (0, s):
-            # First full-range partial: adopt it, no copy when dtypes agree.
-            self.out = blk_out.to(self.dtype)
-            self.lse = blk_lse.to(self.dtype)
+        if self.out is None and q0 == 0 and q1 == s:
+            self.out, self.lse = blk_out, blk_lse
             return
         if self.out is None:
             self.out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
             self.lse = torch.full((b, h, s), float("-inf"), dtype=self.dtype, device=self.device)
+        else:
+            self._widen()
         merge_(self.out[:, q0:q1], self.lse[:, :, q0:q1], blk_out, blk_lse)
 
+    def _widen(self) -> None:
+        if self.out.dtype != self.dtype:
+            self.out = self.out.to(self.dtype)
+        if self.lse.dtype != self.dtype:
+            self.lse = self.lse.to(self.dtype)
+
     def result(self) -> tuple[Tensor, Tensor]:
-        """(out, lse); rows that saw no key are (0, -inf)."""
+        """(out, lse) in the accumulation dtype; rows that saw no key are (0, -inf)."""
         if self.out is None:
             b, s, h, _ = self.shape
             return (torch.zeros(self.shape, dtype=self.dtype, device=self.device),
                     torch.full((b, h, s), float("-inf"), dtype=self.dtype, device=self.device))
+        self._widen()
         return self.out, self.lse
+
+    def final(self) -> tuple[Tensor, Tensor]:
+        """(out, lse) for handing back to the caller, who casts ``out`` to the input dtype: a
+        single adopted partial stays in the kernel's dtype (no widening only to narrow it again)."""
+        if self.out is not None and self.lse.dtype == self.dtype:
+            return self.out, self.lse
+        return self.result()

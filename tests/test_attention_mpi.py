@@ -10,6 +10,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from tests.cases import QUANTITIES, TOL, WORLDS, Case, cases
 from tests.mpi import run_mpi
@@ -53,6 +54,7 @@ def test_matches_float64_reference(results, case: Case):
         # outputs and gradients come back in the input dtype
         assert row["dtypes"] == [f"torch.{case.dtype}"] * 4
         assert row["kernel"] == "torch-cpu"
+        assert row["kernel_version"] == f"torch {torch.__version__}"
 
 
 def _expected_ledger(case: Case) -> tuple[dict, dict]:
@@ -104,8 +106,6 @@ def test_ledger_matches_formula(results, case: Case):
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
 def test_traced_schedule_matches_the_real_ledger(results, case: Case):
     """The schedule traced on meta tensors moves exactly what the real run moved: calls and bytes per op."""
-    import torch
-
     from ringx.schedule import trace
 
     for row in results(case.world)[case.id]:

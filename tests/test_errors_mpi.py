@@ -17,6 +17,7 @@ EXPECTED = {
     "kv_shapes": "k and v must have the same shape",
     "odd_zigzag": "local sequence length 7 must be a multiple of 2 for the zigzag layout",
     "device": "q, k, v must be on one device",
+    "backend_device": "q, k, v are on meta but this process group's backend moves cpu tensors",
     "unknown_algorithm": "unknown algorithm 'ringx7'",
     "bad_scale": "softmax_scale must be a positive finite number",
     "int_dtype": "dtype torch.int32 is not supported",

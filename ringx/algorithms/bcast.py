@@ -49,9 +49,9 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     for root, (qj,) in _rounds(c, [q]):
         part = Partial(qj)
         attend(c.kernel, qj, k, v, c.plan(root, c.rank, n), c.scale, part)
-        o, lse = part.result()
         if c.world == 1:
-            return o, lse  # nothing to combine across ranks
+            return part.final()  # nothing to combine across ranks
+        o, lse = part.result()
         shift = c.comm.all_reduce_max(lse.clone())
         shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
         den = torch.exp(lse - shift)
@@ -75,7 +75,7 @@ def kv_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]
     acc = Partial(q)
     for root, (kj, vj) in _rounds(c, [k, v]):
         attend(c.kernel, q, kj, vj, c.plan(c.rank, root, q.shape[1]), c.scale, acc)
-    return acc.result()
+    return acc.final()
 
 
 def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
@@ -83,9 +83,13 @@ def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     inflight = InFlight()
     own = None
     for root, (kj, vj) in _rounds(c, [k, v]):
+        plan = c.plan(c.rank, root, q.shape[1])
+        if c.world == 1:  # nothing to reduce: keep dK/dV as the kernel returns them
+            dk, dv = Grad(kj), Grad(vj)
+            attend_backward(c.kernel, dout, q, kj, vj, out, lse, plan, c.scale, dq, dk, dv)
+            return dq.final(), dk.final(), dv.final()
         buf = torch.zeros((2, *k.shape), dtype=acc_dtype(k.dtype), device=k.device)
         dk, dv = Grad(kj, into=buf[0]), Grad(vj, into=buf[1])
-        plan = c.plan(c.rank, root, q.shape[1])
         attend_backward(c.kernel, dout, q, kj, vj, out, lse, plan, c.scale, dq, dk, dv)
         pending = c.comm.reduce(buf, root, async_op=c.overlap)
         if root == c.rank:
@@ -95,4 +99,4 @@ def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     inflight.drain()
     pending, buf = own
     pending.wait()
-    return dq.result(), buf[0], buf[1]
+    return dq.final(), buf[0], buf[1]

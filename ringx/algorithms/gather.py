@@ -17,6 +17,8 @@ from .base import Ctx, Tensor
 
 
 def _gather_kv(c: Ctx, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    if c.world == 1:
+        return k, v  # the whole sequence is already here: no stacking copy
     kv = c.comm.all_gather(torch.stack([k, v]))  # (P, 2, B, n, H, D)
     full = unshard(list(kv.unbind(0)), c.layout, dim=2)  # (2, B, S, H, D)
     return full[0], full[1]
@@ -26,14 +28,16 @@ def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     kg, vg = _gather_kv(c, k, v)
     acc = Partial(q)
     attend(c.kernel, q, kg, vg, c.gathered_plan(q.shape[1]), c.scale, acc)
-    return acc.result()
+    return acc.final()
 
 
 def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
     kg, vg = _gather_kv(c, k, v)
     dq, dk, dv = Grad(q), Grad(kg), Grad(vg)
     attend_backward(c.kernel, dout, q, kg, vg, out, lse, c.gathered_plan(q.shape[1]), c.scale, dq, dk, dv)
+    if c.world == 1:
+        return dq.final(), dk.final(), dv.final()  # nothing to scatter
     dkv = torch.stack([dk.result(), dv.result()])  # (2, B, S, H, D)
     per_rank = torch.stack([shard(dkv, c.layout, r, c.world, dim=2) for r in range(c.world)])
     mine = c.comm.reduce_scatter(per_rank)
-    return dq.result(), mine[0], mine[1]
+    return dq.final(), mine[0], mine[1]

@@ -48,7 +48,8 @@ def main() -> None:
         mine = [ringx.shard(t, layout, r, P, dim=2 if j == 1 else 1) for j, t in enumerate(ref)]
         got = (out, lse, q.grad, k.grad, v.grad)
         rows.append({
-            "case": case.id, "rank": r, "seed": seed + i, "kernel": stats.kernel, "layout": layout,
+            "case": case.id, "rank": r, "seed": seed + i, "layout": layout,
+            "kernel": stats.kernel, "kernel_version": stats.kernel_version,
             "dtypes": [str(t.dtype) for t in (out, q.grad, k.grad, v.grad)],
             "errors": {name: error(g, m) for name, g, m in zip(("out", "lse", "dq", "dk", "dv"), got, mine)},
             "forward": stats.forward.as_dict(), "backward": stats.backward.as_dict(),

@@ -35,6 +35,8 @@ def scenarios(last: bool):
         "kv_shapes": bad(v=t(1, 8, 2, 8)),
         "odd_zigzag": bad(q=t(1, 7, 4, 16), k=t(1, 7, 2, 16), v=t(1, 7, 2, 16)),
         "device": bad(k=t(1, 8, 2, 16, device="meta")),
+        "backend_device": bad(q=t(1, 8, 4, 16, device="meta"), k=t(1, 8, 2, 16, device="meta"),
+                              v=t(1, 8, 2, 16, device="meta")),
         "unknown_algorithm": bad(algorithm="ringx7"),
         "bad_scale": bad(softmax_scale=-1.0),
         "int_dtype": bad(q=torch.ones(1, 8, 4, 16, dtype=torch.int32), k=torch.ones(1, 8, 2, 16, dtype=torch.int32),
