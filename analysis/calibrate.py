@@ -51,10 +51,37 @@ def exact_flops(r) -> float:
     return block_flops(int(r["batch"]), int(r["heads"]), int(r["head_dim"]), pairs, r["mode"])
 
 
+def fit_kernel_rates(df) -> dict[tuple[str, bool], list[tuple[int, float]]]:
+    """(direction, causal) -> [(block length, FLOP/s)] from `bench kernels` records: per block length the
+    kernel the attention records ran (else the fastest measured), median over GQA ratios and dtypes."""
+    if "kind" not in df:
+        return {}
+    k = df[(df["kind"] == "kernel") & (df["status"] == "ok")]
+    if k.empty:
+        return {}
+    att = df[(df["kind"] == "attention") & (df["status"] == "ok")] if "kernel" in df else df.iloc[0:0]
+    used = set(att["kernel"].dropna()) & set(k["kernel"])
+    if used:
+        k = k[k["kernel"].isin(used)]
+    rates: dict[tuple[str, bool], list[tuple[int, float]]] = {}
+    for (direction, causal, seq), g in k.groupby(["direction", "causal", "seq"]):
+        best = g.groupby("kernel")["tflops"].median().max()
+        rates.setdefault((str(direction), bool(causal)), []).append((int(seq), float(best) * 1e12))
+    return {key: sorted(v) for key, v in rates.items()}
+
+
 def calibrate(df, name: str, cores_per_node: int | None = None):
-    """(fitted Machine, fit table) from a campaign's collectives and single-rank attention records."""
+    """(fitted Machine, fit table) from a campaign's microbenchmarks: collectives, single-rank attention
+    records (one throughput), and `bench kernels` records when there are (throughput by block shape)."""
     links, fit = fit_links(df)
-    return Machine(name, f"fitted from {name}", fit_throughput(df), links, {}, cores_per_node), fit
+    try:
+        flops = fit_throughput(df)
+    except ValueError:
+        rates = fit_kernel_rates(df)
+        if not rates:
+            raise
+        flops = max(r for table in rates.values() for _, r in table)
+    return Machine(name, f"fitted from {name}", flops, links, {}, cores_per_node, fit_kernel_rates(df)), fit
 
 
 def validate(df, machine: Machine):

@@ -245,6 +245,39 @@ def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
 
 
 @styled
+def kernels_tflops(df: pd.DataFrame, width: str = "two"):
+    """Kernel TFLOP/s against block length (`bench kernels`): one panel per direction and masking, one line per
+    (kernel, dtype, GQA ratio); markers at the median, bars p10-p90 of the timed iterations."""
+    ok = df[(df["kind"] == "kernel") & (df["status"] == "ok")] if "kind" in df else df.iloc[0:0]
+    if ok.empty:
+        raise NoData("no kernel records (run `python -m bench kernels`)")
+    ok = ok.assign(tf_lo=ok["flops"] / ok["p90_s"] / 1e12, tf_hi=ok["flops"] / ok["p10_s"] / 1e12,
+                   series=[f"{k} {dt} {h // kv}:1" if h != kv else f"{k} {dt}"
+                           for k, dt, h, kv in zip(ok["kernel"], ok["dtype"], ok["heads"], ok["kv_heads"])])
+    panels = [(d, c) for d in ("fwd", "bwd") for c in (False, True)
+              if not ok[(ok["direction"] == d) & (ok["causal"] == c)].empty]
+    fig, axes = _fig(len(panels), width=width)
+    series = sorted(dict.fromkeys(ok["series"]))
+    for ax, (direction, causal) in zip(axes[0], panels):
+        d = ok[(ok["direction"] == direction) & (ok["causal"] == causal)]
+        for i, name in enumerate(series):
+            g = d[d["series"] == name].sort_values("seq")
+            if g.empty:
+                continue
+            ax.errorbar(g["seq"], g["tflops"], yerr=[g["tflops"] - g["tf_lo"], g["tf_hi"] - g["tflops"]], capsize=2,
+                        elinewidth=0.6, marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
+                        color=COLORS[i % len(COLORS)], label=name)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(f"{'forward' if direction == 'fwd' else 'backward'}, {_mask(causal)}")
+        ax.set_xlabel("block length (tokens)")
+        ax.set_ylim(bottom=0)
+    axes[0][0].set_ylabel("TFLOP/s")
+    _legend(fig, axes)
+    return fig
+
+
+@styled
 def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     """Peak memory per rank vs sequence length (device memory on GPUs, process RSS on CPU)."""
     d0 = summary[summary["mem_peak_bytes"].notna()]
@@ -256,7 +289,8 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
 FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
            "memory": memory_per_rank}
 TITLES = {"speedup": "Speedup over the baseline", "scaling": "Strong scaling", "mfu": "Throughput per rank",
-          "fastest": "Fastest algorithm", "memory": "Peak memory per rank", "collectives": "Collectives"}
+          "fastest": "Fastest algorithm", "memory": "Peak memory per rank", "collectives": "Collectives",
+          "kernels": "Local kernels"}
 CAPTIONS = {
     "speedup": "Speedup over {baseline} (above 1: faster) against the global sequence length, one panel per rank "
                "count and masking. Markers: the ratio of median times; error bars: its 95% bootstrap interval "
@@ -268,6 +302,8 @@ CAPTIONS = {
     "fastest": "The fastest algorithm at each (sequence length, ranks); its speedup over {baseline} in each cell.",
     "memory": "Peak memory per rank (largest rank): device allocator peak on GPUs, peak resident set size on CPUs.",
     "collectives": "Bus bandwidth (nccl-tests convention) against message size, one panel per operation.",
+    "kernels": "Local kernel throughput against block length (queries = keys), forward and backward (given the "
+               "forward's output), by flash-attention's FLOP convention; markers: median, bars: p10-p90.",
 }
 
 

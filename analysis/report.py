@@ -25,7 +25,7 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
     if summary is None:
         att = df[df["kind"] == "attention"] if "kind" in df else df
         try:
-            summary = metrics.summarize(att) if not att.empty else None
+            summary = metrics.summarize(att) if (att.get("status") == "ok").any() else None
         except ValueError as e:
             summary, skipped["attention figures"] = None, str(e)
     if summary is not None:
@@ -38,6 +38,10 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
                 continue
             made[name] = figures.save(fig, out, name, formats)
             plt.close(fig)
+    if "kind" in df and (df["kind"] == "kernel").any():
+        fig = figures.kernels_tflops(df, width=width)
+        made["kernels"] = figures.save(fig, out, "kernels", formats)
+        plt.close(fig)
     if "kind" in df and (df["kind"] == "collective").any():
         try:
             fig = figures.collectives_busbw(df, width=width)

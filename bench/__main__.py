@@ -9,6 +9,8 @@ COMMANDS = {
     "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
     "run": ("bench.run", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
     "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
+    "kernels": ("bench.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
+    "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
     "sweep": ("bench.sweep.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
     "summary": ("bench.summary", "a campaign's records as markdown tables"),
 }

@@ -188,6 +188,7 @@ class Runner:
         self.external = baselines.load(opts["baselines"], self.ctx.device.type)
         self.ringx = ringx
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
+        self.config_seed = 0  # one seed per configuration: its algorithms share one float64 reference
 
     def run(self, points: list[Point]) -> None:
         # Baselines from outside run at every configuration the ringx algorithms do.
@@ -255,9 +256,11 @@ class Runner:
         if not self.settle_all(cases, err, broke_group=False):
             return
         live = []
+        cs = self.check_seq(cases)
+        self.config_seed += 1
         for c in cases:
             if self.stage(c, lambda c=c: self.prepare(c, inputs), broke_group=False) and \
-                    self.stage(c, lambda c=c: self.check(c), broke_group=False) and \
+                    self.stage(c, lambda c=c: self.check(c, cs), broke_group=False) and \
                     self.stage(c, lambda c=c: self.first_call(c), broke_group=True):
                 live.append(c)
         if not live:
@@ -288,7 +291,17 @@ class Runner:
         maybe_inject(self.opts["inject"], self.rank, c.index, "prepare")
         c.call, c.stats = make_call(c.point.algorithm, c.ext, c.point, inputs, self.opts["kernel"])
 
-    def check(self, c: Case) -> None:
+    def check_seq(self, cases: list[Case]) -> int:
+        """One check length for the whole configuration (every layout can split it), so the float64
+        reference is computed once and shared by every algorithm of the configuration."""
+        import math
+
+        pt = cases[0].point
+        div = math.lcm(*(self.ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
+        cs = min(pt.seq, int(self.opts["check_max_seq"]))
+        return max(cs - cs % div, div if pt.seq >= div else 0)
+
+    def check(self, c: Case, cs: int) -> None:
         import functools
 
         import torch
@@ -296,17 +309,14 @@ class Runner:
         o, pt = self.opts, c.point
         if not o["check"]:
             return
-        cs = min(pt.seq, o["check_max_seq"])
-        cs -= cs % self.ringx.layouts.global_divisor(c.layout, self.P)
-        if cs < 1:
-            c.result["check_skipped"] = True  # too short to split: the configuration itself runs unchecked
-            return
         dt = getattr(torch, pt.dtype)
         fn = functools.partial(c.ext.fn, causal=pt.causal) if c.ext else None
-        err = self.ringx.verify.max_error(pt.algorithm, pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
-                                          self.ctx.device, o["kernel"], seed=c.index, fn=fn, layout=c.layout)
+        t0 = time.perf_counter()
+        ref = self.ringx.verify.reference(pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
+                                          seed=self.config_seed, device=self.ctx.device)
+        err = self.ringx.verify.check(ref, pt.algorithm, self.ctx.device, o["kernel"], fn=fn, layout=c.layout)
         tol = self.ringx.verify.TOLERANCE[dt]
-        c.result.update(check_max_error=err, check_tolerance=tol, check_seq=cs)
+        c.result.update(check_max_error=err, check_tolerance=tol, check_seq=cs, check_s=time.perf_counter() - t0)
         maybe_inject(o["inject"], self.rank, c.index, "check")
         if not err <= tol:
             raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
@@ -374,7 +384,7 @@ class Runner:
             return True
         c.rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
                      error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
-                     **{k: v for k, v in c.result.items() if k.startswith("check_") and k != "check_skipped"})
+                     **{k: v for k, v in c.result.items() if k.startswith("check_")})
         self.write(c.rec)
         self.counts["failed"] += 1
         self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
@@ -404,7 +414,7 @@ class Runner:
             comm_calls_per_rank=[v["calls"] for v in votes],
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             ledger_rank0=result["ledger"],
-            **{k: v for k, v in result.items() if k.startswith("check_") and k != "check_skipped"})
+            **{k: v for k, v in result.items() if k.startswith("check_")})
         self.write(c.rec)
         self.counts["recorded"] += 1
         self.progress.step(f"{c.label}: {fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)")

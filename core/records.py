@@ -40,7 +40,7 @@ def F(name, types, meaning, when="always", column=None, config=False) -> Field: 
 
 COMMON = (
     F("schema", int, f"record schema version ({SCHEMA_VERSION})"),
-    F("kind", str, "`attention` or `collective`", column="str"),
+    F("kind", str, "`attention`, `collective` or `kernel`", column="str"),
     F("campaign", str, "campaign name"),
     F("tag", (str, _NONE), "free label from `--tag`", "optional", "str"),
     F("run_id", str, "the run that wrote it: `runs/<run_id>.json` holds its provenance"),
@@ -101,6 +101,8 @@ ATTENTION = (
       "optional", "float"),
     F("check_tolerance", _NUM, "the tolerance of the check for the dtype", "optional", "float"),
     F("check_seq", int, "sequence length the check ran at", "optional", "int"),
+    F("check_s", _NUM, "seconds this rank spent checking (the float64 reference is shared by the configuration's "
+      "algorithms: the first pays for it)", "optional", "float"),
 )
 
 COLLECTIVE = (
@@ -114,7 +116,27 @@ COLLECTIVE = (
     F("busbw_GBps", _NUM, "algbw x busbw_factor", "ok", "float"),
 )
 
-KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE}
+KERNEL = (
+    F("kernel", str, "local kernel (`torch-cudnn`, `flash-attn`, `torch-cpu`, ...)", column="str", config=True),
+    F("kernel_version", (str, _NONE), "the kernel's library version", "optional", "str"),
+    F("direction", str, "`fwd` or `bwd` (the backward alone, given the forward's out and LSE)", column="str",
+      config=True),
+    F("seq", int, "block length: queries = keys", column="int", config=True),
+    F("batch", int, "batch size", column="int", config=True),
+    F("heads", int, "query heads", column="int", config=True),
+    F("kv_heads", int, "key/value heads (GQA ratio = heads / kv_heads)", column="int", config=True),
+    F("head_dim", int, "head dimension", column="int", config=True),
+    F("dtype", str, "element type", column="str", config=True),
+    F("causal", bool, "a causal (diagonal) block", column="bool", config=True),
+    F("device", str, "`cpu` or `cuda`", column="str"),
+    F("device_name", (str, _NONE), "the device's name (GPU model)", "optional", "str"),
+    F("flops", _NUM, "FLOPs of one call (`flops_convention`)", "ok", "float"),
+    F("flops_convention", str, "how `flops` is counted (ringx/flops.py)", "ok"),
+    F("tflops", _NUM, "`flops / median_s / 1e12`", "ok", "float"),
+)
+
+KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE,
+                                       "kernel": COMMON + KERNEL}
 
 
 def validate(rec: object) -> list[str]:

@@ -6,6 +6,7 @@ fitted ones come from a campaign's microbenchmarks (analysis/calibrate.py).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,23 @@ class Machine:
     intra: dict[str, Link]  # op (or "default") -> link within a node
     inter: dict[str, Link] = field(default_factory=dict)  # across nodes
     cores_per_node: int | None = None  # CPU ranks share cores: throughput x min(1, cores / ranks per node)
+    # Measured kernel throughput (bench kernels): (direction, causal) -> [(block length, FLOP/s)], ascending.
+    kernel_rates: dict[tuple[str, bool], list[tuple[int, float]]] = field(default_factory=dict)
+
+    def block_rate(self, direction: str, causal: bool, seq_q: int, seq_k: int) -> float:
+        """FLOP/s of one block: interpolated in log(block length) from the kernel measurements, else the
+        machine's one number. Small blocks run below a kernel's peak; this is where it shows."""
+        table = self.kernel_rates.get((direction, bool(causal))) or self.kernel_rates.get((direction, False))
+        if not table or not seq_q or not seq_k:
+            return self.flops_per_s
+        n = math.sqrt(seq_q * seq_k)
+        if n <= table[0][0]:
+            return table[0][1] * n / table[0][0]  # below the smallest measured block: fixed cost per call
+        for (n0, r0), (n1, r1) in zip(table, table[1:]):
+            if n <= n1:
+                w = math.log(n / n0) / math.log(n1 / n0)
+                return r0 + w * (r1 - r0)
+        return table[-1][1]
 
     def link(self, op: str, nodes: int) -> Link:
         table = self.inter if nodes > 1 and self.inter else self.intra
@@ -39,9 +57,9 @@ class Machine:
         lk = self.link(op, nodes)
         return hops(op, p) * lk.alpha_s + nbytes * busbw_factor(op, p) / (lk.bw_GBps * 1e9)
 
-    def rank_flops(self, p: int, nodes: int) -> float:
-        share = 1.0 if not self.cores_per_node else min(1.0, self.cores_per_node / max(1, p // max(1, nodes)))
-        return self.flops_per_s * share
+    def core_share(self, p: int, nodes: int) -> float:
+        """The fraction of its device a rank gets: CPU ranks beyond a node's cores share them."""
+        return 1.0 if not self.cores_per_node else min(1.0, self.cores_per_node / max(1, p // max(1, nodes)))
 
 
 def from_table(name: str, m: dict) -> Machine:

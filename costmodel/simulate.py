@@ -63,7 +63,7 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
     mine: list[dict[int, tuple]] = [{} for _ in range(n)]  # per rank: its op index -> collective key
     waiting = [None] * n  # key of the blocking collective a rank is held in
     sampled = set(ranks)
-    flops = machine.rank_flops(p, nodes)
+    share = machine.core_share(p, nodes)
     while True:
         moved = False
         for r in range(n):
@@ -79,7 +79,9 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
                     moved = True
                     continue
                 if e.kind == "compute":
-                    dt = e.flops / flops
+                    rate = machine.block_rate(e.op, getattr(e, "causal", False), getattr(e, "seq_q", 0),
+                                              getattr(e, "seq_k", 0))
+                    dt = e.flops / (rate * share)
                     clock[r] += dt
                     compute[r] += dt
                 elif e.kind == "wait":

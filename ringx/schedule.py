@@ -41,6 +41,9 @@ class Event:
     index: int = 0  # comm and wait: the rank's n-th operation (the same collective on every member)
     group: tuple[int, ...] = ()  # comm: the ranks of a sub-group operation; () for all ranks
     nodes: int = 0  # comm: nodes those ranks span (1: within a node); 0 for all ranks (the caller's nodes)
+    seq_q: int = 0  # compute: the block's queries
+    seq_k: int = 0  # compute: the block's keys
+    causal: bool = False  # compute: a causal diagonal block
 
 
 @dataclass
@@ -98,13 +101,15 @@ class TraceKernel:
         return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal).flops_pairs)
 
     def forward(self, q, k, v, causal, scale):
-        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal)))
+        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal))
         b, n, h, _ = q.shape
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"),
                 torch.empty(b, h, n, dtype=acc_dtype(q.dtype), device="meta"))
 
     def backward(self, dout, q, k, v, out, lse, causal, scale):
-        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal)))
+        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal))
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"), torch.empty(k.shape, dtype=k.dtype, device="meta"),
                 torch.empty(v.shape, dtype=v.dtype, device="meta"))
 

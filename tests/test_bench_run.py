@@ -175,7 +175,7 @@ def test_collectives_records(tmp_path, world):
     assert proc.returncode == 0, proc.stderr
     recs = records(tmp_path, "net")
     assert {r["op"] for r in recs} == {"broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter",
-                                       "sendrecv"}
+                                       "all_to_all", "sendrecv"}
     for r in recs:
         assert validate(r) == [] and r["status"] == "ok" and r["world_size"] == world
         assert r["bytes"] % (4 * world) == 0

@@ -137,3 +137,22 @@ def test_sub_group_collectives_wait_for_their_members_and_cost_their_own_link():
     t_intra = model.hops("all_gather", 2) * 1e-6 + 1000 * 0.5 / 100e9
     t_inter = model.hops("all_gather", 2) * 1e-3 + 1000 * 0.5 / 1e9
     assert pred.total_s == pytest.approx(t_intra + t_inter)  # two intra groups run at once, not one after another
+
+
+def test_kernel_records_give_the_compute_term_by_block_shape():
+    import pandas as pd
+
+    rows = [{"kind": "kernel", "status": "ok", "kernel": "torch-cpu", "direction": d, "causal": c, "seq": s,
+             "tflops": t} for d in ("fwd", "bwd") for c in (False, True)
+            for s, t in ((256, 1.0), (1024, 2.0), (4096, 4.0))]
+    rates = calibrate.fit_kernel_rates(pd.DataFrame(rows))
+    assert rates[("fwd", False)] == [(256, 1e12), (1024, 2e12), (4096, 4e12)]
+    m = Machine("m", "test", 9e12, {"default": Link(0.0, 1.0)}, kernel_rates=rates)
+    assert m.block_rate("fwd", False, 1024, 1024) == pytest.approx(2e12)
+    assert m.block_rate("fwd", False, 2048, 2048) == pytest.approx(3e12)  # halfway in log(length)
+    assert m.block_rate("bwd", True, 8192, 8192) == pytest.approx(4e12)  # flat beyond the largest block
+    assert m.block_rate("fwd", False, 128, 128) == pytest.approx(0.5e12)  # a fixed cost per call below it
+    assert Machine("m", "t", 9e12, {"default": Link(0.0, 1.0)}).block_rate("fwd", False, 64, 64) == 9e12
+    # a small block costs more per FLOP than a large one: the one-number model could not say so
+    ev = [[Event("compute", op="fwd", flops=1e12, seq_q=256, seq_k=256)]]
+    assert simulate(ev, m, 1, 1).total_s == pytest.approx(1.0)
