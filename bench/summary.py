@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         path = Path(a.campaign)
+        if not path.is_dir() and len(path.parts) > 1:
+            raise UserError(f"no campaign at {path}: expected a campaign directory (e.g. runs/local-demo)")
         try:
             store = Store.at(path) if path.is_dir() else Store(a.out, a.campaign)
         except StoreError as e:

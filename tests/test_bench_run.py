@@ -199,3 +199,40 @@ def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
     for name in ("rfa-ring", "rfa-zigzag", "rfa-stripe"):
         r = by[name, True]
         assert r["status"] == "skipped" and "ring_flash_attn not importable" in r["error"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["summary", "runs/nope"], "no campaign at runs/nope"),
+    (["summary", "nope", "--out", "/nonexistent"], "no records in /nonexistent/nope"),
+    (["sweep", "plan", "nope.toml"], "cannot read nope.toml"),
+    (["kernels", "--campaign", "../x"], "must be a plain directory name"),
+])
+def test_user_mistakes_get_one_line_and_no_traceback(args, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=mpirun.ROOT,
+                          timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_stops_every_rank_at_once_with_one_line(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen([mpirun.mpiexec(), "-n", "2", os.sys.executable, "-m", "bench", "run", *SMALL, "--seq",
+                             "2048", "--iters", "1000", "--out", str(tmp_path), "--algorithms", "ring,ringx4"],
+                            cwd=mpirun.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(mpirun.ROOT)}, start_new_session=True)
+    deadline = time.monotonic() + 60
+    records_dir = tmp_path / "c" / "records"
+    while not (records_dir.exists() and any(records_dir.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside the timed loop, blocked in collectives
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - start < 10
+    assert "Traceback" not in err and err.count("bench run: interrupted") == 1, err
+    assert all(validate(r) == [] for r in records(tmp_path))  # nothing torn
