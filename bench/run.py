@@ -282,7 +282,7 @@ class Runner:
     def inputs(self, pt: Point):
         import torch
 
-        g = torch.Generator(device="cpu").manual_seed(1000 + hash((pt.seq, pt.heads, pt.head_dim)) % 1000)
+        g = torch.Generator(device="cpu").manual_seed(1000)  # timing does not depend on the values
         dt = getattr(torch, pt.dtype)
         return [torch.randn(pt.batch, pt.seq_per_rank, h, pt.head_dim, generator=g, dtype=dt).to(self.ctx.device)
                 for h in (pt.heads, pt.kv_heads, pt.kv_heads, pt.heads)]

@@ -6,14 +6,13 @@ costs seconds per rank); each case is then asserted here on every rank's shard.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
 
 from tests.cases import QUANTITIES, TOL, WORLDS, Case, cases
-from tests.mpi import run_mpi
+from tests.mpi import run_cases
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -26,14 +25,7 @@ def results(tmp_path_factory):
     def get(world: int) -> dict[str, list[dict]]:
         if world not in cache:
             out = tmp_path_factory.mktemp(f"attn{world}")
-            proc = run_mpi(world, "tests/workers/attention_cases.py", str(out), str(SEED), timeout=600)
-            assert proc.returncode == 0, f"worker failed (seed {SEED}):\n{proc.stdout}\n{proc.stderr}"
-            by_case: dict[str, list[dict]] = {}
-            for r in range(world):
-                for line in (out / f"rank{r}.jsonl").read_text().splitlines():
-                    row = json.loads(line)
-                    by_case.setdefault(row["case"], []).append(row)
-            cache[world] = by_case
+            cache[world] = run_cases(world, "tests/workers/attention_cases.py", out, SEED)
         return cache[world]
 
     return get

@@ -14,7 +14,7 @@ import os
 import pytest
 
 from tests.hier_cases import GROUPS_BUILT, LAUNCHES, QUANTITIES, TOL, HierCase, expected_ledger, hier_cases
-from tests.mpi import run_mpi
+from tests.mpi import run_cases
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -28,13 +28,7 @@ def launched(tmp_path_factory):
         if (world, rpn) not in cache:
             out = tmp_path_factory.mktemp(f"hier{world}n{rpn}")
             env = {"RINGX_RANKS_PER_NODE": str(rpn) if rpn else ""}
-            proc = run_mpi(world, "tests/workers/hier_cases.py", str(out), str(SEED), timeout=600, env=env)
-            assert proc.returncode == 0, f"worker failed (seed {SEED}):\n{proc.stdout}\n{proc.stderr}"
-            by_case: dict[str, list[dict]] = {}
-            for r in range(world):
-                for line in (out / f"rank{r}.jsonl").read_text().splitlines():
-                    row = json.loads(line)
-                    by_case.setdefault(row["case"], []).append(row)
+            by_case = run_cases(world, "tests/workers/hier_cases.py", out, SEED, env=env)
             cache[world, rpn] = by_case, [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
         return cache[world, rpn]
 
