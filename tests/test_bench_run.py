@@ -236,3 +236,18 @@ def test_ctrl_c_stops_every_rank_at_once_with_one_line(tmp_path):
     assert time.monotonic() - start < 10
     assert "Traceback" not in err and err.count("bench run: interrupted") == 1, err
     assert all(validate(r) == [] for r in records(tmp_path))  # nothing torn
+
+
+def test_n_copies_of_rank_0_under_srun_are_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # what srun --mpi=none does to an MPICH program: every task is a world of one
+    for procid, expect in (("0", "4 copies of rank 0"), ("3", "")):
+        env = {**os.environ, "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": procid, "PYTHONPATH": str(mpirun.ROOT)}
+        proc = subprocess.run([sys.executable, "-m", "bench", "run", *SMALL, "--out", str(tmp_path)], env=env,
+                              capture_output=True, text=True, cwd=mpirun.ROOT, timeout=120)
+        assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
+        assert (expect == "") == (proc.stderr.strip() == "")  # task 0 says why; the others stay silent
+    assert not (tmp_path / "c").exists()
