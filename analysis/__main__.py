@@ -55,6 +55,13 @@ def build_parser() -> Parser:
     c.add_argument("--head-dim", type=int, default=128)
     c.add_argument("--causal", choices=["true", "false"], default="true")
     c.add_argument("--mode", choices=["fwd", "fwd+bwd"], default="fwd+bwd")
+    c = sub.add_parser("map", help="the predicted fastest algorithm and Ulysses x ring degrees over sequence and "
+                       "ranks", description="the predicted fastest algorithm (and usp's Ulysses x ring degrees) at "
+                       "every (sequence length, ranks), one panel per machine")
+    c.add_argument("--machines", default="frontier,perlmutter,alps", help="profiles with a [model] table")
+    c.add_argument("--seqs", default="131072,262144,524288,1048576", help="global sequence lengths")
+    c.add_argument("--ranks", default="8,64,512", help="rank counts")
+    c.add_argument("--out", help="output directory (default: runs/model)")
     c = sub.add_parser("curve", help="predicted speedup over ring up to many GPUs",
                        description="predicted speedup over ring up to many GPUs, with a campaign's measured points")
     c.add_argument("campaign", nargs="?", help="optional campaign whose measured speedups are drawn too")
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(a) -> int:
-    if a.command in ("predict", "validate", "curve"):
+    if a.command in ("predict", "validate", "curve", "map"):
         from analysis import cli_model
 
         return cli_model.run(a)

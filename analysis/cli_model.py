@@ -6,8 +6,7 @@ from pathlib import Path
 
 from core.cli import UserError
 from costmodel import machine as machines
-from costmodel.predict import predict as predict_one
-from costmodel.predict import speedup_curve
+from costmodel.predict import best_degree, speedup_curve
 
 from . import calibrate, figures, tables
 
@@ -18,6 +17,8 @@ def run(a) -> int:
     try:
         if a.command == "predict":
             return predict(a)
+        if a.command == "map":
+            return fastest_map(a)
         if a.command == "validate":
             from .records import load
 
@@ -78,6 +79,44 @@ def _measured_speedups(campaign: str, algos: list[str], seq: int):
     return m
 
 
+def fastest_map(a) -> int:
+    """`analysis map`: the predicted fastest algorithm per (sequence, ranks) on each machine, table and figure."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    import ringx
+
+    from . import predicted
+
+    try:
+        seqs = [int(x) for x in a.seqs.split(",") if x]
+        ranks = [int(x) for x in a.ranks.split(",") if x]
+    except ValueError:
+        raise UserError("--seqs and --ranks take comma-separated integers") from None
+    parts = []
+    for name in [m for m in a.machines.split(",") if m]:
+        machine, gpus_per_node = machines.load(name)
+        parts.append(predicted.fastest(machine, gpus_per_node, seqs, ranks, ringx.algorithms.names(True),
+                                       progress=lambda msg: print(msg, flush=True)))
+    table = pd.concat(parts, ignore_index=True)
+    out = Path(a.out) if a.out else Path("runs") / "model"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "fastest-map.csv", index=False)
+    best = table[table["fastest"]].assign(degrees=lambda d: [_degrees(None if pd.isna(u) else int(u), p)
+                                                             for u, p in zip(d["ulysses_degree"], d["ranks"])])
+    print(tables.render(tables.frame_table(best[["machine", "seq", "ranks", "algorithm", "degrees", "speedup"]]
+                                           .round(3), caption=predicted.CAPTION), "markdown"))
+    fig = predicted.map_figure(table)
+    paths = figures.save(fig, out, "fastest-map", ("pdf", "png"))
+    plt.close(fig)
+    print(f"figure: {', '.join(map(str, paths))}; table: {out / 'fastest-map.csv'}")
+    return 0
+
+
+def _degrees(u: int | None, p: int) -> str:
+    return "" if u is None else f"{u} x {p // u}"
+
+
 def predict(a) -> int:
     """Every algorithm at one configuration on a machine description: predicted time and the fastest."""
     import ringx
@@ -93,20 +132,23 @@ def predict(a) -> int:
     rows, cannot = [], []
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
-        preds = {}
+        preds, degree = {}, {}
         for name in ringx.algorithms.names(causal):
             try:
-                preds[name] = predict_one(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq, heads=a.heads,
-                                          kv_heads=a.kv_heads, head_dim=a.head_dim, exact_ranks=16)
+                degree[name], preds[name] = best_degree(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq,
+                                                        heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim,
+                                                        exact_ranks=16)
             except ValueError as e:  # this configuration is impossible for it (heads, divisibility)
                 cannot.append(f"{name} at {p} ranks: {e}")
         if not preds:
             raise UserError(f"seq {a.seq} cannot be split over {p} ranks by any algorithm")
         best = min(preds, key=lambda n: preds[n].total_s)
-        rows += [[p, nodes, n, round(pr.total_s * 1e3, 3), round(pr.compute_s * 1e3, 3),
+        rows += [[p, nodes, n, _degrees(degree[n], p), round(pr.total_s * 1e3, 3), round(pr.compute_s * 1e3, 3),
                   round(pr.exposed_comm_s * 1e3, 3), "yes" if n == best else ""] for n, pr in preds.items()]
-    print(tables.render(tables.Table(["ranks", "nodes", "algorithm", "predicted ms", "compute", "exposed comm",
-                                      "fastest"], rows), "markdown"), end="")
+    print(tables.render(tables.Table(["ranks", "nodes", "algorithm", "Ulysses x ring", "predicted ms", "compute",
+                                      "exposed comm", "fastest"], rows), "markdown"), end="")
+    print("\nUlysses x ring: the degrees of usp/usp-ringx that the model predicts fastest (each divides the ranks "
+          "and the heads); ulysses is all ranks x 1.")
     if cannot:
         print("\nnot predicted (cannot run at that configuration):\n" + "\n".join(f"- {c}" for c in cannot))
     return 0

@@ -10,7 +10,7 @@ from .simulate import Prediction, sample_ranks, simulate
 
 @functools.lru_cache(maxsize=512)
 def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward,
-            ranks_per_node=None) -> tuple:
+            ranks_per_node=None, ulysses_degree=None) -> tuple:
     """The sampled ranks' schedules; cached because tracing dominates and a schedule does not depend on the
     machine (the planner and `analysis predict` ask for the same configurations)."""
     import torch
@@ -19,17 +19,20 @@ def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, 
 
     return tuple(trace(algorithm, causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
                        head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward,
-                       ranks_per_node=ranks_per_node) for r in ranks)
+                       ranks_per_node=ranks_per_node, ulysses_degree=ulysses_degree) for r in ranks)
 
 
 def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
             seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
-            exact_ranks: int = 64) -> Prediction:
-    """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks."""
+            exact_ranks: int = 64, ulysses_degree: int | None = None) -> Prediction:
+    """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks.
+
+    ``ulysses_degree`` (usp, usp-ringx): the Ulysses group size; default the ranks per node, as ringx does.
+    """
     ranks = sample_ranks(p, exact_ranks)
     rpn = p // nodes if nodes > 1 and p % nodes == 0 else None  # hierarchical schedules follow the nodes
     traces = _traces(algorithm, bool(causal), p, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
-                     mode == "fwd+bwd", rpn)
+                     mode == "fwd+bwd", rpn, ulysses_degree)
     fwd = simulate([t.forward for t in traces], machine, p, nodes, ranks)
     if mode == "fwd":
         return fwd
@@ -53,3 +56,29 @@ def speedup_curve(machine: Machine, algorithms: list[str], ranks: list[int], *, 
             rows.append({"algorithm": a, "ranks": p, "nodes": nodes, "predicted_s": times[a].total_s,
                          "speedup": times[baseline].total_s / times[a].total_s})
     return pd.DataFrame(rows)
+
+
+def degrees(algorithm: str, p: int, heads: int) -> list[int | None]:
+    """The Ulysses degrees worth predicting for ``algorithm`` on ``p`` ranks: every one that divides both the
+    ranks and the heads for usp/usp-ringx; [None] (its own) for the others."""
+    from ringx.algorithms import ALGORITHMS
+
+    if ALGORITHMS[algorithm].ulysses != "node":
+        return [None]
+    return [u for u in range(1, p + 1) if p % u == 0 and heads % u == 0] or [None]
+
+
+def best_degree(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, **kw) -> tuple[int | None,
+                                                                                                  Prediction]:
+    """(degree, prediction) of the fastest Ulysses degree of ``algorithm`` (the users' question: which degrees on
+    my machine); for algorithms without a degree, (None, its prediction)."""
+    options, why = {}, None
+    for u in degrees(algorithm, p, kw["heads"]):
+        try:
+            options[u] = predict(algorithm, causal, mode, p, machine, ulysses_degree=u, **kw)
+        except ValueError as e:  # a degree the layout cannot split the sequence for
+            why = e
+    if not options:
+        raise why
+    u = min(options, key=lambda d: options[d].total_s)
+    return u, options[u]

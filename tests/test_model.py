@@ -156,3 +156,31 @@ def test_kernel_records_give_the_compute_term_by_block_shape():
     # a small block costs more per FLOP than a large one: the one-number model could not say so
     ev = [[Event("compute", op="fwd", flops=1e12, seq_q=256, seq_k=256)]]
     assert simulate(ev, m, 1, 1).total_s == pytest.approx(1.0)
+
+
+def test_the_model_picks_the_ulysses_degree_for_usp():
+    from costmodel.predict import best_degree, degrees
+
+    assert degrees("usp", 16, 8) == [1, 2, 4, 8] and degrees("ring", 16, 8) == [None]
+    fast_intra = Machine("m", "t", 1e12, {"default": Link(1e-6, 100.0)}, {"default": Link(1e-3, 1.0)})
+    kw = dict(nodes=2, seq=4096, heads=8, kv_heads=8, head_dim=64, exact_ranks=16)
+    u, pred = best_degree("usp", True, "fwd+bwd", 16, fast_intra, **kw)
+    assert u == 8  # Ulysses over the fast node-local links, the ring over the slow ones
+    for other in (1, 2, 4):
+        assert predict("usp", True, "fwd+bwd", 16, fast_intra, ulysses_degree=other, **kw).total_s > pred.total_s
+
+
+def test_map_cli_names_the_fastest_algorithm_and_degrees(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "analysis", "map", "--machines", "alps", "--seqs", "131072",
+                           "--ranks", "8,64", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| alps |")]
+    assert len(rows) == 2  # one fastest per cell
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "fastest-map.csv")
+    assert table.groupby(["seq", "ranks"])["fastest"].sum().eq(1).all()
+    usp = table[(table["algorithm"] == "usp") & (table["ranks"] == 64)]
+    assert len(usp) == 1 and 64 % int(usp["ulysses_degree"].iloc[0]) == 0
+    assert (tmp_path / "fastest-map.png").stat().st_size > 10_000

@@ -1,0 +1,82 @@
+"""What the cost model predicts fastest, over sequence lengths and rank counts, on a machine description.
+
+``fastest(machine, ...)`` predicts every algorithm at every (sequence, ranks) cell, usp and
+usp-ringx at their best Ulysses degree, and ``map_figure`` draws one panel per machine: each
+cell names the predicted fastest algorithm (with its Ulysses x ring degrees) and its speedup over
+ring. These are predictions from published machine figures, not measurements.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from costmodel.machine import Machine
+from costmodel.predict import best_degree
+
+from .figures import COLORS, WIDTH_IN, order_key, styled
+
+
+def fastest(machine: Machine, gpus_per_node: int, seqs: list[int], ranks: list[int], algorithms: list[str], *,
+            causal: bool = True, mode: str = "fwd+bwd", heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
+            progress=None) -> pd.DataFrame:
+    """One row per (seq, ranks, algorithm) that can run there: predicted seconds, best degree, speedup over ring."""
+    rows = []
+    for seq in seqs:
+        for p in ranks:
+            nodes = max(1, p // gpus_per_node)
+            cell = {}
+            for a in algorithms:
+                try:
+                    cell[a] = best_degree(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads,
+                                          kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16)
+                except ValueError:  # cannot run there (heads, divisibility): no row
+                    continue
+            ring = cell["ring"][1].total_s if "ring" in cell else np.nan
+            best = min(cell, key=lambda n: cell[n][1].total_s)
+            rows += [{"machine": machine.name, "seq": seq, "ranks": p, "nodes": nodes, "algorithm": a,
+                      "ulysses_degree": u, "predicted_s": pr.total_s, "speedup": ring / pr.total_s,
+                      "fastest": a == best} for a, (u, pr) in cell.items()]
+            if progress:
+                progress(f"{machine.name}: seq {seq}, {p} ranks: fastest {best}")
+    return pd.DataFrame(rows)
+
+
+def _label(r) -> str:
+    u = r["ulysses_degree"]
+    deg = f"\n{int(u)}x{int(r['ranks']) // int(u)}" if pd.notna(u) else ""
+    return f"{r['algorithm']}{deg}\n{r['speedup']:.2f}x"
+
+
+@styled
+def map_figure(table: pd.DataFrame, width: str = "two"):
+    """One panel per machine: rows sequence lengths, columns rank counts; each cell the fastest algorithm."""
+    machines = list(dict.fromkeys(table["machine"]))
+    best = table[table["fastest"]]
+    algos = sorted(best["algorithm"].unique(), key=order_key)
+    colour = {a: COLORS[(i + 1) % len(COLORS)] for i, a in enumerate(algos)}
+    fig, axes = plt.subplots(1, len(machines), figsize=(WIDTH_IN[width], 2.4), squeeze=False)
+    for ax, m in zip(axes[0], machines):
+        d = best[best["machine"] == m]
+        seqs, ranks = sorted(d["seq"].unique()), sorted(d["ranks"].unique())
+        for _, r in d.iterrows():
+            x, y = ranks.index(r["ranks"]), seqs.index(r["seq"])
+            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=colour[r["algorithm"]], alpha=0.35))
+            ax.text(x, y, _label(r), ha="center", va="center", fontsize=5.5)
+        ax.set_xlim(-0.5, len(ranks) - 0.5)
+        ax.set_ylim(-0.5, len(seqs) - 0.5)
+        ax.set_xticks(range(len(ranks)), [str(p) for p in ranks])
+        ax.set_yticks(range(len(seqs)), [f"{s >> 20}M" if s % (1 << 20) == 0 else f"{s >> 10}K" for s in seqs])
+        ax.set_xlabel("ranks (GPUs)")
+        ax.set_title(m)
+        ax.grid(False)
+    axes[0][0].set_ylabel("sequence length")
+    fig.tight_layout()
+    return fig
+
+
+CAPTION = ("Predicted fastest algorithm per (sequence length, ranks) from each machine's published description "
+           "(jobs/profiles [model]); under the name, the Ulysses x ring degrees where the algorithm has them, and "
+           "the predicted speedup over ring. Causal, forward+backward, 32 query heads, 8 K/V heads, head_dim 128, "
+           "bf16. Predictions, not measurements.")
