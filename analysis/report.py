@@ -61,7 +61,10 @@ def _config(df: pd.DataFrame) -> dict[str, str]:
 def _provenance(df: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in ("run_id", "run_date", "commit", "dirty", "hosts", "run_nodes", "run_ranks_per_node",
                         "run_cpus_per_node", "devices", "torch", "mpi_library", "slurm_job_id") if c in df]
-    return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True)
+    names = {"run_id": "run", "run_date": "date", "dirty": "uncommitted changes", "run_nodes": "nodes",
+             "run_ranks_per_node": "ranks per node", "run_cpus_per_node": "cores per node", "mpi_library": "MPI",
+             "slurm_job_id": "Slurm job"}
+    return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True).rename(columns=names)
 
 
 def _html_table(t: tables.Table) -> str:
@@ -219,7 +222,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
                   _html_table(table)]
     if spread is not None:
         parts += ["<h3>Table 2. Spread of every configuration</h3>", f"<p class='caption'>{e(spread.caption)}</p>",
-                  "<details><summary>every configuration and algorithm</summary>", _html_table(spread),
+                  "<details open><summary>every configuration and algorithm</summary>", _html_table(spread),
                   "</details>"]
     parts += ["<h2>Measured configurations</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>" for k, v in config.items()]
     parts += ["</ul>", "<h2>Runs and their provenance</h2>", _html_table(prov)]
