@@ -18,17 +18,21 @@ import pandas as pd
 
 from .metrics import speedup, strong_scaling
 
-WIDTH_IN = {"one": 3.5, "two": 7.16}  # one and two columns of a two-column paper
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7, "xtick.labelsize": 7,
-         "ytick.labelsize": 7, "lines.linewidth": 1.2, "lines.markersize": 4, "axes.grid": True,
-         "grid.linewidth": 0.4, "grid.alpha": 0.5, "savefig.bbox": "tight", "savefig.dpi": 200,
-         "pdf.fonttype": 42, "ps.fonttype": 42}
+WIDTH_IN = {"one": 3.5, "two": 7.16}  # one and two columns of a two-column paper: figures are saved at exactly this
+MAX_COLS = {"one": 2, "two": 4}  # panels per row that stay readable at that width
+PANEL_H = {"one": 1.45, "two": 1.65}  # inches per row of panels
+LEGEND_COLS = {"one": 4, "two": 8}
+STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "legend.fontsize": 6.5, "xtick.labelsize": 6.5,
+         "ytick.labelsize": 6.5, "lines.linewidth": 1.0, "lines.markersize": 3.5, "axes.grid": True,
+         "grid.linewidth": 0.4, "grid.alpha": 0.5, "savefig.dpi": 300, "axes.titlepad": 3,
+         "pdf.fonttype": 42, "ps.fonttype": 42, "legend.handlelength": 2.2, "legend.columnspacing": 1.0}
 MARKERS = "osD^v<>PX*hp"
 DASHES = ["-", "--", "-.", ":"]
 # Okabe-Ito: distinguishable with colour-vision deficiencies; markers and dashes carry it in grayscale.
 COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#999999", "#882255",
           "#B8A000"]
 ORDER = ["ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o"]
+NOISE = "hollow markers: within noise (the 95% interval contains 1)"
 
 
 class NoData(ValueError):
@@ -59,26 +63,96 @@ def styled(fn):
     return wrapper
 
 
-def _fig(ncols: int, nrows: int = 1, width: str = "two", height: float = 2.2):
-    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN[width], height * nrows + 0.45), squeeze=False)
-    return fig, axes
+def plural(n: int, word: str) -> str:
+    """'1 rank', '4 ranks'."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _legend(fig, axes) -> None:
-    """One legend for all panels, above them."""
+def on_gpus(df: pd.DataFrame) -> bool:
+    """True when every record ran on GPUs (records' `device`; older ones: a CPU kernel means CPU)."""
+    if "device" in df and df["device"].notna().any():
+        return bool((df["device"].dropna() == "cuda").all())
+    return "kernel" in df and df["kernel"].notna().any() and not df["kernel"].isin(["torch-cpu"]).any()
+
+
+def rank_label(df: pd.DataFrame) -> str:
+    """The rank axis: GPUs only for GPU runs; nodes named when the runs span several."""
+    unit = "GPUs" if on_gpus(df) else "CPU ranks"
+    return f"{unit} (nodes)" if "nodes" in df and df["nodes"].max() > 1 else unit
+
+
+def tokens(v: float) -> str:
+    """Sequence lengths and sizes as 1K, 128K, 1M (powers of 1024), else plain."""
+    v = int(v)
+    for div, suffix in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")):
+        if v >= div and v % (div // 4 if div > 1024 else div) == 0:
+            return f"{v / div:g}{suffix}"
+    return str(v)
+
+
+def _ncols(n: int, width: str) -> int:
+    """Panels per row: the most that fit the width and fill the rows evenly, else the most that fit."""
+    most = MAX_COLS[width]
+    for c in range(min(most, n), max(1, (most + 1) // 2) - 1, -1):
+        if n % c == 0:
+            return c
+    return min(most, n)
+
+
+def _fig(n: int, width: str = "two", height: float | None = None, sharex: bool = False, sharey: bool = False):
+    """A constrained-layout figure exactly WIDTH_IN[width] wide with ``n`` panels in rows; unused slots removed.
+
+    Returns (figure, the n axes in reading order, columns)."""
+    ncols = _ncols(n, width)
+    nrows = -(-n // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(WIDTH_IN[width], (height or PANEL_H[width]) * nrows + 0.35),
+                             squeeze=False, sharex=sharex, sharey=sharey, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.04, hspace=0.06)
+    flat = list(np.ravel(grid))
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    axes = flat[:n]
+    for k, ax in enumerate(axes):  # inner panels of a shared axis carry no tick labels
+        below = k + ncols < n
+        if sharex and below:
+            ax.tick_params(labelbottom=False)
+        if sharey and k % ncols:
+            ax.tick_params(labelleft=False)
+    fig._ringx_cols = ncols
+    return fig, axes, ncols
+
+
+def _labels(axes, ncols: int, xlabel: str, ylabel: str) -> None:
+    """Axis labels said once: one x label under all columns and one y label beside all rows of panels
+    (a single panel labels its own axes)."""
+    fig = axes[0].get_figure()
+    size = plt.rcParams["axes.labelsize"]
+    if len(axes) > ncols:
+        fig.supylabel(ylabel, fontsize=size)
+    else:
+        axes[0].set_ylabel(ylabel)
+    if ncols > 1:
+        fig.supxlabel(xlabel, fontsize=size)
+    else:
+        axes[-1].set_xlabel(xlabel)
+
+
+def _legend(fig, axes, width: str = "two") -> None:
+    """One legend for all panels, above them (algorithms in the paper's order, reference lines last)."""
     seen: dict[str, object] = {}
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
-    labels = sorted(seen, key=lambda a: (a == "ideal", *order_key(a)))
+            if not lab.startswith("_"):
+                seen.setdefault(lab, h)
+    refs = ("ideal", "y = x")
+    labels = sorted(seen, key=lambda a: (a in refs, *order_key(a)))
     if seen:
-        fig.legend([seen[k] for k in labels], labels, loc="upper center", ncol=min(len(seen), 6), frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
-    rows = -(-len(seen) // 6) if seen else 0
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.07 * rows * 2.2 / fig.get_figheight()))
+        ncol = min(len(seen), LEGEND_COLS[width] if fig.get_figwidth() > 4 else LEGEND_COLS["one"])
+        fig.legend([seen[k] for k in labels], labels, loc="outside upper center", ncol=ncol, frameon=False)
 
 
 def save(fig, out: str | Path | None, name: str, formats=("pdf", "png")) -> list[Path]:
+    """Write the figure at its exact size (no tight cropping: a column's width is a column's width)."""
     if out is None:
         return []
     out = Path(out)
@@ -92,23 +166,84 @@ def save(fig, out: str | Path | None, name: str, formats=("pdf", "png")) -> list
     return paths
 
 
+def _num(v: float) -> str:
+    return f"{v:g}" if abs(v) < 1e5 else f"{v:.0e}"
+
+
+def log_ticks(ax, axis: str = "y") -> None:
+    """Readable major ticks on a log axis: 1-2-5 steps (denser when the range is short, sparser when long),
+    at least two of them, plain numbers; minor ticks unlabelled."""
+    lo, hi = sorted(ax.get_ylim() if axis == "y" else ax.get_xlim())
+    lo, hi = max(lo, 1e-300), max(hi, 1e-300)
+    ticks: list[float] = []
+    for steps in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0,
+                                                                         6.0, 7.0, 8.0, 9.0)):
+        ticks = [m * 10.0**e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+                 for m in steps if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 3 or (len(ticks) >= 2 and steps != (1.0,)):
+            break
+    if len(ticks) > 6:
+        ticks = ticks[::-(-len(ticks) // 6)]
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    a.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    a.set_major_formatter(matplotlib.ticker.FixedFormatter([_num(t) for t in ticks]))
+    a.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _plain_log(ax, axis: str = "y") -> None:
-    """Log scale with plain numbers (30, 100, 300) rather than 3x10^1 labels."""
-    fmt = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    for a in ((ax.xaxis,) if axis == "x" else (ax.yaxis,) if axis == "y" else (ax.xaxis, ax.yaxis)):
-        a.set_major_formatter(fmt)
-        a.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for a in ("x", "y") if axis == "both" else (axis,):
+        log_ticks(ax, a)
+
+
+def x_at(ax, values, fmt=tokens, width_in: float | None = None, log2: bool = True) -> None:
+    """Ticks exactly at the measured x values (log2 axis), thinned so that their labels cannot collide."""
+    values = sorted({float(v) for v in values})
+    if log2:
+        ax.set_xscale("log", base=2)
+    labels = [fmt(v) for v in values]
+    if width_in is None:
+        width_in = ax.get_figure().get_figwidth() / max(1, getattr(ax.get_figure(), "_ringx_cols", 1)) - 0.35
+    font_in = plt.rcParams["xtick.labelsize"] / 72 if isinstance(plt.rcParams["xtick.labelsize"], float) else 0.09
+    need = sum(max(len(x) for x in lab.split("\n")) * 0.6 * font_in + 0.06 for lab in labels)
+    step = max(1, int(np.ceil(need / max(width_in * 0.85, 0.1))))
+    keep = values[::step] if values[-1] in values[::step] else values[::-1][::step][::-1]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(keep))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([fmt(v) for v in keep]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    if len(values) > 1:
+        pad = (np.log2(values[-1]) - np.log2(values[0])) * 0.08 if log2 else (values[-1] - values[0]) * 0.08
+        ax.set_xlim((values[0] / 2**pad, values[-1] * 2**pad) if log2 else (values[0] - pad, values[-1] + pad))
 
 
 def _mask(c) -> str:
     return "causal" if c else "non-causal"
 
 
-def _panels(d0: pd.DataFrame, key: str, width: str):
-    """One panel per (masking, ``key``) of ``d0``: the figure, its axes and (ax, causal, value, rows) per panel."""
-    keys = sorted({(bool(c), int(v)) for c, v in zip(d0["causal"], d0[key])})
-    fig, axes = _fig(len(keys), width=width)
-    return fig, axes, [(ax, c, v, d0[(d0["causal"] == c) & (d0[key] == v)]) for ax, (c, v) in zip(axes[0], keys)]
+def _panel_keys(d0: pd.DataFrame, key: str) -> list[tuple[bool, int]]:
+    return sorted({(bool(c), int(v)) for c, v in zip(d0["causal"], d0[key])}, key=lambda t: (not t[0], t[1]))
+
+
+def _rank_ticks(d: pd.DataFrame):
+    """A formatter for rank ticks: 'P' or, when the runs span nodes, 'P\\n(N)'."""
+    nodes = {int(w): int(n) for w, n in zip(d["world_size"], d["nodes"])} if "nodes" in d else {}
+    multi = any(n > 1 for n in nodes.values())
+    return lambda v: f"{int(v)}\n({nodes.get(int(v), '?')})" if multi else f"{int(v)}"
+
+
+def _errorbars(ax, g, x: str, st: dict) -> None:
+    """Speedup markers with their 95% interval; hollow where the interval contains 1 (within noise)."""
+    ax.errorbar(g[x], g["speedup"], yerr=[(g["speedup"] - g["speedup_lo"]).clip(lower=0),
+                                          (g["speedup_hi"] - g["speedup"]).clip(lower=0)],
+                capsize=1.5, elinewidth=0.6, **st)
+    noise = g[g["within_noise"].astype(bool)]
+    ax.plot(noise[x], noise["speedup"], linestyle="none", marker=st["marker"], color=st["color"],
+            markerfacecolor="white", zorder=3, label="_noise")
+
+
+def _finite_intervals(sp: pd.DataFrame) -> pd.DataFrame:
+    """One-sample speedups have an infinite interval: draw no bar for them (the caption says so)."""
+    hi = sp["speedup_hi"].where(np.isfinite(sp["speedup_hi"]), sp["speedup"])
+    return sp.assign(speedup_hi=hi)
 
 
 @styled
@@ -117,14 +252,44 @@ def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "
 
     Error bars: the speedup's 95% bootstrap interval; hollow markers: within noise (the interval contains 1).
     """
-    def bars(ax, g, st):
-        ax.errorbar(g["seq"], g["speedup"], yerr=[g["speedup"] - g["speedup_lo"], g["speedup_hi"] - g["speedup"]],
-                    capsize=2, elinewidth=0.6, **st)
-        noise = g[g["within_noise"].astype(bool)]
-        ax.plot(noise["seq"], noise["speedup"], linestyle="none", marker=st["marker"], color=st["color"],
-                markerfacecolor="white", zorder=3)
+    sp = _finite_intervals(speedup(summary, baseline))
+    keys = _panel_keys(sp, "world_size")
+    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
+    for ax, (causal, world) in zip(axes, keys):
+        d = sp[(sp["causal"] == causal) & (sp["world_size"] == world)]
+        for a in _algos(d):
+            if a != baseline:
+                _errorbars(ax, d[d["algorithm"] == a].sort_values("seq"), "seq", style(a))
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
+        ax.set_title(f"{plural(world, 'rank')}, {_mask(causal)}")
+        x_at(ax, sp["seq"])
+    _labels(axes, ncols, "sequence length (tokens)", f"speedup over {baseline}")
+    _legend(fig, axes, width)
+    return fig
 
-    return _vs_seq(speedup(summary, baseline), f"speedup over {baseline}", width, bars, skip=baseline, ref=1.0)
+
+@styled
+def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+    """Speedup over the baseline against ranks (nodes), one line per algorithm, one panel per sequence length and
+    masking: the view scaling papers show. Error bars and hollow markers as in :func:`speedup_vs_seq`."""
+    sp = _finite_intervals(speedup(summary, baseline))
+    sp = sp[sp["scaling"] == "strong"] if "scaling" in sp else sp
+    if sp.empty or sp["world_size"].nunique() < 2:
+        raise NoData("speedup against ranks needs strong-scaling records at two or more rank counts")
+    keys = _panel_keys(sp, "seq")
+    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
+    fmt = _rank_ticks(sp)
+    for ax, (causal, seq) in zip(axes, keys):
+        d = sp[(sp["causal"] == causal) & (sp["seq"] == seq)]
+        for a in _algos(d):
+            if a != baseline:
+                _errorbars(ax, d[d["algorithm"] == a].sort_values("world_size"), "world_size", style(a))
+        ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
+        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        x_at(ax, sp["world_size"], fmt)
+    _labels(axes, ncols, rank_label(sp), f"speedup over {baseline}")
+    _legend(fig, axes, width)
+    return fig
 
 
 @styled
@@ -133,8 +298,11 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     st_df = strong_scaling(summary)
     if st_df.empty or st_df["world_size"].nunique() < 2:
         raise NoData("scaling needs strong-scaling records at two or more rank counts")
-    fig, axes, panels = _panels(st_df, "seq", width)
-    for ax, causal, seq, d in panels:
+    keys = _panel_keys(st_df, "seq")
+    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=False)
+    fmt = _rank_ticks(st_df)
+    for ax, (causal, seq) in zip(axes, keys):
+        d = st_df[(st_df["causal"] == causal) & (st_df["seq"] == seq)]
         for a in _algos(d):
             g = d[d["algorithm"] == a].sort_values("world_size")
             s = style(a)
@@ -144,54 +312,56 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
         w = np.array(sorted(d["world_size"].unique()), dtype=float)
         best0 = d[d["world_size"] == w[0]]["median_s"].min() * 1e3
         ax.plot(w, best0 * w[0] / w, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="ideal")
-        ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        _plain_log(ax)
-        ax.set_xticks(w, [str(int(x)) for x in w])
-        ax.set_title(f"seq {seq}, {_mask(causal)}")
-        ax.set_xlabel("ranks (GPUs)")
-    axes[0][0].set_ylabel("time per call (ms)")
-    _legend(fig, axes)
+        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        x_at(ax, st_df["world_size"], fmt)
+    for ax in axes:
+        log_ticks(ax, "y")
+    _labels(axes, ncols, rank_label(st_df), "time per call (ms)")
+    _legend(fig, axes, width)
     return fig
 
 
-def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw, skip: str | None = None, ref: float | None = None):
-    """A metric vs sequence length, one panel per (masking, ranks): ``draw(ax, rows, style)`` per algorithm
-    (but ``skip``), with a dotted line at ``ref``."""
-    fig, axes, panels = _panels(d0, "world_size", width)
-    for ax, causal, world, d in panels:
+def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw, sharey: bool = True):
+    """A metric vs sequence length, one panel per (masking, ranks): ``draw(ax, rows, style)`` per algorithm."""
+    keys = _panel_keys(d0, "world_size")
+    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=sharey)
+    for ax, (causal, world) in zip(axes, keys):
+        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
         for a in _algos(d):
-            if a != skip:
-                draw(ax, d[d["algorithm"] == a].sort_values("seq"), style(a))
-        if ref is not None:
-            ax.axhline(ref, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{world} rank{'s' if world != 1 else ''}, {_mask(causal)}")
-        ax.set_xlabel("sequence length (tokens)")
-    axes[0][0].set_ylabel(label)
-    _legend(fig, axes)
+            draw(ax, d[d["algorithm"] == a].sort_values("seq"), style(a))
+        ax.set_title(f"{plural(world, 'rank')}, {_mask(causal)}")
+        x_at(ax, d0["seq"])
+    _labels(axes, ncols, "sequence length (tokens)", label)
+    _legend(fig, axes, width)
     return fig
 
 
-def _line(col: str, scale: float = 1.0):
-    return lambda ax, g, st: ax.plot(g["seq"], g[col] * scale, **st)
+def _line(col: str, scale: float = 1.0, x: str = "seq"):
+    return lambda ax, g, st: ax.plot(g[x], g[col] * scale, **st)
 
 
 @styled
 def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
-    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown)."""
+    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown, as on CPUs)."""
     if summary["mfu"].notna().any():
-        return _vs_seq(summary, "MFU", width, _line("mfu"))
-    return _vs_seq(summary, "TFLOP/s per rank", width, _line("tflops_per_rank"))
+        fig = _vs_seq(summary, "MFU", width, _line("mfu"))
+    else:
+        fig = _vs_seq(summary, "TFLOP/s per rank", width, _line("tflops_per_rank"))
+    for ax in fig.axes:
+        ax.set_ylim(bottom=0)
+    return fig
 
 
 @styled
 def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
     """Which algorithm is fastest at each (sequence length, ranks), shaded by its speedup over the baseline."""
     sp = speedup(summary, baseline)
-    masks = sorted({bool(c) for c in sp["causal"]})
-    fig, axes = _fig(len(masks), width=width, height=2.4)
-    for ax, causal in zip(axes[0], masks):
+    masks = sorted({bool(c) for c in sp["causal"]}, key=lambda c: not c)
+    fig, axes, ncols = _fig(len(masks), width, height=PANEL_H[width] * 1.15)
+    im = None
+    vmax = max(1.5, float(np.nanmax(sp.groupby(["causal", "seq", "world_size"])["speedup"].max())))
+    for ax, causal in zip(axes, masks):
         d = sp[sp["causal"] == causal]
         seqs, worlds = sorted(d["seq"].unique()), sorted(d["world_size"].unique())
         grid = np.full((len(worlds), len(seqs)), np.nan)
@@ -202,16 +372,16 @@ def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two
                     continue
                 best = cell.loc[cell["median_s"].idxmin()]
                 grid[i, j] = best["speedup"]
-                ax.text(j, i, f"{best['algorithm']}\n{best['speedup']:.2f}x", ha="center", va="center", fontsize=6)
-        im = ax.imshow(grid, cmap="Greys", vmin=1.0, vmax=max(1.5, np.nanmax(grid)), origin="lower", aspect="auto",
-                       alpha=0.6)
-        ax.set_xticks(range(len(seqs)), [str(s) for s in seqs])
-        ax.set_yticks(range(len(worlds)), [str(w) for w in worlds])
+                mark = "~" if best["within_noise"] else ""
+                ax.text(j, i, f"{best['algorithm']}\n{mark}{best['speedup']:.2f}x", ha="center", va="center",
+                        fontsize=6)
+        im = ax.imshow(grid, cmap="Greys", vmin=1.0, vmax=vmax, origin="lower", aspect="auto", alpha=0.6)
+        ax.set_xticks(range(len(seqs)), [tokens(s) for s in seqs])
+        ax.set_yticks(range(len(worlds)), [str(int(w)) for w in worlds])
         ax.grid(False)
-        ax.set_xlabel("sequence length (tokens)")
-        ax.set_title(f"{_mask(causal)}: fastest, x {baseline}")
-    axes[0][0].set_ylabel("ranks (GPUs)")
-    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"speedup over {baseline}")
+        ax.set_title(_mask(causal))
+    _labels(axes, ncols, "sequence length (tokens)", rank_label(sp))
+    fig.colorbar(im, ax=axes, shrink=0.9, label=f"speedup over {baseline}")
     return fig
 
 
@@ -222,25 +392,25 @@ def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
     if ok.empty:
         raise NoData("no collective records (run `python -m bench collectives`)")
     ops = list(dict.fromkeys(ok["op"]))
-    ncols = min(3, len(ops))
-    nrows = -(-len(ops) // ncols)
-    fig, axes = _fig(ncols, nrows, width=width, height=1.9)
-    for k, op in enumerate(ops):
-        ax = axes[k // ncols][k % ncols]
+    fig, axes, ncols = _fig(len(ops), width, sharex=True, sharey=True)
+    worlds = sorted(ok["world_size"].unique())
+    for ax, op in zip(axes, ops):
         d = ok[ok["op"] == op]
-        for i, (w, g) in enumerate(sorted(d.groupby("world_size"), key=lambda x: x[0])):
-            g = g.sort_values("bytes")
+        for i, w in enumerate(worlds):
+            g = d[d["world_size"] == w].sort_values("bytes")
+            if g.empty:
+                continue
             ax.plot(g["bytes"], g["busbw_GBps"], marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
-                    color=COLORS[i % len(COLORS)], label=f"{w} ranks")
-        ax.set_xscale("log", base=2)
+                    color=COLORS[i % len(COLORS)], label=plural(int(w), "rank"))
         ax.set_yscale("log")
-        ax.set_title(op)
-        ax.set_xlabel("message size (bytes)")
-        if k % ncols == 0:
-            ax.set_ylabel("busbw (GB/s)")
-    for k in range(len(ops), nrows * ncols):
-        axes[k // ncols][k % ncols].set_visible(False)
-    _legend(fig, axes)
+        ax.set_title(op.replace("_", " "))
+    sizes = sorted(ok["bytes"].unique())
+    for ax in axes:
+        x_at(ax, sizes[:: max(1, len(sizes) // 4)] if len(sizes) > 5 else sizes, lambda v: tokens(v) + "B")
+        ax.set_xlim(sizes[0] / 1.5, sizes[-1] * 1.5)
+        log_ticks(ax, "y")
+    _labels(axes, ncols, "message size", "busbw (GB/s)")
+    _legend(fig, axes, width)
     return fig
 
 
@@ -256,52 +426,86 @@ def kernels_tflops(df: pd.DataFrame, width: str = "two"):
                            for k, dt, h, kv in zip(ok["kernel"], ok["dtype"], ok["heads"], ok["kv_heads"])])
     panels = [(d, c) for d in ("fwd", "bwd") for c in (False, True)
               if not ok[(ok["direction"] == d) & (ok["causal"] == c)].empty]
-    fig, axes = _fig(len(panels), width=width)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
     series = sorted(dict.fromkeys(ok["series"]))
-    for ax, (direction, causal) in zip(axes[0], panels):
+    for ax, (direction, causal) in zip(axes, panels):
         d = ok[(ok["direction"] == direction) & (ok["causal"] == causal)]
         for i, name in enumerate(series):
             g = d[d["series"] == name].sort_values("seq")
             if g.empty:
                 continue
-            ax.errorbar(g["seq"], g["tflops"], yerr=[g["tflops"] - g["tf_lo"], g["tf_hi"] - g["tflops"]], capsize=2,
+            ax.errorbar(g["seq"], g["tflops"], yerr=[g["tflops"] - g["tf_lo"], g["tf_hi"] - g["tflops"]], capsize=1.5,
                         elinewidth=0.6, marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
                         color=COLORS[i % len(COLORS)], label=name)
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_title(f"{'forward' if direction == 'fwd' else 'backward'}, {_mask(causal)}")
-        ax.set_xlabel("block length (tokens)")
+        x_at(ax, ok["seq"])
+    for ax in axes:
         ax.set_ylim(bottom=0)
-    axes[0][0].set_ylabel("TFLOP/s")
-    _legend(fig, axes)
+    _labels(axes, ncols, "block length (tokens)", "TFLOP/s")
+    _legend(fig, axes, width)
     return fig
+
+
+def _bytes_unit(top: float) -> tuple[str, float]:
+    return ("GiB", 1 / 2**30) if top >= 2**31 else ("MiB", 1 / 2**20)
 
 
 @styled
 def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
-    """Peak memory per rank vs sequence length (device memory on GPUs, process RSS on CPU)."""
+    """Peak memory per rank against ranks (nodes), one line per algorithm, one panel per sequence length and
+    masking (device memory on GPUs, process RSS on CPU)."""
     d0 = summary[summary["mem_peak_bytes"].notna()]
+    d0 = d0[d0["scaling"] == "strong"] if "scaling" in d0 else d0
     if d0.empty:
         raise NoData("no memory measurements in this campaign")
-    return _vs_seq(d0, "peak memory per rank (MiB)", width, _line("mem_peak_bytes", 1 / 2**20))
+    unit, scale = _bytes_unit(d0["mem_peak_bytes"].max())
+    keys = _panel_keys(d0, "seq")
+    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
+    fmt = _rank_ticks(d0)
+    for ax, (causal, seq) in zip(axes, keys):
+        d = d0[(d0["causal"] == causal) & (d0["seq"] == seq)]
+        for a in _algos(d):
+            g = d[d["algorithm"] == a].sort_values("world_size")
+            ax.plot(g["world_size"], g["mem_peak_bytes"] * scale, **style(a))
+        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        x_at(ax, d0["world_size"], fmt)
+    for ax in axes:  # after every panel is drawn: the shared top is the largest
+        ax.set_ylim(bottom=0)
+    _labels(axes, ncols, rank_label(d0), f"peak memory per rank ({unit})")
+    _legend(fig, axes, width)
+    return fig
 
 
-FIGURES = {"speedup": speedup_vs_seq, "scaling": scaling, "mfu": mfu_vs_seq, "fastest": fastest_map,
-           "memory": memory_per_rank}
-TITLES = {"speedup": "Speedup over the baseline", "scaling": "Strong scaling", "mfu": "Throughput per rank",
-          "fastest": "Fastest algorithm", "memory": "Peak memory per rank", "collectives": "Collectives",
+FIGURES = {"speedup": speedup_vs_seq, "speedup-ranks": speedup_vs_ranks, "scaling": scaling, "mfu": mfu_vs_seq,
+           "fastest": fastest_map, "memory": memory_per_rank}
+TITLES = {"speedup": "Speedup over {baseline} against sequence length",
+          "speedup-ranks": "Speedup over {baseline} against ranks", "scaling": "Strong scaling",
+          "mfu": "Throughput per rank", "fastest": "Fastest algorithm per configuration",
+          "memory": "Peak memory per rank", "collectives": "Collectives: bus bandwidth",
           "kernels": "Local kernels"}
 CAPTIONS = {
     "speedup": "Speedup over {baseline} (above 1: faster) against the global sequence length, one panel per rank "
-               "count and masking. Markers: the ratio of median times; error bars: its 95% bootstrap interval "
-               "(paired rounds when timed side by side); hollow markers: within noise (the interval contains 1).",
-    "scaling": "Median time per call against ranks (log-log) at a fixed global sequence length; band: p10-p90 of "
-               "the timed iterations (each the slowest rank's); dotted: ideal scaling from the smallest rank count.",
-    "mfu": "Model FLOPs utilisation against the device's published peak where the records name one; otherwise "
-           "TFLOP/s per rank (CPU runs have no published peak).",
-    "fastest": "The fastest algorithm at each (sequence length, ranks); its speedup over {baseline} in each cell.",
-    "memory": "Peak memory per rank (largest rank): device allocator peak on GPUs, peak resident set size on CPUs.",
-    "collectives": "Bus bandwidth (nccl-tests convention) against message size, one panel per operation.",
+               "count and masking; each line is one algorithm. Markers: the ratio of median times; error bars: its "
+               "95% bootstrap interval (timing rounds resampled together when the algorithms were timed side by "
+               "side; no bar where a single sample gives no interval); " + NOISE + ". Dotted line: 1 ({baseline}).",
+    "speedup-ranks": "Speedup over {baseline} (above 1: faster) against the number of ranks (nodes in parentheses "
+                     "when the runs span several), one line per algorithm, one panel per sequence length and "
+                     "masking (strong scaling: the global sequence is fixed). Markers, error bars and " + NOISE
+                     + " as in the speedup figure; dotted line: 1 ({baseline}).",
+    "scaling": "Median time per call (the slowest rank's, per iteration) against ranks, log-log, at a fixed global "
+               "sequence length per panel; one line per algorithm. Band: p10-p90 of the timed iterations; dashed "
+               "grey: ideal scaling from the fastest algorithm at the smallest rank count.",
+    "mfu": "Model FLOPs utilisation (flash-attention's FLOP convention) against the device's published peak where "
+           "the records name one; otherwise TFLOP/s per rank, as for CPU runs, which have no published peak. Lines: "
+           "median over the timed iterations, one per algorithm.",
+    "fastest": "The fastest algorithm at each (sequence length, ranks) cell and its speedup over {baseline}; the shade "
+               "grows with the speedup; '~': within noise (the speedup's 95% interval contains 1).",
+    "memory": "Peak memory per rank (the largest over ranks) against ranks, one line per algorithm, one panel per "
+              "sequence length and masking: the device allocator's peak for GPU ranks, the peak resident set size "
+              "of the process for CPU ranks (which includes the Python runtime).",
+    "collectives": "Bus bandwidth (nccl-tests convention: algorithm bandwidth x the operation's factor) against "
+                   "message size, one panel per operation, one line per rank count; markers: median of the timed "
+                   "iterations.",
     "kernels": "Local kernel throughput against block length (queries = keys), forward and backward (given the "
                "forward's output), by flash-attention's FLOP convention; markers: median, bars: p10-p90.",
 }
@@ -310,8 +514,8 @@ CAPTIONS = {
 @styled
 def predicted_vs_measured(v: pd.DataFrame, width: str = "one"):
     """Predicted vs measured time per call (model validation), log-log, with the y = x line."""
-    fig, axes = _fig(1, width=width, height=2.6)
-    ax = axes[0][0]
+    fig, axes, _ = _fig(1, width, height=2.3)
+    ax = axes[0]
     for a in _algos(v):
         g = v[v["algorithm"] == a]
         s = style(a)
@@ -325,7 +529,7 @@ def predicted_vs_measured(v: pd.DataFrame, width: str = "one"):
     _plain_log(ax, "both")
     ax.set_xlabel("measured (ms)")
     ax.set_ylabel("predicted (ms)")
-    _legend(fig, axes)
+    _legend(fig, axes, width)
     return fig
 
 
@@ -333,8 +537,8 @@ def predicted_vs_measured(v: pd.DataFrame, width: str = "one"):
 def predicted_speedup_curve(curve: pd.DataFrame, measured: pd.DataFrame | None = None, title: str = "",
                             width: str = "one"):
     """Predicted speedup over the baseline vs ranks (log2 x); measured points where they exist."""
-    fig, axes = _fig(1, width=width, height=2.6)
-    ax = axes[0][0]
+    fig, axes, _ = _fig(1, width, height=2.3)
+    ax = axes[0]
     for a in _algos(curve):
         g = curve[curve["algorithm"] == a].sort_values("ranks")
         ax.plot(g["ranks"], g["speedup"], **style(a))
@@ -343,14 +547,12 @@ def predicted_speedup_curve(curve: pd.DataFrame, measured: pd.DataFrame | None =
             ax.plot(m["ranks"], m["speedup"], linestyle="none", marker=style(a)["marker"], markerfacecolor="none",
                     color=style(a)["color"], markersize=6)
     ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(curve["ranks"].unique()))
-    _plain_log(ax, "x")
-    ax.set_xlabel("ranks (GPUs)")
+    x_at(ax, curve["ranks"], lambda v: f"{int(v)}")
+    ax.set_xlabel("GPUs (one rank each)")
     has_measured = measured is not None and not measured.empty
     ax.set_ylabel("speedup over ring\n(lines predicted, open markers measured)" if has_measured
                   else "predicted speedup over ring")
     if title:
         ax.set_title(title)
-    _legend(fig, axes)
+    _legend(fig, axes, width)
     return fig

@@ -34,6 +34,19 @@ def _on_cpu(g: pd.DataFrame) -> bool:
     return bool(g["kernel"].isin(["torch-cpu"]).any()) if "kernel" in g else False
 
 
+def _first(g: pd.DataFrame, col: str):
+    vals = g[col].dropna() if col in g else []
+    return str(vals.iloc[0]) if len(vals) else None
+
+
+def _device(g: pd.DataFrame) -> str | None:
+    """'cuda' or 'cpu': the records' device, or for older records without it, a CPU kernel means CPU."""
+    if "device" in g and g["device"].notna().any():
+        return str(g["device"].dropna().iloc[0])
+    kernel = _first(g, "kernel")
+    return None if kernel is None else "cpu" if kernel == "torch-cpu" else "cuda"
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (configuration, algorithm) of the ok attention records, with the pooled spread."""
     ok = df[(df["kind"] == "attention") & (df["status"] == "ok")]
@@ -49,6 +62,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             peak = np.nan  # a CPU has no published peak: a guessed one gives MFU above 1
         groups = g["timing_group"] if "timing_group" in g else [None] * len(g)
         rows.append({**dict(zip(CONFIG + ["algorithm"], key)), "family": g["family"].iloc[0],
+                     "device": _device(g), "kernel": _first(g, "kernel"),
                      "runs": [{"samples_s": list(sm), "timing_group": None if pd.isna(tg) else tg}
                               for sm, tg in zip(g["samples_s"], groups)],
                      "median_s": med, "p10_s": float(np.percentile(samples, 10)),

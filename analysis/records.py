@@ -44,10 +44,14 @@ def _provenance(store: Store) -> pd.DataFrame:
     rows = []
     for d in store.runs():
         sw = d.get("software") or {}
+        cpus = [c for c in (d.get("cpus_per_node") or {}).values() if c]
+        rpn = list((d.get("ranks_per_node") or {}).values())
         rows.append({"run_id": d["run_id"], **{new: d.get(old) for old, new in PROVENANCE.items()},
                      "hosts": ",".join(d.get("hosts", [])), "torch": sw.get("torch"),
                      "mpi_library": sw.get("mpi_library"), "devices": ",".join(d.get("devices", [])) or "cpu",
-                     "slurm_job_id": (d.get("slurm") or {}).get("job_id")})
+                     "slurm_job_id": (d.get("slurm") or {}).get("job_id"), "python": sw.get("python"),
+                     "mpi4py": sw.get("mpi4py"), "cuda": sw.get("cuda"), "hip": sw.get("hip"), "nccl": sw.get("nccl"),
+                     "run_ranks_per_node": max(rpn) if rpn else None, "run_cpus_per_node": min(cpus) if cpus else None})
     return pd.DataFrame(rows)
 
 

@@ -59,15 +59,20 @@ def _config(df: pd.DataFrame) -> dict[str, str]:
 
 
 def _provenance(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in ("run_id", "run_date", "commit", "dirty", "hosts", "run_nodes", "devices", "torch",
-                        "mpi_library", "slurm_job_id") if c in df]
-    return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True)
+    cols = [c for c in ("run_id", "run_date", "commit", "dirty", "hosts", "run_nodes", "run_ranks_per_node",
+                        "run_cpus_per_node", "devices", "torch", "mpi_library", "slurm_job_id") if c in df]
+    names = {"run_id": "run", "run_date": "date", "dirty": "uncommitted changes", "run_nodes": "nodes",
+             "run_ranks_per_node": "ranks per node", "run_cpus_per_node": "cores per node", "mpi_library": "MPI",
+             "slurm_job_id": "Slurm job"}
+    return df[cols].drop_duplicates().sort_values(cols[:1]).reset_index(drop=True).rename(columns=names)
 
 
 def _html_table(t: tables.Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(tables.cell(v))}</td>" for v in r) + "</tr>" for r in t.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    num = [t.is_numeric(j) for j in range(len(t.columns))]
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if num[j] else ''}>{html.escape(tables.cell(v))}</td>"
+                                    for j, v in enumerate(r)) + "</tr>" for r in t.rows)
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def default_out(campaign: str | Path, what: str) -> Path:
@@ -83,6 +88,66 @@ def default_out(campaign: str | Path, what: str) -> Path:
     return base / what
 
 
+def _vals(df: pd.DataFrame, col: str) -> list[str]:
+    if col not in df:
+        return []
+    return [str(v) for v in sorted(df[col].dropna().unique(), key=str) if str(v) not in ("", "None", "nan")]
+
+
+def setting(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """What a reader needs to judge the numbers: hardware (and whether ranks shared cores or GPUs), the kernel,
+    the versions and where the code came from, as (heading, sentence) pairs."""
+    from .figures import on_gpus, plural
+
+    att = df[df["kind"] == "attention"] if "kind" in df else df
+    gpu = on_gpus(att) if len(att) else False
+    nodes = sorted({int(n) for n in df.get("run_nodes", pd.Series(dtype=float)).dropna()}) or \
+        sorted({int(n) for n in df.get("nodes", pd.Series(dtype=float)).dropna()})
+    hosts = sorted({h for v in _vals(df, "hosts") for h in v.split(",")})
+    rpn = [int(v) for v in df.get("run_ranks_per_node", pd.Series(dtype=float)).dropna()]
+    cpus = [int(v) for v in df.get("run_cpus_per_node", pd.Series(dtype=float)).dropna()]
+    devices = sorted({d for v in _vals(df, "devices") for d in v.split(",") if d != "cpu"})
+    node_text = (plural(nodes[0], "node") if len(nodes) == 1 else f"{', '.join(map(str, nodes))} nodes") if nodes \
+        else "1 node"
+    if gpu:
+        hw = (f"GPUs: {', '.join(devices) or 'not named'}; runs on {node_text}, up to "
+              f"{plural(max(rpn), 'rank')} per node, one GPU per rank (launch refuses more NCCL ranks than GPUs): "
+              "ranks did not share GPUs." if rpn else f"GPUs: {', '.join(devices) or 'not named'}.")
+    else:
+        hw = f"CPU ranks (no GPU) on host {', '.join(hosts) or 'not recorded'}; runs on {node_text}"
+        if rpn and cpus:
+            shared = max(rpn) > min(cpus)
+            hw += (f", up to {plural(max(rpn), 'rank')} on a node with {plural(min(cpus), 'core')}: "
+                   + ("ranks shared cores at the largest rank counts, so those times include contention."
+                      if shared else "every rank had a core of its own."))
+        elif rpn:
+            hw += (f", up to {plural(max(rpn), 'rank')} per node; cores per node were not recorded by these runs "
+                   "(older provenance), so whether ranks shared cores is not known from the records.")
+        else:
+            hw += "."
+    tags = _vals(df, "tag")
+    if tags:
+        hw += " Campaign tag: " + "; ".join(f"\u201c{t}\u201d" for t in tags) + "."
+    kernels = _vals(att, "kernel")
+    versions = _vals(att, "kernel_version")
+    kernel = ", ".join(kernels) or "not recorded"
+    if versions:
+        kernel += f" ({', '.join(versions)})"
+    if "dtype" in att:
+        kernel += f"; element types {', '.join(_vals(att, 'dtype'))}"
+    soft = []
+    for col, name in (("python", "Python"), ("torch", "torch"), ("mpi4py", "mpi4py"), ("mpi_library", "MPI"),
+                      ("cuda", "CUDA"), ("hip", "HIP"), ("nccl", "NCCL/RCCL")):
+        vals = _vals(df, col)
+        if vals:
+            soft.append(f"{name} {', '.join(v.replace('Version:', '').strip() for v in vals)}")
+    commits = _vals(df, "commit")
+    dirty = "dirty" in df and df["dirty"].fillna(False).astype(bool).any()
+    code = (f"commit {', '.join(c[:12] for c in commits)}" + (" (with uncommitted changes in some runs)" if dirty
+                                                               else "")) if commits else "commit not recorded"
+    return [("Hardware", hw), ("Kernel", kernel), ("Software", "; ".join(soft) or "not recorded"), ("Code", code)]
+
+
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
     """Write the report (HTML with embedded images, or Markdown beside PNG files); return its path."""
     with warnings.catch_warnings(record=True) as caught:
@@ -92,9 +157,10 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     name = str(df["campaign"].iloc[0]) if "campaign" in df else Path(campaign).name
     out = Path(out) if out else default_out(campaign, "report")
     out.mkdir(parents=True, exist_ok=True)
-    table = summary = None
+    table = summary = spread = None
     try:
         summary = metrics.summarize(df[df["kind"] == "attention"])
+        spread = tables.spread_table(summary)
         table = tables.speedup_table(summary, baseline)
     except ValueError as e:  # no attention records, or no baseline
         why = str(e)
@@ -108,47 +174,63 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     title = f"ringx-bench report: campaign {name}"
     counts = df["status"].value_counts().to_dict() if "status" in df else {}
     summary_line = ", ".join(f"{v} {k}" for k, v in counts.items())
+    intro = (f"{len(df)} records ({summary_line}). Every time is the slowest rank's per iteration; spread: "
+             f"{metrics.SPREAD_METHOD}; speedups are over {baseline} (above 1: faster) with a 95% bootstrap "
+             "interval, and one whose interval contains 1 is marked within noise.")
+    figs = [(figures.TITLES.get(n, n).format(baseline=baseline),
+             figures.CAPTIONS.get(n, "").format(baseline=baseline), n, paths) for n, paths in made.items()]
     if fmt == "md":
-        lines = [f"# {title}", "", f"{len(df)} records ({summary_line}). Spread: {metrics.SPREAD_METHOD}.", ""]
-        lines += [f"- {n}" for n in notes]
-        for fig_name, paths in made.items():
+        lines = [f"# {title}", "", intro, ""] + [f"- {n}" for n in notes]
+        lines += ["## Hardware, kernel and software", ""] + [f"- **{k}**: {v}" for k, v in setting(df)] + [""]
+        lines += ["## Results", ""]
+        for i, (head, cap, fig_name, paths) in enumerate(figs, start=1):
             png = next(p for p in paths if p.suffix == ".png")
-            cap = figures.CAPTIONS.get(fig_name, "").format(baseline=baseline)
-            lines += [f"## {figures.TITLES.get(fig_name, fig_name)}", "", f"![{fig_name}]({png.relative_to(out)})", "",
-                      f"*{cap}*", ""]
+            lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
         if table is not None:
-            lines += ["## Speedup table", "", tables.render(table, "markdown")]
-        lines += ["## configuration", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
-        lines += ["## provenance", "", tables.render(prov, "markdown")]
+            lines += [f"### Table 1. Speedup over {baseline}", "", tables.render(table, "markdown")]
+        if spread is not None:
+            lines += ["### Table 2. Spread of every configuration", "", tables.render(spread, "markdown")]
+        lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
+        lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
-            lines += ["## not timed", "", tables.render(failures, "markdown")]
+            lines += ["## Failed or skipped measurements", "", tables.render(failures, "markdown")]
         if skipped:
-            lines += ["## skipped figures", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
+            lines += ["## Figures and tables not drawn", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
         path = out / "report.md"
         path.write_text("\n".join(lines) + "\n")
         return path
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{len(df)} records ({html.escape(summary_line)}). Spread: {html.escape(metrics.SPREAD_METHOD)}.</p>"]
-    parts += [f"<p><b>note:</b> {html.escape(n)}</p>" for n in notes]
-    for fig_name, paths in made.items():
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+             "img{max-width:100%;display:block;margin:auto}figure{margin:1.5em 0}"
+             "figcaption{font-size:13px;color:#333;margin-top:.4em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.num{text-align:right}"
+             ".scroll{overflow-x:auto;max-width:100%}dt{font-weight:bold}"
+             "dd{margin:0 0 .6em 1.5em}.caption{font-size:13px;color:#333}</style>",
+             f"</head><body><h1>{e(title)}</h1>", f"<p>{e(intro)}</p>"]
+    parts += [f"<p><b>Note:</b> {e(n)}</p>" for n in notes]
+    parts += ["<h2>Hardware, kernel and software</h2><dl>"] + [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>"
+                                                              for k, v in setting(df)] + ["</dl>"]
+    parts.append("<h2>Results</h2>")
+    for i, (head, cap, _name, paths) in enumerate(figs, start=1):
         png = next(p for p in paths if p.suffix == ".png")
         data = base64.b64encode(png.read_bytes()).decode()
-        cap = html.escape(figures.CAPTIONS.get(fig_name, "").format(baseline=baseline))
-        parts.append(f"<h2>{html.escape(figures.TITLES.get(fig_name, fig_name))}</h2><figure><img alt='{fig_name}' "
-                     f"src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>")
+        parts.append(f"<h3>{e(head)}</h3><figure><img alt='{e(head)}' src='data:image/png;base64,{data}'>"
+                     f"<figcaption><b>Figure {i}.</b> {e(cap)}</figcaption></figure>")
     if table is not None:
-        parts += ["<h2>Speedup table</h2>", f"<p>{html.escape(table.caption)}</p>", _html_table(table)]
-    parts += ["<h2>configuration</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
-                                               for k, v in config.items()] + ["</ul>"]
-    parts += ["<h2>provenance</h2>", _html_table(prov)]
+        parts += [f"<h3>Table 1. Speedup over {e(baseline)}</h3>", f"<p class='caption'>{e(table.caption)}</p>",
+                  _html_table(table)]
+    if spread is not None:
+        parts += ["<h3>Table 2. Spread of every configuration</h3>", f"<p class='caption'>{e(spread.caption)}</p>",
+                  "<details open><summary>every configuration and algorithm</summary>", _html_table(spread),
+                  "</details>"]
+    parts += ["<h2>Measured configurations</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>" for k, v in config.items()]
+    parts += ["</ul>", "<h2>Runs and their provenance</h2>", _html_table(prov)]
     if failures.rows:
-        parts += ["<h2>not timed</h2>", _html_table(failures)]
+        parts += ["<h2>Failed or skipped measurements</h2>", _html_table(failures)]
     if skipped:
-        parts += ["<h2>skipped figures</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
-                                                     for k, v in skipped.items()] + ["</ul>"]
+        parts += ["<h2>Figures and tables not drawn</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>"
+                                                                 for k, v in skipped.items()] + ["</ul>"]
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))

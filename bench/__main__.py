@@ -11,6 +11,8 @@ COMMANDS = {
     "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
     "kernels": ("bench.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
     "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
+    "preflight": ("bench.preflight", "the check a sweep job runs on its allocation before any point (MPI world, "
+                  "selftest, network)"),
     "sweep": ("bench.sweep.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
     "summary": ("bench.summary", "a campaign's records as markdown tables"),
 }

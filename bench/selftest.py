@@ -81,17 +81,16 @@ def kernel_tflops(kern, dev, dtype, seq: int, heads: int, head_dim: int) -> floa
     return attention_flops(1, seq, heads, head_dim, False, "fwd") / statistics.median(times) / 1e12
 
 
-def run(a) -> int:
+def check(a, ctx) -> tuple[list[list], int, int]:
+    """Every kernel that runs here x every algorithm x both masks against float64, in ``a.dtypes``.
+
+    Returns (table rows, checks that failed on this rank, block length of the TFLOP/s column). Collective:
+    every rank calls it with the same arguments. ``bench preflight`` runs it too, on a job's allocation.
+    """
     import torch
-    import torch.distributed as dist
 
     import ringx
-    from bench.measure.ranks import Group
-    from core.tables import Table, render
-    from ringx import launch
 
-    ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
-    group = Group(a.timeout, "bench selftest")
     dev, P = ctx.device, ctx.world_size
     dtypes = split_list(a.dtypes) if a.dtypes else list(DTYPES[dev.type])
     algos = split_list(a.algorithms) if a.algorithms else list(ringx.ALGORITHMS)
@@ -104,11 +103,6 @@ def run(a) -> int:
     heads = a.heads
     kv = max(1, heads // 4)
     speed_seq = a.speed_seq or (4096 if dev.type == "cuda" else 1024)
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else []
-    if ctx.rank == 0:
-        print(f"bench selftest: {P} rank(s), device {dev.type}{' (' + names[0] + ')' if names else ''}, backend "
-              f"{ctx.backend}, torch {torch.__version__}; GPUs visible on this node: {len(names)}", flush=True)
     rows, failed = [], 0
     for dname in dtypes:
         dt = getattr(torch, dname)
@@ -135,12 +129,37 @@ def run(a) -> int:
                          round(tflops, 2), "ok" if not bad else "FAILED: " + ", ".join(bad)])
             if skipped and ctx.rank == 0:
                 print(f"  {kern.name} {dname}: not checked at {P} ranks: " + "; ".join(sorted(set(skipped))))
+    return rows, failed, speed_seq
+
+
+def table(rows: list[list], speed_seq: int) -> str:
+    from core.tables import Table, render
+
+    return render(Table(["kernel", "version", "dtype", "algorithm checks", "max error", "tolerance",
+                         f"fwd TFLOP/s (rank 0, {speed_seq} tokens)", "result"], rows), "markdown")
+
+
+def run(a) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from bench.measure.ranks import Group
+    from ringx import launch
+
+    ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
+    group = Group(a.timeout, "bench selftest")
+    dev, P = ctx.device, ctx.world_size
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    if ctx.rank == 0:
+        print(f"bench selftest: {P} rank(s), device {dev.type}{' (' + names[0] + ')' if names else ''}, backend "
+              f"{ctx.backend}, torch {torch.__version__}; GPUs visible on this node: {len(names)}", flush=True)
+    rows, failed, speed_seq = check(a, ctx)
     worst_rank = torch.tensor([failed], dtype=torch.int64, device=dev if ctx.backend == "nccl" else "cpu")
     dist.all_reduce(worst_rank, op=dist.ReduceOp.MAX)
     del group
     if ctx.rank == 0:
-        print(render(Table(["kernel", "version", "dtype", "algorithm checks", "max error", "tolerance",
-                            f"fwd TFLOP/s (rank 0, {speed_seq} tokens)", "result"], rows), "markdown"), end="")
+        print(table(rows, speed_seq), end="")
         verdict = "every check passed" if not worst_rank.item() else f"{int(worst_rank.item())} check(s) FAILED"
         print(f"bench selftest: {verdict} (max error: largest relative error of out, LSE, dQ, dK, dV over all ranks "
               f"against float64, {a.seq_per_rank} tokens per rank)")

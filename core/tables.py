@@ -21,6 +21,8 @@ class Table:
     label: str = ""  # LaTeX \label
     numeric: set[str] = field(default_factory=set)  # right-aligned columns (default: guessed from the cells)
     latex_cells: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, col) -> raw LaTeX for that cell
+    latex_caption: str = ""  # the caption when LaTeX cells say things differently (default: caption)
+    wide: bool = False  # LaTeX: a table* spanning both columns of a two-column paper
 
     def is_numeric(self, j: int) -> bool:
         if self.columns[j] in self.numeric:
@@ -39,7 +41,7 @@ def cell(v: object) -> str:
 
 def _latex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("~", r"$\sim$")):
+                 ("~", r"$\sim$"), ("\u2013", "--")):
         s = s.replace(a, b)
     return s
 
@@ -60,9 +62,10 @@ def render(t: Table, fmt: str) -> str:
         return (out + f"\n{t.caption}\n") if t.caption else out
     if fmt == "latex":
         spec = "".join("r" if t.is_numeric(j) else "l" for j in range(len(t.columns)))
-        out = [r"\begin{table}", r"\centering"]
-        if t.caption:
-            out.append(r"\caption{" + _latex_escape(t.caption) + "}")
+        env = "table*" if t.wide else "table"
+        out = [r"\begin{" + env + "}", r"\centering", r"\small"]
+        if t.caption or t.latex_caption:
+            out.append(r"\caption{" + _latex_escape(t.latex_caption or t.caption) + "}")
         if t.label:
             out.append(r"\label{" + t.label + "}")
         out += [r"\begin{tabular}{" + spec + "}", r"\toprule",
@@ -70,6 +73,6 @@ def render(t: Table, fmt: str) -> str:
         for i, r in enumerate(t.rows):
             out.append(" & ".join(t.latex_cells.get((i, j), _latex_escape(cell(v))) for j, v in enumerate(r))
                        + r" \\")
-        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{" + env + "}"]
         return "\n".join(out) + "\n"
     raise ValueError(f"unknown table format {fmt!r}: choose {', '.join(FORMATS)}")

@@ -98,10 +98,10 @@ def test_each_figure_has_the_expected_axes_and_series(sample, tmp_path, name):
         assert len(axes) == 2 and all(len(ax.texts) == 4 for ax in axes)  # 2 seq x 2 rank counts, annotated
     else:
         assert len(axes) == 4  # (masking x rank counts) or (masking x sequence lengths)
+        assert fig.get_supxlabel() and (fig.get_supylabel() or axes[0].get_ylabel())  # said once, for every panel
         for ax in axes:
-            assert ax.get_xlabel() and (ax is not axes[0] or ax.get_ylabel())
-            expected = n_algos - (1 if name == "speedup" else 0) + (1 if name == "scaling" else 0)  # baseline, ideal
-            assert len(ax.get_lines()) >= expected
+            expected = n_algos - (1 if name.startswith("speedup") else 0) + (1 if name == "scaling" else 0)
+            assert len(ax.get_legend_handles_labels()[1]) >= expected  # one series per algorithm (and ideal)
     paths = figures.save(fig, tmp_path, name, ("pdf", "png", "svg"))
     assert all(p.stat().st_size > 1000 for p in paths)
 
@@ -109,22 +109,156 @@ def test_each_figure_has_the_expected_axes_and_series(sample, tmp_path, name):
 def test_collectives_figure(sample, tmp_path):
     df, _ = sample
     fig = figures.collectives_busbw(df)
-    assert [ax.get_title() for ax in fig.axes] == ["broadcast", "reduce", "all_reduce", "all_gather",
-                                                   "reduce_scatter", "sendrecv"]
+    assert [ax.get_title() for ax in fig.axes] == ["broadcast", "reduce", "all reduce", "all gather",
+                                                   "reduce scatter", "sendrecv"]
     assert all(len(ax.get_lines()) == 2 for ax in fig.axes)  # 2 and 4 ranks
     assert figures.save(fig, tmp_path, "c", ("png",))[0].stat().st_size > 1000
+
+
+def _drawn_texts(fig):
+    """Every text matplotlib draws, with its box in pixels: titles, axis labels, the tick labels of ticks in view,
+    annotations, legends, figure-level labels."""
+    import matplotlib.text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    found = []
+    for ax in fig.axes:
+        items = [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis in (ax.xaxis, ax.yaxis):
+            items += [t.label1 for t in axis._update_ticks() if t.label1.get_visible()]
+        found += [(t, ax) for t in items]
+    found += [(t, None) for t in fig.texts]
+    found += [(t, None) for leg in fig.legends for t in leg.get_texts()]
+    for label in (fig._supxlabel, fig._supylabel):
+        if label is not None:
+            found.append((label, None))
+    out, seen = [], set()
+    for t, ax in found:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if isinstance(t, matplotlib.text.Text) and t.get_visible() and t.get_text().strip():
+            out.append((t.get_text().replace("\n", " "), t.get_window_extent(renderer), ax))
+    return out
+
+
+def _check_readable(fig, width: str, gpu: bool) -> None:
+    assert fig.get_figwidth() == pytest.approx(figures.WIDTH_IN[width])  # saved at exactly a column's width
+    texts = _drawn_texts(fig)
+    fw, fh = fig.bbox.width, fig.bbox.height
+    for text, bb, _ in texts:
+        assert bb.x0 >= -1 and bb.y0 >= -1 and bb.x1 <= fw + 1 and bb.y1 <= fh + 1, f"{text!r} leaves the figure"
+    for i, (a, ba, _) in enumerate(texts):
+        for b, bb, _ in texts[i + 1:]:
+            overlap = min(ba.x1, bb.x1) - max(ba.x0, bb.x0) > 0.5 and min(ba.y1, bb.y1) - max(ba.y0, bb.y0) > 0.5
+            assert not overlap, f"labels overlap: {a!r} and {b!r}"
+    words = " ".join(t for t, _, _ in texts)
+    assert "1 ranks" not in words and " 1 nodes" not in words
+    assert ("GPUs" in words) == gpu or "GPUs" not in words
+    if not gpu:
+        assert "GPU" not in words
+    for ax in fig.axes:
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log" and axis.get_label_position() in ("bottom", "left"):
+                lo, hi = sorted(axis.get_view_interval())
+                shown = [t for t in axis._update_ticks() if t.label1.get_text() and lo <= t.get_loc() <= hi]
+                assert len(shown) >= 2, f"a log axis of {ax.get_title()!r} has {len(shown)} labelled tick(s)"
+
+
+@pytest.mark.parametrize("campaign", ["cpu-sample", "local-demo"])
+@pytest.mark.parametrize("width", ["one", "two"])
+def test_every_figure_reads_at_one_and_two_columns(campaign, width):
+    """Exact width, no overlapping labels, '1 rank' singular, no 'GPUs' on CPU runs, log axes with >= 2 ticks."""
+    import matplotlib.pyplot as plt
+
+    df = analysis.load(ROOT / "results" / campaign)
+    s = analysis.summarize(df)
+    made = {name: fn(s, width=width) for name, fn in figures.FIGURES.items()}
+    made["collectives"] = figures.collectives_busbw(df, width=width)
+    assert set(made) == set(figures.CAPTIONS)  - {"kernels"}
+    for name, fig in made.items():
+        try:
+            _check_readable(fig, width, gpu=False)
+        except AssertionError as e:
+            raise AssertionError(f"{campaign} {name} at {width} column(s): {e}") from None
+        plt.close(fig)
+    titles = [ax.get_title() for ax in figures.speedup_vs_seq(s, width=width).axes]
+    if campaign == "local-demo":
+        assert "1 rank, causal" in titles and "2 ranks, causal" in titles
+
+
+def test_gpu_records_are_labelled_gpus_and_nodes():
+    rows = [rec(a, w, 4096, t) | {"device": "cuda", "nodes": max(1, w // 4)}
+            for a, ts in (("ring", (4.0, 2.0, 1.2)), ("ringx4", (3.0, 1.5, 0.8))) for w, t in zip((4, 8, 16), ts)]
+    s = analysis.summarize(pd.DataFrame(rows))
+    assert set(s["device"]) == {"cuda"}
+    for width in ("one", "two"):
+        fig = figures.speedup_vs_ranks(s, width=width)
+        assert fig.get_supxlabel() == "" and fig.axes[0].get_xlabel() == "GPUs (nodes)"  # one panel: its own label
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["4\n(1)", "8\n(2)", "16\n(4)"]
+        _check_readable(fig, width, gpu=True)
+    cpu = analysis.summarize(pd.DataFrame([rec("ring", 2, 1024, 1.0) | {"kernel": "torch-cpu"}]))
+    assert figures.rank_label(cpu) == "CPU ranks" and not figures.on_gpus(cpu)
+
+
+def test_every_figure_has_a_caption_that_explains_its_marks():
+    for name in [*figures.FIGURES, "collectives", "kernels"]:
+        assert figures.CAPTIONS[name] and figures.TITLES[name]
+    for name in ("speedup", "speedup-ranks"):
+        cap = figures.CAPTIONS[name]
+        assert "hollow markers: within noise" in cap and "95%" in cap and "error bars" in cap.lower()
+    assert "Band: p10-p90" in figures.CAPTIONS["scaling"] and "dashed" in figures.CAPTIONS["scaling"]
+    assert "'~': within noise" in figures.CAPTIONS["fastest"]
+
+
+def test_log_ticks_are_readable_over_any_range():
+    import matplotlib.pyplot as plt
+
+    for lo, hi in ((180, 260), (20, 200), (1e-4, 3.0), (0.9, 1.1), (1, 1e6)):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [lo, hi])
+        ax.set_yscale("log")
+        ax.set_ylim(lo, hi)
+        figures.log_ticks(ax)
+        ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+        assert 2 <= len(ticks) <= 6, (lo, hi, ticks)
+        plt.close(fig)
 
 
 def test_tables_in_three_formats(sample):
     _, s = sample
     t = tables.speedup_table(s)
     md, tex, csv = (tables.render(t, f) for f in ("markdown", "latex", "csv"))
-    assert md.splitlines()[0].startswith("| ranks | seq | mask | mode | dtype | ring | zigzag")
+    assert md.splitlines()[0].startswith("| ranks | seq | mask | ring (ms) | zigzag")
     assert sum(line.startswith("|") for line in md.splitlines()) == 2 + 8
-    assert "within noise" in md  # the caption says what '~' means
-    assert r"\toprule" in tex and r"\caption{" in tex and "ringx4o" in tex and r"\label{tab:speedup}" in tex
-    assert r"$\times$" in tex and r"\begin{tabular}{rrllll" in tex  # numbers right-aligned
+    assert "within noise" in md and "[p10-p90]" in md  # the caption says what '~' and the brackets mean
     assert csv.splitlines()[0].startswith("ranks,seq,mask")
+
+
+def test_latex_table_is_ready_for_a_paper():
+    """booktabs, numbers right-aligned, constant columns in the caption, \\times, spread as sub/superscripts,
+    empty cells explained, a label."""
+    import re
+
+    s = analysis.summarize(analysis.load(ROOT / "results" / "local-demo"))
+    tex = tables.render(tables.speedup_table(s), "latex")
+    for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\label{tab:speedup}", r"\caption{"):
+        assert tex.count(part) == 1, part
+    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
+    header = tex.split(r"\toprule")[1].split(r"\\")[0].strip()
+    columns = [c.strip() for c in header.split("&")]
+    assert columns[:4] == ["ranks", "seq", "mask", "ring (ms)"] and "dtype" not in columns and "mode" not in columns
+    assert spec == "rrl" + "r" * (len(columns) - 3)  # every number right-aligned
+    caption = re.search(r"\\caption\{(.*)\}", tex).group(1)
+    assert "float32" in caption and "fwd+bwd" in caption and "head dim 64" in caption  # lifted constants
+    assert "subscript" in caption and "superscript" in caption
+    body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0]
+    assert r"\times_{" in body and "^{" in body and r"\sim" in body
+    assert re.search(r"\$\d+(\.\d+)?_\{[\d.]+\}\^\{[\d.]+\}\$", body)  # the baseline's p10/p90 spread
+    assert " -- " in body and "--: not measured" in caption  # ringx2 is causal-only here: explained
+    for line in body.strip().splitlines():
+        assert line.count("&") == len(columns) - 1 and line.endswith(r"\\")
 
 
 def cli(*args) -> subprocess.CompletedProcess:
@@ -136,7 +270,7 @@ def test_cli_on_the_sample_campaign(tmp_path):
     proc = cli("figures", str(SAMPLE), "--out", str(tmp_path / "f"), "--format", "pdf,svg")
     assert proc.returncode == 0, proc.stderr
     made = {p.name for p in (tmp_path / "f").iterdir()}
-    assert {f"{n}.{x}" for n in ("speedup", "scaling", "mfu", "fastest", "memory", "collectives")
+    assert {f"{n}.{x}" for n in ("speedup", "speedup-ranks", "scaling", "mfu", "fastest", "memory", "collectives")
             for x in ("pdf", "svg")} == made
     proc = cli("table", str(SAMPLE), "--format", "latex")
     assert proc.returncode == 0 and r"\begin{tabular}" in proc.stdout
@@ -144,8 +278,16 @@ def test_cli_on_the_sample_campaign(tmp_path):
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "r" / "report.html").read_text()
     commit = json.loads(next((SAMPLE / "runs").glob("*.json")).read_text())["git_commit"]
-    assert page.count("data:image/png;base64,") == 6 and commit in page
-    assert "Speedup table" in page and "within noise" in page and page.count("<figcaption>") == 6
+    assert page.count("data:image/png;base64,") == 7 and commit[:12] in page
+    assert "Table 1. Speedup over ring" in page and "within noise" in page and page.count("<figcaption>") == 7
+    for n in range(1, 8):
+        assert f"<b>Figure {n}.</b>" in page
+    for section in ("Hardware, kernel and software", "Results", "Table 2. Spread of every configuration",
+                    "Measured configurations", "Runs and their provenance"):
+        assert f">{section}</h" in page, section
+    assert "CPU ranks (no GPU)" in page and "torch-cpu" in page and "torch 2.13.0" in page and "MPICH" in page
+    assert "configuration</h2>" not in page and "provenance</h2>" in page  # no raw section names
+    assert "GPUs" not in page.split("<h2>Runs")[0].replace("no GPU", "")
 
 
 def test_parquet_export_round_trips_every_record(sample, tmp_path):

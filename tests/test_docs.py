@@ -10,7 +10,8 @@ from bench import sweep
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
-def test_readme_sweep_example_loads(tmp_path):
+def test_readme_sweep_example_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "memberwork"))  # the README tells Frontier users to set it
     block = re.search(r"```toml\n(.*?)```", README, re.S).group(1)
     f = tmp_path / "sweep.toml"
     f.write_text(block)
@@ -18,6 +19,7 @@ def test_readme_sweep_example_loads(tmp_path):
     assert [j.nodes for j in sw.jobs] == [1, 2, 4, 8] and all(j.ranks_per_node == 8 for j in sw.jobs)
     # 5 algorithms x 2 zipped (seq, heads) pairs, minus zigzag at 262144
     assert all(len(j.points) == 9 for j in sw.jobs)
+    assert sw.out == tmp_path / "memberwork" / "abc123" / "ringx-runs"  # scratch, not the checkout
 
 
 def test_readme_names_every_bench_command():

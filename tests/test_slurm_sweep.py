@@ -7,8 +7,10 @@ installs it) a missing Slurm is a failure, never a silent pass.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +50,8 @@ def sweep_cmd(cluster, *args) -> subprocess.CompletedProcess:
                           cwd=mpirun.ROOT, env=cluster.env, timeout=120)
 
 
-def submitted(out) -> list[dict]:
-    return json.loads((out / "slurm-ci" / "sweep" / "manifest.json").read_text())["submissions"]
+def submitted(out, campaign: str = "slurm-ci") -> list[dict]:
+    return json.loads((out / campaign / "sweep" / "manifest.json").read_text())["submissions"]
 
 
 def test_submit_status_and_resubmit_on_a_real_cluster(cluster, tmp_path):
@@ -83,10 +85,12 @@ def test_submit_status_and_resubmit_on_a_real_cluster(cluster, tmp_path):
     assert status.stdout.count("done 4  failed 0  running 0  pending 0  missing 0") == 2, status.stdout
 
     # Lose one point of the 2-node job (as a job killed by its time limit would), then resubmit it alone.
-    lines = store.records_path.read_text().splitlines()
+    # Each run writes its own file (records/<run_id>.jsonl): drop the line from the 2-node run's file.
+    path = next(p for p in store.files() if any(json.loads(x)["nodes"] == 2 for x in p.read_text().splitlines()))
+    lines = path.read_text().splitlines()
     lost = next(i for i, line in enumerate(lines) if json.loads(line)["nodes"] == 2)
     lost_rec = json.loads(lines[lost])
-    store.records_path.write_text("\n".join(lines[:lost] + lines[lost + 1:]) + "\n")
+    path.write_text("\n".join(lines[:lost] + lines[lost + 1:]) + "\n")
     status = sweep_cmd(cluster, "status", str(f))
     assert "done 3  failed 0  running 0  pending 0  missing 1" in status.stdout, status.stdout
     proc = sweep_cmd(cluster, "resubmit", str(f))
@@ -99,3 +103,100 @@ def test_submit_status_and_resubmit_on_a_real_cluster(cluster, tmp_path):
     status = sweep_cmd(cluster, "status", str(f))
     assert status.stdout.count("missing 0") == 2, status.stdout
     assert "nothing to resubmit" in sweep_cmd(cluster, "resubmit", str(f)).stdout
+
+
+PREFIX_PROFILE = """
+description = "CPU ranks under Slurm, Python from a named environment prefix"
+scheduler = "slurm"
+gpus_per_node = 0
+peak_tflops = 0.05
+efficiency = 1.0
+launcher = "srun {mpi} -N {{nodes}} -n {{ranks}} --ntasks-per-node={{ranks_per_node}}"
+scratch = "$RINGX_TEST_SCRATCH/ringx-runs"
+startup_s = 10.0
+[env]
+OMP_NUM_THREADS = "1"
+[stack]
+kind = "prefix"
+prefix = "$RINGX_TEST_ENV"
+"""
+PREFIX_SWEEP = """
+campaign = "{campaign}"
+machine = "{profile}"
+nodes = {nodes}
+ranks_per_node = 2
+[bench]
+warmup = 0
+iters = 2
+timeout = 60
+[params]
+algorithms = ["ring", "ringx4"]
+seq = 64
+heads = 2
+head_dim = 16
+causal = [true, false]
+"""
+
+
+def named_prefix(where: Path) -> Path:
+    """A venv of its own at ``where`` (its own bin/python and prefix) whose lib/ is this environment's."""
+    import os
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=60)
+    lib = Path(sys.executable).parent.parent / "lib"
+    shutil.rmtree(where / "lib")
+    os.symlink(lib.resolve(), where / "lib")
+    return where
+
+
+def test_a_sweep_runs_from_a_named_environment_prefix_with_its_preflight(cluster, tmp_path):
+    env_dir = named_prefix(tmp_path / "envs" / "ringx")
+    (tmp_path / "prefix-cpu.toml").write_text(PREFIX_PROFILE.format(mpi="--mpi=pmi2"))
+    f = tmp_path / "sweep.toml"
+    f.write_text(PREFIX_SWEEP.format(campaign="prefix-ci", profile=tmp_path / "prefix-cpu.toml", nodes=[1, 2]))
+    env = {**cluster.env, "RINGX_TEST_SCRATCH": str(tmp_path / "scratch"), "RINGX_TEST_ENV": str(env_dir)}
+    proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "submit", str(f)], capture_output=True, text=True,
+                          cwd=mpirun.ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "scratch" / "ringx-runs"  # the profile's scratch root, not the checkout
+    subs = submitted(out, "prefix-ci")
+    for s in subs:
+        state = cluster.wait_job(s["job_id"], timeout=300)
+        logs = "".join(p.read_text() for p in (out / "prefix-ci/sweep/logs").glob(f"*{s['job_id']}*"))
+        assert state == "COMPLETED", logs
+        assert "bench preflight: passed" in logs
+        verdict = json.loads((out / "prefix-ci/sweep/preflight" / f"{s['job']}-{s['job_id']}.json").read_text())
+        assert verdict["ok"] and verdict["python"] == f"{env_dir}/bin/python", verdict
+        assert [c["check"] for c in verdict["checks"]] == ["MPI world against Slurm",
+                                                           "bench selftest on every rank's device"]
+    store = Store(out, "prefix-ci")
+    recs = store.records()
+    assert len(recs) == 2 * 4 and all(r["status"] == "ok" for r in recs)
+    for p in (store.dir / "runs").glob("*.json"):
+        assert json.loads(p.read_text())["command"][0] == f"{env_dir}/bin/python"  # the prefix's interpreter ran
+    status = subprocess.run([sys.executable, "-m", "bench", "sweep", "status", str(f)], capture_output=True,
+                            text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+    assert status.stdout.count("missing 0  preflight ok") == 2, status.stdout
+
+
+def test_a_failed_preflight_is_recorded_and_runs_no_point(cluster, tmp_path):
+    """srun without the MPI's PMI starts N copies of rank 0: the preflight says so and the job stops."""
+    env_dir = named_prefix(tmp_path / "env")
+    (tmp_path / "nopmi.toml").write_text(PREFIX_PROFILE.format(mpi="--mpi=none"))
+    f = tmp_path / "sweep.toml"
+    f.write_text(PREFIX_SWEEP.format(campaign="nopmi", profile=tmp_path / "nopmi.toml", nodes=[1]))
+    env = {**cluster.env, "RINGX_TEST_SCRATCH": str(tmp_path / "scratch"), "RINGX_TEST_ENV": str(env_dir)}
+    proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "submit", str(f)], capture_output=True, text=True,
+                          cwd=mpirun.ROOT, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "scratch" / "ringx-runs"
+    (s,) = submitted(out, "nopmi")
+    assert cluster.wait_job(s["job_id"], timeout=300) == "FAILED"
+    logs = "".join(p.read_text() for p in (out / "nopmi/sweep/logs").glob(f"*{s['job_id']}*"))
+    assert "ringx: preflight failed" in logs and "bench run" not in logs.replace("bench run:", "")
+    verdict = json.loads((out / "nopmi/sweep/preflight" / f"N1x2-{s['job_id']}.json").read_text())
+    assert not verdict["ok"] and "2 copies of rank 0" in verdict["checks"][0]["detail"]
+    assert not Store(out, "nopmi").records()  # no point was run
+    status = subprocess.run([sys.executable, "-m", "bench", "sweep", "status", str(f)], capture_output=True,
+                            text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+    assert "missing 4  preflight FAILED: MPI world against Slurm: Slurm started 2 tasks" in status.stdout, status.stdout

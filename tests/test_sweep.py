@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,23 +127,70 @@ def test_shell_values_arrive_intact_and_never_run(tmp_path, value):
     assert not pwned.exists()
 
 
-def render_golden(machine: str) -> str:
+GOLDEN_SWEEP = """
+campaign = "paper"
+machine = "{machine}"
+nodes = 4
+account = "abc123"
+{extra}
+[bench]
+iters = 10
+[params]
+algorithms = ["ring", "ringx3", "ringx4"]
+seq = {seq}
+heads = 32
+kv_heads = 8
+head_dim = 128
+dtype = "{dtype}"
+causal = true
+"""
+# What a user exports before rendering (the profiles' comments say which); tmp paths become /scratch.
+GOLDEN_ENV = {"MEMBERWORK": "{tmp}/memberwork", "PSCRATCH": "{tmp}/pscratch", "SCRATCH": "{tmp}/scratch",
+              "RINGX_ENV": "/lustre/proj/envs/ringx", "RINGX_NET_PLUGIN": "/lustre/proj/aws-ofi-rccl/lib",
+              "RINGX_EDF": "/users/u/.edf/ringx.toml"}
+
+
+def render_golden(machine: str, tmp_path: Path, monkeypatch) -> str:
+    """The first job's script of a 4-node sweep on ``machine``, as `bench sweep render` writes it."""
+    from bench import mpirun
+
+    for k, v in GOLDEN_ENV.items():
+        monkeypatch.setenv(k, v.format(tmp=tmp_path))
     prof = profiles.load_profile(machine)
-    return slurm.render(prof, job_name="ringx-paper-N4x8", nodes=4, ranks_per_node=prof.gpus_per_node,
-                       limit_s=5400, log_dir=Path("/lustre/results/paper/sweep/logs"), workdir=Path("/home/u/ringx"),
-                       python="/home/u/env/bin/python", mpiexec="mpiexec",
-                       bench_args=["--points", "/lustre/results/paper/sweep/points/N4x8.json", "--campaign", "paper",
-                                   "--out", "/lustre/results", "--iters", "10"],
-                       account="abc123", partition="", qos="")
+    gpu = bool(prof.gpus_per_node)
+    extra = "" if prof.scratch else f'ranks_per_node = 2\nout = "{tmp_path}/runs"'
+    sw = sweep.load(write(tmp_path, GOLDEN_SWEEP.format(machine=machine, extra=extra, seq=[131072, 262144] if gpu
+                                                       else [4096, 8192], dtype="bfloat16" if gpu else "float32")))
+    text = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
+    for real, shown in ((str(tmp_path), "/scratch"), (str(mpirun.ROOT), "/home/u/ringx"),
+                        (mpirun.mpiexec(), "/home/u/ringx/.venv/bin/mpiexec"),
+                        (sys.executable, "/home/u/ringx/.venv/bin/python")):
+        text = text.replace(real, shown)
+    return text
 
 
-@pytest.mark.parametrize("machine", ["frontier", "perlmutter"])
-def test_golden_job_scripts(machine):
+@pytest.mark.parametrize("machine", profiles.available_profiles())
+def test_golden_job_scripts(machine, tmp_path, monkeypatch):
+    """Every profile's rendered job, whole: stack, scratch paths, preflight, time limit from the cost model."""
     path = GOLDEN / f"{machine}.sh"
+    text = render_golden(machine, tmp_path, monkeypatch)
     if os.environ.get("RINGX_UPDATE_GOLDEN"):
-        path.write_text(render_golden(machine))
-    assert render_golden(machine) == path.read_text(), (
+        path.write_text(text)
+    assert text == path.read_text(), (
         f"rendered {machine} script changed; if intended, rerun with RINGX_UPDATE_GOLDEN=1 and review the diff")
+    assert subprocess.run(["bash", "-n", "-c", text]).returncode == 0
+    prof = profiles.load_profile(machine)
+    if prof.scheduler == "slurm":  # the preflight comes first, with the same launcher, and stops the job
+        pre, run = (i for i, line in enumerate(text.splitlines()) if " -m bench " in line)
+        assert "-m bench preflight" in text.splitlines()[pre] and "-m bench run" in text.splitlines()[run]
+        assert "exit 3" in text and "/scratch/" in text.split("-m bench run")[1]
+    if prof.gpus_per_node:
+        assert "/home/u/ringx/.venv/bin/python" not in text  # never the checkout's (CPU-only) venv
+        assert "--network libfabric" in text or not prof.network
+    if machine == "frontier":
+        assert "module load PrgEnv-gnu/8.6.0 rocm/6.2.4" in text and "aws-ofi-rccl/lib" in text
+        assert text.index("LD_LIBRARY_PATH=/lustre/proj/aws-ofi-rccl/lib") < text.index("-m bench preflight")
+        assert "#SBATCH --output=/scratch/memberwork/abc123/ringx-runs/paper/sweep/logs/" in text
 
 
 def test_every_profile_loads_and_renders():
@@ -181,3 +229,143 @@ def test_plan_and_dry_run_submit_print_without_submitting(tmp_path):
     bad = subprocess.run([os.sys.executable, "-m", "bench", "sweep", "plan", str(tmp_path / "nope.toml")],
                          capture_output=True, text=True, cwd=profiles.PROFILES.parent.parent)
     assert bad.returncode == 2 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_render_refuses_a_cpu_only_torch_for_gpu_jobs(tmp_path):
+    """The checkout's venv has a CPU-only torch: a GPU job would fall back to gloo on CPU. One line, unless asked."""
+    venv = Path(sys.executable).parent.parent
+    f = write(tmp_path, GOLDEN_SWEEP.format(machine="frontier", extra=f'out = "{tmp_path}/res"', seq=[131072],
+                                            dtype="bfloat16"))
+    env = {**os.environ, "RINGX_ENV": str(venv), "RINGX_NET_PLUGIN": "/opt/ofi/lib"}
+    cmd = [sys.executable, "-m", "bench", "sweep", "render", str(f)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=profiles.PROFILES.parent.parent)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "a CPU-only build" in proc.stderr and "--allow-cpu-python" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "res").exists()  # nothing written
+    proc = subprocess.run(cmd + ["--allow-cpu-python"], capture_output=True, text=True, env=env,
+                          cwd=profiles.PROFILES.parent.parent)
+    assert proc.returncode == 0 and "rendering anyway" in proc.stderr
+    assert f"{venv}/bin/python -m bench run" in (tmp_path / "res/paper/sweep/jobs/N4x8.sh").read_text()
+    # the variables a profile names must be set: said in one line, before anything is written
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={k: v for k, v in env.items() if k != "RINGX_ENV"},
+                          cwd=profiles.PROFILES.parent.parent)
+    assert proc.returncode == 2 and "needs $RINGX_ENV, which is not set here" in proc.stderr
+
+
+def test_stack_check_judges_the_torch_build(monkeypatch):
+    from dataclasses import replace
+
+    from bench.sweep import stack
+
+    prof = profiles.load_profile("frontier")
+    builds = {"cpu": {"torch": "2.13.0+cpu", "cuda": None, "hip": None},
+              "cuda": {"torch": "2.6.0+cu124", "cuda": "12.4", "hip": None},
+              "rocm62": {"torch": "2.6.0+rocm6.2.4", "cuda": None, "hip": "6.2.41134-65d174c3e"},
+              "rocm61": {"torch": "2.5.0+rocm6.1", "cuda": None, "hip": "6.1.40091-a8dbc0c19"}}
+    for name, problem in (("cpu", "a CPU-only build"), ("cuda", "built for CUDA, not ROCm"),
+                          ("rocm61", "built for ROCm 6.1.40091-a8dbc0c19, but the stack loads rocm/6.2.4"),
+                          ("rocm62", None)):
+        monkeypatch.setattr(stack, "probe", lambda *a, b=builds[name]: (b, ""))
+        if problem is None:
+            assert stack.check(prof, "/env/bin/python") == ""
+            continue
+        with pytest.raises(ValueError, match="--allow-cpu-python") as e:
+            stack.check(prof, "/env/bin/python")
+        assert problem in str(e.value) and "\n" not in str(e.value)
+        assert "rendering anyway" in stack.check(prof, "/env/bin/python", allow_cpu_python=True)
+    monkeypatch.setattr(stack, "probe", lambda *a: (None, "there is no `module` command here"))
+    assert "cannot check" in stack.check(prof, "python3") and "preflight" in stack.check(prof, "python3")
+    assert stack.check(profiles.load_profile("cpu-slurm"), sys.executable) == ""  # CPU ranks: nothing to check
+    alps = replace(profiles.load_profile("alps"), stack=replace(profiles.load_profile("alps").stack, image="x"))
+    monkeypatch.undo()
+    assert stack.probe(alps, "python")[0] is None  # an srun-option container cannot be started here
+
+
+@pytest.mark.parametrize("stack_toml,message", [
+    ('[stack]\nkind = "conda"', "kind 'conda': choose one of none, modules, prefix, container"),
+    ('[stack]\nkind = "prefix"', 'needs prefix = "/path/to/env"'),
+    ('[stack]\nexec = "rm -rf ~"', "unknown key 'exec' in [stack] of s.toml"),
+    ('[stack]\nmodules = "rocm"', "[stack] modules must be a list of strings"),
+])
+def test_sweep_stack_is_checked(tmp_path, stack_toml, message):
+    with pytest.raises(sweep.SweepError) as e:
+        sweep.load(sweep_file(tmp_path, params="\n" + stack_toml))
+    assert message in str(e.value)
+
+
+def test_sweep_stack_names_a_prefix_and_profiles_reject_bare_modules(tmp_path):
+    sw = sweep.load(sweep_file(tmp_path, params='\n[stack]\nkind = "prefix"\nprefix = "/opt/env"\n'
+                                                'modules = ["gcc/12.3"]'))
+    script = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
+    assert "module load gcc/12.3\nexport PATH=/opt/env/bin" in script and "/opt/env/bin/python -m bench run" in script
+    bad = write(tmp_path, 'description = "x"\nscheduler = "slurm"\ngpus_per_node = 0\npeak_tflops = 1.0\n'
+                          'efficiency = 1.0\nlauncher = "srun"\nmodules = ["rocm"]\n', "old.toml")
+    with pytest.raises(ValueError, match=r"modules now live in the \[stack\] table"):
+        profiles.load_profile(str(bad))
+
+
+def test_output_goes_to_the_profiles_scratch(tmp_path, monkeypatch):
+    text = GOLDEN_SWEEP.format(machine="perlmutter", extra="", seq=[131072], dtype="bfloat16")
+    monkeypatch.delenv("PSCRATCH", raising=False)
+    with pytest.raises(sweep.SweepError, match=r"needs \$PSCRATCH, which is not set here.*out = "):
+        sweep.load(write(tmp_path, text))
+    monkeypatch.setenv("PSCRATCH", str(tmp_path / "ps"))
+    assert sweep.load(write(tmp_path, text)).out == tmp_path / "ps" / "ringx-runs"
+    given = sweep.load(write(tmp_path, text.replace('account = "abc123"', f'out = "{tmp_path}/mine"')))
+    assert given.out == tmp_path / "mine"  # the sweep's own root wins
+    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "mw"))
+    fr = GOLDEN_SWEEP.format(machine="frontier", extra="", seq=[131072], dtype="bfloat16")
+    with pytest.raises(sweep.SweepError, match="needs the account"):
+        sweep.load(write(tmp_path, fr.replace('account = "abc123"', "")))
+
+
+def test_time_limit_has_a_startup_allowance_that_grows_with_ranks(tmp_path):
+    sw = sweep.load(sweep_file(tmp_path, machine="frontier", rpn="8", nodes="[1, 4]"))
+    prof = sw.profile
+    small, big = sw.jobs
+    assert prof.startup(big.ranks) - prof.startup(small.ranks) == pytest.approx(prof.startup_per_rank_s * 24)
+    pts = small.points[:1]
+    for job in (small, big):  # two launches (preflight, run), the preflight's checks, then the work
+        work = plan.estimate(sw, job, pts) - 2 * prof.startup(job.ranks) - prof.preflight_s
+        assert 0 < work < 60
+    assert sw.limit_s(600) == 600 * sw.time_margin + 120
+
+
+def test_status_shows_the_preflight_verdict(tmp_path, capsys):
+    from bench.sweep import commands
+
+    f = sweep_file(tmp_path)
+    sw = sweep.load(f)
+    d = sw.dir / "preflight"
+    d.mkdir(parents=True)
+    (d / "N1x2-11.json").write_text(json.dumps({"ok": True, "checks": []}))
+    (d / "N2x2-12.json").write_text(json.dumps({"ok": False, "checks": [
+        {"check": "MPI world against Slurm", "ok": False, "detail": "Slurm started 4 tasks but MPI sees 1 rank"}]}))
+    assert commands.main(["status", str(f)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("missing 8  preflight ok")
+    assert "preflight FAILED: MPI world against Slurm: Slurm started 4 tasks but MPI sees 1 rank" in out[1]
+
+
+def test_preflight_world_and_network_verdicts():
+    from bench.preflight import network_verdict, world_problems
+
+    ranks = [{"rank": r, "procid": str(r), "node": f"n{r // 2}"} for r in range(4)]
+    env = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2"}
+    assert world_problems(4, ranks, env, nodes=2, ranks_per_node=2) == []
+    copies = world_problems(1, ranks[:1], env, nodes=2, ranks_per_node=2)
+    assert "4 copies of rank 0" in copies[0] and "--mpi=pmi2" in copies[0]
+    assert "run on 1 node(s), the job asked for 2" in " ".join(
+        world_problems(4, [{**r, "node": "n0"} for r in ranks], env, 2, 2))
+    swapped = [{**r, "procid": str(3 - r["rank"])} for r in ranks]
+    assert "MPI rank 0 is Slurm task 3" in world_problems(4, swapped, env, 2, 2)[0]
+
+    sock = ("host:1:1 [0] NCCL INFO NET/Plugin: Could not find: librccl-net.so\n"
+            "host:1:1 [0] NCCL INFO Using network Socket\n")
+    ofi = "h:1:1 [0] NCCL INFO NET/OFI Selected provider is cxi\nh:1:1 [0] NCCL INFO Using network AWS Libfabric\n"
+    ok, detail = network_verdict([ofi, sock], "libfabric", nodes=2)
+    assert not ok and "socket transport" in detail and "plugin_path" in detail
+    assert network_verdict([ofi, ofi], "libfabric", nodes=2) == (True, "NCCL/RCCL uses AWS Libfabric")
+    assert network_verdict(["Using network IB\n"], "libfabric", 2)[0] is False
+    assert network_verdict(["", ""], "libfabric", nodes=2)[0] is False  # cannot confirm across nodes: fail
+    assert network_verdict([""], "libfabric", nodes=1)[0] is True  # within one node no network is used

@@ -82,6 +82,7 @@ def collect(hosts: list[dict], argv: list[str] | None = None) -> dict:
         "nodes": len(per_node),
         "ranks": len(names),
         "ranks_per_node": per_node,
+        "cpus_per_node": {h["node"]: h.get("cpus") for h in hosts},  # do ranks share cores? (reports say)
         "rank_nodes": names,
         "devices": sorted({d for h in hosts for d in h["devices"]}),
         "slurm": {"job_id": os.environ.get("SLURM_JOB_ID"), "step_id": os.environ.get("SLURM_STEP_ID"),

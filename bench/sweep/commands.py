@@ -44,7 +44,7 @@ from core.store import now
 from . import slurm
 from .plan import bench_args, write_job
 from .spec import Job, Sweep, SweepError, load
-from .state import manifest, point_states, save_manifest
+from .state import manifest, point_states, preflight_state, save_manifest
 
 
 def cmd_plan(sw: Sweep, a) -> int:
@@ -64,13 +64,31 @@ def cmd_plan(sw: Sweep, a) -> int:
     return 0
 
 
+def check_stack(sw: Sweep, a) -> None:
+    """Refuse (one line) a stack whose torch cannot use the profile's GPUs, unless --allow-cpu-python."""
+    from .plan import resolved_profile
+    from .stack import check
+
+    prof = resolved_profile(sw)
+    try:
+        note = check(prof, prof.stack.interpreter(sys.executable), getattr(a, "allow_cpu_python", False))
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+    if note:
+        print(f"bench sweep {a.command}: {note}", file=sys.stderr)
+
+
 def cmd_render(sw: Sweep, a) -> int:
+    check_stack(sw, a)
     for j in sw.jobs:
         print(write_job(sw, j, j.points))
     return 0
 
 
-def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: bool, retry: bool = False) -> int:
+def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: bool, retry: bool = False,
+            a=None) -> int:
+    if a is not None:
+        check_stack(sw, a)
     m = manifest(sw)
     for job, pts, suffix in pending:
         script = write_job(sw, job, pts, suffix, retry)
@@ -88,7 +106,7 @@ def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: boo
 def cmd_submit(sw: Sweep, a) -> int:
     if sw.profile.scheduler != "slurm":
         raise SweepError(f"machine {sw.profile.name} has no scheduler: use `bench sweep local`")
-    return _submit(sw, [(j, j.points, "") for j in sw.jobs], a.dry_run)
+    return _submit(sw, [(j, j.points, "") for j in sw.jobs], a.dry_run, a=a)
 
 
 def cmd_resubmit(sw: Sweep, a) -> int:
@@ -104,7 +122,7 @@ def cmd_resubmit(sw: Sweep, a) -> int:
         print("nothing to resubmit: every point is done" + ("" if a.failed else " or failed (add --failed)")
               + ", running or pending")
         return 0
-    return _submit(sw, pending, a.dry_run, retry=a.failed)
+    return _submit(sw, pending, a.dry_run, retry=a.failed, a=a)
 
 
 def cmd_status(sw: Sweep, a) -> int:
@@ -115,7 +133,9 @@ def cmd_status(sw: Sweep, a) -> int:
         rows = states[j.name]
         counts = {s: sum(1 for _, x in rows if x == s) for s in ("done", "failed", "running", "pending", "missing")}
         job = f"job {subs[j.name]}" if j.name in subs else "not submitted"
-        print(f"{j.name:{width}s}  {job:18s} " + "  ".join(f"{k} {v}" for k, v in counts.items()))
+        pf = preflight_state(sw, j.name, subs.get(j.name))
+        print(f"{j.name:{width}s}  {job:18s} " + "  ".join(f"{k} {v}" for k, v in counts.items())
+              + (f"  {pf}" if pf else ""))
         if a.verbose:
             for p, s in rows:
                 print(f"    {s:8s} {p.algorithm:8s} seq={p.seq} {'causal' if p.causal else 'full'} {p.mode}")
@@ -189,6 +209,9 @@ def build_parser() -> Parser:
     for name in COMMANDS:
         c = sub.add_parser(name, help=HELP[name], description=HELP[name])
         c.add_argument("file", help="the sweep file (TOML)")
+        if name in ("render", "submit", "resubmit"):
+            c.add_argument("--allow-cpu-python", action="store_true",
+                           help="write GPU jobs even when the stack's torch cannot use the GPUs (CPU-only build)")
         if name in ("submit", "resubmit"):
             c.add_argument("--dry-run", action="store_true", help="print the scripts instead of submitting")
             c.add_argument("--account", default="", help="override the sweep file's / profile's account")

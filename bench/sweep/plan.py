@@ -31,9 +31,13 @@ def call_seconds(sw: Sweep, job: Job, p: Point) -> float:
 
 
 def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
-    """Seconds a job needs: start-up, then per point and repeat its calls, plus a fixed cost per point.
+    """Seconds a job needs: its launches' start-up, the preflight, then per point and repeat its calls, plus a
+    fixed cost per point.
 
-    It only grows with the work (more points, longer sequences, more iterations).
+    A Slurm job launches twice (``bench preflight``, then ``bench run``), each paying
+    ``startup_s + startup_per_rank_s x ranks`` (imports from a parallel filesystem and the rendezvous grow with
+    the rank count), and the preflight's checks take ``preflight_s``. It only grows with the work (more points,
+    longer sequences, more iterations) and with the ranks.
     """
     b, prof = sw.bench, sw.profile
     calls = b["warmup"] + b["iters"] + 1 + (3 if b["check"] else 0)
@@ -44,7 +48,8 @@ def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
         if key not in cache:
             cache[key] = call_seconds(sw, job, p)
         work += cache[key] * calls + prof.per_point_s
-    return prof.startup_s + work * b["repeats"]
+    launches = 2 if prof.scheduler == "slurm" else 1
+    return launches * prof.startup(job.ranks) + (prof.preflight_s if launches == 2 else 0.0) + work * b["repeats"]
 
 
 def bench_args(sw: Sweep, points_file: Path, retry_failed: bool = False) -> list[str]:
@@ -58,20 +63,58 @@ def bench_args(sw: Sweep, points_file: Path, retry_failed: bool = False) -> list
     return args
 
 
+def resolved_profile(sw: Sweep):
+    """The sweep's profile with its stack's $VARS expanded (prefix, image, plugin): what a job script names."""
+    from dataclasses import replace
+
+    from .profiles import expand
+    from .spec import SweepError
+
+    st = sw.profile.stack
+    try:
+        st = replace(st, **{k: expand(getattr(st, k), f"[stack] {k}") for k in ("prefix", "image", "python",
+                                                                                 "plugin_path") if getattr(st, k)})
+    except ValueError as e:
+        raise SweepError(f"{e} (set it, or give [stack] {str(e).split()[1]} in the sweep file)") from None
+    if sw.profile.network and sw.profile.gpu_runtime == "rocm" and not st.plugin_path:
+        raise SweepError(f"machine {sw.profile.name}: RCCL needs the aws-ofi-rccl plugin for {sw.profile.network}: "
+                         "give [stack] plugin_path (its lib/ directory) in the profile or the sweep file")
+    return replace(sw.profile, stack=st)
+
+
+def preflight_args(sw: Sweep, job: Job, points: list[Point]) -> list[str]:
+    """``bench preflight``'s arguments for a job: its shape, the profile's GPUs and network, the sweep's dtypes
+    and algorithms (what the points will run)."""
+    prof = sw.profile
+    args = ["--job", job.name, "--nodes", str(job.nodes), "--ranks-per-node", str(job.ranks_per_node),
+            "--gpus-per-node", str(prof.gpus_per_node), "--device", sw.bench["device"],
+            "--dtypes", ",".join(dict.fromkeys(p.dtype for p in points)),
+            "--algorithms", ",".join(dict.fromkeys(p.algorithm for p in points)),
+            "--timeout", str(min(sw.bench["timeout"], 300.0))]
+    if prof.network:
+        args += ["--network", prof.network]
+    return args
+
+
 def write_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "", retry_failed: bool = False) -> Path:
     """Write the points list and the script of one job (or a resubmission of part of it)."""
     from bench import mpirun
+
+    prof = resolved_profile(sw)
 
     for d in ("jobs", "points", "logs"):
         (sw.dir / d).mkdir(parents=True, exist_ok=True)
     pfile = sw.dir / "points" / f"{job.name}{suffix}.json"
     pfile.write_text(json.dumps([p.spec() for p in points], indent=1) + "\n")
     script = sw.dir / "jobs" / f"{job.name}{suffix}.sh"
-    text = slurm.render(sw.profile, job_name=f"ringx-{sw.campaign}-{job.name}", nodes=job.nodes,
+    slurm_job = prof.scheduler == "slurm"
+    text = slurm.render(prof, job_name=f"ringx-{sw.campaign}-{job.name}", nodes=job.nodes,
                        ranks_per_node=job.ranks_per_node, limit_s=sw.limit_s(estimate(sw, job, points)),
-                       log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT, python=sys.executable,
-                       mpiexec=mpirun.mpiexec(), bench_args=bench_args(sw, pfile, retry_failed), account=sw.account,
-                       partition=sw.partition, qos=sw.qos)
+                       log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT,
+                       python=prof.stack.interpreter(sys.executable), mpiexec=mpirun.mpiexec(),
+                       bench_args=bench_args(sw, pfile, retry_failed), account=sw.account, partition=sw.partition,
+                       qos=sw.qos, job=job.name, preflight_dir=(sw.dir / "preflight").resolve() if slurm_job else None,
+                       preflight_args=preflight_args(sw, job, points) if slurm_job else [])
     script.write_text(text)
     script.chmod(0o755)
     return script

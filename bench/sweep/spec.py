@@ -23,7 +23,8 @@ from core.store import Store, StoreError, check_campaign_name, config_key
 from . import profiles, slurm
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
-       "bench", "params", "zip", "exclude"}
+       "bench", "params", "zip", "exclude", "stack"}
+SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
 BENCH = set(options.SETTINGS)
 PARAMS = set(options.PARAMS)
 MAX_TIME_MARGIN = 100.0
@@ -100,8 +101,9 @@ class Sweep:
     _call_s: dict = field(default_factory=dict, init=False, repr=False)  # estimate's cache per (job, point)
 
     def limit_s(self, estimate_s: float) -> float:
-        """A job's time limit: the estimate times the margin, plus 5 minutes of slack."""
-        return estimate_s * self.time_margin + 300
+        """A job's time limit: the estimate (start-up allowance included, see plan.estimate) times the margin,
+        plus 2 minutes of slack."""
+        return estimate_s * self.time_margin + 120
 
     @property
     def settings(self) -> dict:
@@ -138,6 +140,20 @@ def _machine(name, sweep_path: Path) -> str:
     return name
 
 
+def _scratch(profile: profiles.Profile, account: str) -> str:
+    """The default output root: the profile's scratch (home is read-only from Frontier's compute nodes), else runs."""
+    if not profile.scratch:
+        return DEFAULT_OUT
+    if "{account}" in profile.scratch and not account:
+        raise SweepError(f"machine {profile.name} writes to {profile.scratch}, which needs the account: give "
+                         "account (or --account), or out = \"/path/to/scratch\" in the sweep file")
+    try:
+        return profiles.expand(profile.scratch, f"machine {profile.name}'s scratch", account=account)
+    except ValueError as e:
+        raise SweepError(f"{e}: set it (the machine's login nodes do), or give out = \"/path/to/scratch\" in the "
+                         "sweep file") from None
+
+
 def load(path: str | Path, account: str = "", partition: str = "", qos: str = "") -> Sweep:
     """Parse and validate a sweep file; every impossible point is reported before anything runs."""
     path = Path(path)
@@ -163,6 +179,10 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             if raw.get(key):
                 slurm.sbatch_value(key, raw[key])
         profile = profiles.load_profile(_machine(raw["machine"], path))
+        if "stack" in raw:  # the user's own prefix, plugin or image over the profile's
+            given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
+            _unknown(given, SWEEP_STACK, f"[stack] of {path.name}")
+            profile.stack = profiles.make_stack(given, f"[stack] of {path.name}", base=profile.stack)
         bench = options.settings(raw.get("bench", {}), f"[bench] of {path.name}")
     except StoreError as e:
         raise SweepError(f"{path.name}: {e}") from None
@@ -203,7 +223,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             sweep_jobs.append(Job(n, r, pts))
     if problems:
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
-    out = raw.get("out", DEFAULT_OUT)
+    out = raw.get("out") or _scratch(profile, account or raw.get("account", "") or profile.account)
     if not isinstance(out, str) or not out or "\n" in out:
         raise SweepError(f"out must be a directory path, got {out!r}")
     sw = Sweep(path, campaign, profile, sweep_jobs, bench, Path(out),

@@ -46,3 +46,23 @@ def point_states(sw: Sweep, env: dict | None = None) -> dict[str, list[tuple[Poi
                 rows.append((pt, "missing"))
         out[job.name] = rows
     return out
+
+
+def preflight_state(sw: Sweep, job: str, job_id: str | None = None) -> str:
+    """'preflight ok' or 'preflight FAILED: why' for a job's latest preflight (its latest submission's when the
+    manifest names one); '' when none ran."""
+    d = sw.dir / "preflight"
+    if job_id:
+        paths = [d / f"{job}-{job_id}.json"]
+    else:
+        paths = sorted(d.glob(f"{job}-*.json"), key=lambda p: p.stat().st_mtime)[-1:] if d.is_dir() else []
+    if not paths or not paths[0].exists():
+        return ""
+    try:
+        rec = json.loads(paths[0].read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"preflight record unreadable ({paths[0]})"
+    if rec.get("ok"):
+        return "preflight ok"
+    bad = next((c for c in rec.get("checks", []) if not c.get("ok")), {})
+    return f"preflight FAILED: {bad.get('check', '?')}: {bad.get('detail', '')} ({paths[0].name})"
