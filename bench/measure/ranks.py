@@ -13,8 +13,8 @@ import sys
 import time
 from collections.abc import Callable
 
-MARGIN_S = 30.0  # a rank waits at most --timeout + this on its peers
-RANK0_MARGIN_S = 20.0  # rank 0 decides sooner, so it can record a hung rank before the others give up
+MARGIN_S = 25.0  # a rank waits at most --timeout + this on its peers (the rest of the documented 30 s: teardown)
+RANK0_MARGIN_S = 15.0  # rank 0 decides sooner, so it can record a hung rank before the others give up
 TAG_SPACE = 30000  # agreements are numbered by MPI tag (the standard guarantees tags up to 32767)
 
 
