@@ -83,10 +83,11 @@ def test_submit_status_and_resubmit_on_a_real_cluster(cluster, tmp_path):
     assert status.stdout.count("done 4  failed 0  running 0  pending 0  missing 0") == 2, status.stdout
 
     # Lose one point of the 2-node job (as a job killed by its time limit would), then resubmit it alone.
-    lines = store.records_path.read_text().splitlines()
+    path = next(f for f in store.files() if '"nodes":2' in f.read_text())  # the 2-node job's run file
+    lines = path.read_text().splitlines()
     lost = next(i for i, line in enumerate(lines) if json.loads(line)["nodes"] == 2)
     lost_rec = json.loads(lines[lost])
-    store.records_path.write_text("\n".join(lines[:lost] + lines[lost + 1:]) + "\n")
+    path.write_text("".join(line + "\n" for line in lines[:lost] + lines[lost + 1:]))
     status = sweep_cmd(cluster, "status", str(f))
     assert "done 3  failed 0  running 0  pending 0  missing 1" in status.stdout, status.stdout
     proc = sweep_cmd(cluster, "resubmit", str(f))
