@@ -8,8 +8,10 @@ becomes one record with its own samples, written by rank 0 to this run's file
 in the campaign store as soon as its configuration is measured. Re-running the
 same command skips what is recorded; failures (an exception or out of memory
 on any rank, a failed --check, a collective that times out) become records
-too, and the run goes on. A rank that dies or hangs makes the others stop
-within --timeout plus a margin, with the records already written intact.
+too, and the run goes on. A rank that hangs makes every rank stop within
+--timeout + 30 s (rank 0, when alive, first records which ranks did not
+report); a killed rank ends the job at once (the launcher's doing). The
+records already written stay intact.
 
 Example (4 local CPU ranks):
   mpiexec -n 4 python -m bench run --seq 1024,2048 --causal true,false --campaign demo

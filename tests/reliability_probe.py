@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import io
 import json
 import os
@@ -490,18 +491,48 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+PAGE = """# Reliability: faults and hostile input (issue 15)
+
+Written by `python tests/reliability_probe.py --write results/reliability.md` (the probes `tests/test_reliability.py`
+asserts), on {machine}. Every run probe is `bench run` on 2 CPU ranks (gloo over loopback) under MPICH's
+`mpiexec`, `--timeout {timeout}`, {jobs} probes at a time, so the times include the other probes' load. *Time to
+stop*: from the fault (the signal sent, or the injected fault's own timestamp) to the end of the job; for a
+refusal at start, from the start. *Lost*: records the store showed at any moment before the end and did not
+hold valid at the end (goal: 0). A hung or stopped rank is found by rank 0 within `--timeout` + 15 s, and by
+the others within `--timeout` + 25 s; the documented bound is `--timeout` + 30 s ({stop_s} s here).
+
+{table}
+
+{summary}
+"""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", type=int, default=JOBS, help=f"probes at a time (default {JOBS})")
     p.add_argument("--only", help="comma-separated probe names (default: all)")
+    p.add_argument("--write", metavar="PATH", help="also write the page (results/reliability.md)")
     a = p.parse_args()
     names = a.only.split(",") if a.only else list(PROBES)
     t0 = time.monotonic()
     results = run_all(names, a.jobs)
-    print(table(results))
     lost = sum(r.lost for r in results)
-    print(f"\n{len(results)} probes, {sum(r.ok for r in results)} passed, {lost} records lost, "
-          f"{time.monotonic() - t0:.0f} s on {os.cpu_count()} cores, {a.jobs} probes at a time")
+    summary = (f"{len(results)} probes, {sum(r.ok for r in results)} passed, {lost} records lost, "
+               f"{time.monotonic() - t0:.0f} s in all.")
+    print(table(results) + "\n\n" + summary)
+    if a.write:
+        import platform
+
+        import torch
+
+        try:
+            mpich = "MPICH " + importlib.metadata.version("mpich")
+        except importlib.metadata.PackageNotFoundError:
+            mpich = "the environment's MPI"
+        machine = (f"{platform.node()} ({os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, "
+                   f"Python {platform.python_version()}, torch {torch.__version__}, {mpich})")
+        Path(a.write).write_text(PAGE.format(machine=machine, timeout=TIMEOUT, jobs=a.jobs, stop_s=STOP_S,
+                                             table=table(results), summary=summary))
     return 0 if all(r.ok for r in results) else 1
 
 
