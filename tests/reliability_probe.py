@@ -493,9 +493,11 @@ def table(results: list[Result]) -> str:
 
 PAGE = """# Reliability: faults and hostile input (issue 15)
 
-Written by `python tests/reliability_probe.py --write results/reliability.md` (the probes `tests/test_reliability.py`
-asserts), on {machine}. Every run probe is `bench run` on 2 CPU ranks (gloo over loopback) under MPICH's
-`mpiexec`, `--timeout {timeout}`, {jobs} probes at a time, so the times include the other probes' load. *Time to
+Written by `python tests/reliability_probe.py --write results/reliability.md` (the probes that
+`tests/test_reliability.py` asserts) on {machine}.
+
+Every run probe is `bench run` on 2 CPU ranks (gloo over loopback) under MPICH's `mpiexec`, `--timeout
+{timeout}`, {jobs} probes at a time on a machine shared with other work, so the times include that load. *Time to
 stop*: from the fault (the signal sent, or the injected fault's own timestamp) to the end of the job; for a
 refusal at start, from the start. *Lost*: records the store showed at any moment before the end and did not
 hold valid at the end (goal: 0). A hung or stopped rank is found by rank 0 within `--timeout` + 15 s, and by
