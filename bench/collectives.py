@@ -151,9 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             samples = time_iterations(call, a.warmup, a.iters, ctx.device)
         except Exception as e:  # noqa: BLE001 - failures are records
             kind, err = describe(e)
-        votes = group.agree(err is None, {"error": err, "kind": kind})
+        votes = group.agree(err is None, {"error": err, "kind": kind}, waited=kind == "timeout")
         if votes is None:
-            group.give_up(f"a rank did not report within {group.deadline:.0f}s during {op} {nbytes} B")
+            group.give_up(group.timeout_message(f"{op} {nbytes} B"))
         if not all(v["ok"] for v in votes):
             rec.update(status="failed", error="; ".join(f"rank {i}: {v['error']}" for i, v in enumerate(votes)
                                                         if not v["ok"]), written_at=now())

@@ -148,9 +148,10 @@ def run(a, argv: list[str]) -> int:
             samples = time_round_robin(fns, a.warmup, a.iters, dev)
         except Exception as e:  # noqa: BLE001 - failures are records
             err = describe(e)
-        votes = group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None})
+        votes = group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None},
+                            waited=bool(err) and err[0] == "timeout")
         if votes is None:
-            group.give_up(f"a rank did not report within {group.deadline:.0f}s during {label}")
+            group.give_up(group.timeout_message(label))
         bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
         for j, (kern, direction, key, c) in enumerate(cases):
             rec = {"schema": SCHEMA_VERSION, "kind": "kernel", "campaign": store.campaign, "tag": a.tag,

@@ -76,6 +76,40 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = ()) -> Point:
                  v["kv_heads"], v["head_dim"], v["dtype"], causal, v["mode"])
 
 
+ELEMENT_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _buffers(algorithm: str, q: int, kv: int, world: int) -> int:
+    """Bytes of an algorithm's own communication buffers in the forward (``q``, ``kv``: one local Q, K or V)."""
+    if algorithm in ("ringx3", "ringx3b", "usp-ringx", "tcp-allgather"):
+        return 2 * kv * world  # the gathered K and V: O(S), not O(S/P)
+    if algorithm in ("ringx1", "ringx2", "ringx1o", "ringx2o"):
+        return 3 * q * (2 if algorithm.endswith("o") else 1)  # a broadcast Q, its numerator and denominator
+    if algorithm in ("ringx4", "ringx4o"):
+        return 2 * kv * (2 if algorithm.endswith("o") else 1)  # a broadcast K/V block (two in flight: o)
+    if algorithm == "ulysses":
+        return 2 * q + 2 * kv  # q, k, v and out re-sharded by heads
+    return 4 * kv  # ring family: the K/V block in use and the next one
+
+
+def memory_bytes(pt: Point, world: int, check_max_seq: int = 0) -> int:
+    """A lower bound of the bytes one rank needs for a point: the inputs (q, k, v, dout), output and LSE, the
+    gradients (fwd+bwd) and the algorithm's buffers, or the float64 check at up to ``check_max_seq`` tokens
+    if that is more. Kernel workspace and allocator slack come on top, so a point above a device's memory
+    cannot run there; one below may still run out (it is then recorded as ``oom``)."""
+    e = ELEMENT_BYTES[pt.dtype]
+    q = pt.batch * pt.seq_per_rank * pt.heads * pt.head_dim * e
+    kv = pt.batch * pt.seq_per_rank * pt.kv_heads * pt.head_dim * e
+    lse = pt.batch * pt.heads * pt.seq_per_rank * 4
+    backward = pt.mode == "fwd+bwd"
+    need = 2 * q + 2 * kv + q + lse + _buffers(pt.algorithm, q, kv, world) * (2 if backward else 1)
+    if backward:
+        need += q + 2 * kv  # dq, dk, dv
+    cs = min(pt.seq, check_max_seq)
+    check = 8 * cs * pt.head_dim * 2 * (pt.heads + pt.kv_heads) * 2  # float64 q, k, v, dout, out and grads
+    return int(max(need, check))
+
+
 def record_config(pt: Point, world: int, nodes: int, repeat: int, kernel: str | None, warmup: int,
                   iters: int) -> dict:
     """The configuration fields of a record; their hash is the record's key."""

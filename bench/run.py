@@ -8,8 +8,10 @@ becomes one record with its own samples, written by rank 0 to this run's file
 in the campaign store as soon as its configuration is measured. Re-running the
 same command skips what is recorded; failures (an exception or out of memory
 on any rank, a failed --check, a collective that times out) become records
-too, and the run goes on. A rank that dies or hangs makes the others stop
-within --timeout plus a margin, with the records already written intact.
+too, and the run goes on. A rank that hangs makes every rank stop within
+--timeout + 30 s (rank 0, when alive, first records which ranks did not
+report); a killed rank ends the job at once (the launcher's doing). The
+records already written stay intact.
 
 Example (4 local CPU ranks):
   mpiexec -n 4 python -m bench run --seq 1024,2048 --causal true,false --campaign demo
@@ -52,8 +54,7 @@ def build_parser() -> Parser:
     g.add_argument("--baselines", help="outside implementations to time too, at every configuration: "
                    "ring_flash_attn, torch_cp")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress output")
-    # tests: RANK:CASE:KIND, KIND one of raise, oom (preparing), midraise, kill, hang (first call), check
-    add("--inject", help=argparse.SUPPRESS)
+    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], see parse_inject
     return p
 
 
@@ -78,6 +79,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[dict, list[Point]]:
         if b not in FAMILIES:
             raise UserError(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
     opts["baselines"] = baselines
+    opts["inject"] = parse_inject(opts["inject"])
     if opts["points"]:
         try:
             raw = json.loads(open(opts["points"]).read())
@@ -129,25 +131,57 @@ class CheckFailed(RuntimeError):
     """The --check gate found the algorithm wrong at this configuration."""
 
 
-def maybe_inject(spec: str | None, rank: int, index: int, stage: str) -> None:
+# The tests' faults: --inject RANK:CASE:KIND[@PHASE]. KIND: raise, oom, hang, stop (SIGSTOP), kill (SIGKILL) on
+# RANK, or check (a failed check on every rank). PHASE: open (the campaign; CASE ignored), prepare, check, run (the
+# untimed first call), time (the timed loop) or write (rank 0 writing CASE's record). Older spellings: raise, oom
+# (@prepare), midraise, kill, hang (@run), check (@check).
+INJECT_KINDS = ("raise", "oom", "hang", "stop", "kill", "check")
+INJECT_PHASES = ("open", "prepare", "check", "run", "time", "write")
+_LEGACY = {"raise": "raise@prepare", "oom": "oom@prepare", "midraise": "raise@run", "kill": "kill@run",
+           "hang": "hang@run", "check": "check@check"}
+
+
+@dataclass(frozen=True)
+class Inject:
+    rank: int
+    case: int
+    kind: str
+    phase: str
+
+
+def parse_inject(spec: str | None) -> Inject | None:
     if not spec:
+        return None
+    try:
+        r, i, what = spec.split(":")
+        kind, phase = _LEGACY.get(what, what).split("@")
+        inj = Inject(int(r), int(i), kind, phase)
+    except ValueError:
+        inj = None
+    if inj is None or inj.kind not in INJECT_KINDS or inj.phase not in INJECT_PHASES:
+        raise UserError(f"--inject {spec!r}: RANK:CASE:KIND[@PHASE], KIND one of {', '.join(INJECT_KINDS)}, "
+                        f"PHASE one of {', '.join(INJECT_PHASES)}")
+    return inj
+
+
+def maybe_inject(inj: Inject | None, rank: int, index: int, phase: str) -> None:
+    if inj is None or inj.phase != phase or (phase != "open" and inj.case != index):
         return
-    r, i, kind = spec.split(":")
-    if stage == "check" and kind == "check" and int(i) == index:
+    if inj.kind == "check":
         raise CheckFailed("injected check failure")  # on every rank, as a real failed check is
-    if int(r) != rank or int(i) != index:
+    if inj.rank != rank:
         return
-    if stage == "prepare" and kind == "raise":
-        raise Injected(f"injected failure on rank {rank}")
-    if stage == "prepare" and kind == "oom":
+    print(f"bench run: injecting {inj.kind} on rank {rank} at {phase} of case {index}, t={time.time():.3f}",
+          file=sys.stderr, flush=True)  # the reliability probes measure the time to stop from here
+    if inj.kind == "raise":
+        raise Injected(f"injected failure on rank {rank} at {phase}")
+    if inj.kind == "oom":
         import torch
 
         raise torch.OutOfMemoryError(f"injected out of memory on rank {rank}")
-    if stage == "run" and kind == "midraise":
-        raise Injected(f"injected failure mid-run on rank {rank}")
-    if stage == "run" and kind == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if stage == "run" and kind == "hang":
+    if inj.kind in ("kill", "stop"):
+        os.kill(os.getpid(), signal.SIGKILL if inj.kind == "kill" else signal.SIGSTOP)
+    if inj.kind == "hang":
         time.sleep(10**6)
 
 
@@ -170,7 +204,7 @@ class Case:
 class Runner:
     """Runs the cases of one invocation on every rank; rank 0 writes the records."""
 
-    def __init__(self, opts: dict, argv: list[str]):
+    def __init__(self, opts: dict, argv: list[str], points: list[Point]):
         import ringx
         from bench import baselines
         from ringx import launch
@@ -179,24 +213,45 @@ class Runner:
         self.ctx = launch.init(timeout_s=opts["timeout"], **_launch_args(opts))
         self.group = Group(opts["timeout"])
         self.rank, self.P = self.ctx.rank, self.ctx.world_size
+        self.external = baselines.load(opts["baselines"], self.ctx.device.type)
+        self.ringx = ringx
+        # Baselines from outside run at every configuration the ringx algorithms do.
+        configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in points))
+        self.plan = [(c, [pt.algorithm for pt in points if replace(pt, algorithm="") == c] + list(self.external))
+                     for c in configs]
         self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
-            opts["out"], opts["campaign"], ["-m", "bench", "run", *argv])
+            opts["out"], opts["campaign"], ["-m", "bench", "run", *argv], pending=self.pending,
+            hook=lambda: maybe_inject(opts["inject"], self.rank, 0, "open"))
         interrupt_cleanly(self.store, self.rank)
         from bench.measure.pinning import pin
 
         self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
-        self.external = baselines.load(opts["baselines"], self.ctx.device.type)
-        self.ringx = ringx
+        from bench.measure.memory import device_memory
+
+        # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
+        self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
         self.config_seed = 0  # one seed per configuration: its algorithms share one float64 reference
 
-    def run(self, points: list[Point]) -> None:
-        # Baselines from outside run at every configuration the ringx algorithms do.
-        configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in points))
-        names = {c: [pt.algorithm for pt in points if replace(pt, algorithm="") == c] + list(self.external)
-                 for c in configs}
+    def key(self, pt: Point, rep: int, nodes: int) -> tuple[str, dict]:
+        """A case's record key and configuration fields."""
+        from core.store import config_key
+
+        o = self.opts
+        config = record_config(pt, self.P, nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
+        return config_key(config), config
+
+    def pending(self, done: dict[str, str], nodes: int) -> set[str]:
+        """The keys this run will write: every case not already recorded (claimed in the store for the run)."""
+        from core.store import already_recorded
+
+        keys = {self.key(replace(c, algorithm=n), rep, nodes)[0] for c, names in self.plan for n in names
+                for rep in range(int(self.opts["repeats"]))}
+        return {k for k in keys if not already_recorded(done.get(k), self.opts["retry_failed"])}
+
+    def run(self) -> None:
         reps = int(self.opts["repeats"])
-        total = sum(len(n) for n in names.values()) * reps
+        total = sum(len(n) for _, n in self.plan) * reps
         self.progress = Progress(total, self.opts["quiet"], self.rank == 0)
         self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "
                            f"{self.ctx.device.type}), campaign {self.store.campaign!r} -> {self.store.records_path}")
@@ -206,24 +261,24 @@ class Runner:
         if self.ctx.device.type == "cpu" and self.P > cores and self.nodes == 1:
             self.progress.note(f"bench run: note: {self.P} ranks share {cores} cores; times include that contention")
         index = 0
-        for c in configs:
+        for c, names in self.plan:
             for rep in range(reps):
                 cases = []
-                for name in names[c]:
+                for name in names:
                     cases.append(self.case(index, replace(c, algorithm=name), rep))
                     index += 1
                 self.measure_group([x for x in cases if x is not None])
         c = self.counts
         self.progress.note(f"bench run: {c['recorded']} recorded, {c['failed']} failed, {c['skipped']} already in "
                            f"the store -> {self.store.records_path}")
+        self.store.release()
 
     def case(self, index: int, pt: Point, rep: int) -> Case | None:
         """The case's record skeleton, or None when it is already recorded or cannot run here (recorded so)."""
-        from core.store import SCHEMA_VERSION, already_recorded, config_key, now
+        from core.store import SCHEMA_VERSION, already_recorded, now
 
         o, name = self.opts, pt.algorithm
-        config = record_config(pt, self.P, self.nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
-        key = config_key(config)
+        key, config = self.key(pt, rep, self.nodes)
         label = f"{name} seq={pt.seq} {'causal' if pt.causal else 'full'} {pt.mode} {pt.dtype}"
         prior = self.done.get(key)
         if already_recorded(prior, o["retry_failed"]):
@@ -237,11 +292,29 @@ class Runner:
                "family": "external" if ext else self.ringx.ALGORITHMS[name].family, **config}
         if ext and ext.reason:
             rec.update(status="skipped", error=ext.reason, written_at=now())
-            self.write(rec)
+            self.write(rec, index)
             self.progress.step(f"{label}: skipped ({ext.reason})")
+            return None
+        too_big = self.memory_problem(pt)
+        if too_big:  # refused before allocating: the same on every rank, so no agreement is needed
+            rec.update(status="failed", failure="oom", error=too_big, written_at=now())
+            self.write(rec, index)
+            self.counts["failed"] += 1
+            self.progress.step(f"{label}: FAILED ({too_big})")
             return None
         layout = ext.layout(pt.causal) if ext else self.ringx.ALGORITHMS[name].layout(pt.causal)
         return Case(index, pt, rec, label, layout, ext)
+
+    def memory_problem(self, pt: Point) -> str:
+        """'' when the point's estimated memory per rank fits this device, else why it is not run."""
+        from bench.points import memory_bytes
+
+        have = self.memory
+        need = memory_bytes(pt, self.P, self.opts["check_max_seq"] if self.opts["check"] else 0)
+        if not have or need <= have:
+            return ""
+        return (f"not run: needs at least {need / 2**30:.1f} GiB per rank (inputs, gradients, the algorithm's "
+                f"buffers), more than the {have / 2**30:.1f} GiB this rank has")
 
     def measure_group(self, cases: list[Case]) -> None:
         """Inputs, check and one untimed call per algorithm (each may fail alone), then all timed side by side."""
@@ -253,15 +326,15 @@ class Runner:
             inputs = self.inputs(cases[0].point)
         except Exception as e:  # noqa: BLE001 - every failure becomes a record
             err = describe(e)
-        if not self.settle_all(cases, err, broke_group=False):
+        if not self.settle_all(cases, err, "making the inputs of", broke_group=False):
             return
         live = []
         cs = self.check_seq(cases)
         self.config_seed += 1
         for c in cases:
-            if self.stage(c, lambda c=c: self.prepare(c, inputs), broke_group=False) and \
-                    self.stage(c, lambda c=c: self.check(c, cs), broke_group=False) and \
-                    self.stage(c, lambda c=c: self.first_call(c), broke_group=True):
+            if self.stage(c, lambda c=c: self.prepare(c, inputs), "preparing", broke_group=False) and \
+                    self.stage(c, lambda c=c: self.check(c, cs), "checking", broke_group=False) and \
+                    self.stage(c, lambda c=c: self.first_call(c), "the first call of", broke_group=True):
                 live.append(c)
         if not live:
             return
@@ -269,15 +342,24 @@ class Runner:
         try:
             from bench.measure.timing import time_round_robin
 
-            samples = time_round_robin([c.call for c in live], int(self.opts["warmup"]), int(self.opts["iters"]),
-                                       self.ctx.device)
+            calls = [c.call for c in live]
+            if self.opts["inject"]:
+                calls = [self.injecting(c) for c in live]
+            samples = time_round_robin(calls, int(self.opts["warmup"]), int(self.opts["iters"]), self.ctx.device)
         except Exception as e:  # noqa: BLE001
             err = describe(e)
-        if not self.settle_all(live, err, broke_group=True):
+        if not self.settle_all(live, err, "timing", broke_group=True):
             return
         group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
         for c, s in zip(live, samples):
             self.finish(c, s, group_id)
+
+    def injecting(self, c: Case):
+        """The timed call with the tests' fault in front (only when --inject is given: never in a real run)."""
+        def call():
+            maybe_inject(self.opts["inject"], self.rank, c.index, "time")
+            return c.call()
+        return call
 
     def inputs(self, pt: Point):
         import torch
@@ -338,7 +420,7 @@ class Runner:
                         ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
         c.call = _untracked(c.call)
 
-    def stage(self, c: Case, fn, broke_group: bool) -> bool:
+    def stage(self, c: Case, fn, what: str, broke_group: bool) -> bool:
         err = None
         try:
             fn()
@@ -347,13 +429,14 @@ class Runner:
         except Exception as e:  # noqa: BLE001
             err = describe(e)
         info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
-        votes = self.agree(c.rec, c.label, err, info)
+        votes = self.agree([c.rec], f"{what} {c.label}", err, info, c.index)
         c.votes = votes
         return self.record_failure(c, votes, broke_group and err is not None and err[0] != "check")
 
-    def settle_all(self, cases: list[Case], err, broke_group: bool) -> bool:
+    def settle_all(self, cases: list[Case], err, what: str, broke_group: bool) -> bool:
         """A failure that concerns every case of the group (inputs, the timed loop) fails them all."""
-        votes = self.agree(cases[0].rec, cases[0].label, err, {})
+        label = f"{what} {', '.join(c.point.algorithm for c in cases)} at {cases[0].label.split(' ', 1)[1]}"
+        votes = self.agree([c.rec for c in cases], label, err, {}, cases[0].index)
         ok = True
         for c in cases:
             ok = self.record_failure(c, votes, broke_group, reinit=False) and ok
@@ -363,16 +446,19 @@ class Runner:
             self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
         return ok
 
-    def agree(self, rec: dict, label: str, err, info: dict) -> list[dict]:
+    def agree(self, recs: list[dict], label: str, err, info: dict, index: int) -> list[dict]:
+        """Every rank's report of a stage; a rank that does not report stops the run, recorded by rank 0 in
+        the records of the stage's cases."""
         from core.store import now
 
         votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
-                                               **info})
+                                               **info}, waited=err is not None and err[0] == "timeout")
         if votes is None:
-            msg = (f"not every rank reported within {self.group.deadline:.0f}s during {label}: a rank died or "
-                   "hangs; stopping the run (the records written so far are intact)")
-            rec.update(status="failed", failure="timeout", error=msg, written_at=now())
-            self.write(rec)
+            msg = self.group.timeout_message(label)
+            for rec in recs:
+                rec.update(status="failed", failure="timeout", error=msg, written_at=now(),
+                           failed_ranks=self.group.missing if self.rank == 0 else [])
+                self.write(rec, index)
             self.group.give_up(msg)
         return votes
 
@@ -382,10 +468,11 @@ class Runner:
         bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
         if not bad:
             return True
-        c.rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
+        cause = next((v["kind"] for _, v in bad if v["kind"] != "timeout"), "timeout")  # not its peers' wait
+        c.rec.update(status="failed", failure=cause, failed_ranks=[i for i, _ in bad],
                      error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
                      **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        self.write(c.rec)
+        self.write(c.rec, c.index)
         self.counts["failed"] += 1
         self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
         if reinit and (broke_group or any(v["kind"] != "check" for _, v in bad)):
@@ -415,13 +502,21 @@ class Runner:
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             ledger_rank0=result["ledger"],
             **{k: v for k, v in result.items() if k.startswith("check_")})
-        self.write(c.rec)
+        self.write(c.rec, c.index)
         self.counts["recorded"] += 1
         self.progress.step(f"{c.label}: {fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)")
 
-    def write(self, rec: dict) -> None:
-        if self.rank == 0:
+    def write(self, rec: dict, index: int) -> None:
+        """Rank 0 appends the record; if it cannot, the whole run stops now (the others would measure for
+        nothing), with the records written before intact."""
+        if self.rank != 0:
+            return
+        try:
+            maybe_inject(self.opts["inject"], self.rank, index, "write")
             self.store.append(rec)
+        except Exception as e:  # noqa: BLE001 - a full disk, a lost mount, a record that is not valid JSON
+            self.group.give_up(f"cannot write a record to {self.store.records_path}: {type(e).__name__}: {e}; "
+                               "stopping every rank (the records written before are intact)")
 
 
 def _launch_args(opts: dict) -> dict:
@@ -489,8 +584,14 @@ def main(argv: list[str] | None = None) -> int:
         world = MPI.COMM_WORLD
         check_slurm_world(world.Get_size(), world.Get_rank())
         opts, points = resolve(argv, world.Get_size())
-        runner = Runner(opts, argv)
-        runner.run(points)
+        runner = Runner(opts, argv, points)
+        try:
+            runner.run()
+        except Exception:  # a bug: on one rank alone it would leave the others waiting, so stop them all
+            import traceback
+
+            traceback.print_exc()
+            runner.group.give_up("unexpected error (traceback above); stopping every rank")
         from ringx import launch
 
         launch.finalize()

@@ -47,9 +47,10 @@ COMMON = (
     F("key", str, "hash of the configuration fields (resume)"),
     F("status", str, "`ok`, `failed` (not timed; see `error`) or `skipped` (cannot run here)", column="str"),
     F("error", (str, _NONE), "why it failed or was skipped, naming the rank(s)", column="str"),
-    F("failure", (str, _NONE), "`exception`, `oom`, `check` (wrong results), `timeout` (a rank died or hung)",
-      "optional", "str"),
-    F("failed_ranks", list, "ranks that reported the failure", "optional"),
+    F("failure", (str, _NONE), "`exception`, `oom` (out of memory, or refused by the memory estimate before "
+      "allocating), `check` (wrong results), `timeout` (a rank died or hung)", "optional", "str"),
+    F("failed_ranks", list, "ranks that reported the failure; for `timeout`, the ranks that did not report "
+      "(empty where unknown)", "optional"),
     F("written_at", str, "ISO-8601 time"),
     F("world_size", int, "ranks of the run", column="int", config=True),
     F("nodes", int, "distinct nodes of the run", column="int", config=True),

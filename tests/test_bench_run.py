@@ -75,7 +75,7 @@ def test_resume_skips_done_and_retries_failed_on_request(tmp_path):
 @pytest.mark.parametrize("kind,failure,message", [
     ("raise", "exception", "rank 1: Injected: injected failure on rank 1"),
     ("oom", "oom", "rank 1: out of memory: injected out of memory on rank 1"),
-    ("midraise", "exception", "rank 1: Injected: injected failure mid-run on rank 1"),
+    ("midraise", "exception", "rank 1: Injected: injected failure on rank 1 at run"),
 ])
 def test_a_failing_rank_becomes_a_record_and_the_run_goes_on(tmp_path, kind, failure, message):
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,ringx4,ringx3", "--timeout", "5",

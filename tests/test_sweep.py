@@ -301,7 +301,7 @@ def test_sweep_stack_names_a_prefix_and_profiles_reject_bare_modules(tmp_path):
     bad = write(tmp_path, 'description = "x"\nscheduler = "slurm"\ngpus_per_node = 0\npeak_tflops = 1.0\n'
                           'efficiency = 1.0\nlauncher = "srun"\nmodules = ["rocm"]\n', "old.toml")
     with pytest.raises(ValueError, match=r"modules now live in the \[stack\] table"):
-        profiles.load_profile(str(bad))
+        profiles.load_profile(str(bad), explicit=True)
 
 
 def test_output_goes_to_the_profiles_scratch(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""Peak memory of a rank: the device's allocator peak on GPUs, the process's peak RSS on CPUs."""
+"""Memory of a rank: its peak (the device's allocator peak on GPUs, the process's peak RSS on CPUs) and what
+it has (a GPU's memory, or its share of the node's)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,22 @@ def peak_memory(device: torch.device) -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def device_memory(device: torch.device, local_ranks: int = 1) -> int:
+    """Bytes one rank may use: its GPU's memory, or the node's physical memory over the ranks sharing it
+    (0 when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        m = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text())
+    except OSError:
+        return 0
+    total = int(m.group(1)) * 1024 if m else 0
+    try:  # a job's cgroup (Slurm, containers) may allow less than the node has
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit)) if total else int(limit)
+    except OSError:
+        pass
+    return total // max(1, local_ranks)

@@ -14,7 +14,7 @@ given as a list is crossed with the others, unless `zip` groups it with
 others of equal length; `exclude` rules drop the points they match:
 
   campaign = "scaling"
-  machine = "frontier"                 # or a path to a profile .toml
+  machine = "frontier"                 # a profile of jobs/profiles (elsewhere: --profile PATH)
   nodes = [1, 2, 4]
   ranks_per_node = 8                   # default: the profile's GPUs per node
   account = "abc123"                   # optional: partition, qos, out (default runs), tag
@@ -42,7 +42,7 @@ from core.cli import main as cli_main
 from core.store import now
 
 from . import slurm
-from .plan import bench_args, write_job
+from .plan import bench_args, write_jobs
 from .spec import Job, Sweep, SweepError, load
 from .state import manifest, point_states, preflight_state, save_manifest
 
@@ -50,6 +50,10 @@ from .state import manifest, point_states, preflight_state, save_manifest
 def cmd_plan(sw: Sweep, a) -> int:
     total = 0.0
     print(f"campaign {sw.campaign} on {sw.profile.name} ({sw.profile.description}) -> {sw.store.records_path}")
+    mem = {j.ranks_per_node: sw.profile.memory_per_rank(j.ranks_per_node) for j in sw.jobs}
+    print("memory per rank: " + (", ".join(f"{m / 2**30:.1f} GiB at {r} rank(s) per node" for r, m in mem.items())
+                                 + " (every point's estimate fits)" if all(mem.values()) else
+                                 "not checked (the profile gives no memory_gb)"))
     for j in sw.jobs:
         total += j.estimate_s
         print(f"  job {j.name}: {j.nodes} node(s) x {j.ranks_per_node} = {j.ranks} ranks, {len(j.points)} points "
@@ -80,8 +84,8 @@ def check_stack(sw: Sweep, a) -> None:
 
 def cmd_render(sw: Sweep, a) -> int:
     check_stack(sw, a)
-    for j in sw.jobs:
-        print(write_job(sw, j, j.points))
+    for script in write_jobs(sw, [(j, j.points, "") for j in sw.jobs]):
+        print(script)
     return 0
 
 
@@ -90,8 +94,8 @@ def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: boo
     if a is not None:
         check_stack(sw, a)
     m = manifest(sw)
-    for job, pts, suffix in pending:
-        script = write_job(sw, job, pts, suffix, retry)
+    scripts = write_jobs(sw, pending, retry)
+    for (job, pts, _), script in zip(pending, scripts):
         if dry_run:
             print(f"# would run: sbatch --parsable {script}  ({len(pts)} points)\n{script.read_text()}")
             continue
@@ -145,8 +149,8 @@ def cmd_status(sw: Sweep, a) -> int:
 def cmd_local(sw: Sweep, a) -> int:
     from bench import mpirun
 
-    for j in sw.jobs:
-        script = write_job(sw, j, j.points)
+    scripts = write_jobs(sw, [(j, j.points, "") for j in sw.jobs])
+    for j, script in zip(sw.jobs, scripts):
         print(f"[sweep local] {j.name}: {j.ranks} rank(s), {len(j.points)} points (~{j.estimate_s / 60:.1f} min)",
               flush=True)
         args = ["-m", "bench", "run", *bench_args(sw, sw.dir / "points" / f"{j.name}.json")]
@@ -212,6 +216,8 @@ def build_parser() -> Parser:
         if name in ("render", "submit", "resubmit"):
             c.add_argument("--allow-cpu-python", action="store_true",
                            help="write GPU jobs even when the stack's torch cannot use the GPUs (CPU-only build)")
+        c.add_argument("--profile", metavar="PATH", help="a machine profile file outside jobs/profiles/, in place "
+                       "of the sweep file's machine (a profile's set-up lines run as shell: trust it)")
         if name in ("submit", "resubmit"):
             c.add_argument("--dry-run", action="store_true", help="print the scripts instead of submitting")
             c.add_argument("--account", default="", help="override the sweep file's / profile's account")
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         try:
-            sw = load(a.file, getattr(a, "account", ""), getattr(a, "partition", ""), getattr(a, "qos", ""))
+            sw = load(a.file, getattr(a, "account", ""), getattr(a, "partition", ""), getattr(a, "qos", ""),
+                      a.profile)
             return COMMANDS[a.command](sw, a)
         except RuntimeError as e:  # sbatch or a local job failed: said plainly, no traceback
             raise UserError(str(e)) from None

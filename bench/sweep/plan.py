@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from costmodel.predict import predict
 from ringx.flops import attention_flops
 
 from . import slurm
-from .spec import Job, Sweep
+from .spec import Job, Sweep, SweepError
 
 
 def call_seconds(sw: Sweep, job: Job, p: Point) -> float:
@@ -96,25 +97,49 @@ def preflight_args(sw: Sweep, job: Job, points: list[Point]) -> list[str]:
     return args
 
 
-def write_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "", retry_failed: bool = False) -> Path:
-    """Write the points list and the script of one job (or a resubmission of part of it)."""
+def render_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "",
+               retry_failed: bool = False) -> dict[Path, str]:
+    """The files of one job (or a resubmission of part of it), path -> text: its points list and its script."""
     from bench import mpirun
 
     prof = resolved_profile(sw)
-
-    for d in ("jobs", "points", "logs"):
-        (sw.dir / d).mkdir(parents=True, exist_ok=True)
     pfile = sw.dir / "points" / f"{job.name}{suffix}.json"
-    pfile.write_text(json.dumps([p.spec() for p in points], indent=1) + "\n")
-    script = sw.dir / "jobs" / f"{job.name}{suffix}.sh"
     slurm_job = prof.scheduler == "slurm"
     text = slurm.render(prof, job_name=f"ringx-{sw.campaign}-{job.name}", nodes=job.nodes,
-                       ranks_per_node=job.ranks_per_node, limit_s=sw.limit_s(estimate(sw, job, points)),
-                       log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT,
-                       python=prof.stack.interpreter(sys.executable), mpiexec=mpirun.mpiexec(),
-                       bench_args=bench_args(sw, pfile, retry_failed), account=sw.account, partition=sw.partition,
-                       qos=sw.qos, job=job.name, preflight_dir=(sw.dir / "preflight").resolve() if slurm_job else None,
-                       preflight_args=preflight_args(sw, job, points) if slurm_job else [])
-    script.write_text(text)
-    script.chmod(0o755)
-    return script
+                        ranks_per_node=job.ranks_per_node, limit_s=sw.limit_s(estimate(sw, job, points)),
+                        log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT,
+                        python=prof.stack.interpreter(sys.executable), mpiexec=mpirun.mpiexec(),
+                        bench_args=bench_args(sw, pfile, retry_failed), account=sw.account, partition=sw.partition,
+                        qos=sw.qos, job=job.name, preflight_dir=(sw.dir / "preflight").resolve() if slurm_job else None,
+                        preflight_args=preflight_args(sw, job, points) if slurm_job else [])
+    return {pfile: json.dumps([p.spec() for p in points], indent=1) + "\n",
+            sw.dir / "jobs" / f"{job.name}{suffix}.sh": text}
+
+
+def write_jobs(sw: Sweep, jobs: list[tuple[Job, list[Point], str]], retry_failed: bool = False) -> list[Path]:
+    """Render every job first, then write them all: a value that cannot be rendered leaves nothing behind, and
+    neither does a write that fails (the directories this call made are removed)."""
+    try:
+        files = [render_job(sw, job, pts, suffix, retry_failed) for job, pts, suffix in jobs]
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+    made = [d for d in (*reversed(sw.dir.parents), sw.dir, *(sw.dir / d for d in ("jobs", "points", "logs")))
+            if not d.exists()]
+    try:
+        for d in made:
+            d.mkdir(parents=True, exist_ok=True)
+        for job_files in files:
+            for path, text in job_files.items():
+                path.write_text(text)
+                if path.suffix == ".sh":
+                    path.chmod(0o755)
+    except OSError as e:
+        for d in reversed(made):
+            shutil.rmtree(d, ignore_errors=True)
+        raise SweepError(f"cannot write the jobs of {sw.campaign} under {sw.dir}: {e.strerror or e}") from None
+    return [next(p for p in f if p.suffix == ".sh") for f in files]
+
+
+def write_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "", retry_failed: bool = False) -> Path:
+    """Write one job's points list and script."""
+    return write_jobs(sw, [(job, points, suffix)], retry_failed)[0]

@@ -20,16 +20,22 @@ lines go into job scripts as shell, on purpose.
 ``plugin_path`` names the directory of the network plugin (aws-ofi-rccl or
 aws-ofi-nccl); it is put first on ``LD_LIBRARY_PATH``. A sweep file's own
 ``[stack]`` table overrides the profile's keys (a user's prefix, plugin or image).
+
+A profile is trusted input: its ``setup`` lines go into job scripts as shell, on purpose. So
+profiles come only from jobs/profiles/ or a file the user names on the command line
+(``--profile PATH``), never from a path inside a sweep file.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
-from costmodel.machine import PROFILES, profile_path
+from costmodel.machine import PROFILES
 
 STACK_KINDS = ("none", "modules", "prefix", "container")
 RUNTIMES = ("", "cuda", "rocm")
@@ -86,6 +92,12 @@ class Profile:
     preflight_s: float = 30.0  # the preflight's checks, after its start-up
     per_point_s: float = 2.0  # per-point overhead (inputs, check, record) for estimates
     model: dict = field(default_factory=dict)  # cost-model machine description (costmodel/machine.py)
+    memory_gb: float = 0.0  # one GPU's memory (GPU profiles) or one node's, shared by its ranks; 0: unknown
+
+    def memory_per_rank(self, ranks_per_node: int) -> int:
+        """Bytes one rank may use (0: unknown, not checked); the local machine's own when not given."""
+        gb = self.memory_gb or (local_memory() if self.scheduler == "local" else 0.0)
+        return int(gb * 1e9 / (1 if self.gpus_per_node else max(1, ranks_per_node)))
 
     def startup(self, ranks: int) -> float:
         """Seconds one launch of ``ranks`` ranks takes before its first point (documented in the README)."""
@@ -119,19 +131,67 @@ def make_stack(raw: dict, where: str, base: Stack | None = None) -> Stack:
     return st
 
 
-def load_profile(name: str) -> Profile:
-    """A profile by name (jobs/profiles/NAME.toml) or by path to a TOML file."""
-    path = profile_path(name)
-    if not path.exists():
-        raise ValueError(f"unknown machine {name!r}; profiles: {', '.join(available_profiles())} "
-                         f"(add one as jobs/profiles/NAME.toml)")
-    data = tomllib.loads(path.read_text())
+def local_memory() -> float:
+    """GB of this machine (the local scheduler's node); 0 when unknown."""
+    import torch
+
+    from bench.measure.memory import device_memory
+
+    return device_memory(torch.device("cpu")) / 1e9
+
+
+# Each field's JSON type and bounds (a profile is trusted, but a typo should still read as one).
+_NUMBERS = {"gpus_per_node": (0, 1024), "peak_tflops": (0, 1e7), "efficiency": (1e-6, 1.0),
+            "startup_s": (0, 86400), "per_point_s": (0, 86400), "memory_gb": (0, 1e6),
+            "startup_per_rank_s": (0, 3600), "preflight_s": (0, 86400)}
+_TEXTS = ("description", "scheduler", "launcher", "account", "partition", "qos", "gpu_runtime", "network",
+          "scratch")
+_LISTS = ("directives", "setup")
+
+
+def _check(path: Path, data: dict) -> list[str]:
+    problems = []
+    for k, (lo, hi) in _NUMBERS.items():
+        v = data.get(k, 0)
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+        if not ok or (k == "gpus_per_node" and not isinstance(v, int)):
+            problems.append(f"{k} must be a number from {lo:g} to {hi:g}, got {v!r}")
+    problems += [f"{k} must be a string" for k in _TEXTS if not isinstance(data.get(k, ""), str)]
+    problems += [f"{k} must be a list of single-line strings" for k in _LISTS
+                 if not isinstance(data.get(k, []), list)
+                 or not all(isinstance(x, str) and "\n" not in x for x in data.get(k, []))]
+    if not isinstance(data.get("env", {}), dict) or not isinstance(data.get("model", {}), dict):
+        problems.append("[env] and [model] must be tables")
+    return problems
+
+
+def load_profile(name: str, explicit: bool = False) -> Profile:
+    """A profile by name (jobs/profiles/NAME.toml), or, with ``explicit`` (the user named it on the command
+    line), by path to a TOML file."""
+    path = Path(name) if explicit else PROFILES / f"{name}.toml"
+    if not path.is_file():
+        where = f"no profile file {path}" if explicit else f"unknown machine {name!r}"
+        raise ValueError(f"{where}; profiles: {', '.join(available_profiles())} (add one as jobs/profiles/NAME.toml, "
+                         "or give a file with --profile PATH)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"profile {path}: cannot read it as TOML: {e}") from None
     if "modules" in data:
         raise ValueError(f"profile {path}: modules now live in the [stack] table (modules = [...], with versions)")
     known = set(Profile.__dataclass_fields__) - {"name"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}")
+    problems = _check(path, data)
+    if data.get("scheduler") not in ("slurm", "local"):
+        problems.append("scheduler must be slurm or local")
+    missing = [k for k in ("description", "scheduler", "gpus_per_node", "peak_tflops", "efficiency", "launcher")
+               if k not in data]
+    if missing:
+        problems.append(f"missing {', '.join(missing)}")
+    if problems:
+        raise ValueError(f"profile {path}: " + "; ".join(problems))
     stack = make_stack(data.pop("stack", {}), f"profile {path}")
     prof = Profile(name=path.stem, stack=stack, **data)
     if prof.scheduler not in ("slurm", "local"):

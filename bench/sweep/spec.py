@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import options
-from bench.points import Point, make_point, record_config
+from bench.points import Point, make_point, memory_bytes, record_config
 from core.cli import UserError, nearest
 from core.store import Store, StoreError, check_campaign_name, config_key
 
@@ -125,18 +125,15 @@ class Sweep:
 
 
 DEFAULT_OUT = "runs"
+MAX_JOB_S = 14 * 86400.0  # a job limit beyond this is a typo (iters = 10**12), not a plan
 
 
-def _machine(name, sweep_path: Path) -> str:
-    """A profile name from jobs/profiles, or a .toml path (relative to the sweep file) the user named."""
-    if not isinstance(name, str) or not name:
-        raise SweepError(f"machine must be a profile name, got {name!r}")
-    if name.endswith(".toml"):
-        p = Path(name)
-        return str(p if p.is_absolute() else sweep_path.parent / p)
-    if not all(c.isalnum() or c in "-_" for c in name):
-        raise SweepError(f"machine {name!r}: a profile name from jobs/profiles (letters, digits, - and _) "
-                         "or a path ending in .toml")
+def _machine(name) -> str:
+    """A profile name from jobs/profiles. A profile elsewhere is trusted code (its set-up lines are shell), so
+    only the command line may name one (--profile PATH), never a sweep file."""
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise SweepError(f"machine {name!r}: a sweep file names a profile of jobs/profiles (letters, digits, - and "
+                         "_); a profile file elsewhere is given on the command line: --profile PATH")
     return name
 
 
@@ -154,8 +151,55 @@ def _scratch(profile: profiles.Profile, account: str) -> str:
                          "sweep file") from None
 
 
-def load(path: str | Path, account: str = "", partition: str = "", qos: str = "") -> Sweep:
-    """Parse and validate a sweep file; every impossible point is reported before anything runs."""
+def _table(raw: dict, key: str, where: str) -> dict:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise SweepError(f"[{key}] of {where} must be a table, got {v!r}")
+    return dict(v)
+
+
+def _zips(raw: dict, params: dict, where: str) -> list[list[str]]:
+    zips = []
+    for z in (raw.get("zip", []), params.pop("zip", [])):  # TOML puts a zip written after [params] inside it
+        if not isinstance(z, list) or not all(isinstance(g, list) and all(isinstance(k, str) for k in g) for g in z):
+            raise SweepError(f"zip in {where} must be a list of lists of parameter names, got {z!r}")
+        zips += z
+    return zips
+
+
+def _excludes(raw: dict, where: str) -> list[dict]:
+    rules = raw.get("exclude", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise SweepError(f"exclude in {where} must be [[exclude]] tables, got {rules!r}")
+    for rule in rules:
+        _unknown(rule, PARAMS, f"[[exclude]] of {where}")
+    return rules
+
+
+def _out(value) -> Path:
+    """The output root: a plain path whose resolved form can go into #SBATCH lines (logs live under it)."""
+    if not isinstance(value, str) or not value:
+        raise SweepError(f"out must be a directory path, got {value!r}")
+    out = Path(value)
+    slurm.sbatch_value("out", str(out.resolve()))  # ValueError -> SweepError by the caller
+    return out
+
+
+def _inside(sw_dir: Path, out: Path) -> None:
+    """The campaign's sweep directory must resolve inside the output root (no symlink out of it)."""
+    root, d = out.resolve(), sw_dir.resolve()
+    if root != d and root not in d.parents:
+        raise SweepError(f"{sw_dir} resolves to {d}, outside the output root {root}: a symbolic link? "
+                         "Remove it or choose another out")
+
+
+def load(path: str | Path, account: str = "", partition: str = "", qos: str = "",
+         profile: str | Path | None = None) -> Sweep:
+    """Parse and validate a sweep file; every impossible point is reported before anything runs.
+
+    ``account``, ``partition``, ``qos`` override the file's; ``profile`` is a profile file the user named on
+    the command line, in place of the file's ``machine``.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -163,76 +207,93 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"cannot read {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SweepError(f"{path} is not valid TOML: {e}") from None
-    params = dict(raw.get("params", {}))
-    zips = raw.get("zip", []) + params.pop("zip", [])  # TOML puts a zip written after [params] inside it
-    _unknown(raw, TOP, path.name)
-    _unknown(raw.get("bench", {}), BENCH, f"[bench] of {path.name}")
-    _unknown(params, PARAMS, f"[params] of {path.name}")
-    for rule in raw.get("exclude", []):
-        _unknown(rule, PARAMS, f"[[exclude]] of {path.name}")
-    for k in ("campaign", "machine", "nodes"):
+    where = path.name
+    _unknown(raw, TOP, where)
+    params = _table(raw, "params", where)
+    zips = _zips(raw, params, where)
+    _unknown(_table(raw, "bench", where), BENCH, f"[bench] of {where}")
+    _unknown(params, PARAMS, f"[params] of {where}")
+    excludes = _excludes(raw, where)
+    for k in ("campaign", "nodes") + (() if profile else ("machine",)):
         if k not in raw:
-            raise SweepError(f"{path.name} needs {k!r}")
+            raise SweepError(f"{where} needs {k!r}")
+    account, partition, qos = (account or raw.get("account", ""), partition or raw.get("partition", ""),
+                               qos or raw.get("qos", ""))
     try:
         campaign = check_campaign_name(raw["campaign"])
-        for key in ("account", "partition", "qos"):
-            if raw.get(key):
-                slurm.sbatch_value(key, raw[key])
-        profile = profiles.load_profile(_machine(raw["machine"], path))
+        for key, v in (("account", account), ("partition", partition), ("qos", qos)):
+            if v:
+                slurm.sbatch_value(key, v)
+        prof = profiles.load_profile(str(profile) if profile else _machine(raw["machine"]), explicit=bool(profile))
         if "stack" in raw:  # the user's own prefix, plugin or image over the profile's
             given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
-            _unknown(given, SWEEP_STACK, f"[stack] of {path.name}")
-            profile.stack = profiles.make_stack(given, f"[stack] of {path.name}", base=profile.stack)
-        bench = options.settings(raw.get("bench", {}), f"[bench] of {path.name}")
+            _unknown(given, SWEEP_STACK, f"[stack] of {where}")
+            prof.stack = profiles.make_stack(given, f"[stack] of {where}", base=prof.stack)
+        bench = options.settings(_table(raw, "bench", where), f"[bench] of {where}")
+        out = _out(raw["out"] if "out" in raw else _scratch(prof, account or prof.account))
     except StoreError as e:
-        raise SweepError(f"{path.name}: {e}") from None
+        raise SweepError(f"{where}: {e}") from None
     except ValueError as e:
         raise SweepError(str(e)) from None
+    tag = raw.get("tag")
+    if tag is not None and not isinstance(tag, str):
+        raise SweepError(f"tag must be a string, got {tag!r}")
     margin = raw.get("time_margin", 2.0)
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not 1.0 <= margin <= MAX_TIME_MARGIN \
             or not math.isfinite(margin):
         raise SweepError(f"time_margin must be a number from 1 to {MAX_TIME_MARGIN:g}, got {margin!r}")
-    if bench["peak_tflops"] is None and profile.peak_tflops and profile.gpus_per_node:
-        bench["peak_tflops"] = profile.peak_tflops  # a device's published peak; a CPU's is a guess: no MFU
+    if bench["peak_tflops"] is None and prof.peak_tflops and prof.gpus_per_node:
+        bench["peak_tflops"] = prof.peak_tflops  # a device's published peak; a CPU's is a guess: no MFU
     nodes = _as_list(raw["nodes"])
-    rpns = _as_list(raw.get("ranks_per_node", profile.gpus_per_node or None))
+    rpns = _as_list(raw.get("ranks_per_node", prof.gpus_per_node or None))
     if rpns == [None]:
-        raise SweepError(f"machine {profile.name} has no GPUs per node: give ranks_per_node")
+        raise SweepError(f"machine {prof.name} has no GPUs per node: give ranks_per_node")
+    if not nodes or not rpns:
+        raise SweepError("nodes and ranks_per_node need at least one value each")
     problems = []
     for n in nodes + rpns:
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100_000:
             problems.append(f"node counts and ranks_per_node must be integers from 1 to 100000, got {n!r}")
     for r in rpns:
-        if profile.gpus_per_node and isinstance(r, int) and r > profile.gpus_per_node:
-            problems.append(f"ranks_per_node {r} exceeds the {profile.gpus_per_node} GPUs per node of "
-                            f"{profile.name} (one rank per GPU)")
+        if prof.gpus_per_node and isinstance(r, int) and r > prof.gpus_per_node:
+            problems.append(f"ranks_per_node {r} exceeds the {prof.gpus_per_node} GPUs per node of "
+                            f"{prof.name} (one rank per GPU)")
     if problems:
         raise SweepError("; ".join(dict.fromkeys(problems)))
-    dicts = expand(params, zips, raw.get("exclude", []))
+    dicts = expand(params, zips, excludes)
     if not dicts:
         raise SweepError("the sweep has no points (every combination is excluded?)")
+    check_seq = bench["check_max_seq"] if bench["check"] else 0
     sweep_jobs = []
     for n in nodes:
         for r in rpns:
             pts = []
+            have = prof.memory_per_rank(r)
             for d in dicts:
                 try:
-                    pts.append(make_point(d, n * r))
+                    pt = make_point(d, n * r)
                 except ValueError as e:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: {e}")
+                    continue
+                need = memory_bytes(pt, n * r, check_seq)
+                if have and need > have:
+                    problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: needs at least "
+                                    f"{need / 2**30:.1f} GiB per rank, more than the {have / 2**30:.1f} GiB a rank "
+                                    f"has on {prof.name}")
+                pts.append(pt)
             sweep_jobs.append(Job(n, r, pts))
     if problems:
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
-    out = raw.get("out") or _scratch(profile, account or raw.get("account", "") or profile.account)
-    if not isinstance(out, str) or not out or "\n" in out:
-        raise SweepError(f"out must be a directory path, got {out!r}")
-    sw = Sweep(path, campaign, profile, sweep_jobs, bench, Path(out),
-               account or raw.get("account", ""), partition or raw.get("partition", ""), qos or raw.get("qos", ""),
-               raw.get("tag"), float(margin))
+    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin))
+    _inside(sw.dir, out)
     from .plan import estimate  # plan builds on the Sweep defined here
 
     for j in sw.jobs:
         j.estimate_s = estimate(sw, j, j.points)
+        if sw.limit_s(j.estimate_s) > MAX_JOB_S:
+            problems.append(f"job {j.name}: time limit {slurm.time_limit(sw.limit_s(j.estimate_s))} (estimated "
+                            f"{j.estimate_s / 3600:.0f} h x time_margin) exceeds {MAX_JOB_S / 86400:.0f} days: "
+                            "fewer points, iterations or shorter sequences per job")
+    if problems:
+        raise SweepError("; ".join(problems))
     return sw
-
-
