@@ -42,6 +42,12 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
         fig = figures.kernels_tflops(df, width=width)
         made["kernels"] = figures.save(fig, out, "kernels", formats)
         plt.close(fig)
+    if "kind" in df and (df["kind"] == "model").any():  # training steps (bench model): analysis/e2e.py
+        from . import e2e
+
+        m, s = e2e.build_figures(df, out, formats, baseline, width)
+        made.update(m)
+        skipped.update(s)
     if "kind" in df and (df["kind"] == "collective").any():
         try:
             fig = figures.collectives_busbw(df, width=width)
@@ -101,6 +107,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
     if table is None:
         skipped["speedup table"] = why
+    model_table = None
+    if "kind" in df and ((df["kind"] == "model") & (df["status"] == "ok")).any():
+        from . import e2e
+
+        model_table = e2e.table(df, baseline)
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
     failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error")
                                       if c in bad]])
@@ -118,6 +129,8 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
                       f"*{cap}*", ""]
         if table is not None:
             lines += ["## Speedup table", "", tables.render(table, "markdown")]
+        if model_table is not None:
+            lines += ["## Training steps", "", tables.render(model_table, "markdown")]
         lines += ["## configuration", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
@@ -141,6 +154,8 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
                      f"src='data:image/png;base64,{data}'><figcaption>{cap}</figcaption></figure>")
     if table is not None:
         parts += ["<h2>Speedup table</h2>", f"<p>{html.escape(table.caption)}</p>", _html_table(table)]
+    if model_table is not None:
+        parts += ["<h2>Training steps</h2>", f"<p>{html.escape(model_table.caption)}</p>", _html_table(model_table)]
     parts += ["<h2>configuration</h2><ul>"] + [f"<li>{html.escape(k)}: {html.escape(v)}</li>"
                                                for k, v in config.items()] + ["</ul>"]
     parts += ["<h2>provenance</h2>", _html_table(prov)]
