@@ -96,3 +96,16 @@ def test_missing_baseline_and_no_records_are_named():
         e2e.speedup(e2e.summarize(frame([model_rec("ringx3", 2, 256, 0.1)])))
     with pytest.raises(e2e.NoData, match="no successful model records"):
         e2e.summarize(frame([att_rec("ring", 2, 256, 0.1)]))
+
+
+def test_the_committed_campaign_joins_every_step_with_its_attention_configuration():
+    from pathlib import Path
+
+    from analysis.records import load
+
+    df = load(Path(__file__).resolve().parent.parent / "results" / "model-step")
+    steps = df[df["kind"] == "model"]
+    assert len(steps) == 81 and (steps["status"] == "ok").all()
+    assert (steps["check_grad_error"] <= steps["check_tolerance"]).all()
+    sp = e2e.with_attention(e2e.speedup(e2e.summarize(df)), df)
+    assert len(sp) == 81 and sp["attention_speedup"].notna().all()  # bench run measured every step's shape
