@@ -101,7 +101,13 @@ def run(a) -> int:
             return 0
         df = load(a.campaign)
         if a.command == "table":
-            print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), a.format), end="")
+            kinds = set(df["kind"]) if "kind" in df else set()
+            if "attention" in kinds or "model" not in kinds:
+                print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), a.format), end="")
+            if "model" in kinds:  # training steps (bench model)
+                from analysis import e2e
+
+                print(tables.render(e2e.table(df, a.baseline), a.format), end="")
             return 0
         formats = tuple(f for f in a.format.split(",") if f)
         for f in formats:

@@ -42,6 +42,12 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
         fig = figures.kernels_tflops(df, width=width)
         made["kernels"] = figures.save(fig, out, "kernels", formats)
         plt.close(fig)
+    if "kind" in df and (df["kind"] == "model").any():  # training steps (bench model): analysis/e2e.py
+        from . import e2e
+
+        m, s = e2e.build_figures(df, out, formats, baseline, width)
+        made.update(m)
+        skipped.update(s)
     if "kind" in df and (df["kind"] == "collective").any():
         try:
             fig = figures.collectives_busbw(df, width=width)
@@ -167,6 +173,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
     if table is None:
         skipped["speedup table"] = why
+    model_table = None
+    if "kind" in df and ((df["kind"] == "model") & (df["status"] == "ok")).any():
+        from . import e2e
+
+        model_table = e2e.table(df, baseline)
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
     failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error")
                                       if c in bad]])
@@ -190,6 +201,8 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
             lines += [f"### Table 1. Speedup over {baseline}", "", tables.render(table, "markdown")]
         if spread is not None:
             lines += ["### Table 2. Spread of every configuration", "", tables.render(spread, "markdown")]
+        if model_table is not None:
+            lines += ["### Table 3. Training steps", "", tables.render(model_table, "markdown")]
         lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
@@ -224,6 +237,9 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         parts += ["<h3>Table 2. Spread of every configuration</h3>", f"<p class='caption'>{e(spread.caption)}</p>",
                   "<details open><summary>every configuration and algorithm</summary>", _html_table(spread),
                   "</details>"]
+    if model_table is not None:
+        parts += ["<h3>Table 3. Training steps</h3>", f"<p class='caption'>{e(model_table.caption)}</p>",
+                  _html_table(model_table)]
     parts += ["<h2>Measured configurations</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>" for k, v in config.items()]
     parts += ["</ul>", "<h2>Runs and their provenance</h2>", _html_table(prov)]
     if failures.rows:

@@ -7,7 +7,9 @@
    against float64 attention, then all algorithms of a configuration timed
    side by side; re-running resumes it);
 3. the campaign's table (`bench summary`), figures and a report page
-   (`python -m analysis report runs/local-demo`).
+   (`python -m analysis report runs/local-demo`);
+4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
+   algorithm's step checked against the unsharded float64 model first; runs/local-demo-model).
 Everything lands under runs/ (not tracked by git).
 """
 
@@ -27,25 +29,44 @@ SWEEP = mpirun.ROOT / "jobs" / "sweeps" / "local-demo.toml"
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench demo", description=__doc__)
     p.add_argument("--skip-overhead", action="store_true", help="skip step 1")
+    p.add_argument("--model-only", action="store_true", help="only step 4 (the training step)")
     a = p.parse_args(argv)
     os.chdir(mpirun.ROOT)  # the sweep file's out = "runs" is relative to the checkout
     cores = os.cpu_count() or 1
+    if a.model_only:
+        return model_step()
     if not a.skip_overhead:
-        print("== 1/3 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
+        print("== 1/4 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
         if quick.main(["--ranks", "1", "--out", "runs/quick", "--quiet"]) != 0:
             return 1
-    print(f"\n== 2/3 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
+    print(f"\n== 2/4 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
     print(f"this machine has {cores} core(s): runs with more ranks than that share cores, so their times include "
           "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
-    print("\n== 3/3 ring vs ringX: table, figures, report ==", flush=True)
+    print("\n== 3/4 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
     # analysis is a separate layer (pandas, matplotlib): run it as its own command
     proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"], cwd=mpirun.ROOT)
     if proc.returncode != 0:
         print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
-        return 0
+        return model_step()
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
     print("records: runs/local-demo/records/ (schema: results/README.md); overhead table: runs/quick/table.md")
+    return model_step()
+
+
+MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,ringx3,ringx4o", "--warmup", "1",
+              "--iters", "5", "--check", "--campaign", "local-demo-model", "--quiet"]
+
+
+def model_step() -> int:
+    """Step 4: the tiny model's training step at 1 and 2 ranks (~15 s), and its table."""
+    print("\n== 4/4 a whole training step: the tiny model at 1 and 2 ranks (bench model) ==", flush=True)
+    for ranks in (1, 2):
+        if mpirun.run(ranks, ["-m", "bench", "model", *MODEL_ARGS], capture=False, timeout=600).returncode != 0:
+            return 1
+    summary.main(["runs/local-demo-model"])
+    print("records: runs/local-demo-model/records/ (kind `model`); figures: python -m analysis report "
+          "runs/local-demo-model")
     return 0

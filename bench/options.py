@@ -172,3 +172,31 @@ def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
         else:
             out += [o.flag, str(v)]
     return out
+
+
+# ``bench model``: the model and how its step runs. The model fields default to the preset's (None); the
+# points take `algorithms`, `seq`/`seq_per_rank` and `batch` from PARAMS, the measurement the SETTINGS.
+MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l")  # bench/models.py PRESETS
+MODEL_DTYPES = ("auto", "float32", "float64", "bfloat16")
+
+MODEL: dict[str, Option] = {o.name: o for o in (
+    _p("preset", "tiny", "model preset: tiny and tiny-vit (CPU), llama3-8b (4 layers of Llama-3-8B), vit-l", str,
+       choices=MODEL_PRESETS),
+    _p("arch", None, "decoder (causal LM) or vit (non-causal encoder) (default: the preset's)", str,
+       choices=("decoder", "vit"), nullable=True),
+    _p("layers", None, "transformer layers (default: the preset's)", int, low=1, high=1 << 12, nullable=True),
+    _p("d_model", None, "model width (default: the preset's)", int, low=2, high=1 << 17, nullable=True),
+    _p("heads", None, "query heads (default: the preset's)", int, low=1, high=1 << 12, nullable=True),
+    _p("kv_heads", None, "key/value heads (default: the preset's)", int, low=1, high=1 << 12, nullable=True),
+    _p("mlp", None, "SwiGLU hidden size (default: the preset's)", int, low=1, high=1 << 20, nullable=True),
+    _p("vocab", None, "decoder vocabulary (default: the preset's)", int, low=2, high=1 << 24, nullable=True),
+    _p("patch_dim", None, "vit: values per patch (default: the preset's)", int, low=1, high=1 << 20, nullable=True),
+    _p("rope_theta", None, "rotary embedding base (default: the preset's)", float, low=1.0, high=1e12,
+       nullable=True),
+    _p("dtype", "auto", "float32, float64, or bfloat16 (autocast over float32 weights); auto: bfloat16 on GPUs, "
+       "float32 on CPUs", str, choices=MODEL_DTYPES),
+    _p("checkpoint", False, "activation checkpointing: recompute each layer in the backward", bool),
+    _p("lr", 1e-5, "AdamW learning rate", float, low=0.0, high=1.0),
+    _p("machine", None, "a profile (jobs/profiles/NAME.toml) whose GPU peak gives MFU (or --peak-tflops)", str,
+       nullable=True),
+)}

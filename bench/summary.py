@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from core.cli import Parser, UserError
-from core.records import COMPARE_BY
+from core.records import COMPARE_BY, MODEL_COMPARE_BY
 from core.stats import METHOD, records_speedup
 from core.store import Store, StoreError
 from core.tables import Table, render
@@ -48,6 +48,33 @@ def attention_table(recs: list[dict], baseline: str = "ring") -> str:
     return (f"Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
             f"and its {METHOD}. `~`: the interval contains 1, within noise. n/a: not measured.\n\n"
             + render(t, "markdown"))
+
+
+def model_table(recs: list[dict], baseline: str = "ring") -> str:
+    """Training steps (``bench model``): median ms per step of every algorithm, speedup over the baseline."""
+    ok = [r for r in recs if r["kind"] == "model" and r["status"] == "ok"]
+    if not ok:
+        return ""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in ok:
+        groups[tuple(r[k] for k in MODEL_COMPARE_BY)][r["algorithm"]].append(r)
+    algos = list(dict.fromkeys(r["algorithm"] for r in ok))
+    rows = []
+    for g in sorted(groups):
+        by, c = groups[g], dict(zip(MODEL_COMPARE_BY, g))
+        cells = []
+        for a in algos:
+            rs = by.get(a)
+            if not rs:
+                cells.append("n/a")
+                continue
+            ms = statistics.median(x for r in rs for x in r["samples_s"]) * 1e3
+            sp = "" if a == baseline or baseline not in by else " " + records_speedup(by[baseline], rs).text()
+            cells.append(f"{ms:.1f}{sp}")
+        rows.append([c["model"], c["world_size"], c["seq"], c["dtype"] + (" ckpt" if c["checkpoint"] else ""), *cells])
+    t = Table(["model", "ranks", "seq", "dtype", *algos], rows)
+    return (f"Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "
+            f"after it, speedup over {baseline} and its {METHOD}. `~`: within noise.\n\n" + render(t, "markdown"))
 
 
 def collectives_table(recs: list[dict]) -> str:
@@ -88,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         parts = [f"# campaign {store.campaign}: {len(reading.records)} records"]
         if reading.skipped:
             parts.append(f"warning: {reading.summary()} (corrupt, torn or foreign; not used)")
-        for t in (attention_table(reading.records, a.baseline), collectives_table(reading.records)):
+        for t in (attention_table(reading.records, a.baseline), model_table(reading.records, a.baseline),
+                  collectives_table(reading.records)):
             if t:
                 parts.append(t.rstrip())
         bad = [r for r in reading.records if r["status"] != "ok"]

@@ -40,7 +40,7 @@ def F(name, types, meaning, when="always", column=None, config=False) -> Field: 
 
 COMMON = (
     F("schema", int, f"record schema version ({SCHEMA_VERSION})"),
-    F("kind", str, "`attention`, `collective` or `kernel`", column="str"),
+    F("kind", str, "`attention`, `collective`, `kernel` or `model`", column="str"),
     F("campaign", str, "campaign name"),
     F("tag", (str, _NONE), "free label from `--tag`", "optional", "str"),
     F("run_id", str, "the run that wrote it: `runs/<run_id>.json` holds its provenance"),
@@ -136,8 +136,77 @@ KERNEL = (
     F("tflops", _NUM, "`flops / median_s / 1e12`", "ok", "float"),
 )
 
+MODEL = (
+    F("algorithm", str, "the ringx algorithm of every attention layer", column="str", config=True),
+    F("family", str, "`ring`, `ringx` or `ulysses`", column="str"),
+    F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models.py)",
+      column="str", config=True),
+    F("arch", str, "`decoder` (causal LM loss) or `vit` (non-causal encoder, per-patch regression)", column="str",
+      config=True),
+    F("layers", int, "transformer layers", column="int", config=True),
+    F("d_model", int, "model width", column="int", config=True),
+    F("heads", int, "query heads", column="int", config=True),
+    F("kv_heads", int, "key/value heads", column="int", config=True),
+    F("mlp", int, "SwiGLU hidden size", column="int", config=True),
+    F("vocab", int, "decoder vocabulary (unused by a vit)", column="int", config=True),
+    F("patch_dim", int, "vit: values per patch (unused by a decoder)", column="int", config=True),
+    F("rope_theta", _NUM, "rotary embedding base", column="float", config=True),
+    F("norm_eps", _NUM, "RMSNorm epsilon", column="float", config=True),
+    F("seq", int, "global tokens per sequence", column="int", config=True),
+    F("seq_per_rank", int, "tokens per rank", column="int", config=True),
+    F("scaling", str, "`strong` (global length given) or `weak` (length per rank given)", column="str", config=True),
+    F("batch", int, "sequences per step", column="int", config=True),
+    F("dtype", str, "`float32`, `float64`, or `bfloat16` (autocast over float32 weights)", column="str", config=True),
+    F("causal", bool, "causal attention (the decoder)", column="bool", config=True),
+    F("checkpoint", bool, "activation checkpointing: each layer recomputed in the backward", column="bool",
+      config=True),
+    F("repeat", int, "repeat index of the configuration", column="int", config=True),
+    F("kernel_requested", (str, _NONE), "local kernel asked for (null: automatic)", "optional", "str", True),
+    F("device", str, "`cpu` or `cuda`", column="str"),
+    F("lr", _NUM, "AdamW learning rate", column="float"),
+    F("timing_group", (str, _NONE), "id shared by the records timed side by side (paired samples)", "optional",
+      "str"),
+    F("kernel", str, "local attention kernel that ran", "ok", "str"),
+    F("kernel_version", (str, _NONE), "the kernel's library version", "optional", "str"),
+    F("layout", str, "the sequence layout of the step", "ok", "str"),
+    F("forward_s", _NUM, "median seconds of the forward (loss included), the slowest rank's per iteration", "ok",
+      "float"),
+    F("backward_s", _NUM, "median seconds of autograd's backward (attention's collectives included)", "ok", "float"),
+    F("grad_allreduce_s", _NUM, "median seconds of summing the gradients over the ranks (0 work at one rank)", "ok",
+      "float"),
+    F("optimizer_s", _NUM, "median seconds of the AdamW step and zeroing the gradients", "ok", "float"),
+    F("phase_samples_s", dict, "`forward`, `backward`, `grad_allreduce`, `optimizer`: seconds of every timed "
+      "iteration, each the slowest rank's for that phase", "ok"),
+    F("tokens_per_s_per_rank", _NUM, "`batch * seq / world_size / median_s`", "ok", "float"),
+    F("params", int, "parameters of the model", "ok", "int"),
+    F("params_flops", int, "N of the FLOP convention: weights of matrix multiplies (not the input embedding table, "
+      "norms or biases)", "ok", "int"),
+    F("flops_per_token", _NUM, "model FLOPs per token of one step (`flops_convention`)", "ok", "float"),
+    F("flops", _NUM, "model FLOPs of one step over all ranks: `flops_per_token * batch * seq`", "ok", "float"),
+    F("flops_convention", str, "how `flops` is counted (ringx/flops.py MODEL_CONVENTION)", "ok"),
+    F("tflops_per_rank", _NUM, "`flops / world_size / median_s / 1e12`", "ok", "float"),
+    F("peak_tflops", (int, float, _NONE), "the GPU's published peak (null on CPUs: no MFU)", "optional", "float"),
+    F("mfu", (int, float, _NONE), "`tflops_per_rank / peak_tflops`", "optional", "float"),
+    F("bytes_sent_per_rank", list, "attention payload bytes sent by each rank in one step, every layer, forward "
+      "and backward (ringx ledger)", "ok"),
+    F("bytes_received_per_rank", list, "attention payload bytes received by each rank in one step", "ok"),
+    F("comm_calls_per_rank", list, "attention communication calls of each rank in one step", "ok"),
+    F("grad_allreduce_bytes", int, "bytes of gradients all-reduced per step (0 at one rank)", "ok", "int"),
+    F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank over one step", "ok"),
+    F("check_loss_error", _NUM, "with `--check`: |loss - ref| / |ref| against the unsharded float64 model",
+      "optional", "float"),
+    F("check_grad_error", _NUM, "with `--check`: the largest max|g - ref| / max|ref| over the parameters",
+      "optional", "float"),
+    F("check_worst_param", str, "the parameter with the largest gradient error", "optional", "str"),
+    F("check_loss", _NUM, "the reference's loss", "optional", "float"),
+    F("check_tolerance", _NUM, "the check's tolerance (relative)", "optional", "float"),
+    F("check_seq", int, "sequence length the check ran at", "optional", "int"),
+    F("check_s", _NUM, "seconds this rank spent checking (the reference is computed once per configuration)",
+      "optional", "float"),
+)
+
 KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE,
-                                       "kernel": COMMON + KERNEL}
+                                       "kernel": COMMON + KERNEL, "model": COMMON + MODEL}
 
 
 def validate(rec: object) -> list[str]:
@@ -194,3 +263,7 @@ def schema_markdown(kind: str) -> str:
 # The configuration algorithms are compared at: a speedup pairs two algorithms with equal values of these.
 COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim",
               "dtype", "causal", "mode")
+
+# The same for model records: the steps of two algorithms compare at equal values of these.
+MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
+                    "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "checkpoint")

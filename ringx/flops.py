@@ -27,3 +27,22 @@ def block_flops(batch: int, heads: int, head_dim: int, pairs: float, mode: str =
 def causal_pairs(seq: int) -> float:
     """Visible (query, key) pairs of a causal square block."""
     return seq * (seq + 1) / 2
+
+
+# The model convention (a whole training step, ``bench model``): PaLM's (Chowdhery et al. 2022, appendix B),
+# the one MFU figures in the literature use. It counts the model's FLOPs, not the hardware's: no recomputation
+# (activation checkpointing or flash attention's backward) is counted, so MFU does not reward recomputing.
+MODEL_CONVENTION = ("6N + attention (PaLM): per token 6N for the N weights of matrix multiplies (forward 2N, "
+                    "backward 4N), plus 3 x 4*S*H*D per layer for attention scores and values (forward + backward "
+                    "= 3x forward), halved when causal; recomputation not counted")
+
+
+def model_flops_per_token(matmul_params: int, layers: int, seq: int, heads: int, head_dim: int,
+                          causal: bool) -> float:
+    """Training FLOPs per token of a transformer step: 6N + 12 * layers * S * H * D (halved when causal).
+
+    The attention term is three times :func:`attention_flops`'s forward count per query (4*S*H*D, halved when
+    causal), where :data:`CONVENTION` counts the backward as 2.5x (flash attention's recompute); the model
+    convention counts it as 2x.
+    """
+    return 6.0 * matmul_params + 3.0 * layers * attention_flops(1, seq, heads, head_dim, causal, "fwd") / seq

@@ -42,7 +42,7 @@ def test_results_readme_schema_tables_come_from_the_record_definitions():
     from core.records import schema_markdown
 
     text = (Path(__file__).resolve().parent.parent / "results" / "README.md").read_text()
-    for kind in ("common", "attention", "collective", "kernel"):
+    for kind in ("common", "attention", "collective", "kernel", "model"):
         assert schema_markdown(kind) in text, f"results/README.md's {kind} table differs from core/records.py"
 
 

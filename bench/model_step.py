@@ -1,0 +1,705 @@
+"""``python -m bench model``: a whole training step with the sequence sharded over the ranks.
+
+Context parallelism as users run it: every rank holds the whole model (weights replicated) and its shard of
+the sequence in the algorithm's layout; every attention layer calls ``ringx.attention`` with that algorithm;
+the gradients are summed over the ranks by one bucketed all-reduce, then AdamW steps. The model
+(bench/models.py) is a Llama-3-shaped decoder or a ViT encoder, from a preset overridden by flags or a
+TOML/JSON file (--config). Rotary positions are each token's global position under the layout, next-token
+labels are shifted on the global sequence before sharding, and the loss is the mean over global tokens.
+
+All algorithms of one configuration are timed side by side as in `bench run` (warm-up, then every iteration
+one step of each in rotating order, the slowest rank's time kept, every sample stored). Each record also
+holds the forward, backward, gradient all-reduce and optimizer times (each the slowest rank's), tokens/s
+per rank, model FLOPs per token (6N + attention, ringx/flops.py), MFU against a GPU's published peak
+(--peak-tflops or --machine; none on CPUs) and peak memory per rank.
+
+--check first compares, for every algorithm, the loss and every parameter's gradient of one step in float64
+with the same model run unsharded on one process in float64 on the CPU (plain attention; tolerance
+CHECK_TOLERANCE, relative). A failing algorithm is recorded as failed and not timed.
+
+Example (2 local CPU ranks):
+  mpiexec -n 2 python -m bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from bench import options
+from bench.measure.ranks import Group, Progress, describe
+from core.cli import Parser, UserError, load_config
+
+CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
+CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
+ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False)
+POINT = ("algorithms", "seq", "seq_per_rank", "batch")
+PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
+BUCKET = 1 << 25  # elements per gradient all-reduce
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m bench model", description=__doc__)
+    add = p.add_argument
+    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    g = p.add_argument_group("model (the preset's values unless given)")
+    for o in options.MODEL.values():
+        if o.kind is bool:
+            g.add_argument(o.flag, action="store_true", default=None, help=o.help)
+        else:
+            shown = f" (default: {o.default})" if o.default is not None else ""
+            g.add_argument(o.flag, default=None, metavar=o.name.upper(), help=o.help + shown)
+    options.add_arguments(p.add_argument_group("points (lists are crossed)"),
+                          [options.PARAMS[k] for k in POINT])
+    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
+                          {"check_max_seq": CHECK_MAX_SEQ})
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="output root: records go to OUT/CAMPAIGN/ (default: runs)")
+    g.add_argument("--campaign", help="campaign name, a plain directory name (default: default)")
+    g.add_argument("--tag", help="free-form label stored in every record")
+    g.add_argument("--retry-failed", action="store_true", default=None, help="re-run configurations recorded as failed")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: the model, the points (global seq, algorithm) and how to measure them."""
+
+    preset: str
+    config: object  # models.ModelConfig
+    batch: int
+    scaling: str  # "strong" or "weak"
+    seqs: tuple[int, ...]  # global lengths
+    algorithms: tuple[str, ...]
+
+
+def resolve(argv: list[str] | None, world: int) -> tuple[dict, Plan]:
+    """Flags over the config file over the preset: validated options and plan for ``world`` ranks.
+
+    Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
+    ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
+    """
+    import ringx
+    from bench import models
+
+    a = build_parser().parse_args(argv)
+    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(ONLY)
+    given = load_config(a.config, valid) if a.config else {}
+    given |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
+    opts = dict(ONLY) | {k: v for k, v in given.items() if k in ONLY}
+    opts |= options.settings({"check_max_seq": CHECK_MAX_SEQ} | given, "")
+    opts |= {n: options.value(o, given.get(n, o.default), "") for n, o in options.MODEL.items()}
+    from core.store import check_campaign_name
+
+    check_campaign_name(opts["campaign"])
+    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
+        raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
+    if opts["machine"] and opts["peak_tflops"] is None:
+        from bench.sweep.profiles import load_profile
+
+        try:
+            prof = load_profile(opts["machine"])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        opts["peak_tflops"] = prof.peak_tflops if prof.gpus_per_node else None  # a CPU has no published peak
+    overrides = {k: opts[k] for k in models.FIELDS if k in options.MODEL}
+    try:
+        cfg = models.preset(opts["preset"], **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    problem = cfg.problem()
+    if problem:
+        raise UserError(f"model {opts['preset']}: {problem}")
+
+    P = options.PARAMS
+    seq = options.value(P["seq"], given.get("seq"), "", many=True)
+    per_rank = options.value(P["seq_per_rank"], given.get("seq_per_rank"), "", many=True)
+    if seq and per_rank:
+        raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
+    seqs = tuple(s * world for s in per_rank) if per_rank else tuple(seq or [2048])
+    batch = options.value(P["batch"], given.get("batch", 1), "")
+    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(
+        cfg.causal)
+    for n in names:
+        try:
+            ringx.algorithms.get(n, cfg.causal)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        algo = ringx.ALGORITHMS[n]
+        if algo.ulysses == "all" and cfg.heads % world:
+            raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits heads); "
+                            "choose other --heads or drop it from --algorithms")
+        div = algo.local_divisor(cfg.causal) * world
+        for s in seqs:
+            if s % div:
+                raise UserError(f"sequence length {s} cannot be split for {n} "
+                                f"({'causal' if cfg.causal else 'non-causal'}) over {world} ranks: it must be a "
+                                f"multiple of {div}")
+            if cfg.causal and s < 2:
+                raise UserError("a causal LM needs at least 2 tokens (one label)")
+    return opts, Plan(opts["preset"], cfg, batch, "weak" if per_rank else "strong", seqs, tuple(dict.fromkeys(names)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The step, shared by the timing, --check and the tests
+
+
+@dataclass
+class LocalBatch:
+    inputs: object  # this rank's tokens (decoder) or patches (vit)
+    targets: object  # their labels / regression targets
+    positions: object  # their global positions (RoPE)
+    n_global: int  # what the global mean divides by
+
+
+def shard_batch(inputs, targets, n_global: int, layout: str, rank: int, world: int, device=None) -> LocalBatch:
+    """This rank's share of a global batch in ``layout``: inputs, targets (already shifted on the global
+    sequence) and the tokens' global positions, all cut by the same ``ringx.shard``."""
+    import torch
+
+    import ringx
+
+    seq = inputs.shape[1]
+    pos = ringx.shard(torch.arange(seq)[None], layout, rank, world)[0]
+    return LocalBatch(*(ringx.shard(t, layout, rank, world).to(device or "cpu") for t in (inputs, targets)),
+                      pos.to(device or "cpu"), n_global)
+
+
+def ringx_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, state=None):
+    """``attend(q, k, v)`` through ``ringx.attention``, outside autocast (its inputs are already in the
+    compute dtype). ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call."""
+    import torch
+
+    import ringx
+
+    state = state if state is not None else {}
+
+    def attend(q, k, v):
+        dev = q.device.type
+        with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
+            return ringx.attention(q, k, v, algorithm=algorithm, causal=causal, kernel=kernel,
+                                   ulysses_degree=ulysses_degree, stats=state.get("stats"),
+                                   validate=state.get("validate", True))
+    return attend
+
+
+def allreduce_grads(params, group=None, bucket: int = BUCKET) -> None:
+    """Sum every parameter's gradient over the group, in buckets of about ``bucket`` elements."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_world_size(group) == 1:
+        return
+    pending, n = [], 0
+    for p in params:
+        if p.grad is None:  # every rank must contribute the same buffers
+            p.grad = torch.zeros_like(p)
+        pending.append(p.grad)
+        n += p.grad.numel()
+        if n >= bucket:
+            _reduce(pending, group)
+            pending, n = [], 0
+    if pending:
+        _reduce(pending, group)
+
+
+def _reduce(grads, group) -> None:
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    at = 0
+    for g in grads:
+        g.copy_(flat[at:at + g.numel()].view_as(g))
+        at += g.numel()
+
+
+def reference_step(cfg, batch: int, seq: int, seed: int):
+    """(loss, {name: gradient}): one step of the unsharded model in float64 on the CPU, plain attention, no
+    checkpointing (whatever the checked step does)."""
+    import torch
+
+    from bench import models
+
+    m = models.build(cfg, seed).double()
+    inputs, targets, n = global_batch64(cfg, batch, seq, seed)
+    loss = m.loss(inputs, targets, torch.arange(seq), models.plain_attention(cfg.causal), n)
+    loss.backward()
+    return loss.item(), {k: p.grad for k, p in m.named_parameters()}
+
+
+def global_batch64(cfg, batch: int, seq: int, seed: int):
+
+    from bench import models
+
+    inputs, targets, n = models.global_batch(cfg, batch, seq, seed)
+    if inputs.is_floating_point():
+        inputs, targets = inputs.double(), targets.double()
+    return inputs, targets, n
+
+
+def sharded_step(model, cfg, batch: int, seq: int, seed: int, algorithm: str, layout: str, device, kernel=None,
+                 ulysses_degree=None, group=None):
+    """(global loss, {name: summed gradient}) of one sharded step of ``model`` (float64 on this rank's
+    device); every rank of the group calls it together. The model's gradients are left set."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    model.zero_grad(set_to_none=True)
+    inputs, targets, n = global_batch64(cfg, batch, seq, seed)
+    lb = shard_batch(inputs, targets, n, layout, rank, world, device)
+    loss = model.loss(lb.inputs, lb.targets, lb.positions, ringx_attend(algorithm, cfg.causal, kernel, ulysses_degree),
+                      lb.n_global)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total, group=group)
+    allreduce_grads(list(model.parameters()), group)
+    return total.item(), {k: p.grad for k, p in model.named_parameters()}
+
+
+def compare(loss: float, grads: dict, ref_loss: float, ref_grads: dict) -> tuple[float, float, str]:
+    """(relative loss error, largest relative gradient error, the parameter it is in).
+
+    A gradient's error is max|g - ref| / max|ref| over that parameter's tensor (its own scale)."""
+    loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1e-300)
+    worst, where = 0.0, ""
+    for name, ref in ref_grads.items():
+        g = grads[name].detach().cpu().double()
+        err = ((g - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
+        if not err <= worst:  # NaN counts as the worst
+            worst, where = err, name
+    return loss_err, worst, where
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running on every rank
+
+
+class CheckFailed(RuntimeError):
+    """--check found the algorithm's step wrong at this configuration."""
+
+
+@dataclass
+class Case:
+    index: int
+    algorithm: str
+    seq: int
+    rec: dict
+    label: str
+    layout: str = ""
+    step: object = None
+    stats: object = None
+    result: dict = field(default_factory=dict)
+    votes: list = field(default_factory=list)
+
+
+class Step:
+    """One training step of one algorithm on the shared model: forward, backward, all-reduce, AdamW.
+
+    Each call appends this rank's seconds per phase (device synchronised between phases)."""
+
+    def __init__(self, model, opt, batch: LocalBatch, attend, state: dict, device, dtype: str):
+        self.model, self.opt, self.batch, self.attend, self.state = model, opt, batch, attend, state
+        self.device, self.dtype = device, dtype
+        self.params = list(model.parameters())
+        self.phases: list[tuple[float, ...]] = []
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self):
+        import torch
+
+        b = self.batch
+        cast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bfloat16"
+                else nullcontext())
+        t0 = time.perf_counter()
+        with cast:
+            loss = self.model.loss(b.inputs, b.targets, b.positions, self.attend, b.n_global)
+        self._sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        self._sync()
+        t2 = time.perf_counter()
+        allreduce_grads(self.params)
+        self._sync()
+        t3 = time.perf_counter()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._sync()
+        self.phases.append((t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3))
+        return loss
+
+
+class Runner:
+    """Runs every configuration on every rank; rank 0 writes the records."""
+
+    def __init__(self, opts: dict, plan: Plan, argv: list[str]):
+        from bench.run import interrupt_cleanly
+        from ringx import launch
+
+        self.opts, self.plan = opts, plan
+        self.ctx = launch.init(timeout_s=opts["timeout"],
+                               **{k: opts[k] for k in ("device", "backend") if opts[k] not in (None, "auto")})
+        self.group = Group(opts["timeout"], prog="bench model")
+        self.rank, self.P = self.ctx.rank, self.ctx.world_size
+        self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
+            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv])
+        interrupt_cleanly(self.store, self.rank)
+        from bench.measure.pinning import pin
+
+        self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
+        self.dtype = opts["dtype"] if opts["dtype"] != "auto" else (
+            "bfloat16" if self.ctx.device.type == "cuda" else "float32")
+        self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
+        self.references: dict = {}
+
+    def run(self) -> None:
+        import ringx
+
+        plan, reps = self.plan, int(self.opts["repeats"])
+        total = len(plan.seqs) * len(plan.algorithms) * reps
+        self.progress = Progress(total, self.opts["quiet"], self.rank == 0)
+        c = plan.config
+        self.progress.note(
+            f"bench model: {plan.preset} ({c.arch}, {c.layers} layers, d {c.d_model}, {c.heads}/{c.kv_heads} heads, "
+            f"MLP {c.mlp}), {self.dtype}{', checkpointed' if self.opts['checkpoint'] else ''}: {total} records on "
+            f"{self.P} ranks (device {self.ctx.device.type}) -> {self.store.records_path}")
+        cores = os.cpu_count() or 1
+        if self.ctx.device.type == "cpu" and self.P > cores and self.nodes == 1:
+            self.progress.note(f"bench model: note: {self.P} ranks share {cores} cores; times include that contention")
+        if self.ctx.device.type == "cpu" and self.opts["peak_tflops"]:
+            self.progress.note("bench model: no MFU on CPUs (a CPU has no published peak); --peak-tflops ignored")
+        index = 0
+        for seq in plan.seqs:
+            for rep in range(reps):
+                cases = []
+                for name in plan.algorithms:
+                    cases.append(self.case(index, name, seq, rep, ringx))
+                    index += 1
+                self.measure_group([x for x in cases if x is not None])
+        n = self.counts
+        self.progress.note(f"bench model: {n['recorded']} recorded, {n['failed']} failed, {n['skipped']} already in "
+                           f"the store -> {self.store.records_path}")
+
+    def config(self, name: str, seq: int, rep: int) -> dict:
+        o, plan = self.opts, self.plan
+        return {"world_size": self.P, "nodes": self.nodes, "repeat": rep, "kernel_requested": o["kernel"],
+                "warmup": int(o["warmup"]), "iters": int(o["iters"]), "algorithm": name, "model": plan.preset,
+                **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // self.P, "scaling": plan.scaling,
+                "batch": plan.batch, "dtype": self.dtype, "causal": plan.config.causal,
+                "checkpoint": bool(o["checkpoint"])}
+
+    def case(self, index: int, name: str, seq: int, rep: int, ringx) -> Case | None:
+        from core.store import SCHEMA_VERSION, already_recorded, config_key
+
+        config = self.config(name, seq, rep)
+        key = config_key(config)
+        label = f"{name} seq={seq}"
+        prior = self.done.get(key)
+        if already_recorded(prior, self.opts["retry_failed"]):
+            self.counts["skipped"] += 1
+            self.progress.step(f"{label}: already recorded ({prior})")
+            return None
+        rec = {"schema": SCHEMA_VERSION, "kind": "model", "campaign": self.store.campaign, "tag": self.opts["tag"],
+               "run_id": self.run_id, "key": key, "status": "ok", "error": None, "failure": None, "written_at": "",
+               "device": self.ctx.device.type, "family": ringx.ALGORITHMS[name].family, "lr": self.opts["lr"],
+               **config}
+        return Case(index, name, seq, rec, label, ringx.ALGORITHMS[name].layout(self.plan.config.causal))
+
+    # -- one configuration: check, build, first steps, timed steps ------------------------------------------
+
+    def measure_group(self, cases: list[Case]) -> None:
+        if not cases:
+            return
+        if self.opts["check"]:
+            cases = self.check_all(cases)
+        if not cases:
+            return
+        err, shared = None, None
+        try:
+            shared = self.build(cases)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a record
+            err = describe(e)
+        if not self.settle_all(cases, err, broke_group=False):
+            return
+        live = [c for c in cases if self.stage(c, lambda c=c: self.first_call(c), broke_group=True)]
+        samples, err = None, None
+        if live:
+            try:
+                from bench.measure.timing import time_round_robin
+
+                samples = time_round_robin([c.step for c in live], int(self.opts["warmup"]),
+                                           int(self.opts["iters"]), self.ctx.device)
+                phases = self.phase_samples(live)
+            except Exception as e:  # noqa: BLE001
+                err = describe(e)
+            if self.settle_all(live, err, broke_group=True):
+                group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
+                for c, s, ph in zip(live, samples, phases):
+                    self.finish(c, s, ph, group_id, shared)
+        for c in cases:
+            c.step = None
+        del shared
+        self.free()
+
+    def free(self) -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if self.ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def check_seq(self, cases: list[Case]) -> int:
+        import ringx
+
+        div = math.lcm(*(ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
+        cs = min(cases[0].seq, int(self.opts["check_max_seq"]))
+        return max(cs - cs % div, div)
+
+    def check_all(self, cases: list[Case]) -> list[Case]:
+        """--check: every algorithm's float64 step against the unsharded float64 reference (computed once per
+        configuration, by rank 0, on the CPU). Returns the cases that passed."""
+
+        from bench import models
+
+        cfg, plan, dev = self.plan.config, self.plan, self.ctx.device
+        cs = self.check_seq(cases)
+        model, err = None, None
+        try:
+            model = models.build(cfg, seed=cs, checkpoint=self.opts["checkpoint"]).double().to(dev)
+        except Exception as e:  # noqa: BLE001
+            err = describe(e)
+        if not self.settle_all(cases, err, broke_group=False):
+            return []
+        passed = []
+        for c in cases:
+            def run(c=c):
+                t0 = time.perf_counter()
+                got = failed = None
+                try:
+                    got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev, self.opts["kernel"])
+                except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
+                    failed = e
+                verdict = ("exception", "rank 0's sharded step failed")
+                if self.rank == 0 and got is not None:
+                    try:
+                        key = (cfg, plan.batch, cs)
+                        if key not in self.references:
+                            self.references.clear()
+                            self.references[key] = reference_step(cfg, plan.batch, cs, cs)
+                        ref_loss, ref_grads = self.references[key]
+                        verdict = (*compare(got[0], got[1], ref_loss, ref_grads), ref_loss)
+                    except Exception as e:  # noqa: BLE001 - the other ranks wait for the verdict
+                        verdict = describe(e)
+                verdict = self.group.comm.bcast(verdict, root=0)
+                if failed is not None:
+                    raise failed
+                if len(verdict) == 2:
+                    raise RuntimeError(f"rank 0 could not compute the float64 reference: {verdict[1]}")
+                loss_err, grad_err, worst, ref_loss = verdict
+                c.result.update(check_loss_error=loss_err, check_grad_error=grad_err, check_worst_param=worst,
+                                check_loss=ref_loss, check_tolerance=CHECK_TOLERANCE, check_seq=cs,
+                                check_s=time.perf_counter() - t0)
+                if not (loss_err <= CHECK_TOLERANCE and grad_err <= CHECK_TOLERANCE):
+                    raise CheckFailed(f"check failed at seq {cs}: loss error {loss_err:.2e}, gradient error "
+                                      f"{grad_err:.2e} ({worst}) > {CHECK_TOLERANCE:.0e}")
+            if self.stage(c, run, broke_group=False):
+                passed.append(c)
+        del model
+        model = None
+        self.free()
+        return passed
+
+    def build(self, cases: list[Case]):
+        """The configuration's model and AdamW (shared by its algorithms: the same shapes, one copy in memory),
+        replicated from rank 0, and each algorithm's shard of one global batch."""
+        import torch
+        import torch.distributed as dist
+
+        from bench import models
+
+        cfg, dev = self.plan.config, self.ctx.device
+        seq = cases[0].seq
+        model = models.build(cfg, seed=seq, checkpoint=self.opts["checkpoint"], device=dev)
+        if self.dtype == "float64":
+            model = model.double()
+        if self.P > 1:
+            for p in model.parameters():
+                dist.broadcast(p.data, src=0)
+        opt = torch.optim.AdamW(model.parameters(), lr=self.opts["lr"], betas=(0.9, 0.95), weight_decay=0.1,
+                                **({"fused": True} if dev.type == "cuda" else {}))
+        inputs, targets, n = models.global_batch(cfg, self.plan.batch, seq, seed=seq)
+        if self.dtype == "float64" and inputs.is_floating_point():
+            inputs, targets = inputs.double(), targets.double()
+        import ringx
+
+        for c in cases:
+            c.stats = ringx.CallStats()
+            state = {"stats": c.stats, "validate": True}
+            lb = shard_batch(inputs, targets, n, c.layout, self.rank, self.P, dev)
+            c.step = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.opts["kernel"], state=state),
+                          state, dev, self.dtype)
+        return {"model": model, "opt": opt, "params": models.count_params(model),
+                "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+    def first_call(self, c: Case) -> None:
+        """One untimed step: fills the attention ledger and measures this algorithm's peak memory."""
+        from bench.measure.memory import peak_memory, reset_peak_memory
+
+        reset_peak_memory(self.ctx.device)
+        c.step()
+        c.step.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
+        c.step.phases.clear()
+        st = c.stats
+        ledgers = [st.forward, st.backward]
+        c.result.update(mem=peak_memory(self.ctx.device), kernel=st.kernel, kernel_version=st.kernel_version,
+                        sent=sum(x.sent for x in ledgers), received=sum(x.received for x in ledgers),
+                        calls=sum(x.calls for x in ledgers))
+
+    def phase_samples(self, live: list[Case]) -> list[dict[str, list[float]]]:
+        """Each phase's seconds per timed iteration, the slowest rank's (exchanged once, after timing)."""
+        import torch
+        import torch.distributed as dist
+
+        iters = int(self.opts["iters"])
+        mine = torch.tensor([c.step.phases[-iters:] for c in live], dtype=torch.float64)  # (algos, iters, phases)
+        if self.ctx.backend == "nccl":
+            mine = mine.to(self.ctx.device)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+        every = mine.cpu().tolist()
+        return [{ph: [it[j] for it in per] for j, ph in enumerate(PHASES)} for per in every]
+
+    # -- agreement and records (as bench run) ----------------------------------------------------------------
+
+    def stage(self, c: Case, fn, broke_group: bool) -> bool:
+        err = None
+        try:
+            fn()
+        except CheckFailed as e:
+            err = ("check", str(e))
+        except Exception as e:  # noqa: BLE001
+            err = describe(e)
+        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
+        c.votes = self.agree(c.rec, c.label, err, info)
+        return self.record_failure(c, c.votes, broke_group and err is not None and err[0] != "check")
+
+    def settle_all(self, cases: list[Case], err, broke_group: bool) -> bool:
+        votes = self.agree(cases[0].rec, cases[0].label, err, {})
+        ok = True
+        for c in cases:
+            ok = self.record_failure(c, votes, broke_group, reinit=False) and ok
+        if not ok and broke_group:
+            from ringx import launch
+
+            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
+        return ok
+
+    def agree(self, rec: dict, label: str, err, info: dict) -> list[dict]:
+        from core.store import now
+
+        votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
+                                               **info})
+        if votes is None:
+            msg = (f"not every rank reported within {self.group.deadline:.0f}s during {label}: a rank died or "
+                   "hangs; stopping the run (the records written so far are intact)")
+            rec.update(status="failed", failure="timeout", error=msg, written_at=now())
+            self.write(rec)
+            self.group.give_up(msg)
+        return votes
+
+    def record_failure(self, c: Case, votes: list[dict], broke_group: bool, reinit: bool = True) -> bool:
+        from core.store import now
+
+        bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
+        if not bad:
+            return True
+        c.rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
+                     error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
+                     **{k: v for k, v in c.result.items() if k.startswith("check_")})
+        self.write(c.rec)
+        self.counts["failed"] += 1
+        self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
+        if reinit and (broke_group or any(v["kind"] != "check" for _, v in bad)):
+            from ringx import launch
+
+            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
+        return False
+
+    def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> None:
+        import statistics
+
+        from bench import models
+        from core.stats import stat_fields
+        from core.store import now
+        from ringx.flops import MODEL_CONVENTION, model_flops_per_token
+
+        cfg, plan, votes = self.plan.config, self.plan, c.votes
+        fields = stat_fields(samples)
+        med = fields["median_s"]
+        per_token = model_flops_per_token(models.flops_params(cfg), cfg.layers, c.seq, cfg.heads, cfg.head_dim,
+                                          cfg.causal)
+        flops = per_token * plan.batch * c.seq
+        tflops = flops / self.P / med / 1e12
+        peak = self.opts["peak_tflops"] if self.ctx.device.type == "cuda" else None
+        c.rec.update(
+            written_at=now(), kernel=c.result["kernel"], kernel_version=c.result["kernel_version"], layout=c.layout,
+            timing_group=group_id, samples_s=samples, **fields,
+            **{f"{ph}_s": statistics.median(phases[ph]) for ph in PHASES}, phase_samples_s=phases,
+            tokens_per_s_per_rank=plan.batch * c.seq / self.P / med,
+            params=shared["params"], params_flops=models.flops_params(cfg), flops_per_token=per_token, flops=flops,
+            flops_convention=MODEL_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
+            mfu=tflops / peak if peak else None,
+            bytes_sent_per_rank=[v["sent"] for v in votes], bytes_received_per_rank=[v["received"] for v in votes],
+            comm_calls_per_rank=[v["calls"] for v in votes],
+            grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
+            mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            **{k: v for k, v in c.result.items() if k.startswith("check_")})
+        self.write(c.rec)
+        self.counts["recorded"] += 1
+        ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in PHASES}
+        self.progress.step(f"{c.label}: {med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, "
+                           f"all-reduce {ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), "
+                           f"{plan.batch * c.seq / self.P / med:.0f} tokens/s per rank")
+
+    def write(self, rec: dict) -> None:
+        if self.rank == 0:
+            self.store.append(rec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def go() -> int:
+        from mpi4py import MPI
+
+        from bench.run import check_slurm_world
+
+        world = MPI.COMM_WORLD
+        check_slurm_world(world.Get_size(), world.Get_rank())
+        opts, plan = resolve(argv, world.Get_size())  # every user mistake stops here, before any collective
+        Runner(opts, plan, argv).run()
+        from ringx import launch
+
+        launch.finalize()
+        return 0
+
+    return cli_main("python -m bench model", go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
