@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from core.records import MODEL_COMPARE_BY
-from core.stats import METHOD, records_speedup
+from core.stats import METHOD
 
 from . import figures
 from .figures import NoData, _fig, _legend, _mask, save, style, styled
@@ -55,19 +55,16 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
-    """Each algorithm's step speedup over ``baseline`` at identical configuration, with its bootstrap interval."""
-    base = summary[summary["algorithm"] == baseline]
-    if base.empty:
+    """Each algorithm's step speedup over ``baseline`` at identical configuration, with its bootstrap interval
+    (metrics.speedup at a model configuration)."""
+    from .metrics import MissingBaseline
+    from .metrics import speedup as attention_speedup
+
+    try:
+        return attention_speedup(summary, baseline, config=CONFIG)
+    except MissingBaseline:
         raise NoData(f"baseline {baseline!r} has no successful model record; measured: "
-                     f"{', '.join(sorted(summary['algorithm'].unique()))}")
-    b = base[CONFIG + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
-    out = summary.merge(b, on=CONFIG, how="inner")
-    sps = [records_speedup(br, r) for br, r in zip(out["base_runs"], out["runs"])]
-    out["speedup"] = out["base_s"] / out["median_s"]
-    out["speedup_lo"] = [x.lo for x in sps]
-    out["speedup_hi"] = [x.hi for x in sps]
-    out["within_noise"] = [x.within_noise and a != baseline for x, a in zip(sps, out["algorithm"])]
-    return out.drop(columns=["base_runs"])
+                     f"{', '.join(sorted(summary['algorithm'].unique()))}") from None
 
 
 def with_attention(sp: pd.DataFrame, df: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
@@ -98,9 +95,9 @@ def with_attention(sp: pd.DataFrame, df: pd.DataFrame, baseline: str = "ring") -
 
 def _panels(d0: pd.DataFrame, width: str):
     keys = sorted({(str(m), int(w)) for m, w in zip(d0["model"], d0["world_size"])})
-    fig, axes = _fig(len(keys), width=width)
+    fig, axes, _ = _fig(len(keys), width=width)
     return fig, axes, [(ax, m, w, d0[(d0["model"] == m) & (d0["world_size"] == w)])
-                       for ax, (m, w) in zip(axes[0], keys)]
+                       for ax, (m, w) in zip(axes, keys)]
 
 
 def _seq_axis(ax, model: str, world: int, causal: bool) -> None:
@@ -134,8 +131,8 @@ def speedup_vs_seq(df: pd.DataFrame, baseline: str = "ring", width: str = "two")
                         color=st["color"], markerfacecolor="none", alpha=0.8)
         ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
         _seq_axis(ax, model, world, bool(d["causal"].iloc[0]))
-    axes[0][0].set_ylabel(f"speedup over {baseline}\n(solid: step; dotted: attention only)")
-    _legend(fig, axes)
+    axes[0].set_ylabel(f"speedup over {baseline}\n(solid: step; dotted: attention only)")
+    _legend(fig, axes, width)
     return fig
 
 
@@ -151,8 +148,8 @@ def mfu_vs_seq(df: pd.DataFrame, width: str = "two"):
             g = d[d["algorithm"] == a].sort_values("seq")
             ax.plot(g["seq"], g[col], **style(a))
         _seq_axis(ax, model, world, bool(d["causal"].iloc[0]))
-    axes[0][0].set_ylabel(label)
-    _legend(fig, axes)
+    axes[0].set_ylabel(label)
+    _legend(fig, axes, width)
     return fig
 
 
@@ -168,8 +165,6 @@ CAPTIONS = {
                  "published peak where the records name one; otherwise model TFLOP/s per rank (CPU runs have no "
                  "published peak).",
 }
-figures.TITLES.update(TITLES)  # the report finds titles and captions of every figure there
-figures.CAPTIONS.update(CAPTIONS)
 
 
 def build_figures(df: pd.DataFrame, out, formats, baseline: str = "ring", width: str = "two"):

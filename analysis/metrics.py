@@ -76,19 +76,21 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
+def speedup(summary: pd.DataFrame, baseline: str = "ring", config: list[str] | None = None) -> pd.DataFrame:
     """Each algorithm's speedup over ``baseline`` at identical configuration (baseline time / time).
 
     ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (core/stats.py), ``within_noise`` is True
     where that interval contains 1. Configurations where the baseline was not measured are dropped; if it
-    was measured nowhere, MissingBaseline names the algorithms that were.
+    was measured nowhere, MissingBaseline names the algorithms that were. ``config``: the columns a
+    comparison is made at (default: an attention configuration's).
     """
+    config = CONFIG if config is None else config
     base = summary[summary["algorithm"] == baseline]
     if base.empty:
         raise MissingBaseline(f"baseline {baseline!r} has no successful measurement; measured: "
                               f"{', '.join(sorted(summary['algorithm'].unique()))}")
-    b = base[CONFIG + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
-    out = summary.merge(b, on=CONFIG, how="inner")
+    b = base[config + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
+    out = summary.merge(b, on=config, how="inner")
     sps = [records_speedup(br, r) for br, r in zip(out["base_runs"], out["runs"])]
     out["speedup"] = out["base_s"] / out["median_s"]
     out["speedup_lo"] = [x.lo for x in sps]

@@ -188,8 +188,11 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     intro = (f"{len(df)} records ({summary_line}). Every time is the slowest rank's per iteration; spread: "
              f"{metrics.SPREAD_METHOD}; speedups are over {baseline} (above 1: faster) with a 95% bootstrap "
              "interval, and one whose interval contains 1 is marked within noise.")
-    figs = [(figures.TITLES.get(n, n).format(baseline=baseline),
-             figures.CAPTIONS.get(n, "").format(baseline=baseline), n, paths) for n, paths in made.items()]
+    from . import e2e
+
+    titles, captions = {**figures.TITLES, **e2e.TITLES}, {**figures.CAPTIONS, **e2e.CAPTIONS}
+    figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths)
+            for n, paths in made.items()]
     if fmt == "md":
         lines = [f"# {title}", "", intro, ""] + [f"- {n}" for n in notes]
         lines += ["## Hardware, kernel and software", ""] + [f"- **{k}**: {v}" for k, v in setting(df)] + [""]

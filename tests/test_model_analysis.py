@@ -88,7 +88,7 @@ def test_figures_table_and_report(tmp_path):
     (camp / "records" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs if r["kind"] == "model"))
     page = report.write(camp, tmp_path / "rep", "md")
     text = page.read_text()
-    assert "## Training steps" in text and "model-speedup.png" in text and "model-mfu.png" in text
+    assert "Table 3. Training steps" in text and "model-speedup.png" in text and "model-mfu.png" in text
 
 
 def test_missing_baseline_and_no_records_are_named():
