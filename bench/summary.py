@@ -22,13 +22,12 @@ from core.store import Store, StoreError
 from core.tables import Table, render
 
 
-def attention_table(recs: list[dict], baseline: str = "ring") -> str:
-    ok = [r for r in recs if r["kind"] == "attention" and r["status"] == "ok"]
-    if not ok:
-        return ""
+def _speedup_rows(ok: list[dict], compare_by, baseline: str, head) -> tuple[list[str], list[list]]:
+    """(algorithms, rows): per configuration (``compare_by``), ``head(config)`` then, per algorithm, its median ms
+    and speedup over the baseline with the interval (repeats and runs pooled, as analysis pools them)."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in ok:
-        groups[tuple(r[k] for k in COMPARE_BY)][r["algorithm"]].append(r)
+        groups[tuple(r[k] for k in compare_by)][r["algorithm"]].append(r)
     algos = list(dict.fromkeys(r["algorithm"] for r in ok))
     rows = []
     for g in sorted(groups):
@@ -42,8 +41,17 @@ def attention_table(recs: list[dict], baseline: str = "ring") -> str:
             ms = statistics.median(x for r in rs for x in r["samples_s"]) * 1e3
             sp = "" if a == baseline or baseline not in by else " " + records_speedup(by[baseline], rs).text()
             cells.append(f"{ms:.1f}{sp}")
-        c = dict(zip(COMPARE_BY, g))
-        rows.append([c["world_size"], c["seq"], "causal" if c["causal"] else "full", c["mode"], c["dtype"], *cells])
+        rows.append([*head(dict(zip(compare_by, g))), *cells])
+    return algos, rows
+
+
+def attention_table(recs: list[dict], baseline: str = "ring") -> str:
+    ok = [r for r in recs if r["kind"] == "attention" and r["status"] == "ok"]
+    if not ok:
+        return ""
+    algos, rows = _speedup_rows(ok, COMPARE_BY, baseline, lambda c: [c["world_size"], c["seq"],
+                                                                     "causal" if c["causal"] else "full",
+                                                                     c["mode"], c["dtype"]])
     t = Table(["ranks", "seq", "mask", "mode", "dtype", *algos], rows)
     return (f"Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
             f"and its {METHOD}. `~`: the interval contains 1, within noise. n/a: not measured.\n\n"
@@ -55,23 +63,8 @@ def model_table(recs: list[dict], baseline: str = "ring") -> str:
     ok = [r for r in recs if r["kind"] == "model" and r["status"] == "ok"]
     if not ok:
         return ""
-    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in ok:
-        groups[tuple(r[k] for k in MODEL_COMPARE_BY)][r["algorithm"]].append(r)
-    algos = list(dict.fromkeys(r["algorithm"] for r in ok))
-    rows = []
-    for g in sorted(groups):
-        by, c = groups[g], dict(zip(MODEL_COMPARE_BY, g))
-        cells = []
-        for a in algos:
-            rs = by.get(a)
-            if not rs:
-                cells.append("n/a")
-                continue
-            ms = statistics.median(x for r in rs for x in r["samples_s"]) * 1e3
-            sp = "" if a == baseline or baseline not in by else " " + records_speedup(by[baseline], rs).text()
-            cells.append(f"{ms:.1f}{sp}")
-        rows.append([c["model"], c["world_size"], c["seq"], c["dtype"] + (" ckpt" if c["checkpoint"] else ""), *cells])
+    algos, rows = _speedup_rows(ok, MODEL_COMPARE_BY, baseline, lambda c: [
+        c["model"], c["world_size"], c["seq"], c["dtype"] + (" ckpt" if c["checkpoint"] else "")])
     t = Table(["model", "ranks", "seq", "dtype", *algos], rows)
     return (f"Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "
             f"after it, speedup over {baseline} and its {METHOD}. `~`: within noise.\n\n" + render(t, "markdown"))
