@@ -176,6 +176,7 @@ class Group:
         """This rank alone stops the whole job (a peer died or hangs, or this rank cannot go on)."""
         print(f"{self.prog} (rank {self.rank}): {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        time.sleep(0.3)  # the launcher forwards output asynchronously: an abort at once can swallow the last line
         try:
             self.comm.Abort(code)
         finally:
