@@ -113,6 +113,10 @@ def run(a, argv: list[str]) -> int:
                 raise UserError(f"unknown kernel {k!r}; choose from {', '.join(ringx.KERNELS)}")
     ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
     cfgs = configs(a, ctx.device.type)
+    if ctx.device.type == "cpu":
+        from bench.measure.pinning import pin
+
+        pin(ctx.local_rank, ctx.local_world_size)  # as bench run does: a core of its own per rank (opt-in)
     group = Group(a.timeout, "bench kernels")
     store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "kernels", *argv])
     dev = ctx.device
