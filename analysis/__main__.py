@@ -43,6 +43,9 @@ def build_parser() -> Parser:
     c = campaign_cmd("validate", "fit the cost model on the campaign's microbenchmarks; predicted vs measured")
     c.add_argument("--out", help="output directory (default: the campaign's model/)")
     c.add_argument("--cores-per-node", type=int, help="CPU cores shared by a node's ranks")
+    c.add_argument("--cores-per-rank", type=int,
+                   help="CPU ranks bound to cores of their own: how many each had (jobs/checks/cpu-scale.sh: 1); "
+                        "with fewer than 2, transfers and blocks take turns on the core")
     c = sub.add_parser("predict", help="predicted time of every algorithm at one configuration, and the fastest",
                        description="predicted time of every algorithm at one configuration on a machine "
                                    "description (a profile's [model] table); a sweep file's points: "

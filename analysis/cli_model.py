@@ -12,7 +12,6 @@ from . import calibrate, figures, tables
 
 
 def run(a) -> int:
-    import matplotlib.pyplot as plt
 
     try:
         if a.command == "predict":
@@ -20,27 +19,7 @@ def run(a) -> int:
         if a.command == "map":
             return fastest_map(a)
         if a.command == "validate":
-            from .records import load
-
-            df = load(a.campaign)
-            machine, fit = calibrate.calibrate(df, Path(a.campaign).name, a.cores_per_node)
-            print(f"fitted machine ({machine.source}): attention throughput {machine.flops_per_s / 1e9:.1f} GFLOP/s "
-                  f"per rank{f', {a.cores_per_node} cores per node shared by its ranks' if a.cores_per_node else ''}")
-            print("collectives: time = hops x alpha + bytes x busbw factor / bandwidth\n")
-            print(tables.render(tables.frame_table(fit.round(4)), "markdown"))
-            v = calibrate.validate(df, machine)
-            print("predicted vs measured (median of each configuration):\n")
-            print(tables.render(tables.frame_table(calibrate.error_summary(v).round(3)), "markdown"))
-            from .report import default_out
-
-            out = Path(a.out) if a.out else default_out(a.campaign, "model")
-            out.mkdir(parents=True, exist_ok=True)
-            v.to_csv(out / "validation.csv", index=False)
-            fig = figures.predicted_vs_measured(v)
-            paths = figures.save(fig, out, "predicted-vs-measured", ("pdf", "png"))
-            plt.close(fig)
-            print(f"figure: {', '.join(map(str, paths))}; table: {out / 'validation.csv'}")
-            return 0
+            return validate(a)
         # curve
         machine, gpus_per_node = machines.load(a.machine)
         ranks = [r for r in (2, 8, 64, 512, 4096, 32768) if r <= a.max_ranks]
@@ -60,6 +39,46 @@ def run(a) -> int:
         return 0
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def validate(a) -> int:
+    """`analysis validate`: fit the model on a campaign's microbenchmarks, then predicted against measured."""
+    import matplotlib.pyplot as plt
+
+    from .records import load
+    from .report import default_out
+
+    df = load(a.campaign)
+    machine, fit = calibrate.calibrate(df, Path(a.campaign).name, a.cores_per_node, a.cores_per_rank)
+    cores = (f", {a.cores_per_rank} core(s) of its own per rank" if a.cores_per_rank else
+             f", {a.cores_per_node} cores per node shared by its ranks" if a.cores_per_node else "")
+    print(f"fitted machine ({machine.source}): attention throughput {machine.flops_per_s / 1e9:.1f} GFLOP/s "
+          f"per rank{cores}")
+    if machine.loaded_rates:
+        print(f"block throughput: bench kernels with {sorted(machine.loaded_rates)} ranks computing at once")
+    print("collectives: time = hops x alpha + bytes x busbw factor / bandwidth\n")
+    print(tables.render(tables.frame_table(fit.round(4)), "markdown"))
+    v = calibrate.validate(df, machine)
+    errors = calibrate.error_summary(v, not machine.kernel_rates)
+    print("predicted vs measured (median of each configuration), by rank count:\n")
+    print(tables.render(tables.frame_table(errors.round(3)), "markdown"))
+    order = calibrate.ranking(v)
+    if not order.empty:
+        right, noise = int((order["right"] == "yes").sum()), int((order["right"] == "within noise").sum())
+        print("\nfastest algorithm, predicted and measured, and the rank correlation (Spearman) of their orders: "
+              f"right in {right} of {len(order)} configurations, within noise in {noise}\n")
+        print(tables.render(tables.frame_table(order.round(3)), "markdown"))
+    out = Path(a.out) if a.out else default_out(a.campaign, "model")
+    out.mkdir(parents=True, exist_ok=True)
+    v.to_csv(out / "validation.csv", index=False)
+    errors.to_csv(out / "errors.csv", index=False)
+    if not order.empty:
+        order.to_csv(out / "ranking.csv", index=False)
+    fig = figures.predicted_vs_measured(v)
+    paths = figures.save(fig, out, "predicted-vs-measured", ("pdf", "png"))
+    plt.close(fig)
+    print(f"figure: {', '.join(map(str, paths))}; tables: {out}/validation.csv, errors.csv, ranking.csv")
+    return 0
 
 
 def _measured_speedups(campaign: str, algos: list[str], seq: int):

@@ -31,11 +31,26 @@ class Machine:
     cores_per_node: int | None = None  # CPU ranks share cores: throughput x min(1, cores / ranks per node)
     # Measured kernel throughput (bench kernels): (direction, causal) -> [(block length, FLOP/s)], ascending.
     kernel_rates: dict[tuple[str, bool], list[tuple[int, float]]] = field(default_factory=dict)
+    # CPU ranks confined to cores of their own (a launcher's binding, jobs/checks/cpu-scale.sh): the cores each
+    # has. Takes precedence over cores_per_node.
+    cores_per_rank: int | None = None
+    # The same, measured with k ranks of a node computing at once (k -> table): what a rank gets when its
+    # neighbours load the memory system too (bench kernels under mpiexec -n k). Empty: kernel_rates for all.
+    loaded_rates: dict[int, dict[tuple[str, bool], list[tuple[int, float]]]] = field(default_factory=dict)
 
-    def block_rate(self, direction: str, causal: bool, seq_q: int, seq_k: int) -> float:
-        """FLOP/s of one block: interpolated in log(block length) from the kernel measurements, else the
-        machine's one number. Small blocks run below a kernel's peak; this is where it shows."""
-        table = self.kernel_rates.get((direction, bool(causal))) or self.kernel_rates.get((direction, False))
+    def rates_for(self, busy: int | None) -> dict[tuple[str, bool], list[tuple[int, float]]]:
+        """The kernel table measured with the nearest number of busy ranks per node (ties: the larger)."""
+        if not self.loaded_rates or not busy:
+            return self.kernel_rates
+        k = min(self.loaded_rates, key=lambda n: (abs(math.log(n / busy)), -n))
+        return self.loaded_rates[k]
+
+    def block_rate(self, direction: str, causal: bool, seq_q: int, seq_k: int, busy: int | None = None) -> float:
+        """FLOP/s of one block: interpolated in log(block length) from the kernel measurements (with ``busy``
+        ranks of the node computing at once, when measured so), else the machine's one number. Small blocks
+        run below a kernel's peak; this is where it shows."""
+        rates = self.rates_for(busy)
+        table = rates.get((direction, bool(causal))) or rates.get((direction, False))
         if not table or not seq_q or not seq_k:
             return self.flops_per_s
         n = math.sqrt(seq_q * seq_k)
@@ -47,18 +62,29 @@ class Machine:
                 return r0 + w * (r1 - r0)
         return table[-1][1]
 
-    def link(self, op: str, nodes: int) -> Link:
+    def link(self, op: str, nodes: int, p: int | None = None) -> Link:
+        """The link of ``op``: fitted at this rank count (key "op@P") when it was measured there, else the
+        op's fit over all rank counts, else the level's default."""
         table = self.inter if nodes > 1 and self.inter else self.intra
-        return table.get(op) or table["default"]
+        return table.get(f"{op}@{p}") or table.get(op) or table["default"]
 
     def comm_s(self, op: str, nbytes: int, p: int, nodes: int = 1) -> float:
         if p == 1:
             return 0.0
-        lk = self.link(op, nodes)
+        lk = self.link(op, nodes, p)
         return hops(op, p) * lk.alpha_s + nbytes * busbw_factor(op, p) / (lk.bw_GBps * 1e9)
+
+    def overlaps(self, p: int, nodes: int) -> bool:
+        """Whether asynchronous communication can run beside compute. CPU ranks bound to one core each
+        (cores_per_rank 1) progress their transfers on that core (gloo's threads), so a transfer over a fast
+        link (loopback: CPU-bound copies) and a block take turns. Elsewhere transfers are taken to overlap:
+        GPUs have copy engines and NCCL's own kernels, and over a slow link a transfer is mostly waiting."""
+        return self.cores_per_rank is None or self.cores_per_rank >= 2
 
     def core_share(self, p: int, nodes: int) -> float:
         """The fraction of its device a rank gets: CPU ranks beyond a node's cores share them."""
+        if self.cores_per_rank is not None:
+            return 1.0
         return 1.0 if not self.cores_per_node else min(1.0, self.cores_per_node / max(1, p // max(1, nodes)))
 
 

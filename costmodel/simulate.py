@@ -20,12 +20,17 @@ Predicted time = the slowest rank's clock. Breakdown: compute (mean over
 ranks), imbalance (slowest rank's compute minus the mean), exposed
 communication (the rest).
 
-Known to be wrong: communication never slows compute (on CPUs gloo shares the
-cores; on GPUs NCCL kernels share SMs); bandwidth is one number per level and
-op (no congestion, topology or message-size protocol switches); compute
-throughput is one number (small blocks run below it); beyond ``exact_ranks``
-ranks a sample of ranks is simulated, which is exact for balanced schedules
-and may miss the slowest rank of unbalanced ones.
+Compute: per block, the kernel throughput measured at that block length and mask (bench kernels),
+with as many ranks of the node computing at once when measured so (interference through memory);
+otherwise one number. CPU ranks bound to one core each cannot run a transfer beside a block
+(``Machine.overlaps``): there asynchronous operations are costed as blocking.
+
+Known to be wrong: bandwidth is one number per level, op and rank count (no congestion, topology or
+message-size protocol switches); NCCL kernels sharing SMs with attention is not modelled; copies
+that rearrange tensors around a collective (ringX3's O(S) gather and reduce-scatter buffers) cost
+nothing here, and that is ringX3's error on CPU ranks; beyond ``exact_ranks`` ranks a sample of
+ranks is simulated, which is exact for balanced schedules and may miss the slowest rank of
+unbalanced ones.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
     waiting = [None] * n  # key of the blocking collective a rank is held in
     sampled = set(ranks)
     share = machine.core_share(p, nodes)
+    busy = max(1, p // max(1, nodes))  # ranks of a node computing at once
+    overlap = machine.overlaps(p, nodes)
     while True:
         moved = False
         for r in range(n):
@@ -80,7 +87,7 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
                     continue
                 if e.kind == "compute":
                     rate = machine.block_rate(e.op, getattr(e, "causal", False), getattr(e, "seq_q", 0),
-                                              getattr(e, "seq_k", 0))
+                                              getattr(e, "seq_k", 0), busy)
                     dt = e.flops / (rate * share)
                     clock[r] += dt
                     compute[r] += dt
@@ -99,7 +106,7 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
                         size, span = (len(group), getattr(e, "nodes", 0) or 1) if group else (p, nodes)
                         start = max(max(posted[key]), channel_free.get(group, 0.0))
                         finish[key] = channel_free[group] = start + machine.comm_s(e.op, e.nbytes, size, span)
-                    if e.blocking:
+                    if e.blocking or not overlap:
                         waiting[r] = key
                         moved = True
                         continue

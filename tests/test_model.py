@@ -96,7 +96,8 @@ def test_validate_and_predict_cli():
                            "2", "--out", "/tmp/ringx-model-test"], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "| algorithm | points | median_rel_err | worst_rel_err |" in proc.stdout
+    assert "| algorithm | ranks | sample | points | median_rel_err | worst_rel_err |" in proc.stdout
+    assert "| measured_fastest | predicted_fastest | right | spearman |" in proc.stdout
     assert all(f"| {a} |" in proc.stdout for a in ("ring", "zigzag", "ringx3", "ringx4o"))
     proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "predict", "jobs/sweeps/local-demo.toml",
                            "--machine", "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -184,3 +185,56 @@ def test_map_cli_names_the_fastest_algorithm_and_degrees(tmp_path):
     usp = table[(table["algorithm"] == "usp") & (table["ranks"] == 64)]
     assert len(usp) == 1 and 64 % int(usp["ulysses_degree"].iloc[0]) == 0
     assert (tmp_path / "fastest-map.png").stat().st_size > 10_000
+
+
+def test_kernel_rates_follow_the_busy_ranks_and_never_fall_with_block_length():
+    import pandas as pd
+
+    rows = [{"kind": "kernel", "status": "ok", "kernel": "torch-cpu", "direction": "fwd", "causal": False, "seq": s,
+             "tflops": t / busy, "world_size": busy, "nodes": 1}
+            for busy in (1, 8) for s, t in ((256, 2.0), (512, 1.0), (1024, 4.0))]
+    df = pd.DataFrame(rows)
+    assert calibrate.fit_kernel_rates(df, 8)[("fwd", False)] == [(256, 0.1875e12), (512, 0.1875e12), (1024, 0.5e12)]
+    rows.append({"kind": "collective", "status": "ok", "op": "broadcast", "world_size": 2, "bytes": 1 << 20,
+                 "median_s": 1e-3})
+    m, _ = calibrate.calibrate(pd.DataFrame(rows), "t")
+    assert sorted(m.loaded_rates) == [1, 8]
+    assert m.block_rate("fwd", False, 1024, 1024, busy=1) == pytest.approx(4e12)
+    assert m.block_rate("fwd", False, 1024, 1024, busy=6) == pytest.approx(0.5e12)  # nearest measured load: 8
+    assert m.block_rate("fwd", False, 1024, 1024, busy=2) == pytest.approx(4e12)
+
+
+def test_one_core_per_rank_serialises_asynchronous_transfers_with_compute():
+    ev = [[Event("comm", op="sendrecv", nbytes=10**9, blocking=False, index=0),
+           Event("compute", op="fwd", flops=1e12), Event("wait", index=0)] for _ in range(2)]
+    link = {"default": Link(0.0, 1.0)}  # 1 s for the transfer, 1 s for the block
+    assert simulate(ev, Machine("gpu", "t", 1e12, link), 2, 1).total_s == pytest.approx(1.0)
+    assert simulate(ev, Machine("cpu", "t", 1e12, link, cores_per_rank=1), 2, 1).total_s == pytest.approx(2.0)
+    assert simulate(ev, Machine("cpu", "t", 1e12, link, cores_per_rank=2), 2, 1).total_s == pytest.approx(1.0)
+
+
+def test_links_are_fitted_per_rank_count_too():
+    pd = pytest.importorskip("pandas")
+    rows = [{"kind": "collective", "status": "ok", "op": "all_reduce", "world_size": p, "bytes": n,
+             "median_s": model.hops("all_reduce", p) * alpha + n * model.busbw_factor("all_reduce", p) / 1e10}
+            for p, alpha in ((2, 1e-5), (8, 4e-5)) for n in (1 << 10, 1 << 16, 1 << 22)]
+    links, fit = calibrate.fit_links(pd.DataFrame(rows))
+    assert links["all_reduce@2"].alpha_s == pytest.approx(1e-5) and links["all_reduce@8"].alpha_s == pytest.approx(4e-5)
+    m = Machine("m", "t", 1e12, links)
+    assert m.link("all_reduce", 1, 8) is links["all_reduce@8"] and m.link("all_reduce", 1, 4) is links["all_reduce"]
+    assert set(fit["ranks"]) == {"all", "2", "8"}
+
+
+def test_ranking_says_whether_the_fastest_was_predicted():
+    import pandas as pd
+
+    def cfg(p, times):  # algorithm -> (measured, measured p90, predicted)
+        return [{"algorithm": a, "world_size": p, "seq": 1024, "causal": True, "mode": "fwd+bwd", "measured_s": m,
+                 "measured_p90_s": q, "predicted_s": pr} for a, (m, q, pr) in times.items()]
+
+    v = pd.DataFrame(cfg(2, {"a": (1.0, 1.1, 1.0), "b": (2.0, 2.1, 2.0), "c": (3.0, 3.1, 3.0)})
+                     + cfg(4, {"a": (1.0, 1.1, 2.0), "b": (1.05, 1.2, 1.0), "c": (3.0, 3.1, 3.0)})
+                     + cfg(8, {"a": (1.0, 1.1, 3.0), "b": (2.0, 2.1, 2.0), "c": (3.0, 3.1, 1.0)}))
+    r = calibrate.ranking(v).set_index("ranks")
+    assert list(r["right"]) == ["yes", "within noise", "no"]
+    assert r.loc[2, "spearman"] == pytest.approx(1.0) and r.loc[8, "spearman"] == pytest.approx(-1.0)
