@@ -148,6 +148,10 @@ def _legend(fig, axes, width: str = "two") -> None:
     labels = sorted(seen, key=lambda a: (a in refs, *order_key(a)))
     if seen:
         ncol = min(len(seen), LEGEND_COLS[width] if fig.get_figwidth() > 4 else LEGEND_COLS["one"])
+        # Long labels (kernel, dtype, GQA ratio) need fewer columns to fit the width: ~0.05 in per character
+        # at the legend's font size, plus the line sample and spacing.
+        per_item = 0.05 * max(len(k) for k in labels) + 0.4
+        ncol = max(1, min(ncol, int(fig.get_figwidth() / per_item)))
         fig.legend([seen[k] for k in labels], labels, loc="outside upper center", ncol=ncol, frameon=False)
 
 
