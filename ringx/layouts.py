@@ -101,6 +101,33 @@ def shard(x: torch.Tensor, layout: str, rank: int, world_size: int, dim: int = 1
     return torch.cat([pieces[c] for c in rank_chunks(layout, rank, world_size)], dim=dim)
 
 
+def shard_all(x: torch.Tensor, layout: str, world_size: int, dim: int = 1) -> torch.Tensor:
+    """Every rank's :func:`shard` of ``x`` at once, stacked as (P, ...): ``out[r] == shard(x, layout, r, P)``.
+
+    One gather of equal pieces in rank order, O(P) work: a loop of :func:`shard` calls would chunk the
+    whole tensor once per rank, O(P^2) views, which at thousands of ranks costs more than the attention.
+    """
+    seq = x.shape[dim]
+    div = global_divisor(layout, world_size)
+    if seq % div:
+        raise ValueError(f"sequence length {seq} is not divisible by {div} ({layout} layout over {world_size} ranks)")
+    dim = dim % x.dim()
+    if layout == "stripe":  # token i on rank i mod P
+        return x.unflatten(dim, (seq // world_size, world_size)).movedim(dim + 1, 0)
+    u = ulysses_degree_of(layout)
+    if u is not None:  # 2P pieces: group i's zigzag pair is chunks i, 2R-1-i of 2R (U pieces each), split over U ranks
+        _check_degree(u, world_size)
+        r_groups = world_size // u
+        order = [c * u + k for i in range(r_groups) for c in (i, 2 * r_groups - 1 - i) for k in range(u)]
+    elif _check(layout) == "zigzag":
+        order = [c for r in range(world_size) for c in rank_chunks(layout, r, world_size)]
+    else:
+        order = list(range(world_size))
+    pieces = x.unflatten(dim, (len(order), seq // len(order)))
+    picked = pieces.index_select(dim, torch.tensor(order, device=x.device))  # (..., P*k, piece, ...) in rank order
+    return picked.unflatten(dim, (world_size, -1)).movedim(dim, 0).flatten(dim + 1, dim + 2)
+
+
 def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, dim: int = 1) -> torch.Tensor:
     """Inverse of :func:`shard`: the global tensor from every rank's shard, in rank order."""
     world_size = len(shards)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..blocks import Grad, attend, attend_backward
-from ..layouts import shard, unshard
+from ..layouts import shard_all, unshard
 from ..merge import Partial
 from .base import Ctx, Tensor
 
@@ -38,6 +38,6 @@ def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     if c.world == 1:
         return dq.final(), dk.final(), dv.final()  # nothing to scatter
     dkv = torch.stack([dk.result(), dv.result()])  # (2, B, S, H, D)
-    per_rank = torch.stack([shard(dkv, c.layout, r, c.world, dim=2) for r in range(c.world)])
+    per_rank = shard_all(dkv, c.layout, c.world, dim=2)  # (P, 2, B, n, H, D): rank r's slice is its dK/dV
     mine = c.comm.reduce_scatter(per_rank)
     return dq.final(), mine[0], mine[1]
