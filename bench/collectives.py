@@ -12,7 +12,7 @@ nccl-tests' size convention and factors (n ranks: those of the op's group):
   all_gather      the gathered output (n parts)    (n-1)/n
   reduce_scatter  the input (n parts)              (n-1)/n
   all_to_all      the input (n parts, one per peer) (n-1)/n
-  sendrecv        what each rank sends to rank+1   1   (the ring exchange of ring attention)
+  sendrecv        what each rank sends to the next 1   (the ring exchange of ring attention)
 
 Levels (--levels), the links the hierarchical algorithms use apart:
 
