@@ -137,15 +137,17 @@ def _labels(axes, ncols: int, xlabel: str, ylabel: str) -> None:
         axes[-1].set_xlabel(xlabel)
 
 
-def _legend(fig, axes, width: str = "two") -> None:
-    """One legend for all panels, above them (algorithms in the paper's order, reference lines last)."""
+def _legend(fig, axes, width: str = "two", order: list[str] | None = None) -> None:
+    """One legend for all panels, above them (algorithms in the paper's order, or the labels in ``order``;
+    reference lines last)."""
     seen: dict[str, object] = {}
     for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if not lab.startswith("_"):
                 seen.setdefault(lab, h)
     refs = ("ideal", "y = x")
-    labels = sorted(seen, key=lambda a: (a in refs, *order_key(a)))
+    rank = {lab: i for i, lab in enumerate(order or [])}
+    labels = sorted(seen, key=lambda a: (a in refs, rank.get(a, len(rank)), *order_key(a)))
     if seen:
         ncol = min(len(seen), LEGEND_COLS[width] if fig.get_figwidth() > 4 else LEGEND_COLS["one"])
         # Long labels (kernel, dtype, GQA ratio) need fewer columns to fit the width: ~0.05 in per character
@@ -389,23 +391,40 @@ def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two
     return fig
 
 
+LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
+
+
+def _collective_series(ok: pd.DataFrame) -> list[tuple[int, str, int, str]]:
+    """(world_size, level, group_size, label) of each line of the collectives figure: one per rank count and
+    level, so intra- and inter-node measurements never share a line with each other or with the world's."""
+    keys = {(int(w), str(lv), int(g)) for w, lv, g in zip(ok["world_size"], ok["level"], ok["group_size"])}
+    out = []
+    for w, lv, g in sorted(keys, key=lambda k: (k[0], LEVEL_ORDER.get(k[1], 3), k[1], k[2])):
+        label = plural(w, "rank") if lv == "world" else f"{plural(w, 'rank')}, {lv}-node groups of {g}"
+        out.append((w, lv, g, label))
+    return out
+
+
 @styled
 def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
-    """Bus bandwidth vs message size per operation, one line per rank count (nccl-tests convention)."""
+    """Bus bandwidth vs message size per operation, one line per rank count and level (nccl-tests convention)."""
     ok = coll[(coll["kind"] == "collective") & (coll["status"] == "ok")]
     if ok.empty:
         raise NoData("no collective records (run `python -m bench collectives`)")
+    # frames not from analysis.load (which fills these in) may predate the fields: such records ran over all ranks
+    ok = ok.assign(level=ok["level"].fillna("world") if "level" in ok else "world",
+                   group_size=ok["group_size"].fillna(ok["world_size"]) if "group_size" in ok else ok["world_size"])
     ops = list(dict.fromkeys(ok["op"]))
     fig, axes, ncols = _fig(len(ops), width, sharex=True, sharey=True)
-    worlds = sorted(ok["world_size"].unique())
+    series = _collective_series(ok)
     for ax, op in zip(axes, ops):
         d = ok[ok["op"] == op]
-        for i, w in enumerate(worlds):
-            g = d[d["world_size"] == w].sort_values("bytes")
+        for i, (w, lv, gs, label) in enumerate(series):
+            g = d[(d["world_size"] == w) & (d["level"] == lv) & (d["group_size"] == gs)].sort_values("bytes")
             if g.empty:
                 continue
             ax.plot(g["bytes"], g["busbw_GBps"], marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
-                    color=COLORS[i % len(COLORS)], label=plural(int(w), "rank"))
+                    color=COLORS[i % len(COLORS)], label=label)
         ax.set_yscale("log")
         ax.set_title(op.replace("_", " "))
     sizes = sorted(ok["bytes"].unique())
@@ -414,7 +433,7 @@ def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
         ax.set_xlim(sizes[0] / 1.5, sizes[-1] * 1.5)
         log_ticks(ax, "y")
     _labels(axes, ncols, "message size", "busbw (GB/s)")
-    _legend(fig, axes, width)
+    _legend(fig, axes, width, order=[label for *_, label in series])
     return fig
 
 
@@ -507,9 +526,11 @@ CAPTIONS = {
     "memory": "Peak memory per rank (the largest over ranks) against ranks, one line per algorithm, one panel per "
               "sequence length and masking: the device allocator's peak for GPU ranks, the peak resident set size "
               "of the process for CPU ranks (which includes the Python runtime).",
-    "collectives": "Bus bandwidth (nccl-tests convention: algorithm bandwidth x the operation's factor) against "
-                   "message size, one panel per operation, one line per rank count; markers: median of the timed "
-                   "iterations.",
+    "collectives": "Bus bandwidth (nccl-tests convention: algorithm bandwidth x the operation's factor for the "
+                   "size of its group) against message size, one panel per operation, one line per rank count and "
+                   "level: all ranks in one group, or (intra-node) each node's ranks in their own group, or "
+                   "(inter-node) the ranks of each local rank across the nodes in their own group, every group at "
+                   "once; markers: median of the timed iterations.",
     "kernels": "Local kernel throughput against block length (queries = keys), forward and backward (given the "
                "forward's output), by flash-attention's FLOP convention; markers: median, bars: p10-p90.",
 }

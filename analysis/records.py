@@ -87,6 +87,7 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
         df = df[df["kind"] == kind].reset_index(drop=True)
         if df.empty:
             raise EmptyCampaign(f"no {kind} records in {source}")
+    df = _collective_levels(df)
     for c, dtype in column_types().items():
         if c not in df:
             continue
@@ -98,6 +99,22 @@ def load(source: str | Path | Iterable[str | Path], kind: str | None = None) -> 
             df[c] = df[c].astype(dtype)
     if "written_at" in df:
         df["written_at"] = pd.to_datetime(df["written_at"], errors="coerce", utc=True)
+    return df
+
+
+def _collective_levels(df: pd.DataFrame) -> pd.DataFrame:
+    """Collective records from before `level` and `group_size` existed ran over every rank: level "world",
+    group_size = world_size, so they never mix with intra- or inter-node measurements."""
+    coll = df["kind"] == "collective" if "kind" in df else pd.Series(False, index=df.index)
+    if not coll.any():
+        return df
+    df = df.copy()
+    for c in ("level", "group_size"):
+        if c not in df:
+            df[c] = pd.Series([None] * len(df), index=df.index, dtype=object)
+    df.loc[coll & df["level"].isna(), "level"] = "world"
+    old = coll & df["group_size"].isna()
+    df.loc[old, "group_size"] = df.loc[old, "world_size"]
     return df
 
 

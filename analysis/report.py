@@ -60,7 +60,7 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
 
 def _config(df: pd.DataFrame) -> dict[str, str]:
     cols = ["algorithm", "world_size", "nodes", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal",
-            "mode", "kernel", "iters", "warmup", "op"]
+            "mode", "kernel", "iters", "warmup", "op", "level"]
     return {c: ", ".join(str(v) for v in sorted(df[c].dropna().unique(), key=str)) for c in cols if c in df}
 
 
@@ -179,7 +179,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
 
         model_table = e2e.table(df, baseline)
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
-    failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "world_size", "seq", "error")
+    failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "level", "world_size", "seq", "error")
                                       if c in bad]])
     config, prov = _config(df), tables.frame_table(_provenance(df))
     title = f"ringx-bench report: campaign {name}"

@@ -3,7 +3,7 @@
 For each operation the algorithms use and each message size: time per call
 (slowest rank per iteration, median of --iters after --warmup), algorithm
 bandwidth algbw = bytes / time and bus bandwidth busbw = algbw x factor, with
-nccl-tests' size convention and factors (n ranks):
+nccl-tests' size convention and factors (n ranks: those of the op's group):
 
   op              bytes (the "size")               busbw factor
   broadcast       the buffer                       1
@@ -12,24 +12,44 @@ nccl-tests' size convention and factors (n ranks):
   all_gather      the gathered output (n parts)    (n-1)/n
   reduce_scatter  the input (n parts)              (n-1)/n
   all_to_all      the input (n parts, one per peer) (n-1)/n
-  sendrecv        what each rank sends to rank+1   1   (the ring exchange of ring attention)
+  sendrecv        what each rank sends to the next 1   (the ring exchange of ring attention)
 
-Records go to the same store as `bench run` (kind "collective").
+Levels (--levels), the links the hierarchical algorithms use apart:
+
+  world   all ranks in one group
+  intra   each node's ranks in their intra-node group, every node at once (n = ranks per node)
+  inter   the ranks of one local rank across the nodes, every such group at once (n = nodes)
+
+Which ranks share a node: MPI's shared-memory split, or RINGX_RANKS_PER_NODE=k
+(nodes of k consecutive ranks, to simulate nodes on one machine). intra and
+inter need the same number of ranks on every node, more than one node, and
+(intra) more than one rank per node.
+
+Records go to the same store as `bench run` (kind "collective"), each with
+its level and group_size.
 
 Example: mpiexec -n 4 python -m bench collectives --max-bytes 64M --campaign net
+         RINGX_RANKS_PER_NODE=2 mpiexec -n 4 python -m bench collectives --levels intra,inter
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from bench.measure.ranks import Group, Progress, describe
 from bench.options import DTYPES
-from core.cli import Parser
+from core.cli import Parser, UserError
 from costmodel.network import busbw_factor
 
+if TYPE_CHECKING:
+    from ringx.topology import Topology
+
 OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv")
+LEVELS = ("world", "intra", "inter")
+PROG = "python -m bench collectives"
 
 
 def parse_size(text: str) -> int:
@@ -48,37 +68,109 @@ def sizes(lo: int, hi: int, step: int, quantum: int) -> list[int]:
     return sorted(set(out))
 
 
-def op_call(op: str, numel: int, dtype, device, rank: int, world: int):
-    """A no-argument function performing one ``op`` on a ``numel``-element buffer."""
+def layout_problem(level: str, topo: Topology | None, why_unknown: str = "") -> str:
+    """Why the node layout cannot form ``level``'s groups ('' when it can). ``topo`` None: the layout is
+    unknown, ``why_unknown`` says why (e.g. a RINGX_RANKS_PER_NODE that does not divide the ranks)."""
+    if level == "world":
+        return ""
+    if topo is None:
+        return why_unknown or "the ranks' node layout is unknown"
+    counts = sorted({len(m) for m in topo.node_members})
+    if topo.nodes == 1:
+        return (f"all {topo.world} ranks share one node (RINGX_RANKS_PER_NODE=k simulates nodes of k ranks on one "
+                "machine)")
+    if len(counts) > 1:
+        return (f"the {topo.nodes} nodes hold different numbers of ranks ({', '.join(map(str, counts))}); the levels "
+                "need the same number on every node")
+    if level == "intra" and counts[0] == 1:
+        return f"each of the {topo.nodes} nodes holds one rank: no intra-node group to measure"
+    return ""
+
+
+def default_levels(topo: Topology | None) -> list[str]:
+    """world, plus intra and inter where the topology forms them (more than one node, equal ranks per node)."""
+    return [lv for lv in LEVELS if not layout_problem(lv, topo)]
+
+
+def parse_levels(text: str | None) -> list[str] | None:
+    """--levels as a list in LEVELS order (None: not given, the topology decides); ValueError names a bad one."""
+    if text is None:
+        return None
+    asked = [x.strip() for x in text.split(",") if x.strip()]
+    for lv in asked:
+        if lv not in LEVELS:
+            raise ValueError(f"unknown level {lv!r}; choose from {', '.join(LEVELS)}")
+    if not asked:
+        raise ValueError(f"--levels is empty; choose from {', '.join(LEVELS)}")
+    return [lv for lv in LEVELS if lv in asked]
+
+
+def group_size(level: str, topo: Topology | None, world: int) -> int:
+    """Ranks in each group of ``level`` (a level the layout can form: see ``layout_problem``)."""
+    if level == "world":
+        return world
+    assert topo is not None
+    return topo.ranks_per_node if level == "intra" else topo.nodes
+
+
+def level_group(level: str, world: int) -> tuple[tuple[int, ...], object]:
+    """(the world ranks of this rank's group at ``level``, ascending; its process group, None: the default).
+
+    The intra- and inter-node groups are built collectively on first use and kept until ``launch.finalize``
+    (a reinit after a failure rebuilds them): every rank walks the same plan, so all build them together.
+    """
+    if level == "world":
+        return tuple(range(world)), None
+    from ringx import launch
+
+    sub = launch.topology().intra if level == "intra" else launch.topology().inter
+    return sub.ranks, sub.pg
+
+
+def op_call(op: str, numel: int, dtype, device, rank: int, members: tuple[int, ...] | int, group=None):
+    """A no-argument function performing one ``op`` on a ``numel``-element buffer.
+
+    ``members``: the world ranks of the op's group, ascending (an int n: ranks 0..n-1, the whole world);
+    ``group``: its process group (None: the default group). ``rank`` is this rank's world rank.
+    """
     import torch
     import torch.distributed as dist
 
     from ringx.comm import all_gather_flat, reduce_scatter_flat
 
+    if isinstance(members, int):
+        members = tuple(range(members))
+    n, me = len(members), members.index(rank)
     buf = torch.ones(numel, dtype=dtype, device=device)
-    part = buf[: numel // world]
+    part = buf[: numel // n]
     recv = torch.empty_like(buf)
-    nxt, prv = (rank + 1) % world, (rank - 1) % world
+    root = members[0]
+    nxt, prv = members[(me + 1) % n], members[(me - 1) % n]
 
     def sendrecv():
-        if world > 1:
-            for w in dist.batch_isend_irecv([dist.P2POp(dist.isend, buf, nxt), dist.P2POp(dist.irecv, recv, prv)]):
+        if n > 1:
+            for w in dist.batch_isend_irecv([dist.P2POp(dist.isend, buf, nxt, group),
+                                             dist.P2POp(dist.irecv, recv, prv, group)]):
                 w.wait()
 
     return {
-        "broadcast": lambda: dist.broadcast(buf, 0),
-        "reduce": lambda: dist.reduce(buf, 0),
-        "all_reduce": lambda: dist.all_reduce(buf),
-        "all_gather": lambda: all_gather_flat(buf, part),
-        "reduce_scatter": lambda: reduce_scatter_flat(part, buf),
-        "all_to_all": lambda: dist.all_to_all_single(recv, buf),
+        "broadcast": lambda: dist.broadcast(buf, root, group=group),
+        "reduce": lambda: dist.reduce(buf, root, group=group),
+        "all_reduce": lambda: dist.all_reduce(buf, group=group),
+        "all_gather": lambda: all_gather_flat(buf, part, group=group),
+        "reduce_scatter": lambda: reduce_scatter_flat(part, buf, group=group),
+        "all_to_all": lambda: dist.all_to_all_single(recv, buf, group=group),
         "sendrecv": sendrecv,
     }[op]
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench collectives", description=__doc__)
+    p = Parser(prog=PROG, description=__doc__)
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated (default: all)")
+    p.add_argument("--levels", help="comma-separated from world, intra, inter (default: world alone on one node; "
+                   "world,intra,inter when the ranks span several nodes with the same number on each, without "
+                   "intra when that number is 1). intra: every node's ranks at once, each node in its own group; "
+                   "inter: the ranks of each local rank across the nodes, all such groups at once")
     p.add_argument("--min-bytes", default="1K", help="smallest size (default 1K)")
     p.add_argument("--max-bytes", default="16M", help="largest size (default 16M)")
     p.add_argument("--step", type=int, default=4, help="size multiplier between points (default 4)")
@@ -102,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if o not in OPS:
             p.error(f"unknown op {o!r}; choose from {', '.join(OPS)}")
     try:
+        asked_levels = parse_levels(a.levels)
         lo, hi = parse_size(a.min_bytes), parse_size(a.max_bytes)
     except ValueError as e:
         p.error(str(e))
@@ -117,49 +210,82 @@ def main(argv: list[str] | None = None) -> int:
         check_campaign_name(a.campaign)
     except StoreError as e:
         p.error(str(e))
+    from core.cli import main as cli_main
 
+    return cli_main(PROG, lambda: measure(a, argv, ops, asked_levels, lo, hi))
+
+
+def _topology() -> tuple[Topology | None, str]:
+    """(the default group's topology, '') or (None, why it is unknown); the same on every rank."""
+    from ringx import launch
+
+    try:
+        return launch.topology(), ""
+    except ValueError as e:  # RINGX_RANKS_PER_NODE that does not divide the ranks
+        return None, str(e)
+
+
+def measure(a: argparse.Namespace, argv: list[str] | None, ops: list[str], asked_levels: list[str] | None, lo: int,
+            hi: int) -> int:
+    """Time every (level, op, size) of the plan on every rank; rank 0 writes the records (after ``main``'s checks)."""
     import torch
 
     from bench.measure.timing import time_iterations
     from core.stats import stat_fields, summarize
     from core.store import SCHEMA_VERSION, already_recorded, config_key, now
     from ringx import launch
+
     ctx = launch.init(timeout_s=a.timeout)
-    group = Group(a.timeout, "bench collectives")
     P, rank = ctx.world_size, ctx.rank
+    topo, unknown = _topology()
+    levels = asked_levels or default_levels(topo)
+    for lv in levels:
+        if why := layout_problem(lv, topo, unknown):  # every rank knows the same layout: all stop here alike
+            launch.finalize()
+            raise UserError(f"--levels {lv} cannot run here: {why}")
+    group = Group(a.timeout, "bench collectives")
     store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "collectives", *(argv or [])])
     dt = getattr(torch, a.dtype)
     esize = torch.empty((), dtype=dt).element_size()
-    plan = [(op, b) for op in ops for b in sizes(lo, hi, a.step, esize * P)]
+    # One size list for every level: multiples of P elements divide into any group's parts.
+    plan = [(lv, op, b) for lv in levels for op in ops for b in sizes(lo, hi, a.step, esize * P)]
     progress = Progress(len(plan), a.quiet, rank == 0)
-    progress.note(f"bench collectives: {len(ops)} ops x sizes {lo}-{hi} B on {P} ranks -> {store.records_path}")
+    missing = [lv for lv in LEVELS if lv not in levels]
+    why = "" if asked_levels or not missing else f" (not {','.join(missing)}: {layout_problem(missing[-1], topo)})"
+    progress.note(f"bench collectives: {len(ops)} ops x sizes {lo}-{hi} B on {P} ranks, levels {','.join(levels)}"
+                  f"{why} -> {store.records_path}")
 
-    for op, nbytes in plan:
+    for level, op, nbytes in plan:
+        n = group_size(level, topo, P)
         cfg = {"op": op, "bytes": nbytes, "dtype": a.dtype, "world_size": P, "nodes": nodes,
                "warmup": a.warmup, "iters": a.iters}
+        if level != "world":  # world's key stays what it was before levels existed: old campaigns resume
+            cfg.update(level=level, group_size=n)
         key = config_key(cfg)
+        what = f"{op} {nbytes} B" + ("" if level == "world" else f" ({level}, groups of {n})")
         if already_recorded(done.get(key), a.retry_failed):
-            progress.step(f"{op} {nbytes} B: already recorded")
+            progress.step(f"{what}: already recorded")
             continue
         rec = {"schema": SCHEMA_VERSION, "kind": "collective", "campaign": store.campaign, "tag": a.tag,
                "run_id": run_id, "key": key, "status": "ok", "error": None, "written_at": "",
-               "busbw_factor": busbw_factor(op, P), **cfg}
+               "busbw_factor": busbw_factor(op, n), **cfg, "level": level, "group_size": n}
         err = kind = None
         samples = []
         try:
-            call = op_call(op, nbytes // esize, dt, ctx.device, rank, P)
+            members, pg = level_group(level, P)
+            call = op_call(op, nbytes // esize, dt, ctx.device, rank, members, pg)
             samples = time_iterations(call, a.warmup, a.iters, ctx.device)
         except Exception as e:  # noqa: BLE001 - failures are records
             kind, err = describe(e)
         votes = group.agree(err is None, {"error": err, "kind": kind}, waited=kind == "timeout")
         if votes is None:
-            group.give_up(group.timeout_message(f"{op} {nbytes} B"))
+            group.give_up(group.timeout_message(what))
         if not all(v["ok"] for v in votes):
             rec.update(status="failed", error="; ".join(f"rank {i}: {v['error']}" for i, v in enumerate(votes)
                                                         if not v["ok"]), written_at=now())
             if rank == 0:
                 store.append(rec)
-            progress.step(f"{op} {nbytes} B: FAILED")
+            progress.step(f"{what}: FAILED")
             ctx = launch.reinit(ctx, a.timeout)
             continue
         st = summarize(samples)
@@ -169,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                    algbw_GBps=algbw, busbw_GBps=algbw * rec["busbw_factor"])
         if rank == 0:
             store.append(rec)
-        progress.step(f"{op:14s} {nbytes:>10d} B  {st['median'] * 1e6:10.1f} us  busbw {rec['busbw_GBps']:.3f} GB/s")
+        tag = "" if len(levels) == 1 else f"{level:5s} "
+        progress.step(f"{tag}{op:14s} {nbytes:>10d} B  {st['median'] * 1e6:10.1f} us  "
+                      f"busbw {rec['busbw_GBps']:.3f} GB/s")
     progress.note(f"bench collectives: done -> {store.records_path}")
     launch.finalize()
     return 0

@@ -4,7 +4,7 @@ A quick look for the terminal and for notes: for each configuration every
 algorithm's median time and its speedup over ring (above 1: faster), with a
 95% bootstrap interval; a speedup whose interval contains 1 is marked "~"
 (within noise). Repeats and runs of one cell are pooled, as analysis pools
-them. Collectives: busbw per op and size. Failed and skipped records are
+them. Collectives: busbw per op, size and level. Failed and skipped records are
 listed with their reasons. (Publication figures and tables: analysis/.)
 """
 
@@ -70,19 +70,30 @@ def model_table(recs: list[dict], baseline: str = "ring") -> str:
             f"after it, speedup over {baseline} and its {METHOD}. `~`: within noise.\n\n" + render(t, "markdown"))
 
 
+LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
+
+
 def collectives_table(recs: list[dict]) -> str:
+    """Median us and busbw per (ranks, level, size) and op; records older than `level` ran over every rank."""
     ok = [r for r in recs if r["kind"] == "collective" and r["status"] == "ok"]
     if not ok:
         return ""
     ops = list(dict.fromkeys(r["op"] for r in ok))
-    cells = {(r["world_size"], r["bytes"], r["op"]): r for r in ok}
+    cells = {(r["world_size"], r.get("level", "world"), r.get("group_size", r["world_size"]), r["bytes"], r["op"]): r
+             for r in ok}
+    levels = any(k[1] != "world" for k in cells)  # world alone: the table as it was before levels existed
     rows = []
-    for world, nbytes in sorted({(w, b) for w, b, _ in cells}):
-        row = [cells.get((world, nbytes, o)) for o in ops]
-        rows.append([world, nbytes, *(f"{r['median_s'] * 1e6:.0f} / {r['busbw_GBps']:.3f}" if r else "n/a"
-                                      for r in row)])
-    t = Table(["ranks", "bytes", *(f"{o} us / busbw GB/s" for o in ops)], rows)
-    return "Median us per call and bus bandwidth (nccl-tests convention).\n\n" + render(t, "markdown")
+    for world, level, group, nbytes in sorted({k[:4] for k in cells},
+                                              key=lambda k: (k[0], LEVEL_ORDER.get(k[1], 3), k[1], k[2], k[3])):
+        row = [cells.get((world, level, group, nbytes, o)) for o in ops]
+        rows.append([world, *([level, group] if levels else []), nbytes,
+                     *(f"{r['median_s'] * 1e6:.0f} / {r['busbw_GBps']:.3f}" if r else "n/a" for r in row)])
+    t = Table(["ranks", *(["level", "group"] if levels else []), "bytes", *(f"{o} us / busbw GB/s" for o in ops)],
+              rows)
+    about = ("; factor of the group's size. Level: world (all ranks in one group), intra (each node's ranks, all nodes "
+             "at once), inter (the ranks of each local rank across the nodes, all at once); group: ranks per group"
+             if levels else "")
+    return f"Median us per call and bus bandwidth (nccl-tests convention{about}).\n\n" + render(t, "markdown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = [r for r in reading.records if r["status"] != "ok"]
         if bad:
             parts.append("Not timed:\n\n" + "\n".join(
-                f"- {r['status']}: {r.get('algorithm') or r.get('op')} ({r['world_size']} ranks): {r['error']}"
+                f"- {r['status']}: {r.get('algorithm') or r.get('op')} ({r['world_size']} ranks"
+                f"{', ' + r['level'] if r.get('level', 'world') != 'world' else ''}): {r['error']}"
                 for r in bad))
         print("\n\n".join(parts))
         return 0

@@ -107,12 +107,19 @@ ATTENTION = (
 )
 
 COLLECTIVE = (
-    F("op", str, "`broadcast`, `reduce`, `all_reduce`, `all_gather`, `reduce_scatter`, `sendrecv`", column="str",
-      config=True),
+    F("op", str, "`broadcast`, `reduce`, `all_reduce`, `all_gather`, `reduce_scatter`, `all_to_all`, `sendrecv`",
+      column="str", config=True),
+    F("level", str, "the ranks it ran over: `world` (all in one group), `intra` (each node's ranks in their own "
+      "group, all nodes at once) or `inter` (the ranks of each local rank across the nodes in their own group, all at "
+      "once). Written on every record since it exists; older records lack it and read as `world`. Hashed into `key` "
+      "except at `world` (older campaigns resume)", "optional", "str", True),
+    F("group_size", int, "ranks in the op's group (`world_size` at `world`): `busbw_factor` is of this size. Written "
+      "on every record since it exists; older records lack it and read as `world_size`", "optional", "int", True),
     F("bytes", int, "nccl-tests' size: the buffer (gathered output for all_gather, input for reduce_scatter)",
       column="int", config=True),
     F("dtype", str, "element type", column="str", config=True),
-    F("busbw_factor", _NUM, "all_reduce 2(n-1)/n; all_gather, reduce_scatter (n-1)/n; others 1", column="float"),
+    F("busbw_factor", _NUM, "n = `group_size`: all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all "
+      "(n-1)/n; others 1", column="float"),
     F("algbw_GBps", _NUM, "bytes / median / 1e9", "ok", "float"),
     F("busbw_GBps", _NUM, "algbw x busbw_factor", "ok", "float"),
 )

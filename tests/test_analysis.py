@@ -115,6 +115,21 @@ def test_collectives_figure(sample, tmp_path):
     assert figures.save(fig, tmp_path, "c", ("png",))[0].stat().st_size > 1000
 
 
+def test_collectives_by_level_never_share_a_line():
+    """Records from before levels existed read as world over every rank; intra and inter get lines of their own."""
+    old = analysis.load(SAMPLE, kind="collective")
+    assert (old["level"] == "world").all() and (old["group_size"] == old["world_size"]).all()
+    four = old[old["world_size"] == 4]
+    df = pd.concat([old, four.assign(level="intra", group_size=2), four.assign(level="inter", group_size=2)],
+                   ignore_index=True)
+    fig = figures.collectives_busbw(df)
+    assert all(len(ax.get_lines()) == 4 for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "2 ranks", "4 ranks", "4 ranks, intra-node groups of 2", "4 ranks, inter-node groups of 2"]
+    fig = figures.collectives_busbw(old.drop(columns=["level", "group_size"]))  # a frame built elsewhere
+    assert all(len(ax.get_lines()) == 2 for ax in fig.axes)
+
+
 def _drawn_texts(fig):
     """Every text matplotlib draws, with its box in pixels: titles, axis labels, the tick labels of ticks in view,
     annotations, legends, figure-level labels."""

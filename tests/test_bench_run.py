@@ -8,13 +8,13 @@ import time
 import pytest
 
 from bench import mpirun
-from bench.collectives import parse_size, sizes
+from bench.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from core.store import Store, validate
 from costmodel.network import busbw_factor
 
 
-def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "bench", *args], timeout=timeout)
+def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
+    return mpirun.run(nprocs, ["-m", "bench", *args], timeout=timeout, env=env)
 
 
 def records(root, campaign="c") -> list[dict]:
@@ -181,7 +181,63 @@ def test_collectives_records(tmp_path, world):
         assert r["bytes"] % (4 * world) == 0
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * busbw_factor(r["op"], world))
+        assert r["level"] == "world" and r["group_size"] == world  # one node: world alone, by default
     assert bench(world, "collectives", "--max-bytes", "huge", "--out", str(tmp_path)).returncode == 2
+
+
+def test_collectives_levels_time_intra_and_inter_node_groups(tmp_path):
+    """2 simulated nodes x 2 ranks: world over 4 ranks, intra and inter in groups of 2, busbw of the group's size;
+    a second run with the default levels (all three, as the layout spans two nodes) finds every point recorded."""
+    env = {"RINGX_RANKS_PER_NODE": "2"}
+    args = ["collectives", "--min-bytes", "1K", "--max-bytes", "4K", "--iters", "2", "--warmup", "1", "--out",
+            str(tmp_path), "--campaign", "net"]
+    proc = bench(4, *args, "--levels", "world,intra,inter", "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    recs = records(tmp_path, "net")
+    assert len(recs) == 3 * 7 * 2 and len({r["key"] for r in recs}) == len(recs)
+    for r in recs:
+        n = {"world": 4, "intra": 2, "inter": 2}[r["level"]]
+        assert validate(r) == [] and r["status"] == "ok" and r["world_size"] == 4 and r["group_size"] == n, r
+        assert r["busbw_factor"] == busbw_factor(r["op"], n)
+        assert r["busbw_GBps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9 * busbw_factor(r["op"], n))
+    assert {(r["level"], r["op"]) for r in recs if r["bytes"] == 1024} == {
+        (lv, op) for lv in ("world", "intra", "inter") for op in ("broadcast", "reduce", "all_reduce", "all_gather",
+                                                                   "reduce_scatter", "all_to_all", "sendrecv")}
+    again = bench(4, *args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "levels world,intra,inter" in again.stdout and again.stdout.count("already recorded") == len(recs)
+    assert len(records(tmp_path, "net")) == len(recs)
+
+
+@pytest.mark.parametrize("world,env,levels,message", [
+    (3, {"RINGX_RANKS_PER_NODE": "2"}, "intra", "RINGX_RANKS_PER_NODE=2 does not divide the 3 ranks"),
+    (2, {}, "world,inter", "all 2 ranks share one node"),
+])
+def test_collectives_levels_the_layout_cannot_form_are_refused_in_one_line(tmp_path, world, env, levels, message):
+    proc = bench(world, "collectives", "--levels", levels, "--out", str(tmp_path), "--campaign", "net", env=env)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    lines = proc.stderr.splitlines()  # rank 0 alone says it, once
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith(f"python -m bench collectives: error: --levels {levels.split(',')[-1]} cannot run")
+    assert not (tmp_path / "net").exists()  # refused before the campaign is opened
+
+
+def test_collective_levels_follow_the_node_layout():
+    from ringx.topology import Topology
+
+    two_by_two = Topology([0, 0, 1, 1], 0, build=False)
+    assert default_levels(two_by_two) == ["world", "intra", "inter"]
+    assert default_levels(Topology([0, 0, 0, 0], 0, build=False)) == ["world"]
+    one_each = Topology([0, 1, 2, 3], 0, build=False)
+    assert default_levels(one_each) == ["world", "inter"] and "holds one rank" in layout_problem("intra", one_each)
+    uneven = Topology(["a", "a", "b"], 2, build=False)
+    assert default_levels(uneven) == ["world"]
+    assert "different numbers of ranks (1, 2)" in layout_problem("inter", uneven)
+    assert layout_problem("intra", None, "RINGX_RANKS_PER_NODE=2 does not divide the 3 ranks").startswith("RINGX")
+    assert parse_levels(None) is None and parse_levels("inter,world,inter") == ["world", "inter"]
+    for bad in ("", "node", "world,cross"):
+        with pytest.raises(ValueError):
+            parse_levels(bad)
 
 
 def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
@@ -251,3 +307,18 @@ def test_n_copies_of_rank_0_under_srun_are_refused(tmp_path):
         assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
         assert (expect == "") == (proc.stderr.strip() == "")  # task 0 says why; the others stay silent
     assert not (tmp_path / "c").exists()
+
+
+def test_summary_tabulates_collectives_by_level_only_when_there_are_levels():
+    from bench.summary import collectives_table
+
+    def coll(level=None, group=None):
+        r = {"kind": "collective", "status": "ok", "op": "all_reduce", "world_size": 4, "bytes": 1024,
+             "median_s": 1e-4, "busbw_GBps": 1.0}
+        return r if level is None else {**r, "level": level, "group_size": group}
+
+    old = collectives_table([coll()])  # before levels existed
+    assert "| ranks | bytes |" in old and "level" not in old
+    rows = [line for line in collectives_table([coll(), coll("inter", 2), coll("intra", 2)]).splitlines()
+            if line.startswith("| 4 ")]
+    assert [r.split("|")[2:4] for r in rows] == [[" world ", " 4 "], [" intra ", " 2 "], [" inter ", " 2 "]]
