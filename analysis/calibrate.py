@@ -105,7 +105,7 @@ def _monotone(table: list[tuple[int, float]]) -> list[tuple[int, float]]:
 def calibrate(df, name: str, cores_per_node: int | None = None, cores_per_rank: int | None = None):
     """(fitted Machine, fit table) from a campaign's microbenchmarks: collectives, single-rank attention
     records (one throughput), and `bench kernels` records when there are (throughput by block shape)."""
-    links, fit = fit_links(df)
+    links, inter, fit = _links_by_level(df)
     try:
         flops = fit_throughput(df)
     except ValueError:
@@ -119,8 +119,34 @@ def calibrate(df, name: str, cores_per_node: int | None = None, cores_per_rank: 
         busy = sorted(int(p) for p in kern["world_size"].unique()) if not kern.empty else []
         if len(busy) > 1:  # measured under load: a table per number of busy ranks
             loaded = {p: fit_kernel_rates(df, p) for p in busy}
-    return Machine(name, f"fitted from {name}", flops, links, {}, cores_per_node, fit_kernel_rates(df),
+    return Machine(name, f"fitted from {name}", flops, links, inter, cores_per_node, fit_kernel_rates(df),
                    cores_per_rank, loaded), fit
+
+
+def _links_by_level(df):
+    """(links within a node, links across nodes, fit table) from the collective records. `bench collectives
+    --levels` measures each level in its own groups (`intra`, `inter`; the group's size is the P of the fit);
+    without such records the all-ranks (`world`) records describe the node's links, as before."""
+    import pandas as pd
+
+    coll = df[df["kind"] == "collective"] if "kind" in df else df
+    level = coll["level"].fillna("world") if "level" in coll else pd.Series("world", index=coll.index)
+    if not level.isin(["intra", "inter"]).any():
+        links, fit = fit_links(df)
+        return links, {}, fit
+    parts, tables = {}, []
+    for lv in ("intra", "inter"):
+        sub = coll[level == lv]
+        if sub.empty:
+            continue
+        sub = sub.assign(world_size=sub["group_size"].fillna(sub["world_size"]).astype(int))
+        parts[lv], t = fit_links(sub)
+        tables.append(t.assign(level=lv))
+    if "intra" not in parts:  # inter measured alone: the node's links from the world records
+        parts["intra"], t = fit_links(coll[level == "world"])
+        tables.insert(0, t.assign(level="world"))
+    fit = pd.concat(tables, ignore_index=True)
+    return parts["intra"], parts.get("inter", {}), fit[["level", *[c for c in fit if c != "level"]]]
 
 
 def validate(df, machine: Machine):

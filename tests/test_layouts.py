@@ -74,3 +74,16 @@ def test_shard_rejects_indivisible_lengths():
         shard(torch.zeros(1, 10, 1, 1), "zigzag", 0, 3)
     with pytest.raises(ValueError, match="unknown layout"):
         shard(torch.zeros(1, 10, 1, 1), "spiral", 0, 2)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_shard_all_is_every_rank_shard_at_once(world):
+    from ringx.layouts import shard, shard_all
+
+    layouts = ["contiguous", "zigzag", "stripe"] + [f"zigzag-u{u}" for u in (1, 2, 4) if world % u == 0]
+    x = torch.randn(2, 3, world * 4 * 6, 5, dtype=torch.float64)
+    for layout in layouts:
+        for dim in (2, -2):
+            got = shard_all(x, layout, world, dim=dim)
+            want = torch.stack([shard(x, layout, r, world, dim=dim) for r in range(world)])
+            assert got.shape == want.shape and torch.equal(got, want), (layout, dim)

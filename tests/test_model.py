@@ -238,3 +238,20 @@ def test_ranking_says_whether_the_fastest_was_predicted():
     r = calibrate.ranking(v).set_index("ranks")
     assert list(r["right"]) == ["yes", "within noise", "no"]
     assert r.loc[2, "spearman"] == pytest.approx(1.0) and r.loc[8, "spearman"] == pytest.approx(-1.0)
+
+
+def test_intra_and_inter_records_calibrate_their_own_links():
+    pd = pytest.importorskip("pandas")
+    rows = []
+    for level, alpha, bw in (("intra", 1e-6, 100.0), ("inter", 1e-4, 5.0)):
+        for g in (2, 4):
+            for n in (1 << 12, 1 << 20, 1 << 24):
+                t = model.hops("all_gather", g) * alpha + n * model.busbw_factor("all_gather", g) / (bw * 1e9)
+                rows.append({"kind": "collective", "status": "ok", "op": "all_gather", "world_size": 8, "level": level,
+                             "group_size": g, "bytes": n, "median_s": t})
+    rows.append({"kind": "attention", "status": "ok", "world_size": 1, "batch": 1, "seq": 512, "heads": 8,
+                 "head_dim": 64, "causal": False, "mode": "fwd", "median_s": 1e-3})
+    m, fit = calibrate.calibrate(pd.DataFrame(rows), "two-level")
+    assert m.intra["all_gather"].bw_GBps == pytest.approx(100.0) and m.inter["all_gather"].bw_GBps == pytest.approx(5.0)
+    assert m.link("all_gather", 2).alpha_s == pytest.approx(1e-4)  # a group spanning nodes takes the inter link
+    assert set(fit["level"]) == {"intra", "inter"}
