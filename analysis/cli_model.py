@@ -112,12 +112,9 @@ def fastest_map(a) -> int:
         ranks = [int(x) for x in a.ranks.split(",") if x]
     except ValueError:
         raise UserError("--seqs and --ranks take comma-separated integers") from None
-    parts = []
-    for name in [m for m in a.machines.split(",") if m]:
-        machine, gpus_per_node = machines.load(name)
-        parts.append(predicted.fastest(machine, gpus_per_node, seqs, ranks, ringx.algorithms.names(True),
-                                       progress=lambda msg: print(msg, flush=True)))
-    table = pd.concat(parts, ignore_index=True)
+    described = [machines.load(name) for name in a.machines.split(",") if name]
+    table = predicted.fastest(described, seqs, ranks, ringx.algorithms.names(True),
+                              progress=lambda msg: print(msg, flush=True))
     out = Path(a.out) if a.out else Path("runs") / "model"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "fastest-map.csv", index=False)
@@ -127,6 +124,9 @@ def fastest_map(a) -> int:
                                            .round(3), caption=predicted.CAPTION), "markdown"))
     fig = predicted.map_figure(table)
     paths = figures.save(fig, out, "fastest-map", ("pdf", "png"))
+    plt.close(fig)
+    fig = predicted.curves_figure(table)
+    paths += figures.save(fig, out, "speedup-curves", ("pdf", "png"))
     plt.close(fig)
     print(f"figure: {', '.join(map(str, paths))}; table: {out / 'fastest-map.csv'}")
     return 0

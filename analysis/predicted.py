@@ -11,35 +11,39 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from costmodel.machine import Machine
 from costmodel.predict import best_degree
 
-from .figures import COLORS, WIDTH_IN, order_key, styled
+from .figures import COLORS, WIDTH_IN, _legend, order_key, style, styled
 
 
-def fastest(machine: Machine, gpus_per_node: int, seqs: list[int], ranks: list[int], algorithms: list[str], *,
+def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[int], algorithms: list[str], *,
             causal: bool = True, mode: str = "fwd+bwd", heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
             progress=None) -> pd.DataFrame:
-    """One row per (seq, ranks, algorithm) that can run there: predicted seconds, best degree, speedup over ring."""
+    """One row per (machine, seq, ranks, algorithm) that can run there: predicted seconds, best degree,
+    speedup over ring. ``machines``: (description, GPUs per node). The machines are the inner loop so that
+    each schedule is traced once for all of them (tracing, not simulating, is the cost at thousands of ranks)."""
     rows = []
     for seq in seqs:
         for p in ranks:
-            nodes = max(1, p // gpus_per_node)
-            cell = {}
-            for a in algorithms:
-                try:
-                    cell[a] = best_degree(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads,
-                                          kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16)
-                except ValueError:  # cannot run there (heads, divisibility): no row
-                    continue
-            ring = cell["ring"][1].total_s if "ring" in cell else np.nan
-            best = min(cell, key=lambda n: cell[n][1].total_s)
-            rows += [{"machine": machine.name, "seq": seq, "ranks": p, "nodes": nodes, "algorithm": a,
-                      "ulysses_degree": u, "predicted_s": pr.total_s, "speedup": ring / pr.total_s,
-                      "fastest": a == best} for a, (u, pr) in cell.items()]
-            if progress:
-                progress(f"{machine.name}: seq {seq}, {p} ranks: fastest {best}")
+            for machine, gpus_per_node in machines:
+                nodes = max(1, p // gpus_per_node)
+                cell = {}
+                for a in algorithms:
+                    try:
+                        cell[a] = best_degree(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads,
+                                              kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16)
+                    except ValueError:  # cannot run there (heads, divisibility): no row
+                        continue
+                ring = cell["ring"][1].total_s if "ring" in cell else np.nan
+                best = min(cell, key=lambda n: cell[n][1].total_s)
+                rows += [{"machine": machine.name, "seq": seq, "ranks": p, "nodes": nodes, "algorithm": a,
+                          "ulysses_degree": u, "predicted_s": pr.total_s, "speedup": ring / pr.total_s,
+                          "fastest": a == best} for a, (u, pr) in cell.items()]
+                if progress:
+                    progress(f"{machine.name}: seq {seq}, {p} ranks: fastest {best}")
     return pd.DataFrame(rows)
 
 
@@ -80,3 +84,38 @@ CAPTION = ("Predicted fastest algorithm per (sequence length, ranks) from each m
            "(jobs/profiles [model]); under the name, the Ulysses x ring degrees where the algorithm has them, and "
            "the predicted speedup over ring. Causal, forward+backward, 32 query heads, 8 K/V heads, head_dim 128, "
            "bf16. Predictions, not measurements.")
+
+
+@styled
+def curves_figure(table: pd.DataFrame, width: str = "two"):
+    """Predicted speedup over ring against ranks, every algorithm (usp/usp-ringx at their best degrees): one
+    row of panels per machine, one column per sequence length."""
+    machines, seqs = list(dict.fromkeys(table["machine"])), sorted(table["seq"].unique())
+    algos = sorted(table["algorithm"].unique(), key=order_key)
+    fig, axes = plt.subplots(len(machines), len(seqs), figsize=(WIDTH_IN[width], 1.5 * len(machines) + 0.9),
+                             sharex=True, sharey=True, squeeze=False, layout="constrained")
+    for i, m in enumerate(machines):
+        for j, seq in enumerate(seqs):
+            ax, d = axes[i][j], table[(table["machine"] == m) & (table["seq"] == seq)]
+            for a in algos:
+                g = d[d["algorithm"] == a].sort_values("ranks")
+                if len(g):
+                    ax.plot(g["ranks"], g["speedup"], ms=2.5, lw=0.9, **style(a))
+            ax.axhline(1.0, color="0.4", lw=0.6, ls=":")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2)
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+            ax.set_title(f"{m}, {seq >> 20}M tokens" if seq % (1 << 20) == 0 else f"{m}, {seq >> 10}K tokens")
+            if i == len(machines) - 1:
+                ax.set_xlabel("ranks (GPUs)")
+            if j == 0:
+                ax.set_ylabel("speedup over ring")
+    _legend(fig, axes, width)
+    return fig
+
+
+CURVES_CAPTION = ("Predicted speedup over ring (above 1: faster) against the number of GPUs, every algorithm, from "
+                  "each machine's published description; usp and usp-ringx at their fastest Ulysses x ring degrees. "
+                  "Causal, forward+backward, 32 query heads, 8 K/V heads, head_dim 128, bf16. Predictions, not "
+                  "measurements.")

@@ -185,6 +185,8 @@ def test_map_cli_names_the_fastest_algorithm_and_degrees(tmp_path):
     usp = table[(table["algorithm"] == "usp") & (table["ranks"] == 64)]
     assert len(usp) == 1 and 64 % int(usp["ulysses_degree"].iloc[0]) == 0
     assert (tmp_path / "fastest-map.png").stat().st_size > 10_000
+    assert (tmp_path / "speedup-curves.png").stat().st_size > 10_000  # every algorithm against ranks
+    assert set(table["algorithm"]) >= {"ring", "zigzag", "ringx3", "ringx3b", "usp", "usp-ringx"}
 
 
 def test_kernel_rates_follow_the_busy_ranks_and_never_fall_with_block_length():
