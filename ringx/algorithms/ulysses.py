@@ -67,7 +67,10 @@ def schedule(inner_forward: Callable, inner_backward: Callable) -> tuple[Callabl
 
     def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         uly, rc = _split(c)
-        kv = torch.stack([k, v]).repeat_interleave(kv_replicas(k.shape[2], uly.world), dim=3)
+        if uly.world == 1:  # a group of one: no all-to-all, so none of the layout copies around it
+            return inner_forward(rc, q, k, v)
+        reps = kv_replicas(k.shape[2], uly.world)
+        kv = torch.stack([k, v]) if reps == 1 else torch.stack([k, v]).repeat_interleave(reps, dim=3)
         qh, kvh = to_heads(uly, q), to_heads(uly, kv)
         out_h, lse_h = inner_forward(rc, qh, kvh[0], kvh[1])
         out_h = out_h.to(q.dtype)
@@ -77,11 +80,14 @@ def schedule(inner_forward: Callable, inner_backward: Callable) -> tuple[Callabl
 
     def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
         uly, rc = _split(c)
+        if uly.world == 1:
+            return inner_backward(rc, dout, q, k, v, out, lse)
         s = c.stash  # filled by this call's forward
         dq_h, dk_h, dv_h = inner_backward(rc, to_heads(uly, dout), s["q"], s["k"], s["v"], s["out"], s["lse"])
         dq = to_seq(uly, dq_h.to(q.dtype))
         dkv = to_seq(uly, torch.stack([dk_h, dv_h]).to(k.dtype)).to(acc_dtype(k.dtype))
-        dkv = dkv.unflatten(3, (k.shape[2], -1)).sum(4)  # the replicas of each K/V head
+        if dkv.shape[3] != k.shape[2]:
+            dkv = dkv.unflatten(3, (k.shape[2], -1)).sum(4)  # the replicas of each K/V head
         return dq, dkv[0], dkv[1]
 
     return forward, backward
