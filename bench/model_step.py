@@ -85,13 +85,19 @@ def resolve(argv: list[str] | None, world: int) -> tuple[dict, Plan]:
     Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
     ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
     """
-    import ringx
-    from bench import models
-
     a = build_parser().parse_args(argv)
     valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(ONLY)
     given = load_config(a.config, valid) if a.config else {}
     given |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
+    return make_plan(given, world)
+
+
+def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
+    """:func:`resolve` from the options as a dict (option name -> a flag's string, a TOML value or a list):
+    what a sweep calls to validate a point exactly as the job it renders will."""
+    import ringx
+    from bench import models
+
     opts = dict(ONLY) | {k: v for k, v in given.items() if k in ONLY}
     opts |= options.settings({"check_max_seq": CHECK_MAX_SEQ} | given, "")
     opts |= {n: options.value(o, given.get(n, o.default), "") for n, o in options.MODEL.items()}
@@ -144,6 +150,21 @@ def resolve(argv: list[str] | None, world: int) -> tuple[dict, Plan]:
             if cfg.causal and s < 2:
                 raise UserError("a causal LM needs at least 2 tokens (one label)")
     return opts, Plan(opts["preset"], cfg, batch, "weak" if per_rank else "strong", seqs, tuple(dict.fromkeys(names)))
+
+
+def compute_dtype(dtype: str, device_type: str) -> str:
+    """The step's dtype: ``--dtype``, or for auto bfloat16 on GPUs and float32 on CPUs."""
+    return dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+
+
+def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: int, repeat: int, dtype: str,
+                  checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
+    """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
+    a rerun's resume look up)."""
+    return {"world_size": world, "nodes": nodes, "repeat": repeat, "kernel_requested": kernel,
+            "warmup": int(warmup), "iters": int(iters), "algorithm": algorithm, "model": plan.preset,
+            **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
+            "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,14 +374,13 @@ class Runner:
                                **{k: opts[k] for k in ("device", "backend") if opts[k] not in (None, "auto")})
         self.group = Group(opts["timeout"], prog="bench model")
         self.rank, self.P = self.ctx.rank, self.ctx.world_size
+        self.dtype = compute_dtype(opts["dtype"], self.ctx.device.type)
         self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
-            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv])
+            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv], pending=self.pending)
         interrupt_cleanly(self.store, self.rank)
         from bench.measure.pinning import pin
 
         self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
-        self.dtype = opts["dtype"] if opts["dtype"] != "auto" else (
-            "bfloat16" if self.ctx.device.type == "cuda" else "float32")
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
         self.references: dict = {}
 
@@ -391,14 +411,21 @@ class Runner:
         n = self.counts
         self.progress.note(f"bench model: {n['recorded']} recorded, {n['failed']} failed, {n['skipped']} already in "
                            f"the store -> {self.store.records_path}")
+        self.store.release()  # the claim on this run's keys ends
 
-    def config(self, name: str, seq: int, rep: int) -> dict:
-        o, plan = self.opts, self.plan
-        return {"world_size": self.P, "nodes": self.nodes, "repeat": rep, "kernel_requested": o["kernel"],
-                "warmup": int(o["warmup"]), "iters": int(o["iters"]), "algorithm": name, "model": plan.preset,
-                **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // self.P, "scaling": plan.scaling,
-                "batch": plan.batch, "dtype": self.dtype, "causal": plan.config.causal,
-                "checkpoint": bool(o["checkpoint"])}
+    def config(self, name: str, seq: int, rep: int, nodes: int | None = None) -> dict:
+        o = self.opts
+        return record_config(self.plan, name, seq, world=self.P, nodes=self.nodes if nodes is None else nodes,
+                             repeat=rep, dtype=self.dtype, checkpoint=o["checkpoint"], kernel=o["kernel"],
+                             warmup=o["warmup"], iters=o["iters"])
+
+    def pending(self, done: dict[str, str], nodes: int) -> set[str]:
+        """The keys this run will write (claimed in the store for the run, as bench run claims its own)."""
+        from core.store import already_recorded, config_key
+
+        keys = {config_key(self.config(n, s, rep, nodes)) for s in self.plan.seqs for n in self.plan.algorithms
+                for rep in range(int(self.opts["repeats"]))}
+        return {k for k in keys if not already_recorded(done.get(k), self.opts["retry_failed"])}
 
     def case(self, index: int, name: str, seq: int, rep: int, ringx) -> Case | None:
         from core.store import SCHEMA_VERSION, already_recorded, config_key

@@ -150,8 +150,9 @@ GOLDEN_ENV = {"MEMBERWORK": "{tmp}/memberwork", "PSCRATCH": "{tmp}/pscratch", "S
               "RINGX_EDF": "/users/u/.edf/ringx.toml"}
 
 
-def render_golden(machine: str, tmp_path: Path, monkeypatch) -> str:
-    """The first job's script of a 4-node sweep on ``machine``, as `bench sweep render` writes it."""
+def render_golden(machine: str, tmp_path: Path, monkeypatch, text: str = GOLDEN_SWEEP) -> str:
+    """The first job's script of a sweep on ``machine`` (by default a 4-node attention sweep), as `bench sweep
+    render` writes it; ``text`` is the sweep file with {machine}, {extra}, {seq} and {dtype} to fill."""
     from bench import mpirun
 
     for k, v in GOLDEN_ENV.items():
@@ -159,8 +160,8 @@ def render_golden(machine: str, tmp_path: Path, monkeypatch) -> str:
     prof = profiles.load_profile(machine)
     gpu = bool(prof.gpus_per_node)
     extra = "" if prof.scratch else f'ranks_per_node = 2\nout = "{tmp_path}/runs"'
-    sw = sweep.load(write(tmp_path, GOLDEN_SWEEP.format(machine=machine, extra=extra, seq=[131072, 262144] if gpu
-                                                       else [4096, 8192], dtype="bfloat16" if gpu else "float32")))
+    sw = sweep.load(write(tmp_path, text.format(machine=machine, extra=extra, seq=[131072, 262144] if gpu
+                                                else [4096, 8192], dtype="bfloat16" if gpu else "float32")))
     text = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
     for real, shown in ((str(tmp_path), "/scratch"), (str(mpirun.ROOT), "/home/u/ringx"),
                         (mpirun.mpiexec(), "/home/u/ringx/.venv/bin/mpiexec"),
@@ -198,7 +199,7 @@ def test_every_profile_loads_and_renders():
         prof = profiles.load_profile(name)
         text = slurm.render(prof, job_name="j", nodes=2, ranks_per_node=prof.gpus_per_node or 2, limit_s=60,
                            log_dir=Path("/tmp/l"), workdir=Path("/tmp"), python="python", mpiexec="mpiexec",
-                           bench_args=["--campaign", "c"])
+                           commands=[["run", "--campaign", "c"]])
         assert ("#SBATCH --nodes=2" in text) == (prof.scheduler == "slurm")
         assert shlex.split(text.splitlines()[-1])[-2:] == ["--campaign", "c"]
 

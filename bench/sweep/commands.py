@@ -30,19 +30,26 @@ others of equal length; `exclude` rules drop the points they match:
   [[exclude]]                          # drop points matching every key given
   algorithms = "ringx2"
   causal = false
+
+With `driver = "model"` the points are training steps (`bench model`): [params]
+takes the model's options (preset, arch, layers, d_model, heads, kv_heads, mlp,
+vocab, patch_dim, rope_theta, dtype, checkpoint) and algorithms, seq or
+seq_per_rank and batch; a job runs one `bench model` per model configuration
+(jobs/sweeps/model-demo.toml).
 """
 
 from __future__ import annotations
 
 import sys
 
+from bench.model_points import ModelPoint
 from bench.points import Point
 from core.cli import Parser, UserError
 from core.cli import main as cli_main
 from core.store import now
 
 from . import slurm
-from .plan import bench_args, write_jobs
+from .plan import job_commands, write_jobs
 from .spec import Job, Sweep, SweepError, load
 from .state import manifest, point_states, preflight_state, save_manifest
 
@@ -61,11 +68,18 @@ def cmd_plan(sw: Sweep, a) -> int:
               f"{slurm.time_limit(sw.limit_s(j.estimate_s))}")
         if a.verbose:
             for p in j.points:
-                print(f"    {p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} "
-                      f"{p.dtype} b{p.batch} h{p.heads}/{p.kv_heads} d{p.head_dim}")
+                print(f"    {describe(p)}")
     print(f"total: {len(sw.jobs)} jobs, {sum(len(j.points) for j in sw.jobs)} points, "
           f"estimated {total / 3600:.2f} node-job hours of wall time")
     return 0
+
+
+def describe(p: Point | ModelPoint) -> str:
+    """A point on one line, for plan and status."""
+    if isinstance(p, ModelPoint):
+        return p.describe()
+    return (f"{p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} {p.dtype} b{p.batch} "
+            f"h{p.heads}/{p.kv_heads} d{p.head_dim}")
 
 
 def check_stack(sw: Sweep, a) -> None:
@@ -142,7 +156,7 @@ def cmd_status(sw: Sweep, a) -> int:
               + (f"  {pf}" if pf else ""))
         if a.verbose:
             for p, s in rows:
-                print(f"    {s:8s} {p.algorithm:8s} seq={p.seq} {'causal' if p.causal else 'full'} {p.mode}")
+                print(f"    {s:8s} {describe(p)}")
     return 0
 
 
@@ -153,13 +167,13 @@ def cmd_local(sw: Sweep, a) -> int:
     for j, script in zip(sw.jobs, scripts):
         print(f"[sweep local] {j.name}: {j.ranks} rank(s), {len(j.points)} points (~{j.estimate_s / 60:.1f} min)",
               flush=True)
-        args = ["-m", "bench", "run", *bench_args(sw, sw.dir / "points" / f"{j.name}.json")]
-        if a.quiet:
-            args.append("--quiet")
-        proc = mpirun.run(j.ranks, args, capture=False, env=sw.profile.env)
-        if proc.returncode != 0:
-            print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its script: {script}", file=sys.stderr)
-            return 1
+        for cmd in job_commands(sw, j.points, sw.dir / "points" / f"{j.name}.json"):
+            proc = mpirun.run(j.ranks, ["-m", "bench", *cmd, *(["--quiet"] if a.quiet else [])], capture=False,
+                              env=sw.profile.env)
+            if proc.returncode != 0:
+                print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its script: {script}",
+                      file=sys.stderr)
+                return 1
     print(f"[sweep local] done -> {sw.store.records_path}")
     return 0
 
@@ -175,6 +189,9 @@ def cmd_predict(sw: Sweep, a) -> int:
     from costmodel.machine import load as load_machine
     from costmodel.predict import predict
 
+    if sw.driver == "model":
+        raise SweepError(f"predict covers attention points (bench run); {sw.path.name} is a model sweep (driver = "
+                         "\"model\"): its plan estimates each training step")
     machine = load_machine(a.machine)[0] if a.machine else from_table(sw.profile.name, sw.profile.model)
     print(f"campaign {sw.campaign}: predictions on {machine.name} ({machine.source})\n")
     rows = []

@@ -7,7 +7,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench import options
+from bench import model_points, options
+from bench.model_points import ModelPoint
 from bench.points import Point
 from costmodel.machine import from_table
 from costmodel.predict import predict
@@ -17,28 +18,31 @@ from . import slurm
 from .spec import Job, Sweep, SweepError
 
 
-def call_seconds(sw: Sweep, job: Job, p: Point) -> float:
+def call_seconds(sw: Sweep, job: Job, p: Point | ModelPoint) -> float:
     """One call's time: the cost model where the profile describes the machine, else compute-bound.
 
-    Compute-bound: FLOPs per rank / (peak x efficiency).
+    Compute-bound: FLOPs per rank / (peak x efficiency). A training step (model point) is always compute-bound:
+    the cost model knows attention only.
     """
     prof = sw.profile
+    rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12
+    if isinstance(p, ModelPoint):
+        return model_points.step_flops(p) / job.ranks / rate
     if prof.model:
         return predict(p.algorithm, p.causal, p.mode, job.ranks, from_table(prof.name, prof.model), nodes=job.nodes,
                        batch=p.batch, seq=p.seq, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
                        dtype=p.dtype, exact_ranks=8).total_s
-    rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12
     return attention_flops(p.batch, p.seq, p.heads, p.head_dim, p.causal, p.mode) / job.ranks / rate
 
 
-def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
+def estimate(sw: Sweep, job: Job, points: list) -> float:
     """Seconds a job needs: its launches' start-up, the preflight, then per point and repeat its calls, plus a
     fixed cost per point.
 
-    A Slurm job launches twice (``bench preflight``, then ``bench run``), each paying
-    ``startup_s + startup_per_rank_s x ranks`` (imports from a parallel filesystem and the rendezvous grow with
-    the rank count), and the preflight's checks take ``preflight_s``. It only grows with the work (more points,
-    longer sequences, more iterations) and with the ranks.
+    A Slurm job launches ``bench preflight``, then ``bench run`` (or one ``bench model`` per model
+    configuration), each paying ``startup_s + startup_per_rank_s x ranks`` (imports from a parallel filesystem
+    and the rendezvous grow with the rank count), and the preflight's checks take ``preflight_s``. It only grows
+    with the work (more points, longer sequences, more iterations) and with the ranks.
     """
     b, prof = sw.bench, sw.profile
     calls = b["warmup"] + b["iters"] + 1 + (3 if b["check"] else 0)
@@ -49,19 +53,24 @@ def estimate(sw: Sweep, job: Job, points: list[Point]) -> float:
         if key not in cache:
             cache[key] = call_seconds(sw, job, p)
         work += cache[key] * calls + prof.per_point_s
-    launches = 2 if prof.scheduler == "slurm" else 1
-    return launches * prof.startup(job.ranks) + (prof.preflight_s if launches == 2 else 0.0) + work * b["repeats"]
+    slurm_job = prof.scheduler == "slurm"
+    runs = len(model_points.commands(points)) if sw.driver == "model" else 1
+    launches = runs + (1 if slurm_job else 0)
+    return launches * prof.startup(job.ranks) + (prof.preflight_s if slurm_job else 0.0) + work * b["repeats"]
 
 
-def bench_args(sw: Sweep, points_file: Path, retry_failed: bool = False) -> list[str]:
-    """``bench run``'s arguments for a job: its points file, the campaign and every setting, spelled out."""
-    args = ["--points", str(points_file.resolve()), "--campaign", sw.campaign, "--out", str(sw.out.resolve()),
-            *options.to_argv(sw.bench, keep_defaults=True)]
+def job_commands(sw: Sweep, points: list, points_file: Path, retry_failed: bool = False) -> list[list[str]]:
+    """What a job runs, each the words after ``python -m bench``: ``bench run`` with its points file, or one
+    ``bench model`` per model configuration (its sequences and algorithms listed); then the campaign and every
+    setting, spelled out."""
+    tail = ["--campaign", sw.campaign, "--out", str(sw.out.resolve()), *options.to_argv(sw.bench, keep_defaults=True)]
     if sw.tag:
-        args += ["--tag", str(sw.tag)]
+        tail += ["--tag", str(sw.tag)]
     if retry_failed:
-        args.append("--retry-failed")
-    return args
+        tail.append("--retry-failed")
+    if sw.driver == "model":
+        return [[*cmd, *tail] for cmd in model_points.commands(points)]
+    return [["run", "--points", str(points_file.resolve()), *tail]]
 
 
 def resolved_profile(sw: Sweep):
@@ -83,7 +92,7 @@ def resolved_profile(sw: Sweep):
     return replace(sw.profile, stack=st)
 
 
-def preflight_args(sw: Sweep, job: Job, points: list[Point]) -> list[str]:
+def preflight_args(sw: Sweep, job: Job, points: list) -> list[str]:
     """``bench preflight``'s arguments for a job: its shape, the profile's GPUs and network, the sweep's dtypes
     and algorithms (what the points will run)."""
     prof = sw.profile
@@ -97,7 +106,7 @@ def preflight_args(sw: Sweep, job: Job, points: list[Point]) -> list[str]:
     return args
 
 
-def render_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "",
+def render_job(sw: Sweep, job: Job, points: list, suffix: str = "",
                retry_failed: bool = False) -> dict[Path, str]:
     """The files of one job (or a resubmission of part of it), path -> text: its points list and its script."""
     from bench import mpirun
@@ -109,14 +118,15 @@ def render_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "",
                         ranks_per_node=job.ranks_per_node, limit_s=sw.limit_s(estimate(sw, job, points)),
                         log_dir=(sw.dir / "logs").resolve(), workdir=mpirun.ROOT,
                         python=prof.stack.interpreter(sys.executable), mpiexec=mpirun.mpiexec(),
-                        bench_args=bench_args(sw, pfile, retry_failed), account=sw.account, partition=sw.partition,
-                        qos=sw.qos, job=job.name, preflight_dir=(sw.dir / "preflight").resolve() if slurm_job else None,
+                        commands=job_commands(sw, points, pfile, retry_failed), account=sw.account,
+                        partition=sw.partition, qos=sw.qos, job=job.name,
+                        preflight_dir=(sw.dir / "preflight").resolve() if slurm_job else None,
                         preflight_args=preflight_args(sw, job, points) if slurm_job else [])
     return {pfile: json.dumps([p.spec() for p in points], indent=1) + "\n",
             sw.dir / "jobs" / f"{job.name}{suffix}.sh": text}
 
 
-def write_jobs(sw: Sweep, jobs: list[tuple[Job, list[Point], str]], retry_failed: bool = False) -> list[Path]:
+def write_jobs(sw: Sweep, jobs: list[tuple[Job, list, str]], retry_failed: bool = False) -> list[Path]:
     """Render every job first, then write them all: a value that cannot be rendered leaves nothing behind, and
     neither does a write that fails (the directories this call made are removed)."""
     try:
@@ -140,6 +150,6 @@ def write_jobs(sw: Sweep, jobs: list[tuple[Job, list[Point], str]], retry_failed
     return [next(p for p in f if p.suffix == ".sh") for f in files]
 
 
-def write_job(sw: Sweep, job: Job, points: list[Point], suffix: str = "", retry_failed: bool = False) -> Path:
+def write_job(sw: Sweep, job: Job, points: list, suffix: str = "", retry_failed: bool = False) -> Path:
     """Write one job's points list and script."""
     return write_jobs(sw, [(job, points, suffix)], retry_failed)[0]

@@ -60,9 +60,11 @@ def command(prof: Profile, nodes: int, ranks_per_node: int, python: str, mpiexec
 
 
 def render(prof: Profile, *, job_name: str, nodes: int, ranks_per_node: int, limit_s: float, log_dir: Path,
-           workdir: Path, python: str, mpiexec: str, bench_args: list[str], account: str = "", partition: str = "",
-           qos: str = "", job: str = "", preflight_dir: Path | None = None, preflight_args: list[str] = ()) -> str:
-    """The job script for one job of a sweep.
+           workdir: Path, python: str, mpiexec: str, commands: list[list[str]], account: str = "",
+           partition: str = "", qos: str = "", job: str = "", preflight_dir: Path | None = None,
+           preflight_args: list[str] = ()) -> str:
+    """The job script for one job of a sweep: its ``commands`` (each the words after ``python -m bench``, e.g.
+    ``["run", "--points", ...]``) one after the other with the profile's launcher.
 
     With ``preflight_dir`` (Slurm jobs), ``bench preflight`` runs first with the same launcher; when it fails,
     its verdict stays in ``preflight_dir/JOB-SLURMID.json`` and the script stops before any point.
@@ -106,7 +108,7 @@ def render(prof: Profile, *, job_name: str, nodes: int, ranks_per_node: int, lim
             '  echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2',
             "  exit 3",
             "fi"]
-    lines += [f"{run} -m bench run " + " ".join(q(a) for a in bench_args), ""]
+    lines += [f"{run} -m bench " + " ".join(q(a) for a in cmd) for cmd in commands] + [""]
     return "\n".join(lines)
 
 

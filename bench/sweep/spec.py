@@ -3,7 +3,10 @@
 The file names the campaign, a machine profile, node counts and ranks per
 node, the measurement settings (``[bench]``, bench/options.py SETTINGS) and the
 point parameters (``[params]``, bench/options.py PARAMS); see
-``python -m bench sweep --help`` for its format.
+``python -m bench sweep --help`` for its format. With ``driver = "model"`` its
+points are ``bench model`` training steps (bench/model_points.py), whose
+``[params]`` are the model's options (bench/options.py MODEL) and the point's
+algorithms, seq or seq_per_rank and batch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import options
+from bench import model_points, model_step, options
+from bench.model_points import ModelPoint, make_model_point
 from bench.points import Point, make_point, memory_bytes, record_config
 from core.cli import UserError, nearest
 from core.store import Store, StoreError, check_campaign_name, config_key
@@ -23,10 +27,11 @@ from core.store import Store, StoreError, check_campaign_name, config_key
 from . import profiles, slurm
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
-       "bench", "params", "zip", "exclude", "stack"}
+       "bench", "params", "zip", "exclude", "stack", "driver"}
 SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
 BENCH = set(options.SETTINGS)
 PARAMS = set(options.PARAMS)
+DRIVERS = {"run": PARAMS, "model": set(model_points.SWEEP_PARAMS)}  # driver -> its [params] keys
 MAX_TIME_MARGIN = 100.0
 
 
@@ -73,7 +78,7 @@ def expand(params: dict, zips: list[list[str]], excludes: list[dict]) -> list[di
 class Job:
     nodes: int
     ranks_per_node: int
-    points: list[Point]
+    points: list[Point] | list[ModelPoint]
     estimate_s: float = 0.0
 
     @property
@@ -98,6 +103,7 @@ class Sweep:
     qos: str = ""
     tag: str | None = None
     time_margin: float = 2.0
+    driver: str = "run"  # bench run (attention) or bench model (training steps) points
     _call_s: dict = field(default_factory=dict, init=False, repr=False)  # estimate's cache per (job, point)
 
     def limit_s(self, estimate_s: float) -> float:
@@ -117,9 +123,13 @@ class Sweep:
     def dir(self) -> Path:
         return self.out / self.campaign / "sweep"
 
-    def keys(self, job: Job) -> dict[str, Point]:
-        """Record key -> point, for every point and repeat of a job (as bench run will write them)."""
+    def keys(self, job: Job) -> dict[str, Point | ModelPoint]:
+        """Record key -> point, for every point and repeat of a job (as bench run or bench model will write
+        them)."""
         b = self.bench
+        if self.driver == "model":
+            return {config_key(model_points.record_config(pt, job.ranks, job.nodes, rep, b)): pt
+                    for pt in job.points for rep in range(b["repeats"])}
         return {config_key(record_config(pt, job.ranks, job.nodes, rep, b["kernel"], b["warmup"], b["iters"])): pt
                 for pt in job.points for rep in range(b["repeats"])}
 
@@ -167,13 +177,41 @@ def _zips(raw: dict, params: dict, where: str) -> list[list[str]]:
     return zips
 
 
-def _excludes(raw: dict, where: str) -> list[dict]:
+def _excludes(raw: dict, where: str, valid: set[str]) -> list[dict]:
     rules = raw.get("exclude", [])
     if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         raise SweepError(f"exclude in {where} must be [[exclude]] tables, got {rules!r}")
     for rule in rules:
-        _unknown(rule, PARAMS, f"[[exclude]] of {where}")
+        _unknown(rule, valid, f"[[exclude]] of {where}")
     return rules
+
+
+def _driver(raw: dict) -> str:
+    d = raw.get("driver", "run")
+    if not isinstance(d, str) or d not in DRIVERS:
+        raise SweepError(f"driver {d!r}: choose run (attention points, bench run) or model (training steps, "
+                         "bench model)")
+    return d
+
+
+def _check_model_params(params: dict, dicts: list[dict], where: str) -> None:
+    """A model sweep's [params], said in one line whatever the ranks: values against their definitions, then
+    every model configuration with the algorithms asked of it (preset, fields that do not divide, masking)."""
+    where = f"[params] of {where}"
+    if "algorithms" not in params:
+        raise SweepError(f"{where} needs algorithms, e.g. algorithms = ['ring', 'ringx4']")
+    if "seq" not in params and "seq_per_rank" not in params:
+        raise SweepError(f"{where} needs seq (global tokens) or seq_per_rank (weak scaling)")
+    try:
+        model_points.check_values(params, where)
+        models: dict[tuple, list[str]] = {}  # each model configuration (its values are scalars by now) -> algorithms
+        for d in dicts:
+            models.setdefault(tuple((k, v) for k, v in d.items() if k in model_points.MODEL_KEYS), []).append(
+                d["algorithm"])
+        for key, algos in models.items():
+            model_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
 
 
 def _out(value) -> Path:
@@ -209,11 +247,12 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"{path} is not valid TOML: {e}") from None
     where = path.name
     _unknown(raw, TOP, where)
+    driver = _driver(raw)
     params = _table(raw, "params", where)
     zips = _zips(raw, params, where)
     _unknown(_table(raw, "bench", where), BENCH, f"[bench] of {where}")
-    _unknown(params, PARAMS, f"[params] of {where}")
-    excludes = _excludes(raw, where)
+    _unknown(params, DRIVERS[driver], f"[params] of {where}")
+    excludes = _excludes(raw, where, DRIVERS[driver])
     for k in ("campaign", "nodes") + (() if profile else ("machine",)):
         if k not in raw:
             raise SweepError(f"{where} needs {k!r}")
@@ -229,7 +268,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
             _unknown(given, SWEEP_STACK, f"[stack] of {where}")
             prof.stack = profiles.make_stack(given, f"[stack] of {where}", base=prof.stack)
-        bench = options.settings(_table(raw, "bench", where), f"[bench] of {where}")
+        defaults = {"check_max_seq": model_step.CHECK_MAX_SEQ} if driver == "model" else {}  # bench model's
+        bench = options.settings(defaults | _table(raw, "bench", where), f"[bench] of {where}")
         out = _out(raw["out"] if "out" in raw else _scratch(prof, account or prof.account))
     except StoreError as e:
         raise SweepError(f"{where}: {e}") from None
@@ -263,7 +303,10 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     dicts = expand(params, zips, excludes)
     if not dicts:
         raise SweepError("the sweep has no points (every combination is excluded?)")
+    if driver == "model":
+        _check_model_params(params, dicts, where)
     check_seq = bench["check_max_seq"] if bench["check"] else 0
+    gpu = bool(prof.gpus_per_node) and bench["device"] != "cpu"
     sweep_jobs = []
     for n in nodes:
         for r in rpns:
@@ -271,20 +314,24 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             have = prof.memory_per_rank(r)
             for d in dicts:
                 try:
-                    pt = make_point(d, n * r)
+                    pt = make_model_point(d, n * r, "cuda" if gpu else "cpu") if driver == "model" \
+                        else make_point(d, n * r)
                 except ValueError as e:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: {e}")
                     continue
-                need = memory_bytes(pt, n * r, check_seq)
+                need = model_points.memory_bytes(pt, n * r, gpu, bench["check"]) if driver == "model" \
+                    else memory_bytes(pt, n * r, check_seq)
                 if have and need > have:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: needs at least "
                                     f"{need / 2**30:.1f} GiB per rank, more than the {have / 2**30:.1f} GiB a rank "
                                     f"has on {prof.name}")
                 pts.append(pt)
             sweep_jobs.append(Job(n, r, pts))
+    if len(problems) == 1:
+        raise SweepError(f"impossible point: {problems[0]}")
     if problems:
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
-    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin))
+    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin), driver)
     _inside(sw.dir, out)
     from .plan import estimate  # plan builds on the Sweep defined here
 
