@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 from bench import options
+from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
 from bench.measure.ranks import Group, Progress, describe
 from bench.points import Point, make_point, record_config
 from core.cli import Parser, UserError, load_config, split_list
@@ -123,68 +124,6 @@ def cross_product(params: dict) -> list[dict]:
 # Running on every rank
 
 
-class Injected(RuntimeError):
-    """A failure the tests asked for."""
-
-
-class CheckFailed(RuntimeError):
-    """The --check gate found the algorithm wrong at this configuration."""
-
-
-# The tests' faults: --inject RANK:CASE:KIND[@PHASE]. KIND: raise, oom, hang, stop (SIGSTOP), kill (SIGKILL) on
-# RANK, or check (a failed check on every rank). PHASE: open (the campaign; CASE ignored), prepare, check, run (the
-# untimed first call), time (the timed loop) or write (rank 0 writing CASE's record). Older spellings: raise, oom
-# (@prepare), midraise, kill, hang (@run), check (@check).
-INJECT_KINDS = ("raise", "oom", "hang", "stop", "kill", "check")
-INJECT_PHASES = ("open", "prepare", "check", "run", "time", "write")
-_LEGACY = {"raise": "raise@prepare", "oom": "oom@prepare", "midraise": "raise@run", "kill": "kill@run",
-           "hang": "hang@run", "check": "check@check"}
-
-
-@dataclass(frozen=True)
-class Inject:
-    rank: int
-    case: int
-    kind: str
-    phase: str
-
-
-def parse_inject(spec: str | None) -> Inject | None:
-    if not spec:
-        return None
-    try:
-        r, i, what = spec.split(":")
-        kind, phase = _LEGACY.get(what, what).split("@")
-        inj = Inject(int(r), int(i), kind, phase)
-    except ValueError:
-        inj = None
-    if inj is None or inj.kind not in INJECT_KINDS or inj.phase not in INJECT_PHASES:
-        raise UserError(f"--inject {spec!r}: RANK:CASE:KIND[@PHASE], KIND one of {', '.join(INJECT_KINDS)}, "
-                        f"PHASE one of {', '.join(INJECT_PHASES)}")
-    return inj
-
-
-def maybe_inject(inj: Inject | None, rank: int, index: int, phase: str) -> None:
-    if inj is None or inj.phase != phase or (phase != "open" and inj.case != index):
-        return
-    if inj.kind == "check":
-        raise CheckFailed("injected check failure")  # on every rank, as a real failed check is
-    if inj.rank != rank:
-        return
-    print(f"bench run: injecting {inj.kind} on rank {rank} at {phase} of case {index}, t={time.time():.3f}",
-          file=sys.stderr, flush=True)  # the reliability probes measure the time to stop from here
-    if inj.kind == "raise":
-        raise Injected(f"injected failure on rank {rank} at {phase}")
-    if inj.kind == "oom":
-        import torch
-
-        raise torch.OutOfMemoryError(f"injected out of memory on rank {rank}")
-    if inj.kind in ("kill", "stop"):
-        os.kill(os.getpid(), signal.SIGKILL if inj.kind == "kill" else signal.SIGSTOP)
-    if inj.kind == "hang":
-        time.sleep(10**6)
-
-
 @dataclass
 class Case:
     """One algorithm of a configuration group: its record in the making and what measuring it gave."""
@@ -231,6 +170,7 @@ class Runner:
         # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
         self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
+        self.failures = Recorder(self.group, self.store, self.reinit, self.counts, opts["inject"])
         self.config_seed = 0  # one seed per configuration: its algorithms share one float64 reference
 
     def key(self, pt: Point, rep: int, nodes: int) -> tuple[str, dict]:
@@ -252,7 +192,7 @@ class Runner:
     def run(self) -> None:
         reps = int(self.opts["repeats"])
         total = sum(len(n) for _, n in self.plan) * reps
-        self.progress = Progress(total, self.opts["quiet"], self.rank == 0)
+        self.progress = self.failures.progress = Progress(total, self.opts["quiet"], self.rank == 0)
         self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "
                            f"{self.ctx.device.type}), campaign {self.store.campaign!r} -> {self.store.records_path}")
         if self.pinned:
@@ -326,15 +266,15 @@ class Runner:
             inputs = self.inputs(cases[0].point)
         except Exception as e:  # noqa: BLE001 - every failure becomes a record
             err = describe(e)
-        if not self.settle_all(cases, err, "making the inputs of", broke_group=False):
+        if not self.failures.settle_all(cases, err, "making the inputs of", broke_group=False):
             return
         live = []
         cs = self.check_seq(cases)
         self.config_seed += 1
         for c in cases:
-            if self.stage(c, lambda c=c: self.prepare(c, inputs), "preparing", broke_group=False) and \
-                    self.stage(c, lambda c=c: self.check(c, cs), "checking", broke_group=False) and \
-                    self.stage(c, lambda c=c: self.first_call(c), "the first call of", broke_group=True):
+            if self.failures.stage(c, lambda c=c: self.prepare(c, inputs), "preparing", broke_group=False) and \
+                    self.failures.stage(c, lambda c=c: self.check(c, cs), "checking", broke_group=False) and \
+                    self.failures.stage(c, lambda c=c: self.first_call(c), "the first call of", broke_group=True):
                 live.append(c)
         if not live:
             return
@@ -342,24 +282,15 @@ class Runner:
         try:
             from bench.measure.timing import time_round_robin
 
-            calls = [c.call for c in live]
-            if self.opts["inject"]:
-                calls = [self.injecting(c) for c in live]
+            calls = [self.failures.injecting(c.index, c.call) for c in live]
             samples = time_round_robin(calls, int(self.opts["warmup"]), int(self.opts["iters"]), self.ctx.device)
         except Exception as e:  # noqa: BLE001
             err = describe(e)
-        if not self.settle_all(live, err, "timing", broke_group=True):
+        if not self.failures.settle_all(live, err, "timing", broke_group=True):
             return
         group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
         for c, s in zip(live, samples):
             self.finish(c, s, group_id)
-
-    def injecting(self, c: Case):
-        """The timed call with the tests' fault in front (only when --inject is given: never in a real run)."""
-        def call():
-            maybe_inject(self.opts["inject"], self.rank, c.index, "time")
-            return c.call()
-        return call
 
     def inputs(self, pt: Point):
         import torch
@@ -370,7 +301,7 @@ class Runner:
                 for h in (pt.heads, pt.kv_heads, pt.kv_heads, pt.heads)]
 
     def prepare(self, c: Case, inputs) -> None:
-        maybe_inject(self.opts["inject"], self.rank, c.index, "prepare")
+        self.failures.hook(c.index, "prepare")
         c.call, c.stats = make_call(c.point.algorithm, c.ext, c.point, inputs, self.opts["kernel"])
 
     def check_seq(self, cases: list[Case]) -> int:
@@ -399,7 +330,7 @@ class Runner:
         err = self.ringx.verify.check(ref, pt.algorithm, self.ctx.device, o["kernel"], fn=fn, layout=c.layout)
         tol = self.ringx.verify.TOLERANCE[dt]
         c.result.update(check_max_error=err, check_tolerance=tol, check_seq=cs, check_s=time.perf_counter() - t0)
-        maybe_inject(o["inject"], self.rank, c.index, "check")
+        self.failures.hook(c.index, "check")
         if not err <= tol:
             raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
 
@@ -409,7 +340,7 @@ class Runner:
 
         dev = self.ctx.device
         reset_peak_memory(dev)
-        maybe_inject(self.opts["inject"], self.rank, c.index, "run")
+        self.failures.hook(c.index, "run")
         c.call(c.stats)
         st = c.stats
         ledgers = [st.forward, st.backward] if st else []
@@ -419,67 +350,6 @@ class Runner:
                         calls=sum(x.calls for x in ledgers),
                         ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
         c.call = _untracked(c.call)
-
-    def stage(self, c: Case, fn, what: str, broke_group: bool) -> bool:
-        err = None
-        try:
-            fn()
-        except CheckFailed as e:
-            err = ("check", str(e))
-        except Exception as e:  # noqa: BLE001
-            err = describe(e)
-        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
-        votes = self.agree([c.rec], f"{what} {c.label}", err, info, c.index)
-        c.votes = votes
-        return self.record_failure(c, votes, broke_group and err is not None and err[0] != "check")
-
-    def settle_all(self, cases: list[Case], err, what: str, broke_group: bool) -> bool:
-        """A failure that concerns every case of the group (inputs, the timed loop) fails them all."""
-        label = f"{what} {', '.join(c.point.algorithm for c in cases)} at {cases[0].label.split(' ', 1)[1]}"
-        votes = self.agree([c.rec for c in cases], label, err, {}, cases[0].index)
-        ok = True
-        for c in cases:
-            ok = self.record_failure(c, votes, broke_group, reinit=False) and ok
-        if not ok and broke_group:
-            from ringx import launch
-
-            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
-        return ok
-
-    def agree(self, recs: list[dict], label: str, err, info: dict, index: int) -> list[dict]:
-        """Every rank's report of a stage; a rank that does not report stops the run, recorded by rank 0 in
-        the records of the stage's cases."""
-        from core.store import now
-
-        votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
-                                               **info}, waited=err is not None and err[0] == "timeout")
-        if votes is None:
-            msg = self.group.timeout_message(label)
-            for rec in recs:
-                rec.update(status="failed", failure="timeout", error=msg, written_at=now(),
-                           failed_ranks=self.group.missing if self.rank == 0 else [])
-                self.write(rec, index)
-            self.group.give_up(msg)
-        return votes
-
-    def record_failure(self, c: Case, votes: list[dict], broke_group: bool, reinit: bool = True) -> bool:
-        from core.store import now
-
-        bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
-        if not bad:
-            return True
-        cause = next((v["kind"] for _, v in bad if v["kind"] != "timeout"), "timeout")  # not its peers' wait
-        c.rec.update(status="failed", failure=cause, failed_ranks=[i for i, _ in bad],
-                     error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
-                     **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        self.write(c.rec, c.index)
-        self.counts["failed"] += 1
-        self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
-        if reinit and (broke_group or any(v["kind"] != "check" for _, v in bad)):
-            from ringx import launch
-
-            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])  # a collective may be half-done
-        return False
 
     def finish(self, c: Case, samples: list[float], group_id: str | None) -> None:
         from core.stats import stat_fields
@@ -507,17 +377,13 @@ class Runner:
         self.progress.step(f"{c.label}: {fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)")
 
     def write(self, rec: dict, index: int) -> None:
-        """Rank 0 appends the record; if it cannot, the whole run stops now (the others would measure for
-        nothing), with the records written before intact."""
-        if self.rank != 0:
-            return
-        try:
-            maybe_inject(self.opts["inject"], self.rank, index, "write")
-            self.store.append(rec)
-        except Exception as e:  # noqa: BLE001 - a full disk, a lost mount, a record that is not valid JSON
-            self.group.give_up(f"cannot write a record to {self.store.records_path}: {type(e).__name__}: {e}; "
-                               "stopping every rank (the records written before are intact)")
+        self.failures.write(rec, index)
 
+    def reinit(self) -> None:
+        """A new process group (a collective may be half-done)."""
+        from ringx import launch
+
+        self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
 
 def _launch_args(opts: dict) -> dict:
     return {k: opts[k] for k in ("device", "backend") if opts.get(k) not in (None, "auto")}
@@ -585,13 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         check_slurm_world(world.Get_size(), world.Get_rank())
         opts, points = resolve(argv, world.Get_size())
         runner = Runner(opts, argv, points)
-        try:
-            runner.run()
-        except Exception:  # a bug: on one rank alone it would leave the others waiting, so stop them all
-            import traceback
-
-            traceback.print_exc()
-            runner.group.give_up("unexpected error (traceback above); stopping every rank")
+        run_guarded(runner.group, runner.run)
         from ringx import launch
 
         launch.finalize()
