@@ -23,6 +23,7 @@ Example (2 local CPU ranks):
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -32,12 +33,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from bench import options
+from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
 from bench.measure.ranks import Group, Progress, describe
 from core.cli import Parser, UserError, load_config
 
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
 CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
-ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False)
+ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False, inject=None)
 POINT = ("algorithms", "seq", "seq_per_rank", "batch")
 PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
 BUCKET = 1 << 25  # elements per gradient all-reduce
@@ -64,6 +66,7 @@ def build_parser() -> Parser:
     g.add_argument("--tag", help="free-form label stored in every record")
     g.add_argument("--retry-failed", action="store_true", default=None, help="re-run configurations recorded as failed")
     g.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
     return p
 
 
@@ -104,6 +107,7 @@ def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
     from core.store import check_campaign_name
 
     check_campaign_name(opts["campaign"])
+    opts["inject"] = parse_inject(opts["inject"])
     if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
         raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
     if opts["machine"] and opts["peak_tflops"] is None:
@@ -303,10 +307,6 @@ def compare(loss: float, grads: dict, ref_loss: float, ref_grads: dict) -> tuple
 # Running on every rank
 
 
-class CheckFailed(RuntimeError):
-    """--check found the algorithm's step wrong at this configuration."""
-
-
 @dataclass
 class Case:
     index: int
@@ -376,12 +376,14 @@ class Runner:
         self.rank, self.P = self.ctx.rank, self.ctx.world_size
         self.dtype = compute_dtype(opts["dtype"], self.ctx.device.type)
         self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
-            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv], pending=self.pending)
+            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv], pending=self.pending,
+            hook=lambda: maybe_inject(opts["inject"], self.rank, 0, "open", self.group.prog))
         interrupt_cleanly(self.store, self.rank)
         from bench.measure.pinning import pin
 
         self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
+        self.failures = Recorder(self.group, self.store, self.reinit, self.counts, opts["inject"])
         self.references: dict = {}
 
     def run(self) -> None:
@@ -389,7 +391,7 @@ class Runner:
 
         plan, reps = self.plan, int(self.opts["repeats"])
         total = len(plan.seqs) * len(plan.algorithms) * reps
-        self.progress = Progress(total, self.opts["quiet"], self.rank == 0)
+        self.progress = self.failures.progress = Progress(total, self.opts["quiet"], self.rank == 0)
         c = plan.config
         self.progress.note(
             f"bench model: {plan.preset} ({c.arch}, {c.layers} layers, d {c.d_model}, {c.heads}/{c.kv_heads} heads, "
@@ -458,20 +460,21 @@ class Runner:
             shared = self.build(cases)
         except Exception as e:  # noqa: BLE001 - every failure becomes a record
             err = describe(e)
-        if not self.settle_all(cases, err, broke_group=False):
+        if not self.failures.settle_all(cases, err, "building the model of", broke_group=False):
             return
-        live = [c for c in cases if self.stage(c, lambda c=c: self.first_call(c), broke_group=True)]
+        live = [c for c in cases if self.failures.stage(c, lambda c=c: self.first_call(c), "the first call of",
+                                                        broke_group=True)]
         samples, err = None, None
         if live:
             try:
                 from bench.measure.timing import time_round_robin
 
-                samples = time_round_robin([c.step for c in live], int(self.opts["warmup"]),
-                                           int(self.opts["iters"]), self.ctx.device)
+                samples = time_round_robin([self.failures.injecting(c.index, c.step) for c in live],
+                                           int(self.opts["warmup"]), int(self.opts["iters"]), self.ctx.device)
                 phases = self.phase_samples(live)
             except Exception as e:  # noqa: BLE001
                 err = describe(e)
-            if self.settle_all(live, err, broke_group=True):
+            if self.failures.settle_all(live, err, "timing", broke_group=True):
                 group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
                 for c, s, ph in zip(live, samples, phases):
                     self.finish(c, s, ph, group_id, shared)
@@ -509,7 +512,7 @@ class Runner:
             model = models.build(cfg, seed=cs, checkpoint=self.opts["checkpoint"]).double().to(dev)
         except Exception as e:  # noqa: BLE001
             err = describe(e)
-        if not self.settle_all(cases, err, broke_group=False):
+        if not self.failures.settle_all(cases, err, "building the check model of", broke_group=False):
             return []
         passed = []
         for c in cases:
@@ -540,10 +543,11 @@ class Runner:
                 c.result.update(check_loss_error=loss_err, check_grad_error=grad_err, check_worst_param=worst,
                                 check_loss=ref_loss, check_tolerance=CHECK_TOLERANCE, check_seq=cs,
                                 check_s=time.perf_counter() - t0)
+                self.failures.hook(c.index, "check")
                 if not (loss_err <= CHECK_TOLERANCE and grad_err <= CHECK_TOLERANCE):
                     raise CheckFailed(f"check failed at seq {cs}: loss error {loss_err:.2e}, gradient error "
                                       f"{grad_err:.2e} ({worst}) > {CHECK_TOLERANCE:.0e}")
-            if self.stage(c, run, broke_group=False):
+            if self.failures.stage(c, run, "checking", broke_group=False):
                 passed.append(c)
         del model
         model = None
@@ -574,6 +578,7 @@ class Runner:
         import ringx
 
         for c in cases:
+            self.failures.hook(c.index, "prepare")
             c.stats = ringx.CallStats()
             state = {"stats": c.stats, "validate": True}
             lb = shard_batch(inputs, targets, n, c.layout, self.rank, self.P, dev)
@@ -587,6 +592,7 @@ class Runner:
         from bench.measure.memory import peak_memory, reset_peak_memory
 
         reset_peak_memory(self.ctx.device)
+        self.failures.hook(c.index, "run")
         c.step()
         c.step.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
         c.step.phases.clear()
@@ -609,61 +615,11 @@ class Runner:
         every = mine.cpu().tolist()
         return [{ph: [it[j] for it in per] for j, ph in enumerate(PHASES)} for per in every]
 
-    # -- agreement and records (as bench run) ----------------------------------------------------------------
+    def reinit(self) -> None:
+        """A new process group (a collective may be half-done)."""
+        from ringx import launch
 
-    def stage(self, c: Case, fn, broke_group: bool) -> bool:
-        err = None
-        try:
-            fn()
-        except CheckFailed as e:
-            err = ("check", str(e))
-        except Exception as e:  # noqa: BLE001
-            err = describe(e)
-        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
-        c.votes = self.agree(c.rec, c.label, err, info)
-        return self.record_failure(c, c.votes, broke_group and err is not None and err[0] != "check")
-
-    def settle_all(self, cases: list[Case], err, broke_group: bool) -> bool:
-        votes = self.agree(cases[0].rec, cases[0].label, err, {})
-        ok = True
-        for c in cases:
-            ok = self.record_failure(c, votes, broke_group, reinit=False) and ok
-        if not ok and broke_group:
-            from ringx import launch
-
-            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
-        return ok
-
-    def agree(self, rec: dict, label: str, err, info: dict) -> list[dict]:
-        from core.store import now
-
-        votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
-                                               **info})
-        if votes is None:
-            msg = (f"not every rank reported within {self.group.deadline:.0f}s during {label}: a rank died or "
-                   "hangs; stopping the run (the records written so far are intact)")
-            rec.update(status="failed", failure="timeout", error=msg, written_at=now())
-            self.write(rec)
-            self.group.give_up(msg)
-        return votes
-
-    def record_failure(self, c: Case, votes: list[dict], broke_group: bool, reinit: bool = True) -> bool:
-        from core.store import now
-
-        bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
-        if not bad:
-            return True
-        c.rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
-                     error="; ".join(f"rank {i}: {v['error']}" for i, v in bad), written_at=now(),
-                     **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        self.write(c.rec)
-        self.counts["failed"] += 1
-        self.progress.step(f"{c.label}: FAILED ({c.rec['error']})")
-        if reinit and (broke_group or any(v["kind"] != "check" for _, v in bad)):
-            from ringx import launch
-
-            self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
-        return False
+        self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
 
     def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> None:
         import statistics
@@ -694,16 +650,15 @@ class Runner:
             grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        self.write(c.rec)
+        self.write(c.rec, c.index)
         self.counts["recorded"] += 1
         ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in PHASES}
         self.progress.step(f"{c.label}: {med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, "
                            f"all-reduce {ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), "
                            f"{plan.batch * c.seq / self.P / med:.0f} tokens/s per rank")
 
-    def write(self, rec: dict) -> None:
-        if self.rank == 0:
-            self.store.append(rec)
+    def write(self, rec: dict, index: int) -> None:
+        self.failures.write(rec, index)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -719,7 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         world = MPI.COMM_WORLD
         check_slurm_world(world.Get_size(), world.Get_rank())
         opts, plan = resolve(argv, world.Get_size())  # every user mistake stops here, before any collective
-        Runner(opts, plan, argv).run()
+        runner = Runner(opts, plan, argv)
+        run_guarded(runner.group, runner.run)
         from ringx import launch
 
         launch.finalize()
