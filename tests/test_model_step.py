@@ -258,3 +258,35 @@ def test_vit_bf16_autocast_checkpointing_and_a_config_file(tmp_path):
         assert (r["model"], r["arch"], r["layers"], r["seq"], r["dtype"], r["checkpoint"], r["causal"]) == (
             "tiny-vit", "vit", 1, 32, "bfloat16", True, False)
         assert r["check_grad_error"] <= CHECK_TOLERANCE  # the check itself runs in float64
+
+
+# ------------------------------------------------------------------------------------ failures, as bench run's
+
+
+def test_a_failing_rank_is_recorded_as_bench_run_records_it(tmp_path):
+    """The shared recorder (bench/measure/failures.py): the failing rank's own cause, not its peer's collective
+    timeout waiting on it; every failing rank in failed_ranks; the check fields kept; the others still timed."""
+    proc = bench(2, "--preset", "tiny", "--seq", "64", "--iters", "2", "--warmup", "0", "--quiet", "--check",
+                 "--algorithms", "ring,ringx4,ringx3", "--timeout", "5", "--out", str(tmp_path), "--campaign", "c",
+                 "--inject", "1:1:raise@run")
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["algorithm"]: r for r in _model_records(tmp_path)}
+    bad = recs["ringx4"]
+    assert validate(bad) == [] and bad["status"] == "failed" and bad["failure"] == "exception", bad
+    assert "rank 1: Injected: injected failure on rank 1 at run" in bad["error"] and 1 in bad["failed_ranks"]
+    assert bad["check_loss_error"] <= CHECK_TOLERANCE and "samples_s" not in bad
+    assert recs["ring"]["status"] == recs["ringx3"]["status"] == "ok"
+    assert recs["ring"]["timing_group"] and recs["ring"]["timing_group"] == recs["ringx3"]["timing_group"]
+
+
+def test_a_hung_rank_is_named_in_the_records_and_the_others_stop(tmp_path):
+    proc = bench(2, "--preset", "tiny", "--seq", "64,128", "--iters", "2", "--warmup", "0", "--quiet",
+                 "--algorithms", "ring,ringx4", "--timeout", "2", "--out", str(tmp_path), "--campaign", "c",
+                 "--inject", "1:3:hang@time", timeout=120)
+    assert proc.returncode != 0
+    recs = _model_records(tmp_path)
+    assert [(r["seq"], r["status"]) for r in recs] == [(64, "ok"), (64, "ok"), (128, "failed"), (128, "failed")]
+    for r in recs[2:]:
+        assert validate(r) == [] and r["failure"] == "timeout" and r["failed_ranks"] == [1], r
+        assert r["error"].startswith("rank 1 did not report") and "during timing ring, ringx4 at seq=128" in r["error"]
+    assert "bench model (rank 0): rank 1 did not report" in proc.stderr and "Traceback" not in proc.stderr
