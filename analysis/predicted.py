@@ -67,7 +67,7 @@ def map_figure(table: pd.DataFrame, width: str = "two"):
         for _, r in d.iterrows():
             x, y = ranks.index(r["ranks"]), seqs.index(r["seq"])
             ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=colour[r["algorithm"]], alpha=0.35))
-            ax.text(x, y, _label(r), ha="center", va="center", fontsize=5.5)
+            ax.text(x, y, _label(r), ha="center", va="center", fontsize=min(5.5, 33 / len(ranks)))  # fits the cell
         ax.set_xlim(-0.5, len(ranks) - 0.5)
         ax.set_ylim(-0.5, len(seqs) - 0.5)
         ax.set_xticks(range(len(ranks)), [str(p) for p in ranks])
