@@ -538,23 +538,29 @@ CAPTIONS = {
 
 
 @styled
-def predicted_vs_measured(v: pd.DataFrame, width: str = "one"):
-    """Predicted vs measured time per call (model validation), log-log, with the y = x line."""
-    fig, axes, _ = _fig(1, width, height=2.3)
-    ax = axes[0]
-    for a in _algos(v):
-        g = v[v["algorithm"] == a]
-        s = style(a)
-        ax.plot(g["measured_s"] * 1e3, g["predicted_s"] * 1e3, linestyle="none", marker=s["marker"],
-                color=s["color"], label=a)
+def predicted_vs_measured(v: pd.DataFrame, width: str | None = None):
+    """Predicted vs measured time per call (model validation), log-log, with the y = x line: one panel per
+    rank count, so in-sample one-rank points and out-of-sample multi-rank ones are told apart."""
+    ranks = sorted(int(p) for p in v["world_size"].unique()) if "world_size" in v else [None]
+    width = width or ("one" if len(ranks) == 1 else "two")
+    fig, axes, _ = _fig(len(ranks), width, height=2.3, sharex=True, sharey=True)
     lo = min(v["measured_s"].min(), v["predicted_s"].min()) * 1e3 * 0.8
     hi = max(v["measured_s"].max(), v["predicted_s"].max()) * 1e3 * 1.25
-    ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="y = x")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _plain_log(ax, "both")
-    ax.set_xlabel("measured (ms)")
-    ax.set_ylabel("predicted (ms)")
+    for ax, p in zip(axes, ranks):
+        d = v if p is None else v[v["world_size"] == p]
+        for a in _algos(d):
+            g = d[d["algorithm"] == a]
+            s = style(a)
+            ax.plot(g["measured_s"] * 1e3, g["predicted_s"] * 1e3, linestyle="none", marker=s["marker"],
+                    color=s["color"], label=a)
+        ax.plot([lo, hi], [lo, hi], color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="y = x")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log(ax, "both")
+        ax.set_xlabel("measured (ms)")
+        if p is not None:
+            ax.set_title(f"{p} rank{'s' if p > 1 else ''}")
+    axes[0].set_ylabel("predicted (ms)")
     _legend(fig, axes, width)
     return fig
 
