@@ -237,6 +237,11 @@ def measure(a: argparse.Namespace, argv: list[str] | None, ops: list[str], asked
 
     ctx = launch.init(timeout_s=a.timeout)
     P, rank = ctx.world_size, ctx.rank
+    if ctx.device.type == "cpu":
+        from bench.measure.pinning import pin
+
+        # as bench run and bench kernels do: the network measured with the cores bound as the runs bind them
+        pin(ctx.local_rank, ctx.local_world_size)
     topo, unknown = _topology()
     levels = asked_levels or default_levels(topo)
     for lv in levels:
