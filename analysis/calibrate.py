@@ -106,21 +106,18 @@ def calibrate(df, name: str, cores_per_node: int | None = None, cores_per_rank: 
     """(fitted Machine, fit table) from a campaign's microbenchmarks: collectives, single-rank attention
     records (one throughput), and `bench kernels` records when there are (throughput by block shape)."""
     links, inter, fit = _links_by_level(df)
+    rates = fit_kernel_rates(df)
     try:
         flops = fit_throughput(df)
     except ValueError:
-        rates = fit_kernel_rates(df)
         if not rates:
             raise
         flops = max(r for table in rates.values() for _, r in table)
-    loaded = {}
-    if "kind" in df:
-        kern = df[(df["kind"] == "kernel") & (df["status"] == "ok") & (df.get("nodes", 1) == 1)]
-        busy = sorted(int(p) for p in kern["world_size"].unique()) if not kern.empty else []
-        if len(busy) > 1:  # measured under load: a table per number of busy ranks
-            loaded = {p: fit_kernel_rates(df, p) for p in busy}
-    return Machine(name, f"fitted from {name}", flops, links, inter, cores_per_node, fit_kernel_rates(df),
-                   cores_per_rank, loaded), fit
+    busy = sorted(int(p) for p in df[df["kind"] == "kernel"]["world_size"].unique()) if rates else []
+    # measured under load (bench kernels at several rank counts): a table per number of busy ranks
+    loaded = {p: fit_kernel_rates(df, p) for p in busy} if len(busy) > 1 else {}
+    return Machine(name, f"fitted from {name}", flops, links, inter, cores_per_node, rates, cores_per_rank,
+                   loaded), fit
 
 
 def _links_by_level(df):
@@ -185,17 +182,6 @@ def error_summary(v, one_rank_in_sample: bool = True):
     return out.rename(columns={"world_size": "ranks"})
 
 
-def _ranks(x) -> np.ndarray:
-    """Ranks 1..n of the values (ties share their mean rank), for Spearman's correlation."""
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    for val in np.unique(x):
-        tie = x == val
-        r[tie] = r[tie].mean()
-    return r
-
-
 def ranking(v):
     """Per multi-rank configuration: the measured and the predicted fastest algorithm, whether they agree
     ("yes"; "within noise" when the predicted one's measured median is inside the measured fastest's
@@ -206,7 +192,7 @@ def ranking(v):
     rows = []
     for (p, seq, causal, mode), g in v[v["world_size"] > 1].groupby(["world_size", "seq", "causal", "mode"]):
         meas, pred = g["measured_s"].to_numpy(), g["predicted_s"].to_numpy()
-        rho = float(np.corrcoef(_ranks(meas), _ranks(pred))[0, 1]) if len(g) > 2 else float("nan")
+        rho = g["measured_s"].rank().corr(g["predicted_s"].rank()) if len(g) > 2 else float("nan")  # Spearman
         im, ip = meas.argmin(), pred.argmin()
         right = "yes" if im == ip else "within noise" if meas[ip] <= g["measured_p90_s"].iloc[im] else "no"
         rows.append({"ranks": int(p), "seq": int(seq), "causal": bool(causal), "mode": mode, "algorithms": len(g),

@@ -39,6 +39,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
+from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.options import DTYPES
 from core.cli import Parser, UserError
@@ -237,11 +238,7 @@ def measure(a: argparse.Namespace, argv: list[str] | None, ops: list[str], asked
 
     ctx = launch.init(timeout_s=a.timeout)
     P, rank = ctx.world_size, ctx.rank
-    if ctx.device.type == "cpu":
-        from bench.measure.pinning import pin
-
-        # as bench run and bench kernels do: the network measured with the cores bound as the runs bind them
-        pin(ctx.local_rank, ctx.local_world_size)
+    pin(ctx)
     topo, unknown = _topology()
     levels = asked_levels or default_levels(topo)
     for lv in levels:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import statistics
 import sys
 
+from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.options import DTYPES
 from core.cli import Parser, UserError, split_list
@@ -113,10 +114,7 @@ def run(a, argv: list[str]) -> int:
                 raise UserError(f"unknown kernel {k!r}; choose from {', '.join(ringx.KERNELS)}")
     ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
     cfgs = configs(a, ctx.device.type)
-    if ctx.device.type == "cpu":
-        from bench.measure.pinning import pin
-
-        pin(ctx.local_rank, ctx.local_world_size)  # as bench run does: a core of its own per rank (opt-in)
+    pin(ctx)
     group = Group(a.timeout, "bench kernels")
     store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "kernels", *argv])
     dev = ctx.device

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from bench import options
 from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
+from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from core.cli import Parser, UserError, load_config
 
@@ -379,9 +380,7 @@ class Runner:
             opts["out"], opts["campaign"], ["-m", "bench", "model", *argv], pending=self.pending,
             hook=lambda: maybe_inject(opts["inject"], self.rank, 0, "open", self.group.prog))
         interrupt_cleanly(self.store, self.rank)
-        from bench.measure.pinning import pin
-
-        self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
+        self.pinned = pin(self.ctx)
         self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
         self.failures = Recorder(self.group, self.store, self.reinit, self.counts, opts["inject"])
         self.references: dict = {}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from bench import options
 from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
+from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.points import Point, make_point, record_config
 from core.cli import Parser, UserError, load_config, split_list
@@ -162,9 +163,7 @@ class Runner:
             opts["out"], opts["campaign"], ["-m", "bench", "run", *argv], pending=self.pending,
             hook=lambda: maybe_inject(opts["inject"], self.rank, 0, "open"))
         interrupt_cleanly(self.store, self.rank)
-        from bench.measure.pinning import pin
-
-        self.pinned = pin(self.ctx.local_rank, self.ctx.local_world_size) if self.ctx.device.type == "cpu" else None
+        self.pinned = pin(self.ctx)
         from bench.measure.memory import device_memory
 
         # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).

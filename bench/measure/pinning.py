@@ -19,10 +19,13 @@ def cores_for(local_rank: int, local_size: int, cores: list[int]) -> list[int]:
     return [cores[local_rank % len(cores)]]
 
 
-def pin(local_rank: int, local_size: int) -> list[int] | None:
-    """Pin this process and size torch's thread pool to its share; None when not asked to or not possible."""
-    if os.environ.get("RINGX_PIN_CPU") != "1" or not hasattr(os, "sched_setaffinity"):
+def pin(ctx) -> list[int] | None:
+    """Pin this CPU rank (a ``ringx.launch`` context) and size torch's thread pool to its share of the node's
+    cores; None on other devices, or when not asked to or not possible. Every driver calls this, so a
+    run, its kernels and its collectives are measured with the cores bound alike."""
+    if ctx.device.type != "cpu" or os.environ.get("RINGX_PIN_CPU") != "1" or not hasattr(os, "sched_setaffinity"):
         return None
+    local_rank, local_size = ctx.local_rank, ctx.local_world_size
     import torch
 
     mine = cores_for(local_rank, local_size, sorted(os.sched_getaffinity(0)))
