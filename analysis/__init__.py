@@ -1,6 +1,6 @@
 """ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
-It reads what bench writes through the shared definitions in ``core`` (record kinds, store, statistics,
+It reads what bench writes through the shared definitions in ``ringx_suite`` (record kinds, store, statistics,
 table writer) and uses the cost model in ``costmodel``; it never imports ``bench``. pandas is imported lazily.
 """
 

@@ -13,8 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from core.cli import Parser, UserError
-from core.cli import main as cli_main
+from ringx_suite.cli import Parser, UserError
+from ringx_suite.cli import main as cli_main
 
 
 def build_parser() -> Parser:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.cli import UserError
 from costmodel import machine as machines
 from costmodel.predict import best_degree, speedup_curve
+from ringx_suite.cli import UserError
 
 from . import calibrate, figures, tables
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.records import MODEL_COMPARE_BY
-from core.stats import METHOD
+from ringx_suite.records import MODEL_COMPARE_BY
+from ringx_suite.stats import METHOD
 
 from . import figures
 from .figures import NoData, _fig, _legend, _mask, save, style, styled

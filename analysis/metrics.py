@@ -2,7 +2,7 @@
 
 Spread: for each (configuration, algorithm) the timed iterations of all repeats are pooled (each
 iteration's time is already the slowest rank's); we report their median and the p10-p90 range.
-Speedup: baseline median / median (above 1: faster) with core/stats.py's bootstrap interval, paired
+Speedup: baseline median / median (above 1: faster) with ringx_suite/stats.py's bootstrap interval, paired
 when the two were timed side by side; an interval that contains 1 is "within noise".
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.records import COMPARE_BY
-from core.stats import METHOD, records_speedup
+from ringx_suite.records import COMPARE_BY
+from ringx_suite.stats import METHOD, records_speedup
 
 SPREAD_METHOD = "median and p10-p90 of all timed iterations pooled over repeats (iteration = slowest rank)"
 CONFIG = list(COMPARE_BY)
@@ -79,7 +79,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def speedup(summary: pd.DataFrame, baseline: str = "ring", config: list[str] | None = None) -> pd.DataFrame:
     """Each algorithm's speedup over ``baseline`` at identical configuration (baseline time / time).
 
-    ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (core/stats.py), ``within_noise`` is True
+    ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (ringx_suite/stats.py), ``within_noise`` is True
     where that interval contains 1. Configurations where the baseline was not measured are dropped; if it
     was measured nowhere, MissingBaseline names the algorithms that were. ``config``: the columns a
     comparison is made at (default: an attention configuration's).

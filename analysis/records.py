@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.records import column_types
-from core.store import Store
+from ringx_suite.records import column_types
+from ringx_suite.store import Store
 
 DEFAULT_ROOT = Path("runs")  # a bare campaign name means runs/NAME, nothing else
 PROVENANCE = {"git_commit": "commit", "git_dirty": "dirty", "date": "run_date", "nodes": "run_nodes"}

@@ -1,11 +1,11 @@
-"""Tables of a campaign, written by the one table writer (core/tables.py): Markdown, LaTeX or CSV."""
+"""Tables of a campaign, written by the one table writer (ringx_suite/tables.py): Markdown, LaTeX or CSV."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from core.tables import Table, cell, render  # noqa: F401 - the one writer, used through this module too
+from ringx_suite.tables import Table, cell, render  # noqa: F401 - the one writer, used through this module too
 
 from .metrics import speedup
 

@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING
 from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.options import DTYPES
-from core.cli import Parser, UserError
 from costmodel.network import busbw_factor
+from ringx_suite.cli import Parser, UserError
 
 if TYPE_CHECKING:
     from ringx.topology import Topology
@@ -205,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--step must be >= 2, --iters from 1 to 100000, --warmup from 0 to 100000")
     if not 0 < a.timeout <= 86400:
         p.error("--timeout must be a number of seconds from 1 to 86400")
-    from core.store import StoreError, check_campaign_name
+    from ringx_suite.store import StoreError, check_campaign_name
 
     try:
         check_campaign_name(a.campaign)
     except StoreError as e:
         p.error(str(e))
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     return cli_main(PROG, lambda: measure(a, argv, ops, asked_levels, lo, hi))
 
@@ -232,9 +232,9 @@ def measure(a: argparse.Namespace, argv: list[str] | None, ops: list[str], asked
     import torch
 
     from bench.measure.timing import time_iterations
-    from core.stats import stat_fields, summarize
-    from core.store import SCHEMA_VERSION, already_recorded, config_key, now
     from ringx import launch
+    from ringx_suite.stats import stat_fields, summarize
+    from ringx_suite.store import SCHEMA_VERSION, already_recorded, config_key, now
 
     ctx = launch.init(timeout_s=a.timeout)
     P, rank = ctx.world_size, ctx.rank

@@ -21,7 +21,7 @@ import sys
 
 from bench import mpirun, quick, summary
 from bench.sweep import commands as sweep
-from core.cli import Parser
+from ringx_suite.cli import Parser
 
 SWEEP = mpirun.ROOT / "jobs" / "sweeps" / "local-demo.toml"
 

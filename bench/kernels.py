@@ -24,7 +24,7 @@ import sys
 from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.options import DTYPES
-from core.cli import Parser, UserError, split_list
+from ringx_suite.cli import Parser, UserError, split_list
 
 GPU = dict(seq="512,1024,2048,4096,8192,16384,32768", heads=32, kv_heads="32,8", head_dim=128, dtype="bfloat16")
 CPU = dict(seq="256,512,1024,2048", heads=8, kv_heads="8,2", head_dim=64, dtype="float32")
@@ -56,7 +56,7 @@ def build_parser() -> Parser:
 def configs(a, device_type: str) -> list[dict]:
     """Every (dtype, kv_heads, causal, seq) the flags ask for, validated."""
     from bench import options
-    from core.cli import parse_bool
+    from ringx_suite.cli import parse_bool
 
     d = GPU if device_type == "cuda" else CPU
     try:
@@ -91,7 +91,7 @@ def _call(kern, direction: str, q, k, v, do, causal: bool, scale: float):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
     return cli_main("python -m bench kernels", lambda: run(a, argv or []))
@@ -102,10 +102,10 @@ def run(a, argv: list[str]) -> int:
 
     import ringx
     from bench.measure.timing import time_round_robin
-    from core.stats import stat_fields
-    from core.store import SCHEMA_VERSION, already_recorded, check_campaign_name, config_key, now
     from ringx import launch
     from ringx.flops import CONVENTION, attention_flops
+    from ringx_suite.stats import stat_fields
+    from ringx_suite.store import SCHEMA_VERSION, already_recorded, check_campaign_name, config_key, now
 
     check_campaign_name(a.campaign)
     if a.kernels:

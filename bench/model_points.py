@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 
 from bench import model_step, options
-from core.cli import UserError
+from ringx_suite.cli import UserError
 
 # A sweep file's [params] of a model sweep: the model options (not the learning rate, which is not part of a
 # record's key, nor a profile, which is the sweep's machine) and the point's algorithm, sequence and batch.

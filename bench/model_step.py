@@ -36,7 +36,7 @@ from bench import options
 from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
 from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
-from core.cli import Parser, UserError, load_config
+from ringx_suite.cli import Parser, UserError, load_config
 
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
 CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
@@ -105,7 +105,7 @@ def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
     opts = dict(ONLY) | {k: v for k, v in given.items() if k in ONLY}
     opts |= options.settings({"check_max_seq": CHECK_MAX_SEQ} | given, "")
     opts |= {n: options.value(o, given.get(n, o.default), "") for n, o in options.MODEL.items()}
-    from core.store import check_campaign_name
+    from ringx_suite.store import check_campaign_name
 
     check_campaign_name(opts["campaign"])
     opts["inject"] = parse_inject(opts["inject"])
@@ -422,14 +422,14 @@ class Runner:
 
     def pending(self, done: dict[str, str], nodes: int) -> set[str]:
         """The keys this run will write (claimed in the store for the run, as bench run claims its own)."""
-        from core.store import already_recorded, config_key
+        from ringx_suite.store import already_recorded, config_key
 
         keys = {config_key(self.config(n, s, rep, nodes)) for s in self.plan.seqs for n in self.plan.algorithms
                 for rep in range(int(self.opts["repeats"]))}
         return {k for k in keys if not already_recorded(done.get(k), self.opts["retry_failed"])}
 
     def case(self, index: int, name: str, seq: int, rep: int, ringx) -> Case | None:
-        from core.store import SCHEMA_VERSION, already_recorded, config_key
+        from ringx_suite.store import SCHEMA_VERSION, already_recorded, config_key
 
         config = self.config(name, seq, rep)
         key = config_key(config)
@@ -624,9 +624,9 @@ class Runner:
         import statistics
 
         from bench import models
-        from core.stats import stat_fields
-        from core.store import now
         from ringx.flops import MODEL_CONVENTION, model_flops_per_token
+        from ringx_suite.stats import stat_fields
+        from ringx_suite.store import now
 
         cfg, plan, votes = self.plan.config, self.plan, c.votes
         fields = stat_fields(samples)
@@ -661,7 +661,7 @@ class Runner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
 

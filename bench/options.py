@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core.cli import UserError
+from ringx_suite.cli import UserError
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
@@ -92,7 +92,7 @@ def _one(o: Option, v, where: str):
         raise UserError(f"{where}{o.name} needs a value")
     try:
         if o.kind is bool:
-            from core.cli import parse_bool
+            from ringx_suite.cli import parse_bool
 
             x = parse_bool(v)
         elif o.kind is int:
@@ -134,7 +134,7 @@ def value(o: Option, v, where: str = "option", many: bool = False):
         return _one(o, v, where)
     if v is None:
         return None
-    from core.cli import split_list
+    from ringx_suite.cli import split_list
 
     items = split_list(v) if isinstance(v, str | list) else [v]
     if not items:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bench.options import PARAMS, value
-from core.cli import UserError
+from ringx_suite.cli import UserError
 
 FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.cli import Parser
+from ringx_suite.cli import Parser
 
 NET_LINE = re.compile(r"Using network (.+?)\s*$", re.M)
 PLUGIN_NAMES = {"libfabric": re.compile(r"libfabric|ofi", re.I)}
@@ -200,7 +200,7 @@ def _selftest_and_network(a, comm, add, network_dir: Path | None, nodes: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
     return cli_main("python -m bench preflight", lambda: run(a))

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from core.cli import Parser
+from ringx_suite.cli import Parser
 
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
 
@@ -56,8 +56,8 @@ def worker(a: argparse.Namespace) -> None:
 
     import ringx
     from bench.measure.timing import time_round_robin
-    from core.stats import summarize
     from ringx import launch
+    from ringx_suite.stats import summarize
 
     torch.set_num_threads(a.threads)
     ctx = launch.init(timeout_s=600)
@@ -92,8 +92,8 @@ def worker(a: argparse.Namespace) -> None:
 def table(rows: list[dict]) -> str:
     """Markdown per rank count: median ms (p10-p90) and speedup over the baseline (bare kernel at one rank,
     ring beyond), with its paired bootstrap interval; '~' marks an interval containing 1 (within noise)."""
-    from core.stats import speedup
-    from core.tables import Table, render
+    from ringx_suite.stats import speedup
+    from ringx_suite.tables import Table, render
 
     parts = []
     for P in sorted({x["world"] for x in rows}):
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     import ringx
-    from core.cli import UserError
+    from ringx_suite.cli import UserError
 
     try:
         for o in opts:

@@ -33,7 +33,7 @@ from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_in
 from bench.measure.pinning import pin
 from bench.measure.ranks import Group, Progress, describe
 from bench.points import Point, make_point, record_config
-from core.cli import Parser, UserError, load_config, split_list
+from ringx_suite.cli import Parser, UserError, load_config, split_list
 
 RUN_ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False, baselines="", inject=None,
                 points=None)
@@ -73,7 +73,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[dict, list[Point]]:
     opts |= options.settings(given, "")
     if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
         raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
-    from core.store import check_campaign_name
+    from ringx_suite.store import check_campaign_name
 
     check_campaign_name(opts["campaign"])
     baselines = split_list(opts["baselines"]) if opts["baselines"] else []
@@ -174,7 +174,7 @@ class Runner:
 
     def key(self, pt: Point, rep: int, nodes: int) -> tuple[str, dict]:
         """A case's record key and configuration fields."""
-        from core.store import config_key
+        from ringx_suite.store import config_key
 
         o = self.opts
         config = record_config(pt, self.P, nodes, rep, o["kernel"], int(o["warmup"]), int(o["iters"]))
@@ -182,7 +182,7 @@ class Runner:
 
     def pending(self, done: dict[str, str], nodes: int) -> set[str]:
         """The keys this run will write: every case not already recorded (claimed in the store for the run)."""
-        from core.store import already_recorded
+        from ringx_suite.store import already_recorded
 
         keys = {self.key(replace(c, algorithm=n), rep, nodes)[0] for c, names in self.plan for n in names
                 for rep in range(int(self.opts["repeats"]))}
@@ -214,7 +214,7 @@ class Runner:
 
     def case(self, index: int, pt: Point, rep: int) -> Case | None:
         """The case's record skeleton, or None when it is already recorded or cannot run here (recorded so)."""
-        from core.store import SCHEMA_VERSION, already_recorded, now
+        from ringx_suite.store import SCHEMA_VERSION, already_recorded, now
 
         o, name = self.opts, pt.algorithm
         key, config = self.key(pt, rep, self.nodes)
@@ -351,9 +351,9 @@ class Runner:
         c.call = _untracked(c.call)
 
     def finish(self, c: Case, samples: list[float], group_id: str | None) -> None:
-        from core.stats import stat_fields
-        from core.store import now
         from ringx.flops import CONVENTION, attention_flops
+        from ringx_suite.stats import stat_fields
+        from ringx_suite.store import now
 
         pt, result, votes = c.point, c.result, c.votes
         fields = stat_fields(samples)
@@ -439,7 +439,7 @@ def check_slurm_world(world: int, rank: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
 

@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 
-from core.cli import Parser, UserError, split_list
+from ringx_suite.cli import Parser, UserError, split_list
 
 DTYPES = {"cuda": ("bfloat16", "float16", "float32"), "cpu": ("float32", "float64")}
 
@@ -52,7 +52,7 @@ def _broken(kern):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
     return cli_main("python -m bench selftest", lambda: run(a))
@@ -133,7 +133,7 @@ def check(a, ctx) -> tuple[list[list], int, int]:
 
 
 def table(rows: list[list], speed_seq: int) -> str:
-    from core.tables import Table, render
+    from ringx_suite.tables import Table, render
 
     return render(Table(["kernel", "version", "dtype", "algorithm checks", "max error", "tolerance",
                          f"fwd TFLOP/s (rank 0, {speed_seq} tokens)", "result"], rows), "markdown")

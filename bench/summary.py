@@ -15,11 +15,11 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from core.cli import Parser, UserError
-from core.records import COMPARE_BY, MODEL_COMPARE_BY
-from core.stats import METHOD, records_speedup
-from core.store import Store, StoreError
-from core.tables import Table, render
+from ringx_suite.cli import Parser, UserError
+from ringx_suite.records import COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.stats import METHOD, records_speedup
+from ringx_suite.store import Store, StoreError
+from ringx_suite.tables import Table, render
 
 
 def _speedup_rows(ok: list[dict], compare_by, baseline: str, head) -> tuple[list[str], list[list]]:
@@ -97,7 +97,7 @@ def collectives_table(recs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import main as cli_main
+    from ringx_suite.cli import main as cli_main
 
     p = Parser(prog="python -m bench summary", description=__doc__)
     p.add_argument("campaign", help="campaign directory (e.g. runs/local-demo), or a name under --out")

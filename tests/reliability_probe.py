@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import mpirun  # noqa: E402 - after the path for `python tests/reliability_probe.py`
-from core.store import Store  # noqa: E402
+from ringx_suite.store import Store  # noqa: E402
 
 TIMEOUT = 5  # --timeout of every probe run
 STOP_S = TIMEOUT + 30  # README: a rank that dies or hangs stops every rank within --timeout + 30 s

@@ -353,8 +353,8 @@ def test_bad_data_gives_figures_or_clear_messages(tmp_path):
 def test_single_point_series_still_plot(tmp_path):
     camp = tmp_path / "one"
     camp.mkdir()
-    from core.records import validate
-    from core.stats import stat_fields
+    from ringx_suite.records import validate
+    from ringx_suite.stats import stat_fields
 
     r = {**rec("ring", 2, 1024, 0.01), "schema": 1, "campaign": "one", "run_id": "x", "key": "k", "error": None,
          "written_at": "2026-01-01T00:00:00", "warmup": 1, "iters": 5, "repeat": 0, "kernel": "torch-cpu",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench import mpirun
-from core.records import validate
-from core.store import Store
+from ringx_suite.records import validate
+from ringx_suite.store import Store
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):

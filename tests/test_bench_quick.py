@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench.mpirun import ROOT
-from core.stats import summarize
+from ringx_suite.stats import summarize
 
 
 def test_summarize_known_answers():

@@ -9,8 +9,8 @@ import pytest
 
 from bench import mpirun
 from bench.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
-from core.store import Store, validate
 from costmodel.network import busbw_factor
+from ringx_suite.store import Store, validate
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):

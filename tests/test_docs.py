@@ -46,18 +46,19 @@ def test_shipped_sweep_files_load_and_match_their_campaigns():
 
 
 def test_results_readme_schema_tables_come_from_the_record_definitions():
-    from core.records import schema_markdown
+    from ringx_suite.records import schema_markdown
 
     text = (Path(__file__).resolve().parent.parent / "results" / "README.md").read_text()
     for kind in ("common", "attention", "collective", "kernel", "model"):
-        assert schema_markdown(kind) in text, f"results/README.md's {kind} table differs from core/records.py"
+        assert schema_markdown(kind) in text, f"results/README.md's {kind} table differs from ringx_suite/records.py"
 
 
 def test_layers_import_downwards_only():
-    # ringx <- costmodel <- core-using bench and analysis; bench and analysis never import each other
+    # ringx <- costmodel <- ringx_suite-using bench and analysis; bench and analysis never import each other
     root = Path(__file__).resolve().parent.parent
-    rules = {"ringx": ("bench", "analysis", "core", "costmodel"), "core": ("bench", "analysis", "costmodel"),
-             "costmodel": ("bench", "analysis", "core"), "bench": ("analysis",), "analysis": ("bench",)}
+    rules = {"ringx": ("bench", "analysis", "ringx_suite", "costmodel"),
+             "ringx_suite": ("bench", "analysis", "costmodel"),
+             "costmodel": ("bench", "analysis", "ringx_suite"), "bench": ("analysis",), "analysis": ("bench",)}
     for pkg, forbidden in rules.items():
         for f in (root / pkg).rglob("*.py"):
             for m in re.finditer(r"^\s*(?:from|import)\s+([a-z_]+)", f.read_text(), re.M):

@@ -10,7 +10,7 @@ pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from analysis import e2e, report  # noqa: E402
-from core.records import validate  # noqa: E402
+from ringx_suite.records import validate  # noqa: E402
 
 
 def model_rec(algorithm, world, seq, t, peak=None, device="cpu", group="g"):

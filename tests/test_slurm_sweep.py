@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import mpirun
-from core.store import Store, validate
+from ringx_suite.store import Store, validate
 from tests.slurm_cluster import SlurmCluster, require_slurm
 
 SWEEP = """

@@ -1,12 +1,12 @@
-"""Speedup intervals and the 'within noise' verdict (core/stats.py), and the one table writer."""
+"""Speedup intervals and the 'within noise' verdict (ringx_suite/stats.py), and the one table writer."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from core import stats
-from core.tables import Table, render
+from ringx_suite import stats
+from ringx_suite.tables import Table, render
 
 
 def test_identical_work_is_within_noise_and_a_real_gap_is_not():

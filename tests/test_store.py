@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import Busy, Store, claim
+from ringx_suite.store import Busy, Store, claim
 
 SAMPLE = Path(__file__).resolve().parent.parent / "results" / "cpu-sample"
 
@@ -30,7 +30,8 @@ def test_a_second_claim_on_the_same_keys_is_refused_naming_the_holder(tmp_path):
 def test_a_dead_holder_leaves_no_claim(tmp_path):
     # a process that claims and dies without releasing (as a killed run does): its lock goes with it
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
-            f"from core.store import claim; claim(__import__('pathlib').Path({str(tmp_path)!r}), 'dead', {{'k'}}); "
+            "from ringx_suite.store import claim; "
+            f"claim(__import__('pathlib').Path({str(tmp_path)!r}), 'dead', {{'k'}}); "
             "import os; os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "claims" / "dead.json").exists()

@@ -14,7 +14,7 @@ import pytest
 from bench import sweep
 from bench.model_points import ModelPoint
 from bench.sweep import commands, plan, profiles
-from core.store import Store, claim, validate
+from ringx_suite.store import Store, claim, validate
 from tests.test_sweep import GOLDEN, render_golden, write
 
 ROOT = profiles.PROFILES.parent.parent

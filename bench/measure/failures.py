@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.measure.ranks import Group, Progress, describe
-from core.cli import UserError
+from ringx_suite.cli import UserError
 
 
 class Injected(RuntimeError):
@@ -157,7 +157,7 @@ class Recorder:
     def agree(self, recs: list[dict], label: str, err, info: dict, index: int) -> list[dict]:
         """Every rank's report of a stage; a rank that does not report stops the run, recorded by rank 0 in
         the records of the stage's cases."""
-        from core.store import now
+        from ringx_suite.store import now
 
         votes = self.group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None,
                                                **info}, waited=err is not None and err[0] == "timeout")
@@ -173,7 +173,7 @@ class Recorder:
     def record_failure(self, c, votes: list[dict], broke_group: bool, reinit: bool = True) -> bool:
         """True if every rank succeeded; else ``c``'s failure record is written (the cause: the first failing
         rank's own failure, not its peers' timeout waiting on it) and False returned."""
-        from core.store import now
+        from ringx_suite.store import now
 
         bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
         if not bad:

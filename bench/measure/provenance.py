@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.store import now
+from ringx_suite.store import now
 
 ENV_PREFIXES = ("NCCL_", "RCCL_", "FI_", "MPICH_", "OMPI_", "SLURM_", "OMP_", "TORCH_", "HSA_", "CUDA_")
 REPO = Path(__file__).resolve().parents[2]

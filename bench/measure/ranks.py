@@ -125,7 +125,7 @@ class Group:
         hang) stops every rank with rank 0's message, before any work starts. ``hook``: the tests' fault.
         """
         from bench.measure import provenance
-        from core.store import Store, StoreError
+        from ringx_suite.store import Store, StoreError
 
         hosts = self.comm.allgather(provenance.local_host())
         nodes = len({h["node"] for h in hosts})

@@ -1,6 +1,6 @@
 """Timing that survives a referee: warm-up, barrier-bounded iterations,
 the slowest rank per iteration, candidates side by side in rotating order,
-and the samples kept (Hoefler & Belli, SC15). Statistics: core/stats.py.
+and the samples kept (Hoefler & Belli, SC15). Statistics: ringx_suite/stats.py.
 """
 
 from __future__ import annotations

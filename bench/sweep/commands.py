@@ -44,9 +44,9 @@ import sys
 
 from bench.model_points import ModelPoint
 from bench.points import Point
-from core.cli import Parser, UserError
-from core.cli import main as cli_main
-from core.store import now
+from ringx_suite.cli import Parser, UserError
+from ringx_suite.cli import main as cli_main
+from ringx_suite.store import now
 
 from . import slurm
 from .plan import job_commands, write_jobs
@@ -184,10 +184,10 @@ COMMANDS = {"plan": cmd_plan, "render": cmd_render, "submit": cmd_submit, "local
 
 def cmd_predict(sw: Sweep, a) -> int:
     """Each point's predicted time on the profile's machine description, and the fastest per configuration."""
-    from core.tables import Table, render
     from costmodel.machine import from_table
     from costmodel.machine import load as load_machine
     from costmodel.predict import predict
+    from ringx_suite.tables import Table, render
 
     if sw.driver == "model":
         raise SweepError(f"predict covers attention points (bench run); {sw.path.name} is a model sweep (driver = "

@@ -21,8 +21,8 @@ from pathlib import Path
 from bench import model_points, model_step, options
 from bench.model_points import ModelPoint, make_model_point
 from bench.points import Point, make_point, memory_bytes, record_config
-from core.cli import UserError, nearest
-from core.store import Store, StoreError, check_campaign_name, config_key
+from ringx_suite.cli import UserError, nearest
+from ringx_suite.store import Store, StoreError, check_campaign_name, config_key
 
 from . import profiles, slurm
 

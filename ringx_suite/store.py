@@ -34,8 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.cli import UserError
-from core.records import SCHEMA_VERSION, validate
+from ringx_suite.cli import UserError
+from ringx_suite.records import SCHEMA_VERSION, validate
 
 __all__ = ["SCHEMA_VERSION", "Store", "StoreError", "already_recorded", "config_key", "now", "validate"]
 
