@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
         return model_step()
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
-    print("records: runs/local-demo/records/ (schema: results/README.md); overhead table: runs/quick/table.md")
+    print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
     return model_step()
 
 

@@ -27,13 +27,7 @@ name                  what it calls                                          run
 ``reference``         plain torch math, O(Sq*Sk) memory                      anywhere, any float dtype
 ====================  =====================================================  ==============================
 
-What has run where: every kernel's math was checked on CPU against float64 only
-for ``torch-cpu`` and ``reference``. On one H100 (torch 2.11, cuDNN 9.19),
-``torch-cuda`` ran inside ringx for bf16/fp16, and the cuDNN and efficient-attention
-ops were measured as bare ops (shapes, strides, GQA, errors, speed); the
-``torch-cudnn``, ``torch-efficient``, ``flash-attn3`` and ROCm paths are written
-from those facts and the libraries' documented signatures and have not yet run in
-ringx on a GPU (``tests/test_gpu.py`` checks them where CUDA is present).
+What has run where, on which hardware: docs/status.md.
 
 The automatic choice (:func:`select_kernel`) takes the first kernel of
 :func:`preference` that runs the device, dtype and head_dim.

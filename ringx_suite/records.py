@@ -1,7 +1,7 @@
 """The one definition of each record kind in a campaign store.
 
 The store's validation, the analysis column types and the schema tables of
-``results/README.md`` are all derived from the field lists below, so a field
+``docs/records.md`` are all derived from the field lists below, so a field
 is added, typed and documented in exactly one place.
 """
 
@@ -257,7 +257,7 @@ def column_types() -> dict[str, str]:
 
 
 def schema_markdown(kind: str) -> str:
-    """The field table of one kind, as results/README.md shows it."""
+    """The field table of one kind, as docs/records.md shows it."""
     own = {f.name for f in COMMON} if kind != "common" else set()
     fields = COMMON if kind == "common" else tuple(f for f in KINDS[kind] if f.name not in own)
     when = {"always": "always", "ok": "when ok", "optional": "optional"}
