@@ -1,15 +1,16 @@
 """ringx: exact ring and ringX context-parallel attention."""
 
-from . import verify
+from . import decode, verify
 from .algorithms import ALGORITHMS, Algorithm
 from .api import CallStats, RingxInputError, attention
 from .comm import Ledger
+from .decode import decode_attention
 from .kernels import KERNELS, select_kernel
 from .layouts import LAYOUTS, shard, unshard
 from .topology import Topology
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "RingxInputError",
-    "Topology", "attention", "select_kernel", "shard", "unshard", "verify",
+    "Topology", "attention", "decode", "decode_attention", "select_kernel", "shard", "unshard", "verify",
 ]
 __version__ = "0.1.0"

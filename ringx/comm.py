@@ -145,6 +145,27 @@ class Comm:
         self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group))
         return t
 
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over the group in place; every rank gets the same result."""
+        if self.world == 1:
+            return t
+        n = nbytes(t)
+        self.ledger.record("all_reduce", n, n)
+        self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group))
+        return t
+
+    def send(self, t: Tensor, dst: int) -> None:
+        """Send ``t`` to group rank ``dst`` and wait (a chain step: the peer has posted or will post its recv)."""
+        t = t.contiguous()
+        self.ledger.record("send", nbytes(t), 0)
+        self._run("send", nbytes(t), False, lambda: dist.isend(t, self._global(dst), group=self.group).wait())
+
+    def recv(self, t: Tensor, src: int) -> Tensor:
+        """Receive into ``t`` (contiguous) from group rank ``src``."""
+        self.ledger.record("recv", 0, nbytes(t))
+        self._run("recv", nbytes(t), False, lambda: dist.irecv(t, self._global(src), group=self.group).wait())
+        return t
+
     def all_gather(self, t: Tensor) -> Tensor:
         """All ranks' ``t`` stacked as (P, *t.shape), in group-rank order."""
         return self._all_gather(t, False).wait()[0]
