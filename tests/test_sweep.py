@@ -373,3 +373,28 @@ def test_preflight_world_and_network_verdicts():
     assert network_verdict(["Using network IB\n"], "libfabric", 2)[0] is False
     assert network_verdict(["", ""], "libfabric", nodes=2)[0] is False  # cannot confirm across nodes: fail
     assert network_verdict([""], "libfabric", nodes=1)[0] is True  # within one node no network is used
+
+
+def test_every_missing_setting_is_named_in_one_message(tmp_path, monkeypatch):
+    """Rendering a Frontier sweep as a new user would: the scratch's $MEMBERWORK, the stack's $RINGX_ENV and
+    $RINGX_NET_PLUGIN are all named at once, each with what it is for and where it is set; plan names only what it
+    needs and notes the rest."""
+    for v in ("MEMBERWORK", "RINGX_ENV", "RINGX_NET_PLUGIN"):
+        monkeypatch.delenv(v, raising=False)
+    f = write(tmp_path, GOLDEN_SWEEP.format(machine="frontier", extra="", seq=[131072], dtype="bfloat16"))
+    with pytest.raises(sweep.SweepError) as e:
+        sweep.load(f, for_jobs=True)
+    msg = str(e.value)
+    assert msg.startswith("machine frontier needs 3 settings that are not given here:")
+    for var, where in (("$MEMBERWORK", "out = "), ("$RINGX_ENV", "[stack] prefix"),
+                       ("$RINGX_NET_PLUGIN", "[stack] plugin_path")):
+        line = next(x for x in msg.splitlines() if x.strip().startswith(var))
+        assert "which is not set here" in line and "environment" in line and where in line, line
+    with pytest.raises(sweep.SweepError, match=r"needs \$MEMBERWORK, which is not set here"):
+        sweep.load(f)  # plan: only the output root is needed
+    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "mw"))
+    from bench.sweeps import commands
+
+    assert commands.main(["plan", str(f)]) == 0  # plan runs, and says what render will need
+    with pytest.raises(sweep.SweepError, match=r"needs 2 settings"):
+        sweep.load(f, for_jobs=True)
