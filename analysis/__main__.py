@@ -17,8 +17,8 @@ from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="python -m analysis", description=__doc__)
+def build_parser(prog: str = "python -m analysis") -> Parser:
+    p = Parser(prog=prog, description=__doc__)
     sub = p.commands()
 
     def campaign_cmd(name: str, help_: str) -> Parser:
@@ -75,9 +75,15 @@ def build_parser() -> Parser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    return cli_main(f"python -m analysis {a.command}", lambda: run(a))
+def commands() -> dict[str, str]:
+    """Command -> its one-line help (the ringx-bench command lists them beside bench's)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {c.dest: c.help for c in sub._choices_actions}
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int:
+    a = build_parser(prog).parse_args(argv)
+    return cli_main(f"{prog} {a.command}", lambda: run(a))
 
 
 def run(a) -> int:

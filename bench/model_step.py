@@ -112,7 +112,7 @@ def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
     if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
         raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
     if opts["machine"] and opts["peak_tflops"] is None:
-        from bench.sweep.profiles import load_profile
+        from bench.sweeps.profiles import load_profile
 
         try:
             prof = load_profile(opts["machine"])

@@ -13,7 +13,20 @@ from pathlib import Path
 
 from .network import Link, busbw_factor, hops
 
-PROFILES = Path(__file__).resolve().parent.parent / "jobs" / "profiles"
+
+def _jobs() -> Path:
+    """The suite's data (profiles, sweeps, checks): jobs/ of the checkout this code runs from, else the copy an
+    installed suite carries (the package ringx_jobs, which is jobs/ installed under a name of its own)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "jobs").is_dir():
+        return root / "jobs"
+    from importlib.resources import files
+
+    return Path(str(files("ringx_jobs")))
+
+
+JOBS = _jobs()
+PROFILES = JOBS / "profiles"
 
 
 def profile_path(name: str) -> Path:

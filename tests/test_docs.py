@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench import sweep
+from bench import sweeps as sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
