@@ -65,7 +65,8 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
             own = part.result()
             continue
         o, lse = part.result()
-        shift = c.comm.all_reduce_max(lse.clone())
+        # contiguous: the CPU kernel's LSE is laid out (B, S, H), and the ranks must reduce element by element
+        shift = c.comm.all_reduce_max(lse.clone(memory_format=torch.contiguous_format))
         shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
         den = torch.exp(lse - shift)
         buf = torch.empty(o.numel() + den.numel(), dtype=o.dtype, device=o.device)
