@@ -191,7 +191,8 @@ def band_route(kernel: str, info: DeviceInfo, dtype: torch.dtype, head_dim: int 
         return kernel
     if kernel in ("flash-attn", "flash-attn3") and flash_window(sq, sk, band) is not None:
         return kernel
-    return next(n for n in BAND_FALLBACK if KERNELS[n].runs_on(info, dtype, head_dim))
+    usual = preference(info, dtype)  # only kernels this device would choose anyway (efficient is NVIDIA's)
+    return next(n for n in BAND_FALLBACK if n in usual and KERNELS[n].runs_on(info, dtype, head_dim))
 
 
 @functools.lru_cache(maxsize=256)
