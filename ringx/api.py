@@ -250,7 +250,7 @@ def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
 
 _MSG = 240  # bytes of error text shared with the other ranks
 # What the ranks must agree on: (name, number of int64 slots).
-_FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("mask", 2), ("softmax_scale", 1),
+_FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("mask", 2), ("softmax_scale", 1),
            ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1))
 
 
@@ -262,6 +262,7 @@ def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degre
         DTYPES.index(q.dtype) if q.dtype in DTYPES else 99,
         {"cpu": 1, "cuda": 2}.get(q.device.type, 3),
         names.index(algorithm) if algorithm in names else 99,
+        {False: 0, True: 1}.get(mask.plain, 2) if mask is not None else 0,  # full, causal, other
         digest >> 32, digest & 0xFFFFFFFF,  # the mask's digest, in two int64 slots
         int(round((scale or 0.0) * 1e9)),
         *[x for t in (q, k, v) for x in (list(t.shape)[:4] + [0] * 4)[:4]],
@@ -311,6 +312,8 @@ def _show(name: str, vals: list[int]):
         return {1: "cpu", 2: "cuda"}.get(vals[0], "other")
     if name == "softmax_scale":
         return vals[0] / 1e9
+    if name == "causal":
+        return {0: False, 1: True}.get(vals[0], "a mask other than full/causal")
     if name == "mask":
         return f"digest {(vals[0] << 32 | vals[1]):016x}"
     return tuple(vals) if len(vals) > 1 else vals[0]

@@ -81,16 +81,20 @@ def test_ring_with_a_window_of_a_third_of_a_shard_moves_at_most_half_the_causal_
 
 
 def test_broadcast_rounds_nobody_else_needs_move_nothing(launched):
-    """ringx4 under a causal window of a third of a shard: rank r's K/V are seen by r and r+1 only, so the last
-    rank's round moves nothing; ringx1's rank 0 sees only its own keys: its Q round moves nothing either."""
-    case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx4", "window-third"))
+    """ringx1 (contiguous) under a causal window of a third of a shard, 4 ranks: rank 0's queries see only its own
+    keys, so its Q round moves nothing (3 of 4 rounds); in the backward the last rank's keys are seen by it alone,
+    so its K/V round moves nothing (3 of 4). (ringx4's zigzag layout needs every round: chunk P of the last rank
+    is seen by chunk P+1 of rank P-2.)"""
+    case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx1", "window-third"))
     kv = 2 * case.batch * SEQ_LOCAL * case.kv_heads * case.head_dim * 8
     for row in rows_of(launched, case):
-        assert row["forward"]["broadcast"]["calls"] == 3 * 2  # K and V of roots 0..2
-        assert row["forward"]["broadcast"]["sent"] == (kv if row["rank"] < 3 else 0)
-    case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx1", "window-third"))
+        assert row["forward"]["broadcast"]["calls"] == 3  # Q of roots 1..3
+        assert row["backward"]["broadcast"]["calls"] == 3 * 2  # K and V of roots 0..2
+        assert row["backward"]["broadcast"]["sent"] == (kv if row["rank"] < 3 else 0)
+        assert row["backward"]["reduce"]["calls"] == 3
+    case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx4", "window-third"))
     for row in rows_of(launched, case):
-        assert row["forward"]["broadcast"]["calls"] == 3  # rounds 1..3
+        assert row["forward"]["broadcast"]["calls"] == 4 * 2
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])
