@@ -27,7 +27,11 @@ def attend(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, plan: Sequence[Block
            acc: Partial) -> None:
     """Add the attention of ``q`` over the visible parts of ``k``/``v`` to ``acc``."""
     for b in plan:
-        out, lse = kernel.forward(_rows(q, b.q0, b.q1), _rows(k, b.k0, b.k1), _rows(v, b.k0, b.k1), b.causal, scale)
+        qb, kb, vb = _rows(q, b.q0, b.q1), _rows(k, b.k0, b.k1), _rows(v, b.k0, b.k1)
+        if b.band is None:
+            out, lse = kernel.forward(qb, kb, vb, b.causal, scale)
+        else:  # masks other than full/causal: a band block
+            out, lse = kernel.forward(qb, kb, vb, False, scale, band=b.band)
         acc.add(b.q0, b.q1, out, lse)
 
 
@@ -85,8 +89,11 @@ def attend_backward(kernel: Kernel, dout: Tensor, q: Tensor, k: Tensor, v: Tenso
     for b in plan:
         q0, q1, k0, k1 = b.q0, b.q1, b.k0, b.k1
         lse_b = lse if q0 == 0 and q1 == lse.shape[2] else lse[:, :, q0:q1]
-        gq, gk, gv = kernel.backward(_rows(dout, q0, q1), _rows(q, q0, q1), _rows(k, k0, k1), _rows(v, k0, k1),
-                                     _rows(out, q0, q1), lse_b, b.causal, scale)
+        args = (_rows(dout, q0, q1), _rows(q, q0, q1), _rows(k, k0, k1), _rows(v, k0, k1), _rows(out, q0, q1), lse_b)
+        if b.band is None:
+            gq, gk, gv = kernel.backward(*args, b.causal, scale)
+        else:
+            gq, gk, gv = kernel.backward(*args, False, scale, band=b.band)
         dq.add(q0, q1, gq)
         dk.add(k0, k1, gk)
         dv.add(k0, k1, gv)

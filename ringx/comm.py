@@ -209,10 +209,11 @@ class Comm:
                                                                            op=dist.ReduceOp.SUM, group=self.group))
         return out
 
-    def ring_shift(self, tensors: list[Tensor]) -> Pending:
-        """Send each tensor to rank+1 and receive its peer's from rank-1, asynchronously."""
-        nxt, prv = self._global((self.rank + 1) % self.world), self._global((self.rank - 1) % self.world)
-        if self.world == 1:
+    def ring_shift(self, tensors: list[Tensor], hops: int = 1) -> Pending:
+        """Send each tensor to rank+hops and receive its peer's from rank-hops, asynchronously
+        (``hops`` a multiple of P: the tensors stay, nothing moves)."""
+        nxt, prv = self._global((self.rank + hops) % self.world), self._global((self.rank - hops) % self.world)
+        if self.world == 1 or hops % self.world == 0:
             return Pending([], list(tensors))
         ops, recvs, sends, total = [], [], [], 0
         for t in tensors:

@@ -28,6 +28,7 @@ from .comm import Comm, Ledger
 from .flops import block_flops
 from .kernels import acc_dtype
 from .layouts import Block
+from .mask import Mask, as_mask
 from .topology import SubGroup, Topology
 
 
@@ -44,6 +45,7 @@ class Event:
     seq_q: int = 0  # compute: the block's queries
     seq_k: int = 0  # compute: the block's keys
     causal: bool = False  # compute: a causal diagonal block
+    band: tuple[int, int] | None = None  # compute: a band block of a mask (see ringx.layouts.Block)
 
 
 @dataclass
@@ -96,33 +98,37 @@ class TraceKernel:
         self.events = events
 
     @staticmethod
-    def _flops(q, k, causal: bool) -> float:
+    def _flops(q, k, causal: bool, band=None) -> float:
         b, n, h, d = q.shape
-        return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal).flops_pairs)
+        return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal, band).flops_pairs)
 
-    def forward(self, q, k, v, causal, scale):
-        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal), seq_q=q.shape[1],
-                                 seq_k=k.shape[1], causal=causal))
+    def forward(self, q, k, v, causal, scale, *, band=None):
+        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal, band), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal, band=band))
         b, n, h, _ = q.shape
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"),
                 torch.empty(b, h, n, dtype=acc_dtype(q.dtype), device="meta"))
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
-        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal), seq_q=q.shape[1],
-                                 seq_k=k.shape[1], causal=causal))
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal, band), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal, band=band))
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"), torch.empty(k.shape, dtype=k.dtype, device="meta"),
                 torch.empty(v.shape, dtype=v.dtype, device="meta"))
 
 
-def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int, kv_heads: int,
-          head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
-          ranks_per_node: int | None = None, ulysses_degree: int | None = None) -> Trace:
+def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: int, seq: int, heads: int,
+          kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
+          ranks_per_node: int | None = None, ulysses_degree: int | None = None, mask: Mask | None = None) -> Trace:
     """The forward (and backward) schedule of ``rank`` among ``world`` ranks for a global ``seq``.
 
     Hierarchical algorithms run on nodes of ``ranks_per_node`` consecutive ranks (default: one node),
-    with ``ulysses_degree`` as in ``ringx.attention`` (default: the ranks per node).
+    with ``ulysses_degree`` as in ``ringx.attention`` (default: the ranks per node). ``mask`` (a
+    ``ringx.Mask``) replaces ``causal`` (pass None for it), as in ``ringx.attention``.
     """
-    algo = get(algorithm, causal)
+    m = as_mask(mask, causal)
+    m.check(seq)
+    causal = m.kind != "full"
+    algo = get(algorithm, m)
     n = seq // world
     q = torch.empty(batch, n, heads, head_dim, dtype=dtype, device="meta")
     kv = torch.empty(batch, n, kv_heads, head_dim, dtype=dtype, device="meta")
@@ -136,7 +142,7 @@ def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, se
 
     def ctx(ledger: Ledger, events: list[Event]) -> Ctx:
         return Ctx(TraceComm(rank, world, ledger, events), TraceKernel(events), layout, causal, head_dim**-0.5,
-                   algo.overlap, topo, degree, stash)
+                   algo.overlap, topo, degree, stash, m)
 
     out, lse = algo.forward(ctx(tr.ledger_forward, tr.forward), q, kv, kv)
     if backward:

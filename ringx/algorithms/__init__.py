@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..layouts import local_divisor
+from ..mask import Mask, as_mask
 from . import bcast, gather, hier, ring, ulysses
 
 
@@ -27,16 +28,21 @@ class Algorithm:
     topology: bool = False  # needs to know which ranks share a node (ringx.topology)
     ulysses: str = ""  # Ulysses degree: "" none, "all" every rank, "node" per call, default ranks per node
 
-    def supports(self, causal: bool) -> bool:
+    def supports(self, causal: bool | Mask) -> bool:
         return self._layout(causal) is not None
 
-    def _layout(self, causal: bool) -> str | None:
+    def _layout(self, causal: bool | Mask) -> str | None:
+        if isinstance(causal, Mask):  # every mask but full is laid out as causal attention is
+            causal = causal.kind != "full"
         return self.causal_layout if causal else self.noncausal_layout
 
-    def layout(self, causal: bool, ulysses_degree: int | None = None) -> str | None:
-        """The layout to shard inputs in. Where it depends on the Ulysses degree and none is given, the
-        default group's ranks per node (the default degree), or the template if that is not known yet."""
-        lay = self._layout(causal)
+    def layout(self, causal: bool | None = None, ulysses_degree: int | None = None, *,
+               mask: Mask | None = None) -> str | None:
+        """The layout to shard inputs in, for ``causal`` (True/False) or a ``mask``. Where it depends on the Ulysses
+        degree and none is given, the default group's ranks per node (the default degree), or the template if that
+        is not known yet. Masks other than full take the causal layout (zigzag balances windows and documents
+        less well than causal attention: see ``ringx.balance``)."""
+        lay = self._layout(as_mask(mask, causal))
         if lay is None or "{u}" not in lay:
             return lay
         if ulysses_degree is None:
@@ -45,7 +51,7 @@ class Algorithm:
             ulysses_degree = known_ranks_per_node()
         return lay if ulysses_degree is None else lay.format(u=ulysses_degree)
 
-    def local_divisor(self, causal: bool) -> int:
+    def local_divisor(self, causal: bool | Mask) -> int:
         """The local sequence length must be a multiple of this (for any Ulysses degree)."""
         return local_divisor(self._layout(causal))
 
@@ -109,13 +115,13 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
 )}
 
 
-def get(name: str, causal: bool) -> Algorithm:
+def get(name: str, causal: bool | Mask) -> Algorithm:
     """The named algorithm, or ValueError naming what is available."""
     algo = ALGORITHMS.get(name)
     if algo is None:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     if not algo.supports(causal):
-        mask = "causal" if causal else "non-causal"
+        mask = ("causal" if causal else "non-causal") if isinstance(causal, bool) else str(causal)
         alts = [a for a, x in ALGORITHMS.items() if x.supports(causal)]
         raise ValueError(f"algorithm {name!r} does not support {mask} attention; use one of {', '.join(alts)}")
     return algo

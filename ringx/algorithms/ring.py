@@ -5,6 +5,10 @@ block is already in flight while the current one is computed. Backward: the
 K/V blocks travel again, and each block's dK/dV accumulator travels with it,
 collecting every rank's contribution until it arrives home after P hops.
 The same schedule serves the contiguous, zigzag and stripe layouts.
+
+A mask that lets every rank stop after T < P steps (``Ctx.ring_steps``: a
+window narrower than a shard, short documents) runs T steps only: T - 1 K/V
+shifts, and the dK/dV accumulators go home in one hop from where they are.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from .base import Ctx, Tensor
 
 def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     acc = Partial(q)
-    for step in range(c.world):
-        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+    steps = c.ring_steps(q.shape[1])
+    for step in range(steps):
+        nxt = c.comm.ring_shift([k, v]) if step < steps - 1 else None
         attend(c.kernel, q, k, v, c.plan(c.rank, (c.rank - step) % c.world, q.shape[1]), c.scale, acc)
         if nxt is not None:
             k, v = nxt.wait()
@@ -27,8 +32,9 @@ def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
     dq = Grad(q)
     travelling = None  # dK/dV of the block we hold, summed over the ranks it has visited
-    for step in range(c.world):
-        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+    steps = c.ring_steps(q.shape[1])
+    for step in range(steps):
+        nxt = c.comm.ring_shift([k, v]) if step < steps - 1 else None
         dk, dv = Grad(k), Grad(v)
         plan = c.plan(c.rank, (c.rank - step) % c.world, q.shape[1])
         attend_backward(c.kernel, dout, q, k, v, out, lse, plan, c.scale, dq, dk, dv)
@@ -37,7 +43,8 @@ def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         else:
             got_k, got_v = travelling.wait()
             dkv = [dk.plus(got_k), dv.plus(got_v)]
-        travelling = c.comm.ring_shift(dkv)
+        # on to the next holder; after the last step, home (the block's owner is `step` ranks back)
+        travelling = c.comm.ring_shift(dkv, 1 if step < steps - 1 else c.world - step)
         if nxt is not None:
             k, v = nxt.wait()
     dk_home, dv_home = travelling.wait()
