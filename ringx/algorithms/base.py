@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import timeline
 from ..comm import Comm
 from ..kernels import Kernel
 from ..layouts import Block, block_plan, gathered_plan
@@ -30,6 +31,7 @@ class Ctx:
     topology: Topology | None = None
     ulysses_degree: int | None = None
     stash: dict = field(default_factory=dict)
+    inner_ring: int | None = None  # double-ring: ranks of each inner ring
 
     @property
     def rank(self) -> int:
@@ -41,6 +43,8 @@ class Ctx:
 
     def plan(self, q_rank: int, kv_rank: int, seq_local: int) -> tuple[Block, ...]:
         """Visible sub-blocks of ``q_rank``'s queries against ``kv_rank``'s keys."""
+        if timeline.ON:
+            timeline.pair(q_rank, kv_rank)
         return block_plan(self.layout, self.world, q_rank, kv_rank, seq_local, self.causal)
 
     def gathered_plan(self, seq_local: int) -> tuple[Block, ...]:
