@@ -15,6 +15,7 @@ ran (tensors that existed before are not counted, those it returns are):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,8 +92,8 @@ def sizes(batch: int, seq_local: int, heads: int, kv_heads: int, head_dim: int, 
     return Sizes(q * e, kv * e, q * a, kv * a, batch * heads * seq_local * a)
 
 
-def peak_formula(algorithm: str, world: int, s: Sizes, *, backward: bool = False, ranks_per_node: int | None = None,
-                 ulysses_degree: int | None = None) -> int:
+def peak_formula(algorithm: str, world: int, s: Sizes, *, backward: bool = False, kv_heads: int = 1,
+                 ranks_per_node: int | None = None, ulysses_degree: int | None = None) -> int:
     """The most bytes one call of ``algorithm`` keeps allocated at once on a rank (forward, or forward and
     backward), on the torch-cpu kernel; outputs and gradients included, the inputs not.
 
@@ -106,8 +107,9 @@ def peak_formula(algorithm: str, world: int, s: Sizes, *, backward: bool = False
     - ringx3 / ringx3b / usp-ringx: the gathered K/V of the whole sequence (twice while it is put in
       order; ringx3b's two-level gather holds both levels), and in the backward its dK/dV: O(S).
     - ulysses / usp: the head-sharded q, k, v, out, lse kept for the backward (the same bytes as the
-      shards), and the inner schedule's buffers on them: O(S/P) (ulysses: the whole sequence's
-      attention on H/P heads, still O(S/P) bytes).
+      shards, K/V replicated f = u / gcd(kv_heads, u) times for GQA), and the inner schedule's buffers on
+      them: O(S/P) (ulysses: the whole sequence's attention on H/P heads, still O(S/P) bytes).
+    ``ranks_per_node`` (default: one node) and ``ulysses_degree`` as in ``ringx.attention``.
     """
     P = world
     base = s.A + s.L + (s.A + s.AKV if backward else 0)
@@ -126,17 +128,23 @@ def peak_formula(algorithm: str, world: int, s: Sizes, *, backward: bool = False
         if backward:
             extra += grads + 3 * s.AKV
         return base + extra
-    if algorithm in ("ringx3", "ringx3b", "usp-ringx"):
+    if algorithm in ("ringx3", "ringx3b"):
         gathered = P * s.KV
         extra = kernel + 3 * gathered
         if backward:
             extra += grads + 3 * P * s.AKV
         return base + extra
-    if algorithm in ("ulysses", "usp"):
-        shards = 2 * (s.Q + s.KV) + s.A + s.L  # head-sharded q, k, v, out, lse (and the all-to-all copies)
-        extra = shards + kernel + 2 * s.KV
+    if algorithm in ("ulysses", "usp", "usp-ringx"):
+        u = P if algorithm == "ulysses" else (ulysses_degree or ranks_per_node or P)
+        f = u // math.gcd(kv_heads, u)
+        kv = f * s.KV  # head-sharded K/V bytes
+        shards = 2 * (s.Q + kv) + s.A + s.L  # head-sharded q, k, v, out, lse (and the all-to-all copies)
+        ring = P // u  # ranks of the schedule across Ulysses groups
+        inner = 3 * ring * kv if algorithm == "usp-ringx" else 2 * 2 * kv
+        extra = shards + kernel + (inner if ring > 1 else 0)
         if backward:
-            extra += grads + 2 * s.AKV + 2 * (s.Q + s.KV)
+            extra += grads + 2 * f * s.AKV + 2 * (s.Q + kv) + (3 * ring * f * s.AKV if algorithm == "usp-ringx"
+                                                                else 2 * f * s.AKV)
         return base + extra
     raise ValueError(f"no memory formula for {algorithm!r}")
 

@@ -48,7 +48,7 @@ def run_case(i, case, seed, P, r, mapped_topo) -> dict:
 def bad_calls(P: int, r: int) -> dict:
     t = torch.randn(1, 4, 2, 8)
     calls = {
-        "inner_not_dividing": dict(algorithm="double-ring", inner_ring=3),
+        "inner_not_dividing": dict(algorithm="double-ring", inner_ring=P + 1),
         "inner_zero": dict(algorithm="double-ring", inner_ring=0),
         "inner_on_ring": dict(algorithm="ring", inner_ring=1),
     }
