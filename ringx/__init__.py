@@ -1,6 +1,6 @@
 """ringx: exact ring and ringX context-parallel attention."""
 
-from . import verify
+from . import memory, timeline, verify
 from .algorithms import ALGORITHMS, Algorithm
 from .api import CallStats, RingxInputError, attention
 from .comm import Ledger
@@ -10,6 +10,6 @@ from .topology import Topology
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "RingxInputError",
-    "Topology", "attention", "select_kernel", "shard", "unshard", "verify",
+    "Topology", "attention", "memory", "select_kernel", "shard", "timeline", "unshard", "verify",
 ]
 __version__ = "0.1.0"
