@@ -31,7 +31,8 @@ DASHES = ["-", "--", "-.", ":"]
 # Okabe-Ito: distinguishable with colour-vision deficiencies; markers and dashes carry it in grayscale.
 COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#999999", "#882255",
           "#B8A000"]
-ORDER = ["ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o",
+ORDER = ["ring", "zigzag", "stripe", "bidir-ring", "double-ring",
+         "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o",
          "ringx3b", "ulysses", "usp", "usp-ringx"]
 NOISE = "hollow markers: within noise (the 95% interval contains 1)"
 

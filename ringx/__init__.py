@@ -1,6 +1,6 @@
 """ringx: exact ring and ringX context-parallel attention."""
 
-from . import decode, verify
+from . import decode, memory, timeline, verify
 from .algorithms import ALGORITHMS, Algorithm
 from .api import CallStats, attention
 from .balancing import Balance, balance
@@ -14,6 +14,7 @@ from .topology import Topology
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "Balance", "CallStats", "KERNELS", "LAYOUTS", "Ledger", "Mask", "RingxInputError",
-    "Topology", "attention", "balance", "decode", "decode_attention", "select_kernel", "shard", "unshard", "verify",
+    "Topology", "attention", "balance", "decode", "decode_attention", "memory", "select_kernel", "shard", "timeline",
+    "unshard", "verify",
 ]
 __version__ = "0.1.0"

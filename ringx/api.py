@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from . import algorithms, kernels, launch
+from . import algorithms, kernels, launch, timeline
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger, all_gather_flat
 from .errors import RingxInputError
@@ -38,6 +38,8 @@ class CallStats:
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
+        if timeline.ON:
+            timeline.reset_steps()
         out, lse = algo.forward(fwd_ctx, q, k, v)
         if out.dtype != q.dtype:
             out = out.to(q.dtype)
@@ -52,6 +54,8 @@ class _Attention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:  # every rank must still take part in the backward's collectives
             dout = torch.zeros_like(out)
+        if timeline.ON:
+            timeline.reset_steps()
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
         return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
 
@@ -64,7 +68,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
               causal: bool | None = None, softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
               validate: bool = True, topology: Topology | None = None,
-              ulysses_degree: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+              ulysses_degree: int | None = None, inner_ring: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of this rank's queries over the whole distributed sequence.
 
     ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
@@ -93,6 +97,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     ``usp-ringx``) is the Ulysses group size u, the ring across groups has P/u ranks;
     by default u is the ranks per node; it must divide P and the query heads, and the
     causal layout ``zigzag-u{u}`` depends on it (``ALGORITHMS[name].layout(causal, u)``).
+    ``inner_ring`` (``double-ring``) is the size of its inner rings, consecutive ranks of a node;
+    it must divide the ranks per node, its default.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RingxInputError(
@@ -108,9 +114,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     except RingxInputError as e:  # told to every rank like any other bad input
         m, problem = None, str(e)
     problem = (problem or _local_problem(q, k, v, algorithm, m, softmax_scale, kernel, comm_world, moves)
-               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group))
+               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group)
+               or _inner_problem(algorithm, inner_ring))
     if validate and comm_world > 1:
-        _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree)
+        _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree, inner_ring)
     elif problem:
         raise RingxInputError(problem)
     causal = m.kind != "full"  # the layout family (causal layouts serve every mask but full)
@@ -124,6 +131,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
         except ValueError as e:  # the same on every rank: so is the node layout
             raise RingxInputError(str(e)) from None
         degree = algo.degree(comm_world, ulysses_degree, rpn)
+        if algo.inner_ring and inner_ring is not None and rpn % inner_ring:  # the same on every rank
+            raise RingxInputError(f"{algorithm}: inner_ring={inner_ring} does not divide the {rpn} ranks per node")
         if degree is not None and q.shape[2] % degree:  # a default degree the heads do not fit
             raise RingxInputError(_heads_message(algorithm, q.shape[2], degree))
     layout = algo.layout(ulysses_degree=degree, mask=m)
@@ -136,7 +145,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     stash: dict = {}  # what this call's forward keeps for its backward
 
     def ctx(ledger: Ledger) -> Ctx:
-        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m)
+        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m, inner_ring)
 
     out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), algo,
                                 ctx(stats.forward), ctx(stats.backward))
@@ -248,13 +257,25 @@ def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
     return ""
 
 
+def _inner_problem(algorithm: str, inner_ring) -> str:
+    """What is wrong with the ``inner_ring`` asked for, or '' (whether it divides a node is checked later)."""
+    if inner_ring is None:
+        return ""
+    if not algorithms.ALGORITHMS[algorithm].inner_ring:
+        return f"inner_ring applies to {', '.join(algorithms.inner_ring_names())}, not to {algorithm}"
+    if isinstance(inner_ring, bool) or not isinstance(inner_ring, int) or inner_ring < 1:
+        return f"inner_ring={inner_ring!r} must be a positive integer dividing the ranks per node"
+    return ""
+
+
 _MSG = 240  # bytes of error text shared with the other ranks
 # What the ranks must agree on: (name, number of int64 slots).
 _FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("mask", 2), ("softmax_scale", 1),
-           ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1))
+           ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1),
+           ("inner_ring", 1))
 
 
-def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degree=None) -> list[int]:
+def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degree=None, inner=None) -> list[int]:
     """[problem flag] + the _FIELDS values + the problem text as bytes."""
     names = list(algorithms.ALGORITHMS)
     digest = int(mask.digest(), 16) if mask is not None else 0
@@ -267,14 +288,15 @@ def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degre
         int(round((scale or 0.0) * 1e9)),
         *[x for t in (q, k, v) for x in (list(t.shape)[:4] + [0] * 4)[:4]],
         degree if isinstance(degree, int) else 0,
+        inner if isinstance(inner, int) else 0,
     ]
     return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
 
 
 def _agree(q, k, v, algorithm, mask, scale, group, problem: str, moves: frozenset[str] | None = None,
-           degree=None) -> None:
+           degree=None, inner=None) -> None:
     """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
-    sig = _signature(q, k, v, algorithm, mask, scale, problem, degree)
+    sig = _signature(q, k, v, algorithm, mask, scale, problem, degree, inner)
     # The exchange goes where the backend can move it, whatever device the (maybe wrong) inputs are on.
     if moves is None:
         device = q.device

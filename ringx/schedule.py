@@ -37,7 +37,8 @@ class Event:
     kind: str  # "compute", "comm" or "wait"
     op: str = ""  # comm: broadcast, reduce, all_reduce, all_gather, reduce_scatter, all_to_all, sendrecv
     flops: float = 0.0  # compute: FLOPs (forward 4*B*H*D per visible pair; backward 2.5x)
-    nbytes: int = 0  # comm: the operation's size (nccl-tests convention; sendrecv: bytes this rank sends)
+    nbytes: int = 0  # comm: the operation's size (nccl-tests convention; sendrecv: bytes this rank sends to its
+    # busiest peer: the directions of a link carry traffic at once, so a bidirectional step costs one direction)
     blocking: bool = True  # comm: the rank waits for it at once
     index: int = 0  # comm and wait: the rank's n-th operation (the same collective on every member)
     group: tuple[int, ...] = ()  # comm: the ranks of a sub-group operation; () for all ranks
@@ -118,11 +119,12 @@ class TraceKernel:
 
 def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: int, seq: int, heads: int,
           kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
-          ranks_per_node: int | None = None, ulysses_degree: int | None = None, mask: Mask | None = None) -> Trace:
+          ranks_per_node: int | None = None, ulysses_degree: int | None = None, mask: Mask | None = None,
+          inner_ring: int | None = None) -> Trace:
     """The forward (and backward) schedule of ``rank`` among ``world`` ranks for a global ``seq``.
 
     Hierarchical algorithms run on nodes of ``ranks_per_node`` consecutive ranks (default: one node),
-    with ``ulysses_degree`` as in ``ringx.attention`` (default: the ranks per node). ``mask`` (a
+    with ``ulysses_degree`` and ``inner_ring`` as in ``ringx.attention`` (default: the ranks per node). ``mask`` (a
     ``ringx.Mask``) replaces ``causal`` (pass None for it), as in ``ringx.attention``.
     """
     m = as_mask(mask, causal)
@@ -136,13 +138,17 @@ def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: 
     degree = algo.degree(world, ulysses_degree, topo.ranks_per_node if topo else None)
     if degree is not None and (world % degree or heads % degree):
         raise ValueError(f"Ulysses degree {degree} must divide the {world} ranks and the {heads} heads")
+    if inner_ring is not None:
+        if not algo.inner_ring:
+            raise ValueError(f"inner_ring applies to double-ring, not to {algorithm}")
+        topo.ring_members(inner_ring)  # ValueError when it does not divide the nodes
     tr = Trace(algorithm, rank, world, topo.ranks_per_node if topo else 0, degree or 0)
     layout = algo.layout(causal, degree)
     stash: dict = {}  # shared by the forward and backward, as in a real call
 
     def ctx(ledger: Ledger, events: list[Event]) -> Ctx:
         return Ctx(TraceComm(rank, world, ledger, events), TraceKernel(events), layout, causal, head_dim**-0.5,
-                   algo.overlap, topo, degree, stash, m)
+                   algo.overlap, topo, degree, stash, m, inner_ring)
 
     out, lse = algo.forward(ctx(tr.ledger_forward, tr.forward), q, kv, kv)
     if backward:

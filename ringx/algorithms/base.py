@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import timeline
 from ..comm import Comm
 from ..kernels import Kernel
 from ..layouts import Block, block_plan, gathered_plan, ring_steps, shared_rounds
@@ -32,6 +33,7 @@ class Ctx:
     ulysses_degree: int | None = None
     stash: dict = field(default_factory=dict)
     mask: Mask | None = None  # None: Mask.causal() or Mask.full() after ``causal``
+    inner_ring: int | None = None  # double-ring: ranks of each inner ring
 
     def __post_init__(self):
         if self.mask is None:
@@ -49,6 +51,8 @@ class Ctx:
 
     def plan(self, q_rank: int, kv_rank: int, seq_local: int) -> tuple[Block, ...]:
         """Visible sub-blocks of ``q_rank``'s queries against ``kv_rank``'s keys."""
+        if timeline.ON:
+            timeline.pair(q_rank, kv_rank)
         return block_plan(self.layout, self.world, q_rank, kv_rank, seq_local, self._masking)
 
     def gathered_plan(self, seq_local: int) -> tuple[Block, ...]:
