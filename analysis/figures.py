@@ -19,6 +19,8 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
+from ringx_suite.records import LEVEL_ORDER
+
 from .kinds import kind_of, mask_names, mask_order
 from .metrics import MissingBaseline, NoData, speedup, strong_scaling  # noqa: F401 - raised to callers
 
@@ -411,9 +413,6 @@ def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two
     _labels(axes, ncols, "sequence length (tokens)", rank_label(sp))
     fig.colorbar(im, ax=axes, shrink=0.9, label=f"speedup over {baseline}")
     return fig
-
-
-LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
 
 
 def _collective_series(ok: pd.DataFrame) -> list[tuple[int, str, int, str]]:
