@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int
 
 def run(a) -> int:
     if a.command in ("predict", "validate", "curve", "map"):
-        from analysis import cli_model
+        from analysis import costmodel_cli
 
-        return cli_model.run(a)
+        return costmodel_cli.run(a)
 
-    from analysis import metrics, report, tables
+    from analysis import kinds, metrics, report, tables
     from analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
@@ -109,14 +109,11 @@ def run(a) -> int:
             print(f"report: {path}")
             return 0
         df = load(a.campaign)
-        if a.command == "table":
-            kinds = set(df["kind"]) if "kind" in df else set()
-            if "attention" in kinds or "model" not in kinds:
-                print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), a.format), end="")
-            if "model" in kinds:  # training steps (bench model)
-                from analysis import e2e
-
-                print(tables.render(e2e.table(df, a.baseline), a.format), end="")
+        if a.command == "table":  # each kind's first table (kinds.py); attention's error where there is none
+            for kind in kinds.present(df) or ["attention"]:
+                _, fn, _ = next(iter(report.views(kind, "tables").TABLES.values()))
+                print(tables.render(report.call(fn, metrics.summarize(df, kind), baseline=a.baseline, records=df),
+                                    a.format), end="")
             return 0
         formats = tuple(f for f in a.format.split(",") if f)
         for f in formats:

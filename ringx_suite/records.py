@@ -274,3 +274,6 @@ COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", 
 # The same for model records: the steps of two algorithms compare at equal values of these.
 MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
                     "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "checkpoint")
+
+# Collective records' levels in the order tables and figures show them (all ranks, within nodes, across nodes).
+LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
