@@ -285,10 +285,10 @@ def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: 
     if prefill:
         from .predict import predict
 
-        degree = u if shape.schedule == "heads" and algorithm != "ulysses" else None
+        uly = u if shape.schedule == "heads" and algorithm != "ulysses" else None
         pre_attn = m.layers * predict(algorithm, True, "fwd", p, machine, nodes=nodes, batch=batch, seq=cache_tokens,
                                       heads=m.heads, kv_heads=m.kv_heads, head_dim=hd, dtype=dtype, exact_ranks=16,
-                                      ulysses_degree=degree).total_s
+                                      ulysses_degree=uly).total_s
         local = cache_tokens // p
         layer = _roofline(machine, m.layer_params * item, 2 * m.layer_params * batch * local)
         if u > 1:  # the prefill K/V shard to head shards (bench.serving: DecodeLayout.cache_from_prefill)
