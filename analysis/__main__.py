@@ -72,6 +72,9 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
     c.add_argument("--max-ranks", type=int, default=4096, help="largest rank count (default 4096)")
     c.add_argument("--out", help="output directory (default: runs/model)")
+    from analysis import serving_model
+
+    serving_model.add_parser(sub)
     return p
 
 
@@ -87,6 +90,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int
 
 
 def run(a) -> int:
+    if a.command == "serving":
+        from analysis import serving_model
+
+        return serving_model.run(a)
     if a.command in ("predict", "validate", "curve", "map"):
         from analysis import costmodel_cli
 
