@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import sweep
-from bench.points import make_point
+from bench.points.attention import make_point
 from bench.sweep import plan, profiles, slurm
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import sys
 
-from bench.model_points import ModelPoint
-from bench.points import Point
+from bench.points.attention import Point
+from bench.points.step import StepPoint
 from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
 from ringx_suite.store import now
@@ -74,9 +74,9 @@ def cmd_plan(sw: Sweep, a) -> int:
     return 0
 
 
-def describe(p: Point | ModelPoint) -> str:
+def describe(p: Point | StepPoint) -> str:
     """A point on one line, for plan and status."""
-    if isinstance(p, ModelPoint):
+    if isinstance(p, StepPoint):
         return p.describe()
     return (f"{p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} {p.dtype} b{p.batch} "
             f"h{p.heads}/{p.kv_heads} d{p.head_dim}")

@@ -7,9 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from bench import model_points, options
-from bench.model_points import ModelPoint
-from bench.points import Point
+from bench import options
+from bench.points import step as step_points
+from bench.points.attention import Point
+from bench.points.step import StepPoint
 from costmodel.machine import from_table
 from costmodel.predict import predict
 from ringx.flops import attention_flops
@@ -18,7 +19,7 @@ from . import slurm
 from .spec import Job, Sweep, SweepError
 
 
-def call_seconds(sw: Sweep, job: Job, p: Point | ModelPoint) -> float:
+def call_seconds(sw: Sweep, job: Job, p: Point | StepPoint) -> float:
     """One call's time: the cost model where the profile describes the machine, else compute-bound.
 
     Compute-bound: FLOPs per rank / (peak x efficiency). A training step (model point) is always compute-bound:
@@ -26,8 +27,8 @@ def call_seconds(sw: Sweep, job: Job, p: Point | ModelPoint) -> float:
     """
     prof = sw.profile
     rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12
-    if isinstance(p, ModelPoint):
-        return model_points.step_flops(p) / job.ranks / rate
+    if isinstance(p, StepPoint):
+        return step_points.step_flops(p) / job.ranks / rate
     if prof.model:
         return predict(p.algorithm, p.causal, p.mode, job.ranks, from_table(prof.name, prof.model), nodes=job.nodes,
                        batch=p.batch, seq=p.seq, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
@@ -54,7 +55,7 @@ def estimate(sw: Sweep, job: Job, points: list) -> float:
             cache[key] = call_seconds(sw, job, p)
         work += cache[key] * calls + prof.per_point_s
     slurm_job = prof.scheduler == "slurm"
-    runs = len(model_points.commands(points)) if sw.driver == "model" else 1
+    runs = len(step_points.commands(points)) if sw.driver == "model" else 1
     launches = runs + (1 if slurm_job else 0)
     return launches * prof.startup(job.ranks) + (prof.preflight_s if slurm_job else 0.0) + work * b["repeats"]
 
@@ -69,7 +70,7 @@ def job_commands(sw: Sweep, points: list, points_file: Path, retry_failed: bool 
     if retry_failed:
         tail.append("--retry-failed")
     if sw.driver == "model":
-        return [[*cmd, *tail] for cmd in model_points.commands(points)]
+        return [[*cmd, *tail] for cmd in step_points.commands(points)]
     return [["run", "--points", str(points_file.resolve()), *tail]]
 
 

@@ -4,7 +4,7 @@ The file names the campaign, a machine profile, node counts and ranks per
 node, the measurement settings (``[bench]``, bench/options.py SETTINGS) and the
 point parameters (``[params]``, bench/options.py PARAMS); see
 ``python -m bench sweep --help`` for its format. With ``driver = "model"`` its
-points are ``bench model`` training steps (bench/model_points.py), whose
+points are ``bench model`` training steps (bench/points/step.py), whose
 ``[params]`` are the model's options (bench/options.py MODEL) and the point's
 algorithms, seq or seq_per_rank and batch.
 """
@@ -18,9 +18,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import model_points, model_step, options
-from bench.model_points import ModelPoint, make_model_point
-from bench.points import Point, make_point, memory_bytes, record_config
+from bench import options
+from bench.drivers import step as step_driver
+from bench.points import step as step_points
+from bench.points.attention import Point, make_point, memory_bytes, record_config
+from bench.points.step import StepPoint, make_step_point
 from ringx_suite.cli import UserError, nearest
 from ringx_suite.store import Store, StoreError, check_campaign_name, config_key
 
@@ -31,7 +33,7 @@ TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition",
 SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
 BENCH = set(options.SETTINGS)
 PARAMS = set(options.PARAMS)
-DRIVERS = {"run": PARAMS, "model": set(model_points.SWEEP_PARAMS)}  # driver -> its [params] keys
+DRIVERS = {"run": PARAMS, "model": set(step_points.SWEEP_PARAMS)}  # driver -> its [params] keys
 MAX_TIME_MARGIN = 100.0
 
 
@@ -78,7 +80,7 @@ def expand(params: dict, zips: list[list[str]], excludes: list[dict]) -> list[di
 class Job:
     nodes: int
     ranks_per_node: int
-    points: list[Point] | list[ModelPoint]
+    points: list[Point] | list[StepPoint]
     estimate_s: float = 0.0
 
     @property
@@ -123,12 +125,12 @@ class Sweep:
     def dir(self) -> Path:
         return self.out / self.campaign / "sweep"
 
-    def keys(self, job: Job) -> dict[str, Point | ModelPoint]:
+    def keys(self, job: Job) -> dict[str, Point | StepPoint]:
         """Record key -> point, for every point and repeat of a job (as bench run or bench model will write
         them)."""
         b = self.bench
         if self.driver == "model":
-            return {config_key(model_points.record_config(pt, job.ranks, job.nodes, rep, b)): pt
+            return {config_key(step_points.record_config(pt, job.ranks, job.nodes, rep, b)): pt
                     for pt in job.points for rep in range(b["repeats"])}
         return {config_key(record_config(pt, job.ranks, job.nodes, rep, b["kernel"], b["warmup"], b["iters"])): pt
                 for pt in job.points for rep in range(b["repeats"])}
@@ -203,13 +205,13 @@ def _check_model_params(params: dict, dicts: list[dict], where: str) -> None:
     if "seq" not in params and "seq_per_rank" not in params:
         raise SweepError(f"{where} needs seq (global tokens) or seq_per_rank (weak scaling)")
     try:
-        model_points.check_values(params, where)
+        step_points.check_values(params, where)
         models: dict[tuple, list[str]] = {}  # each model configuration (its values are scalars by now) -> algorithms
         for d in dicts:
-            models.setdefault(tuple((k, v) for k, v in d.items() if k in model_points.MODEL_KEYS), []).append(
+            models.setdefault(tuple((k, v) for k, v in d.items() if k in step_points.MODEL_KEYS), []).append(
                 d["algorithm"])
         for key, algos in models.items():
-            model_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
+            step_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
     except ValueError as e:
         raise SweepError(str(e)) from None
 
@@ -268,7 +270,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
             _unknown(given, SWEEP_STACK, f"[stack] of {where}")
             prof.stack = profiles.make_stack(given, f"[stack] of {where}", base=prof.stack)
-        defaults = {"check_max_seq": model_step.CHECK_MAX_SEQ} if driver == "model" else {}  # bench model's
+        defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ} if driver == "model" else {}  # bench model's
         bench = options.settings(defaults | _table(raw, "bench", where), f"[bench] of {where}")
         out = _out(raw["out"] if "out" in raw else _scratch(prof, account or prof.account))
     except StoreError as e:
@@ -314,12 +316,12 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             have = prof.memory_per_rank(r)
             for d in dicts:
                 try:
-                    pt = make_model_point(d, n * r, "cuda" if gpu else "cpu") if driver == "model" \
+                    pt = make_step_point(d, n * r, "cuda" if gpu else "cpu") if driver == "model" \
                         else make_point(d, n * r)
                 except ValueError as e:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: {e}")
                     continue
-                need = model_points.memory_bytes(pt, n * r, gpu, bench["check"]) if driver == "model" \
+                need = step_points.memory_bytes(pt, n * r, gpu, bench["check"]) if driver == "model" \
                     else memory_bytes(pt, n * r, check_seq)
                 if have and need > have:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: needs at least "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.points import Point
+from bench.points.attention import Point
 
 from . import slurm
 from .spec import Sweep
