@@ -13,6 +13,9 @@ Defaults follow the device: on a GPU 512 to 32768 tokens, 32 heads (32 and 8
 K/V heads), head_dim 128, bf16; on a CPU 256 to 2048 tokens, 8 heads, head_dim
 64, float32.
 
+Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
+kernels' own configurations, inputs, timed calls and record fields.
+
 Example (one GPU):  python -m bench kernels --campaign h100-kernels
 """
 
@@ -21,8 +24,9 @@ from __future__ import annotations
 import statistics
 import sys
 
-from bench.measure.pinning import pin
-from bench.measure.ranks import Group, Progress, describe
+from bench import options
+from bench.driver import Driver, Invocation, add_output_arguments, output_of
+from bench.measure.ranks import describe
 from bench.options import DTYPES
 from ringx_suite.cli import Parser, UserError, split_list
 
@@ -44,12 +48,8 @@ def build_parser() -> Parser:
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--out", default="runs", help="output root (default: runs)")
-    p.add_argument("--campaign", default="kernels", help="campaign name (default: kernels)")
-    p.add_argument("--tag", help="free-form label stored in every record")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits on its peers (default 300)")
-    p.add_argument("--retry-failed", action="store_true", help="re-run configurations recorded as failed")
-    p.add_argument("--quiet", action="store_true")
+    add_output_arguments(p, campaign="kernels")
     return p
 
 
@@ -97,86 +97,107 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main("python -m bench kernels", lambda: run(a, argv or []))
 
 
+class Kernels(Driver):
+    """Every kernel's forward and backward per configuration, the kernels of one taking turns."""
+
+    prog, command, kind = "bench kernels", "kernels", "kernel"
+
+    def __init__(self, inv: Invocation, a):
+        super().__init__(inv)
+        self.a = a
+
+    def before_campaign(self) -> None:
+        self.cfgs = configs(self.a, self.ctx.device.type)
+
+    def open(self, **kw) -> None:  # no claims: kernel runs may share a campaign; no signal handler (as ever)
+        a = self.a
+        super().open(claims=False, signals=False, launch_args={} if a.device == "auto" else {"device": a.device})
+
+    def run(self) -> None:
+        import torch
+
+        import ringx
+        from bench.measure.timing import time_round_robin
+        from ringx.flops import CONVENTION, attention_flops
+        from ringx_suite.stats import stat_fields
+        from ringx_suite.store import already_recorded, config_key, now
+
+        a, s, group, store = self.a, self.settings, self.group, self.store
+        dev = self.ctx.device
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+        progress = self.progress_for(len(self.cfgs))
+        progress.note(f"bench kernels: {len(self.cfgs)} configurations on {name or 'cpu'} -> {store.records_path}")
+        for cfg in self.cfgs:
+            dt = getattr(torch, cfg["dtype"])
+            wanted = split_list(a.kernels) if a.kernels else list(ringx.KERNELS)
+            kerns = [ringx.KERNELS[k] for k in wanted
+                     if ringx.KERNELS[k].supports(dev, dt, cfg["head_dim"]) and k != "reference"]
+            label = (f"seq {cfg['seq']} {'causal' if cfg['causal'] else 'full'} {cfg['dtype']} "
+                     f"{cfg['heads']}/{cfg['kv_heads']} heads")
+            cases = []
+            for k in kerns:
+                for direction in ("fwd", "bwd"):
+                    c = {"kernel": k.name, "direction": direction, **cfg, "world_size": self.P, "nodes": self.nodes,
+                         "warmup": s.warmup, "iters": s.iters}
+                    key = config_key(c)
+                    if already_recorded(self.done.get(key), self.output.retry_failed):
+                        continue
+                    cases.append((k, direction, key, c))
+            if not cases:
+                progress.step(f"{label}: already recorded" if kerns else f"{label}: no kernel runs it here")
+                continue
+            err = None
+            try:
+                g = torch.Generator(device="cpu").manual_seed(7)
+                b, sq, h, hk, d = cfg["batch"], cfg["seq"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
+                q, do = (torch.randn(b, sq, h, d, generator=g, dtype=dt).to(dev) for _ in range(2))
+                k_, v_ = (torch.randn(b, sq, hk, d, generator=g, dtype=dt).to(dev) for _ in range(2))
+                fns = [_call(kern, direction, q, k_, v_, do, cfg["causal"], d**-0.5) for kern, direction, _, _ in cases]
+                samples = time_round_robin(fns, s.warmup, s.iters, dev)
+            except Exception as e:  # noqa: BLE001 - failures are records
+                err = describe(e)
+            votes = group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None},
+                                waited=bool(err) and err[0] == "timeout")
+            if votes is None:
+                group.give_up(group.timeout_message(label))
+            bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
+            for j, (kern, direction, key, c) in enumerate(cases):
+                rec = self.header(key, written_at=now(), kernel_version=kern.version(), device=dev.type,
+                                  device_name=name, **c)
+                if bad:
+                    rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
+                               error="; ".join(f"rank {i}: {v['error']}" for i, v in bad))
+                else:
+                    st = stat_fields(samples[j])
+                    flops = attention_flops(c["batch"], c["seq"], c["heads"], c["head_dim"], c["causal"], direction)
+                    rec.update(samples_s=samples[j], **st, flops=flops, flops_convention=CONVENTION,
+                               tflops=flops / st["median_s"] / 1e12)
+                if self.rank == 0:
+                    store.append(rec)
+            if bad:
+                progress.step(f"{label}: FAILED ({bad[0][1]['error']})")
+                self.reinit()
+            else:
+                tf = [f"{kk.name} {dd} "
+                      f"{attention_flops(b, sq, h, d, cfg['causal'], dd) / statistics.median(sm) / 1e12:.2f}"
+                      for (kk, dd, _, _), sm in zip(cases, samples)]
+                progress.step(f"{label}: " + ", ".join(tf) + " TFLOP/s")
+        progress.note(f"bench kernels: done -> {store.records_path}")
+
+
 def run(a, argv: list[str]) -> int:
-    import torch
-
     import ringx
-    from bench.measure.timing import time_round_robin
     from ringx import launch
-    from ringx.flops import CONVENTION, attention_flops
-    from ringx_suite.stats import stat_fields
-    from ringx_suite.store import SCHEMA_VERSION, already_recorded, check_campaign_name, config_key, now
 
-    check_campaign_name(a.campaign)
+    out = output_of({k: v for k, v in vars(a).items() if v is not None}, campaign="kernels")
     if a.kernels:
         for k in split_list(a.kernels):
             if k not in ringx.KERNELS:
                 raise UserError(f"unknown kernel {k!r}; choose from {', '.join(ringx.KERNELS)}")
-    ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
-    cfgs = configs(a, ctx.device.type)
-    pin(ctx)
-    group = Group(a.timeout, "bench kernels")
-    store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "kernels", *argv])
-    dev = ctx.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
-    progress = Progress(len(cfgs), a.quiet, ctx.rank == 0)
-    progress.note(f"bench kernels: {len(cfgs)} configurations on {name or 'cpu'} -> {store.records_path}")
-    for cfg in cfgs:
-        dt = getattr(torch, cfg["dtype"])
-        wanted = split_list(a.kernels) if a.kernels else list(ringx.KERNELS)
-        kerns = [ringx.KERNELS[k] for k in wanted
-                 if ringx.KERNELS[k].supports(dev, dt, cfg["head_dim"]) and k != "reference"]
-        label = (f"seq {cfg['seq']} {'causal' if cfg['causal'] else 'full'} {cfg['dtype']} "
-                 f"{cfg['heads']}/{cfg['kv_heads']} heads")
-        cases = []
-        for k in kerns:
-            for direction in ("fwd", "bwd"):
-                c = {"kernel": k.name, "direction": direction, **cfg, "world_size": ctx.world_size, "nodes": nodes,
-                     "warmup": a.warmup, "iters": a.iters}
-                key = config_key(c)
-                if already_recorded(done.get(key), a.retry_failed):
-                    continue
-                cases.append((k, direction, key, c))
-        if not cases:
-            progress.step(f"{label}: already recorded" if kerns else f"{label}: no kernel runs it here")
-            continue
-        err = None
-        try:
-            g = torch.Generator(device="cpu").manual_seed(7)
-            b, s, h, hk, d = cfg["batch"], cfg["seq"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
-            q, do = (torch.randn(b, s, h, d, generator=g, dtype=dt).to(dev) for _ in range(2))
-            k_, v_ = (torch.randn(b, s, hk, d, generator=g, dtype=dt).to(dev) for _ in range(2))
-            fns = [_call(kern, direction, q, k_, v_, do, cfg["causal"], d**-0.5) for kern, direction, _, _ in cases]
-            samples = time_round_robin(fns, a.warmup, a.iters, dev)
-        except Exception as e:  # noqa: BLE001 - failures are records
-            err = describe(e)
-        votes = group.agree(err is None, {"error": err[1] if err else None, "kind": err[0] if err else None},
-                            waited=bool(err) and err[0] == "timeout")
-        if votes is None:
-            group.give_up(group.timeout_message(label))
-        bad = [(i, v) for i, v in enumerate(votes) if not v["ok"]]
-        for j, (kern, direction, key, c) in enumerate(cases):
-            rec = {"schema": SCHEMA_VERSION, "kind": "kernel", "campaign": store.campaign, "tag": a.tag,
-                   "run_id": run_id, "key": key, "status": "ok", "error": None, "written_at": now(),
-                   "kernel_version": kern.version(), "device": dev.type, "device_name": name, **c}
-            if bad:
-                rec.update(status="failed", failure=bad[0][1]["kind"], failed_ranks=[i for i, _ in bad],
-                           error="; ".join(f"rank {i}: {v['error']}" for i, v in bad))
-            else:
-                st = stat_fields(samples[j])
-                flops = attention_flops(c["batch"], c["seq"], c["heads"], c["head_dim"], c["causal"], direction)
-                rec.update(samples_s=samples[j], **st, flops=flops, flops_convention=CONVENTION,
-                           tflops=flops / st["median_s"] / 1e12)
-            if ctx.rank == 0:
-                store.append(rec)
-        if bad:
-            progress.step(f"{label}: FAILED ({bad[0][1]['error']})")
-            ctx = launch.reinit(ctx, a.timeout)
-        else:
-            tf = [f"{kk.name} {dd} {attention_flops(b, s, h, d, cfg['causal'], dd) / statistics.median(sm) / 1e12:.2f}"
-                  for (kk, dd, _, _), sm in zip(cases, samples)]
-            progress.step(f"{label}: " + ", ".join(tf) + " TFLOP/s")
-    progress.note(f"bench kernels: done -> {store.records_path}")
+    settings = options.Settings(warmup=a.warmup, iters=a.iters, timeout=a.timeout, device=a.device)
+    driver = Kernels(Invocation(settings, out, tuple(argv)), a)
+    driver.open()
+    driver.run()
     launch.finalize()
     return 0
 
