@@ -17,6 +17,14 @@ A failure at any stage becomes a record and the run goes on (``bench/measure/fai
 named and stops the run. A driver subclasses :class:`Driver` (or :class:`CaseDriver` for the staged loop)
 and fills in the hooks marked "the driver's".
 
+A new driver (e.g. serving: prefill and decode) is one file in bench/drivers/: a :class:`CaseDriver` subclass
+with ``prog``/``command``/``kind``, its points (``configurations``, ``config``, ``label``), its inputs
+(``inputs``: the model and KV cache shared by its candidates), its timed callables (``stages`` ending in the
+untimed first call, which sets ``c.call``; candidates may be algorithms or a tensor-parallel baseline, as
+``bench run``'s outside baselines are), its record fields (``record_fields``, ``finish``); a parser from the
+option tables plus :func:`add_output_arguments`; ``main`` through :func:`mpi_main`; one line in
+bench/__main__.py and its record kind in ringx_suite/records.py.
+
 The output flags (``--out``, ``--campaign``, ``--tag``, ``--retry-failed``, ``--quiet``) are declared here once,
 from ``bench.options.OUTPUT``; the record header (schema, kind, campaign, tag, run id, key, status) is built
 here once (:meth:`Driver.header`).

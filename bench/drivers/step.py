@@ -162,8 +162,9 @@ def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: in
                   checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
     """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
     a rerun's resume look up)."""
-    return {"world_size": world, "nodes": nodes, "repeat": repeat, "kernel_requested": kernel,
-            "warmup": int(warmup), "iters": int(iters), "algorithm": algorithm, "model": plan.preset,
+    from bench.points import run_config
+
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
             **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
             "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)}
 
