@@ -184,7 +184,6 @@ def typed(name: str, table: dict[str, Option], doc: str):
         d = defaults or {}
         return cls(**{n: value(o, given.get(n, d.get(n, o.default)), where) for n, o in table.items()})
     cls.of = staticmethod(of)
-    cls.as_dict = lambda self: {n: getattr(self, n) for n in table}
     return cls
 
 
