@@ -281,8 +281,9 @@ class Collectives(Driver):
             if already_recorded(self.done.get(key), self.output.retry_failed):
                 progress.step(f"{what}: already recorded")
                 continue
-            rec = self.header(key, written_at="", busbw_factor=busbw_factor(op, n), **cfg, level=level,
-                              group_size=n)
+            # cfg holds level and group_size already off world: a dict merge keeps their place, as the record had
+            rec = self.header(key, **({"written_at": "", "busbw_factor": busbw_factor(op, n)} | cfg
+                                      | {"level": level, "group_size": n}))
             err = kind = None
             samples = []
             try:
