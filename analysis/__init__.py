@@ -1,11 +1,16 @@
 """ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
+Every timed record kind (attention, the training step; kinds.py says how each is compared) goes through the
+same ``summarize(df, kind)`` and ``speedup``; step.py holds the training step's own figures and table, and
+costmodel_cli.py the cost model's commands (predict, validate, curve, map).
+
 It reads what bench writes through the shared definitions in ``ringx_suite`` (record kinds, store, statistics,
 table writer) and uses the cost model in ``costmodel``; it never imports ``bench``. pandas is imported lazily.
 """
 
-_LAZY = {"EmptyCampaign": "records", "load": "records", "speedup": "metrics", "strong_scaling": "metrics",
-         "summarize": "metrics", "weak_scaling": "metrics"}
+_LAZY = {"EmptyCampaign": "records", "KINDS": "kinds", "MissingBaseline": "metrics", "NoData": "metrics",
+         "load": "records", "speedup": "metrics", "strong_scaling": "metrics", "summarize": "metrics",
+         "weak_scaling": "metrics"}
 
 
 def __getattr__(name: str):

@@ -17,8 +17,8 @@ from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="python -m analysis", description=__doc__)
+def build_parser(prog: str = "python -m analysis") -> Parser:
+    p = Parser(prog=prog, description=__doc__)
     sub = p.commands()
 
     def campaign_cmd(name: str, help_: str) -> Parser:
@@ -72,21 +72,34 @@ def build_parser() -> Parser:
     c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
     c.add_argument("--max-ranks", type=int, default=4096, help="largest rank count (default 4096)")
     c.add_argument("--out", help="output directory (default: runs/model)")
+    from analysis import serving_model
+
+    serving_model.add_parser(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    return cli_main(f"python -m analysis {a.command}", lambda: run(a))
+def commands() -> dict[str, str]:
+    """Command -> its one-line help (the ringx-bench command lists them beside bench's)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return {c.dest: c.help for c in sub._choices_actions}
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int:
+    a = build_parser(prog).parse_args(argv)
+    return cli_main(f"{prog} {a.command}", lambda: run(a))
 
 
 def run(a) -> int:
+    if a.command == "serving":
+        from analysis import serving_model
+
+        return serving_model.run(a)
     if a.command in ("predict", "validate", "curve", "map"):
-        from analysis import cli_model
+        from analysis import costmodel_cli
 
-        return cli_model.run(a)
+        return costmodel_cli.run(a)
 
-    from analysis import metrics, report, tables
+    from analysis import kinds, metrics, report, tables
     from analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
@@ -103,14 +116,11 @@ def run(a) -> int:
             print(f"report: {path}")
             return 0
         df = load(a.campaign)
-        if a.command == "table":
-            kinds = set(df["kind"]) if "kind" in df else set()
-            if "attention" in kinds or "model" not in kinds:
-                print(tables.render(tables.speedup_table(metrics.summarize(df), a.baseline), a.format), end="")
-            if "model" in kinds:  # training steps (bench model)
-                from analysis import e2e
-
-                print(tables.render(e2e.table(df, a.baseline), a.format), end="")
+        if a.command == "table":  # each kind's first table (kinds.py); attention's error where there is none
+            for kind in kinds.present(df) or ["attention"]:
+                _, fn, _ = next(iter(report.views(kind, "tables").TABLES.values()))
+                print(tables.render(report.call(fn, metrics.summarize(df, kind), baseline=a.baseline, records=df),
+                                    a.format), end="")
             return 0
         formats = tuple(f for f in a.format.split(",") if f)
         for f in formats:

@@ -1,8 +1,11 @@
 """Publication figures from a campaign: one paper style, readable in grayscale.
 
 Each function takes frames from :mod:`analysis.metrics` (or the collective
-records), returns the matplotlib Figure, and saves it when ``out`` is given.
-Algorithms keep one marker, line style and colour across every figure.
+records) and returns the matplotlib Figure; :func:`save` writes it.
+The speedup, throughput, scaling and memory figures draw any record kind's
+summary (analysis/kinds.py): its panels are the kind's grouping keys (mask
+among them), its lines its candidates. Algorithms keep one marker, line
+style and colour across every figure.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from .metrics import speedup, strong_scaling
+from ringx_suite.records import LEVEL_ORDER
+
+from .kinds import kind_of, mask_names, mask_order
+from .metrics import MissingBaseline, NoData, speedup, strong_scaling  # noqa: F401 - raised to callers
 
 WIDTH_IN = {"one": 3.5, "two": 7.16}  # one and two columns of a two-column paper: figures are saved at exactly this
 MAX_COLS = {"one": 2, "two": 4}  # panels per row that stay readable at that width
@@ -31,13 +37,10 @@ DASHES = ["-", "--", "-.", ":"]
 # Okabe-Ito: distinguishable with colour-vision deficiencies; markers and dashes carry it in grayscale.
 COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7", "#999999", "#882255",
           "#B8A000"]
-ORDER = ["ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o",
+ORDER = ["ring", "zigzag", "stripe", "bidir-ring", "double-ring",
+         "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o",
          "ringx3b", "ulysses", "usp", "usp-ringx"]
 NOISE = "hollow markers: within noise (the 95% interval contains 1)"
-
-
-class NoData(ValueError):
-    """The campaign has nothing this figure can show."""
 
 
 def style(algorithm: str) -> dict:
@@ -52,7 +55,12 @@ def order_key(algorithm: str) -> tuple:
 
 
 def _algos(df: pd.DataFrame) -> list[str]:
-    return sorted(dict.fromkeys(df["algorithm"]), key=order_key)
+    """The candidates (kinds.py; algorithms) of a frame, in the paper's order."""
+    return sorted(dict.fromkeys(df[kind_of(df).candidate]), key=order_key)
+
+
+def _rows(df: pd.DataFrame, candidate: str) -> pd.DataFrame:
+    return df[df[kind_of(df).candidate] == candidate]
 
 
 def styled(fn):
@@ -222,12 +230,20 @@ def x_at(ax, values, fmt=tokens, width_in: float | None = None, log2: bool = Tru
         ax.set_xlim((values[0] / 2**pad, values[-1] * 2**pad) if log2 else (values[0] - pad, values[-1] + pad))
 
 
-def _mask(c) -> str:
-    return "causal" if c else "non-causal"
+ACROSS = {"world_size": lambda v: plural(int(v), "rank"), "seq": lambda v: f"{tokens(v)} tokens"}
 
 
-def _panel_keys(d0: pd.DataFrame, key: str) -> list[tuple[bool, int]]:
-    return sorted({(bool(c), int(v)) for c, v in zip(d0["causal"], d0[key])}, key=lambda t: (not t[0], t[1]))
+def _panels(d0: pd.DataFrame, across: str) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) of each panel: one per value of the frame's kind's grouping keys (kinds.py: mask, and the
+    model for training steps) and of ``across``; masks in kinds.MASK_ORDER. Titles: 'tiny, 2 ranks, causal'."""
+    by = [*kind_of(d0).panel_by, across]
+    groups = dict(iter(d0.groupby(by, sort=False)))
+    out = []
+    for key in sorted(groups, key=lambda key: tuple(mask_order(v) if c == "mask" else v for c, v in zip(by, key))):
+        named = dict(zip(by, key))
+        parts = [str(named[c]) for c in by[:-1] if c != "mask"] + [ACROSS[across](named[across])]
+        out.append((", ".join(parts + ([str(named["mask"])] if "mask" in named else [])), groups[key]))
+    return out
 
 
 def _rank_ticks(d: pd.DataFrame):
@@ -255,22 +271,32 @@ def _finite_intervals(sp: pd.DataFrame) -> pd.DataFrame:
 
 @styled
 def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
-    """Speedup over the baseline vs global sequence length, one panel per (masking, rank count).
+    """Speedup over the baseline vs global sequence length, one panel per (grouping keys, rank count).
 
     Error bars: the speedup's 95% bootstrap interval; hollow markers: within noise (the interval contains 1).
     """
-    sp = _finite_intervals(speedup(summary, baseline))
-    keys = _panel_keys(sp, "world_size")
-    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
-    for ax, (causal, world) in zip(axes, keys):
-        d = sp[(sp["causal"] == causal) & (sp["world_size"] == world)]
+    return speedups_vs_seq(speedup(summary, baseline), baseline, width)
+
+
+@styled
+def speedups_vs_seq(sp: pd.DataFrame, baseline: str, width: str = "two", ylabel: str | None = None,
+                    line: dict | None = None, also=None):
+    """The speedup-vs-sequence figure of a speedup frame (metrics.speedup) of any kind. ``line``: style
+    overrides of every candidate's line; ``also(ax, rows, style)``: more to draw per candidate and panel."""
+    sp = _finite_intervals(sp)
+    panels = _panels(sp, "world_size")
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(sp).share_y)
+    for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
             if a != baseline:
-                _errorbars(ax, d[d["algorithm"] == a].sort_values("seq"), "seq", style(a))
+                g, st = _rows(d, a).sort_values("seq"), {**style(a), **(line or {})}
+                _errorbars(ax, g, "seq", st)
+                if also is not None:
+                    also(ax, g, st)
         ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
-        ax.set_title(f"{plural(world, 'rank')}, {_mask(causal)}")
+        ax.set_title(title)
         x_at(ax, sp["seq"])
-    _labels(axes, ncols, "sequence length (tokens)", f"speedup over {baseline}")
+    _labels(axes, ncols, "sequence length (tokens)", ylabel or f"speedup over {baseline}")
     _legend(fig, axes, width)
     return fig
 
@@ -283,16 +309,15 @@ def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str =
     sp = sp[sp["scaling"] == "strong"] if "scaling" in sp else sp
     if sp.empty or sp["world_size"].nunique() < 2:
         raise NoData("speedup against ranks needs strong-scaling records at two or more rank counts")
-    keys = _panel_keys(sp, "seq")
-    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
+    panels = _panels(sp, "seq")
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
     fmt = _rank_ticks(sp)
-    for ax, (causal, seq) in zip(axes, keys):
-        d = sp[(sp["causal"] == causal) & (sp["seq"] == seq)]
+    for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
             if a != baseline:
-                _errorbars(ax, d[d["algorithm"] == a].sort_values("world_size"), "world_size", style(a))
+                _errorbars(ax, _rows(d, a).sort_values("world_size"), "world_size", style(a))
         ax.axhline(1.0, color="0.4", linewidth=0.8, linestyle=(0, (1, 1)))
-        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        ax.set_title(title)
         x_at(ax, sp["world_size"], fmt)
     _labels(axes, ncols, rank_label(sp), f"speedup over {baseline}")
     _legend(fig, axes, width)
@@ -305,13 +330,12 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     st_df = strong_scaling(summary)
     if st_df.empty or st_df["world_size"].nunique() < 2:
         raise NoData("scaling needs strong-scaling records at two or more rank counts")
-    keys = _panel_keys(st_df, "seq")
-    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=False)
+    panels = _panels(st_df, "seq")
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=False)
     fmt = _rank_ticks(st_df)
-    for ax, (causal, seq) in zip(axes, keys):
-        d = st_df[(st_df["causal"] == causal) & (st_df["seq"] == seq)]
+    for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
-            g = d[d["algorithm"] == a].sort_values("world_size")
+            g = _rows(d, a).sort_values("world_size")
             s = style(a)
             ax.plot(g["world_size"], g["median_s"] * 1e3, **s)
             ax.fill_between(g["world_size"], g["p10_s"] * 1e3, g["p90_s"] * 1e3, color=s["color"], alpha=0.15,
@@ -320,7 +344,7 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
         best0 = d[d["world_size"] == w[0]]["median_s"].min() * 1e3
         ax.plot(w, best0 * w[0] / w, color="0.5", linewidth=0.8, linestyle=(0, (4, 2)), label="ideal")
         ax.set_yscale("log")
-        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        ax.set_title(title)
         x_at(ax, st_df["world_size"], fmt)
     for ax in axes:
         log_ticks(ax, "y")
@@ -329,15 +353,14 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     return fig
 
 
-def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw, sharey: bool = True):
-    """A metric vs sequence length, one panel per (masking, ranks): ``draw(ax, rows, style)`` per algorithm."""
-    keys = _panel_keys(d0, "world_size")
-    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=sharey)
-    for ax, (causal, world) in zip(axes, keys):
-        d = d0[(d0["causal"] == causal) & (d0["world_size"] == world)]
+def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw):
+    """A metric vs sequence length, one panel per (grouping keys, ranks): ``draw(ax, rows, style)`` per candidate."""
+    panels = _panels(d0, "world_size")
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(d0).share_y)
+    for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
-            draw(ax, d[d["algorithm"] == a].sort_values("seq"), style(a))
-        ax.set_title(f"{plural(world, 'rank')}, {_mask(causal)}")
+            draw(ax, _rows(d, a).sort_values("seq"), style(a))
+        ax.set_title(title)
         x_at(ax, d0["seq"])
     _labels(axes, ncols, "sequence length (tokens)", label)
     _legend(fig, axes, width)
@@ -350,11 +373,12 @@ def _line(col: str, scale: float = 1.0, x: str = "seq"):
 
 @styled
 def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
-    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown, as on CPUs)."""
+    """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown, as on CPUs), of any kind."""
+    mfu, per_rank = kind_of(summary).mfu_label
     if summary["mfu"].notna().any():
-        fig = _vs_seq(summary, "MFU", width, _line("mfu"))
+        fig = _vs_seq(summary, mfu, width, _line("mfu"))
     else:
-        fig = _vs_seq(summary, "TFLOP/s per rank", width, _line("tflops_per_rank"))
+        fig = _vs_seq(summary, per_rank, width, _line("tflops_per_rank"))
     for ax in fig.axes:
         ax.set_ylim(bottom=0)
     return fig
@@ -364,12 +388,12 @@ def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
 def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
     """Which algorithm is fastest at each (sequence length, ranks), shaded by its speedup over the baseline."""
     sp = speedup(summary, baseline)
-    masks = sorted({bool(c) for c in sp["causal"]}, key=lambda c: not c)
+    masks = sorted(set(sp["mask"]), key=mask_order)
     fig, axes, ncols = _fig(len(masks), width, height=PANEL_H[width] * 1.15)
     im = None
-    vmax = max(1.5, float(np.nanmax(sp.groupby(["causal", "seq", "world_size"])["speedup"].max())))
-    for ax, causal in zip(axes, masks):
-        d = sp[sp["causal"] == causal]
+    vmax = max(1.5, float(np.nanmax(sp.groupby(["mask", "seq", "world_size"])["speedup"].max())))
+    for ax, mask in zip(axes, masks):
+        d = sp[sp["mask"] == mask]
         seqs, worlds = sorted(d["seq"].unique()), sorted(d["world_size"].unique())
         grid = np.full((len(worlds), len(seqs)), np.nan)
         for i, w in enumerate(worlds):
@@ -380,19 +404,16 @@ def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two
                 best = cell.loc[cell["median_s"].idxmin()]
                 grid[i, j] = best["speedup"]
                 mark = "~" if best["within_noise"] else ""
-                ax.text(j, i, f"{best['algorithm']}\n{mark}{best['speedup']:.2f}x", ha="center", va="center",
+                ax.text(j, i, f"{best[kind_of(sp).candidate]}\n{mark}{best['speedup']:.2f}x", ha="center", va="center",
                         fontsize=6)
         im = ax.imshow(grid, cmap="Greys", vmin=1.0, vmax=vmax, origin="lower", aspect="auto", alpha=0.6)
         ax.set_xticks(range(len(seqs)), [tokens(s) for s in seqs])
         ax.set_yticks(range(len(worlds)), [str(int(w)) for w in worlds])
         ax.grid(False)
-        ax.set_title(_mask(causal))
+        ax.set_title(mask)
     _labels(axes, ncols, "sequence length (tokens)", rank_label(sp))
     fig.colorbar(im, ax=axes, shrink=0.9, label=f"speedup over {baseline}")
     return fig
-
-
-LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
 
 
 def _collective_series(ok: pd.DataFrame) -> list[tuple[int, str, int, str]]:
@@ -448,12 +469,13 @@ def kernels_tflops(df: pd.DataFrame, width: str = "two"):
     ok = ok.assign(tf_lo=ok["flops"] / ok["p90_s"] / 1e12, tf_hi=ok["flops"] / ok["p10_s"] / 1e12,
                    series=[f"{k} {dt} {h // kv}:1" if h != kv else f"{k} {dt}"
                            for k, dt, h, kv in zip(ok["kernel"], ok["dtype"], ok["heads"], ok["kv_heads"])])
-    panels = [(d, c) for d in ("fwd", "bwd") for c in (False, True)
-              if not ok[(ok["direction"] == d) & (ok["causal"] == c)].empty]
+    ok = ok.assign(mask=mask_names(ok))
+    masks = sorted(set(ok["mask"]), key=lambda m: (m != "non-causal", mask_order(m)))  # full attention first
+    panels = [(d, m) for d in ("fwd", "bwd") for m in masks if not ok[(ok["direction"] == d) & (ok["mask"] == m)].empty]
     fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
     series = sorted(dict.fromkeys(ok["series"]))
-    for ax, (direction, causal) in zip(axes, panels):
-        d = ok[(ok["direction"] == direction) & (ok["causal"] == causal)]
+    for ax, (direction, mask) in zip(axes, panels):
+        d = ok[(ok["direction"] == direction) & (ok["mask"] == mask)]
         for i, name in enumerate(series):
             g = d[d["series"] == name].sort_values("seq")
             if g.empty:
@@ -461,7 +483,7 @@ def kernels_tflops(df: pd.DataFrame, width: str = "two"):
             ax.errorbar(g["seq"], g["tflops"], yerr=[g["tflops"] - g["tf_lo"], g["tf_hi"] - g["tflops"]], capsize=1.5,
                         elinewidth=0.6, marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)],
                         color=COLORS[i % len(COLORS)], label=name)
-        ax.set_title(f"{'forward' if direction == 'fwd' else 'backward'}, {_mask(causal)}")
+        ax.set_title(f"{'forward' if direction == 'fwd' else 'backward'}, {mask}")
         x_at(ax, ok["seq"])
     for ax in axes:
         ax.set_ylim(bottom=0)
@@ -483,15 +505,14 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     if d0.empty:
         raise NoData("no memory measurements in this campaign")
     unit, scale = _bytes_unit(d0["mem_peak_bytes"].max())
-    keys = _panel_keys(d0, "seq")
-    fig, axes, ncols = _fig(len(keys), width, sharex=True, sharey=True)
+    panels = _panels(d0, "seq")
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
     fmt = _rank_ticks(d0)
-    for ax, (causal, seq) in zip(axes, keys):
-        d = d0[(d0["causal"] == causal) & (d0["seq"] == seq)]
+    for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
-            g = d[d["algorithm"] == a].sort_values("world_size")
+            g = _rows(d, a).sort_values("world_size")
             ax.plot(g["world_size"], g["mem_peak_bytes"] * scale, **style(a))
-        ax.set_title(f"{tokens(seq)} tokens, {_mask(causal)}")
+        ax.set_title(title)
         x_at(ax, d0["world_size"], fmt)
     for ax in axes:  # after every panel is drawn: the shared top is the largest
         ax.set_ylim(bottom=0)

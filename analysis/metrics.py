@@ -1,4 +1,5 @@
-"""Metrics from a campaign frame: spread, speedup over a baseline, strong and weak scaling.
+"""Metrics from a campaign frame, for every record kind (kinds.py): spread, speedup over a baseline, strong and
+weak scaling.
 
 Spread: for each (configuration, algorithm) the timed iterations of all repeats are pooled (each
 iteration's time is already the slowest rank's); we report their median and the p10-p90 range.
@@ -11,15 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ringx_suite.records import COMPARE_BY
 from ringx_suite.stats import METHOD, records_speedup
 
+from .kinds import KINDS, kind_of, mask_names
+
 SPREAD_METHOD = "median and p10-p90 of all timed iterations pooled over repeats (iteration = slowest rank)"
-CONFIG = list(COMPARE_BY)
+CONFIG = list(KINDS["attention"].config)
 
 
-class MissingBaseline(ValueError):
-    """The requested baseline algorithm has no measurement at some configuration."""
+class NoData(ValueError):
+    """The campaign has nothing this figure or table can show."""
+
+
+class MissingBaseline(NoData):
+    """The requested baseline has no measurement at some configuration."""
 
 
 def _max_over_ranks(g: pd.DataFrame, col: str) -> float:
@@ -47,13 +53,16 @@ def _device(g: pd.DataFrame) -> str | None:
     return None if kernel is None else "cpu" if kernel == "torch-cpu" else "cuda"
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (configuration, algorithm) of the ok attention records, with the pooled spread."""
-    ok = df[(df["kind"] == "attention") & (df["status"] == "ok")]
+def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
+    """One row per (configuration, candidate) of the ok records of ``kind`` (a kinds.KINDS key), with the pooled
+    spread, throughput, MFU against a GPU's published peak, peak memory, and the kind's own measures."""
+    k = KINDS[kind]
+    ok = df[(df["kind"] == k.record) & (df["status"] == "ok")] if "kind" in df else df.iloc[0:0]
     if ok.empty:
-        raise ValueError("no successful attention records to summarize")
+        raise NoData(k.empty)
+    keys = [*k.config, k.candidate]
     rows = []
-    for key, g in ok.groupby(CONFIG + ["algorithm"], dropna=False, sort=True):
+    for key, g in ok.groupby(keys, dropna=False, sort=True):
         samples = np.concatenate([np.asarray(s, dtype=float) for s in g["samples_s"]])
         med = float(np.median(samples))
         per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12
@@ -61,7 +70,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         if _on_cpu(g):
             peak = np.nan  # a CPU has no published peak: a guessed one gives MFU above 1
         groups = g["timing_group"] if "timing_group" in g else [None] * len(g)
-        rows.append({**dict(zip(CONFIG + ["algorithm"], key)), "family": g["family"].iloc[0],
+        rows.append({**dict(zip(keys, key)), "family": g["family"].iloc[0],
                      "device": _device(g), "kernel": _first(g, "kernel"),
                      "runs": [{"samples_s": list(sm), "timing_group": None if pd.isna(tg) else tg}
                               for sm, tg in zip(g["samples_s"], groups)],
@@ -70,51 +79,56 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                      "tflops_per_rank": per_rank,
                      "mfu": per_rank / peak if pd.notna(peak) and peak else np.nan,
                      "mem_peak_bytes": _max_over_ranks(g, "mem_peak_bytes_per_rank"),
-                     "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank")})
+                     "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank"), **k.measures(g, med)})
     out = pd.DataFrame(rows)
+    out["mask"] = mask_names(out)
+    out.attrs["kind"] = kind
     out.attrs["spread_method"] = SPREAD_METHOD
     return out
 
 
-def speedup(summary: pd.DataFrame, baseline: str = "ring", config: list[str] | None = None) -> pd.DataFrame:
-    """Each algorithm's speedup over ``baseline`` at identical configuration (baseline time / time).
+def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
+    """Each candidate's speedup over ``baseline`` at identical configuration (baseline time / time).
 
     ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (ringx_suite/stats.py), ``within_noise`` is True
     where that interval contains 1. Configurations where the baseline was not measured are dropped; if it
-    was measured nowhere, MissingBaseline names the algorithms that were. ``config``: the columns a
-    comparison is made at (default: an attention configuration's).
+    was measured nowhere, MissingBaseline names the candidates that were. The configuration and the candidate
+    column are the summary's kind's (kinds.KINDS).
     """
-    config = CONFIG if config is None else config
-    base = summary[summary["algorithm"] == baseline]
+    k = kind_of(summary)
+    config, cand = list(k.config), k.candidate
+    base = summary[summary[cand] == baseline]
     if base.empty:
-        raise MissingBaseline(f"baseline {baseline!r} has no successful measurement; measured: "
-                              f"{', '.join(sorted(summary['algorithm'].unique()))}")
+        raise MissingBaseline(f"baseline {baseline!r} has no successful {k.unmeasured}; measured: "
+                              f"{', '.join(sorted(summary[cand].unique()))}")
     b = base[config + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
     out = summary.merge(b, on=config, how="inner")
     sps = [records_speedup(br, r) for br, r in zip(out["base_runs"], out["runs"])]
     out["speedup"] = out["base_s"] / out["median_s"]
     out["speedup_lo"] = [x.lo for x in sps]
     out["speedup_hi"] = [x.hi for x in sps]
-    out["within_noise"] = [x.within_noise and a != baseline for x, a in zip(sps, out["algorithm"])]
+    out["within_noise"] = [x.within_noise and a != baseline for x, a in zip(sps, out[cand])]
     out["paired"] = [x.paired for x in sps]
     out = out.drop(columns=["base_runs"])
+    out.attrs.update(summary.attrs)
     out.attrs["baseline"] = baseline
     out.attrs["interval_method"] = METHOD
     return out
 
 
-def _scaling(summary: pd.DataFrame, kind: str, vary: list[str]) -> pd.DataFrame:
-    sub = summary[summary["scaling"] == kind]
+def _scaling(summary: pd.DataFrame, scaling: str, vary: list[str]) -> pd.DataFrame:
+    sub = summary[summary["scaling"] == scaling]
     if sub.empty:
         return sub.assign(speedup=[], efficiency=[])
-    keep = [c for c in CONFIG if c not in vary] + ["algorithm"]
+    k = kind_of(summary)
+    keep = [c for c in k.config if c not in vary] + [k.candidate]
     parts = []
     for _, g in sub.groupby(keep, dropna=False):
         g = g.sort_values("world_size")
         b = g.iloc[0]
         g = g.assign(base_world=b["world_size"], base_s=b["median_s"])
         g["speedup"] = g["base_s"] / g["median_s"]
-        ideal = g["world_size"] / g["base_world"] if kind == "strong" else 1.0
+        ideal = g["world_size"] / g["base_world"] if scaling == "strong" else 1.0
         g["efficiency"] = g["speedup"] / ideal
         parts.append(g)
     return pd.concat(parts, ignore_index=True)

@@ -47,6 +47,18 @@ def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[in
     return pd.DataFrame(rows)
 
 
+def beats(table: pd.DataFrame, algorithm: str, others: list[str]) -> pd.DataFrame:
+    """Per (machine, seq, ranks): whether ``algorithm`` is predicted faster than each of ``others`` (columns
+    ``beats_<name>``, and ``vs_<name>``: its time over ``algorithm``'s; cells where one cannot run are left out)."""
+    t = table.pivot_table(index=["machine", "seq", "ranks"], columns="algorithm", values="predicted_s")
+    if algorithm not in t or any(o not in t for o in others):
+        return pd.DataFrame()
+    t = t.dropna(subset=[algorithm, *others])
+    out = pd.DataFrame({f"beats_{o}": t[algorithm] < t[o] for o in others}, index=t.index)
+    out = out.assign(**{f"vs_{o}": t[o] / t[algorithm] for o in others}).reset_index()
+    return out.assign(algorithm=algorithm)[["algorithm", *out.columns]]
+
+
 def _label(r) -> str:
     u = r["ulysses_degree"]
     deg = f"\n{int(u)}x{int(r['ranks']) // int(u)}" if pd.notna(u) else ""

@@ -4,36 +4,57 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
+import inspect
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from . import figures, metrics, tables
+from .kinds import KINDS, present
 from .records import load
 
 
+def views(kind: str, what: str):
+    """The module holding a kind's ``what`` ("figures": FIGURES, TITLES, CAPTIONS; "tables": TABLES), kinds.py."""
+    return importlib.import_module(f".{getattr(KINDS[kind], what)}", __package__)
+
+
+def call(fn, summary: pd.DataFrame, **given):
+    """A kind's figure or table of ``summary``, given those of ``given`` (baseline, width, records) it takes."""
+    takes = inspect.signature(fn).parameters
+    return fn(summary, **{k: v for k, v in given.items() if k in takes})
+
+
+def summaries(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """(kind -> its metrics.summarize, what -> why not) for every kind with successful records in ``df``."""
+    made, skipped = {}, {}
+    for kind in present(df):
+        try:
+            made[kind] = metrics.summarize(df, kind)
+        except ValueError as e:
+            skipped[f"{kind} figures"] = str(e)
+    return made, skipped
+
+
 def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baseline: str = "ring", width: str = "two",
-                  summary: pd.DataFrame | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
+                  summary: dict[str, pd.DataFrame] | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
     """Write every figure the campaign supports; return (name -> files, name -> why it was skipped).
 
-    ``summary``: the attention records' ``metrics.summarize``, when the caller already has it.
+    Every kind's figures (kinds.py), then the kernels' and the collectives'. ``summary``: the kinds' summaries
+    (:func:`summaries`), when the caller already has them.
     """
     import matplotlib.pyplot as plt
 
     made, skipped = {}, {}
     if summary is None:
-        att = df[df["kind"] == "attention"] if "kind" in df else df
-        try:
-            summary = metrics.summarize(att) if (att.get("status") == "ok").any() else None
-        except ValueError as e:
-            summary, skipped["attention figures"] = None, str(e)
-    if summary is not None:
-        for name, fn in figures.FIGURES.items():
+        summary, skipped = summaries(df)
+    for kind, s in summary.items():
+        for name, fn in views(kind, "figures").FIGURES.items():
             try:
-                kw = {"baseline": baseline} if name in ("speedup", "fastest") else {}
-                fig = fn(summary, width=width, **kw)
-            except (figures.NoData, metrics.MissingBaseline) as e:
+                fig = call(fn, s, baseline=baseline, width=width, records=df)
+            except figures.NoData as e:
                 skipped[name] = str(e)
                 continue
             made[name] = figures.save(fig, out, name, formats)
@@ -42,12 +63,6 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
         fig = figures.kernels_tflops(df, width=width)
         made["kernels"] = figures.save(fig, out, "kernels", formats)
         plt.close(fig)
-    if "kind" in df and (df["kind"] == "model").any():  # training steps (bench model): analysis/e2e.py
-        from . import e2e
-
-        m, s = e2e.build_figures(df, out, formats, baseline, width)
-        made.update(m)
-        skipped.update(s)
     if "kind" in df and (df["kind"] == "collective").any():
         try:
             fig = figures.collectives_busbw(df, width=width)
@@ -55,6 +70,21 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
             plt.close(fig)
         except figures.NoData as e:
             skipped["collectives"] = str(e)
+    return made, skipped
+
+
+def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd.DataFrame] | None = None
+                 ) -> tuple[list[tuple[str, tables.Table, bool]], dict[str, str]]:
+    """([(heading, table, folded)] of every kind's TABLES, what -> why not drawn)."""
+    made, skipped = [], {}
+    if summary is None:
+        summary, _ = summaries(df)
+    for kind, s in summary.items():
+        for what, (heading, fn, folded) in views(kind, "tables").TABLES.items():
+            try:
+                made.append((heading.format(baseline=baseline), call(fn, s, baseline=baseline, records=df), folded))
+            except ValueError as e:  # no baseline
+                skipped[what] = str(e)
     return made, skipped
 
 
@@ -163,21 +193,10 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     name = str(df["campaign"].iloc[0]) if "campaign" in df else Path(campaign).name
     out = Path(out) if out else default_out(campaign, "report")
     out.mkdir(parents=True, exist_ok=True)
-    table = summary = spread = None
-    try:
-        summary = metrics.summarize(df[df["kind"] == "attention"])
-        spread = tables.spread_table(summary)
-        table = tables.speedup_table(summary, baseline)
-    except ValueError as e:  # no attention records, or no baseline
-        why = str(e)
-    made, skipped = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
-    if table is None:
-        skipped["speedup table"] = why
-    model_table = None
-    if "kind" in df and ((df["kind"] == "model") & (df["status"] == "ok")).any():
-        from . import e2e
-
-        model_table = e2e.table(df, baseline)
+    summary, skipped = summaries(df)
+    made, skipped_figs = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
+    made_tables, skipped_tables = build_tables(df, baseline, summary)
+    skipped = {**skipped, **skipped_figs, **skipped_tables}
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
     failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "level", "world_size", "seq", "error")
                                       if c in bad]])
@@ -188,9 +207,10 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     intro = (f"{len(df)} records ({summary_line}). Every time is the slowest rank's per iteration; spread: "
              f"{metrics.SPREAD_METHOD}; speedups are over {baseline} (above 1: faster) with a 95% bootstrap "
              "interval, and one whose interval contains 1 is marked within noise.")
-    from . import e2e
-
-    titles, captions = {**figures.TITLES, **e2e.TITLES}, {**figures.CAPTIONS, **e2e.CAPTIONS}
+    titles, captions = dict(figures.TITLES), dict(figures.CAPTIONS)
+    for kind in KINDS:
+        titles.update(views(kind, "figures").TITLES)
+        captions.update(views(kind, "figures").CAPTIONS)
     figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths)
             for n, paths in made.items()]
     if fmt == "md":
@@ -200,12 +220,8 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         for i, (head, cap, fig_name, paths) in enumerate(figs, start=1):
             png = next(p for p in paths if p.suffix == ".png")
             lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
-        if table is not None:
-            lines += [f"### Table 1. Speedup over {baseline}", "", tables.render(table, "markdown")]
-        if spread is not None:
-            lines += ["### Table 2. Spread of every configuration", "", tables.render(spread, "markdown")]
-        if model_table is not None:
-            lines += ["### Table 3. Training steps", "", tables.render(model_table, "markdown")]
+        for i, (head, t, _folded) in enumerate(made_tables, start=1):
+            lines += [f"### Table {i}. {head}", "", tables.render(t, "markdown")]
         lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
@@ -233,16 +249,10 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h3>{e(head)}</h3><figure><img alt='{e(head)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption><b>Figure {i}.</b> {e(cap)}</figcaption></figure>")
-    if table is not None:
-        parts += [f"<h3>Table 1. Speedup over {e(baseline)}</h3>", f"<p class='caption'>{e(table.caption)}</p>",
-                  _html_table(table)]
-    if spread is not None:
-        parts += ["<h3>Table 2. Spread of every configuration</h3>", f"<p class='caption'>{e(spread.caption)}</p>",
-                  "<details open><summary>every configuration and algorithm</summary>", _html_table(spread),
-                  "</details>"]
-    if model_table is not None:
-        parts += ["<h3>Table 3. Training steps</h3>", f"<p class='caption'>{e(model_table.caption)}</p>",
-                  _html_table(model_table)]
+    for i, (head, t, folded) in enumerate(made_tables, start=1):
+        parts += [f"<h3>Table {i}. {e(head)}</h3>", f"<p class='caption'>{e(t.caption)}</p>"]
+        parts += (["<details open><summary>every configuration and algorithm</summary>", _html_table(t), "</details>"]
+                  if folded else [_html_table(t)])
     parts += ["<h2>Measured configurations</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>" for k, v in config.items()]
     parts += ["</ul>", "<h2>Runs and their provenance</h2>", _html_table(prov)]
     if failures.rows:

@@ -49,7 +49,6 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> Table:
     from .figures import order_key
 
     sp = speedup(summary, baseline)
-    sp = sp.assign(mask=sp["causal"].map({True: "causal", False: "non-causal"}))
     others = [a for a in sorted(sp["algorithm"].unique(), key=order_key) if a != baseline]
     varying, fixed = _constants(sp)
     keys = [c for c, _ in varying]
@@ -102,8 +101,7 @@ def spread_table(summary: pd.DataFrame) -> Table:
     """Every (configuration, algorithm): median time and its p10-p90 spread, samples and repeats."""
     from .figures import order_key
 
-    d = summary.assign(mask=summary["causal"].map({True: "causal", False: "non-causal"}),
-                       order=[order_key(a) for a in summary["algorithm"]])
+    d = summary.assign(order=[order_key(a) for a in summary["algorithm"]])
     d = d.sort_values(["world_size", "seq", "mask", "mode", "dtype", "order"])
     rows = [[int(r.world_size), int(r.seq), r.mask, r.mode, r.dtype, r.algorithm, round(r.median_s * 1e3, 3),
              round(r.p10_s * 1e3, 3), round(r.p90_s * 1e3, 3), round((r.p90_s - r.p10_s) / r.median_s * 100, 1),
@@ -112,3 +110,8 @@ def spread_table(summary: pd.DataFrame) -> Table:
                   "spread %", "samples", "repeats"], rows,
                  "Every configuration's spread: median and p10-p90 of the timed iterations (each the slowest rank's), "
                  "pooled over repeats; spread % = (p90 - p10) / median.", label="tab:spread")
+
+
+# The attention kind's tables in a report (kinds.py): what -> (heading, table of a summary, folded in HTML).
+TABLES = {"speedup table": ("Speedup over {baseline}", speedup_table, False),
+          "spread table": ("Spread of every configuration", spread_table, True)}

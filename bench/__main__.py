@@ -15,7 +15,7 @@ COMMANDS = {
     "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
     "preflight": ("bench.preflight", "the check a sweep job runs on its allocation before any point (MPI world, "
                   "selftest, network)"),
-    "sweep": ("bench.sweep.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
+    "sweep": ("bench.sweeps.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
     "summary": ("bench.summary", "a campaign's records as markdown tables"),
 }
 

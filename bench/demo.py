@@ -20,10 +20,11 @@ import subprocess
 import sys
 
 from bench import mpirun, quick, summary
-from bench.sweep import commands as sweep
+from bench.sweeps import commands as sweep
+from costmodel.machine import JOBS
 from ringx_suite.cli import Parser
 
-SWEEP = mpirun.ROOT / "jobs" / "sweeps" / "local-demo.toml"
+SWEEP = JOBS / "sweeps" / "local-demo.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-overhead", action="store_true", help="skip step 1")
     p.add_argument("--model-only", action="store_true", help="only step 4 (the training step)")
     a = p.parse_args(argv)
-    os.chdir(mpirun.ROOT)  # the sweep file's out = "runs" is relative to the checkout
+    if mpirun.CHECKOUT:
+        os.chdir(mpirun.ROOT)  # the sweep file's out = "runs": the checkout's; installed, where we are
     cores = os.cpu_count() or 1
     if a.model_only:
         return model_step()
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print("== 1/4 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
         if quick.main(["--ranks", "1", "--out", "runs/quick", "--quiet"]) != 0:
             return 1
-    print(f"\n== 2/4 local campaign: {SWEEP.relative_to(mpirun.ROOT)} ==", flush=True)
+    print(f"\n== 2/4 local campaign: jobs/sweeps/{SWEEP.name} ==", flush=True)
     print(f"this machine has {cores} core(s): runs with more ranks than that share cores, so their times include "
           "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
@@ -47,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 3/4 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
     # analysis is a separate layer (pandas, matplotlib): run it as its own command
-    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"], cwd=mpirun.ROOT)
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"])
     if proc.returncode != 0:
         print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
         return model_step()
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
-    print("records: runs/local-demo/records/ (schema: results/README.md); overhead table: runs/quick/table.md")
+    print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
     return model_step()
 
 

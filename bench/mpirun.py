@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout, or the site-packages of an installed suite
+CHECKOUT = (ROOT / "pyproject.toml").is_file()  # running from a checkout (its packages on PYTHONPATH for the ranks)
 
 
 def mpiexec() -> str:
@@ -24,7 +25,10 @@ def mpiexec() -> str:
 
 def run(nprocs: int, args: list[str], timeout: float | None = None, capture: bool = True,
         threads_per_rank: int = 1, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``mpiexec -n nprocs python ARGS`` from the repository root; killed after ``timeout`` s."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank), "PYTHONPATH": str(ROOT), **(env or {})}
+    """``mpiexec -n nprocs python ARGS`` (from the repository root in a checkout; from where we are when the suite
+    is installed); killed after ``timeout`` s."""
+    path = {"PYTHONPATH": str(ROOT)} if CHECKOUT else {}
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_rank), **path, **(env or {})}
     cmd = [mpiexec(), "-n", str(nprocs), sys.executable, *args]
-    return subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, env=full_env, cwd=ROOT)
+    return subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout, env=full_env,
+                          cwd=ROOT if CHECKOUT else None)

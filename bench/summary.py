@@ -13,10 +13,12 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
-from ringx_suite.records import COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.records import COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY
 from ringx_suite.stats import METHOD, records_speedup
 from ringx_suite.store import Store, StoreError
 from ringx_suite.tables import Table, render
@@ -45,32 +47,45 @@ def _speedup_rows(ok: list[dict], compare_by, baseline: str, head) -> tuple[list
     return algos, rows
 
 
+@dataclass(frozen=True)
+class Section:
+    """One kind of timed record's table: which records, the configuration they compare at, how a configuration
+    is shown (column name, its value of a configuration) and the sentence above the table."""
+
+    record: str  # the records' `kind`
+    compare_by: tuple[str, ...]
+    head: tuple[tuple[str, Callable[[dict], object]], ...]
+    intro: str  # formatted with baseline and method
+
+
+SECTIONS = {
+    "attention": Section("attention", COMPARE_BY, (
+        ("ranks", lambda c: c["world_size"]), ("seq", lambda c: c["seq"]),
+        ("mask", lambda c: "causal" if c["causal"] else "full"), ("mode", lambda c: c["mode"]),
+        ("dtype", lambda c: c["dtype"])),
+        "Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
+        "and its {method}. `~`: the interval contains 1, within noise. n/a: not measured."),
+    "step": Section("model", MODEL_COMPARE_BY, (
+        ("model", lambda c: c["model"]), ("ranks", lambda c: c["world_size"]), ("seq", lambda c: c["seq"]),
+        ("dtype", lambda c: c["dtype"] + (" ckpt" if c["checkpoint"] else ""))),
+        "Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "
+        "after it, speedup over {baseline} and its {method}. `~`: within noise."),
+}
+
+
+def kind_table(recs: list[dict], kind: str, baseline: str = "ring") -> str:
+    """The SECTIONS[kind] table of the ok records: per configuration, every algorithm's median ms and speedup."""
+    sec = SECTIONS[kind]
+    ok = [r for r in recs if r["kind"] == sec.record and r["status"] == "ok"]
+    if not ok:
+        return ""
+    algos, rows = _speedup_rows(ok, sec.compare_by, baseline, lambda c: [value(c) for _, value in sec.head])
+    t = Table([name for name, _ in sec.head] + algos, rows)
+    return sec.intro.format(baseline=baseline, method=METHOD) + "\n\n" + render(t, "markdown")
+
+
 def attention_table(recs: list[dict], baseline: str = "ring") -> str:
-    ok = [r for r in recs if r["kind"] == "attention" and r["status"] == "ok"]
-    if not ok:
-        return ""
-    algos, rows = _speedup_rows(ok, COMPARE_BY, baseline, lambda c: [c["world_size"], c["seq"],
-                                                                     "causal" if c["causal"] else "full",
-                                                                     c["mode"], c["dtype"]])
-    t = Table(["ranks", "seq", "mask", "mode", "dtype", *algos], rows)
-    return (f"Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
-            f"and its {METHOD}. `~`: the interval contains 1, within noise. n/a: not measured.\n\n"
-            + render(t, "markdown"))
-
-
-def model_table(recs: list[dict], baseline: str = "ring") -> str:
-    """Training steps (``bench model``): median ms per step of every algorithm, speedup over the baseline."""
-    ok = [r for r in recs if r["kind"] == "model" and r["status"] == "ok"]
-    if not ok:
-        return ""
-    algos, rows = _speedup_rows(ok, MODEL_COMPARE_BY, baseline, lambda c: [
-        c["model"], c["world_size"], c["seq"], c["dtype"] + (" ckpt" if c["checkpoint"] else "")])
-    t = Table(["model", "ranks", "seq", "dtype", *algos], rows)
-    return (f"Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "
-            f"after it, speedup over {baseline} and its {METHOD}. `~`: within noise.\n\n" + render(t, "markdown"))
-
-
-LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}
+    return kind_table(recs, "attention", baseline)
 
 
 def collectives_table(recs: list[dict]) -> str:
@@ -119,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = [f"# campaign {store.campaign}: {len(reading.records)} records"]
         if reading.skipped:
             parts.append(f"warning: {reading.summary()} (corrupt, torn or foreign; not used)")
-        for t in (attention_table(reading.records, a.baseline), model_table(reading.records, a.baseline),
+        for t in (*(kind_table(reading.records, kind, a.baseline) for kind in SECTIONS),
                   collectives_table(reading.records)):
             if t:
                 parts.append(t.rstrip())

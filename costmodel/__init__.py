@@ -3,7 +3,8 @@
 - ``network``: latency steps and bus-bandwidth factors per operation (nccl-tests' conventions);
 - ``machine``: a machine description (throughput, links), published in a profile or fitted;
 - ``simulate``: replay each rank's traced events on a machine;
-- ``predict``: one call's predicted time, and speedup curves over rank counts.
+- ``predict``: one call's predicted time, and speedup curves over rank counts;
+- ``serving``: time to first token and per output token of every decode schedule and of TP.
 
 It depends on ``ringx`` only; ``bench`` (job time limits) and ``analysis`` (calibration, figures) use it.
 """
@@ -11,7 +12,8 @@ It depends on ``ringx`` only; ``bench`` (job time limits) and ``analysis`` (cali
 from .machine import Machine, from_table
 from .network import Link, busbw_factor, hops
 from .predict import predict, speedup_curve
+from .serving import predict_serving
 from .simulate import Prediction, simulate
 
-__all__ = ["Link", "Machine", "Prediction", "busbw_factor", "from_table", "hops", "predict", "simulate",
-           "speedup_curve"]
+__all__ = ["Link", "Machine", "Prediction", "busbw_factor", "from_table", "hops", "predict", "predict_serving",
+           "simulate", "speedup_curve"]

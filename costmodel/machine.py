@@ -13,7 +13,20 @@ from pathlib import Path
 
 from .network import Link, busbw_factor, hops
 
-PROFILES = Path(__file__).resolve().parent.parent / "jobs" / "profiles"
+
+def _jobs() -> Path:
+    """The suite's data (profiles, sweeps, checks): jobs/ of the checkout this code runs from, else the copy an
+    installed suite carries (the package ringx_jobs, which is jobs/ installed under a name of its own)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "jobs").is_dir():
+        return root / "jobs"
+    from importlib.resources import files
+
+    return Path(str(files("ringx_jobs")))
+
+
+JOBS = _jobs()
+PROFILES = JOBS / "profiles"
 
 
 def profile_path(name: str) -> Path:
@@ -37,6 +50,8 @@ class Machine:
     # The same, measured with k ranks of a node computing at once (k -> table): what a rank gets when its
     # neighbours load the memory system too (bench kernels under mpiexec -n k). Empty: kernel_rates for all.
     loaded_rates: dict[int, dict[tuple[str, bool], list[tuple[int, float]]]] = field(default_factory=dict)
+    # Device memory bandwidth (GB/s, published peak): what bounds decode (the KV cache and weights read per token).
+    hbm_GBps: float | None = None
 
     def rates_for(self, busy: int | None) -> dict[tuple[str, bool], list[tuple[int, float]]]:
         """The kernel table measured with the nearest number of busy ranks per node (ties: the larger)."""
@@ -95,7 +110,7 @@ def from_table(name: str, m: dict) -> Machine:
     intra = {"default": Link(**m["intra"])}
     inter = {"default": Link(**m["inter"])} if "inter" in m else {}
     return Machine(name, m.get("source", "published"), float(m["flops_per_s"]), intra, inter,
-                   m.get("cores_per_node"))
+                   m.get("cores_per_node"), hbm_GBps=m.get("hbm_GBps"))
 
 
 def load(name: str) -> tuple[Machine, int]:

@@ -9,18 +9,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from . import algorithms, kernels, launch
+from . import algorithms, kernels, launch, timeline
 from .algorithms.base import Ctx
 from .comm import Comm, Ledger, all_gather_flat
+from .errors import RingxInputError
 from .kernels import Kernel, select_kernel
+from .mask import Mask, as_mask
 from .topology import Topology
 
 Tensor = torch.Tensor
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-
-
-class RingxInputError(ValueError):
-    """Bad input to :func:`attention`; raised on every rank of the group alike."""
 
 
 @dataclass
@@ -31,6 +29,7 @@ class CallStats:
     layout: str = ""
     kernel: str = ""
     ulysses_degree: int = 0  # 0: the algorithm has none
+    mask: str = ""  # the mask's text form (ringx.Mask.parse reads it back)
     kernel_version: str = ""  # the kernel's library and version, e.g. "torch 2.13.0, cuDNN 91900"
     forward: Ledger = field(default_factory=Ledger)
     backward: Ledger = field(default_factory=Ledger)
@@ -39,6 +38,8 @@ class CallStats:
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
+        if timeline.ON:
+            timeline.reset_steps()
         out, lse = algo.forward(fwd_ctx, q, k, v)
         if out.dtype != q.dtype:
             out = out.to(q.dtype)
@@ -53,6 +54,8 @@ class _Attention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         if dout is None:  # every rank must still take part in the backward's collectives
             dout = torch.zeros_like(out)
+        if timeline.ON:
+            timeline.reset_steps()
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
         return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
 
@@ -61,16 +64,19 @@ def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
-              softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
+def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | str | None = None,
+              causal: bool | None = None, softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
               validate: bool = True, topology: Topology | None = None,
-              ulysses_degree: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+              ulysses_degree: int | None = None, inner_ring: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of this rank's queries over the whole distributed sequence.
 
     ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
     (batch, seq_local, kv_heads, head_dim), already sharded in the algorithm's
-    layout (``ringx.shard``; see ``ringx.ALGORITHMS[name].layout(causal)``).
+    layout (``ringx.shard``; see ``ringx.ALGORITHMS[name].layout(mask=m)``).
+    ``mask`` is a :class:`ringx.Mask` (or its text form); ``causal=True/False`` is
+    shorthand for ``Mask.causal()``/``Mask.full()``; give exactly one of them. Every
+    rank must pass the same mask (checked with the other inputs).
     Returns ``out`` shaped like ``q`` in its dtype, and with ``return_lse`` the
     log-sum-exp (batch, heads, seq_local) in float32 (float64 for float64 input).
     Differentiable in q, k, v.
@@ -91,6 +97,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
     ``usp-ringx``) is the Ulysses group size u, the ring across groups has P/u ranks;
     by default u is the ranks per node; it must divide P and the query heads, and the
     causal layout ``zigzag-u{u}`` depends on it (``ALGORITHMS[name].layout(causal, u)``).
+    ``inner_ring`` (``double-ring``) is the size of its inner rings, consecutive ranks of a node;
+    it must divide the ranks per node, its default.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RingxInputError(
@@ -101,12 +109,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
             raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     comm_world = dist.get_world_size(group)
     moves = backend_device_types(group)
-    problem = (_local_problem(q, k, v, algorithm, causal, softmax_scale, kernel, comm_world, moves)
-               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group))
+    try:
+        m, problem = as_mask(mask, causal), ""
+    except RingxInputError as e:  # told to every rank like any other bad input
+        m, problem = None, str(e)
+    problem = (problem or _local_problem(q, k, v, algorithm, m, softmax_scale, kernel, comm_world, moves)
+               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group)
+               or _inner_problem(algorithm, inner_ring))
     if validate and comm_world > 1:
-        _agree(q, k, v, algorithm, causal, softmax_scale, group, problem, moves, ulysses_degree)
+        _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree, inner_ring)
     elif problem:
         raise RingxInputError(problem)
+    causal = m.kind != "full"  # the layout family (causal layouts serve every mask but full)
 
     algo = algorithms.ALGORITHMS[algorithm]
     topo = degree = None
@@ -117,18 +131,21 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, causal: bool,
         except ValueError as e:  # the same on every rank: so is the node layout
             raise RingxInputError(str(e)) from None
         degree = algo.degree(comm_world, ulysses_degree, rpn)
+        if algo.inner_ring and inner_ring is not None and rpn % inner_ring:  # the same on every rank
+            raise RingxInputError(f"{algorithm}: inner_ring={inner_ring} does not divide the {rpn} ranks per node")
         if degree is not None and q.shape[2] % degree:  # a default degree the heads do not fit
             raise RingxInputError(_heads_message(algorithm, q.shape[2], degree))
-    layout = algo.layout(causal, degree)
+    layout = algo.layout(ulysses_degree=degree, mask=m)
     kern: Kernel = select_kernel(q.device, q.dtype, kernel, head_dim=q.shape[-1])
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     stats = stats if stats is not None else CallStats()
     stats.algorithm, stats.layout, stats.kernel, stats.kernel_version = algorithm, layout, kern.name, kern.version()
     stats.ulysses_degree = degree or 0
+    stats.mask = str(m)
     stash: dict = {}  # what this call's forward keeps for its backward
 
     def ctx(ledger: Ledger) -> Ctx:
-        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash)
+        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m, inner_ring)
 
     out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), algo,
                                 ctx(stats.forward), ctx(stats.backward))
@@ -161,7 +178,10 @@ def _local_problem(q, k, v, algorithm, causal, scale, kernel, world, moves=None)
 
 def _problem(qs, ks, vs, qt, kt, vt, qd, kd, vd, algorithm, causal, scale, kernel, world, moves) -> str:
     """The checks of _local_problem, on the tensors' shapes, dtypes and devices (the same inputs give the
-    same answer, so repeated calls with one configuration are answered from a cache)."""
+    same answer, so repeated calls with one configuration are answered from a cache). ``causal``: the call's
+    Mask (or True/False)."""
+    if isinstance(causal, bool):
+        causal = Mask.causal() if causal else Mask.full()
     try:
         algo = algorithms.get(algorithm, causal)
     except ValueError as e:
@@ -189,6 +209,10 @@ def _problem(qs, ks, vs, qt, kt, vt, qd, kd, vd, algorithm, causal, scale, kerne
                 f"on {there}, or start a group for {qd.type} tensors (ringx.launch.init(device={qd.type!r}))")
     if min(qs) == 0:
         return f"empty input: q has shape {tuple(qs)}"
+    mask_problem = causal.problem(qs[1] * world)
+    if mask_problem:
+        return mask_problem
+    causal = causal.kind != "full"
     div = algo.local_divisor(causal)
     if qs[1] % div:
         return (f"local sequence length {qs[1]} must be a multiple of {div} for the "
@@ -233,31 +257,46 @@ def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
     return ""
 
 
+def _inner_problem(algorithm: str, inner_ring) -> str:
+    """What is wrong with the ``inner_ring`` asked for, or '' (whether it divides a node is checked later)."""
+    if inner_ring is None:
+        return ""
+    if not algorithms.ALGORITHMS[algorithm].inner_ring:
+        return f"inner_ring applies to {', '.join(algorithms.inner_ring_names())}, not to {algorithm}"
+    if isinstance(inner_ring, bool) or not isinstance(inner_ring, int) or inner_ring < 1:
+        return f"inner_ring={inner_ring!r} must be a positive integer dividing the ranks per node"
+    return ""
+
+
 _MSG = 240  # bytes of error text shared with the other ranks
 # What the ranks must agree on: (name, number of int64 slots).
-_FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("softmax_scale", 1),
-           ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1))
+_FIELDS = (("dtype", 1), ("device type", 1), ("algorithm", 1), ("causal", 1), ("mask", 2), ("softmax_scale", 1),
+           ("q shape", 4), ("k shape", 4), ("v shape", 4), ("ulysses_degree", 1),
+           ("inner_ring", 1))
 
 
-def _signature(q, k, v, algorithm, causal, scale, problem: str, degree=None) -> list[int]:
+def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degree=None, inner=None) -> list[int]:
     """[problem flag] + the _FIELDS values + the problem text as bytes."""
     names = list(algorithms.ALGORITHMS)
+    digest = int(mask.digest(), 16) if mask is not None else 0
     values = [
         DTYPES.index(q.dtype) if q.dtype in DTYPES else 99,
         {"cpu": 1, "cuda": 2}.get(q.device.type, 3),
         names.index(algorithm) if algorithm in names else 99,
-        int(causal),
+        {False: 0, True: 1}.get(mask.plain, 2) if mask is not None else 0,  # full, causal, other
+        digest >> 32, digest & 0xFFFFFFFF,  # the mask's digest, in two int64 slots
         int(round((scale or 0.0) * 1e9)),
         *[x for t in (q, k, v) for x in (list(t.shape)[:4] + [0] * 4)[:4]],
         degree if isinstance(degree, int) else 0,
+        inner if isinstance(inner, int) else 0,
     ]
     return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
 
 
-def _agree(q, k, v, algorithm, causal, scale, group, problem: str, moves: frozenset[str] | None = None,
-           degree=None) -> None:
+def _agree(q, k, v, algorithm, mask, scale, group, problem: str, moves: frozenset[str] | None = None,
+           degree=None, inner=None) -> None:
     """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
-    sig = _signature(q, k, v, algorithm, causal, scale, problem, degree)
+    sig = _signature(q, k, v, algorithm, mask, scale, problem, degree, inner)
     # The exchange goes where the backend can move it, whatever device the (maybe wrong) inputs are on.
     if moves is None:
         device = q.device
@@ -295,4 +334,8 @@ def _show(name: str, vals: list[int]):
         return {1: "cpu", 2: "cuda"}.get(vals[0], "other")
     if name == "softmax_scale":
         return vals[0] / 1e9
+    if name == "causal":
+        return {0: False, 1: True}.get(vals[0], "a mask other than full/causal")
+    if name == "mask":
+        return f"digest {(vals[0] << 32 | vals[1]):016x}"
     return tuple(vals) if len(vals) > 1 else vals[0]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import timeline
 from .kernels import Kernel, acc_dtype
 from .layouts import Block
 from .merge import Partial
@@ -27,7 +28,14 @@ def attend(kernel: Kernel, q: Tensor, k: Tensor, v: Tensor, plan: Sequence[Block
            acc: Partial) -> None:
     """Add the attention of ``q`` over the visible parts of ``k``/``v`` to ``acc``."""
     for b in plan:
-        out, lse = kernel.forward(_rows(q, b.q0, b.q1), _rows(k, b.k0, b.k1), _rows(v, b.k0, b.k1), b.causal, scale)
+        qb, kb, vb = _rows(q, b.q0, b.q1), _rows(k, b.k0, b.k1), _rows(v, b.k0, b.k1)
+        t = timeline.ON and timeline.start()
+        if b.band is None:
+            out, lse = kernel.forward(qb, kb, vb, b.causal, scale)
+        else:  # masks other than full/causal: a band block
+            out, lse = kernel.forward(qb, kb, vb, False, scale, band=b.band)
+        if t:
+            timeline.stop(t, "compute", "fwd", timeline.block_name(b.q0, b.q1, b.k0, b.k1))
         acc.add(b.q0, b.q1, out, lse)
 
 
@@ -65,6 +73,12 @@ class Grad:
             return other.add_(self.value)  # ``other`` is in the accumulation dtype already
         return self.value.add_(other)
 
+    def into(self, buf: Tensor) -> Tensor:
+        """Add the accumulated gradient into ``buf`` (a received accumulator) in place; returns ``buf``."""
+        if self.value is not None:
+            buf.add_(self.value)
+        return buf
+
     def result(self) -> Tensor:
         """Accumulated gradient in the accumulation dtype (zeros if nothing was added)."""
         if self.value is None:
@@ -85,8 +99,14 @@ def attend_backward(kernel: Kernel, dout: Tensor, q: Tensor, k: Tensor, v: Tenso
     for b in plan:
         q0, q1, k0, k1 = b.q0, b.q1, b.k0, b.k1
         lse_b = lse if q0 == 0 and q1 == lse.shape[2] else lse[:, :, q0:q1]
-        gq, gk, gv = kernel.backward(_rows(dout, q0, q1), _rows(q, q0, q1), _rows(k, k0, k1), _rows(v, k0, k1),
-                                     _rows(out, q0, q1), lse_b, b.causal, scale)
+        args = (_rows(dout, q0, q1), _rows(q, q0, q1), _rows(k, k0, k1), _rows(v, k0, k1), _rows(out, q0, q1), lse_b)
+        t = timeline.ON and timeline.start()
+        if b.band is None:
+            gq, gk, gv = kernel.backward(*args, b.causal, scale)
+        else:
+            gq, gk, gv = kernel.backward(*args, False, scale, band=b.band)
+        if t:
+            timeline.stop(t, "compute", "bwd", timeline.block_name(q0, q1, k0, k1))
         dq.add(q0, q1, gq)
         dk.add(k0, k1, gk)
         dv.add(k0, k1, gv)

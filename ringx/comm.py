@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from . import timeline
 from .topology import SubGroup
 
 Tensor = torch.Tensor
@@ -94,6 +95,42 @@ class Pending:
         return self.payload
 
 
+class _MarkedWork:
+    """Asynchronous work whose wait is marked on the timeline (only made while recording)."""
+
+    def __init__(self, works: list, op: str, nbytes: int, token):
+        self.works, self.op, self.nbytes, self.token = works, op, nbytes, token
+
+    def wait(self) -> None:
+        t = timeline.start()
+        for w in self.works:
+            w.wait()
+        timeline.stop(t, "wait", self.op, nbytes=self.nbytes)
+        timeline.stop(self.token, "comm", self.op, nbytes=self.nbytes)
+
+
+class Buffers:
+    """Receive buffers shaped like ``like``, allocated once (on first use) and used in turn.
+
+    A ring step receives into one set while the previous set is computed on (and sent on), so two
+    sets serve any ring: the set a step receives into was last sent two steps earlier, and that send
+    was waited for one step earlier.
+    """
+
+    def __init__(self, like: list[Tensor], count: int = 2, dtype: torch.dtype | None = None):
+        self.like, self.count, self.dtype = like, count, dtype
+        self.sets: list[list[Tensor]] = []
+        self.turn = 0
+
+    def next(self) -> list[Tensor]:
+        if len(self.sets) < self.count:
+            self.sets.append([torch.empty(t.shape, dtype=self.dtype or t.dtype, device=t.device) for t in self.like])
+            return self.sets[-1]
+        got = self.sets[self.turn]
+        self.turn = (self.turn + 1) % self.count
+        return got
+
+
 class Comm:
     """The collectives the algorithms use, on one process group, counted in a ledger.
 
@@ -115,8 +152,20 @@ class Comm:
         return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
 
     def _run(self, op: str, nbytes: int, async_op: bool, call):
-        """Perform one operation (``call`` posts it); a hook for tracing schedules without a network."""
-        return call()
+        """Perform one operation (``call`` posts it); a hook for tracing schedules without a network.
+
+        Timeline marks (when recording): the post, and for an asynchronous operation its wait and the
+        time it was in flight (post to wait); a blocking one is in flight for its whole call."""
+        if not timeline.ON:
+            return call()
+        t = timeline.start()
+        w = call()
+        timeline.stop(t, "post", op, nbytes=nbytes)
+        if not async_op:
+            timeline.stop(t, "comm", op, nbytes=nbytes)
+            return w
+        marked = _MarkedWork(w if isinstance(w, list) else [w], op, nbytes, t)
+        return [marked] if isinstance(w, list) else marked
 
     def broadcast(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
         if self.world == 1:
@@ -143,6 +192,27 @@ class Comm:
         n = nbytes(t)
         self.ledger.record("all_reduce", n, n)
         self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group))
+        return t
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over the group in place; every rank gets the same result."""
+        if self.world == 1:
+            return t
+        n = nbytes(t)
+        self.ledger.record("all_reduce", n, n)
+        self._run("all_reduce", n, False, lambda: dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group))
+        return t
+
+    def send(self, t: Tensor, dst: int) -> None:
+        """Send ``t`` to group rank ``dst`` and wait (a chain step: the peer has posted or will post its recv)."""
+        t = t.contiguous()
+        self.ledger.record("send", nbytes(t), 0)
+        self._run("send", nbytes(t), False, lambda: dist.isend(t, self._global(dst), group=self.group).wait())
+
+    def recv(self, t: Tensor, src: int) -> Tensor:
+        """Receive into ``t`` (contiguous) from group rank ``src``."""
+        self.ledger.record("recv", 0, nbytes(t))
+        self._run("recv", nbytes(t), False, lambda: dist.irecv(t, self._global(src), group=self.group).wait())
         return t
 
     def all_gather(self, t: Tensor) -> Tensor:
@@ -188,20 +258,38 @@ class Comm:
                                                                            op=dist.ReduceOp.SUM, group=self.group))
         return out
 
-    def ring_shift(self, tensors: list[Tensor]) -> Pending:
-        """Send each tensor to rank+1 and receive its peer's from rank-1, asynchronously."""
-        nxt, prv = self._global((self.rank + 1) % self.world), self._global((self.rank - 1) % self.world)
+    def ring_shift(self, tensors: list[Tensor], into: list[Tensor] | None = None, hops: int = 1) -> Pending:
+        """Send each tensor to rank+hops and receive its peer's from rank-hops (into ``into``, else new buffers),
+        asynchronously (``hops`` a multiple of P: the tensors stay, nothing moves)."""
+        return self.exchange([(list(tensors), hops, into)])
+
+    def exchange(self, streams: list[tuple[list[Tensor], int, list[Tensor] | None]]) -> Pending:
+        """Point-to-point streams posted together, asynchronously: for each ``(tensors, d, into)`` send
+        ``tensors`` to rank+d and receive the same shapes from rank-d into ``into`` (new buffers if None).
+        ``wait()`` returns every stream's received tensors, concatenated in order.
+
+        Messages to one peer are posted in stream order on every rank, so they match. The operation's
+        size for the cost model is the bytes sent to the busiest peer: the two directions of a link
+        carry traffic at once, so a bidirectional step costs one direction's bytes, not both.
+        """
         if self.world == 1:
-            return Pending([], list(tensors))
-        ops, recvs, sends, total = [], [], [], 0
-        for t in tensors:
-            t = t.contiguous()
-            r = torch.empty_like(t)
-            self.ledger.record("send", nbytes(t), 0)
-            self.ledger.record("recv", 0, nbytes(t))
-            ops += [(dist.isend, t, nxt), (dist.irecv, r, prv)]
-            recvs.append(r)
-            sends.append(t)
-            total += nbytes(t)
+            return Pending([], [t for ts, _, _ in streams for t in ts])
+        ops, recvs, sends, to_peer = [], [], [], {}
+        for tensors, d, into in streams:
+            if d % self.world == 0:  # to itself: nothing moves
+                recvs += list(tensors)
+                continue
+            dst, src = self._global((self.rank + d) % self.world), self._global((self.rank - d) % self.world)
+            for i, t in enumerate(tensors):
+                t = t.contiguous()
+                r = torch.empty_like(t) if into is None else into[i]
+                self.ledger.record("send", nbytes(t), 0)
+                self.ledger.record("recv", 0, nbytes(t))
+                ops += [(dist.isend, t, dst), (dist.irecv, r, src)]
+                recvs.append(r)
+                sends.append(t)
+                to_peer[dst] = to_peer.get(dst, 0) + nbytes(t)
+        if not ops:
+            return Pending([], recvs)
         post = lambda: dist.batch_isend_irecv([dist.P2POp(f, t, peer, self.group) for f, t, peer in ops])  # noqa: E731
-        return Pending(self._run("sendrecv", total, True, post), recvs, sends)
+        return Pending(self._run("sendrecv", max(to_peer.values()), True, post), recvs, sends)

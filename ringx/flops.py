@@ -5,6 +5,11 @@ causal; backward 2.5x forward (recompute included); forward+backward 3.5x.
 Records name this convention next to every FLOP count; the cost model counts
 each computed block by the same rule (``block_flops``), with a causal diagonal
 block counting its S(S+1)/2 visible pairs.
+
+Masks other than full and causal (windows, packed documents; ``ringx.Mask``)
+count their visible area: forward 4*B*H*D per visible (query, key) pair, backward
+2.5x (:func:`mask_flops`, the convention of masked-attention benchmarks); for
+full and causal masks it is :func:`attention_flops` itself (S^2/2 when causal).
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ MODE_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 def attention_flops(batch: int, seq: int, heads: int, head_dim: int, causal: bool, mode: str = "fwd") -> float:
     """Total FLOPs of one call over all ranks."""
     return 4.0 * batch * seq * seq * heads * head_dim / (2 if causal else 1) * MODE_FACTOR[mode]
+
+
+def mask_flops(batch: int, seq: int, heads: int, head_dim: int, mask, mode: str = "fwd") -> float:
+    """Total FLOPs of one call over all ranks under ``mask`` (a ``ringx.Mask``): its visible area."""
+    if mask.plain is not None:
+        return attention_flops(batch, seq, heads, head_dim, mask.plain, mode)
+    return block_flops(batch, heads, head_dim, mask.visible_pairs(seq), mode)
 
 
 def block_flops(batch: int, heads: int, head_dim: int, pairs: float, mode: str = "fwd") -> float:

@@ -9,6 +9,14 @@ anything else, so top-left and bottom-right alignment cannot disagree.
 The backward takes the *global* ``out`` and ``lse`` of the query rows, which
 makes each block's gradient exact on its own (as flash-attention does).
 
+Masks other than full/causal reach a kernel as a *band* block (``band=(lo, hi)``:
+row a sees key b iff lo <= a - b <= hi; see :mod:`ringx.mask`). ``torch-cpu``
+passes it as an additive mask of q's dtype, ``reference`` as a boolean mask,
+``torch-cudnn`` and ``torch-efficient`` as ``attn_bias``, ``flash-attn``/``flash-attn3``
+as ``window_size`` where the band is one (:func:`flash_window`); the others fall back
+(:func:`band_route`, a pure rule). A row that sees no key of its block comes out
+as out 0 and LSE -inf, never NaN. Only the CPU and reference band paths have run.
+
 Kernels:
 
 ====================  =====================================================  ==============================
@@ -27,13 +35,7 @@ name                  what it calls                                          run
 ``reference``         plain torch math, O(Sq*Sk) memory                      anywhere, any float dtype
 ====================  =====================================================  ==============================
 
-What has run where: every kernel's math was checked on CPU against float64 only
-for ``torch-cpu`` and ``reference``. On one H100 (torch 2.11, cuDNN 9.19),
-``torch-cuda`` ran inside ringx for bf16/fp16, and the cuDNN and efficient-attention
-ops were measured as bare ops (shapes, strides, GQA, errors, speed); the
-``torch-cudnn``, ``torch-efficient``, ``flash-attn3`` and ROCm paths are written
-from those facts and the libraries' documented signatures and have not yet run in
-ringx on a GPU (``tests/test_gpu.py`` checks them where CUDA is present).
+What has run where, on which hardware: docs/status.md.
 
 The automatic choice (:func:`select_kernel`) takes the first kernel of
 :func:`preference` that runs the device, dtype and head_dim.
@@ -127,10 +129,12 @@ class Kernel(Protocol):
 
     def version(self) -> str: ...
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]: ...
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, *,
+                band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]: ...
 
     def backward(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                 causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]: ...
+                 causal: bool, scale: float, *,
+                 band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 class _Base:
@@ -153,6 +157,67 @@ class _Base:
 
     def describe(self) -> str:
         return _torch_version()
+
+    def for_band(self, q: Tensor, sk: int, band: tuple[int, int]) -> Kernel:
+        """The kernel that computes a band block of ``q`` against ``sk`` keys: this one, or its fallback."""
+        name = band_route(self.name, device_info(q.device), q.dtype, q.shape[-1], q.shape[1], sk, band)
+        return self if name == self.name else KERNELS[name]
+
+
+BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient")  # any band, as a mask or bias
+BAND_FALLBACK = ("torch-cudnn", "torch-efficient", "reference")  # for kernels without masks, first that runs
+
+
+def flash_window(sq: int, sk: int, band: tuple[int, int]) -> tuple[int, int] | None:
+    """flash-attn's ``window_size=(left, right)`` for a band block, or None when the band is not one.
+
+    flash-attn aligns windows bottom-right: query a sees key b iff a + sk - sq - left <= b <= a + sk - sq + right;
+    the band says a - hi <= b <= a - lo."""
+    lo, hi = band
+    left, right = hi + sk - sq, -lo - (sk - sq)
+    return (left, right) if left >= 0 and right >= 0 else None
+
+
+def band_route(kernel: str, info: DeviceInfo, dtype: torch.dtype, head_dim: int | None, sq: int, sk: int,
+               band: tuple[int, int]) -> str:
+    """The kernel that computes a band block for ``kernel`` (a pure rule on the device facts)."""
+    if kernel in BAND_NATIVE:
+        return kernel
+    if kernel in ("flash-attn", "flash-attn3") and flash_window(sq, sk, band) is not None:
+        return kernel
+    usual = preference(info, dtype)  # only kernels this device would choose anyway (efficient is NVIDIA's)
+    return next(n for n in BAND_FALLBACK if n in usual and KERNELS[n].runs_on(info, dtype, head_dim))
+
+
+@functools.lru_cache(maxsize=256)
+def band_bias(sq: int, sk: int, lo: int, hi: int, dtype: torch.dtype, device: torch.device,
+              align: int = 1) -> Tensor:
+    """Additive (sq, sk) mask of a band block, 0 where visible and -inf elsewhere, in ``dtype`` (the CPU op wants
+    q's dtype). ``align``: the row stride is padded to a multiple of it (the efficient op's bias alignment)."""
+    d = torch.arange(sq, device=device).unsqueeze(1) - torch.arange(sk, device=device).unsqueeze(0)
+    width = -(-sk // align) * align
+    bias = torch.full((sq, width), float("-inf"), dtype=dtype, device=device)
+    bias[:, :sk].masked_fill_((d >= lo) & (d <= hi), 0.0)
+    return bias[:, :sk]
+
+
+def _seeing(sq: int, sk: int, band: tuple[int, int]) -> tuple[int, int]:
+    """[a0, a1): the rows of a band block that see at least one key."""
+    lo, hi = band
+    return max(0, min(sq, lo)), max(0, min(sq, sk + hi))
+
+
+def blank_rows(out: Tensor, lse: Tensor, sk: int, band: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Rows of a band block that see no key set to out 0 and LSE -inf (the CPU op gives LSE 0, others NaN)."""
+    sq = out.shape[1]
+    a0, a1 = _seeing(sq, sk, band)
+    if a0 == 0 and a1 == sq:
+        return out, lse
+    for lo, hi in ((0, a0), (a1, sq)):
+        if hi > lo:
+            out[:, lo:hi] = 0
+            lse[..., lo:hi] = float("-inf")
+    return out, lse
 
 
 def _square(q: Tensor, k: Tensor, causal: bool) -> None:
@@ -186,7 +251,7 @@ class ReferenceKernel(_Base):
     def runs_on(self, info, dtype, head_dim):
         return dtype.is_floating_point
 
-    def _scores(self, q: Tensor, k: Tensor, causal: bool, scale: float) -> Tensor:
+    def _scores(self, q: Tensor, k: Tensor, causal: bool, scale: float, band=None) -> Tensor:
         b, sq, h, d = q.shape
         hk = k.shape[2]
         qg = q.to(acc_dtype(q.dtype)).view(b, sq, hk, h // hk, d)
@@ -194,22 +259,27 @@ class ReferenceKernel(_Base):
         if causal:
             mask = torch.ones(sq, k.shape[1], dtype=torch.bool, device=q.device).triu_(1)
             s = s.masked_fill(mask, float("-inf"))
+        if band is not None:
+            from .mask import band_visible
+
+            s = s.masked_fill(~band_visible(*band, sq, k.shape[1], q.device), float("-inf"))
         return s  # (b, hk, g, sq, sk)
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
         _square(q, k, causal)
         b, sq, h, d = q.shape
-        s = self._scores(q, k, causal, scale)
+        s = self._scores(q, k, causal, scale, band)
         lse = torch.logsumexp(s, dim=-1)
-        p = torch.exp(s - lse.unsqueeze(-1))
+        p = torch.exp(s - lse.masked_fill(torch.isneginf(lse), 0.0).unsqueeze(-1))  # a row that sees nothing: 0
         out = torch.einsum("bhgqk,bkhd->bqhgd", p, v.to(p.dtype)).reshape(b, sq, h, d)
         return out.to(q.dtype), lse.reshape(b, h, sq)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         b, sq, h, d = q.shape
         hk = k.shape[2]
         g = h // hk
-        s = self._scores(q, k, causal, scale)
+        s = self._scores(q, k, causal, scale, band)
+        lse = lse.masked_fill(torch.isneginf(lse), 0.0) if band is not None else lse
         p = torch.exp(s - lse.reshape(b, hk, g, sq).unsqueeze(-1).to(s.dtype))
         do = dout.to(s.dtype).reshape(b, sq, hk, g, d)
         o = out.to(s.dtype).reshape(b, sq, hk, g, d)
@@ -230,13 +300,24 @@ class TorchCpuKernel(_Base):
     def runs_on(self, info, dtype, head_dim):
         return info.type == "cpu" and dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
         _square(q, k, causal)
+        if band is not None:  # an additive mask of q's dtype (a bool mask is refused)
+            bias = band_bias(q.shape[1], k.shape[1], *band, q.dtype, q.device)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                _bhsd(q), _bhsd(k), _bhsd(v), 0.0, False, attn_mask=bias, scale=scale)
+            return blank_rows(_bhsd(out), lse, k.shape[1], band)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             _bhsd(q), _bhsd(k), _bhsd(v), 0.0, causal, scale=scale)
         return _bhsd(out), lse
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        if band is not None:
+            bias = band_bias(q.shape[1], k.shape[1], *band, q.dtype, q.device)
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                _bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse.contiguous(), 0.0, False,
+                attn_mask=bias, scale=scale)
+            return _bhsd(dq), _bhsd(dk), _bhsd(dv)
         dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             _bhsd(dout), _bhsd(q), _bhsd(k), _bhsd(v), _bhsd(out), lse.contiguous(), 0.0, causal, scale=scale)
         return _bhsd(dq), _bhsd(dk), _bhsd(dv)
@@ -269,14 +350,18 @@ class TorchCudaKernel(_Base):
         aot = " (AOTriton)" if torch.version.hip is not None else ""
         return f"{_torch_version()}, {_gpu_runtime()}{aot}"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
+        if band is not None:
+            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
         _square(q, k, causal)
         h = q.shape[2]
         res = torch.ops.aten._scaled_dot_product_flash_attention(
             _bhsd(q), _bhsd(expand_heads(k, h)), _bhsd(expand_heads(v, h)), 0.0, causal, False, scale=scale)
         return _bhsd(res[0]), res[1]
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        if band is not None:
+            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
         h, hk = q.shape[2], k.shape[2]
         ke, ve = expand_heads(k, h), expand_heads(v, h)
         sq, sk = q.shape[1], k.shape[1]
@@ -307,21 +392,24 @@ class TorchCudnnKernel(_Base):
     def describe(self) -> str:
         return f"{_torch_version()}, cuDNN {torch.backends.cudnn.version()}"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
         _square(q, k, causal)
+        bias = None if band is None else _bias4(q, k, band)
         res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-            _bhsd(q), _bhsd(k), _bhsd(v), None, True, 0.0, causal, False, scale=scale)
+            _bhsd(q), _bhsd(k), _bhsd(v), bias, True, 0.0, causal, False, scale=scale)
         lse = res[1]
-        return _bhsd(res[0]), (lse[..., 0] if lse.dim() == 4 else lse)  # (B, H, S, 1) -> (B, H, S), a view
+        out, lse = _bhsd(res[0]), (lse[..., 0] if lse.dim() == 4 else lse)  # (B, H, S, 1) -> (B, H, S), a view
+        return (out, lse) if band is None else blank_rows(out.clone(), lse.clone(), k.shape[1], band)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         o, do = _bhsd(out), _bhsd(dout)
         if do.stride() != o.stride():  # older cuDNN assumes dO laid out like O
             do = torch.empty_like(o).copy_(do)
         zero = _zero(q.device)
         dq, dk, dv = torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
             do, _bhsd(q), _bhsd(k), _bhsd(v), o, lse.contiguous().unsqueeze(-1), zero, zero,
-            None, None, None, q.shape[1], k.shape[1], 0.0, causal, scale=scale)
+            None if band is None else _bias4(q, k, band), None, None, q.shape[1], k.shape[1], 0.0, causal,
+            scale=scale)
         return _bhsd(dq), _bhsd(dk), _bhsd(dv)
 
 
@@ -351,22 +439,31 @@ class TorchEfficientKernel(_Base):
     def describe(self) -> str:
         return f"{_torch_version()}, {_gpu_runtime()}"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
         _square(q, k, causal)
         h = q.shape[2]
+        bias = None if band is None else _bias4(q, k, band, align=16)
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            _bhsd(q), _bhsd(expand_heads(k, h)), _bhsd(expand_heads(v, h)), None, True, 0.0, causal,
+            _bhsd(q), _bhsd(expand_heads(k, h)), _bhsd(expand_heads(v, h)), bias, True, 0.0, causal,
             scale=scale)[:2]
-        return _bhsd(out), unpad_lse(lse, q.shape[1])
+        out, lse = _bhsd(out), unpad_lse(lse, q.shape[1])
+        return (out, lse) if band is None else blank_rows(out.clone(), lse.clone(), k.shape[1], band)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         h, hk = q.shape[2], k.shape[2]
         ke, ve = expand_heads(k, h), expand_heads(v, h)
         zero = _zero(q.device)
+        bias = None if band is None else _bias4(q, k, band, align=16)
         dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-            _bhsd(dout), _bhsd(q), _bhsd(ke), _bhsd(ve), None, _bhsd(out), pad_lse(lse), zero, zero, 0.0,
+            _bhsd(dout), _bhsd(q), _bhsd(ke), _bhsd(ve), bias, _bhsd(out), pad_lse(lse), zero, zero, 0.0,
             [True, True, True, False], causal, scale=scale)
         return _bhsd(dq), fold_heads(_bhsd(dk), hk), fold_heads(_bhsd(dv), hk)
+
+
+def _bias4(q: Tensor, k: Tensor, band: tuple[int, int], align: int = 1) -> Tensor:
+    """The band's additive mask as the (B, H, Sq, Sk) ``attn_bias`` the CUDA ops take (a broadcast view)."""
+    b, sq, h, _ = q.shape
+    return band_bias(sq, k.shape[1], *band, q.dtype, q.device, align).expand(b, h, sq, k.shape[1])
 
 
 def unpad_lse(lse: Tensor, seq: int) -> Tensor:
@@ -387,7 +484,7 @@ def _signature(fn) -> inspect.Signature:
     return inspect.signature(getattr(fn, "_init_fn", fn))
 
 
-def _call_flash(fn, **kw):
+def _call_flash(fn, window: tuple[int, int] = (-1, -1), **kw):
     """Call a flash-attn private function of whichever installed version by keyword.
 
     Versions renamed and added arguments (``window_size`` tuple vs ``window_size_left/right``,
@@ -396,9 +493,9 @@ def _call_flash(fn, **kw):
     """
     params = _signature(fn).parameters
     if "window_size" in params:
-        kw["window_size"] = (-1, -1)
+        kw["window_size"] = tuple(window)
     else:
-        kw.update(window_size_left=-1, window_size_right=-1)
+        kw.update(window_size_left=window[0], window_size_right=window[1])
     kw.setdefault("softcap", 0.0)
     kw["is_causal"] = kw["causal"]
     args = {}
@@ -433,19 +530,25 @@ class FlashAttnKernel(_Base):
         rocm = " (ROCm)" if torch.version.hip is not None else ""
         return f"flash_attn {getattr(_module('flash_attn'), '__version__', '?')}{rocm}"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_forward
 
+        if band is not None and self.for_band(q, k.shape[1], band) is not self:
+            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
         _square(q, k, causal)
-        res = _call_flash(_flash_attn_forward, q=q, k=k, v=v, dropout_p=0.0, softmax_scale=scale, causal=causal,
-                          alibi_slopes=None, return_softmax=False)
+        win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
+        res = _call_flash(_flash_attn_forward, win, q=q, k=k, v=v, dropout_p=0.0, softmax_scale=scale,
+                          causal=causal, alibi_slopes=None, return_softmax=False)
         return res[0], _lse_of(res)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_backward
 
+        if band is not None and self.for_band(q, k.shape[1], band) is not self:
+            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
+        win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _call_flash(_flash_attn_backward, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
+        _call_flash(_flash_attn_backward, win, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
                     softmax_lse=lse.contiguous(), dq=dq, dk=dk, dv=dv, dropout_p=0.0, softmax_scale=scale,
                     causal=causal, alibi_slopes=None, deterministic=False, rng_state=None)
         return dq, dk, dv
@@ -470,16 +573,22 @@ class FlashAttn3Kernel(_Base):
         v = _dist_version("flash_attn_3", "flash-attn-3", "flashattn-hopper")
         return f"flash_attn_3 {v}" if v else "flash_attn_interface (version unknown)"
 
-    def forward(self, q, k, v, causal, scale):
+    def forward(self, q, k, v, causal, scale, *, band=None):
+        if band is not None and self.for_band(q, k.shape[1], band) is not self:
+            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
         _square(q, k, causal)
         fa3 = _module("flash_attn_interface")
-        res = _call_flash(fa3._flash_attn_forward, q=q, k=k, v=v, softmax_scale=scale, causal=causal)
+        win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
+        res = _call_flash(fa3._flash_attn_forward, win, q=q, k=k, v=v, softmax_scale=scale, causal=causal)
         return res[0], _lse_of(res)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        if band is not None and self.for_band(q, k.shape[1], band) is not self:
+            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
         fa3 = _module("flash_attn_interface")
+        win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _call_flash(fa3._flash_attn_backward, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
+        _call_flash(fa3._flash_attn_backward, win, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
                     softmax_lse=lse.contiguous(), dq=dq, dk=dk, dv=dv, softmax_scale=scale, causal=causal,
                     deterministic=False)
         return dq, dk, dv

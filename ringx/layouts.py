@@ -14,9 +14,13 @@ parts of one rank's queries may see which parts of another rank's keys.
   is ``zigzag``; ``zigzag-uP`` is ``contiguous``. Only shard/unshard and the
   divisors know it: the algorithms plan on the ring's ``zigzag``.
 
-The masking plan is the single place where causality meets layout: every
+The masking plan is the single place where the mask meets layout: every
 algorithm asks it which (q rows, k rows) sub-blocks to compute and whether a
-sub-block is fully visible or carries a (square, diagonal) causal mask.
+sub-block is fully visible, carries a (square, diagonal) causal mask, or (any
+other :class:`ringx.Mask`) a band ``lo <= a - b <= hi`` of its local rows a, b.
+``full`` and ``causal`` keep their own plans (:func:`_chunk_plan`); every other
+mask is planned from the global positions each rank holds (:func:`_mask_plan`):
+fully masked sub-blocks never appear in a plan.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+
+from .mask import CAUSAL, FULL, NONE, Mask, band_kind, band_pairs, band_rows, segment_band
 
 LAYOUTS = ("contiguous", "zigzag", "stripe")
 _ULYSSES_ZIGZAG = re.compile(r"zigzag-u(\d+|\{u\})")  # "{u}": the template, degree not yet chosen
@@ -79,9 +85,15 @@ def rank_chunks(layout: str, rank: int, world_size: int) -> tuple[int, ...]:
     raise ValueError("stripe is not a chunked layout")
 
 
-def shard(x: torch.Tensor, layout: str, rank: int, world_size: int, dim: int = 1) -> torch.Tensor:
-    """This rank's part of the global tensor ``x`` along ``dim`` (a contiguous copy)."""
+def shard(x: torch.Tensor, layout: str, rank: int, world_size: int, dim: int = 1, *,
+          mask: Mask | None = None) -> torch.Tensor:
+    """This rank's part of the global tensor ``x`` along ``dim`` (a contiguous copy).
+
+    ``mask``: the call's mask; these layouts place tokens whatever the mask (a document mask is checked
+    against the length), a layout that balances documents may use it."""
     seq = x.shape[dim]
+    if mask is not None:
+        mask.check(seq)
     div = global_divisor(layout, world_size)
     if seq % div:
         raise ValueError(
@@ -128,8 +140,11 @@ def shard_all(x: torch.Tensor, layout: str, world_size: int, dim: int = 1) -> to
     return picked.unflatten(dim, (world_size, -1)).movedim(dim, 0).flatten(dim + 1, dim + 2)
 
 
-def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, dim: int = 1) -> torch.Tensor:
+def unshard(shards: list[torch.Tensor] | tuple[torch.Tensor, ...], layout: str, dim: int = 1, *,
+            mask: Mask | None = None) -> torch.Tensor:
     """Inverse of :func:`shard`: the global tensor from every rank's shard, in rank order."""
+    if mask is not None:
+        mask.check(sum(s.shape[dim] for s in shards))
     world_size = len(shards)
     if world_size == 1:
         return shards[0]
@@ -158,7 +173,9 @@ def _check_degree(u: int, world_size: int) -> None:
 class Block:
     """Queries [q0, q1) against keys [k0, k1) of the local buffers.
 
-    ``causal`` blocks are square and diagonal: row i sees keys k0..k0+i.
+    ``causal`` blocks are square and diagonal: row i sees keys k0..k0+i. A ``band`` (lo, hi) block
+    (masks other than full/causal only) has row a see key b iff lo <= a - b <= hi (a, b counted from
+    q0, k0); every row of such a block sees at least one key.
     """
 
     q0: int
@@ -166,11 +183,14 @@ class Block:
     k0: int
     k1: int
     causal: bool
+    band: tuple[int, int] | None = None
 
     @property
     def flops_pairs(self) -> int:
         """Number of visible (query, key) pairs."""
         n, m = self.q1 - self.q0, self.k1 - self.k0
+        if self.band is not None:
+            return band_pairs(*self.band, n, m)
         return n * (n + 1) // 2 if self.causal else n * m
 
 
@@ -210,11 +230,17 @@ def _chunk_plan(q_chunks: tuple[int, ...], k_chunks: tuple[int, ...], clen: int,
 
 @lru_cache(maxsize=4096)
 def block_plan(layout: str, world_size: int, q_rank: int, kv_rank: int, seq_local: int,
-               causal: bool) -> tuple[Block, ...]:
+               causal: bool | Mask) -> tuple[Block, ...]:
     """Sub-blocks of rank ``q_rank``'s queries against rank ``kv_rank``'s keys.
 
+    ``causal``: True/False, or a :class:`ringx.Mask` (full and causal masks give the same plans as the bools).
     An empty plan means the whole pair is masked out.
     """
+    if isinstance(causal, Mask):
+        if causal.plain is None:
+            q = rank_segments(layout, world_size, q_rank, seq_local)
+            return _mask_plan(causal, q, rank_segments(layout, world_size, kv_rank, seq_local))
+        causal = causal.plain
     if layout == "stripe":
         if not causal or kv_rank <= q_rank:
             return (Block(0, seq_local, 0, seq_local, causal),)
@@ -228,10 +254,120 @@ def block_plan(layout: str, world_size: int, q_rank: int, kv_rank: int, seq_loca
 
 
 @lru_cache(maxsize=4096)
-def gathered_plan(layout: str, world_size: int, q_rank: int, seq_local: int, causal: bool) -> tuple[Block, ...]:
+def gathered_plan(layout: str, world_size: int, q_rank: int, seq_local: int,
+                  causal: bool | Mask) -> tuple[Block, ...]:
     """Sub-blocks of ``q_rank``'s queries against the whole sequence in global order."""
     per = chunks_per_rank(layout)
     if layout == "stripe":
         raise ValueError("gathered plans need a chunked layout (contiguous or zigzag)")
+    if isinstance(causal, Mask):
+        if causal.plain is None:
+            seq = seq_local * world_size
+            return _mask_plan(causal, rank_segments(layout, world_size, q_rank, seq_local), ((0, seq, 0, 1),))
+        causal = causal.plain
     clen = seq_local // per
     return _chunk_plan(rank_chunks(layout, q_rank, world_size), tuple(range(world_size * per)), clen, causal)
+
+
+# --- plans for every other mask -------------------------------------------------------------------------------------
+MIN_TILE = 16  # windowed masks are cut into tiles of at least this many rows (fewer, larger kernel calls)
+Segment = tuple[int, int, int, int]  # (local start, rows, global start, stride): rows at g0, g0 + s, ...
+
+
+def rank_segments(layout: str, world_size: int, rank: int, seq_local: int) -> tuple[Segment, ...]:
+    """The runs of ``rank``'s local rows whose global positions are evenly spaced, in local order."""
+    if layout == "stripe":
+        return ((0, seq_local, rank, world_size),)
+    clen = seq_local // chunks_per_rank(layout)
+    return tuple((i * clen, clen, c * clen, 1) for i, c in enumerate(rank_chunks(layout, rank, world_size)))
+
+
+def positions(layout: str, world_size: int, rank: int, seq_local: int) -> torch.Tensor:
+    """Global positions of ``rank``'s local rows, in local order."""
+    return torch.cat([g0 + s * torch.arange(n) for _, n, g0, s in rank_segments(layout, world_size, rank, seq_local)])
+
+
+def _cut(mask: Mask, segs: tuple[Segment, ...]) -> list[tuple[int, int, int, int, int]]:
+    """Segments cut at document boundaries (and, for windows, on a tile grid): (l0, n, g0, s, doc)."""
+    tile = 0
+    if mask.left is not None:
+        tile = max(MIN_TILE, mask.left, mask.right or 0)
+    starts = torch.tensor(mask.starts, dtype=torch.int64)
+    out = []
+    for l0, n, g0, s in segs:
+        if n == 0:
+            continue
+        pos = g0 + s * torch.arange(n, dtype=torch.int64)
+        doc = torch.bucketize(pos, starts[1:-1], right=True) if mask.lengths is not None else torch.zeros_like(pos)
+        key = doc * (1 << 40) + ((pos // s) // tile if tile else 0)
+        cuts = [0, *(torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist(), n]
+        out += [(l0 + a, b - a, g0 + s * a, s, int(doc[a])) for a, b in zip(cuts, cuts[1:])]
+    return out
+
+
+def _mask_plan(mask: Mask, q_segs: tuple[Segment, ...], k_segs: tuple[Segment, ...]) -> tuple[Block, ...]:
+    blocks: list[Block] = []
+    for q0, na, gq, s, dq in _cut(mask, q_segs):
+        row: list[Block] = []
+        for k0, nb, gk, _, dk in _cut(mask, k_segs):
+            if dq != dk:
+                continue
+            kind, lo, hi = band_kind(*segment_band(mask, gq, gk, s), na, nb)
+            if kind == NONE:
+                continue
+            if kind not in (FULL, CAUSAL):  # trim the rows that see nothing and the keys nobody sees
+                a0, a1, b0, b1 = band_rows(lo, hi, na, nb)
+                kind, lo, hi = band_kind(lo - (a0 - b0), hi - (a0 - b0), a1 - a0, b1 - b0)
+                blk = Block(q0 + a0, q0 + a1, k0 + b0, k0 + b1, kind == CAUSAL, None if kind in (FULL, CAUSAL)
+                            else (lo, hi))
+            else:
+                blk = Block(q0, q0 + na, k0, k0 + nb, kind == CAUSAL)
+            prev = row[-1] if row else None
+            if (prev and blk.band is None and not blk.causal and prev.band is None and not prev.causal
+                    and prev.k1 == blk.k0 and (prev.q0, prev.q1) == (blk.q0, blk.q1)):
+                row[-1] = Block(prev.q0, prev.q1, prev.k0, blk.k1, False)
+            else:
+                row.append(blk)
+        for blk in row:  # neighbouring query rows that see exactly the same full key range: one block
+            for i, prev in enumerate(blocks):
+                if (blk.band is None and not blk.causal and prev.band is None and not prev.causal
+                        and prev.q1 == blk.q0 and (prev.k0, prev.k1) == (blk.k0, blk.k1)):
+                    blocks[i] = Block(prev.q0, blk.q1, prev.k0, prev.k1, False)
+                    break
+            else:
+                blocks.append(blk)
+    return tuple(blocks)
+
+
+@lru_cache(maxsize=1024)
+def ring_steps(layout: str, world_size: int, seq_local: int, causal: bool | Mask) -> int:
+    """Ring steps t = 0..T-1 (rank r holding the K/V of rank r - t) that cover every visible block: T is one more
+    than the largest t at which some rank has something to compute. Full and causal: all P steps."""
+    if not isinstance(causal, Mask) or causal.plain is not None:
+        return world_size
+    last = 0
+    for r in range(world_size):
+        for t in range(last + 1, world_size):
+            if block_plan(layout, world_size, r, (r - t) % world_size, seq_local, causal):
+                last = t
+    return last + 1
+
+
+@lru_cache(maxsize=1024)
+def shared_rounds(layout: str, world_size: int, seq_local: int, causal: bool | Mask,
+                  queries: bool) -> tuple[bool, ...]:
+    """For each root rank of a broadcast schedule: does any other rank compute with the root's keys (its queries,
+    when ``queries``)? Full and causal: every round is shared (their schedules stay as they are)."""
+    if not isinstance(causal, Mask) or causal.plain is not None:
+        return (True,) * world_size
+
+    def pair(root: int, other: int) -> tuple[int, int]:
+        return (root, other) if queries else (other, root)  # (q rank, kv rank)
+
+    return tuple(any(block_plan(layout, world_size, *pair(root, r), seq_local, causal)
+                     for r in range(world_size) if r != root) for root in range(world_size))
+
+
+def plan_pairs(plan: tuple[Block, ...]) -> int:
+    """Visible (query, key) pairs a plan computes."""
+    return sum(b.flops_pairs for b in plan)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from . import timeline
 from .kernels import acc_dtype
 
 Tensor = torch.Tensor
@@ -58,7 +59,10 @@ class Partial:
             self.lse = torch.full((b, h, s), float("-inf"), dtype=self.dtype, device=self.device)
         else:
             self._widen()
+        t = timeline.ON and timeline.start()
         merge_(self.out[:, q0:q1], self.lse[:, :, q0:q1], blk_out, blk_lse)
+        if t:
+            timeline.stop(t, "merge", "merge")
 
     def _widen(self) -> None:
         if self.out.dtype != self.dtype:

@@ -28,6 +28,7 @@ from .comm import Comm, Ledger
 from .flops import block_flops
 from .kernels import acc_dtype
 from .layouts import Block
+from .mask import Mask, as_mask
 from .topology import SubGroup, Topology
 
 
@@ -36,7 +37,8 @@ class Event:
     kind: str  # "compute", "comm" or "wait"
     op: str = ""  # comm: broadcast, reduce, all_reduce, all_gather, reduce_scatter, all_to_all, sendrecv
     flops: float = 0.0  # compute: FLOPs (forward 4*B*H*D per visible pair; backward 2.5x)
-    nbytes: int = 0  # comm: the operation's size (nccl-tests convention; sendrecv: bytes this rank sends)
+    nbytes: int = 0  # comm: the operation's size (nccl-tests convention; sendrecv: bytes this rank sends to its
+    # busiest peer: the directions of a link carry traffic at once, so a bidirectional step costs one direction)
     blocking: bool = True  # comm: the rank waits for it at once
     index: int = 0  # comm and wait: the rank's n-th operation (the same collective on every member)
     group: tuple[int, ...] = ()  # comm: the ranks of a sub-group operation; () for all ranks
@@ -44,6 +46,7 @@ class Event:
     seq_q: int = 0  # compute: the block's queries
     seq_k: int = 0  # compute: the block's keys
     causal: bool = False  # compute: a causal diagonal block
+    band: tuple[int, int] | None = None  # compute: a band block of a mask (see ringx.layouts.Block)
 
 
 @dataclass
@@ -96,33 +99,38 @@ class TraceKernel:
         self.events = events
 
     @staticmethod
-    def _flops(q, k, causal: bool) -> float:
+    def _flops(q, k, causal: bool, band=None) -> float:
         b, n, h, d = q.shape
-        return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal).flops_pairs)
+        return block_flops(b, h, d, Block(0, n, 0, k.shape[1], causal, band).flops_pairs)
 
-    def forward(self, q, k, v, causal, scale):
-        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal), seq_q=q.shape[1],
-                                 seq_k=k.shape[1], causal=causal))
+    def forward(self, q, k, v, causal, scale, *, band=None):
+        self.events.append(Event("compute", op="fwd", flops=self._flops(q, k, causal, band), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal, band=band))
         b, n, h, _ = q.shape
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"),
                 torch.empty(b, h, n, dtype=acc_dtype(q.dtype), device="meta"))
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale):
-        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal), seq_q=q.shape[1],
-                                 seq_k=k.shape[1], causal=causal))
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        self.events.append(Event("compute", op="bwd", flops=2.5 * self._flops(q, k, causal, band), seq_q=q.shape[1],
+                                 seq_k=k.shape[1], causal=causal, band=band))
         return (torch.empty(q.shape, dtype=q.dtype, device="meta"), torch.empty(k.shape, dtype=k.dtype, device="meta"),
                 torch.empty(v.shape, dtype=v.dtype, device="meta"))
 
 
-def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int, kv_heads: int,
-          head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
-          ranks_per_node: int | None = None, ulysses_degree: int | None = None) -> Trace:
+def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: int, seq: int, heads: int,
+          kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16, backward: bool = True,
+          ranks_per_node: int | None = None, ulysses_degree: int | None = None, mask: Mask | None = None,
+          inner_ring: int | None = None) -> Trace:
     """The forward (and backward) schedule of ``rank`` among ``world`` ranks for a global ``seq``.
 
     Hierarchical algorithms run on nodes of ``ranks_per_node`` consecutive ranks (default: one node),
-    with ``ulysses_degree`` as in ``ringx.attention`` (default: the ranks per node).
+    with ``ulysses_degree`` and ``inner_ring`` as in ``ringx.attention`` (default: the ranks per node). ``mask`` (a
+    ``ringx.Mask``) replaces ``causal`` (pass None for it), as in ``ringx.attention``.
     """
-    algo = get(algorithm, causal)
+    m = as_mask(mask, causal)
+    m.check(seq)
+    causal = m.kind != "full"
+    algo = get(algorithm, m)
     n = seq // world
     q = torch.empty(batch, n, heads, head_dim, dtype=dtype, device="meta")
     kv = torch.empty(batch, n, kv_heads, head_dim, dtype=dtype, device="meta")
@@ -130,13 +138,17 @@ def trace(algorithm: str, causal: bool, world: int, rank: int, *, batch: int, se
     degree = algo.degree(world, ulysses_degree, topo.ranks_per_node if topo else None)
     if degree is not None and (world % degree or heads % degree):
         raise ValueError(f"Ulysses degree {degree} must divide the {world} ranks and the {heads} heads")
+    if inner_ring is not None:
+        if not algo.inner_ring:
+            raise ValueError(f"inner_ring applies to double-ring, not to {algorithm}")
+        topo.ring_members(inner_ring)  # ValueError when it does not divide the nodes
     tr = Trace(algorithm, rank, world, topo.ranks_per_node if topo else 0, degree or 0)
     layout = algo.layout(causal, degree)
     stash: dict = {}  # shared by the forward and backward, as in a real call
 
     def ctx(ledger: Ledger, events: list[Event]) -> Ctx:
         return Ctx(TraceComm(rank, world, ledger, events), TraceKernel(events), layout, causal, head_dim**-0.5,
-                   algo.overlap, topo, degree, stash)
+                   algo.overlap, topo, degree, stash, m, inner_ring)
 
     out, lse = algo.forward(ctx(tr.ledger_forward, tr.forward), q, kv, kv)
     if backward:

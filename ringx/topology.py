@@ -7,6 +7,9 @@ algorithms communicate in:
 
 - ``intra``: the ranks of my node;
 - ``inter``: the ranks with my local rank, one on every node;
+- ``rings(i)``: the inner and outer rings of ``double-ring``: inner rings of ``i``
+  consecutive ranks of a node, outer rings of the ranks with the same position in
+  their inner ring (with ``i`` = ranks per node, these are ``intra``/``inter``);
 - ``grid(u)``: the Ulysses x ring split of ``ulysses``/``usp``/``usp-ringx``:
   Ulysses groups of ``u`` consecutive ranks, ring groups of the ranks ``u``
   apart (yunchang's USP does the same; with block placement, the default of
@@ -124,6 +127,28 @@ class Topology:
                      and set(ring) == {self.inter_members(j) for j in range(u)})
             self._groups[u] = self._levels() if reuse else (self._partition(uly), self._partition(ring))
         return self._groups[u]
+
+    def ring_members(self, inner: int) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+        """(every inner ring, every outer ring) of double-ring with inner rings of ``inner`` ranks, each
+        ascending; ValueError when ``inner`` does not divide the ranks per node (or the nodes differ)."""
+        rpn = self.ranks_per_node
+        if isinstance(inner, bool) or not isinstance(inner, int) or inner < 1 or rpn % inner:
+            raise ValueError(f"double-ring: inner_ring={inner!r} must be a positive integer dividing the {rpn} "
+                             f"ranks per node")
+        inner_rings = [m[i:i + inner] for m in self.node_members for i in range(0, rpn, inner)]
+        outer_rings = [tuple(sorted(ring[p] for ring in inner_rings)) for p in range(inner)]
+        return inner_rings, outer_rings
+
+    def rings(self, inner: int) -> tuple[SubGroup, SubGroup]:
+        """(my inner ring, my outer ring) of double-ring (see :meth:`ring_members`), built once per size."""
+        key = ("rings", inner)
+        if key not in self._groups:
+            inner_rings, outer_rings = self.ring_members(inner)
+            if inner == self.ranks_per_node:  # the node and the ranks with my local rank: reuse those groups
+                self._groups[key] = self._levels()
+            else:
+                self._groups[key] = (self._partition(inner_rings), self._partition(outer_rings))
+        return self._groups[key]
 
     def _partition(self, parts: list[tuple[int, ...]]) -> SubGroup:
         """My part of a partition of the parent's ranks, with its process group (built collectively)."""

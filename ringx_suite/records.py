@@ -1,7 +1,7 @@
 """The one definition of each record kind in a campaign store.
 
 The store's validation, the analysis column types and the schema tables of
-``results/README.md`` are all derived from the field lists below, so a field
+``docs/records.md`` are all derived from the field lists below, so a field
 is added, typed and documented in exactly one place.
 """
 
@@ -257,7 +257,7 @@ def column_types() -> dict[str, str]:
 
 
 def schema_markdown(kind: str) -> str:
-    """The field table of one kind, as results/README.md shows it."""
+    """The field table of one kind, as docs/records.md shows it."""
     own = {f.name for f in COMMON} if kind != "common" else set()
     fields = COMMON if kind == "common" else tuple(f for f in KINDS[kind] if f.name not in own)
     when = {"always": "always", "ok": "when ok", "optional": "optional"}
@@ -274,3 +274,6 @@ COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", 
 # The same for model records: the steps of two algorithms compare at equal values of these.
 MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
                     "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "checkpoint")
+
+# Collective records' levels in the order tables and figures show them (all ranks, within nodes, across nodes).
+LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}

@@ -1,6 +1,6 @@
 """The results store: a campaign directory of JSON Lines records plus run provenance.
 
-Layout (documented in results/README.md)::
+Layout (documented in docs/records.md)::
 
     <root>/<campaign>/records/<run_id>.jsonl   the records of one run, appended and fsynced by its rank 0
     <root>/<campaign>/runs/<run_id>.json       provenance of each run that wrote records

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ALGOS = ("ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o", "ringx4o")
+ALGOS = ("ring", "zigzag", "stripe", "bidir-ring", "ringx1", "ringx2", "ringx3", "ringx4", "ringx1o", "ringx2o",
+         "ringx4o")
 WORLDS = (1, 2, 3, 4)
 TOL = {"float64": 1e-10, "float32": 2e-5}
 QUANTITIES = ("out", "lse", "dq", "dk", "dv")

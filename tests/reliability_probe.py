@@ -420,7 +420,7 @@ HOSTILE_SWEEP = [
 def hostile_sweep_case(tmp: Path, what: str, lines: str, message: str) -> list[str]:
     """Problems with how one hostile value is handled by plan and render ([]: refused, with its message, no
     traceback, nothing written)."""
-    from bench.sweep import commands
+    from bench.sweeps import commands
 
     fields = {"top": [], "bench": [], "params": []}
     section = "top"

@@ -55,6 +55,9 @@ def _expected_ledger(case: Case) -> tuple[dict, dict]:
     With P ranks, e = element size, and per-rank sizes Q = |q|, KV = |k| + |v|
     (input dtype), O = |out| and L = |lse| (accumulation dtype, = input dtype here):
       ring/zigzag/stripe  fwd: send (P-1) KV            bwd: (P-1) KV + P dKV (dK, dV travel home)
+      bidir-ring          fwd: send (P-1) KV (R = P//2 hops rightward, L = (P-1)//2 leftward)
+                          bwd: (P-1) KV + (2R-1 + 2L-1) dKV (out with the block, back home; a stream of
+                          0 hops sends nothing)
       ringx1/2(o)         fwd: bcast Q once, recv (P-1) Q; all_reduce P x L; reduce (P-1) x (O + L)
                           bwd: bcast KV once, recv (P-1) KV; reduce (P-1) x dKV, recv dKV
       ringx4(o)           fwd: bcast KV once, recv (P-1) KV     bwd: as ringx1
@@ -75,6 +78,10 @@ def _expected_ledger(case: Case) -> tuple[dict, dict]:
         f = {"send": (P - 1) * KV, "recv": (P - 1) * KV}
         return {k: (v, 0) if k == "send" else (0, v) for k, v in f.items()}, {
             "send": ((P - 1) * KV + P * KV, 0), "recv": (0, (P - 1) * KV + P * KV)}
+    if a == "bidir-ring":
+        hops = sum(2 * h - 1 for h in (P // 2, (P - 1) // 2) if h)
+        return {"send": ((P - 1) * KV, 0), "recv": (0, (P - 1) * KV)}, {
+            "send": ((P - 1) * KV + hops * KV, 0), "recv": (0, (P - 1) * KV + hops * KV)}
     bwd_bcast = {"broadcast": (KV, (P - 1) * KV), "reduce": ((P - 1) * KV, KV)}
     if a.startswith(("ringx1", "ringx2")):
         return {"broadcast": (Q, (P - 1) * Q), "all_reduce": (P * L, P * L),

@@ -1,18 +1,21 @@
-"""The examples in the README work as written."""
+"""The README and docs/ work as written: examples load, commands are documented, links resolve, tables match."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from bench import sweep
+from bench import sweeps as sweep
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
-def test_readme_sweep_example_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "memberwork"))  # the README tells Frontier users to set it
-    block = re.search(r"```toml\n(.*?)```", README, re.S).group(1)
+def test_docs_sweep_example_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "memberwork"))  # the page tells Frontier users to set it
+    page = (ROOT / "docs" / "sweeps-and-clusters.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", page, re.S).group(1)
     f = tmp_path / "sweep.toml"
     f.write_text(block)
     sw = sweep.load(f)
@@ -22,11 +25,37 @@ def test_readme_sweep_example_loads(tmp_path, monkeypatch):
     assert sw.out == tmp_path / "memberwork" / "abc123" / "ringx-runs"  # scratch, not the checkout
 
 
-def test_readme_names_every_bench_command():
+def test_docs_name_every_bench_command():
     from bench.__main__ import COMMANDS
 
+    text = (ROOT / "docs" / "benchmarking.md").read_text()
     for name in COMMANDS:
-        assert f"bench {name}" in README, f"README does not mention `python -m bench {name}`"
+        assert f"| `bench {name}` |" in text, f"docs/benchmarking.md's command table lacks `python -m bench {name}`"
+
+
+def _anchors(page: Path) -> set[str]:
+    # GitHub's heading slugs: lower case, punctuation dropped, spaces to hyphens
+    heads = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+def test_readme_is_short_and_every_doc_link_resolves():
+    lines = len(README.read_text().splitlines())
+    assert lines <= 200, f"the README is the short entry point (issue 19): {lines} lines; move detail into docs/"
+    for page in [README, ROOT / "results" / "README.md", *DOCS]:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            if "://" in target:
+                continue
+            dest = (page.parent / target) if target else page
+            assert dest.exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+            if anchor:
+                assert anchor in _anchors(dest), f"{page.relative_to(ROOT)} links to {target}#{anchor}: no such heading"
+
+
+def test_readme_links_every_doc_page():
+    text = README.read_text()
+    for page in DOCS:
+        assert f"(docs/{page.name})" in text, f"README does not link docs/{page.name}"
 
 
 EXAMPLE_SWEEPS = {"model-demo.toml"}  # sweeps to copy, with no committed campaign (tests/test_sweep_model.py runs
@@ -45,12 +74,12 @@ def test_shipped_sweep_files_load_and_match_their_campaigns():
     assert EXAMPLE_SWEEPS <= {f.name for f in (root / "jobs" / "sweeps").glob("*.toml")}
 
 
-def test_results_readme_schema_tables_come_from_the_record_definitions():
-    from ringx_suite.records import schema_markdown
+def test_records_page_schema_tables_come_from_the_record_definitions():
+    from ringx_suite.records import KINDS, schema_markdown
 
-    text = (Path(__file__).resolve().parent.parent / "results" / "README.md").read_text()
-    for kind in ("common", "attention", "collective", "kernel", "model"):
-        assert schema_markdown(kind) in text, f"results/README.md's {kind} table differs from ringx_suite/records.py"
+    text = (ROOT / "docs" / "records.md").read_text()
+    for kind in ("common", *KINDS):
+        assert schema_markdown(kind) in text, f"docs/records.md's {kind} table differs from ringx_suite/records.py"
 
 
 def test_layers_import_downwards_only():

@@ -83,7 +83,8 @@ def test_merge_accumulates_half_inputs_in_float32():
 
 def test_registry_metadata_and_unknown_names():
     assert set(ringx.ALGORITHMS) == {"ring", "zigzag", "stripe", "ringx1", "ringx2", "ringx3", "ringx4",
-                                     "ringx1o", "ringx2o", "ringx4o", "ringx3b", "ulysses", "usp", "usp-ringx"}
+                                     "ringx1o", "ringx2o", "ringx4o", "ringx3b", "ulysses", "usp", "usp-ringx",
+                                     "bidir-ring", "double-ring"}
     assert ringx.ALGORITHMS["ringx3"].layout(True) == "zigzag"
     assert ringx.ALGORITHMS["ringx3"].layout(False) == "contiguous"
     assert all(a.overlap for n, a in ringx.ALGORITHMS.items() if n.endswith("o"))

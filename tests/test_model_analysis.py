@@ -9,7 +9,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from analysis import e2e, report  # noqa: E402
+from analysis import report, step  # noqa: E402
+from analysis.metrics import MissingBaseline, NoData, speedup, summarize  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def test_step_speedup_beside_attention_speedup_known_answers():
     df = frame([model_rec("ring", 2, 256, 0.10), model_rec("ringx3", 2, 256, 0.08),
                 att_rec("ring", 2, 256, 0.04), att_rec("ringx3", 2, 256, 0.02),
                 att_rec("ringx3", 2, 512, 0.02)])  # no model record there: not joined
-    sp = e2e.with_attention(e2e.speedup(e2e.summarize(df)), df).set_index("algorithm")
+    sp = step.with_attention(speedup(summarize(df, "step")), df).set_index("algorithm")
     assert sp.loc["ringx3", "speedup"] == pytest.approx(1.25)
     assert sp.loc["ringx3", "attention_speedup"] == pytest.approx(2.0)  # attention 2x, diluted to 1.25x by the step
     assert sp.loc["ringx3", "forward_s"] == pytest.approx(0.02) and sp.loc["ringx3", "head_dim"] == 8
@@ -64,9 +65,9 @@ def test_step_speedup_beside_attention_speedup_known_answers():
 
 
 def test_mfu_only_against_a_gpu_peak():
-    cpu = e2e.summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0)]))
+    cpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0)]), "step")
     assert cpu["mfu"].isna().all()  # a CPU has no published peak
-    gpu = e2e.summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0, device="cuda")]))
+    gpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0, device="cuda")]), "step")
     assert gpu["mfu"].iloc[0] == pytest.approx(1e6 * 256 / 0.5 / 1e12 / 989.0)
 
 
@@ -75,11 +76,15 @@ def test_figures_table_and_report(tmp_path):
             for a in ("ring", "ringx3", "ringx4") for w in (1, 2) for s, t in ((256, 0.1), (512, 0.2))]
     recs += [att_rec(a, w, s, 0.05 if a == "ring" else 0.03) for a in ("ring", "ringx3") for w in (1, 2)
              for s in (256, 512)]
-    made, skipped = e2e.build_figures(frame(recs), tmp_path, ("png",))
-    assert set(made) == {"model-speedup", "model-mfu"} and not skipped
-    fig = e2e.speedup_vs_seq(frame(recs))
+    made, skipped = report.build_figures(frame(recs), tmp_path, ("png",))
+    assert {"model-speedup", "model-mfu", "speedup", "mfu"} <= set(made)
+    assert not {"model-speedup", "model-mfu"} & set(skipped)
+    steps = summarize(frame(recs), "step")
+    fig = step.speedup_vs_seq(steps, records=frame(recs))
     assert [ax.get_title() for ax in fig.axes] == ["tiny, 1 rank, causal", "tiny, 2 ranks, causal"]
-    t = e2e.table(frame(recs))
+    dotted = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert dotted and all(ln.get_markerfacecolor() == "none" for ln in dotted)  # attention beside the step
+    t = step.table(steps, records=frame(recs))
     assert len(t.rows) == 12 and t.columns[-2:] == ["step x ring", "attention x ring"]
     row = next(r for r in t.rows if r[1] == 2 and r[2] == 512 and r[3] == "ringx3")
     assert row[-2].startswith("1.11x") and row[-1] == "1.67x"
@@ -88,14 +93,14 @@ def test_figures_table_and_report(tmp_path):
     (camp / "records" / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs if r["kind"] == "model"))
     page = report.write(camp, tmp_path / "rep", "md")
     text = page.read_text()
-    assert "Table 3. Training steps" in text and "model-speedup.png" in text and "model-mfu.png" in text
+    assert "Table 1. Training steps" in text and "model-speedup.png" in text and "model-mfu.png" in text
 
 
 def test_missing_baseline_and_no_records_are_named():
-    with pytest.raises(e2e.NoData, match="baseline 'ring' has no successful model record"):
-        e2e.speedup(e2e.summarize(frame([model_rec("ringx3", 2, 256, 0.1)])))
-    with pytest.raises(e2e.NoData, match="no successful model records"):
-        e2e.summarize(frame([att_rec("ring", 2, 256, 0.1)]))
+    with pytest.raises(MissingBaseline, match="baseline 'ring' has no successful model record"):
+        speedup(summarize(frame([model_rec("ringx3", 2, 256, 0.1)]), "step"))
+    with pytest.raises(NoData, match="no successful model records"):
+        summarize(frame([att_rec("ring", 2, 256, 0.1)]), "step")
 
 
 def test_the_committed_campaign_joins_every_step_with_its_attention_configuration():
@@ -107,5 +112,5 @@ def test_the_committed_campaign_joins_every_step_with_its_attention_configuratio
     steps = df[df["kind"] == "model"]
     assert len(steps) == 81 and (steps["status"] == "ok").all()
     assert (steps["check_grad_error"] <= steps["check_tolerance"]).all()
-    sp = e2e.with_attention(e2e.speedup(e2e.summarize(df)), df)
+    sp = step.with_attention(speedup(summarize(df, "step")), df)
     assert len(sp) == 81 and sp["attention_speedup"].notna().all()  # bench run measured every step's shape

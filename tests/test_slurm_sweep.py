@@ -138,13 +138,17 @@ causal = [true, false]
 
 
 def named_prefix(where: Path) -> Path:
-    """A venv of its own at ``where`` (its own bin/python and prefix) whose lib/ is this environment's."""
+    """A venv of its own at ``where`` (its own bin/python and prefix) whose lib/ is this environment's, with the
+    suite's console script in its bin/ (what `pip install .` writes there): the job scripts call it."""
     import os
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True, timeout=60)
     lib = Path(sys.executable).parent.parent / "lib"
     shutil.rmtree(where / "lib")
     os.symlink(lib.resolve(), where / "lib")
+    script = where / "bin" / "ringx-bench"
+    script.write_text(f"#!{where}/bin/python\nimport sys\nfrom ringx_bench import main\nsys.exit(main())\n")
+    script.chmod(0o755)
     return where
 
 

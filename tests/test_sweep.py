@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import sweep
+from bench import sweeps as sweep
 from bench.points.attention import make_point
-from bench.sweep import plan, profiles, slurm
+from bench.sweeps import plan, profiles, script, slurm
+from bench.sweeps.schedulers import JobShape
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -181,26 +182,28 @@ def test_golden_job_scripts(machine, tmp_path, monkeypatch):
         f"rendered {machine} script changed; if intended, rerun with RINGX_UPDATE_GOLDEN=1 and review the diff")
     assert subprocess.run(["bash", "-n", "-c", text]).returncode == 0
     prof = profiles.load_profile(machine)
-    if prof.scheduler == "slurm":  # the preflight comes first, with the same launcher, and stops the job
-        pre, run = (i for i, line in enumerate(text.splitlines()) if " -m bench " in line)
-        assert "-m bench preflight" in text.splitlines()[pre] and "-m bench run" in text.splitlines()[run]
-        assert "exit 3" in text and "/scratch/" in text.split("-m bench run")[1]
+    assert "\ncd " not in text  # no checkout on the compute nodes: the installed command, from anywhere
+    if prof.scheduler.preflight:  # the preflight comes first, with the same launcher, and stops the job
+        pre, run = (i for i, line in enumerate(text.splitlines()) if "ringx-bench " in line and "#" not in line[:1])
+        assert "ringx-bench preflight" in text.splitlines()[pre] and "ringx-bench run" in text.splitlines()[run]
+        assert "exit 3" in text and "/scratch/" in text.split("ringx-bench run")[1]
     if prof.gpus_per_node:
         assert "/home/u/ringx/.venv/bin/python" not in text  # never the checkout's (CPU-only) venv
         assert "--network libfabric" in text or not prof.network
     if machine == "frontier":
         assert "module load PrgEnv-gnu/8.6.0 rocm/6.2.4" in text and "aws-ofi-rccl/lib" in text
-        assert text.index("LD_LIBRARY_PATH=/lustre/proj/aws-ofi-rccl/lib") < text.index("-m bench preflight")
+        assert text.index("LD_LIBRARY_PATH=/lustre/proj/aws-ofi-rccl/lib") < text.index("ringx-bench preflight")
+        assert "/lustre/proj/envs/ringx/bin/ringx-bench run" in text  # the profile's environment's command
         assert "#SBATCH --output=/scratch/memberwork/abc123/ringx-runs/paper/sweep/logs/" in text
 
 
 def test_every_profile_loads_and_renders():
     for name in profiles.available_profiles():
         prof = profiles.load_profile(name)
-        text = slurm.render(prof, job_name="j", nodes=2, ranks_per_node=prof.gpus_per_node or 2, limit_s=60,
-                           log_dir=Path("/tmp/l"), workdir=Path("/tmp"), python="python", mpiexec="mpiexec",
-                           commands=[["run", "--campaign", "c"]])
-        assert ("#SBATCH --nodes=2" in text) == (prof.scheduler == "slurm")
+        shape = JobShape("j", 2, prof.gpus_per_node or 2, 60, Path("/tmp/l"))
+        text = script.render(prof, shape, suite=["ringx-bench"], mpiexec="mpiexec",
+                             commands=[["run", "--campaign", "c"]])
+        assert ("#SBATCH --nodes=2" in text) == (prof.scheduler.name == "slurm")
         assert shlex.split(text.splitlines()[-1])[-2:] == ["--campaign", "c"]
 
 
@@ -246,7 +249,7 @@ def test_render_refuses_a_cpu_only_torch_for_gpu_jobs(tmp_path):
     proc = subprocess.run(cmd + ["--allow-cpu-python"], capture_output=True, text=True, env=env,
                           cwd=profiles.PROFILES.parent.parent)
     assert proc.returncode == 0 and "rendering anyway" in proc.stderr
-    assert f"{venv}/bin/python -m bench run" in (tmp_path / "res/paper/sweep/jobs/N4x8.sh").read_text()
+    assert f"{venv}/bin/ringx-bench run" in (tmp_path / "res/paper/sweep/jobs/N4x8.sh").read_text()
     # the variables a profile names must be set: said in one line, before anything is written
     proc = subprocess.run(cmd, capture_output=True, text=True, env={k: v for k, v in env.items() if k != "RINGX_ENV"},
                           cwd=profiles.PROFILES.parent.parent)
@@ -256,7 +259,7 @@ def test_render_refuses_a_cpu_only_torch_for_gpu_jobs(tmp_path):
 def test_stack_check_judges_the_torch_build(monkeypatch):
     from dataclasses import replace
 
-    from bench.sweep import stack
+    from bench.sweeps import stack
 
     prof = profiles.load_profile("frontier")
     builds = {"cpu": {"torch": "2.13.0+cpu", "cuda": None, "hip": None},
@@ -298,7 +301,7 @@ def test_sweep_stack_names_a_prefix_and_profiles_reject_bare_modules(tmp_path):
     sw = sweep.load(sweep_file(tmp_path, params='\n[stack]\nkind = "prefix"\nprefix = "/opt/env"\n'
                                                 'modules = ["gcc/12.3"]'))
     script = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
-    assert "module load gcc/12.3\nexport PATH=/opt/env/bin" in script and "/opt/env/bin/python -m bench run" in script
+    assert "module load gcc/12.3\nexport PATH=/opt/env/bin" in script and "/opt/env/bin/ringx-bench run" in script
     bad = write(tmp_path, 'description = "x"\nscheduler = "slurm"\ngpus_per_node = 0\npeak_tflops = 1.0\n'
                           'efficiency = 1.0\nlauncher = "srun"\nmodules = ["rocm"]\n', "old.toml")
     with pytest.raises(ValueError, match=r"modules now live in the \[stack\] table"):
@@ -333,7 +336,7 @@ def test_time_limit_has_a_startup_allowance_that_grows_with_ranks(tmp_path):
 
 
 def test_status_shows_the_preflight_verdict(tmp_path, capsys):
-    from bench.sweep import commands
+    from bench.sweeps import commands
 
     f = sweep_file(tmp_path)
     sw = sweep.load(f)
@@ -370,3 +373,28 @@ def test_preflight_world_and_network_verdicts():
     assert network_verdict(["Using network IB\n"], "libfabric", 2)[0] is False
     assert network_verdict(["", ""], "libfabric", nodes=2)[0] is False  # cannot confirm across nodes: fail
     assert network_verdict([""], "libfabric", nodes=1)[0] is True  # within one node no network is used
+
+
+def test_every_missing_setting_is_named_in_one_message(tmp_path, monkeypatch):
+    """Rendering a Frontier sweep as a new user would: the scratch's $MEMBERWORK, the stack's $RINGX_ENV and
+    $RINGX_NET_PLUGIN are all named at once, each with what it is for and where it is set; plan names only what it
+    needs and notes the rest."""
+    for v in ("MEMBERWORK", "RINGX_ENV", "RINGX_NET_PLUGIN"):
+        monkeypatch.delenv(v, raising=False)
+    f = write(tmp_path, GOLDEN_SWEEP.format(machine="frontier", extra="", seq=[131072], dtype="bfloat16"))
+    with pytest.raises(sweep.SweepError) as e:
+        sweep.load(f, for_jobs=True)
+    msg = str(e.value)
+    assert msg.startswith("machine frontier needs 3 settings that are not given here:")
+    for var, where in (("$MEMBERWORK", "out = "), ("$RINGX_ENV", "[stack] prefix"),
+                       ("$RINGX_NET_PLUGIN", "[stack] plugin_path")):
+        line = next(x for x in msg.splitlines() if x.strip().startswith(var))
+        assert "which is not set here" in line and "environment" in line and where in line, line
+    with pytest.raises(sweep.SweepError, match=r"needs \$MEMBERWORK, which is not set here"):
+        sweep.load(f)  # plan: only the output root is needed
+    monkeypatch.setenv("MEMBERWORK", str(tmp_path / "mw"))
+    from bench.sweeps import commands
+
+    assert commands.main(["plan", str(f)]) == 0  # plan runs, and says what render will need
+    with pytest.raises(sweep.SweepError, match=r"needs 2 settings"):
+        sweep.load(f, for_jobs=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import sweep
+from bench import sweeps as sweep
 from bench.points.step import StepPoint
-from bench.sweep import commands, plan, profiles
+from bench.sweeps import commands, plan, profiles
 from ringx_suite.store import Store, claim, validate
 from tests.test_sweep import GOLDEN, render_golden, write
 
@@ -41,8 +41,8 @@ def model_sweep(tmp_path, params='algorithms = ["ring", "ringx4"]\nseq = 256', m
 
 
 def launches(script: str) -> list[list[str]]:
-    """The `bench model` command lines of a job script, as argument lists after `-m bench model`."""
-    lines = [shlex.split(line) for line in script.splitlines() if " -m bench model " in line]
+    """The `bench model` command lines of a job script, as argument lists after `ringx-bench model`."""
+    lines = [shlex.split(line) for line in script.splitlines() if "ringx-bench model " in line]
     return [words[words.index("model") + 1:] for words in lines]
 
 
@@ -69,7 +69,7 @@ layers = 3
     assert pt.dtype == "float32"  # auto on CPU ranks, resolved when planned
     assert sw.bench["check_max_seq"] == 512  # bench model's default, not bench run's
     text = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
-    assert "-m bench run " not in text and text.index("-m bench preflight") < text.index("-m bench model")
+    assert "ringx-bench run " not in text and text.index("ringx-bench preflight") < text.index("ringx-bench model")
     runs = launches(text)
     # layers 1: one launch for both lengths; layers 3: zigzag only at 256, so the lengths split
     assert [(flag(a, "--layers"), flag(a, "--seq"), flag(a, "--algorithms")) for a in runs] == [

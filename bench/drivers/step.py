@@ -106,7 +106,7 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
     mo = options.ModelOptions.of(given)
     if mo.machine and inv.settings.peak_tflops is None:
-        from bench.sweep.profiles import load_profile
+        from bench.sweeps.profiles import load_profile
 
         try:
             prof = load_profile(mo.machine)

@@ -49,3 +49,11 @@ def device_memory(device: torch.device, local_ranks: int = 1) -> int:
     except OSError:
         pass
     return total // max(1, local_ranks)
+
+
+def call_peak(fn, device: torch.device) -> tuple[object, int]:
+    """(fn's result, peak bytes of the tensors fn allocates): what one attention call costs, not the process's
+    resident size (``ringx.memory.measure``: a dispatch-mode count on CPU, the allocator's peak on CUDA)."""
+    from ringx.memory import measure
+
+    return measure(fn, device)

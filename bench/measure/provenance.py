@@ -15,6 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str:
+    """Git's answer about the checkout this code runs from; '' for an installed suite (site-packages may sit
+    inside someone else's repository)."""
+    if not (REPO / "pyproject.toml").is_file():
+        return ""
     try:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10).stdout.strip()
     except OSError:

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..layouts import local_divisor
-from . import bcast, gather, hier, ring, ulysses
+from ..mask import Mask, as_mask
+from . import bcast, bidir, double, gather, hier, ring, ulysses
 
 
 @dataclass(frozen=True)
@@ -26,17 +27,23 @@ class Algorithm:
     summary: str
     topology: bool = False  # needs to know which ranks share a node (ringx.topology)
     ulysses: str = ""  # Ulysses degree: "" none, "all" every rank, "node" per call, default ranks per node
+    inner_ring: bool = False  # takes ``inner_ring`` (double-ring), default the ranks per node
 
-    def supports(self, causal: bool) -> bool:
+    def supports(self, causal: bool | Mask) -> bool:
         return self._layout(causal) is not None
 
-    def _layout(self, causal: bool) -> str | None:
+    def _layout(self, causal: bool | Mask) -> str | None:
+        if isinstance(causal, Mask):  # every mask but full is laid out as causal attention is
+            causal = causal.kind != "full"
         return self.causal_layout if causal else self.noncausal_layout
 
-    def layout(self, causal: bool, ulysses_degree: int | None = None) -> str | None:
-        """The layout to shard inputs in. Where it depends on the Ulysses degree and none is given, the
-        default group's ranks per node (the default degree), or the template if that is not known yet."""
-        lay = self._layout(causal)
+    def layout(self, causal: bool | None = None, ulysses_degree: int | None = None, *,
+               mask: Mask | None = None) -> str | None:
+        """The layout to shard inputs in, for ``causal`` (True/False) or a ``mask``. Where it depends on the Ulysses
+        degree and none is given, the default group's ranks per node (the default degree), or the template if that
+        is not known yet. Masks other than full take the causal layout (zigzag balances windows and documents
+        less well than causal attention: see ``ringx.balance``)."""
+        lay = self._layout(as_mask(mask, causal))
         if lay is None or "{u}" not in lay:
             return lay
         if ulysses_degree is None:
@@ -45,7 +52,7 @@ class Algorithm:
             ulysses_degree = known_ranks_per_node()
         return lay if ulysses_degree is None else lay.format(u=ulysses_degree)
 
-    def local_divisor(self, causal: bool) -> int:
+    def local_divisor(self, causal: bool | Mask) -> int:
         """The local sequence length must be a multiple of this (for any Ulysses degree)."""
         return local_divisor(self._layout(causal))
 
@@ -68,6 +75,9 @@ _BKV = "broadcast(k,v); broadcast(k,v) + reduce(dk,dv)"
 _AG = "all_gather(k,v); all_gather(k,v) + reduce_scatter(dk,dv)"
 _AG2 = ("all_gather(k,v) inter, then intra; all_gather(k,v) inter, then intra + reduce_scatter(dk,dv) intra, "
         "then inter")
+_BIDIR = ("p2p both ways(k,v); p2p both ways(k,v) + (dk,dv) out with the blocks and back home the shorter way")
+_DOUBLE = ("p2p inner ring(k,v) + outer ring(k,v) prefetched; p2p inner ring(k,v) + inner ring(dk,dv) + "
+           "outer ring(k,v) + outer ring(dk,dv)")
 _A2A = "all_to_all(q,k,v){f} + all_to_all(out,lse); all_to_all(dout){b} + all_to_all(dq,dk,dv)"
 _usp_fwd, _usp_bwd = ulysses.schedule(ring.forward, ring.backward)
 _uspx_fwd, _uspx_bwd = ulysses.schedule(gather.forward, gather.backward)
@@ -79,6 +89,12 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
               "ring attention on the zigzag layout (balanced when causal)"),
     Algorithm("stripe", "ring", "stripe", "stripe", ring.forward, ring.backward, True, _RING,
               "ring attention on the stripe layout (balanced when causal)"),
+    Algorithm("bidir-ring", "ring", "contiguous", "zigzag", bidir.forward, bidir.backward, True, _BIDIR,
+              "bidirectional ring: K/V sent both ways, ceil((P-1)/2) steps, dK/dV home the shorter way (zigzag "
+              "when causal)"),
+    Algorithm("double-ring", "ring", "contiguous", "zigzag", double.forward, double.backward, True, _DOUBLE,
+              "double ring: a ring within each node (inner_ring ranks) inside a ring across nodes, the next outer "
+              "block prefetched during the inner round (zigzag when causal)", topology=True, inner_ring=True),
     _x("ringx1", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, False, _BQ,
        "ringX1: broadcast Q in turn, reduce numerator/denominator to its owner"),
     _x("ringx2", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, False, _BQ,
@@ -109,16 +125,21 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
 )}
 
 
-def get(name: str, causal: bool) -> Algorithm:
+def get(name: str, causal: bool | Mask) -> Algorithm:
     """The named algorithm, or ValueError naming what is available."""
     algo = ALGORITHMS.get(name)
     if algo is None:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     if not algo.supports(causal):
-        mask = "causal" if causal else "non-causal"
+        mask = ("causal" if causal else "non-causal") if isinstance(causal, bool) else str(causal)
         alts = [a for a, x in ALGORITHMS.items() if x.supports(causal)]
         raise ValueError(f"algorithm {name!r} does not support {mask} attention; use one of {', '.join(alts)}")
     return algo
+
+
+def inner_ring_names() -> list[str]:
+    """The algorithms that take ``inner_ring``."""
+    return [n for n, a in ALGORITHMS.items() if a.inner_ring]
 
 
 def ulysses_names() -> list[str]:

@@ -14,6 +14,10 @@ round reduces a fresh buffer (reusing it is the published X4 bug).
 
 With ``overlap`` the next broadcast is posted before the current round
 computes, and reductions run asynchronously, two rounds in flight at most.
+
+Under a mask a round whose root's Q (or K/V) no other rank sees moves nothing
+(``Ctx.shared_rounds``): the root computes its own block alone, and no rank
+broadcasts, all-reduces or reduces for it.
 """
 
 from __future__ import annotations
@@ -26,33 +30,43 @@ from ..merge import Partial
 from .base import Ctx, InFlight, Tensor
 
 
-def _rounds(c: Ctx, mine: list[Tensor]):
-    """Yield (root, root's tensors) for root = 0..P-1, prefetching when overlapping."""
+def _rounds(c: Ctx, mine: list[Tensor], shared: tuple[bool, ...]):
+    """Yield (root, root's tensors) for root = 0..P-1, prefetching when overlapping; a round not ``shared``
+    is yielded on its root only, with no broadcast."""
+    order = [r for r in range(c.world) if shared[r] or r == c.rank]
+
     def fetch(root: int):
+        if not shared[root]:
+            return None
         bufs = mine if root == c.rank else [torch.empty_like(t) for t in mine]
         return [c.comm.broadcast(b, root, async_op=c.overlap) for b in bufs]
 
-    nxt = fetch(0)
-    for root in range(c.world):
-        got = [p.wait()[0] for p in nxt]
-        if c.overlap and root + 1 < c.world:
-            nxt = fetch(root + 1)  # in flight while this round computes
+    nxt = fetch(order[0])
+    for i, root in enumerate(order):
+        got = mine if nxt is None else [p.wait()[0] for p in nxt]
+        if c.overlap and i + 1 < len(order):
+            nxt = fetch(order[i + 1])  # in flight while this round computes
         yield root, got
-        if not c.overlap and root + 1 < c.world:
-            nxt = fetch(root + 1)
+        if not c.overlap and i + 1 < len(order):
+            nxt = fetch(order[i + 1])
 
 
 def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     n = q.shape[1]
     inflight = InFlight()
     own = None
-    for root, (qj,) in _rounds(c, [q]):
+    shared = c.shared_rounds(n, queries=True)
+    for root, (qj,) in _rounds(c, [q], shared):
         part = Partial(qj)
         attend(c.kernel, qj, k, v, c.plan(root, c.rank, n), c.scale, part)
         if c.world == 1:
             return part.final()  # nothing to combine across ranks
+        if not shared[root]:  # my queries see only my keys: my result is final
+            own = part.result()
+            continue
         o, lse = part.result()
-        shift = c.comm.all_reduce_max(lse.clone())
+        # contiguous: the CPU kernel's LSE is laid out (B, S, H), and the ranks must reduce element by element
+        shift = c.comm.all_reduce_max(lse.clone(memory_format=torch.contiguous_format))
         shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
         den = torch.exp(lse - shift)
         buf = torch.empty(o.numel() + den.numel(), dtype=o.dtype, device=o.device)
@@ -65,6 +79,8 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         else:
             inflight.push(pending)
     inflight.drain()
+    if not shared[c.rank]:
+        return own
     pending, num, den, shift = own
     pending.wait()
     out = num / den.transpose(1, 2).unsqueeze(-1)
@@ -73,7 +89,7 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 def kv_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     acc = Partial(q)
-    for root, (kj, vj) in _rounds(c, [k, v]):
+    for root, (kj, vj) in _rounds(c, [k, v], c.shared_rounds(q.shape[1], queries=False)):
         attend(c.kernel, q, kj, vj, c.plan(c.rank, root, q.shape[1]), c.scale, acc)
     return acc.final()
 
@@ -82,7 +98,8 @@ def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
     dq = Grad(q)
     inflight = InFlight()
     own = None
-    for root, (kj, vj) in _rounds(c, [k, v]):
+    shared = c.shared_rounds(q.shape[1], queries=False)
+    for root, (kj, vj) in _rounds(c, [k, v], shared):
         plan = c.plan(c.rank, root, q.shape[1])
         if c.world == 1:  # nothing to reduce: keep dK/dV as the kernel returns them
             dk, dv = Grad(kj), Grad(vj)
@@ -91,6 +108,9 @@ def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
         buf = torch.zeros((2, *k.shape), dtype=acc_dtype(k.dtype), device=k.device)
         dk, dv = Grad(kj, into=buf[0]), Grad(vj, into=buf[1])
         attend_backward(c.kernel, dout, q, kj, vj, out, lse, plan, c.scale, dq, dk, dv)
+        if not shared[root]:  # only I see my keys: nothing to reduce
+            own = (None, buf)
+            continue
         pending = c.comm.reduce(buf, root, async_op=c.overlap)
         if root == c.rank:
             own = (pending, buf)
@@ -98,5 +118,6 @@ def kv_backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tens
             inflight.push(pending)
     inflight.drain()
     pending, buf = own
-    pending.wait()
+    if pending is not None:
+        pending.wait()
     return dq.final(), buf[0], buf[1]

@@ -5,19 +5,29 @@ block is already in flight while the current one is computed. Backward: the
 K/V blocks travel again, and each block's dK/dV accumulator travels with it,
 collecting every rank's contribution until it arrives home after P hops.
 The same schedule serves the contiguous, zigzag and stripe layouts.
+
+A mask that lets every rank stop after T < P steps (``Ctx.ring_steps``: a
+window narrower than a shard, short documents) runs T steps only: T - 1 K/V
+shifts, and the dK/dV accumulators go home in one hop from where they are.
+Every message is received into one of two buffer sets allocated once per
+pass (``comm.Buffers``): K/V, and in the backward the travelling dK/dV.
 """
 
 from __future__ import annotations
 
 from ..blocks import Grad, attend, attend_backward
+from ..comm import Buffers
+from ..kernels import acc_dtype
 from ..merge import Partial
 from .base import Ctx, Tensor
 
 
 def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     acc = Partial(q)
-    for step in range(c.world):
-        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+    bufs = Buffers([k, v])
+    steps = c.ring_steps(q.shape[1])
+    for step in range(steps):
+        nxt = c.comm.ring_shift([k, v], bufs.next()) if step < steps - 1 else None
         attend(c.kernel, q, k, v, c.plan(c.rank, (c.rank - step) % c.world, q.shape[1]), c.scale, acc)
         if nxt is not None:
             k, v = nxt.wait()
@@ -26,18 +36,23 @@ def forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
     dq = Grad(q)
+    bufs, acc_bufs = Buffers([k, v]), Buffers([k, v], dtype=acc_dtype(k.dtype))
     travelling = None  # dK/dV of the block we hold, summed over the ranks it has visited
-    for step in range(c.world):
-        nxt = c.comm.ring_shift([k, v]) if step < c.world - 1 else None
+    steps = c.ring_steps(q.shape[1])
+    for step in range(steps):
+        nxt = c.comm.ring_shift([k, v], bufs.next()) if step < steps - 1 else None
         dk, dv = Grad(k), Grad(v)
         plan = c.plan(c.rank, (c.rank - step) % c.world, q.shape[1])
         attend_backward(c.kernel, dout, q, k, v, out, lse, plan, c.scale, dq, dk, dv)
+        if c.world == 1:
+            return dq.final(), dk.final(), dv.final()
         if travelling is None:
-            dkv = [dk.final(), dv.final()] if c.world == 1 else [dk.result(), dv.result()]
+            dkv = [dk.result(), dv.result()]
         else:
             got_k, got_v = travelling.wait()
-            dkv = [dk.plus(got_k), dv.plus(got_v)]
-        travelling = c.comm.ring_shift(dkv)
+            dkv = [dk.into(got_k), dv.into(got_v)]
+        # on to the next holder; after the last step, home (the block's owner is `step` ranks back)
+        travelling = c.comm.ring_shift(dkv, acc_bufs.next(), hops=1 if step < steps - 1 else c.world - step)
         if nxt is not None:
             k, v = nxt.wait()
     dk_home, dv_home = travelling.wait()

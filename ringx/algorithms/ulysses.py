@@ -59,7 +59,8 @@ def _split(c: Ctx) -> tuple[Comm, Ctx]:
     """The Ulysses communicator, and the context of the schedule across Ulysses groups."""
     uly, ring = c.topology.grid(c.ulysses_degree)
     inner = "zigzag" if ulysses_degree_of(c.layout) is not None else c.layout
-    return c.comm.sub(uly), Ctx(c.comm.sub(ring), c.kernel, inner, c.causal, c.scale, c.overlap)
+    return c.comm.sub(uly), Ctx(c.comm.sub(ring), c.kernel, inner, c.causal, c.scale, c.overlap,
+                                  mask=c.mask)
 
 
 def schedule(inner_forward: Callable, inner_backward: Callable) -> tuple[Callable, Callable]:

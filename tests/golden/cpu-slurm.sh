@@ -11,16 +11,15 @@
 set -euo pipefail
 # software stack: the Python that ran bench sweep
 export OMP_NUM_THREADS=1
-cd /home/u/ringx
 # Preflight on this allocation: the MPI world against Slurm's, bench selftest on every rank's device and
 # the network transport. A failure is recorded (bench sweep status shows it) and no point runs.
 RINGX_PREFLIGHT=/scratch/runs/paper/sweep/preflight/N4x2-"${SLURM_JOB_ID:-0}.json"
 mkdir -p /scratch/runs/paper/sweep/preflight
 rc=0
-srun --mpi=pmi2 -N 4 -n 8 --ntasks-per-node=2 /home/u/ringx/.venv/bin/python -m bench preflight --record "$RINGX_PREFLIGHT" --job N4x2 --nodes 4 --ranks-per-node 2 --gpus-per-node 0 --device auto --dtypes float32 --algorithms ring,ringx3,ringx4 --timeout 300.0 || rc=$?
+srun --mpi=pmi2 -N 4 -n 8 --ntasks-per-node=2 /home/u/ringx/.venv/bin/ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N4x2 --nodes 4 --ranks-per-node 2 --gpus-per-node 0 --device auto --dtypes float32 --algorithms ring,ringx3,ringx4 --timeout 300.0 || rc=$?
 if [ "$rc" -ne 0 ]; then
   [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N4x2", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun --mpi=pmi2 -N 4 -n 8 --ntasks-per-node=2 /home/u/ringx/.venv/bin/python -m bench run --points /scratch/runs/paper/sweep/points/N4x2.json --campaign paper --out /scratch/runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0
+srun --mpi=pmi2 -N 4 -n 8 --ntasks-per-node=2 /home/u/ringx/.venv/bin/ringx-bench run --points /scratch/runs/paper/sweep/points/N4x2.json --campaign paper --out /scratch/runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0

@@ -24,16 +24,15 @@ export FI_CXI_DISABLE_HOST_REGISTER=1
 export FI_CXI_DEFAULT_CQ_SIZE=131072
 export FI_CXI_RDZV_PROTO=alt_read
 export OMP_NUM_THREADS=7
-cd /home/u/ringx
 # Preflight on this allocation: the MPI world against Slurm's, bench selftest on every rank's device and
 # the network transport. A failure is recorded (bench sweep status shows it) and no point runs.
 RINGX_PREFLIGHT=/scratch/memberwork/abc123/ringx-runs/paper/sweep/preflight/N4x8-"${SLURM_JOB_ID:-0}.json"
 mkdir -p /scratch/memberwork/abc123/ringx-runs/paper/sweep/preflight
 rc=0
-srun -N 4 -n 32 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/python -m bench preflight --record "$RINGX_PREFLIGHT" --job N4x8 --nodes 4 --ranks-per-node 8 --gpus-per-node 8 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4 --timeout 300.0 --network libfabric || rc=$?
+srun -N 4 -n 32 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N4x8 --nodes 4 --ranks-per-node 8 --gpus-per-node 8 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4 --timeout 300.0 --network libfabric || rc=$?
 if [ "$rc" -ne 0 ]; then
   [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N4x8", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 4 -n 32 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/python -m bench run --points /scratch/memberwork/abc123/ringx-runs/paper/sweep/points/N4x8.json --campaign paper --out /scratch/memberwork/abc123/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5
+srun -N 4 -n 32 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/memberwork/abc123/ringx-runs/paper/sweep/points/N4x8.json --campaign paper --out /scratch/memberwork/abc123/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5

@@ -17,18 +17,17 @@ module load pytorch/2.6.0
 export NCCL_NET='AWS Libfabric'
 export NCCL_NET_GDR_LEVEL=PHB
 export OMP_NUM_THREADS=32
-cd /home/u/ringx
 # Preflight on this allocation: the MPI world against Slurm's, bench selftest on every rank's device and
 # the network transport. A failure is recorded (bench sweep status shows it) and no point runs.
 RINGX_PREFLIGHT=/scratch/pscratch/ringx-runs/paper-model/sweep/preflight/N2x4-"${SLURM_JOB_ID:-0}.json"
 mkdir -p /scratch/pscratch/ringx-runs/paper-model/sweep/preflight
 rc=0
-srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench preflight --record "$RINGX_PREFLIGHT" --job N2x4 --nodes 2 --ranks-per-node 4 --gpus-per-node 4 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4o --timeout 300.0 --network libfabric || rc=$?
+srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N2x4 --nodes 2 --ranks-per-node 4 --gpus-per-node 4 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4o --timeout 300.0 --network libfabric || rc=$?
 if [ "$rc" -ne 0 ]; then
   [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N2x4", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench model --preset llama3-8b --dtype bfloat16 --batch 1 --seq 16384 --algorithms ring,ringx3,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0
-srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench model --preset llama3-8b --dtype bfloat16 --batch 1 --seq 32768 --algorithms ring,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0
-srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench model --preset llama3-8b --dtype bfloat16 --checkpoint --batch 1 --seq 16384,32768 --algorithms ring,ringx3,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0
+srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench model --preset llama3-8b --dtype bfloat16 --batch 1 --seq 16384 --algorithms ring,ringx3,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0
+srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench model --preset llama3-8b --dtype bfloat16 --batch 1 --seq 32768 --algorithms ring,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0
+srun -N 2 -n 8 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench model --preset llama3-8b --dtype bfloat16 --checkpoint --batch 1 --seq 16384,32768 --algorithms ring,ringx3,ringx4o --campaign paper-model --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 512 --timeout 300.0 --peak-tflops 312.0

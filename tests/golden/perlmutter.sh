@@ -17,16 +17,15 @@ module load pytorch/2.6.0
 export NCCL_NET='AWS Libfabric'
 export NCCL_NET_GDR_LEVEL=PHB
 export OMP_NUM_THREADS=32
-cd /home/u/ringx
 # Preflight on this allocation: the MPI world against Slurm's, bench selftest on every rank's device and
 # the network transport. A failure is recorded (bench sweep status shows it) and no point runs.
 RINGX_PREFLIGHT=/scratch/pscratch/ringx-runs/paper/sweep/preflight/N4x4-"${SLURM_JOB_ID:-0}.json"
 mkdir -p /scratch/pscratch/ringx-runs/paper/sweep/preflight
 rc=0
-srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench preflight --record "$RINGX_PREFLIGHT" --job N4x4 --nodes 4 --ranks-per-node 4 --gpus-per-node 4 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4 --timeout 300.0 --network libfabric || rc=$?
+srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N4x4 --nodes 4 --ranks-per-node 4 --gpus-per-node 4 --device auto --dtypes bfloat16 --algorithms ring,ringx3,ringx4 --timeout 300.0 --network libfabric || rc=$?
 if [ "$rc" -ne 0 ]; then
   [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N4x4", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none python3 -m bench run --points /scratch/pscratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0
+srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench run --points /scratch/pscratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0

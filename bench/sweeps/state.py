@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bench.points.attention import Point
-
-from . import slurm
-from .spec import Sweep
+from .sweep import Sweep
 
 
 def manifest(sw: Sweep) -> dict:
@@ -20,15 +17,14 @@ def save_manifest(sw: Sweep, m: dict) -> None:
     (sw.dir / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
 
 
-def point_states(sw: Sweep, env: dict | None = None) -> dict[str, list[tuple[Point, str]]]:
+def point_states(sw: Sweep, env: dict | None = None) -> dict[str, list[tuple[object, str]]]:
     """job name -> [(point, state)] with state done, failed, running, pending or missing."""
     recorded = sw.store.done()
     subs = manifest(sw)["submissions"]
     live: dict[str, str] = {}
     for s in subs:  # the latest submission of each job decides running/pending
         live[s["job"]] = s["job_id"]
-    job_states = {name: slurm.job_state(jid, env) for name, jid in live.items()} if sw.profile.scheduler == "slurm" \
-        else {}
+    job_states = sw.scheduler.states(live, env)
     out = {}
     for job in sw.jobs:
         rows = []

@@ -4,7 +4,7 @@ Commands:
   plan      the jobs, their points and an estimated duration of each
   render    write the job scripts and point lists into the campaign directory
   submit    render, then sbatch one job per (nodes, ranks per node); --dry-run prints instead
-  local     run the same jobs here with mpiexec (no scheduler)
+  local     run the same job scripts here, one after the other: progress and ETA, logs in the campaign
   status    per job and point: done, failed, running, pending or missing
   resubmit  submit only what is missing (--failed: failed points too)
 
@@ -36,21 +36,26 @@ takes the model's options (preset, arch, layers, d_model, heads, kv_heads, mlp,
 vocab, patch_dim, rope_theta, dtype, checkpoint) and algorithms, seq or
 seq_per_rank and batch; a job runs one `bench model` per model configuration
 (jobs/sweeps/model-demo.toml).
+
+Job scripts call the suite's installed command (`ringx-bench`) from the profile's
+software stack ([stack]: a prefix's bin/, modules, a container): install the suite
+there (`pip install .`); the compute nodes need no checkout.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
-from bench.points.attention import Point
-from bench.points.step import StepPoint
 from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
 from ringx_suite.store import now
 
 from . import slurm
-from .plan import job_commands, write_jobs
-from .spec import Job, Sweep, SweepError, load
+from .plan import write_jobs
+from .schedulers import SCHEDULERS
+from .spec import Job, Sweep, SweepError, load, needs, refuse
 from .state import manifest, point_states, preflight_state, save_manifest
 
 
@@ -68,18 +73,13 @@ def cmd_plan(sw: Sweep, a) -> int:
               f"{slurm.time_limit(sw.limit_s(j.estimate_s))}")
         if a.verbose:
             for p in j.points:
-                print(f"    {describe(p)}")
+                print(f"    {sw.kind.describe(p)}")
     print(f"total: {len(sw.jobs)} jobs, {sum(len(j.points) for j in sw.jobs)} points, "
           f"estimated {total / 3600:.2f} node-job hours of wall time")
+    missing = needs(sw.profile, out_given=True)
+    if missing:
+        print(str(refuse(sw.profile, missing)).replace(f"machine {sw.profile.name} needs", "note: render will need", 1))
     return 0
-
-
-def describe(p: Point | StepPoint) -> str:
-    """A point on one line, for plan and status."""
-    if isinstance(p, StepPoint):
-        return p.describe()
-    return (f"{p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} {p.dtype} b{p.batch} "
-            f"h{p.heads}/{p.kv_heads} d{p.head_dim}")
 
 
 def check_stack(sw: Sweep, a) -> None:
@@ -103,7 +103,7 @@ def cmd_render(sw: Sweep, a) -> int:
     return 0
 
 
-def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: bool, retry: bool = False,
+def _submit(sw: Sweep, pending: list[tuple[Job, list, str]], dry_run: bool, retry: bool = False,
             a=None) -> int:
     if a is not None:
         check_stack(sw, a)
@@ -113,7 +113,7 @@ def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: boo
         if dry_run:
             print(f"# would run: sbatch --parsable {script}  ({len(pts)} points)\n{script.read_text()}")
             continue
-        jid = slurm.sbatch(script)
+        jid = sw.scheduler.submit(script)
         m["submissions"].append({"job": job.name, "job_id": jid, "script": str(script), "points": len(pts),
                                  "submitted_at": now()})
         save_manifest(sw, m)
@@ -122,7 +122,7 @@ def _submit(sw: Sweep, pending: list[tuple[Job, list[Point], str]], dry_run: boo
 
 
 def cmd_submit(sw: Sweep, a) -> int:
-    if sw.profile.scheduler != "slurm":
+    if not sw.scheduler.queues:
         raise SweepError(f"machine {sw.profile.name} has no scheduler: use `bench sweep local`")
     return _submit(sw, [(j, j.points, "") for j in sw.jobs], a.dry_run, a=a)
 
@@ -156,26 +156,75 @@ def cmd_status(sw: Sweep, a) -> int:
               + (f"  {pf}" if pf else ""))
         if a.verbose:
             for p, s in rows:
-                print(f"    {s:8s} {describe(p)}")
+                print(f"    {s:8s} {sw.kind.describe(p)}")
     return 0
+
+
+def _minutes(s: float) -> str:
+    return f"{s / 60:.1f} min"
 
 
 def cmd_local(sw: Sweep, a) -> int:
+    """Each job's script, here, one after the other; while one runs, its points done of all, and an ETA.
+
+    A job's output goes to the campaign's logs/ (as a Slurm job's does), named like Slurm's (%x-%j.out, the
+    start time standing for the job id); a job that fails is reported with the end of its log.
+    """
     from bench import mpirun
 
     scripts = write_jobs(sw, [(j, j.points, "") for j in sw.jobs])
+    keys = {j.name: set(sw.keys(j)) for j in sw.jobs}
+    total = sum(len(k) for k in keys.values())
+    env = {**os.environ, **({"PYTHONPATH": str(mpirun.ROOT)} if mpirun.CHECKOUT else {})}
+    local = SCHEDULERS["local"]
+    start = time.monotonic()
+    first = _recorded(sw, keys)
+    left_s = sum(j.estimate_s for j in sw.jobs)  # the plan's figure until points finish here
     for j, script in zip(sw.jobs, scripts):
-        print(f"[sweep local] {j.name}: {j.ranks} rank(s), {len(j.points)} points (~{j.estimate_s / 60:.1f} min)",
+        print(f"[sweep local] {j.name}: {j.ranks} rank(s), {len(j.points)} points (~{_minutes(j.estimate_s)})",
               flush=True)
-        for cmd in job_commands(sw, j.points, sw.dir / "points" / f"{j.name}.json"):
-            proc = mpirun.run(j.ranks, ["-m", "bench", *cmd, *(["--quiet"] if a.quiet else [])], capture=False,
-                              env=sw.profile.env)
-            if proc.returncode != 0:
-                print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its script: {script}",
-                      file=sys.stderr)
-                return 1
+        log = local.log((sw.dir / "logs").resolve(), f"ringx-{sw.campaign}-{j.name}", time.strftime("%Y%m%d-%H%M%S"))
+        proc = local.start(script, log, env)
+        shown = None
+        while proc.poll() is None:
+            time.sleep(0.5 if shown is None else 2.0)
+            shown = _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
+        _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its log: {log}; its script: {script}\n"
+                  + "\n".join(f"  | {line}" for line in tail), file=sys.stderr)
+            return 1
+        left_s -= j.estimate_s
+        print(f"[sweep local] {j.name} done in {_minutes(time.monotonic() - start)} so far; log: {log}", flush=True)
     print(f"[sweep local] done -> {sw.store.records_path}")
     return 0
+
+
+def _recorded(sw: Sweep, keys: dict[str, set[str]]) -> dict[str, int]:
+    """Job name -> how many of its records (points x repeats) the campaign holds, ok or failed."""
+    try:
+        done = set(sw.store.done())
+    except Exception:  # a record being written while we read: count it next time
+        return {}
+    return {name: len(k & done) for name, k in keys.items()}
+
+
+def _progress(sw: Sweep, keys, job: Job, total: int, first: dict, start: float, left_s: float, shown, quiet: bool):
+    """Print a line when the count of finished points changed: this job's, the campaign's, the elapsed time and an
+    ETA (measured rate once points finish here, else the plan's estimate). Returns what it showed."""
+    now_done = _recorded(sw, keys)
+    if not now_done:
+        return shown
+    campaign = sum(now_done.values())
+    if campaign == shown or quiet:
+        return campaign if not quiet else shown
+    elapsed = time.monotonic() - start
+    here = campaign - sum(first.values())
+    eta = elapsed / here * (total - campaign) if here > 0 else max(left_s - elapsed, 0.0)
+    print(f"[sweep local] {job.name}: {now_done[job.name]}/{len(keys[job.name])} points, campaign {campaign}/{total}, "
+          f"{_minutes(elapsed)} elapsed, ETA {_minutes(eta)}{'' if here else ' (estimated)'}", flush=True)
+    return campaign
 
 
 COMMANDS = {"plan": cmd_plan, "render": cmd_render, "submit": cmd_submit, "local": cmd_local, "status": cmd_status,
@@ -189,9 +238,9 @@ def cmd_predict(sw: Sweep, a) -> int:
     from costmodel.predict import predict
     from ringx_suite.tables import Table, render
 
-    if sw.driver == "model":
-        raise SweepError(f"predict covers attention points (bench run); {sw.path.name} is a model sweep (driver = "
-                         "\"model\"): its plan estimates each training step")
+    if not sw.kind.predicts:
+        raise SweepError(f"predict covers attention points (bench run); {sw.path.name} is a {sw.driver} sweep "
+                         f"(driver = \"{sw.driver}\", {sw.kind.what}): its plan estimates each point")
     machine = load_machine(a.machine)[0] if a.machine else from_table(sw.profile.name, sw.profile.model)
     print(f"campaign {sw.campaign}: predictions on {machine.name} ({machine.source})\n")
     rows = []
@@ -218,10 +267,13 @@ COMMANDS["predict"] = cmd_predict
 HELP = {"plan": "the jobs, their points, estimated duration and time limit of each",
         "render": "write the job scripts and point lists into the campaign directory",
         "submit": "render, then sbatch one job per (nodes, ranks per node)",
-        "local": "run the same jobs here with mpiexec (no scheduler)",
+        "local": "run the same job scripts here: progress and ETA while they run, logs in the campaign",
         "status": "per job and point: done, failed, running, pending or missing",
         "resubmit": "submit only what is missing (--failed: failed points too)",
         "predict": "each point's predicted time (cost model) and the fastest algorithm per configuration"}
+
+
+WRITES_JOBS = ("render", "submit", "resubmit", "local")  # these need every setting of the job scripts
 
 
 def build_parser() -> Parser:
@@ -245,7 +297,7 @@ def build_parser() -> Parser:
         if name in ("plan", "status"):
             c.add_argument("--verbose", "-v", action="store_true", help="list every point")
         if name == "local":
-            c.add_argument("--quiet", action="store_true", help="no per-record progress")
+            c.add_argument("--quiet", action="store_true", help="no progress lines while a job runs")
         if name == "predict":
             c.add_argument("--machine", help="another profile with a [model] table (default: the sweep's)")
     return p
@@ -257,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     def go() -> int:
         try:
             sw = load(a.file, getattr(a, "account", ""), getattr(a, "partition", ""), getattr(a, "qos", ""),
-                      a.profile)
+                      a.profile, for_jobs=a.command in WRITES_JOBS)
             return COMMANDS[a.command](sw, a)
         except RuntimeError as e:  # sbatch or a local job failed: said plainly, no traceback
             raise UserError(str(e)) from None

@@ -37,6 +37,8 @@ from pathlib import Path
 
 from costmodel.machine import PROFILES
 
+from .schedulers import SCHEDULERS, Scheduler
+
 STACK_KINDS = ("none", "modules", "prefix", "container")
 RUNTIMES = ("", "cuda", "rocm")
 NETWORKS = ("", "libfabric")
@@ -60,6 +62,16 @@ class Stack:
             return f"{self.prefix.rstrip('/')}/bin/python"
         return "python3" if self.kind in ("modules", "container") else fallback
 
+    def suite(self, fallback: str) -> list[str]:
+        """The suite's command in the job's environment: ``ringx-bench`` beside the stack's interpreter (a path),
+        else on the PATH the stack sets up. Without a stack: the one beside ``fallback`` (the running Python),
+        or ``fallback -m ringx_bench`` where this environment has no console script (a bare checkout)."""
+        python = self.interpreter(fallback)
+        if self.kind == "none" and not self.python:
+            here = Path(fallback).parent / "ringx-bench"
+            return [str(here)] if here.exists() else [fallback, "-m", "ringx_bench"]
+        return [str(Path(python).parent / "ringx-bench")] if "/" in python else ["ringx-bench"]
+
     def describe(self) -> str:
         """One line for the job script's comment: where the interpreter comes from."""
         mods = "modules " + " ".join(self.modules) if self.modules else ""
@@ -72,7 +84,7 @@ class Stack:
 class Profile:
     name: str
     description: str
-    scheduler: str  # "slurm" or "local"
+    scheduler: Scheduler  # named in the file: a key of schedulers.SCHEDULERS
     gpus_per_node: int  # 0: CPU ranks
     peak_tflops: float  # per rank
     efficiency: float
@@ -96,7 +108,7 @@ class Profile:
 
     def memory_per_rank(self, ranks_per_node: int) -> int:
         """Bytes one rank may use (0: unknown, not checked); the local machine's own when not given."""
-        gb = self.memory_gb or (local_memory() if self.scheduler == "local" else 0.0)
+        gb = self.memory_gb or (local_memory() if self.scheduler.here else 0.0)
         return int(gb * 1e9 / (1 if self.gpus_per_node else max(1, ranks_per_node)))
 
     def startup(self, ranks: int) -> float:
@@ -184,8 +196,8 @@ def load_profile(name: str, explicit: bool = False) -> Profile:
     if unknown:
         raise ValueError(f"profile {path}: unknown key(s) {', '.join(sorted(unknown))}")
     problems = _check(path, data)
-    if data.get("scheduler") not in ("slurm", "local"):
-        problems.append("scheduler must be slurm or local")
+    if data.get("scheduler") not in SCHEDULERS:
+        problems.append(f"scheduler must be one of {', '.join(SCHEDULERS)}")
     missing = [k for k in ("description", "scheduler", "gpus_per_node", "peak_tflops", "efficiency", "launcher")
                if k not in data]
     if missing:
@@ -193,9 +205,7 @@ def load_profile(name: str, explicit: bool = False) -> Profile:
     if problems:
         raise ValueError(f"profile {path}: " + "; ".join(problems))
     stack = make_stack(data.pop("stack", {}), f"profile {path}")
-    prof = Profile(name=path.stem, stack=stack, **data)
-    if prof.scheduler not in ("slurm", "local"):
-        raise ValueError(f"profile {path}: scheduler must be slurm or local")
+    prof = Profile(name=path.stem, stack=stack, **(data | {"scheduler": SCHEDULERS[data["scheduler"]]}))
     if prof.gpu_runtime not in RUNTIMES or bool(prof.gpu_runtime) != bool(prof.gpus_per_node):
         raise ValueError(f"profile {path}: gpu_runtime must be \"cuda\" or \"rocm\" when gpus_per_node > 0, and "
                          "absent for CPU ranks")
@@ -210,6 +220,11 @@ def load_profile(name: str, explicit: bool = False) -> Profile:
 _VAR = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 
 
+def unset_vars(value: str) -> list[str]:
+    """The $VARS of ``value`` that this environment does not set."""
+    return [a or b for a, b in _VAR.findall(value) if not os.environ.get(a or b)]
+
+
 def expand(value: str, what: str, **names: str) -> str:
     """``value`` with {account}-style names filled and $VARS expanded from this environment; a variable that is
     not set is an error naming it (a job must not write to a path that silently lost its root)."""
@@ -217,7 +232,7 @@ def expand(value: str, what: str, **names: str) -> str:
         value = value.format(**names)
     except (KeyError, IndexError) as e:
         raise ValueError(f"{what} {value!r}: unknown name {{{e.args[0]}}}") from None
-    missing = [a or b for a, b in _VAR.findall(value) if not os.environ.get(a or b)]
+    missing = unset_vars(value)
     if missing:
         raise ValueError(f"{what} {value!r} needs ${missing[0]}, which is not set here")
     return os.path.expandvars(value)

@@ -122,6 +122,11 @@ def fastest_map(a) -> int:
                                                              for u, p in zip(d["ulysses_degree"], d["ranks"])])
     print(tables.render(tables.frame_table(best[["machine", "seq", "ranks", "algorithm", "degrees", "speedup"]]
                                            .round(3), caption=predicted.CAPTION), "markdown"))
+    wins = predicted.beats(table, "double-ring", ["ring", "ringx3b", "usp"])
+    if not wins.empty:
+        wins.to_csv(out / "double-ring-wins.csv", index=False)
+        print("\nwhere double-ring is predicted faster (vs_X: X's time over double-ring's):\n")
+        print(tables.render(tables.frame_table(wins.round(3)), "markdown"))
     fig = predicted.map_figure(table)
     paths = figures.save(fig, out, "fastest-map", ("pdf", "png"))
     plt.close(fig)

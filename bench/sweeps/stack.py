@@ -18,7 +18,7 @@ import shlex
 import subprocess
 
 from .profiles import Profile
-from .slurm import command, stack_lines
+from .script import command, stack_lines
 
 PROBE = ("import json, torch; print('RINGX_PROBE ' + json.dumps({'torch': torch.__version__, "
          "'cuda': torch.version.cuda, 'hip': torch.version.hip}))")
@@ -41,7 +41,7 @@ def probe(prof: Profile, python: str, timeout: float = 120.0) -> tuple[dict | No
 def _probe(prof: Profile, st, python: str, timeout: float) -> tuple[dict | None, str]:
     if st.kind == "container" and st.exec.lstrip().startswith("-"):
         return None, f"its container starts through a launcher option ({st.exec.split()[0]}), only on an allocation"
-    run = command(prof, 1, 1, python, "mpiexec")
+    run = command(prof, 1, 1, [python], "mpiexec")
     launcher = prof.launcher.format(nodes=1, ranks=1, ranks_per_node=1, mpiexec="mpiexec")
     local = run[len(launcher):].strip()  # the container's exec words and the interpreter, without srun
     script = "\n".join([*stack_lines(st)[1:], f"{local} -c {shlex.quote(PROBE)}"])

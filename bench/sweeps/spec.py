@@ -3,10 +3,10 @@
 The file names the campaign, a machine profile, node counts and ranks per
 node, the measurement settings (``[bench]``, bench/options.py SETTINGS) and the
 point parameters (``[params]``, bench/options.py PARAMS); see
-``python -m bench sweep --help`` for its format. With ``driver = "model"`` its
-points are ``bench model`` training steps (bench/points/step.py), whose
-``[params]`` are the model's options (bench/options.py MODEL) and the point's
-algorithms, seq or seq_per_rank and batch.
+``ringx-bench sweep --help`` for its format. ``driver`` names what the points
+are (kinds.py: ``run``, attention points, the default; ``model``, training
+steps). What the profile needs and is not given (the scratch's variables, the
+account, the stack's variables) is named all at once (needs()).
 """
 
 from __future__ import annotations
@@ -15,30 +15,24 @@ import itertools
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import options
-from bench.drivers import step as step_driver
-from bench.points import step as step_points
-from bench.points.attention import Point, make_point, memory_bytes, record_config
-from bench.points.step import StepPoint, make_step_point
-from ringx_suite.cli import UserError, nearest
-from ringx_suite.store import Store, StoreError, check_campaign_name, config_key
+from ringx_suite.cli import nearest
+from ringx_suite.store import StoreError, check_campaign_name
 
 from . import profiles, slurm
+from .estimate import estimate
+from .kinds import kind
+from .sweep import Job, Sweep, SweepError
+
+__all__ = ["Job", "Sweep", "SweepError", "load", "needs"]
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
        "bench", "params", "zip", "exclude", "stack", "driver"}
 SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
 BENCH = set(options.SETTINGS)
-PARAMS = set(options.PARAMS)
-DRIVERS = {"run": PARAMS, "model": set(step_points.SWEEP_PARAMS)}  # driver -> its [params] keys
 MAX_TIME_MARGIN = 100.0
-
-
-class SweepError(UserError):
-    """A problem with the sweep file, reported before anything is submitted."""
 
 
 def _unknown(keys, valid, where: str) -> None:
@@ -76,66 +70,6 @@ def expand(params: dict, zips: list[list[str]], excludes: list[dict]) -> list[di
     return points
 
 
-@dataclass
-class Job:
-    nodes: int
-    ranks_per_node: int
-    points: list[Point] | list[StepPoint]
-    estimate_s: float = 0.0
-
-    @property
-    def ranks(self) -> int:
-        return self.nodes * self.ranks_per_node
-
-    @property
-    def name(self) -> str:
-        return f"N{self.nodes}x{self.ranks_per_node}"
-
-
-@dataclass
-class Sweep:
-    path: Path
-    campaign: str
-    profile: profiles.Profile
-    jobs: list[Job]
-    bench: dict
-    out: Path
-    account: str = ""
-    partition: str = ""
-    qos: str = ""
-    tag: str | None = None
-    time_margin: float = 2.0
-    driver: str = "run"  # bench run (attention) or bench model (training steps) points
-    _call_s: dict = field(default_factory=dict, init=False, repr=False)  # estimate's cache per (job, point)
-
-    def limit_s(self, estimate_s: float) -> float:
-        """A job's time limit: the estimate (start-up allowance included, see plan.estimate) times the margin,
-        plus 2 minutes of slack."""
-        return estimate_s * self.time_margin + 120
-
-    @property
-    def settings(self) -> dict:
-        return self.bench
-
-    @property
-    def store(self) -> Store:
-        return Store(self.out, self.campaign)
-
-    @property
-    def dir(self) -> Path:
-        return self.out / self.campaign / "sweep"
-
-    def keys(self, job: Job) -> dict[str, Point | StepPoint]:
-        """Record key -> point, for every point and repeat of a job (as bench run or bench model will write
-        them)."""
-        b = self.bench
-        if self.driver == "model":
-            return {config_key(step_points.record_config(pt, job.ranks, job.nodes, rep, b)): pt
-                    for pt in job.points for rep in range(b["repeats"])}
-        return {config_key(record_config(pt, job.ranks, job.nodes, rep, b["kernel"], b["warmup"], b["iters"])): pt
-                for pt in job.points for rep in range(b["repeats"])}
-
-
 DEFAULT_OUT = "runs"
 MAX_JOB_S = 14 * 86400.0  # a job limit beyond this is a typo (iters = 10**12), not a plan
 
@@ -149,18 +83,48 @@ def _machine(name) -> str:
     return name
 
 
+STACK_NEEDS = {"prefix": "the conda env or venv the job runs, with the suite installed",
+               "image": "the container image the job runs", "python": "the interpreter the job runs",
+               "plugin_path": "the network plugin's lib/ directory (aws-ofi-rccl or aws-ofi-nccl)"}
+
+
+def needs(prof: profiles.Profile, account: str = "", out_given: bool = False, stack: bool = True) -> list[str]:
+    """Every setting a job of this profile needs and that is not given here, each with what it is for and where it
+    is set: the output root's (scratch) variables and account, then (``stack``) the software stack's."""
+    found = []
+    if prof.scratch and not out_given:
+        if "{account}" in prof.scratch and not account:
+            found.append(f"the account: the allocation the jobs are charged to, and part of the output root "
+                         f"{prof.scratch} (sweep file: account = \"...\", or --account; or out = "
+                         "\"/path/to/scratch\" in the sweep file)")
+        found += [f"${v}, which is not set here: the output root {prof.scratch} (the environment: the machine's login "
+                  "nodes set it; or out = \"/path/to/scratch\" in the sweep file)"
+                  for v in profiles.unset_vars(prof.scratch)]
+    if stack:
+        st = prof.stack
+        for k, why in STACK_NEEDS.items():
+            found += [f"${v}, which is not set here: [stack] {k} = {getattr(st, k)!r}, {why} (the environment: "
+                      f"export {v}=...; or [stack] {k} in the sweep file)" for v in profiles.unset_vars(getattr(st, k))]
+        if prof.network and prof.gpu_runtime == "rocm" and not st.plugin_path:
+            found.append(f"[stack] plugin_path: RCCL needs the aws-ofi-rccl plugin for {prof.network} (its lib/ "
+                         "directory; the profile or the sweep file)")
+    return list(dict.fromkeys(found))
+
+
+def refuse(prof: profiles.Profile, missing: list[str]) -> SweepError:
+    """One error naming every missing setting."""
+    if len(missing) == 1:
+        return SweepError(f"machine {prof.name} needs {missing[0]}")
+    return SweepError(f"machine {prof.name} needs {len(missing)} settings that are not given here:\n  "
+                      + "\n  ".join(missing))
+
+
 def _scratch(profile: profiles.Profile, account: str) -> str:
-    """The default output root: the profile's scratch (home is read-only from Frontier's compute nodes), else runs."""
+    """The default output root: the profile's scratch (home is read-only from Frontier's compute nodes), else runs
+    (needs() has made sure it can be expanded)."""
     if not profile.scratch:
         return DEFAULT_OUT
-    if "{account}" in profile.scratch and not account:
-        raise SweepError(f"machine {profile.name} writes to {profile.scratch}, which needs the account: give "
-                         "account (or --account), or out = \"/path/to/scratch\" in the sweep file")
-    try:
-        return profiles.expand(profile.scratch, f"machine {profile.name}'s scratch", account=account)
-    except ValueError as e:
-        raise SweepError(f"{e}: set it (the machine's login nodes do), or give out = \"/path/to/scratch\" in the "
-                         "sweep file") from None
+    return profiles.expand(profile.scratch, f"machine {profile.name}'s scratch", account=account)
 
 
 def _table(raw: dict, key: str, where: str) -> dict:
@@ -188,34 +152,6 @@ def _excludes(raw: dict, where: str, valid: set[str]) -> list[dict]:
     return rules
 
 
-def _driver(raw: dict) -> str:
-    d = raw.get("driver", "run")
-    if not isinstance(d, str) or d not in DRIVERS:
-        raise SweepError(f"driver {d!r}: choose run (attention points, bench run) or model (training steps, "
-                         "bench model)")
-    return d
-
-
-def _check_model_params(params: dict, dicts: list[dict], where: str) -> None:
-    """A model sweep's [params], said in one line whatever the ranks: values against their definitions, then
-    every model configuration with the algorithms asked of it (preset, fields that do not divide, masking)."""
-    where = f"[params] of {where}"
-    if "algorithms" not in params:
-        raise SweepError(f"{where} needs algorithms, e.g. algorithms = ['ring', 'ringx4']")
-    if "seq" not in params and "seq_per_rank" not in params:
-        raise SweepError(f"{where} needs seq (global tokens) or seq_per_rank (weak scaling)")
-    try:
-        step_points.check_values(params, where)
-        models: dict[tuple, list[str]] = {}  # each model configuration (its values are scalars by now) -> algorithms
-        for d in dicts:
-            models.setdefault(tuple((k, v) for k, v in d.items() if k in step_points.MODEL_KEYS), []).append(
-                d["algorithm"])
-        for key, algos in models.items():
-            step_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
-    except ValueError as e:
-        raise SweepError(str(e)) from None
-
-
 def _out(value) -> Path:
     """The output root: a plain path whose resolved form can go into #SBATCH lines (logs live under it)."""
     if not isinstance(value, str) or not value:
@@ -234,11 +170,12 @@ def _inside(sw_dir: Path, out: Path) -> None:
 
 
 def load(path: str | Path, account: str = "", partition: str = "", qos: str = "",
-         profile: str | Path | None = None) -> Sweep:
+         profile: str | Path | None = None, for_jobs: bool = False) -> Sweep:
     """Parse and validate a sweep file; every impossible point is reported before anything runs.
 
     ``account``, ``partition``, ``qos`` override the file's; ``profile`` is a profile file the user named on
-    the command line, in place of the file's ``machine``.
+    the command line, in place of the file's ``machine``. With ``for_jobs`` (render, submit, local) the settings
+    the job scripts need (the software stack's) must be given too; every missing one is named in one error.
     """
     path = Path(path)
     try:
@@ -249,12 +186,15 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"{path} is not valid TOML: {e}") from None
     where = path.name
     _unknown(raw, TOP, where)
-    driver = _driver(raw)
+    try:
+        pk = kind(raw.get("driver", "run"))
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     params = _table(raw, "params", where)
     zips = _zips(raw, params, where)
     _unknown(_table(raw, "bench", where), BENCH, f"[bench] of {where}")
-    _unknown(params, DRIVERS[driver], f"[params] of {where}")
-    excludes = _excludes(raw, where, DRIVERS[driver])
+    _unknown(params, pk.params, f"[params] of {where}")
+    excludes = _excludes(raw, where, pk.params)
     for k in ("campaign", "nodes") + (() if profile else ("machine",)):
         if k not in raw:
             raise SweepError(f"{where} needs {k!r}")
@@ -270,8 +210,10 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
             _unknown(given, SWEEP_STACK, f"[stack] of {where}")
             prof.stack = profiles.make_stack(given, f"[stack] of {where}", base=prof.stack)
-        defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ} if driver == "model" else {}  # bench model's
-        bench = options.settings(defaults | _table(raw, "bench", where), f"[bench] of {where}")
+        bench = options.settings(pk.defaults | _table(raw, "bench", where), f"[bench] of {where}")
+        missing = needs(prof, account or prof.account, "out" in raw, stack=for_jobs)
+        if missing:
+            raise refuse(prof, missing)
         out = _out(raw["out"] if "out" in raw else _scratch(prof, account or prof.account))
     except StoreError as e:
         raise SweepError(f"{where}: {e}") from None
@@ -305,9 +247,10 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     dicts = expand(params, zips, excludes)
     if not dicts:
         raise SweepError("the sweep has no points (every combination is excluded?)")
-    if driver == "model":
-        _check_model_params(params, dicts, where)
-    check_seq = bench["check_max_seq"] if bench["check"] else 0
+    try:
+        pk.check_params(params, dicts, where)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
     gpu = bool(prof.gpus_per_node) and bench["device"] != "cpu"
     sweep_jobs = []
     for n in nodes:
@@ -316,13 +259,11 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             have = prof.memory_per_rank(r)
             for d in dicts:
                 try:
-                    pt = make_step_point(d, n * r, "cuda" if gpu else "cpu") if driver == "model" \
-                        else make_point(d, n * r)
+                    pt = pk.make(d, n * r, gpu)
                 except ValueError as e:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: {e}")
                     continue
-                need = step_points.memory_bytes(pt, n * r, gpu, bench["check"]) if driver == "model" \
-                    else memory_bytes(pt, n * r, check_seq)
+                need = pk.memory_bytes(pt, n * r, gpu, bench)
                 if have and need > have:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: needs at least "
                                     f"{need / 2**30:.1f} GiB per rank, more than the {have / 2**30:.1f} GiB a rank "
@@ -333,10 +274,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"impossible point: {problems[0]}")
     if problems:
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
-    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin), driver)
+    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin), pk.name)
     _inside(sw.dir, out)
-    from .plan import estimate  # plan builds on the Sweep defined here
-
     for j in sw.jobs:
         j.estimate_s = estimate(sw, j, j.points)
         if sw.limit_s(j.estimate_s) > MAX_JOB_S:

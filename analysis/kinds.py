@@ -1,0 +1,89 @@
+"""The record kinds analysis compares, one table entry each: what is compared, at which configuration, with
+which measures, grouped how.
+
+``summarize`` and ``speedup`` (metrics.py), the figures (figures.py), the tables and the report read a kind's
+entry and nothing else about it, so a new kind of timed record (serving: ``infer``) is one entry here plus its
+own figures and table. The grouping of figures and tables by mask is :func:`mask_names`: the one place that
+says what a row's mask is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ringx_suite.records import COMPARE_BY, MODEL_COMPARE_BY
+
+PHASES = ("forward", "backward", "grad_allreduce", "optimizer")  # a training step's timed phases
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of timed record is summarized, compared and shown."""
+
+    record: str  # the records' `kind` field
+    noun: str  # the records in messages: "no successful {noun}s"
+    candidate: str  # the column whose values are compared: a speedup is one candidate's over another's
+    config: tuple[str, ...]  # two candidates compare at equal values of these (ringx_suite/records.py)
+    panel_by: tuple[str, ...]  # one figure panel per value of these (and of the figure's own axis)
+    measures: Callable[[pd.DataFrame, float], dict]  # the kind's own summary columns: (ok records, median s)
+    empty: str  # why there is nothing to summarize
+    unmeasured: str  # what the baseline lacks: "baseline 'ring' has no successful {unmeasured}"
+    share_y: bool  # panels share the y axis (False: each panel's own range, as for noisy short steps)
+    mfu_label: tuple[str, str]  # axis label of MFU, and of TFLOP/s per rank where no peak is known
+    figures: str  # the analysis module whose FIGURES (with TITLES, CAPTIONS) draw this kind's summary
+    tables: str  # the analysis module whose TABLES tabulate it
+
+
+def _attention(g: pd.DataFrame, median_s: float) -> dict:
+    return {}
+
+
+def _step(g: pd.DataFrame, median_s: float) -> dict:
+    first = g.iloc[0]
+    return {"head_dim": int(first["d_model"]) // int(first["heads"]),
+            **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in PHASES},
+            "tokens_per_s_per_rank": first["batch"] * first["seq"] / first["world_size"] / median_s,
+            "flops_per_token": first["flops_per_token"]}
+
+
+KINDS: dict[str, Kind] = {
+    "attention": Kind("attention", "attention record", "algorithm", COMPARE_BY, ("mask",), _attention,
+                      "no successful attention records to summarize", "measurement", True,
+                      ("MFU", "TFLOP/s per rank"), "figures", "tables"),
+    "step": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _step,
+                 "no successful model records (run `python -m bench model`)", "model record", False,
+                 ("MFU (model FLOPs)", "model TFLOP/s per rank"), "step", "step"),
+}
+
+
+def kind_of(frame: pd.DataFrame) -> Kind:
+    """The kind a summary or speedup frame was made from (summarize records it; attention when not said)."""
+    return KINDS[frame.attrs.get("kind", "attention")]
+
+
+def present(df: pd.DataFrame) -> list[str]:
+    """The kinds with at least one successful record in ``df``, in KINDS order."""
+    if "kind" not in df or "status" not in df:
+        return []
+    ok = set(df.loc[df["status"] == "ok", "kind"])
+    return [name for name, k in KINDS.items() if k.record in ok]
+
+
+MASK_ORDER = ("causal", "non-causal")  # panels and rows in this order, other masks after them by name
+
+
+def mask_names(df: pd.DataFrame) -> pd.Series:
+    """Each row's mask as text: its `mask` field where records carry one, else from `causal`."""
+    from_causal = df["causal"].map({True: "causal", False: "non-causal"}) if "causal" in df else \
+        pd.Series([None] * len(df), index=df.index, dtype=object)
+    if "mask" not in df:
+        return from_causal.astype(object)
+    return df["mask"].astype(object).where(df["mask"].notna(), from_causal)
+
+
+def mask_order(mask: str) -> tuple:
+    return (MASK_ORDER.index(mask) if mask in MASK_ORDER else len(MASK_ORDER), mask)

@@ -1,0 +1,91 @@
+"""MPI worker: every algorithm under every mask of tests/mask_cases.py, then bad masks.
+
+Usage: [RINGX_RANKS_PER_NODE=k] mpiexec -n P python tests/workers/mask_cases.py OUT_DIR SEED
+Each rank writes OUT_DIR/rank{r}.jsonl (per case: the error of each quantity of its own shard
+against a dense masked float64 softmax, and its ledgers) and OUT_DIR/rank{r}.json (what each
+bad call raised, and whether a good call still ran after them).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import ringx
+from ringx import Mask, launch
+from tests.mask_cases import SEQ_LOCAL, mask_cases
+from tests.workers.attention_cases import error
+
+
+def dense(Q, K, V, dO, mask: Mask):
+    """out, lse, dq, dk, dv of softmax attention under ``mask``, float64, autograd (no ringx code but the mask's
+    own rule, which tests/test_masks.py checks against its definition)."""
+    q, k, v = (t.detach().double().requires_grad_() for t in (Q, K, V))
+    s = q.shape[1]
+    g = q.shape[2] // k.shape[2]
+    kk, vv = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, kk) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~mask.visible(torch.arange(s), torch.arange(s)), float("-inf"))
+    out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), vv)
+    out.backward(dO.double())
+    return out.detach(), scores.logsumexp(-1).detach(), q.grad, k.grad, v.grad
+
+
+def run_case(i, case, seed, P, r) -> dict:
+    gen = torch.Generator().manual_seed(seed + i)
+    S = SEQ_LOCAL * P
+    shapes = [(case.batch, S, h, case.head_dim) for h in (case.heads, case.kv_heads, case.kv_heads, case.heads)]
+    Q, K, V, dO = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
+    m = case.mask
+    ref = dense(Q, K, V, dO, m)
+    layout = ringx.ALGORITHMS[case.algorithm].layout(mask=m)
+    q, k, v = (ringx.shard(t, layout, r, P, mask=m).requires_grad_() for t in (Q, K, V))
+    stats = ringx.CallStats()
+    out, lse = ringx.attention(q, k, v, algorithm=case.algorithm, mask=m, return_lse=True, stats=stats)
+    out.backward(ringx.shard(dO, layout, r, P))
+    mine = [ringx.shard(t, layout, r, P, dim=2 if j == 1 else 1) for j, t in enumerate(ref)]
+    got = (out, lse, q.grad, k.grad, v.grad)
+    return {
+        "case": case.id, "rank": r, "seed": seed + i, "layout": stats.layout, "mask": stats.mask,
+        "errors": {name: error(g, x) for name, g, x in zip(("out", "lse", "dq", "dk", "dv"), got, mine)},
+        "forward": stats.forward.as_dict(), "backward": stats.backward.as_dict(),
+    }
+
+
+def bad_calls(P: int, r: int) -> dict:
+    t = torch.randn(1, SEQ_LOCAL, 2, 8, dtype=torch.float64)
+    calls = {
+        "differs": dict(mask=Mask.window(3 if r == 0 else 4)),
+        "lengths_sum": dict(mask=Mask.documents([5, 7])),
+        "both": dict(mask=Mask.causal(), causal=True),
+        "neither": dict(),
+        "text": dict(mask="window:-1"),
+    }
+    raised = {}
+    for name, kw in calls.items():
+        try:
+            ringx.attention(t, t, t, algorithm="ring", **kw)
+            raised[name] = None
+        except ringx.RingxInputError as e:
+            raised[name] = str(e)
+    good = ringx.attention(t, t, t, algorithm="ring", mask="window:4")  # the group still works
+    return {"raised": raised, "good": bool(torch.isfinite(good).all())}
+
+
+def main() -> None:
+    out_dir, seed = Path(sys.argv[1]), int(sys.argv[2])
+    torch.set_num_threads(1)
+    ctx = launch.init(timeout_s=120)
+    P, r = ctx.world_size, ctx.rank
+    rpn = int(os.environ.get("RINGX_RANKS_PER_NODE", "0") or 0)
+    rows = [run_case(i, c, seed, P, r) for i, c in enumerate(mask_cases(P, rpn if rpn and rpn < P else 0))]
+    (out_dir / f"rank{r}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    if not rpn:
+        (out_dir / f"rank{r}.json").write_text(json.dumps(bad_calls(P, r)))
+    launch.finalize()
+
+
+if __name__ == "__main__":
+    main()
