@@ -235,3 +235,19 @@ MODEL: dict[str, Option] = {o.name: o for o in (
 )}
 
 ModelOptions = typed("ModelOptions", MODEL, "``bench model``'s model and step options (``MODEL``); None: the preset's.")
+
+
+# ``bench infer``: serving's points (the model's options are MODEL's, less those of training).
+INFER_DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
+
+INFER: dict[str, Option] = {o.name: o for o in (
+    _p("algorithms", None, "comma-separated ringx algorithms and `tp` (tensor parallelism); default: ring, zigzag, "
+       "ringx1, ringx3, ringx4, ulysses, tp", str, nullable=True),
+    _p("prompt_len", None, "prompt length(s) in tokens (default 256)", int, low=1, high=1 << 24, nullable=True),
+    _p("batch", 1, "sequences served together", int, low=1, high=1 << 16),
+    _p("new_tokens", 8, "greedy tokens generated per sequence (the prefill's, then one per decode step)", int,
+       low=1, high=1 << 20),
+    _p("dtype", "auto", "weights and activations: float32, float64, bfloat16, float16; auto: bfloat16 on GPUs, "
+       "float32 on CPUs", str, choices=INFER_DTYPES),
+)}
+INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine"))
