@@ -150,7 +150,8 @@ def test_a_bad_driver_is_one_line_without_traceback(tmp_path):
                           cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["bench sweep plan: error: driver 'modle': choose run (attention "
-                                                "points, bench run) or model (training steps, bench model)"]
+                                                "points, bench run) or model (training steps, bench model) or infer "
+                                                "(serving, bench infer)"]
 
 
 MODEL_GOLDEN = """

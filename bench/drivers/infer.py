@@ -57,7 +57,7 @@ def build_parser() -> Parser:
                           [options.MODEL[n] for n in options.INFER_MODEL])
     options.add_arguments(p.add_argument_group("serving (lists are crossed)"), options.INFER.values())
     options.add_arguments(p.add_argument_group("measurement"),
-                          [o for n, o in options.SETTINGS.items() if n not in ("check_max_seq", "peak_tflops")])
+                          options.SETTINGS.values())  # all, as a sweep passes them
     add_output_arguments(p)
     add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
     return p

@@ -11,6 +11,7 @@ from __future__ import annotations
 from bench import options
 from bench.drivers import step as step_driver
 from bench.points import attention as points
+from bench.points import infer as infer_points
 from bench.points import step as step_points
 from ringx.flops import attention_flops
 from ringx_suite.store import config_key
@@ -95,7 +96,41 @@ class StepKind(PointKind):
         return p.describe()
 
 
-KINDS: dict[str, PointKind] = {k.name: k for k in (PointKind(), StepKind())}
+class InferKind(PointKind):
+    """The serving points of ``bench infer``: the decoder's options, the algorithms (and ``tp``), prompt_len,
+    batch, new_tokens, dtype."""
+
+    name = "infer"
+    what = "serving, bench infer"
+    params = frozenset(infer_points.SWEEP_PARAMS)
+    predicts = False  # the attention cost model does not cost a generation (analysis serving does)
+
+    def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
+        if "algorithms" not in params:
+            raise ValueError(f"[params] of {where} needs algorithms, e.g. algorithms = ['ring', 'ringx1', 'tp']")
+        if "prompt_len" not in params:
+            raise ValueError(f"[params] of {where} needs prompt_len")
+
+    def make(self, d: dict, ranks: int, gpu: bool):
+        return infer_points.make_infer_point(d, ranks, "cuda" if gpu else "cpu")
+
+    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
+        return infer_points.memory_bytes(pt, ranks, bench["check"])
+
+    def flops(self, pt) -> float:
+        return infer_points.flops(pt)
+
+    def key(self, pt, ranks: int, nodes: int, repeat: int, bench: dict) -> str:
+        return config_key(infer_points.record_config(pt, ranks, nodes, repeat, bench))
+
+    def commands(self, pts: list, points_file: str) -> list[list[str]]:
+        return infer_points.commands(pts)  # one bench infer per model and generation, its prompt lengths listed
+
+    def describe(self, p) -> str:
+        return p.describe()
+
+
+KINDS: dict[str, PointKind] = {k.name: k for k in (PointKind(), StepKind(), InferKind())}
 
 
 def kind(name: object) -> PointKind:
