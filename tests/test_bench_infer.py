@@ -89,3 +89,19 @@ def test_half_precision_reports_agreement_without_failing(tmp_path):
     for r in recs:
         assert validate(r) == [] and r["dtype"] == "bfloat16" and r["check_tolerance"] is None
         assert isinstance(r["check_ids_equal"], bool) and 0 < r["check_logits_error"] < 1
+
+
+def test_summary_tables_ttft_and_tpot_with_speedups_over_ring_and_tp():
+    from bench.summary import INFER_COMPARE_BY, infer_tables
+
+    base = {k: 1 for k in INFER_COMPARE_BY} | {"model": "tiny", "dtype": "float64", "kernel_requested": None}
+
+    def rec(algo, prefill, step):  # every iteration alike: the speedup's interval is a point
+        return base | {"kind": "infer", "status": "ok", "algorithm": algo, "timing_group": "g",
+                       "prefill_samples_s": [prefill] * 5, "decode_samples_s": [[step, step]] * 5}
+
+    text = infer_tables([rec("ring", 0.04, 0.02), rec("ringx1", 0.02, 0.01), rec("tp", 0.08, 0.005)])
+    ttft, tpot = text.split("Serving, TPOT")
+    assert "| 20.00 2.00x [2.00-2.00] vs ring 4.00x [4.00-4.00] vs tp |" in ttft  # ringx1's TTFT cell
+    assert "| 10.00 2.00x [2.00-2.00] vs ring 0.50x [0.50-0.50] vs tp |" in tpot  # ringx1's TPOT cell
+    assert "| 5.00 4.00x [4.00-4.00] vs ring |" in tpot  # tp's, over ring only
