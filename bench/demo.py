@@ -9,7 +9,10 @@
 3. the campaign's table (`bench summary`), figures and a report page
    (`python -m analysis report runs/local-demo`);
 4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
-   algorithm's step checked against the unsharded float64 model first; runs/local-demo-model).
+   algorithm's step checked against the unsharded float64 model first; runs/local-demo-model);
+5. serving: a short prefill and decode of the `tiny` model at 1 and 2 ranks, ring, ringX and Ulysses against
+   tensor parallelism (`bench infer`, every generation checked against the unsharded float64 model's first;
+   runs/local-demo-infer).
 Everything lands under runs/ (not tracked by git).
 """
 
@@ -36,26 +39,26 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(mpirun.ROOT)  # the sweep file's out = "runs": the checkout's; installed, where we are
     cores = os.cpu_count() or 1
     if a.model_only:
-        return model_step()
+        return model_step() or serving()
     if not a.skip_overhead:
-        print("== 1/4 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
+        print("== 1/5 library overhead at one rank (speedup over the bare kernel) ==", flush=True)
         if quick.main(["--ranks", "1", "--out", "runs/quick", "--quiet"]) != 0:
             return 1
-    print(f"\n== 2/4 local campaign: jobs/sweeps/{SWEEP.name} ==", flush=True)
+    print(f"\n== 2/5 local campaign: jobs/sweeps/{SWEEP.name} ==", flush=True)
     print(f"this machine has {cores} core(s): runs with more ranks than that share cores, so their times include "
           "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
-    print("\n== 3/4 ring vs ringX: table, figures, report ==", flush=True)
+    print("\n== 3/5 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
     # analysis is a separate layer (pandas, matplotlib): run it as its own command
     proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"])
     if proc.returncode != 0:
         print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
-        return model_step()
+        return model_step() or serving()
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
     print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
-    return model_step()
+    return model_step() or serving()
 
 
 MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,ringx3,ringx4o", "--warmup", "1",
@@ -64,11 +67,27 @@ MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,r
 
 def model_step() -> int:
     """Step 4: the tiny model's training step at 1 and 2 ranks (~15 s), and its table."""
-    print("\n== 4/4 a whole training step: the tiny model at 1 and 2 ranks (bench model) ==", flush=True)
+    print("\n== 4/5 a whole training step: the tiny model at 1 and 2 ranks (bench model) ==", flush=True)
     for ranks in (1, 2):
         if mpirun.run(ranks, ["-m", "bench", "model", *MODEL_ARGS], capture=False, timeout=600).returncode != 0:
             return 1
     summary.main(["runs/local-demo-model"])
     print("records: runs/local-demo-model/records/ (kind `model`); figures: python -m analysis report "
           "runs/local-demo-model")
+    return 0
+
+
+INFER_ARGS = ["--preset", "tiny", "--prompt-len", "128", "--new-tokens", "8", "--dtype", "float64", "--algorithms",
+              "ring,ringx1,ringx3,ulysses,tp", "--warmup", "1", "--iters", "3", "--check", "--campaign",
+              "local-demo-infer", "--quiet"]
+
+
+def serving() -> int:
+    """Step 5: the tiny model served at 1 and 2 ranks (~15 s): TTFT and TPOT against tp."""
+    print("\n== 5/5 serving: prefill and decode of the tiny model at 1 and 2 ranks (bench infer) ==", flush=True)
+    for ranks in (1, 2):
+        if mpirun.run(ranks, ["-m", "bench", "infer", *INFER_ARGS], capture=False, timeout=600).returncode != 0:
+            return 1
+    summary.main(["runs/local-demo-infer"])
+    print("records: runs/local-demo-infer/records/ (kind `infer`, docs/records.md)")
     return 0

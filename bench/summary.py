@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
 from ringx_suite.records import COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY
-from ringx_suite.stats import METHOD, records_speedup
+from ringx_suite.stats import METHOD, flat, records_speedup
 from ringx_suite.store import Store, StoreError
 from ringx_suite.tables import Table, render
 
@@ -88,6 +88,50 @@ def attention_table(recs: list[dict], baseline: str = "ring") -> str:
     return kind_table(recs, "attention", baseline)
 
 
+# An infer record's phases: (the table's name, the samples field); a cell is the median ms, then the speedup
+# with its interval over each baseline of the configuration.
+INFER_PHASES = (("TTFT", "prefill_samples_s"), ("TPOT", "decode_samples_s"))
+INFER_COMPARE_BY = ("world_size", "nodes", "model", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
+                    "prompt_len", "batch", "new_tokens", "dtype", "kernel_requested", "warmup", "iters")
+
+
+def infer_tables(recs: list[dict], baselines: tuple[str, ...] = ("ring", "tp")) -> str:
+    """bench infer's tables: TTFT and TPOT of every candidate per configuration, with the speedup over ring and
+    over tp (above 1: faster), each with its interval."""
+    ok = [r for r in recs if r["kind"] == "infer" and r["status"] == "ok"]
+    if not ok:
+        return ""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in ok:
+        groups[tuple(r[k] for k in INFER_COMPARE_BY)][r["algorithm"]].append(r)
+    algos = list(dict.fromkeys(r["algorithm"] for r in ok))
+    out = []
+    for name, field in INFER_PHASES:
+        rows = []
+        for g in sorted(groups, key=str):
+            by, c = groups[g], dict(zip(INFER_COMPARE_BY, g))
+            cells = []
+            for a in algos:
+                rs = by.get(a)
+                got = [x for r in rs for x in flat(r[field])] if rs else []
+                if not got:
+                    cells.append("n/a")
+                    continue
+                text = f"{statistics.median(got) * 1e3:.2f}"
+                for b in baselines:
+                    if b != a and b in by and all(flat(r[field]) for r in by[b]):
+                        text += f" {records_speedup(by[b], rs, field).text()} vs {b}"
+                cells.append(text)
+            rows.append([c["model"], c["world_size"], c["prompt_len"], c["new_tokens"], c["dtype"], *cells])
+        if any(cell != "n/a" for row in rows for cell in row[5:]):
+            t = Table(["model", "ranks", "prompt", "new", "dtype", *algos], rows)
+            what = "time to first token: the prefill" if name == "TTFT" else "time per output token: a decode step"
+            out.append(f"Serving, {name} ({what}): median ms of the slowest rank; after it, speedup over "
+                       f"{' and over '.join(baselines)} (above 1: faster) and its {METHOD}. `~`: within noise.\n\n"
+                       + render(t, "markdown"))
+    return "\n\n".join(out)
+
+
 def collectives_table(recs: list[dict]) -> str:
     """Median us and busbw per (ranks, level, size) and op; records older than `level` ran over every rank."""
     ok = [r for r in recs if r["kind"] == "collective" and r["status"] == "ok"]
@@ -135,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if reading.skipped:
             parts.append(f"warning: {reading.summary()} (corrupt, torn or foreign; not used)")
         for t in (*(kind_table(reading.records, kind, a.baseline) for kind in SECTIONS),
-                  collectives_table(reading.records)):
+                  infer_tables(reading.records), collectives_table(reading.records)):
             if t:
                 parts.append(t.rstrip())
         bad = [r for r in reading.records if r["status"] != "ok"]

@@ -40,7 +40,7 @@ def F(name, types, meaning, when="always", column=None, config=False) -> Field: 
 
 COMMON = (
     F("schema", int, f"record schema version ({SCHEMA_VERSION})"),
-    F("kind", str, "`attention`, `collective`, `kernel` or `model`", column="str"),
+    F("kind", str, "`attention`, `collective`, `kernel`, `model` or `infer`", column="str"),
     F("campaign", str, "campaign name"),
     F("tag", (str, _NONE), "free label from `--tag`", "optional", "str"),
     F("run_id", str, "the run that wrote it: `runs/<run_id>.json` holds its provenance"),
@@ -146,7 +146,7 @@ KERNEL = (
 MODEL = (
     F("algorithm", str, "the ringx algorithm of every attention layer", column="str", config=True),
     F("family", str, "`ring`, `ringx` or `ulysses`", column="str"),
-    F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models.py)",
+    F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models/)",
       column="str", config=True),
     F("arch", str, "`decoder` (causal LM loss) or `vit` (non-causal encoder, per-patch regression)", column="str",
       config=True),
@@ -212,8 +212,65 @@ MODEL = (
       "optional", "float"),
 )
 
+INFER = (
+    F("algorithm", str, "a ringx algorithm (prefill and decode) or `tp` (Megatron tensor parallelism)", column="str",
+      config=True),
+    F("family", str, "`ring`, `ringx`, `ulysses` or `tp`", column="str"),
+    F("model", str, "the decoder preset the model started from (`tiny`, `llama3-8b`; bench/models/)", column="str",
+      config=True),
+    F("layers", int, "transformer layers", column="int", config=True),
+    F("d_model", int, "model width", column="int", config=True),
+    F("heads", int, "query heads", column="int", config=True),
+    F("kv_heads", int, "key/value heads", column="int", config=True),
+    F("mlp", int, "SwiGLU hidden size", column="int", config=True),
+    F("vocab", int, "vocabulary", column="int", config=True),
+    F("rope_theta", _NUM, "rotary embedding base", column="float", config=True),
+    F("norm_eps", _NUM, "RMSNorm epsilon", column="float", config=True),
+    F("prompt_len", int, "prompt tokens per sequence", column="int", config=True),
+    F("batch", int, "sequences served together", column="int", config=True),
+    F("new_tokens", int, "greedy tokens generated per sequence (the prefill's, then one per decode step)",
+      column="int", config=True),
+    F("dtype", str, "weights and activations: `float32`, `float64`, `bfloat16` or `float16`", column="str",
+      config=True),
+    F("repeat", int, "repeat index of the configuration", column="int", config=True),
+    F("kernel_requested", (str, _NONE), "local kernel asked for (null: automatic)", "optional", "str", True),
+    F("device", str, "`cpu` or `cuda`", column="str"),
+    F("timing_group", (str, _NONE), "id shared by the records timed side by side (paired samples)", "optional",
+      "str"),
+    F("kernel", str, "local attention kernel that ran", "ok", "str"),
+    F("kernel_version", (str, _NONE), "the kernel's library version", "optional", "str"),
+    F("layout", str, "the prompt's sequence layout (`replicated` for tp)", "ok", "str"),
+    F("ttft_s", _NUM, "time to first token: the median prefill (prompt in, first ids out), the slowest rank's",
+      "ok", "float"),
+    F("tpot_s", (int, float, _NONE), "time per output token: the median decode step over every iteration (null "
+      "with one new token)", "optional", "float"),
+    F("prefill_tokens_per_s", _NUM, "`batch * prompt_len / ttft_s`", "ok", "float"),
+    F("decode_tokens_per_s", (int, float, _NONE), "`batch * steps / their total seconds`", "optional", "float"),
+    F("kv_cache_bytes", int, "the largest rank's cached K and V bytes at the end (every layer)", "ok", "int"),
+    F("kv_cache_bytes_per_rank", list, "every rank's cached K and V bytes at the end", "ok"),
+    F("generated", list, "the greedy token ids of the first sequence", "ok"),
+    F("prefill_samples_s", list, "seconds of every timed prefill, each the slowest rank's", "ok"),
+    F("decode_samples_s", list, "per timed iteration, the seconds of each decode step, each the slowest rank's",
+      "ok"),
+    F("bytes_sent_per_rank", list, "payload bytes each rank sent in one generation (attention's ledger, then the "
+      "model's: logits, ids, TP's all-reduces)", "ok"),
+    F("bytes_received_per_rank", list, "payload bytes each rank received in one generation", "ok"),
+    F("comm_calls_per_rank", list, "communication calls of each rank in one generation", "ok"),
+    F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank over one "
+      "generation", "ok"),
+    F("check_ids_equal", bool, "with `--check`: the ids equal the unsharded float64 model's greedy generation",
+      "optional", "bool"),
+    F("check_first_divergence", (int, _NONE), "with `--check`: the first generated position whose ids differ",
+      "optional", "int"),
+    F("check_logits_error", _NUM, "with `--check`: the largest max|logits - ref| / max|ref| over the steps",
+      "optional", "float"),
+    F("check_tolerance", (int, float, _NONE), "the check's tolerance in float64 (null in other dtypes: agreement "
+      "is reported, not enforced)", "optional", "float"),
+    F("check_s", _NUM, "seconds this rank spent checking", "optional", "float"),
+)
+
 KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE,
-                                       "kernel": COMMON + KERNEL, "model": COMMON + MODEL}
+                                       "kernel": COMMON + KERNEL, "model": COMMON + MODEL, "infer": COMMON + INFER}
 
 
 def validate(rec: object) -> list[str]:

@@ -92,15 +92,21 @@ def speedup(baseline: Sequence[float], candidate: Sequence[float], paired: bool 
     return Speedup(value, float(min(lo, value)), float(max(hi, value)), paired)
 
 
-def records_speedup(baseline: list[dict], candidate: list[dict]) -> Speedup:
+def records_speedup(baseline: list[dict], candidate: list[dict], samples: str = "samples_s") -> Speedup:
     """Speedup of one algorithm's records over the baseline's at one configuration.
 
     One record each from the same timing group: paired samples. Otherwise (repeats, several runs) the
     samples of each side are pooled and resampled independently. Both tools (bench summary, analysis) use
-    this, so they agree on how duplicates combine.
+    this, so they agree on how duplicates combine. ``samples``: the field compared (a list of seconds, or of
+    lists of them: an infer record's ``decode_samples_s``, flattened in order).
     """
     paired = (len(baseline) == 1 and len(candidate) == 1 and baseline[0].get("timing_group") is not None
               and baseline[0].get("timing_group") == candidate[0].get("timing_group"))
-    b = [x for r in baseline for x in r["samples_s"]]
-    c = [x for r in candidate for x in r["samples_s"]]
+    b = [x for r in baseline for x in flat(r[samples])]
+    c = [x for r in candidate for x in flat(r[samples])]
     return speedup(b, c, paired=paired)
+
+
+def flat(samples: Sequence) -> list[float]:
+    """Seconds in order, whether given flat or per iteration (lists of lists)."""
+    return [x for s in samples for x in (s if isinstance(s, list | tuple) else [s])]

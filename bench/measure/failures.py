@@ -137,7 +137,7 @@ class Recorder:
             err = ("check", str(e))
         except Exception as e:  # noqa: BLE001 - every failure becomes a record
             err = describe(e)
-        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls")}
+        info = {k: c.result.get(k) for k in ("mem", "sent", "received", "calls", "kv")}  # kv: bench infer's cache
         votes = self.agree([c.rec], f"{what} {c.label}", err, info, c.index)
         c.votes = votes
         return self.record_failure(c, votes, broke_group and err is not None and err[0] != "check")

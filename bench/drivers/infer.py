@@ -1,0 +1,370 @@
+"""``python -m bench infer``: serving long prompts, context-parallel prefill and decode against tensor parallelism.
+
+The model is ``bench model``'s decoder preset (``tiny`` on CPU), in eval mode without autograd; serving itself
+(prefill in the algorithm's layout, the sharded KV cache, each algorithm family's decode schedule, the ``tp``
+baseline, the unsharded reference) is bench/models/serving.py, and docs/serving.md says what each algorithm does
+at decode and why. This file is the driver's own part on the skeleton (bench/driver.py): its points (a prompt
+length; the candidates are the algorithms and ``tp``), its inputs (the shared model and prompt), its check,
+the timed generation and its record fields (kind ``infer``, ringx_suite/records.py).
+
+Timing as ``bench run``: warm-up, then every iteration one whole generation (prefill, then ``--new-tokens`` - 1
+decode steps) of each candidate in rotating order; every phase's seconds are the slowest rank's, and every
+sample is kept (``prefill_samples_s``: one per iteration; ``decode_samples_s``: per iteration, one per step).
+
+--check first generates once with every candidate and compares with the unsharded model's greedy generation
+(rank 0, float64 on the CPU, no cache): in float64 the ids must be equal and every step's logits within
+CHECK_TOLERANCE relative, else the candidate is recorded as failed and not timed; in other dtypes the agreement
+(ids equal, first divergence, logits error) is recorded and nothing fails, since a near-tie may go either way.
+
+Example (2 local CPU ranks):
+  mpiexec -n 2 python -m bench infer --preset tiny --prompt-len 256,512 --new-tokens 8 --check
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+from bench import options
+from bench.driver import (
+    Case,
+    CaseDriver,
+    Invocation,
+    Stage,
+    add_output_arguments,
+    given_options,
+    ledger_totals,
+    mpi_main,
+    per_rank_fields,
+)
+from bench.measure.failures import CheckFailed
+from ringx_suite.cli import Parser, UserError
+
+PROG = "python -m bench infer"
+CHECK_TOLERANCE = 1e-9  # float64 against float64: every step's logits, relative (seen ~1e-15)
+DEFAULT_ALGORITHMS = ("ring", "zigzag", "ringx1", "ringx3", "ringx4", "ulysses", "tp")
+DEFAULT_PROMPT = 256
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"),
+                          [options.MODEL[n] for n in options.INFER_MODEL])
+    options.add_arguments(p.add_argument_group("serving (lists are crossed)"), options.INFER.values())
+    options.add_arguments(p.add_argument_group("measurement"),
+                          options.SETTINGS.values())  # all, as a sweep passes them
+    add_output_arguments(p)
+    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
+    return p
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to serve: the model, the prompt lengths, the candidates."""
+
+    preset: str
+    config: object  # models.ModelConfig
+    batch: int
+    new_tokens: int
+    prompts: tuple[int, ...]
+    algorithms: tuple[str, ...]
+    dtype: str  # as asked ("auto" resolved on the device)
+
+
+@dataclass(frozen=True)
+class ServeAt:
+    """One candidate of a configuration: an algorithm (or ``tp``) at a prompt length."""
+
+    algorithm: str
+    prompt_len: int
+
+
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, Plan]:
+    """The checked invocation and plan for ``world`` ranks; every user mistake (an unknown preset or algorithm,
+    a prompt the layout cannot split, ``--new-tokens 0``, heads TP cannot split) raises UserError here, on every
+    rank alike, before any process group exists."""
+    argv = list(argv or [])
+    valid = set(options.INFER_MODEL) | set(options.INFER) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
+    return make_plan(given_options(build_parser(), argv, valid), world, argv)
+
+
+def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, Plan]:
+    from bench import models
+    from bench.models import serving
+
+    inv = Invocation.of(given, argv)
+    overrides = {n: options.value(options.MODEL[n], given.get(n), "") for n in options.INFER_MODEL if n != "preset"}
+    preset = options.value(options.MODEL["preset"], given.get("preset", "tiny"), "")
+    try:
+        cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    problem = cfg.problem()
+    if problem:
+        raise UserError(f"model {preset}: {problem}")
+    opt = options.INFER
+    prompts = tuple(options.value(opt["prompt_len"], given.get("prompt_len"), "", many=True) or [DEFAULT_PROMPT])
+    batch = options.value(opt["batch"], given.get("batch", opt["batch"].default), "")
+    new_tokens = options.value(opt["new_tokens"], given.get("new_tokens", opt["new_tokens"].default), "")
+    dtype = options.value(opt["dtype"], given.get("dtype", "auto"), "")
+    names = tuple(dict.fromkeys(options.value(opt["algorithms"], given.get("algorithms"), "", many=True)
+                                or DEFAULT_ALGORITHMS))
+    for n in names:
+        for s in prompts:
+            why = serving.problem(cfg, n, s, new_tokens, world)
+            if why:
+                raise UserError(why)
+    return inv, Plan(preset, cfg, batch, new_tokens, prompts, names, dtype)
+
+
+def compute_dtype(dtype: str, device_type: str) -> str:
+    return dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
+
+
+def record_config(plan: Plan, algorithm: str, prompt_len: int, *, world: int, nodes: int, repeat: int, dtype: str,
+                  kernel: str | None, warmup: int, iters: int) -> dict:
+    """The configuration fields of an infer record; their hash is its key."""
+    from bench.points import run_config
+
+    cfg = plan.config.as_dict()
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | {
+        "algorithm": algorithm, "model": plan.preset, **{k: cfg[k] for k in MODEL_FIELDS},
+        "prompt_len": prompt_len, "batch": plan.batch, "new_tokens": plan.new_tokens, "dtype": dtype}
+
+
+MODEL_FIELDS = ("layers", "d_model", "heads", "kv_heads", "mlp", "vocab", "rope_theta", "norm_eps")
+
+
+class Timed:
+    """One whole generation of a Server, timed per phase on this rank (device synchronised between phases)."""
+
+    def __init__(self, server, prompt, device):
+        self.server, self.prompt, self.device = server, prompt, device
+        self.phases: list[list[float]] = []  # per call: [prefill, step 1, ...]
+        self.ids: list[int] = []  # the last call's greedy ids of the first sequence
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self):
+        s = self.server
+        t0 = time.perf_counter()
+        ids = [s.prefill(self.prompt)]
+        self._sync()
+        times = [time.perf_counter() - t0]
+        for _ in range(s.new_tokens - 1):
+            t0 = time.perf_counter()
+            ids.append(s.step())
+            self._sync()
+            times.append(time.perf_counter() - t0)
+        self.phases.append(times)
+        self.ids = [int(i[0]) for i in ids]
+
+
+class Serving(CaseDriver):
+    """``bench infer``: every prompt length's candidates timed side by side, one generation each per round."""
+
+    prog, command, kind = "bench infer", "infer", "infer"
+    inputs_what = "building the model of"
+
+    def __init__(self, inv: Invocation, plan: Plan):
+        super().__init__(inv)
+        self.plan = plan
+        self.references: dict = {}
+
+    def before_campaign(self) -> None:
+        self.dtype = compute_dtype(self.plan.dtype, self.ctx.device.type)
+
+    def configurations(self) -> list[tuple[int, list[ServeAt]]]:
+        return [(rep, [ServeAt(n, s) for n in self.plan.algorithms]) for s in self.plan.prompts
+                for rep in range(self.settings.repeats)]
+
+    def config(self, pt: ServeAt, rep: int, nodes: int) -> dict:
+        s = self.settings
+        return record_config(self.plan, pt.algorithm, pt.prompt_len, world=self.P, nodes=nodes, repeat=rep,
+                             dtype=self.dtype, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
+
+    def label(self, pt: ServeAt) -> str:
+        return f"{pt.algorithm} prompt={pt.prompt_len}"
+
+    def record_fields(self, pt: ServeAt) -> dict:
+        import ringx
+
+        return {"family": "tp" if pt.algorithm == "tp" else ringx.ALGORITHMS[pt.algorithm].family}
+
+    def layout(self, pt: ServeAt) -> str:
+        import ringx
+
+        return "replicated" if pt.algorithm == "tp" else ringx.ALGORITHMS[pt.algorithm].layout(True)
+
+    def start(self, total: int) -> None:
+        c, plan = self.plan.config, self.plan
+        self.progress.note(
+            f"bench infer: {plan.preset} ({c.layers} layers, d {c.d_model}, {c.heads}/{c.kv_heads} heads), "
+            f"{self.dtype}, batch {plan.batch}, {plan.new_tokens} new tokens: {total} records on {self.P} ranks "
+            f"(device {self.ctx.device.type}) -> {self.store.records_path}")
+        self.note_machine()
+
+    # -- inputs, check, first call -------------------------------------------------------------------------
+
+    def inputs(self, cases: list[Case]) -> dict:
+        """The configuration's model (built alike on every rank from one seed, then broadcast from rank 0) and
+        prompt; each candidate's Server and its timed generation (``c.call``)."""
+        import torch
+        import torch.distributed as dist
+
+        from bench import models
+        from bench.models import serving
+
+        cfg, dev, plan = self.plan.config, self.ctx.device, self.plan
+        s = cases[0].point.prompt_len
+        model = models.build(cfg, seed=s, device=dev).to(getattr(torch, self.dtype)).eval()
+        if self.P > 1:
+            for p in model.parameters():
+                dist.broadcast(p.data, src=0)
+        prompt = serving.prompt_tokens(cfg, plan.batch, s, seed=s)
+        for c in cases:
+            self.failures.hook(c.index, "prepare")
+            server = serving.Server(model, c.algorithm, batch=plan.batch, prompt_len=s, new_tokens=plan.new_tokens,
+                                    kernel=self.settings.kernel)
+            c.call = Timed(server, prompt, dev)
+        return {"model": model, "prompt": prompt}
+
+    def stages(self, c: Case, shared) -> list[Stage]:
+        out = []
+        if self.settings.check:
+            out.append(Stage("checking", lambda: self.check(c, shared), False))
+        out.append(Stage("the first call of", lambda: self.first_call(c), True))
+        return out
+
+    def reference(self, prompt, seed: int):
+        """Rank 0's float64 greedy generation of the unsharded model (computed once per configuration)."""
+        from bench import models
+        from bench.models import serving
+
+        key = (self.plan.config, tuple(prompt.shape), seed)
+        if key not in self.references:
+            self.references.clear()
+            ref_model = models.build(self.plan.config, seed=seed).double().eval()
+            self.references[key] = serving.reference_generate(ref_model, prompt, self.plan.new_tokens)
+        return self.references[key]
+
+    def check(self, c: Case, shared: dict) -> None:
+        """One generation keeping its logits, against the reference (rank 0 decides, every rank raises alike)."""
+        from bench.models import serving
+
+        t0 = time.perf_counter()
+        server = c.call.server
+        server.keep_logits, server.logits = True, []
+        failed = got = None
+        try:
+            got = server.generate(shared["prompt"])
+        except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
+            failed = e
+        finally:
+            server.keep_logits = False
+        verdict = ("exception", "rank 0's generation failed")
+        if self.rank == 0 and got is not None:
+            try:
+                ref = self.reference(shared["prompt"], c.point.prompt_len)
+                same = got.ids.cpu() == ref.ids
+                diverged = [int(j) for j in range(same.shape[1]) if not bool(same[:, j].all())]
+                err = serving.logits_error([g.double() for g in got.logits], ref.logits)
+                verdict = (bool(same.all()), diverged[0] if diverged else None, err)
+            except Exception as e:  # noqa: BLE001
+                verdict = ("exception", f"rank 0 could not compare with the reference: {e}")
+        verdict = self.group.comm.bcast(verdict, root=0)
+        server.logits = []
+        if failed is not None:
+            raise failed
+        if isinstance(verdict[0], str):
+            raise RuntimeError(verdict[1])
+        equal, first, err = verdict
+        exact = self.dtype == "float64"
+        c.result.update(check_ids_equal=equal, check_first_divergence=first, check_logits_error=err,
+                        check_tolerance=CHECK_TOLERANCE if exact else None, check_s=time.perf_counter() - t0)
+        self.failures.hook(c.index, "check")
+        if exact and not (equal and err <= CHECK_TOLERANCE):
+            raise CheckFailed(f"check failed: ids {'equal' if equal else f'differ from token {first}'}, logits "
+                              f"error {err:.2e} (tolerance {CHECK_TOLERANCE:.0e})")
+
+    def first_call(self, c: Case) -> None:
+        """One untimed generation: the attention ledger, the cache's size and this candidate's peak memory."""
+        from bench.measure.memory import peak_memory, reset_peak_memory
+
+        reset_peak_memory(self.ctx.device)
+        self.failures.hook(c.index, "run")
+        import torch
+
+        import ringx
+
+        server = c.call.server
+        server.stats.forward.ops.clear()  # count one generation only (not the check's)
+        server.ledger.ops.clear()
+        c.call()
+        c.call.phases.clear()
+        st = server.stats
+        totals = ledger_totals(st)  # attention's traffic, then the model's (logits, ids, TP's all-reduces)
+        for k in ("sent", "received", "calls"):
+            totals[k] += getattr(server.ledger, k)
+        if c.algorithm == "tp":  # TP attends with the local kernel directly
+            kern = ringx.select_kernel(self.ctx.device, getattr(torch, self.dtype), self.settings.kernel,
+                                       head_dim=self.plan.config.head_dim)
+            kernel, version = kern.name, kern.version()
+        else:
+            kernel, version = st.kernel, st.kernel_version
+        c.result.update(mem=peak_memory(self.ctx.device), kv=server.kv_cache_bytes, kernel=kernel,
+                        kernel_version=version or None, ids=list(c.call.ids), **totals)
+
+    def after_timing(self, live: list[Case]) -> list[list[list[float]]]:
+        """Each phase's seconds per timed iteration, the slowest rank's (exchanged once, after timing)."""
+        import torch
+        import torch.distributed as dist
+
+        iters = self.settings.iters
+        mine = torch.tensor([c.call.phases[-iters:] for c in live], dtype=torch.float64)  # (cands, iters, phases)
+        if self.ctx.backend == "nccl":
+            mine = mine.to(self.ctx.device)
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+        return mine.cpu().tolist()
+
+    def finish(self, c: Case, samples: list[float], phases: list[list[float]], group_id: str | None,
+               shared: dict) -> str:
+        from bench.models import serving
+        from ringx_suite.stats import stat_fields
+        from ringx_suite.store import now
+
+        plan, votes = self.plan, c.votes
+        prefill = [it[0] for it in phases]
+        decode = [it[1:] for it in phases]
+        steps = [t for it in decode for t in it]
+        m = serving.metrics(statistics.median(prefill), steps, batch=plan.batch, prompt_len=c.point.prompt_len,
+                            kv_cache_bytes=[v["kv"] for v in votes], generated=c.result["ids"])
+        c.rec.update(
+            written_at=now(), kernel=c.result["kernel"], kernel_version=c.result["kernel_version"], layout=c.layout,
+            timing_group=group_id, samples_s=samples, **stat_fields(samples), **m,
+            kv_cache_bytes_per_rank=[v["kv"] for v in votes], prefill_samples_s=prefill, decode_samples_s=decode,
+            **per_rank_fields(votes), mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            **{k: v for k, v in c.result.items() if k.startswith("check_")})
+        tpot = f", TPOT {m['tpot_s'] * 1e3:.2f} ms" if m["tpot_s"] is not None else ""
+        return f"TTFT {m['ttft_s'] * 1e3:.1f} ms{tpot}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    def make(argv: list[str], world: int) -> Serving:
+        inv, plan = resolve(argv, world)  # every user mistake stops here, before any collective
+        return Serving(inv, plan)
+
+    return mpi_main(PROG, argv, make)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""A ``bench infer`` point as a sweep plans it (``driver = "infer"``): one candidate (a ringx algorithm or
+``tp``) serving one prompt length, its record key, the command lines running a job's points, and bounds on its
+memory and compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench import options
+from bench.drivers import infer as infer_driver
+
+MODEL_KEYS = options.INFER_MODEL
+SWEEP_PARAMS = MODEL_KEYS + tuple(options.INFER)
+
+
+@dataclass(frozen=True)
+class InferPoint:
+    algorithm: str
+    prompt_len: int
+    batch: int
+    new_tokens: int
+    preset: str
+    dtype: str  # resolved for the device the job runs on
+    overrides: tuple[tuple[str, object], ...]  # the model fields given over the preset, in options.MODEL order
+    config: object  # models.ModelConfig
+
+    @property
+    def group(self) -> tuple:
+        """What the points of one ``bench infer`` launch share: all but the prompt length and the algorithm."""
+        return self.preset, self.overrides, self.dtype, self.batch, self.new_tokens
+
+    def spec(self) -> dict:
+        return {"algorithm": self.algorithm, "prompt_len": self.prompt_len, "batch": self.batch,
+                "new_tokens": self.new_tokens, "preset": self.preset, **dict(self.overrides), "dtype": self.dtype}
+
+    def describe(self) -> str:
+        c = self.config
+        over = "".join(f" {k}={v}" for k, v in self.overrides)
+        return (f"{self.algorithm:8s} prompt={self.prompt_len:<8d} +{self.new_tokens} tokens model {self.preset}{over} "
+                f"({c.layers} layers, d {c.d_model}, {c.heads}/{c.kv_heads} heads) {self.dtype} b{self.batch}")
+
+    def flags(self) -> list[str]:
+        """``bench infer``'s flags for this point's model and generation (everything spelled out)."""
+        flags = ["--preset", self.preset]
+        for k, v in self.overrides:
+            flags += [options.MODEL[k].flag, str(v)]
+        return flags + ["--dtype", self.dtype, "--batch", str(self.batch), "--new-tokens", str(self.new_tokens)]
+
+
+def make_infer_point(d: dict, world: int, device_type: str) -> InferPoint:
+    """A validated point for ``world`` ranks from a dict of [params] keys (``algorithm`` for ``algorithms``);
+    UserError with bench infer's own message."""
+    given = {k: v for k, v in d.items() if k != "algorithm"} | {"algorithms": [d.get("algorithm")]}
+    if given.get("prompt_len") is not None:
+        given["prompt_len"] = [given["prompt_len"]]
+    _, plan = infer_driver.make_plan(given, world)
+    overrides = tuple((k, d[k]) for k in MODEL_KEYS if k in d and k != "preset")
+    return InferPoint(plan.algorithms[0], plan.prompts[0], plan.batch, plan.new_tokens, plan.preset,
+                      infer_driver.compute_dtype(plan.dtype, device_type), overrides, plan.config)
+
+
+def record_config(pt: InferPoint, world: int, nodes: int, repeat: int, settings: dict) -> dict:
+    """The configuration fields (the key) of the record ``bench infer`` writes for this point."""
+    plan = infer_driver.Plan(pt.preset, pt.config, pt.batch, pt.new_tokens, (pt.prompt_len,), (pt.algorithm,),
+                             pt.dtype)
+    return infer_driver.record_config(plan, pt.algorithm, pt.prompt_len, world=world, nodes=nodes, repeat=repeat,
+                                      dtype=pt.dtype, kernel=settings["kernel"], warmup=settings["warmup"],
+                                      iters=settings["iters"])
+
+
+def commands(points: list[InferPoint]) -> list[list[str]]:
+    """``bench infer`` argument lists running exactly these points: one launch per model and generation, each
+    set of algorithms with its prompt lengths listed."""
+    out = []
+    for group in dict.fromkeys(p.group for p in points):
+        pts = [p for p in points if p.group == group]
+        algos: dict[int, list[str]] = {}
+        for p in pts:
+            algos.setdefault(p.prompt_len, []).append(p.algorithm)
+        for names in dict.fromkeys(tuple(dict.fromkeys(a)) for a in algos.values()):
+            lens = [s for s, a in algos.items() if tuple(dict.fromkeys(a)) == names]
+            out.append(["infer", *pts[0].flags(), "--prompt-len", ",".join(map(str, lens)),
+                        "--algorithms", ",".join(names)])
+    return out
+
+
+ELEMENT_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def memory_bytes(pt: InferPoint, world: int, check: bool) -> int:
+    """A lower bound of one rank's bytes: the weights (replicated; TP's slices beside them) and its share of the
+    KV cache; with --check, the float64 reference model beside it (rank 0)."""
+    from bench import models
+
+    c, e = pt.config, ELEMENT_BYTES[pt.dtype]
+    weights = models.count_params(models.build(c)) if c.layers * c.d_model < 1 << 16 else models.flops_params(c)
+    cache = 2 * c.layers * pt.batch * (pt.prompt_len + pt.new_tokens) * c.kv_heads * c.head_dim * e // world
+    return weights * e + cache + (weights * 8 if check else 0)
+
+
+def flops(pt: InferPoint) -> float:
+    """2N per generated or prompt token (the weights' multiply-adds; attention on top is left out)."""
+    from bench import models
+
+    return 2.0 * models.flops_params(pt.config) * pt.batch * (pt.prompt_len + pt.new_tokens)

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Rendered by ringx-bench (bench sweep) for profile perlmutter: 1 node(s) x 4 ranks.
+# Every substituted value is shell-quoted; #SBATCH values are restricted to a safe character set.
+#SBATCH --job-name=ringx-paper-infer-N1x4
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=4
+#SBATCH --time=00:12:00
+#SBATCH --output=/scratch/pscratch/ringx-runs/paper-infer/sweep/logs/%x-%j.out
+#SBATCH --error=/scratch/pscratch/ringx-runs/paper-infer/sweep/logs/%x-%j.err
+#SBATCH --account=abc123
+#SBATCH --qos=regular
+#SBATCH -C gpu
+#SBATCH --gpus-per-node=4
+set -euo pipefail
+# software stack: modules pytorch/2.6.0
+module load pytorch/2.6.0
+export NCCL_NET='AWS Libfabric'
+export NCCL_NET_GDR_LEVEL=PHB
+export OMP_NUM_THREADS=32
+# Preflight on this allocation: the MPI world against Slurm's, bench selftest on every rank's device and
+# the network transport. A failure is recorded (bench sweep status shows it) and no point runs.
+RINGX_PREFLIGHT=/scratch/pscratch/ringx-runs/paper-infer/sweep/preflight/N1x4-"${SLURM_JOB_ID:-0}.json"
+mkdir -p /scratch/pscratch/ringx-runs/paper-infer/sweep/preflight
+rc=0
+srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N1x4 --nodes 1 --ranks-per-node 4 --gpus-per-node 4 --device auto --dtypes bfloat16 --algorithms ring,ringx1,tp --timeout 300.0 --network libfabric || rc=$?
+if [ "$rc" -ne 0 ]; then
+  [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N1x4", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
+  echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
+  exit 3
+fi
+srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 32768 --algorithms ring,ringx1,tp --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0
+srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 131072 --algorithms ring,ringx1 --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0
