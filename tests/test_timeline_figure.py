@@ -80,3 +80,20 @@ def test_real_traced_calls_at_2_ranks(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| fwd+bwd | ring | 2 | 0 |" in out and (tmp_path / "figures" / "timeline-fwd-bwd.png").stat().st_size > 5000
     assert (tmp_path / "figures" / "timeline-overlap.csv").read_text().count("\n") == 5  # header and 4 ranks
+
+
+def test_report_shows_the_timeline_when_the_campaign_has_traces(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from analysis import report
+
+    camp = tmp_path / "cpu-sample"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "cpu-sample", camp)
+    plain = report.write(camp, tmp_path / "plain", "md").read_text()
+    assert "timeline" not in plain.lower()
+    (camp / "trace").mkdir()
+    _write(camp / "trace", "ring", 2, 0, [Mark("comm", "sendrecv", 0.0, 4e-3), Mark("compute", "fwd", 1e-3, 5e-3)])
+    text = report.write(camp, tmp_path / "rep", "md").read_text()
+    assert "![timeline-fwd-bwd](figures/timeline-fwd-bwd.png)" in text and "Timeline of one traced call" in text
+    assert (tmp_path / "rep" / "figures" / "timeline-fwd-bwd.png").exists()
