@@ -7,11 +7,11 @@ import sys
 COMMANDS = {
     "demo": ("bench.demo", "the README's main command: overhead table, a local ring-vs-ringX campaign, its table"),
     "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
-    "run": ("bench.run", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
-    "model": ("bench.model_step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
+    "run": ("bench.drivers.attention", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
+    "model": ("bench.drivers.step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
               "the ranks, every algorithm side by side"),
-    "collectives": ("bench.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
-    "kernels": ("bench.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
+    "collectives": ("bench.drivers.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
+    "kernels": ("bench.drivers.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
     "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
     "preflight": ("bench.preflight", "the check a sweep job runs on its allocation before any point (MPI world, "
                   "selftest, network)"),

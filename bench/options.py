@@ -3,7 +3,12 @@
 Two kinds:
 - parameters (``PARAMS``): the axes of a point (algorithm, sequence, heads, ...);
   lists are crossed into points by ``bench run`` flags and sweep files alike;
-- settings (``SETTINGS``): how points are measured (iterations, check, timeout, ...).
+- settings (``SETTINGS``): how points are measured (iterations, check, timeout, ...);
+- output (``OUTPUT``): where records go and what is printed (out, campaign, tag, retry_failed, quiet), the
+  same flags for every driver.
+
+Drivers read them typed, as the frozen dataclasses :class:`Settings`, :class:`Output` and (``bench model``)
+:class:`ModelOptions`, each built from its table by :func:`typed`, so a field exists exactly when its option does.
 
 ``bench run``'s flags, a ``--config`` file, a sweep file's ``[bench]`` and
 ``[params]`` tables, ``bench quick``'s flags and the points of a job are all read
@@ -17,7 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 
 from ringx_suite.cli import UserError
 
@@ -84,6 +89,15 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
 )}
 
 
+OUTPUT: dict[str, Option] = {o.name: o for o in (
+    _p("out", "runs", "output root: records go to OUT/CAMPAIGN/", str),
+    _p("campaign", "default", "campaign name, a plain directory name", str),
+    _p("tag", None, "free-form label stored in every record", str, nullable=True),
+    _p("retry_failed", False, "re-run configurations recorded as failed", bool),
+    _p("quiet", False, "no progress output (by default rank 0 prints a line per point)", bool),
+)}
+
+
 def _one(o: Option, v, where: str):
     where = f"{where}: " if where else ""
     if v is None:
@@ -147,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser, options, defaults: dict | Non
     for o in options:
         d = (defaults or {}).get(o.name, o.default)
         shown = "" if d is None else f" (default: {str(d).lower() if isinstance(d, bool) else d})"
-        if o.kind is bool and o.name in SETTINGS:
+        if o.kind is bool and o.name not in PARAMS:  # a switch (a parameter's bool takes values to cross)
             parser.add_argument(o.flag, action="store_true", default=None, help=o.help + shown)
         else:
             parser.add_argument(o.flag, default=None, metavar=o.name.upper(), help=o.help + shown)
@@ -156,6 +170,25 @@ def add_arguments(parser: argparse.ArgumentParser, options, defaults: dict | Non
 def settings(given: dict, where: str) -> dict:
     """Every setting: the given ones checked, the others at their defaults."""
     return {n: value(o, given.get(n, o.default), where) for n, o in SETTINGS.items()}
+
+
+def typed(name: str, table: dict[str, Option], doc: str):
+    """A frozen dataclass with one field per option of ``table`` (its kind, its default), and ``of(given)``: the
+    given values checked (flags' strings, TOML values), the others at their defaults."""
+    cls = make_dataclass(name, [(o.name, o.kind | None if o.nullable or o.default is None else o.kind,
+                                 field(default=o.default)) for o in table.values()], frozen=True)
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+
+    def of(given: dict, where: str = "", defaults: dict | None = None):
+        d = defaults or {}
+        return cls(**{n: value(o, given.get(n, d.get(n, o.default)), where) for n, o in table.items()})
+    cls.of = staticmethod(of)
+    return cls
+
+
+Settings = typed("Settings", SETTINGS, "How points are measured (``SETTINGS``): iterations, check, timeout, ...")
+Output = typed("Output", OUTPUT, "Where a driver's records go and what it prints (``OUTPUT``).")
 
 
 def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
@@ -176,7 +209,7 @@ def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
 
 # ``bench model``: the model and how its step runs. The model fields default to the preset's (None); the
 # points take `algorithms`, `seq`/`seq_per_rank` and `batch` from PARAMS, the measurement the SETTINGS.
-MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l")  # bench/models.py PRESETS
+MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l")  # bench/models/transformer.py PRESETS
 MODEL_DTYPES = ("auto", "float32", "float64", "bfloat16")
 
 MODEL: dict[str, Option] = {o.name: o for o in (
@@ -200,3 +233,5 @@ MODEL: dict[str, Option] = {o.name: o for o in (
     _p("machine", None, "a profile (jobs/profiles/NAME.toml) whose GPU peak gives MFU (or --peak-tflops)", str,
        nullable=True),
 )}
+
+ModelOptions = typed("ModelOptions", MODEL, "``bench model``'s model and step options (``MODEL``); None: the preset's.")

@@ -1,6 +1,6 @@
 """Serving predictions: time to first token (prefill) and time per output token (decode), per algorithm and TP.
 
-What is costed is what ``bench.serving`` runs (docs/serving.md):
+What is costed is what ``bench.models.serving`` runs (docs/serving.md):
 
 - **Prefill** (TTFT): per layer, the algorithm's attention forward over the prompt (its traced schedule,
   ``costmodel.predict`` in mode "fwd"), the dense layers over this rank's S/P tokens (weights replicated, so
@@ -11,7 +11,7 @@ What is costed is what ``bench.serving`` runs (docs/serving.md):
   (the shard's K/V read once: memory bound) and the decode schedule's merge of the ranks' partials
   (:func:`decode_messages`, the operations ``ringx.decode`` performs, tested against its ledger); then the
   LM head and the broadcast of the ids.
-- **TP** (Megatron, as ``bench.serving``): heads, K/V heads (replicated P / gcd(kv_heads, P) times when the ranks
+- **TP** (Megatron, as ``bench.models.serving``): heads, K/V heads (replicated P / gcd(kv_heads, P) times when the ranks
   do not divide them) and MLP split over the P ranks, so weights and cache are split; the prompt is not sharded;
   two all-reduces of (batch, tokens, d_model) per layer; embedding, norms and LM head replicated.
 
@@ -291,7 +291,7 @@ def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: 
                                       ulysses_degree=uly).total_s
         local = cache_tokens // p
         layer = _roofline(machine, m.layer_params * item, 2 * m.layer_params * batch * local)
-        if u > 1:  # the prefill K/V shard to head shards (bench.serving: DecodeLayout.cache_from_prefill)
+        if u > 1:  # the prefill K/V shard to head shards (bench.models.serving: DecodeLayout.cache_from_prefill)
             kv = 2 * batch * local * m.kv_heads * kv_replicas(m.kv_heads, u) * hd * item
             layer += machine.comm_s("all_to_all", kv, u, _nodes(shape.members("heads"), gpus_per_node))
         last = (_roofline(machine, m.head_params * item, 2 * m.head_params * batch)
@@ -304,7 +304,7 @@ def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: 
 
 
 def tp_problem(model: Decoder, p: int) -> str:
-    """bench.serving.tp_problem's rule: the query heads and the MLP's hidden units must divide by the ranks."""
+    """bench.models.serving.tp_problem's rule: the query heads and the MLP's hidden units must divide by the ranks."""
     if model.heads % p:
         return f"tp: {model.heads} query heads do not split over {p} ranks"
     if model.mlp % p:

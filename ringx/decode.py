@@ -15,11 +15,13 @@ afterwards (:func:`owner`), so no key is counted twice.
 ==============  ========================================  =====================================================
 schedule        algorithms                                per layer and step
 ==============  ========================================  =====================================================
-``ring``        ring, zigzag, stripe                      the running partial is passed 0 -> 1 -> ... -> R-1,
-                                                          each rank merging its own into it; the result goes on
+``ring``        ring, zigzag, stripe, bidir-ring,         the running partial is passed 0 -> 1 -> ... -> R-1,
+                double-ring                               each rank merging its own into it; the result goes on
                                                           around (R-1 -> 0 -> ... -> R-2): 2(R-1) sequential
                                                           point-to-point hops (pass-Q without the Q, which every
-                                                          rank has)
+                                                          rank has). bidir-ring and double-ring differ from ring
+                                                          in how K/V travel; at decode no K/V travel, so they
+                                                          share ring's pass (their prefill is their forward)
 ``allreduce``   ringx1, ringx2, ringx4 and their ``o``    all_reduce(max lse), then all_reduce(numerator,
                 forms                                     denominator): ringX1's merge, with the reduce to the
                                                           query's owner made an all-reduce since every rank needs
@@ -64,7 +66,7 @@ Tensor = torch.Tensor
 
 # algorithm family -> how the ranks' partials are merged at decode (the module doc's table says why)
 SCHEDULES: dict[str, str] = {
-    "ring": "ring", "zigzag": "ring", "stripe": "ring",
+    "ring": "ring", "zigzag": "ring", "stripe": "ring", "bidir-ring": "ring", "double-ring": "ring",
     "ringx1": "allreduce", "ringx2": "allreduce", "ringx4": "allreduce",
     "ringx1o": "allreduce", "ringx2o": "allreduce", "ringx4o": "allreduce",
     "ringx3": "allgather", "ringx3b": "allgather",

@@ -153,7 +153,7 @@ KERNEL = (
 MODEL = (
     F("algorithm", str, "the ringx algorithm of every attention layer", column="str", config=True),
     F("family", str, "`ring`, `ringx` or `ulysses`", column="str"),
-    F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models.py)",
+    F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models/)",
       column="str", config=True),
     F("arch", str, "`decoder` (causal LM loss) or `vit` (non-causal encoder, per-patch regression)", column="str",
       config=True),

@@ -1,4 +1,4 @@
-"""The serving matrix (``bench.serving``), shared by pytest and the MPI worker.
+"""The serving matrix (``bench.models.serving``), shared by pytest and the MPI worker.
 
 Every algorithm of the registry and ``tp`` on the tiny decoder in float64 at 1-4 ranks: greedy ids equal to the
 unsharded model's and every generated token's logits within TOL; usp/usp-ringx at every Ulysses degree dividing

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench import mpirun
-from bench.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
+from bench.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from costmodel.network import busbw_factor
 from ringx_suite.store import Store, validate
 

@@ -13,7 +13,7 @@ import torch
 
 import ringx
 from bench import models, mpirun
-from bench.model_step import CHECK_TOLERANCE, shard_batch
+from bench.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
 from tests.mpi import run_mpi

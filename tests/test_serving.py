@@ -1,4 +1,4 @@
-"""Serving (bench.serving, ringx.decode): greedy generation at 1-4 ranks for every algorithm and tp identical to
+"""Serving (bench.models.serving, ringx.decode): greedy generation at 1-4 ranks for every algorithm and tp identical to
 the unsharded float64 model, every token's logits within 1e-9; decode attention exact on caches of unequal
 lengths; bad input refused alike on every rank; the balanced-cache rule; the metrics."""
 
@@ -9,7 +9,7 @@ import os
 import pytest
 
 import ringx
-from bench import serving
+from bench.models import serving
 from tests.mpi import run_cases
 from tests.serving_cases import RANKS_PER_NODE, TOL, WORLDS, decode_cases, serve_cases
 

@@ -1,5 +1,5 @@
 """The serving cost model (costmodel/serving.py): its decode messages are the operations ringx.decode performs
-(ledgers of real runs at 2 and 4 ranks), TP's are bench.serving's, its model table is bench's presets, and the
+(ledgers of real runs at 2 and 4 ranks), TP's are bench.models.serving's, its model table is bench's presets, and the
 predictions move the way they must."""
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_failures_are_classed(error, kind):
 
 
 def test_memory_estimate_grows_with_the_point_and_gathers_are_o_s():
-    from bench.points import make_point, memory_bytes
+    from bench.points.attention import make_point, memory_bytes
 
     pt = make_point({"algorithm": "ring", "seq": 4096}, 4)
     assert memory_bytes(pt, 4) < memory_bytes(make_point({"algorithm": "ring", "seq": 8192}, 4), 4)

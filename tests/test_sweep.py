@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import sweeps as sweep
-from bench.points import make_point
+from bench.points.attention import make_point
 from bench.sweeps import plan, profiles, script, slurm
 from bench.sweeps.schedulers import JobShape
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import sweeps as sweep
-from bench.model_points import ModelPoint
+from bench.points.step import StepPoint
 from bench.sweeps import commands, plan, profiles
 from ringx_suite.store import Store, claim, validate
 from tests.test_sweep import GOLDEN, render_golden, write
@@ -65,7 +65,7 @@ layers = 3
     sw = sweep.load(f)
     assert sw.driver == "model" and [len(j.points) for j in sw.jobs] == [2 * 3 * 2 - 1]
     pt = sw.jobs[0].points[0]
-    assert isinstance(pt, ModelPoint) and pt.config.layers == 1 and pt.config.d_model == 96
+    assert isinstance(pt, StepPoint) and pt.config.layers == 1 and pt.config.d_model == 96
     assert pt.dtype == "float32"  # auto on CPU ranks, resolved when planned
     assert sw.bench["check_max_seq"] == 512  # bench model's default, not bench run's
     text = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()

@@ -19,13 +19,14 @@ TAG_SPACE = 30000  # agreements are numbered by MPI tag (the standard guarantees
 
 
 class Progress:
-    """Rank 0's progress: one rewritten line on a terminal, plain lines in batch logs."""
+    """Rank 0's progress: one rewritten line on a terminal, plain lines in batch logs; ``lines``: a line per
+    step on a terminal too (the drivers' one line per configuration)."""
 
-    def __init__(self, total: int, quiet: bool, enabled: bool):
+    def __init__(self, total: int, quiet: bool, enabled: bool, lines: bool = False):
         self.total, self.quiet, self.enabled = total, quiet, enabled
         self.start = time.monotonic()
         self.done = 0
-        self.tty = sys.stdout.isatty()
+        self.tty = sys.stdout.isatty() and not lines
 
     def step(self, what: str, count: int = 1) -> None:
         self.done += count

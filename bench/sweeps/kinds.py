@@ -8,7 +8,10 @@ on the driver's name. A new driver (``infer``: serving) is one more class and on
 
 from __future__ import annotations
 
-from bench import model_points, model_step, options, points
+from bench import options
+from bench.drivers import step as step_driver
+from bench.points import attention as points
+from bench.points import step as step_points
 from ringx.flops import attention_flops
 from ringx_suite.store import config_key
 
@@ -53,8 +56,8 @@ class StepKind(PointKind):
 
     name = "model"
     what = "training steps, bench model"
-    params = frozenset(model_points.SWEEP_PARAMS)
-    defaults = {"check_max_seq": model_step.CHECK_MAX_SEQ}
+    params = frozenset(step_points.SWEEP_PARAMS)
+    defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ}
     predicts = False  # the cost model knows attention only
 
     def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
@@ -65,28 +68,28 @@ class StepKind(PointKind):
             raise ValueError(f"{where} needs algorithms, e.g. algorithms = ['ring', 'ringx4']")
         if "seq" not in params and "seq_per_rank" not in params:
             raise ValueError(f"{where} needs seq (global tokens) or seq_per_rank (weak scaling)")
-        model_points.check_values(params, where)
+        step_points.check_values(params, where)
         models: dict[tuple, list[str]] = {}  # each model configuration (scalars by now) -> its algorithms
         for d in dicts:
-            models.setdefault(tuple((k, v) for k, v in d.items() if k in model_points.MODEL_KEYS), []).append(
+            models.setdefault(tuple((k, v) for k, v in d.items() if k in step_points.MODEL_KEYS), []).append(
                 d["algorithm"])
         for key, algos in models.items():
-            model_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
+            step_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
 
     def make(self, d: dict, ranks: int, gpu: bool):
-        return model_points.make_model_point(d, ranks, "cuda" if gpu else "cpu")
+        return step_points.make_step_point(d, ranks, "cuda" if gpu else "cpu")
 
     def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
-        return model_points.memory_bytes(pt, ranks, gpu, bench["check"])
+        return step_points.memory_bytes(pt, ranks, gpu, bench["check"])
 
     def flops(self, pt) -> float:
-        return model_points.step_flops(pt)
+        return step_points.step_flops(pt)
 
     def key(self, pt, ranks: int, nodes: int, repeat: int, bench: dict) -> str:
-        return config_key(model_points.record_config(pt, ranks, nodes, repeat, bench))
+        return config_key(step_points.record_config(pt, ranks, nodes, repeat, bench))
 
     def commands(self, pts: list, points_file: str) -> list[list[str]]:
-        return model_points.commands(pts)  # one bench model per model configuration, its sequences listed
+        return step_points.commands(pts)  # one bench model per model configuration, its sequences listed
 
     def describe(self, p) -> str:
         return p.describe()

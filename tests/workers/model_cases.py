@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 import ringx
 from bench import models
-from bench.model_step import allreduce_grads, compare, global_batch64, reference_step, shard_batch, sharded_step
+from bench.drivers.step import allreduce_grads, compare, global_batch64, reference_step, shard_batch, sharded_step
 from ringx import launch
 from tests.model_cases import BATCH, SEQ, model_cases
 

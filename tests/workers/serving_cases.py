@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 import ringx
-from bench import models, serving
+from bench import models
+from bench.models import serving
 from ringx import launch
 from ringx_suite.cli import UserError
 from tests.serving_cases import BATCH, HEADS, decode_cases, serve_cases

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 import ringx
-from bench import models, serving
+from bench import models
+from bench.models import serving
 from ringx import launch
 
 DECODE = ("ring", "zigzag", "ringx1", "ringx4o", "ringx3", "ulysses", "usp", "usp-ringx")

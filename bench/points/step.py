@@ -1,8 +1,8 @@
 """A ``bench model`` point: one training-step configuration (model, batch, dtype, checkpointing) with its
 sequence and algorithm, as a sweep plans it into jobs (a sweep file with ``driver = "model"``).
 
-A point is validated by ``bench model``'s own :func:`bench.model_step.make_plan` and keyed by its
-:func:`bench.model_step.record_config`, so a sweep and the runs it renders agree on what is valid and on
+A point is validated by ``bench model``'s own :func:`bench.drivers.step.make_plan` and keyed by its
+:func:`bench.drivers.step.record_config`, so a sweep and the runs it renders agree on what is valid and on
 what is done. Every value is read through the definitions of bench/options.py (``MODEL``, and ``PARAMS``
 for the point's algorithm, sequence and batch).
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from bench import model_step, options
+from bench import options
+from bench.drivers import step as step_driver
 from ringx_suite.cli import UserError
 
 # A sweep file's [params] of a model sweep: the model options (not the learning rate, which is not part of a
 # record's key, nor a profile, which is the sweep's machine) and the point's algorithm, sequence and batch.
 MODEL_KEYS = tuple(n for n in options.MODEL if n not in ("lr", "machine"))
-SWEEP_PARAMS = MODEL_KEYS + model_step.POINT
+SWEEP_PARAMS = MODEL_KEYS + step_driver.POINT
 
 
 def definition(name: str) -> options.Option:
@@ -27,7 +28,7 @@ def definition(name: str) -> options.Option:
 
 
 @dataclass(frozen=True)
-class ModelPoint:
+class StepPoint:
     algorithm: str
     seq: int  # global tokens
     seq_per_rank: int
@@ -78,12 +79,12 @@ def check_model(d: dict, algorithms: list[str], where: str) -> None:
     ranks: an unknown preset, heads that do not divide or an algorithm the masking lacks, said once."""
     given = {k: v for k, v in d.items() if k in MODEL_KEYS}
     try:
-        model_step.make_plan(given | {"algorithms": algorithms}, world=1)  # at one rank any length splits
+        step_driver.make_plan(given | {"algorithms": algorithms}, world=1)  # at one rank any length splits
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
 
-def make_model_point(d: dict, world: int, device_type: str) -> ModelPoint:
+def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
     """A validated point for ``world`` ranks from a dict of [params] keys (``algorithm`` for ``algorithms``).
 
     ``device_type`` (cuda or cpu: where the job runs) resolves dtype auto. Raises UserError with bench
@@ -95,26 +96,27 @@ def make_model_point(d: dict, world: int, device_type: str) -> ModelPoint:
             given[k] = [given[k]]
     if given.get("seq") is None and given.get("seq_per_rank") is None:
         raise UserError("give seq (global, strong scaling) or seq_per_rank (weak scaling)")
-    opts, plan = model_step.make_plan(given, world)
-    dtype = model_step.compute_dtype(opts["dtype"], device_type)
-    overrides = tuple((k, opts[k]) for k in MODEL_KEYS if k in d and k not in ("preset", "dtype", "checkpoint"))
+    _, model, plan = step_driver.make_plan(given, world)
+    dtype = step_driver.compute_dtype(model.dtype, device_type)
+    overrides = tuple((k, getattr(model, k)) for k in MODEL_KEYS
+                      if k in d and k not in ("preset", "dtype", "checkpoint"))
     seq = plan.seqs[0]
-    return ModelPoint(plan.algorithms[0], seq, seq // world, plan.scaling, plan.batch, plan.preset, dtype,
-                      bool(opts["checkpoint"]), overrides, plan.config)
+    return StepPoint(plan.algorithms[0], seq, seq // world, plan.scaling, plan.batch, plan.preset, dtype,
+                     bool(model.checkpoint), overrides, plan.config)
 
 
-def plan_of(pt: ModelPoint) -> model_step.Plan:
-    return model_step.Plan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,))
+def plan_of(pt: StepPoint) -> step_driver.Plan:
+    return step_driver.Plan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,))
 
 
-def record_config(pt: ModelPoint, world: int, nodes: int, repeat: int, settings: dict) -> dict:
+def record_config(pt: StepPoint, world: int, nodes: int, repeat: int, settings: dict) -> dict:
     """The configuration fields (the key) of the record ``bench model`` writes for this point."""
-    return model_step.record_config(plan_of(pt), pt.algorithm, pt.seq, world=world, nodes=nodes, repeat=repeat,
-                                    dtype=pt.dtype, checkpoint=pt.checkpoint, kernel=settings["kernel"],
-                                    warmup=settings["warmup"], iters=settings["iters"])
+    return step_driver.record_config(plan_of(pt), pt.algorithm, pt.seq, world=world, nodes=nodes, repeat=repeat,
+                                     dtype=pt.dtype, checkpoint=pt.checkpoint, kernel=settings["kernel"],
+                                     warmup=settings["warmup"], iters=settings["iters"])
 
 
-def commands(points: list[ModelPoint]) -> list[list[str]]:
+def commands(points: list[StepPoint]) -> list[list[str]]:
     """``bench model`` argument lists (without output and settings) running exactly these points: one launch
     per model configuration and set of algorithms, its sequences listed (``--seq a,b --algorithms x,y``)."""
     out = []
@@ -131,7 +133,7 @@ def commands(points: list[ModelPoint]) -> list[list[str]]:
     return out
 
 
-def memory_bytes(pt: ModelPoint, world: int, gpu: bool, check: bool) -> int:
+def memory_bytes(pt: StepPoint, world: int, gpu: bool, check: bool) -> int:
     """A lower bound of the bytes one rank needs for a step: weights, gradients and AdamW's two moments (float32,
     float64 for a float64 step), what the backward keeps of each layer (its input only when checkpointed, plus
     one layer's), the logits and their gradient in float32 (decoder), or the float64 check's model and
@@ -160,7 +162,7 @@ def param_count(c) -> int:
         return models.count_params(models.Model(c))
 
 
-def step_flops(pt: ModelPoint) -> float:
+def step_flops(pt: StepPoint) -> float:
     """One training step's FLOPs over all ranks (the model convention of bench model's records), with the
     recomputed forward when checkpointed."""
     from bench import models

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bench.options import PARAMS, value
+from bench.points import run_config
 from ringx_suite.cli import UserError
 
 FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
@@ -113,5 +114,4 @@ def memory_bytes(pt: Point, world: int, check_max_seq: int = 0) -> int:
 def record_config(pt: Point, world: int, nodes: int, repeat: int, kernel: str | None, warmup: int,
                   iters: int) -> dict:
     """The configuration fields of a record; their hash is the record's key."""
-    return {"world_size": world, "nodes": nodes, "repeat": repeat, "kernel_requested": kernel, "warmup": warmup,
-            "iters": iters, **pt.as_dict()}
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | pt.as_dict()

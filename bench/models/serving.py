@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 import ringx
-from bench import models
+from bench.models import transformer as models
 from ringx.algorithms.ulysses import kv_replicas
 from ringx.comm import Comm, Ledger
 from ringx.decode import attend_cache, owner

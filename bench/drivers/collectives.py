@@ -28,6 +28,9 @@ inter need the same number of ranks on every node, more than one node, and
 Records go to the same store as `bench run` (kind "collective"), each with
 its level and group_size.
 
+Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
+collectives' own plan (levels, ops, sizes), calls and record fields.
+
 Example: mpiexec -n 4 python -m bench collectives --max-bytes 64M --campaign net
          RINGX_RANKS_PER_NODE=2 mpiexec -n 4 python -m bench collectives --levels intra,inter
 """
@@ -39,8 +42,9 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from bench.measure.pinning import pin
-from bench.measure.ranks import Group, Progress, describe
+from bench import options
+from bench.driver import Driver, Invocation, add_output_arguments, output_of
+from bench.measure.ranks import describe
 from bench.options import DTYPES
 from costmodel.network import busbw_factor
 from ringx_suite.cli import Parser, UserError
@@ -178,12 +182,8 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--out", default="runs", help="output root (default: runs)")
-    p.add_argument("--campaign", default="collectives", help="campaign name (default: collectives)")
-    p.add_argument("--tag")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits on its peers (default 300)")
-    p.add_argument("--retry-failed", action="store_true")
-    p.add_argument("--quiet", action="store_true")
+    add_output_arguments(p, campaign="collectives")
     return p
 
 
@@ -205,15 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--step must be >= 2, --iters from 1 to 100000, --warmup from 0 to 100000")
     if not 0 < a.timeout <= 86400:
         p.error("--timeout must be a number of seconds from 1 to 86400")
-    from ringx_suite.store import StoreError, check_campaign_name
+    from ringx_suite.store import StoreError
 
     try:
-        check_campaign_name(a.campaign)
+        out = output_of({k: v for k, v in vars(a).items() if v is not None}, campaign="collectives")
     except StoreError as e:
         p.error(str(e))
     from ringx_suite.cli import main as cli_main
 
-    return cli_main(PROG, lambda: measure(a, argv, ops, asked_levels, lo, hi))
+    inv = Invocation(options.Settings(warmup=a.warmup, iters=a.iters, timeout=a.timeout), out, tuple(argv or []))
+    return cli_main(PROG, lambda: measure(Collectives(inv, a, ops, asked_levels, lo, hi)))
 
 
 def _topology() -> tuple[Topology | None, str]:
@@ -226,81 +227,101 @@ def _topology() -> tuple[Topology | None, str]:
         return None, str(e)
 
 
-def measure(a: argparse.Namespace, argv: list[str] | None, ops: list[str], asked_levels: list[str] | None, lo: int,
-            hi: int) -> int:
-    """Time every (level, op, size) of the plan on every rank; rank 0 writes the records (after ``main``'s checks)."""
-    import torch
+class Collectives(Driver):
+    """Every (level, op, size) of the plan, one after the other."""
 
-    from bench.measure.timing import time_iterations
-    from ringx import launch
-    from ringx_suite.stats import stat_fields, summarize
-    from ringx_suite.store import SCHEMA_VERSION, already_recorded, config_key, now
+    prog, command, kind = "bench collectives", "collectives", "collective"
 
-    ctx = launch.init(timeout_s=a.timeout)
-    P, rank = ctx.world_size, ctx.rank
-    pin(ctx)
-    topo, unknown = _topology()
-    levels = asked_levels or default_levels(topo)
-    for lv in levels:
-        if why := layout_problem(lv, topo, unknown):  # every rank knows the same layout: all stop here alike
-            launch.finalize()
-            raise UserError(f"--levels {lv} cannot run here: {why}")
-    group = Group(a.timeout, "bench collectives")
-    store, run_id, done, nodes = group.open_campaign(a.out, a.campaign, ["-m", "bench", "collectives", *(argv or [])])
-    dt = getattr(torch, a.dtype)
-    esize = torch.empty((), dtype=dt).element_size()
-    # One size list for every level: multiples of P elements divide into any group's parts.
-    plan = [(lv, op, b) for lv in levels for op in ops for b in sizes(lo, hi, a.step, esize * P)]
-    progress = Progress(len(plan), a.quiet, rank == 0)
-    missing = [lv for lv in LEVELS if lv not in levels]
-    why = "" if asked_levels or not missing else f" (not {','.join(missing)}: {layout_problem(missing[-1], topo)})"
-    progress.note(f"bench collectives: {len(ops)} ops x sizes {lo}-{hi} B on {P} ranks, levels {','.join(levels)}"
-                  f"{why} -> {store.records_path}")
+    def __init__(self, inv: Invocation, a: argparse.Namespace, ops: list[str], asked_levels: list[str] | None,
+                 lo: int, hi: int):
+        super().__init__(inv)
+        self.a, self.ops, self.asked_levels, self.lo, self.hi = a, ops, asked_levels, lo, hi
 
-    for level, op, nbytes in plan:
-        n = group_size(level, topo, P)
-        cfg = {"op": op, "bytes": nbytes, "dtype": a.dtype, "world_size": P, "nodes": nodes,
-               "warmup": a.warmup, "iters": a.iters}
-        if level != "world":  # world's key stays what it was before levels existed: old campaigns resume
-            cfg.update(level=level, group_size=n)
-        key = config_key(cfg)
-        what = f"{op} {nbytes} B" + ("" if level == "world" else f" ({level}, groups of {n})")
-        if already_recorded(done.get(key), a.retry_failed):
-            progress.step(f"{what}: already recorded")
-            continue
-        rec = {"schema": SCHEMA_VERSION, "kind": "collective", "campaign": store.campaign, "tag": a.tag,
-               "run_id": run_id, "key": key, "status": "ok", "error": None, "written_at": "",
-               "busbw_factor": busbw_factor(op, n), **cfg, "level": level, "group_size": n}
-        err = kind = None
-        samples = []
-        try:
-            members, pg = level_group(level, P)
-            call = op_call(op, nbytes // esize, dt, ctx.device, rank, members, pg)
-            samples = time_iterations(call, a.warmup, a.iters, ctx.device)
-        except Exception as e:  # noqa: BLE001 - failures are records
-            kind, err = describe(e)
-        votes = group.agree(err is None, {"error": err, "kind": kind}, waited=kind == "timeout")
-        if votes is None:
-            group.give_up(group.timeout_message(what))
-        if not all(v["ok"] for v in votes):
-            rec.update(status="failed", error="; ".join(f"rank {i}: {v['error']}" for i, v in enumerate(votes)
-                                                        if not v["ok"]), written_at=now())
+    def before_campaign(self) -> None:
+        from ringx import launch
+
+        self.topo, unknown = _topology()
+        self.levels = self.asked_levels or default_levels(self.topo)
+        for lv in self.levels:
+            if why := layout_problem(lv, self.topo, unknown):  # every rank knows the same layout: all stop alike
+                launch.finalize()
+                raise UserError(f"--levels {lv} cannot run here: {why}")
+
+    def open(self, **kw) -> None:  # no claims and no signal handler, as ever
+        super().open(claims=False, signals=False, launch_args={})
+
+    def run(self) -> None:
+        import torch
+
+        from bench.measure.timing import time_iterations
+        from ringx_suite.stats import stat_fields, summarize
+        from ringx_suite.store import already_recorded, config_key, now
+
+        a, s, P, rank, topo, levels = self.a, self.settings, self.P, self.rank, self.topo, self.levels
+        ops, lo, hi, group, store = self.ops, self.lo, self.hi, self.group, self.store
+        dt = getattr(torch, a.dtype)
+        esize = torch.empty((), dtype=dt).element_size()
+        # One size list for every level: multiples of P elements divide into any group's parts.
+        plan = [(lv, op, b) for lv in levels for op in ops for b in sizes(lo, hi, a.step, esize * P)]
+        progress = self.progress_for(len(plan))
+        missing = [lv for lv in LEVELS if lv not in levels]
+        why = "" if self.asked_levels or not missing else \
+            f" (not {','.join(missing)}: {layout_problem(missing[-1], topo)})"
+        progress.note(f"bench collectives: {len(ops)} ops x sizes {lo}-{hi} B on {P} ranks, levels "
+                      f"{','.join(levels)}{why} -> {store.records_path}")
+
+        for level, op, nbytes in plan:
+            n = group_size(level, topo, P)
+            cfg = {"op": op, "bytes": nbytes, "dtype": a.dtype, "world_size": P, "nodes": self.nodes,
+                   "warmup": s.warmup, "iters": s.iters}
+            if level != "world":  # world's key stays what it was before levels existed: old campaigns resume
+                cfg.update(level=level, group_size=n)
+            key = config_key(cfg)
+            what = f"{op} {nbytes} B" + ("" if level == "world" else f" ({level}, groups of {n})")
+            if already_recorded(self.done.get(key), self.output.retry_failed):
+                progress.step(f"{what}: already recorded")
+                continue
+            # cfg holds level and group_size already off world: a dict merge keeps their place, as the record had
+            rec = self.header(key, **({"written_at": "", "busbw_factor": busbw_factor(op, n)} | cfg
+                                      | {"level": level, "group_size": n}))
+            err = kind = None
+            samples = []
+            try:
+                members, pg = level_group(level, P)
+                call = op_call(op, nbytes // esize, dt, self.ctx.device, rank, members, pg)
+                samples = time_iterations(call, s.warmup, s.iters, self.ctx.device)
+            except Exception as e:  # noqa: BLE001 - failures are records
+                kind, err = describe(e)
+            votes = group.agree(err is None, {"error": err, "kind": kind}, waited=kind == "timeout")
+            if votes is None:
+                group.give_up(group.timeout_message(what))
+            if not all(v["ok"] for v in votes):
+                rec.update(status="failed", error="; ".join(f"rank {i}: {v['error']}" for i, v in enumerate(votes)
+                                                            if not v["ok"]), written_at=now())
+                if rank == 0:
+                    store.append(rec)
+                progress.step(f"{what}: FAILED")
+                self.reinit()
+                continue
+            st = summarize(samples)
+            algbw = nbytes / st["median"] / 1e9
+            rec.update(written_at=now(), samples_s=samples,
+                       **stat_fields(samples),
+                       algbw_GBps=algbw, busbw_GBps=algbw * rec["busbw_factor"])
             if rank == 0:
                 store.append(rec)
-            progress.step(f"{what}: FAILED")
-            ctx = launch.reinit(ctx, a.timeout)
-            continue
-        st = summarize(samples)
-        algbw = nbytes / st["median"] / 1e9
-        rec.update(written_at=now(), samples_s=samples,
-                   **stat_fields(samples),
-                   algbw_GBps=algbw, busbw_GBps=algbw * rec["busbw_factor"])
-        if rank == 0:
-            store.append(rec)
-        tag = "" if len(levels) == 1 else f"{level:5s} "
-        progress.step(f"{tag}{op:14s} {nbytes:>10d} B  {st['median'] * 1e6:10.1f} us  "
-                      f"busbw {rec['busbw_GBps']:.3f} GB/s")
-    progress.note(f"bench collectives: done -> {store.records_path}")
+            tag = "" if len(levels) == 1 else f"{level:5s} "
+            progress.step(f"{tag}{op:14s} {nbytes:>10d} B  {st['median'] * 1e6:10.1f} us  "
+                          f"busbw {rec['busbw_GBps']:.3f} GB/s")
+        progress.note(f"bench collectives: done -> {store.records_path}")
+
+
+def measure(driver: Collectives) -> int:
+    """Time every (level, op, size) of the plan on every rank; rank 0 writes the records (after ``main``'s checks)."""
+    from ringx import launch
+
+    driver.open()
+    driver.run()
     launch.finalize()
     return 0
 

@@ -3,7 +3,7 @@
 Context parallelism as users run it: every rank holds the whole model (weights replicated) and its shard of
 the sequence in the algorithm's layout; every attention layer calls ``ringx.attention`` with that algorithm;
 the gradients are summed over the ranks by one bucketed all-reduce, then AdamW steps. The model
-(bench/models.py) is a Llama-3-shaped decoder or a ViT encoder, from a preset overridden by flags or a
+(bench/models/) is a Llama-3-shaped decoder or a ViT encoder, from a preset overridden by flags or a
 TOML/JSON file (--config). Rotary positions are each token's global position under the layout, next-token
 labels are shifted on the global sequence before sharding, and the loss is the mean over global tokens.
 
@@ -17,6 +17,11 @@ per rank, model FLOPs per token (6N + attention, ringx/flops.py), MFU against a 
 with the same model run unsharded on one process in float64 on the CPU (plain attention; tolerance
 CHECK_TOLERANCE, relative). A failing algorithm is recorded as failed and not timed.
 
+The launch, campaign, stages and records are the skeleton's (bench/driver.py); this file holds what is the
+step's own: its points (a model and its sequences), its inputs (the shared model, AdamW and each algorithm's
+shard of one batch), its check (a float64 step against the unsharded model), the timed step and its phases,
+and its record fields. The model zoo is bench/models/; a sweep's step points are bench/points/step.py.
+
 Example (2 local CPU ranks):
   mpiexec -n 2 python -m bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
 """
@@ -25,48 +30,45 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
-import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from bench import options
-from bench.measure.failures import CheckFailed, Recorder, maybe_inject, parse_inject, run_guarded
-from bench.measure.pinning import pin
-from bench.measure.ranks import Group, Progress, describe
-from ringx_suite.cli import Parser, UserError, load_config
+from bench.driver import (
+    Case,
+    CaseDriver,
+    Invocation,
+    Stage,
+    add_output_arguments,
+    given_options,
+    ledger_totals,
+    mpi_main,
+    per_rank_fields,
+)
+from bench.measure.failures import CheckFailed
+from bench.measure.ranks import describe
+from ringx_suite.cli import Parser, UserError
 
+PROG = "python -m bench model"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
 CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
-ONLY = dict(out="runs", campaign="default", tag=None, retry_failed=False, quiet=False, inject=None)
 POINT = ("algorithms", "seq", "seq_per_rank", "batch")
 PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
 BUCKET = 1 << 25  # elements per gradient all-reduce
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench model", description=__doc__)
+    p = Parser(prog=PROG, description=__doc__)
     add = p.add_argument
     add("--config", help="TOML or JSON file with any of the options below (flags override it)")
-    g = p.add_argument_group("model (the preset's values unless given)")
-    for o in options.MODEL.values():
-        if o.kind is bool:
-            g.add_argument(o.flag, action="store_true", default=None, help=o.help)
-        else:
-            shown = f" (default: {o.default})" if o.default is not None else ""
-            g.add_argument(o.flag, default=None, metavar=o.name.upper(), help=o.help + shown)
+    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"), options.MODEL.values())
     options.add_arguments(p.add_argument_group("points (lists are crossed)"),
                           [options.PARAMS[k] for k in POINT])
     options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
                           {"check_max_seq": CHECK_MAX_SEQ})
-    g = p.add_argument_group("output")
-    g.add_argument("--out", help="output root: records go to OUT/CAMPAIGN/ (default: runs)")
-    g.add_argument("--campaign", help="campaign name, a plain directory name (default: default)")
-    g.add_argument("--tag", help="free-form label stored in every record")
-    g.add_argument("--retry-failed", action="store_true", default=None, help="re-run configurations recorded as failed")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    add_output_arguments(p)
     add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
     return p
 
@@ -83,50 +85,44 @@ class Plan:
     algorithms: tuple[str, ...]
 
 
-def resolve(argv: list[str] | None, world: int) -> tuple[dict, Plan]:
-    """Flags over the config file over the preset: validated options and plan for ``world`` ranks.
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, Plan]:
+    """Flags over the config file over the preset: the checked invocation, model options and plan for ``world``
+    ranks.
 
     Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
     ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
     """
-    a = build_parser().parse_args(argv)
-    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(ONLY)
-    given = load_config(a.config, valid) if a.config else {}
-    given |= {k: v for k, v in vars(a).items() if v is not None and k != "config"}
-    return make_plan(given, world)
+    argv = list(argv or [])
+    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
+    return make_plan(given_options(build_parser(), argv, valid), world, argv)
 
 
-def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
+def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, options.ModelOptions, Plan]:
     """:func:`resolve` from the options as a dict (option name -> a flag's string, a TOML value or a list):
     what a sweep calls to validate a point exactly as the job it renders will."""
     import ringx
     from bench import models
 
-    opts = dict(ONLY) | {k: v for k, v in given.items() if k in ONLY}
-    opts |= options.settings({"check_max_seq": CHECK_MAX_SEQ} | given, "")
-    opts |= {n: options.value(o, given.get(n, o.default), "") for n, o in options.MODEL.items()}
-    from ringx_suite.store import check_campaign_name
-
-    check_campaign_name(opts["campaign"])
-    opts["inject"] = parse_inject(opts["inject"])
-    if opts["kernel"] is not None and opts["kernel"] not in ringx.KERNELS:
-        raise UserError(f"--kernel {opts['kernel']!r}: choose one of {', '.join(ringx.KERNELS)}")
-    if opts["machine"] and opts["peak_tflops"] is None:
+    inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
+    mo = options.ModelOptions.of(given)
+    if mo.machine and inv.settings.peak_tflops is None:
         from bench.sweeps.profiles import load_profile
 
         try:
-            prof = load_profile(opts["machine"])
+            prof = load_profile(mo.machine)
         except ValueError as e:
             raise UserError(str(e)) from None
-        opts["peak_tflops"] = prof.peak_tflops if prof.gpus_per_node else None  # a CPU has no published peak
-    overrides = {k: opts[k] for k in models.FIELDS if k in options.MODEL}
+        # a CPU has no published peak
+        inv = replace(inv, settings=replace(inv.settings, peak_tflops=prof.peak_tflops if prof.gpus_per_node
+                                            else None))
+    overrides = {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL}
     try:
-        cfg = models.preset(opts["preset"], **overrides)
+        cfg = models.preset(mo.preset, **overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
     problem = cfg.problem()
     if problem:
-        raise UserError(f"model {opts['preset']}: {problem}")
+        raise UserError(f"model {mo.preset}: {problem}")
 
     P = options.PARAMS
     seq = options.value(P["seq"], given.get("seq"), "", many=True)
@@ -154,7 +150,7 @@ def make_plan(given: dict, world: int) -> tuple[dict, Plan]:
                                 f"multiple of {div}")
             if cfg.causal and s < 2:
                 raise UserError("a causal LM needs at least 2 tokens (one label)")
-    return opts, Plan(opts["preset"], cfg, batch, "weak" if per_rank else "strong", seqs, tuple(dict.fromkeys(names)))
+    return inv, mo, Plan(mo.preset, cfg, batch, "weak" if per_rank else "strong", seqs, tuple(dict.fromkeys(names)))
 
 
 def compute_dtype(dtype: str, device_type: str) -> str:
@@ -166,8 +162,9 @@ def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: in
                   checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
     """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
     a rerun's resume look up)."""
-    return {"world_size": world, "nodes": nodes, "repeat": repeat, "kernel_requested": kernel,
-            "warmup": int(warmup), "iters": int(iters), "algorithm": algorithm, "model": plan.preset,
+    from bench.points import run_config
+
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
             **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
             "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)}
 
@@ -308,18 +305,12 @@ def compare(loss: float, grads: dict, ref_loss: float, ref_grads: dict) -> tuple
 # Running on every rank
 
 
-@dataclass
-class Case:
-    index: int
+@dataclass(frozen=True)
+class StepAt:
+    """One candidate of a step configuration: its algorithm at a global sequence length."""
+
     algorithm: str
     seq: int
-    rec: dict
-    label: str
-    layout: str = ""
-    step: object = None
-    stats: object = None
-    result: dict = field(default_factory=dict)
-    votes: list = field(default_factory=list)
 
 
 class Step:
@@ -363,123 +354,65 @@ class Step:
         return loss
 
 
-class Runner:
-    """Runs every configuration on every rank; rank 0 writes the records."""
+class TrainingStep(CaseDriver):
+    """``bench model``: every sequence's algorithms timed side by side, one training step each per round."""
 
-    def __init__(self, opts: dict, plan: Plan, argv: list[str]):
-        from bench.run import interrupt_cleanly
-        from ringx import launch
+    prog, command, kind = "bench model", "model", "model"
+    inputs_what = "building the model of"
 
-        self.opts, self.plan = opts, plan
-        self.ctx = launch.init(timeout_s=opts["timeout"],
-                               **{k: opts[k] for k in ("device", "backend") if opts[k] not in (None, "auto")})
-        self.group = Group(opts["timeout"], prog="bench model")
-        self.rank, self.P = self.ctx.rank, self.ctx.world_size
-        self.dtype = compute_dtype(opts["dtype"], self.ctx.device.type)
-        self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
-            opts["out"], opts["campaign"], ["-m", "bench", "model", *argv], pending=self.pending,
-            hook=lambda: maybe_inject(opts["inject"], self.rank, 0, "open", self.group.prog))
-        interrupt_cleanly(self.store, self.rank)
-        self.pinned = pin(self.ctx)
-        self.counts = {"recorded": 0, "failed": 0, "skipped": 0}
-        self.failures = Recorder(self.group, self.store, self.reinit, self.counts, opts["inject"])
+    def __init__(self, inv: Invocation, model: options.ModelOptions, plan: Plan):
+        super().__init__(inv)
+        self.model, self.plan = model, plan
         self.references: dict = {}
 
-    def run(self) -> None:
+    def before_campaign(self) -> None:
+        self.dtype = compute_dtype(self.model.dtype, self.ctx.device.type)
+
+    # -- points and records --------------------------------------------------------------------------------
+
+    def configurations(self) -> list[tuple[int, list[StepAt]]]:
+        return [(rep, [StepAt(n, seq) for n in self.plan.algorithms]) for seq in self.plan.seqs
+                for rep in range(self.settings.repeats)]
+
+    def config(self, pt: StepAt, rep: int, nodes: int) -> dict:
+        s = self.settings
+        return record_config(self.plan, pt.algorithm, pt.seq, world=self.P, nodes=nodes, repeat=rep, dtype=self.dtype,
+                             checkpoint=self.model.checkpoint, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
+
+    def label(self, pt: StepAt) -> str:
+        return f"{pt.algorithm} seq={pt.seq}"
+
+    def record_fields(self, pt: StepAt) -> dict:
         import ringx
 
-        plan, reps = self.plan, int(self.opts["repeats"])
-        total = len(plan.seqs) * len(plan.algorithms) * reps
-        self.progress = self.failures.progress = Progress(total, self.opts["quiet"], self.rank == 0)
-        c = plan.config
+        return {"family": ringx.ALGORITHMS[pt.algorithm].family, "lr": self.model.lr}
+
+    def layout(self, pt: StepAt) -> str:
+        import ringx
+
+        return ringx.ALGORITHMS[pt.algorithm].layout(self.plan.config.causal)
+
+    def start(self, total: int) -> None:
+        c, plan = self.plan.config, self.plan
         self.progress.note(
             f"bench model: {plan.preset} ({c.arch}, {c.layers} layers, d {c.d_model}, {c.heads}/{c.kv_heads} heads, "
-            f"MLP {c.mlp}), {self.dtype}{', checkpointed' if self.opts['checkpoint'] else ''}: {total} records on "
+            f"MLP {c.mlp}), {self.dtype}{', checkpointed' if self.model.checkpoint else ''}: {total} records on "
             f"{self.P} ranks (device {self.ctx.device.type}) -> {self.store.records_path}")
-        cores = os.cpu_count() or 1
-        if self.ctx.device.type == "cpu" and self.P > cores and self.nodes == 1:
-            self.progress.note(f"bench model: note: {self.P} ranks share {cores} cores; times include that contention")
-        if self.ctx.device.type == "cpu" and self.opts["peak_tflops"]:
+        self.note_machine()
+        if self.ctx.device.type == "cpu" and self.settings.peak_tflops:
             self.progress.note("bench model: no MFU on CPUs (a CPU has no published peak); --peak-tflops ignored")
-        index = 0
-        for seq in plan.seqs:
-            for rep in range(reps):
-                cases = []
-                for name in plan.algorithms:
-                    cases.append(self.case(index, name, seq, rep, ringx))
-                    index += 1
-                self.measure_group([x for x in cases if x is not None])
-        n = self.counts
-        self.progress.note(f"bench model: {n['recorded']} recorded, {n['failed']} failed, {n['skipped']} already in "
-                           f"the store -> {self.store.records_path}")
-        self.store.release()  # the claim on this run's keys ends
 
-    def config(self, name: str, seq: int, rep: int, nodes: int | None = None) -> dict:
-        o = self.opts
-        return record_config(self.plan, name, seq, world=self.P, nodes=self.nodes if nodes is None else nodes,
-                             repeat=rep, dtype=self.dtype, checkpoint=o["checkpoint"], kernel=o["kernel"],
-                             warmup=o["warmup"], iters=o["iters"])
+    # -- the stages: check, build, first steps, timed steps -------------------------------------------------
 
-    def pending(self, done: dict[str, str], nodes: int) -> set[str]:
-        """The keys this run will write (claimed in the store for the run, as bench run claims its own)."""
-        from ringx_suite.store import already_recorded, config_key
+    def check_group(self, cases: list[Case]) -> list[Case]:
+        return self.check_all(cases) if self.settings.check else cases
 
-        keys = {config_key(self.config(n, s, rep, nodes)) for s in self.plan.seqs for n in self.plan.algorithms
-                for rep in range(int(self.opts["repeats"]))}
-        return {k for k in keys if not already_recorded(done.get(k), self.opts["retry_failed"])}
+    def stages(self, c: Case, shared) -> list[Stage]:
+        return [Stage("the first call of", lambda: self.first_call(c), True)]
 
-    def case(self, index: int, name: str, seq: int, rep: int, ringx) -> Case | None:
-        from ringx_suite.store import SCHEMA_VERSION, already_recorded, config_key
-
-        config = self.config(name, seq, rep)
-        key = config_key(config)
-        label = f"{name} seq={seq}"
-        prior = self.done.get(key)
-        if already_recorded(prior, self.opts["retry_failed"]):
-            self.counts["skipped"] += 1
-            self.progress.step(f"{label}: already recorded ({prior})")
-            return None
-        rec = {"schema": SCHEMA_VERSION, "kind": "model", "campaign": self.store.campaign, "tag": self.opts["tag"],
-               "run_id": self.run_id, "key": key, "status": "ok", "error": None, "failure": None, "written_at": "",
-               "device": self.ctx.device.type, "family": ringx.ALGORITHMS[name].family, "lr": self.opts["lr"],
-               **config}
-        return Case(index, name, seq, rec, label, ringx.ALGORITHMS[name].layout(self.plan.config.causal))
-
-    # -- one configuration: check, build, first steps, timed steps ------------------------------------------
-
-    def measure_group(self, cases: list[Case]) -> None:
-        if not cases:
-            return
-        if self.opts["check"]:
-            cases = self.check_all(cases)
-        if not cases:
-            return
-        err, shared = None, None
-        try:
-            shared = self.build(cases)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a record
-            err = describe(e)
-        if not self.failures.settle_all(cases, err, "building the model of", broke_group=False):
-            return
-        live = [c for c in cases if self.failures.stage(c, lambda c=c: self.first_call(c), "the first call of",
-                                                        broke_group=True)]
-        samples, err = None, None
-        if live:
-            try:
-                from bench.measure.timing import time_round_robin
-
-                samples = time_round_robin([self.failures.injecting(c.index, c.step) for c in live],
-                                           int(self.opts["warmup"]), int(self.opts["iters"]), self.ctx.device)
-                phases = self.phase_samples(live)
-            except Exception as e:  # noqa: BLE001
-                err = describe(e)
-            if self.failures.settle_all(live, err, "timing", broke_group=True):
-                group_id = uuid.uuid4().hex[:12] if len(live) > 1 else None
-                for c, s, ph in zip(live, samples, phases):
-                    self.finish(c, s, ph, group_id, shared)
+    def release(self, cases: list[Case]) -> None:
         for c in cases:
-            c.step = None
-        del shared
+            c.call = None
         self.free()
 
     def free(self) -> None:
@@ -495,7 +428,7 @@ class Runner:
         import ringx
 
         div = math.lcm(*(ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
-        cs = min(cases[0].seq, int(self.opts["check_max_seq"]))
+        cs = min(cases[0].point.seq, self.settings.check_max_seq)
         return max(cs - cs % div, div)
 
     def check_all(self, cases: list[Case]) -> list[Case]:
@@ -508,7 +441,7 @@ class Runner:
         cs = self.check_seq(cases)
         model, err = None, None
         try:
-            model = models.build(cfg, seed=cs, checkpoint=self.opts["checkpoint"]).double().to(dev)
+            model = models.build(cfg, seed=cs, checkpoint=self.model.checkpoint).double().to(dev)
         except Exception as e:  # noqa: BLE001
             err = describe(e)
         if not self.failures.settle_all(cases, err, "building the check model of", broke_group=False):
@@ -519,7 +452,8 @@ class Runner:
                 t0 = time.perf_counter()
                 got = failed = None
                 try:
-                    got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev, self.opts["kernel"])
+                    got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev,
+                                       self.settings.kernel)
                 except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
                     failed = e
                 verdict = ("exception", "rank 0's sharded step failed")
@@ -553,23 +487,23 @@ class Runner:
         self.free()
         return passed
 
-    def build(self, cases: list[Case]):
+    def inputs(self, cases: list[Case]) -> dict:
         """The configuration's model and AdamW (shared by its algorithms: the same shapes, one copy in memory),
-        replicated from rank 0, and each algorithm's shard of one global batch."""
+        replicated from rank 0, and each algorithm's shard of one global batch (its step, ``c.call``)."""
         import torch
         import torch.distributed as dist
 
         from bench import models
 
         cfg, dev = self.plan.config, self.ctx.device
-        seq = cases[0].seq
-        model = models.build(cfg, seed=seq, checkpoint=self.opts["checkpoint"], device=dev)
+        seq = cases[0].point.seq
+        model = models.build(cfg, seed=seq, checkpoint=self.model.checkpoint, device=dev)
         if self.dtype == "float64":
             model = model.double()
         if self.P > 1:
             for p in model.parameters():
                 dist.broadcast(p.data, src=0)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.opts["lr"], betas=(0.9, 0.95), weight_decay=0.1,
+        opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
                                 **({"fused": True} if dev.type == "cuda" else {}))
         inputs, targets, n = models.global_batch(cfg, self.plan.batch, seq, seed=seq)
         if self.dtype == "float64" and inputs.is_floating_point():
@@ -581,7 +515,7 @@ class Runner:
             c.stats = ringx.CallStats()
             state = {"stats": c.stats, "validate": True}
             lb = shard_batch(inputs, targets, n, c.layout, self.rank, self.P, dev)
-            c.step = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.opts["kernel"], state=state),
+            c.call = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state),
                           state, dev, self.dtype)
         return {"model": model, "opt": opt, "params": models.count_params(model),
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
@@ -592,35 +526,27 @@ class Runner:
 
         reset_peak_memory(self.ctx.device)
         self.failures.hook(c.index, "run")
-        c.step()
-        c.step.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
-        c.step.phases.clear()
+        c.call()
+        c.call.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
+        c.call.phases.clear()
         st = c.stats
-        ledgers = [st.forward, st.backward]
         c.result.update(mem=peak_memory(self.ctx.device), kernel=st.kernel, kernel_version=st.kernel_version,
-                        sent=sum(x.sent for x in ledgers), received=sum(x.received for x in ledgers),
-                        calls=sum(x.calls for x in ledgers))
+                        **ledger_totals(st))
 
-    def phase_samples(self, live: list[Case]) -> list[dict[str, list[float]]]:
+    def after_timing(self, live: list[Case]) -> list[dict[str, list[float]]]:
         """Each phase's seconds per timed iteration, the slowest rank's (exchanged once, after timing)."""
         import torch
         import torch.distributed as dist
 
-        iters = int(self.opts["iters"])
-        mine = torch.tensor([c.step.phases[-iters:] for c in live], dtype=torch.float64)  # (algos, iters, phases)
+        iters = self.settings.iters
+        mine = torch.tensor([c.call.phases[-iters:] for c in live], dtype=torch.float64)  # (algos, iters, phases)
         if self.ctx.backend == "nccl":
             mine = mine.to(self.ctx.device)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
         every = mine.cpu().tolist()
         return [{ph: [it[j] for it in per] for j, ph in enumerate(PHASES)} for per in every]
 
-    def reinit(self) -> None:
-        """A new process group (a collective may be half-done)."""
-        from ringx import launch
-
-        self.ctx = launch.reinit(self.ctx, self.opts["timeout"])
-
-    def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> None:
+    def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> str:
         import statistics
 
         from bench import models
@@ -628,59 +554,37 @@ class Runner:
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
-        cfg, plan, votes = self.plan.config, self.plan, c.votes
+        cfg, plan, votes, seq = self.plan.config, self.plan, c.votes, c.point.seq
         fields = stat_fields(samples)
         med = fields["median_s"]
-        per_token = model_flops_per_token(models.flops_params(cfg), cfg.layers, c.seq, cfg.heads, cfg.head_dim,
+        per_token = model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
                                           cfg.causal)
-        flops = per_token * plan.batch * c.seq
+        flops = per_token * plan.batch * seq
         tflops = flops / self.P / med / 1e12
-        peak = self.opts["peak_tflops"] if self.ctx.device.type == "cuda" else None
+        peak = self.settings.peak_tflops if self.ctx.device.type == "cuda" else None
         c.rec.update(
             written_at=now(), kernel=c.result["kernel"], kernel_version=c.result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
             **{f"{ph}_s": statistics.median(phases[ph]) for ph in PHASES}, phase_samples_s=phases,
-            tokens_per_s_per_rank=plan.batch * c.seq / self.P / med,
+            tokens_per_s_per_rank=plan.batch * seq / self.P / med,
             params=shared["params"], params_flops=models.flops_params(cfg), flops_per_token=per_token, flops=flops,
             flops_convention=MODEL_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
-            mfu=tflops / peak if peak else None,
-            bytes_sent_per_rank=[v["sent"] for v in votes], bytes_received_per_rank=[v["received"] for v in votes],
-            comm_calls_per_rank=[v["calls"] for v in votes],
+            mfu=tflops / peak if peak else None, **per_rank_fields(votes),
             grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        self.write(c.rec, c.index)
-        self.counts["recorded"] += 1
         ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in PHASES}
-        self.progress.step(f"{c.label}: {med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, "
-                           f"all-reduce {ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), "
-                           f"{plan.batch * c.seq / self.P / med:.0f} tokens/s per rank")
-
-    def write(self, rec: dict, index: int) -> None:
-        self.failures.write(rec, index)
+        return (f"{med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, all-reduce "
+                f"{ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), {plan.batch * seq / self.P / med:.0f} "
+                "tokens/s per rank")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ringx_suite.cli import main as cli_main
+    def make(argv: list[str], world: int) -> TrainingStep:
+        inv, model, plan = resolve(argv, world)  # every user mistake stops here, before any collective
+        return TrainingStep(inv, model, plan)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-
-    def go() -> int:
-        from mpi4py import MPI
-
-        from bench.run import check_slurm_world
-
-        world = MPI.COMM_WORLD
-        check_slurm_world(world.Get_size(), world.Get_rank())
-        opts, plan = resolve(argv, world.Get_size())  # every user mistake stops here, before any collective
-        runner = Runner(opts, plan, argv)
-        run_guarded(runner.group, runner.run)
-        from ringx import launch
-
-        launch.finalize()
-        return 0
-
-    return cli_main("python -m bench model", go)
+    return mpi_main(PROG, argv, make)
 
 
 if __name__ == "__main__":

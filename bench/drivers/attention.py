@@ -1,0 +1,326 @@
+"""``python -m bench run``: time ring and ringX algorithms under mpiexec or srun.
+
+All algorithms of one configuration are timed side by side: within every
+iteration each takes its turn, in an order that rotates from one iteration to
+the next, so their ratios are measured under the same conditions and sample i
+of each comes from the same round. Every (configuration, algorithm, repeat)
+becomes one record with its own samples, written by rank 0 to this run's file
+in the campaign store as soon as its configuration is measured. Re-running the
+same command skips what is recorded; failures (an exception or out of memory
+on any rank, a failed --check, a collective that times out) become records
+too, and the run goes on. A rank that hangs makes every rank stop within
+--timeout + 30 s (rank 0, when alive, first records which ranks did not
+report); a killed rank ends the job at once (the launcher's doing). The
+records already written stay intact.
+
+The launch, campaign, stages and records are the skeleton's (bench/driver.py); this file holds what is
+attention's own: its points (the flags' cross product or a --points file), its inputs (q, k, v and dout of
+each configuration), its check (against float64 attention), its timed calls and its record fields.
+
+Example (4 local CPU ranks):
+  mpiexec -n 4 python -m bench run --seq 1024,2048 --causal true,false --campaign demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+
+from bench import options
+from bench.driver import (
+    Case,
+    CaseDriver,
+    Invocation,
+    Stage,
+    add_output_arguments,
+    given_options,
+    ledger_totals,
+    mpi_main,
+    per_rank_fields,
+)
+from bench.measure.failures import CheckFailed
+from bench.points.attention import Point, make_point, record_config
+from ringx_suite.cli import Parser, UserError, split_list
+
+PROG = "python -m bench run"
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description=__doc__)
+    add = p.add_argument
+    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    add("--points", help="JSON file listing points (dicts of algorithm, seq or seq_per_rank, batch, heads, kv_heads, "
+        "head_dim, dtype, causal, mode) instead of the cross product of the flags below (used by bench sweep)")
+    options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
+    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
+    add_output_arguments(p)
+    add("--baselines", help="outside implementations to time too, at every configuration: ring_flash_attn, torch_cp")
+    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], see parse_inject
+    return p
+
+
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], list[Point]]:
+    """Flags (over the config file, over the definitions' defaults) into the checked invocation, the outside
+    baselines and the validated points for ``world`` ranks."""
+    from bench.baselines import FAMILIES
+
+    argv = list(argv or [])
+    valid = set(options.PARAMS) | set(options.SETTINGS) | set(options.OUTPUT) | {"baselines", "inject", "points"}
+    given = given_options(build_parser(), argv, valid)
+    inv = Invocation.of(given, argv)
+    baselines = split_list(given["baselines"]) if given.get("baselines") else []
+    for b in baselines:
+        if b not in FAMILIES:
+            raise UserError(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
+    if given.get("points"):
+        path = given["points"]
+        try:
+            raw = json.loads(open(path).read())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read points file {path}: {e}") from None
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise UserError(f"points file {path} must hold a JSON list of objects")
+    else:
+        raw = cross_product({k: given.get(k) for k in options.PARAMS})
+    return inv, baselines, [make_point(d, world) for d in raw]
+
+
+def cross_product(params: dict) -> list[dict]:
+    """Point dicts from the parameters: every masking x sequence x mode x dtype x algorithm."""
+    import ringx
+
+    P = options.PARAMS
+    many = {k: options.value(P[k], params[k], "", many=True) for k in params if params[k] is not None}
+    if "seq" in many and "seq_per_rank" in many:
+        raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
+    for k in ("batch", "heads", "kv_heads", "head_dim"):
+        if k in many and len(many[k]) != 1:
+            raise UserError(f"--{k.replace('_', '-')} takes one value (sweep files cross several)")
+    one = {k: many[k][0] if k in many else P[k].default for k in ("batch", "heads", "kv_heads", "head_dim")}
+    one["kv_heads"] = one["kv_heads"] or one["heads"]
+    if one["heads"] % one["kv_heads"]:
+        raise UserError(f"--heads ({one['heads']}) must be a multiple of --kv-heads ({one['kv_heads']})")
+    names = many.get("algorithms")
+    for n in names or []:
+        if n not in ringx.ALGORITHMS:
+            raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
+    seq_key = "seq_per_rank" if "seq_per_rank" in many else "seq"
+    lengths = many.get(seq_key, [2048])
+    return [{"algorithm": n, seq_key: s, **one, "dtype": d, "causal": c, "mode": m}
+            for c in many.get("causal", [P["causal"].default]) for s in lengths
+            for m in many.get("mode", [P["mode"].default]) for d in many.get("dtype", [P["dtype"].default])
+            for n in (names or ringx.algorithms.names(c))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running on every rank
+
+
+class Attention(CaseDriver):
+    """``bench run``: every configuration's algorithms (and outside baselines) timed side by side."""
+
+    prog, command, kind = "bench run", "run", "attention"
+
+    def __init__(self, inv: Invocation, points: list[Point], baselines: list[str]):
+        super().__init__(inv)
+        self.points, self.baselines = points, baselines
+
+    def before_campaign(self) -> None:
+        import ringx
+        from bench import baselines
+
+        self.ringx = ringx
+        self.external = baselines.load(self.baselines, self.ctx.device.type)
+        # Baselines from outside run at every configuration the ringx algorithms do.
+        configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in self.points))
+        self.plan = [(c, [pt.algorithm for pt in self.points if replace(pt, algorithm="") == c]
+                      + list(self.external)) for c in configs]
+
+    def open(self, **kw) -> None:
+        super().open(**kw)
+        from bench.measure.memory import device_memory
+
+        # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
+        self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
+
+    # -- points and records --------------------------------------------------------------------------------
+
+    def configurations(self) -> list[tuple[int, list[Point]]]:
+        return [(rep, [replace(c, algorithm=n) for n in names]) for c, names in self.plan
+                for rep in range(self.settings.repeats)]
+
+    def config(self, pt: Point, rep: int, nodes: int) -> dict:
+        s = self.settings
+        return record_config(pt, self.P, nodes, rep, s.kernel, s.warmup, s.iters)
+
+    def label(self, pt: Point) -> str:
+        return f"{pt.algorithm} seq={pt.seq} {'causal' if pt.causal else 'full'} {pt.mode} {pt.dtype}"
+
+    def record_fields(self, pt: Point) -> dict:
+        return {"family": "external" if pt.algorithm in self.external else self.ringx.ALGORITHMS[pt.algorithm].family}
+
+    def own(self, pt: Point):
+        return self.external.get(pt.algorithm)
+
+    def layout(self, pt: Point) -> str:
+        ext = self.external.get(pt.algorithm)
+        return ext.layout(pt.causal) if ext else self.ringx.ALGORITHMS[pt.algorithm].layout(pt.causal)
+
+    def start(self, total: int) -> None:
+        self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "
+                           f"{self.ctx.device.type}), campaign {self.store.campaign!r} -> {self.store.records_path}")
+        self.note_machine()
+
+    def unrunnable(self, pt: Point):
+        ext = self.external.get(pt.algorithm)
+        if ext and ext.reason:
+            return "skipped", None, ext.reason
+        too_big = self.memory_problem(pt)  # refused before allocating
+        return ("failed", "oom", too_big) if too_big else None
+
+    def memory_problem(self, pt: Point) -> str:
+        """'' when the point's estimated memory per rank fits this device, else why it is not run."""
+        from bench.points.attention import memory_bytes
+
+        have, s = self.memory, self.settings
+        need = memory_bytes(pt, self.P, s.check_max_seq if s.check else 0)
+        if not have or need <= have:
+            return ""
+        return (f"not run: needs at least {need / 2**30:.1f} GiB per rank (inputs, gradients, the algorithm's "
+                f"buffers), more than the {have / 2**30:.1f} GiB this rank has")
+
+    # -- the stages ----------------------------------------------------------------------------------------
+
+    def inputs(self, cases: list[Case]):
+        """q, k, v and dout of the configuration (timing does not depend on the values), and its check length."""
+        import torch
+
+        pt = cases[0].point
+        g = torch.Generator(device="cpu").manual_seed(1000)
+        dt = getattr(torch, pt.dtype)
+        tensors = [torch.randn(pt.batch, pt.seq_per_rank, h, pt.head_dim, generator=g, dtype=dt).to(self.ctx.device)
+                   for h in (pt.heads, pt.kv_heads, pt.kv_heads, pt.heads)]
+        return tensors, self.check_seq(cases)
+
+    def stages(self, c: Case, shared) -> list[Stage]:
+        tensors, cs = shared
+        return [Stage("preparing", lambda: self.prepare(c, tensors), False),
+                Stage("checking", lambda: self.check(c, cs), False),
+                Stage("the first call of", lambda: self.first_call(c), True)]
+
+    def prepare(self, c: Case, inputs) -> None:
+        self.failures.hook(c.index, "prepare")
+        c.call, c.stats = make_call(c.algorithm, c.own, c.point, inputs, self.settings.kernel)
+
+    def check_seq(self, cases: list[Case]) -> int:
+        """One check length for the whole configuration (every layout can split it), so the float64
+        reference is computed once and shared by every algorithm of the configuration."""
+        import math
+
+        pt = cases[0].point
+        div = math.lcm(*(self.ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
+        cs = min(pt.seq, self.settings.check_max_seq)
+        return max(cs - cs % div, div if pt.seq >= div else 0)
+
+    def check(self, c: Case, cs: int) -> None:
+        import functools
+
+        import torch
+
+        s, pt = self.settings, c.point
+        if not s.check:
+            return
+        dt = getattr(torch, pt.dtype)
+        fn = functools.partial(c.own.fn, causal=pt.causal) if c.own else None
+        t0 = time.perf_counter()
+        ref = self.ringx.verify.reference(pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
+                                          seed=self.config_seed, device=self.ctx.device)
+        err = self.ringx.verify.check(ref, pt.algorithm, self.ctx.device, s.kernel, fn=fn, layout=c.layout)
+        tol = self.ringx.verify.TOLERANCE[dt]
+        c.result.update(check_max_error=err, check_tolerance=tol, check_seq=cs, check_s=time.perf_counter() - t0)
+        self.failures.hook(c.index, "check")
+        if not err <= tol:
+            raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
+
+    def first_call(self, c: Case) -> None:
+        """One untimed call: fills the ledger and measures this algorithm's own peak memory."""
+        from bench.measure.memory import peak_memory, reset_peak_memory
+
+        dev = self.ctx.device
+        reset_peak_memory(dev)
+        self.failures.hook(c.index, "run")
+        c.call(c.stats)
+        st = c.stats
+        c.result.update(mem=peak_memory(dev), kernel=st.kernel if st else "external",
+                        kernel_version=getattr(st, "kernel_version", None) if st else None, **ledger_totals(st),
+                        ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
+        c.call = _untracked(c.call)
+
+    def finish(self, c: Case, samples: list[float], extra, group_id: str | None, shared) -> str:
+        from ringx.flops import CONVENTION, attention_flops
+        from ringx_suite.stats import stat_fields
+        from ringx_suite.store import now
+
+        pt, result, votes = c.point, c.result, c.votes
+        fields = stat_fields(samples)
+        flops = attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
+        tflops = flops / self.P / fields["median_s"] / 1e12
+        peak = self.settings.peak_tflops
+        c.rec.update(
+            written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
+            timing_group=group_id, samples_s=samples, **fields,
+            flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
+            mfu=tflops / peak if peak else None, **per_rank_fields(votes),
+            mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            ledger_rank0=result["ledger"],
+            **{k: v for k, v in result.items() if k.startswith("check_")})
+        return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)"
+
+
+def _untracked(call):
+    """The timed form of a call: no stats, no input validation exchange."""
+    return lambda: call(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    def make(argv: list[str], world: int) -> Attention:
+        inv, baselines, points = resolve(argv, world)
+        return Attention(inv, points, baselines)
+
+    return mpi_main(PROG, argv, make)
+
+
+def make_call(name: str, ext, pt: Point, inputs, kernel):
+    """(call(stats), stats): one forward or forward+backward of a ringx algorithm or an outside baseline."""
+    import torch
+
+    import ringx
+
+    q, k, v, do = inputs
+    qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))  # shares the inputs' storage: no copy
+    if ext:
+        def f(q_, k_, v_, _stats):
+            return ext.fn(q_, k_, v_, causal=pt.causal)
+        stats = None
+    else:
+        stats = ringx.CallStats()
+
+        def f(q_, k_, v_, st):
+            return ringx.attention(q_, k_, v_, algorithm=name, causal=pt.causal, kernel=kernel, stats=st,
+                                   validate=st is not None)
+
+    def fwd(st):
+        with torch.no_grad():
+            return f(q, k, v, st)
+
+    def fwdbwd(st):
+        return torch.autograd.grad(f(qg, kg, vg, st), (qg, kg, vg), do)
+
+    return (fwd if pt.mode == "fwd" else fwdbwd), stats
+
+
+if __name__ == "__main__":
+    sys.exit(main())
