@@ -10,6 +10,8 @@ COMMANDS = {
     "run": ("bench.drivers.attention", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
     "model": ("bench.drivers.step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
               "the ranks, every algorithm side by side"),
+    "trace": ("bench.drivers.trace", "one traced call per algorithm and rank (forward, fwd+bwd) as Chrome/Perfetto "
+              "trace files; the figure: python -m analysis timeline"),
     "collectives": ("bench.drivers.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
     "kernels": ("bench.drivers.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
     "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
