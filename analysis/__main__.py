@@ -146,7 +146,10 @@ def _timeline(a) -> int:
 
     formats = _formats(a.format)
     try:
-        made = timeline.write(a.campaign, a.out, formats)
+        from analysis.report import default_out
+
+        out = a.out or default_out(timeline.trace_dir(a.campaign).parent, "figures")
+        made = timeline.write(a.campaign, out, formats)
         rows = timeline.rows(timeline.load(a.campaign))
     except timeline.NoTraces as e:
         raise UserError(str(e)) from None
