@@ -260,8 +260,8 @@ class Attention(CaseDriver):
         c.call = _untracked(c.call)
 
     def after_timing(self, live: list[Case]) -> list[dict]:
-        """After the timed rounds, one more call per case measures what the attention allocates (its call peak),
-        and with --trace one more is recorded on the timeline: its overlap_fraction. Every rank's, gathered."""
+        """After the timed rounds, one more call per ringx case measures what the attention allocates (its call
+        peak), and with --trace one more is recorded on the timeline: its overlap_fraction. Every rank's, gathered."""
         import torch
 
         from bench.measure.memory import call_peak
@@ -269,8 +269,8 @@ class Attention(CaseDriver):
 
         dev, comm, out = self.ctx.device, self.group.comm, []
         for c in live:
-            _, peak = call_peak(c.call, dev)
-            mine = {"call_peak": peak}
+            # outside baselines are not measured: torch's context parallel does not run under a dispatch mode
+            mine = {"call_peak": None if c.own else call_peak(c.call, dev)[1]}
             if self.settings.trace:
                 torch.distributed.barrier()
                 with timeline.record(dev) as rec:
@@ -297,7 +297,7 @@ class Attention(CaseDriver):
             flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
             mfu=tflops / peak if peak else None, **per_rank_fields(votes),
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
-            call_peak_bytes_per_rank=[x["call_peak"] for x in extra],
+            **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
             **_overlap_fields(extra),
             ledger_rank0=result["ledger"],
             **{k: v for k, v in result.items() if k.startswith("check_")})
