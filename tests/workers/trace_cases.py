@@ -41,6 +41,7 @@ def main() -> None:
         timeline.write_chrome_trace(out / "trace" / f"{algo}-fwd-bwd-rank{r}.json", {r: rec.marks}, meta)
         measured[algo] = {"overlap": timeline.overlap_fraction(rec.marks), "marks": len(rec.marks)}
     (out / f"rank{r}.json").write_text(json.dumps(measured))
+    launch.finalize()  # a process group left to the interpreter's exit can abort the process (gloo)
 
 
 if __name__ == "__main__":
