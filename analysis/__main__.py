@@ -38,6 +38,10 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--out", help="output directory (default: the campaign's report/)")
     c.add_argument("--format", default="html", choices=["html", "md"])
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
+    c = campaign_cmd("timeline", "the timeline figure of a campaign's traced calls (python -m bench trace), and "
+                     "each rank's overlap_fraction")
+    c.add_argument("--out", help="output directory (default: the campaign's figures/)")
+    c.add_argument("--format", default="png,pdf", help="comma-separated: pdf, png, svg (default: png,pdf)")
     c = campaign_cmd("export", "every record, typed, as one Parquet file")
     c.add_argument("--out", help="the file (default: records.parquet beside the records)")
     c = campaign_cmd("validate", "fit the cost model on the campaign's microbenchmarks; predicted vs measured")
@@ -99,6 +103,9 @@ def run(a) -> int:
 
         return costmodel_cli.run(a)
 
+    if a.command == "timeline":
+        return _timeline(a)
+
     from analysis import kinds, metrics, report, tables
     from analysis.records import EmptyCampaign, load
 
@@ -122,10 +129,7 @@ def run(a) -> int:
                 print(tables.render(report.call(fn, metrics.summarize(df, kind), baseline=a.baseline, records=df),
                                     a.format), end="")
             return 0
-        formats = tuple(f for f in a.format.split(",") if f)
-        for f in formats:
-            if f not in ("pdf", "png", "svg"):
-                raise UserError(f"--format {f!r}: choose from pdf, png, svg")
+        formats = _formats(a.format)
         out = Path(a.out) if a.out else report.default_out(a.campaign, "figures")
         made, skipped = report.build_figures(df, out, formats, a.baseline, a.width)
         for name, paths in made.items():
@@ -135,6 +139,38 @@ def run(a) -> int:
         return 0 if made else 1
     except (EmptyCampaign, metrics.MissingBaseline, ValueError) as e:
         raise UserError(str(e)) from None
+
+
+def _timeline(a) -> int:
+    from analysis import tables, timeline
+
+    formats = _formats(a.format)
+    try:
+        from analysis.report import default_out
+
+        out = a.out or default_out(timeline.trace_dir(a.campaign).parent, "figures")
+        made = timeline.write(a.campaign, out, formats)
+        rows = timeline.rows(timeline.load(a.campaign))
+    except timeline.NoTraces as e:
+        raise UserError(str(e)) from None
+    cols = ["mode", "algorithm", "world_size", "rank", "overlap_fraction", "comm_ms", "hidden_ms", "compute_ms",
+            "span_ms", "slowest"]
+    t = tables.Table(cols, [[r.get(c, "") for c in cols] for r in rows], "")
+    print(tables.render(t, "markdown"), end="")
+    csv = Path(next(iter(made.values()))[0]).parent / "timeline-overlap.csv"
+    csv.write_text(tables.render(t, "csv"))
+    print(f"overlap per rank: {csv}")
+    for name, paths in made.items():
+        print(f"{name}: {', '.join(map(str, paths))}")
+    return 0
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f for f in text.split(",") if f)
+    for f in formats:
+        if f not in ("pdf", "png", "svg"):
+            raise UserError(f"--format {f!r}: choose from pdf, png, svg")
+    return formats
 
 
 if __name__ == "__main__":

@@ -496,27 +496,37 @@ def _bytes_unit(top: float) -> tuple[str, float]:
     return ("GiB", 1 / 2**30) if top >= 2**31 else ("MiB", 1 / 2**20)
 
 
+def memory_column(summary: pd.DataFrame) -> str:
+    """What the memory figure draws: the attention call's own allocations where the records measured them
+    (call_peak_bytes), else the process's or device's peak (mem_peak_bytes)."""
+    if "call_peak_bytes" in summary and summary["call_peak_bytes"].notna().any():
+        return "call_peak_bytes"
+    return "mem_peak_bytes"
+
+
 @styled
 def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     """Peak memory per rank against ranks (nodes), one line per algorithm, one panel per sequence length and
-    masking (device memory on GPUs, process RSS on CPU)."""
-    d0 = summary[summary["mem_peak_bytes"].notna()]
+    masking: what one attention call allocates where measured, else device memory on GPUs, process RSS on CPU."""
+    col = memory_column(summary)
+    d0 = summary[summary[col].notna()]
     d0 = d0[d0["scaling"] == "strong"] if "scaling" in d0 else d0
     if d0.empty:
         raise NoData("no memory measurements in this campaign")
-    unit, scale = _bytes_unit(d0["mem_peak_bytes"].max())
+    unit, scale = _bytes_unit(d0[col].max())
     panels = _panels(d0, "seq")
     fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
     fmt = _rank_ticks(d0)
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
             g = _rows(d, a).sort_values("world_size")
-            ax.plot(g["world_size"], g["mem_peak_bytes"] * scale, **style(a))
+            ax.plot(g["world_size"], g[col] * scale, **style(a))
         ax.set_title(title)
         x_at(ax, d0["world_size"], fmt)
     for ax in axes:  # after every panel is drawn: the shared top is the largest
         ax.set_ylim(bottom=0)
-    _labels(axes, ncols, rank_label(d0), f"peak memory per rank ({unit})")
+    what = "allocated by one call" if col == "call_peak_bytes" else "peak memory"
+    _labels(axes, ncols, rank_label(d0), f"{what} per rank ({unit})")
     _legend(fig, axes, width)
     return fig
 
@@ -546,8 +556,12 @@ CAPTIONS = {
     "fastest": "The fastest algorithm at each (sequence length, ranks) cell and its speedup over {baseline}; the shade "
                "grows with the speedup; '~': within noise (the speedup's 95% interval contains 1).",
     "memory": "Peak memory per rank (the largest over ranks) against ranks, one line per algorithm, one panel per "
-              "sequence length and masking: the device allocator's peak for GPU ranks, the peak resident set size "
-              "of the process for CPU ranks (which includes the Python runtime).",
+              "sequence length and masking. Where the records measured it (call_peak_bytes_per_rank): the peak "
+              "bytes of the tensors one attention call allocates, outputs and gradients included, inputs not "
+              "(ringx.memory.measure; docs/rings.md gives each algorithm's formula: O(S/P) for the rings and "
+              "ringX1/2/4, O(S) for ringX3's gathered K/V). In older campaigns: the device allocator's peak for "
+              "GPU ranks, the peak resident set size of the process for CPU ranks (which includes the Python "
+              "runtime).",
     "collectives": "Bus bandwidth (nccl-tests convention: algorithm bandwidth x the operation's factor for the "
                    "size of its group) against message size, one panel per operation, one line per rank count and "
                    "level: all ranks in one group, or (intra-node) each node's ranks in their own group, or "

@@ -34,6 +34,12 @@ def _max_over_ranks(g: pd.DataFrame, col: str) -> float:
     return float(max(vals)) if vals else np.nan
 
 
+def _median(g: pd.DataFrame, col: str) -> float:
+    """The median of a scalar column over a group's records (repeats); NaN when none has it."""
+    vals = pd.to_numeric(g[col], errors="coerce").dropna() if col in g else []
+    return float(np.median(vals)) if len(vals) else np.nan
+
+
 def _on_cpu(g: pd.DataFrame) -> bool:
     if "device" in g and g["device"].notna().any():
         return bool((g["device"] == "cpu").any())
@@ -79,6 +85,8 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
                      "tflops_per_rank": per_rank,
                      "mfu": per_rank / peak if pd.notna(peak) and peak else np.nan,
                      "mem_peak_bytes": _max_over_ranks(g, "mem_peak_bytes_per_rank"),
+                     "call_peak_bytes": _max_over_ranks(g, "call_peak_bytes_per_rank"),
+                     "overlap_fraction": _median(g, "overlap_fraction"),
                      "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank"), **k.measures(g, med)})
     out = pd.DataFrame(rows)
     out["mask"] = mask_names(out)

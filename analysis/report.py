@@ -184,6 +184,19 @@ def setting(df: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Hardware", hw), ("Kernel", kernel), ("Software", "; ".join(soft) or "not recorded"), ("Code", code)]
 
 
+def timeline_figures(campaign: str | Path, out: Path) -> dict[str, list[Path]]:
+    """The timeline figures of a campaign that has traces (python -m bench trace); none when it has not."""
+    from . import timeline  # imports torch (ringx.timeline): only when a report is written
+    from .records import _paths
+
+    path = _paths(campaign)[0]
+    base = path.parent if path.suffix == ".parquet" else path
+    try:
+        return timeline.write(base, out, ("png", "pdf"))
+    except timeline.NoTraces:
+        return {}
+
+
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
     """Write the report (HTML with embedded images, or Markdown beside PNG files); return its path."""
     with warnings.catch_warnings(record=True) as caught:
@@ -195,6 +208,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     out.mkdir(parents=True, exist_ok=True)
     summary, skipped = summaries(df)
     made, skipped_figs = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
+    made.update(timeline_figures(campaign, out / "figures"))
     made_tables, skipped_tables = build_tables(df, baseline, summary)
     skipped = {**skipped, **skipped_figs, **skipped_tables}
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
@@ -208,6 +222,12 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
              f"{metrics.SPREAD_METHOD}; speedups are over {baseline} (above 1: faster) with a 95% bootstrap "
              "interval, and one whose interval contains 1 is marked within noise.")
     titles, captions = dict(figures.TITLES), dict(figures.CAPTIONS)
+    for n in made:
+        if n.startswith("timeline-"):
+            titles[n] = f"Timeline of one traced call ({n.removeprefix('timeline-').replace('fwd-bwd', 'fwd+bwd')})"
+            from .timeline import CAPTION
+
+            captions[n] = CAPTION
     for kind in KINDS:
         titles.update(views(kind, "figures").TITLES)
         captions.update(views(kind, "figures").CAPTIONS)

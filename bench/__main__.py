@@ -12,6 +12,8 @@ COMMANDS = {
               "the ranks, every algorithm side by side"),
     "infer": ("bench.drivers.infer", "serving: context-parallel prefill and decode with a sharded KV cache, every "
               "algorithm and the tp baseline side by side (TTFT, TPOT)"),
+    "trace": ("bench.drivers.trace", "one traced call per algorithm and rank (forward, fwd+bwd) as Chrome/Perfetto "
+              "trace files; the figure: python -m analysis timeline"),
     "collectives": ("bench.drivers.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
     "kernels": ("bench.drivers.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
     "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),

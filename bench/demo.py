@@ -6,6 +6,7 @@
    (`bench sweep local jobs/sweeps/local-demo.toml`: every algorithm checked
    against float64 attention, then all algorithms of a configuration timed
    side by side; re-running resumes it);
+   then one traced call per schedule at 2 ranks (`bench trace`: the report's timeline figure);
 3. the campaign's table (`bench summary`), figures and a report page
    (`python -m analysis report runs/local-demo`);
 4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
           "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
+    if trace_step() != 0:
+        return 1
     print("\n== 3/5 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
     # analysis is a separate layer (pandas, matplotlib): run it as its own command
@@ -59,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
     print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
     return model_step() or serving()
+
+
+TRACE = ["--algorithms", "ring,ringx4o,bidir-ring,double-ring,ringx3b", "--seq", "1024", "--mode", "fwd+bwd",
+         "--out", "runs", "--campaign", "local-demo", "--quiet"]
+
+
+def trace_step() -> int:
+    """One traced call per schedule at 2 ranks (bench trace, ~20 s): the report's timeline figure."""
+    print("\n== timeline: one traced fwd+bwd call of ring, ringx4o, bidir-ring, double-ring, ringx3b at 2 ranks "
+          "(bench trace) ==", flush=True)
+    return mpirun.run(2, ["-m", "bench", "trace", *TRACE], capture=False, timeout=600).returncode
 
 
 MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,ringx3,ringx4o", "--warmup", "1",

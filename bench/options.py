@@ -78,6 +78,8 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
     _p("repeats", 1, "records per configuration and algorithm", int, low=1, high=1000),
     _p("check", False, "before timing, compare each algorithm with float64 attention; failing ones are "
        "recorded, not timed", bool),
+    _p("trace", False, "bench run: after the timed rounds, record one more call per algorithm on the timeline and "
+       "store its overlap_fraction (never inside the timed rounds; the trace files: bench trace)", bool),
     _p("check_max_seq", 2048, "largest sequence the check uses (reduced beyond)", int, low=1, high=1 << 22),
     _p("timeout", 300.0, "seconds a rank waits on its peers before the run stops", float, low=1.0,
        high=MAX_TIMEOUT_S),

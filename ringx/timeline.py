@@ -138,17 +138,35 @@ def _length(intervals: list[tuple[float, float]]) -> float:
     return sum(b - a for a, b in intervals)
 
 
-def _intersection(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
+def _intersection(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> list[tuple[float, float]]:
     i = j = 0
-    total = 0.0
+    out: list[tuple[float, float]] = []
     while i < len(xs) and j < len(ys):
         lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
-        total += max(0.0, hi - lo)
+        if hi > lo:
+            out.append((lo, hi))
         if xs[i][1] < ys[j][1]:
             i += 1
         else:
             j += 1
-    return total
+    return out
+
+
+def in_flight(marks: Iterable[Mark]) -> list[tuple[float, float]]:
+    """The union of the ``comm`` ranges (post to wait return; a blocking operation's whole call), sorted."""
+    return _union((m.start_s, m.end_s) for m in marks if m.cat == "comm")
+
+
+def busy(marks: Iterable[Mark]) -> list[tuple[float, float]]:
+    """The union of the ``compute`` and ``merge`` ranges, sorted."""
+    return _union((m.start_s, m.end_s) for m in marks if m.cat in ("compute", "merge"))
+
+
+def hidden(marks: Iterable[Mark]) -> list[tuple[float, float]]:
+    """The ranges where communication was in flight while this rank computed (what :func:`overlap_fraction`
+    measures; the timeline figure shades them)."""
+    marks = list(marks)
+    return _intersection(in_flight(marks), busy(marks))
 
 
 def overlap_fraction(marks: Iterable[Mark]) -> float:
@@ -159,16 +177,16 @@ def overlap_fraction(marks: Iterable[Mark]) -> float:
     (nothing exposed).
     """
     marks = list(marks)
-    comm = _union((m.start_s, m.end_s) for m in marks if m.cat == "comm")
+    comm = in_flight(marks)
     if not comm:
         return 1.0
-    busy = _union((m.start_s, m.end_s) for m in marks if m.cat in ("compute", "merge"))
-    return _intersection(comm, busy) / _length(comm)
+    return _length(hidden(marks)) / _length(comm)
 
 
-def chrome_trace(marks_per_rank: dict[int, list[Mark]] | list[list[Mark]]) -> dict:
+def chrome_trace(marks_per_rank: dict[int, list[Mark]] | list[list[Mark]], meta: dict | None = None) -> dict:
     """The marks as Chrome/Perfetto trace JSON (open in ui.perfetto.dev or chrome://tracing): one process per
-    rank, one thread per category, complete events in microseconds."""
+    rank, one thread per category, complete events in microseconds. ``meta`` (what was traced: algorithm,
+    mode, shapes, ...) goes under the format's free ``otherData`` key."""
     if not isinstance(marks_per_rank, dict):
         marks_per_rank = dict(enumerate(marks_per_rank))
     tids = {"compute": 0, "merge": 0, "post": 1, "wait": 1, "comm": 2}
@@ -181,15 +199,32 @@ def chrome_trace(marks_per_rank: dict[int, list[Mark]] | list[list[Mark]]) -> di
             events.append({"ph": "X", "name": m.op, "cat": m.cat, "pid": rank, "tid": tids.get(m.cat, 3),
                            "ts": m.start_s * 1e6, "dur": max(0.0, m.end_s - m.start_s) * 1e6,
                            "args": {"step": m.step, "block": m.block, "bytes": m.nbytes}})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+    doc = {"traceEvents": events, "displayTimeUnit": "ms"}
+    if meta:
+        doc["otherData"] = dict(meta)
+    return doc
 
 
-def write_chrome_trace(path, marks_per_rank) -> None:
+def write_chrome_trace(path, marks_per_rank, meta: dict | None = None) -> None:
     """Write :func:`chrome_trace` to ``path``."""
     import json
     from pathlib import Path
 
-    Path(path).write_text(json.dumps(chrome_trace(marks_per_rank)))
+    Path(path).write_text(json.dumps(chrome_trace(marks_per_rank, meta)))
 
 
-__all__ = ["Mark", "Recording", "chrome_trace", "overlap_fraction", "record", "write_chrome_trace"]
+def from_chrome_trace(doc: dict) -> dict[int, list[Mark]]:
+    """The marks per rank of a :func:`chrome_trace` document (its complete events; other events are skipped)."""
+    out: dict[int, list[Mark]] = {}
+    for e in doc.get("traceEvents", []):
+        if e.get("ph") != "X":
+            continue
+        a, t0 = e.get("args") or {}, float(e["ts"]) / 1e6
+        out.setdefault(int(e.get("pid", 0)), []).append(
+            Mark(e.get("cat", ""), e.get("name", ""), t0, t0 + float(e.get("dur", 0.0)) / 1e6, int(a.get("step", -1)),
+                 str(a.get("block", "")), int(a.get("bytes", 0))))
+    return out
+
+
+__all__ = ["Mark", "Recording", "busy", "chrome_trace", "from_chrome_trace", "hidden", "in_flight", "overlap_fraction",
+           "record", "write_chrome_trace"]

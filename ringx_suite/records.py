@@ -97,6 +97,13 @@ ATTENTION = (
     F("bytes_received_per_rank", list, "payload bytes received by each rank in one call", "ok"),
     F("comm_calls_per_rank", list, "communication calls of each rank in one call", "ok"),
     F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank", "ok"),
+    F("call_peak_bytes_per_rank", list, "peak bytes of the tensors one call allocates, per rank: what the attention "
+      "itself costs (ringx.memory.measure: a dispatch-mode count on CPU, the CUDA allocator's peak on GPUs), "
+      "measured on one extra call after the timed rounds", "optional"),
+    F("overlap_fraction", (int, float, _NONE), "with `--trace`: communication time hidden under compute "
+      "(ringx.timeline.overlap_fraction) in one extra traced call after the timed rounds, of the slowest rank "
+      "(the one whose traced call took longest)", "optional", "float"),
+    F("overlap_fraction_per_rank", list, "with `--trace`: each rank's overlap_fraction", "optional"),
     F("ledger_rank0", (dict, _NONE), "rank 0's ledger by operation, `forward` and `backward`", "optional"),
     F("check_max_error", _NUM, "with `--check`: largest relative error of out, dQ, dK, dV against float64",
       "optional", "float"),

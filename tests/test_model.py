@@ -103,7 +103,7 @@ def test_validate_and_predict_cli():
                            "--machine", "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
-    assert len(rows) == 126 and sum("| yes |" in r for r in rows) == 12  # one fastest per configuration
+    assert len(rows) == 150 and sum("| yes |" in r for r in rows) == 12  # one fastest per configuration
     proc = subprocess.run([sys.executable, "-m", "analysis", "predict", "--machine", "frontier", "--ranks", "8,64",
                            "--seq", "65536"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr

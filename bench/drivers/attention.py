@@ -259,6 +259,28 @@ class Attention(CaseDriver):
                         ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
         c.call = _untracked(c.call)
 
+    def after_timing(self, live: list[Case]) -> list[dict]:
+        """After the timed rounds, one more call per ringx case measures what the attention allocates (its call
+        peak), and with --trace one more is recorded on the timeline: its overlap_fraction. Every rank's, gathered."""
+        import torch
+
+        from bench.measure.memory import call_peak
+        from ringx import timeline
+
+        dev, comm, out = self.ctx.device, self.group.comm, []
+        for c in live:
+            # outside baselines are not measured: torch's context parallel does not run under a dispatch mode
+            mine = {"call_peak": None if c.own else call_peak(c.call, dev)[1]}
+            if self.settings.trace:
+                torch.distributed.barrier()
+                with timeline.record(dev) as rec:
+                    c.call()
+                spans = [m.end_s for m in rec.marks] or [0.0]
+                mine.update(overlap=timeline.overlap_fraction(rec.marks),
+                            span=max(spans) - min((m.start_s for m in rec.marks), default=0.0))
+            out.append(comm.allgather(mine))
+        return out
+
     def finish(self, c: Case, samples: list[float], extra, group_id: str | None, shared) -> str:
         from ringx.flops import CONVENTION, attention_flops
         from ringx_suite.stats import stat_fields
@@ -275,9 +297,19 @@ class Attention(CaseDriver):
             flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
             mfu=tflops / peak if peak else None, **per_rank_fields(votes),
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
+            **_overlap_fields(extra),
             ledger_rank0=result["ledger"],
             **{k: v for k, v in result.items() if k.startswith("check_")})
         return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)"
+
+
+def _overlap_fields(extra: list[dict]) -> dict:
+    """overlap_fraction (of the rank whose traced call took longest) and every rank's, when traced."""
+    if "overlap" not in extra[0]:
+        return {}
+    slowest = max(range(len(extra)), key=lambda r: extra[r]["span"])
+    return {"overlap_fraction": extra[slowest]["overlap"], "overlap_fraction_per_rank": [x["overlap"] for x in extra]}
 
 
 def _untracked(call):
