@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
+from ringx_suite.masks import HELP as MASK_HELP
 
 
 def build_parser(prog: str = "python -m analysis") -> Parser:
@@ -61,6 +62,8 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--kv-heads", type=int, default=8)
     c.add_argument("--head-dim", type=int, default=128)
     c.add_argument("--causal", choices=["true", "false"], default="true")
+    c.add_argument("--mask", help="a mask in place of --causal: " + MASK_HELP)
+    c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
     c.add_argument("--mode", choices=["fwd", "fwd+bwd"], default="fwd+bwd")
     c = sub.add_parser("map", help="the predicted fastest algorithm and Ulysses x ring degrees over sequence and "
                        "ranks", description="the predicted fastest algorithm (and usp's Ulysses x ring degrees) at "
@@ -68,6 +71,10 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--machines", default="frontier,perlmutter,alps", help="profiles with a [model] table")
     c.add_argument("--seqs", default="131072,262144,524288,1048576", help="global sequence lengths")
     c.add_argument("--ranks", default="8,64,512", help="rank counts")
+    c.add_argument("--mask", help="a mask in place of causal: " + MASK_HELP + "; masked maps stop at "
+                   "512 ranks (tracing a masked plan at thousands of ranks takes minutes per algorithm)")
+    c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
+    c.add_argument("--algorithms", help="comma-separated algorithms (default: every one)")
     c.add_argument("--out", help="output directory (default: runs/model)")
     c = sub.add_parser("curve", help="predicted speedup over ring up to many GPUs",
                        description="predicted speedup over ring up to many GPUs, with a campaign's measured points")
@@ -76,6 +83,18 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
     c.add_argument("--max-ranks", type=int, default=4096, help="largest rank count (default 4096)")
     c.add_argument("--out", help="output directory (default: runs/model)")
+    c = sub.add_parser("mask", help="a picture of a mask's block structure and per-rank work for a layout",
+                       description="a picture of a mask for a layout: the downsampled S x S visibility with each "
+                       "position's rank, the (query rank, key rank) blocks by kind (skipped, full, causal, partial "
+                       "band) and each rank's visible pairs with the imbalance max/mean")
+    c.add_argument("--mask", required=True, help=MASK_HELP)
+    c.add_argument("--seq", type=int, required=True, help="global sequence length")
+    c.add_argument("--ranks", type=int, required=True, help="ranks (the layout's world size)")
+    c.add_argument("--layout", help="contiguous, zigzag or stripe (default: --algorithm's layout for the mask)")
+    c.add_argument("--algorithm", help="a ringx algorithm: its layout for the mask, named in the title")
+    c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
+    c.add_argument("--out", help="output directory (default: runs/masks)")
+    c.add_argument("--format", default="pdf,png", help="comma-separated: pdf, png, svg (default: pdf,png)")
     from analysis import serving_model
 
     serving_model.add_parser(sub)
@@ -98,6 +117,8 @@ def run(a) -> int:
         from analysis import serving_model
 
         return serving_model.run(a)
+    if a.command == "mask":
+        return mask_picture(a)
     if a.command in ("predict", "validate", "curve", "map"):
         from analysis import costmodel_cli
 
@@ -171,6 +192,41 @@ def _formats(text: str) -> tuple[str, ...]:
         if f not in ("pdf", "png", "svg"):
             raise UserError(f"--format {f!r}: choose from pdf, png, svg")
     return formats
+
+
+def mask_picture(a) -> int:
+    """`analysis mask`: draw analysis/maskview.py's picture and print the per-rank pairs."""
+    import matplotlib.pyplot as plt
+
+    import ringx
+    from analysis import figures, maskview
+    from ringx.layouts import LAYOUTS
+    from ringx_suite import masks
+
+    if a.seq < 1 or a.ranks < 1:
+        raise UserError(f"--seq and --ranks must be positive, got {a.seq} and {a.ranks}")
+    m = masks.parse(a.mask, a.seq, a.seed)
+    layout = a.layout
+    if a.algorithm:
+        if a.algorithm not in ringx.ALGORITHMS:
+            raise UserError(f"--algorithm {a.algorithm!r}: choose from {', '.join(ringx.algorithms.names())}")
+        own = ringx.ALGORITHMS[a.algorithm].layout(mask=m, ulysses_degree=1)
+        layout = layout or ("zigzag" if (own or "").startswith("zigzag-u") else own) or "contiguous"
+    layout = layout or "contiguous"
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r}: choose from {', '.join(LAYOUTS)}")
+    if a.seq % (a.ranks * (2 if layout == "zigzag" else 1)):
+        raise UserError(f"--seq {a.seq} does not split over {a.ranks} ranks in the {layout} layout "
+                        f"(a multiple of {a.ranks * (2 if layout == 'zigzag' else 1)} is needed)")
+    formats = _formats(a.format)
+    fig, bal = maskview.mask_view(m, a.seq, a.ranks, layout, a.algorithm)
+    name = f"mask-{maskview.slug(a.mask)}-{a.seq}-{a.ranks}-{layout}"
+    paths = figures.save(fig, Path(a.out) if a.out else Path("runs") / "masks", name, formats)
+    plt.close(fig)
+    print(f"{m.short()}: {a.seq} tokens over {a.ranks} ranks, layout {layout}: visible pairs per rank "
+          f"{list(bal.pairs)}, imbalance {bal.imbalance:.3f} (max/mean)")
+    print(f"figure: {', '.join(map(str, paths))}")
+    return 0
 
 
 if __name__ == "__main__":

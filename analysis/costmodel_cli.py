@@ -8,7 +8,7 @@ from costmodel import machine as machines
 from costmodel.predict import best_degree, speedup_curve
 from ringx_suite.cli import UserError
 
-from . import calibrate, figures, tables
+from . import calibrate, figures, maskview, tables
 
 
 def run(a) -> int:
@@ -113,11 +113,31 @@ def fastest_map(a) -> int:
     except ValueError:
         raise UserError("--seqs and --ranks take comma-separated integers") from None
     described = [machines.load(name) for name in a.machines.split(",") if name]
-    table = predicted.fastest(described, seqs, ranks, ringx.algorithms.names(True),
-                              progress=lambda msg: print(msg, flush=True))
+    algos = ringx.algorithms.names(True)
+    if a.algorithms:
+        algos = [x for x in a.algorithms.split(",") if x]
+        unknown = [x for x in algos if x not in ringx.algorithms.names()]
+        if unknown:
+            raise UserError(f"--algorithms: unknown {', '.join(unknown)}; choose from "
+                            f"{', '.join(ringx.algorithms.names())}")
+    if a.mask:
+        from ringx_suite import masks
+
+        for seq in seqs:
+            masks.parse(a.mask, seq, a.seed)  # a bad spec fails before any tracing
+        capped = [p for p in ranks if p > MASKED_MAX_RANKS]
+        if capped:
+            print(f"--mask: not predicting {capped} ranks (masked plans take minutes per algorithm to trace there; "
+                  f"the map stops at {MASKED_MAX_RANKS})", flush=True)
+            ranks = [p for p in ranks if p <= MASKED_MAX_RANKS]
+        if not ranks:
+            raise UserError(f"--mask: no rank count up to {MASKED_MAX_RANKS} asked for")
+    table = predicted.fastest(described, seqs, ranks, algos, progress=lambda msg: print(msg, flush=True),
+                              mask=a.mask, seed=a.seed)
     out = Path(a.out) if a.out else Path("runs") / "model"
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "fastest-map.csv", index=False)
+    name = "fastest-map" + (f"-{maskview.slug(a.mask)}" if a.mask else "")
+    table.to_csv(out / f"{name}.csv", index=False)
     best = table[table["fastest"]].assign(degrees=lambda d: [_degrees(None if pd.isna(u) else int(u), p)
                                                              for u, p in zip(d["ulysses_degree"], d["ranks"])])
     print(tables.render(tables.frame_table(best[["machine", "seq", "ranks", "algorithm", "degrees", "speedup"]]
@@ -128,13 +148,18 @@ def fastest_map(a) -> int:
         print("\nwhere double-ring is predicted faster (vs_X: X's time over double-ring's):\n")
         print(tables.render(tables.frame_table(wins.round(3)), "markdown"))
     fig = predicted.map_figure(table)
-    paths = figures.save(fig, out, "fastest-map", ("pdf", "png"))
+    paths = figures.save(fig, out, name, ("pdf", "png"))
     plt.close(fig)
-    fig = predicted.curves_figure(table)
-    paths += figures.save(fig, out, "speedup-curves", ("pdf", "png"))
-    plt.close(fig)
-    print(f"figure: {', '.join(map(str, paths))}; table: {out / 'fastest-map.csv'}")
+    if not a.mask:
+        fig = predicted.curves_figure(table)
+        paths += figures.save(fig, out, "speedup-curves", ("pdf", "png"))
+        plt.close(fig)
+    print(f"figure: {', '.join(map(str, paths))}; table: {out / (name + '.csv')}")
     return 0
+
+
+MASKED_MAX_RANKS = 512  # tracing ring with window:4096 at 4096 ranks, 1M tokens: over 8 minutes for 2 ranks
+
 
 
 def _degrees(u: int | None, p: int) -> str:
@@ -151,8 +176,15 @@ def predict(a) -> int:
         ranks = [int(x) for x in a.ranks.split(",") if x]
     except ValueError:
         raise UserError(f"--ranks must be comma-separated integers, got {a.ranks!r}") from None
+    mask = None
+    if a.mask:
+        from ringx_suite import masks
+
+        m = masks.parse(a.mask, a.seq, a.seed)
+        mask, causal = str(m), m.kind != "full"
+    what = m.short() if mask else "causal" if causal else "non-causal"
     print(f"predictions on {machine.name} ({machine.source}): seq {a.seq}, {a.heads}/{a.kv_heads} heads, head_dim "
-          f"{a.head_dim}, {'causal' if causal else 'non-causal'} {a.mode}\n")
+          f"{a.head_dim}, {what} {a.mode}\n")
     rows, cannot = [], []
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
@@ -161,7 +193,7 @@ def predict(a) -> int:
             try:
                 degree[name], preds[name] = best_degree(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq,
                                                         heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim,
-                                                        exact_ranks=16)
+                                                        exact_ranks=16, mask=mask)
             except ValueError as e:  # this configuration is impossible for it (heads, divisibility)
                 cannot.append(f"{name} at {p} ranks: {e}")
         if not preds:

@@ -77,12 +77,15 @@ MASK_ORDER = ("causal", "non-causal")  # panels and rows in this order, other ma
 
 
 def mask_names(df: pd.DataFrame) -> pd.Series:
-    """Each row's mask as text: its `mask` field where records carry one, else from `causal`."""
-    from_causal = df["causal"].map({True: "causal", False: "non-causal"}) if "causal" in df else \
+    """Each row's mask as text: the distribution it was drawn from (`mask_spec`, e.g. docs:lognormal:4096: one
+    draw per configuration, so the algorithms compared share it, and one panel holds every sequence length),
+    else its `mask` field, else from `causal` (records older than masks)."""
+    out = df["causal"].map({True: "causal", False: "non-causal"}).astype(object) if "causal" in df else \
         pd.Series([None] * len(df), index=df.index, dtype=object)
-    if "mask" not in df:
-        return from_causal.astype(object)
-    return df["mask"].astype(object).where(df["mask"].notna(), from_causal)
+    for col in ("mask", "mask_spec"):
+        if col in df:
+            out = df[col].astype(object).where(df[col].notna(), out)
+    return out.replace({"full": "non-causal"})  # `--mask full` and `causal: false` are one mask
 
 
 def mask_order(mask: str) -> tuple:

@@ -66,6 +66,7 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
     ok = df[(df["kind"] == k.record) & (df["status"] == "ok")] if "kind" in df else df.iloc[0:0]
     if ok.empty:
         raise NoData(k.empty)
+    ok = ok.assign(mask=mask_names(ok))  # records without a mask field compare by their `causal`
     keys = [*k.config, k.candidate]
     rows = []
     for key, g in ok.groupby(keys, dropna=False, sort=True):
@@ -89,7 +90,6 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
                      "overlap_fraction": _median(g, "overlap_fraction"),
                      "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank"), **k.measures(g, med)})
     out = pd.DataFrame(rows)
-    out["mask"] = mask_names(out)
     out.attrs["kind"] = kind
     out.attrs["spread_method"] = SPREAD_METHOD
     return out

@@ -21,12 +21,17 @@ from .figures import COLORS, WIDTH_IN, _legend, order_key, style, styled
 
 def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[int], algorithms: list[str], *,
             causal: bool = True, mode: str = "fwd+bwd", heads: int = 32, kv_heads: int = 8, head_dim: int = 128,
-            progress=None) -> pd.DataFrame:
+            progress=None, mask: str | None = None, seed: int = 0) -> pd.DataFrame:
     """One row per (machine, seq, ranks, algorithm) that can run there: predicted seconds, best degree,
     speedup over ring. ``machines``: (description, GPUs per node). The machines are the inner loop so that
-    each schedule is traced once for all of them (tracing, not simulating, is the cost at thousands of ranks)."""
+    each schedule is traced once for all of them (tracing, not simulating, is the cost at thousands of ranks).
+    ``mask``: a --mask spec (ringx_suite/masks.py; drawn once per sequence length with ``seed``) in place of
+    ``causal``; masked schedules skip blocks and ring steps as the real plans do."""
+    from ringx_suite import masks
+
     rows = []
     for seq in seqs:
+        m = None if mask is None else str(masks.parse(mask, seq, seed))
         for p in ranks:
             for machine, gpus_per_node in machines:
                 nodes = max(1, p // gpus_per_node)
@@ -34,12 +39,13 @@ def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[in
                 for a in algorithms:
                     try:
                         cell[a] = best_degree(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads,
-                                              kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16)
+                                              kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16, mask=m)
                     except ValueError:  # cannot run there (heads, divisibility): no row
                         continue
                 ring = cell["ring"][1].total_s if "ring" in cell else np.nan
                 best = min(cell, key=lambda n: cell[n][1].total_s)
-                rows += [{"machine": machine.name, "seq": seq, "ranks": p, "nodes": nodes, "algorithm": a,
+                said = mask or ("causal" if causal else "full")
+                rows += [{"machine": machine.name, "mask": said, "seq": seq, "ranks": p, "nodes": nodes, "algorithm": a,
                           "ulysses_degree": u, "predicted_s": pr.total_s, "speedup": ring / pr.total_s,
                           "fastest": a == best} for a, (u, pr) in cell.items()]
                 if progress:
@@ -85,7 +91,8 @@ def map_figure(table: pd.DataFrame, width: str = "two"):
         ax.set_xticks(range(len(ranks)), [str(p) for p in ranks])
         ax.set_yticks(range(len(seqs)), [f"{s >> 20}M" if s % (1 << 20) == 0 else f"{s >> 10}K" for s in seqs])
         ax.set_xlabel("ranks (GPUs)")
-        ax.set_title(m)
+        masks = set(table.get("mask", []))
+        ax.set_title(m if masks <= {"causal"} else f"{m}, {', '.join(sorted(masks))}")
         ax.grid(False)
     axes[0][0].set_ylabel("sequence length")
     fig.tight_layout()

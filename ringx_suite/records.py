@@ -66,6 +66,21 @@ COMMON = (
     F("p90_s", _NUM, "90th percentile of `samples_s` (interpolated)", "ok", "float"),
 )
 
+# The mask of an attention, kernel or model record (ringx_suite/masks.py writes them; records older than these
+# fields, or written without --mask, lack them and read as `causal`'s full/causal).
+MASK = (
+    F("mask", str, "the mask's text form (ringx.Mask; past 60 characters abbreviated with its digest)", "optional",
+      "str", True),
+    F("mask_lengths", list, "the document lengths, exactly (document masks given literally or of up to 64 "
+      "documents)", "optional"),
+    F("mask_digest", str, "ringx.Mask.digest() of the exact mask, when its lengths are too many to keep",
+      "optional", "str"),
+    F("mask_spec", str, "the `--mask` distribution it was drawn from (`docs:lognormal:MEAN`, ...)", "optional",
+      "str"),
+    F("mask_seed", int, "the seed of that draw (ringx_suite.masks.parse(spec, seq, seed) redraws it)", "optional",
+      "int"),
+)
+
 ATTENTION = (
     F("algorithm", str, "a ringx algorithm, or an outside baseline (`tcp-*`, `rfa-*`)", column="str", config=True),
     F("family", str, "`ring`, `ringx` or `external`", column="str"),
@@ -276,8 +291,9 @@ INFER = (
     F("check_s", _NUM, "seconds this rank spent checking", "optional", "float"),
 )
 
-KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION, "collective": COMMON + COLLECTIVE,
-                                       "kernel": COMMON + KERNEL, "model": COMMON + MODEL, "infer": COMMON + INFER}
+KINDS: dict[str, tuple[Field, ...]] = {"attention": COMMON + ATTENTION + MASK, "collective": COMMON + COLLECTIVE,
+                                       "kernel": COMMON + KERNEL + MASK, "model": COMMON + MODEL + MASK,
+                                       "infer": COMMON + INFER}
 
 
 def validate(rec: object) -> list[str]:
@@ -333,11 +349,11 @@ def schema_markdown(kind: str) -> str:
 
 # The configuration algorithms are compared at: a speedup pairs two algorithms with equal values of these.
 COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim",
-              "dtype", "causal", "mode")
+              "dtype", "causal", "mask", "mode")
 
 # The same for model records: the steps of two algorithms compare at equal values of these.
 MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
-                    "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "checkpoint")
+                    "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "mask", "checkpoint")
 
 # Collective records' levels in the order tables and figures show them (all ranks, within nodes, across nodes).
 LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}

@@ -1,0 +1,136 @@
+"""The suite's mask specs (`--mask`, sweep files' `masks = [...]`): one parser, shared by bench and analysis.
+
+A spec is either a ringx.Mask text form (``causal``, ``full``, ``window:W``, ``window:L,R``, ``docs:64x8,32``
+...) or a document *distribution* that is drawn into exact lengths for a global length S and a seed:
+
+- ``docs:lognormal:MEAN``: log-normal lengths of mean MEAN (sigma 1 of the underlying normal);
+- ``docs:uniform:MIN-MAX``: lengths uniform in [MIN, MAX];
+- ``docs:fixed:N``: documents of N tokens;
+- ``docs:file:PATH``: the lengths in PATH, one per line (blank lines and ``#`` comments ignored);
+
+each optionally followed by ``+window:W`` (a causal window inside every document). Documents are drawn
+until they cover S; the last one is trimmed so the lengths sum to S exactly (a file shorter than S is an
+error: it says what the data is). No length has to divide anything. A seeded draw is the same on every
+machine: draw once per configuration and hand every rank the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ringx.balancing import lognormal_lengths
+from ringx.errors import RingxInputError
+from ringx.mask import Mask
+
+from .cli import UserError
+
+DISTRIBUTIONS = ("lognormal", "uniform", "fixed", "file")
+LONG_LENGTHS = 64  # records keep the lengths themselves up to this many documents, else their digest
+HELP = ("causal, full, window:W, docs:lognormal:MEAN, docs:uniform:MIN-MAX, docs:fixed:N, docs:file:PATH "
+        "(one length per line), each docs:... optionally +window:W, or any ringx.Mask text (docs:64x8,32)")
+
+
+def _bad(spec: str, why: str) -> UserError:
+    return UserError(f"--mask {spec!r}: {why} (use {HELP})")
+
+
+def _positive(spec: str, text: str, what: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise _bad(spec, f"{what} {text!r} is not an integer") from None
+    if n < 1:
+        raise _bad(spec, f"{what} must be positive, got {n}")
+    return n
+
+
+def is_distribution(spec: str) -> bool:
+    """Whether ``spec`` is drawn (a distribution or a file) rather than a fixed ringx.Mask text."""
+    return spec.strip().split("+", 1)[0].split(":")[:2][-1] in DISTRIBUTIONS and spec.strip().startswith("docs:")
+
+
+def _fill(seq: int, draw) -> list[int]:
+    """Lengths from ``draw()`` until they cover ``seq``, the last trimmed to fit."""
+    out, left = [], seq
+    while left > 0:
+        n = min(draw(), left)
+        out.append(n)
+        left -= n
+    return out
+
+
+def _lengths(spec: str, dist: str, arg: str, seq: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    if dist == "fixed":
+        n = _positive(spec, arg, "document length")
+        return _fill(seq, lambda: n)
+    if dist == "uniform":
+        lo, sep, hi = arg.partition("-")
+        if not sep:
+            raise _bad(spec, "uniform takes MIN-MAX")
+        lo, hi = _positive(spec, lo, "minimum"), _positive(spec, hi, "maximum")
+        if lo > hi:
+            raise _bad(spec, f"minimum {lo} is above maximum {hi}")
+        return _fill(seq, lambda: int(torch.randint(lo, hi + 1, (), generator=gen)))
+    if dist == "lognormal":
+        try:
+            mean = float(arg)
+        except ValueError:
+            raise _bad(spec, f"mean {arg!r} is not a number") from None
+        if not mean >= 1:
+            raise _bad(spec, f"mean must be at least 1, got {arg}")
+        return lognormal_lengths(seq, mean, seed=seed)  # ringx's draw (the balance figures' documents)
+    # file
+    path = Path(arg)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise _bad(spec, f"cannot read {arg}: {e.strerror or e}") from None
+    given = [ln.split("#", 1)[0].strip() for ln in lines]
+    given = [_positive(spec, x, f"{arg}: length") for x in given if x]
+    if sum(given) < seq:
+        raise _bad(spec, f"the lengths in {arg} sum to {sum(given)}, fewer than the {seq} tokens asked for")
+    it = iter(given)
+    return _fill(seq, lambda: next(it))
+
+
+def parse(spec: str, seq: int, seed: int = 0) -> Mask:
+    """The ringx.Mask of a spec for global length ``seq`` (module doc); one-line UserError when it is bad."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"--mask must be a non-empty text ({HELP}), got {spec!r}")
+    text = spec.strip()
+    if not is_distribution(text):
+        try:
+            m = Mask.parse(text)
+        except RingxInputError:
+            raise _bad(spec, "not a mask or distribution") from None
+        if m.problem(seq):
+            raise UserError(m.problem(seq))
+        return m
+    body, _, win = text.partition("+window:")
+    window = _positive(spec, win, "window") if win else None
+    dist, _, arg = body[5:].partition(":")
+    if not arg:
+        raise _bad(spec, f"{dist} needs a parameter")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise UserError(f"the sequence length must be a positive integer, got {seq!r}")
+    return Mask.documents(_lengths(spec, dist, arg, seq, seed), causal=True, window=window)
+
+
+def record_fields(spec: str, mask: Mask, seed: int = 0) -> dict:
+    """What a record says about its mask: ``mask`` (the text form; abbreviated with its digest past 60
+    characters, Mask.short), ``mask_lengths`` (the exact lengths) for a document mask given literally or of up
+    to LONG_LENGTHS documents, else ``mask_digest`` (Mask.digest of the exact mask); ``mask_spec`` and
+    ``mask_seed`` where it was drawn from a distribution (they redraw it: parse(spec, seq, seed))."""
+    out: dict = {"mask": mask.short()}
+    drawn = is_distribution(spec)
+    if mask.lengths is not None:
+        if not drawn or len(mask.lengths) <= LONG_LENGTHS:
+            out["mask_lengths"] = list(mask.lengths)
+        else:
+            out["mask_digest"] = mask.digest()
+    if drawn:
+        out["mask_spec"], out["mask_seed"] = spec.strip(), seed
+    return out
