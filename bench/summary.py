@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
-from ringx_suite.records import COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY
+from ringx_suite.records import COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY, compare_value
 from ringx_suite.stats import METHOD, flat, records_speedup
 from ringx_suite.store import Store, StoreError
 from ringx_suite.tables import Table, render
@@ -29,7 +29,7 @@ def _speedup_rows(ok: list[dict], compare_by, baseline: str, head) -> tuple[list
     and speedup over the baseline with the interval (repeats and runs pooled, as analysis pools them)."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in ok:
-        groups[tuple(r[k] for k in compare_by)][r["algorithm"]].append(r)
+        groups[tuple(compare_value(r, k) for k in compare_by)][r["algorithm"]].append(r)
     algos = list(dict.fromkeys(r["algorithm"] for r in ok))
     rows = []
     for g in sorted(groups):

@@ -351,6 +351,16 @@ def schema_markdown(kind: str) -> str:
 COMPARE_BY = ("world_size", "nodes", "seq", "seq_per_rank", "scaling", "batch", "heads", "kv_heads", "head_dim",
               "dtype", "causal", "mask", "mode")
 
+
+
+def compare_value(rec: dict, key: str):
+    """``rec[key]`` for grouping by a COMPARE_BY key; records from before masks had no `mask` field: theirs is
+    `causal` or `full` after their `causal` flag."""
+    if key == "mask" and rec.get("mask") is None:
+        return "causal" if rec.get("causal") else "full"
+    return rec.get(key)
+
+
 # The same for model records: the steps of two algorithms compare at equal values of these.
 MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
                     "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "mask", "checkpoint")
