@@ -555,6 +555,8 @@ class FlashAttnKernel(_Base):
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         res = _call_flash(_flash_attn_forward, win, q=q, k=k, v=v, dropout_p=0.0, softmax_scale=scale,
                           causal=causal, alibi_slopes=None, return_softmax=False)
+        if band is not None:  # flash-attn gives a row that sees no key LSE +inf: make it -inf
+            return blank_rows(res[0], _lse_of(res), k.shape[1], band)
         return res[0], _lse_of(res)
 
     def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
@@ -596,6 +598,8 @@ class FlashAttn3Kernel(_Base):
         fa3 = _module("flash_attn_interface")
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         res = _call_flash(fa3._flash_attn_forward, win, q=q, k=k, v=v, softmax_scale=scale, causal=causal)
+        if band is not None:  # a row that sees no key: LSE +inf from flash-attn, -inf here
+            return blank_rows(res[0], _lse_of(res), k.shape[1], band)
         return res[0], _lse_of(res)
 
     def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
@@ -840,7 +844,8 @@ def varlen_forward(q: Tensor, k: Tensor, v: Tensor, call: VarlenCall, scale: flo
                       max_seqlen_k=call.max_k, dropout_p=0.0, softmax_scale=scale, causal=call.causal,
                       alibi_slopes=None, deterministic=False, return_attn_probs=True)
     sizes = [b - a for a, b in qs]
-    return list(zip(varlen_unpack(res[0], batch, sizes), varlen_lse_unpack(res[1], batch, sizes)))
+    lse = res[1].masked_fill(res[1] == float("inf"), float("-inf"))  # flash-attn: +inf for a row that sees nothing
+    return list(zip(varlen_unpack(res[0], batch, sizes), varlen_lse_unpack(lse, batch, sizes)))
 
 
 def varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, call: VarlenCall,
