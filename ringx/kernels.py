@@ -176,6 +176,29 @@ class _Base:
         name = band_route(self.name, device_info(q.device), q.dtype, q.shape[-1], q.shape[1], sk, band)
         return self if name == self.name else KERNELS[name]
 
+    # A whole plan (the blocks of one query buffer against one K/V buffer). Kernels with a batched path (flash-attn's
+    # varlen) override these; ringx.blocks still calls forward/backward block by block.
+    def forward_plan(self, q: Tensor, k: Tensor, v: Tensor, plan, scale: float) -> list[tuple]:
+        """``(block, out, lse)`` for every block of ``plan`` (blocks with q0, q1, k0, k1, causal, band)."""
+        res = []
+        for b in plan:
+            kw = {} if b.band is None else {"band": b.band}
+            out, lse = self.forward(q[:, b.q0:b.q1], k[:, b.k0:b.k1], v[:, b.k0:b.k1], b.causal, scale, **kw)
+            res.append((b, out, lse))
+        return res
+
+    def backward_plan(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, plan,
+                      scale: float) -> list[tuple]:
+        """``(block, dq, dk, dv)`` for every block of ``plan``; ``out``/``lse`` are the rows' global results."""
+        res = []
+        for b in plan:
+            kw = {} if b.band is None else {"band": b.band}
+            rows = slice(b.q0, b.q1)
+            grads = self.backward(dout[:, rows], q[:, rows], k[:, b.k0:b.k1], v[:, b.k0:b.k1], out[:, rows],
+                                  lse[:, :, rows], b.causal, scale, **kw)
+            res.append((b, *grads))
+        return res
+
 
 # How each kernel computes a band block (docs/masks.md's kernel table is checked against these, tests/test_varlen.py).
 BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient", "torch-flex")  # any band
@@ -545,6 +568,20 @@ class FlashAttnKernel(_Base):
     def describe(self) -> str:
         rocm = " (ROCm)" if torch.version.hip is not None else ""
         return f"flash_attn {getattr(_module('flash_attn'), '__version__', '?')}{rocm}"
+
+    def forward_plan(self, q, k, v, plan, scale):
+        """One varlen call per (causal, window_size) group of the plan's blocks (:func:`varlen_calls`)."""
+        calls, rest = varlen_calls(plan)
+        by_rows = {(b.q0, b.q1, b.k0, b.k1): b for b in plan}
+        res = [(by_rows[blk], *ol) for c in calls for blk, ol in zip(c.blocks, varlen_forward(q, k, v, c, scale))]
+        return res + super().forward_plan(q, k, v, rest, scale)
+
+    def backward_plan(self, dout, q, k, v, out, lse, plan, scale):
+        calls, rest = varlen_calls(plan)
+        by_rows = {(b.q0, b.q1, b.k0, b.k1): b for b in plan}
+        res = [(by_rows[blk], *g) for c in calls
+               for blk, g in zip(c.blocks, varlen_backward(dout, q, k, v, out, lse, c, scale))]
+        return res + super().backward_plan(dout, q, k, v, out, lse, rest, scale)
 
     def forward(self, q, k, v, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_forward

@@ -210,3 +210,29 @@ def test_a_row_that_sees_nothing_comes_back_as_lse_minus_inf(monkeypatch):
     call = kernels.VarlenCall(((0, 6, 0, 3),), False, (0, 0))  # bottom-right: rows 0-2 see nothing of 3 keys
     ((out, lse),) = kernels.varlen_forward(q, k[:, :3], k[:, :3], call, 0.5)
     assert lse[..., :3].isneginf().all() and (out[:, :3] == 0).all() and lse[..., 3:].isfinite().all()
+
+
+def test_flash_attn_forward_plan_equals_the_reference_block_by_block(monkeypatch):
+    """``forward_plan``/``backward_plan`` (what ringx.blocks would call for a whole plan): flash-attn's varlen
+    override gives every block what the reference kernel's block-by-block default gives."""
+    monkeypatch.setattr(kernels, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
+    flash, ref = kernels.KERNELS["flash-attn"], ReferenceKernel()
+    g = torch.Generator().manual_seed(SEED + 2)
+    q = torch.randn(1, SEQ_LOCAL, 4, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, SEQ_LOCAL, 2, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    dout, glob_out = torch.randn_like(q), torch.randn_like(q)
+    glob_lse = torch.randn(1, 4, SEQ_LOCAL, generator=g, dtype=torch.float64) + 3.0
+    n = 0
+    for where, plan in list(plans())[::7]:
+        got = {b: (o, lse) for b, o, lse in flash.forward_plan(q, k, v, plan, 0.3)}
+        want = {b: (o, lse) for b, o, lse in ref.forward_plan(q, k, v, plan, 0.3)}
+        assert set(got) == set(want) == set(plan), where
+        for b in plan:
+            assert all((x - y).abs().max() < 1e-12 for x, y in zip(got[b], want[b])), where
+        got = {b: gr for b, *gr in flash.backward_plan(dout, q, k, v, glob_out, glob_lse, plan, 0.3)}
+        want = {b: gr for b, *gr in ref.backward_plan(dout, q, k, v, glob_out, glob_lse, plan, 0.3)}
+        assert set(got) == set(plan), where
+        for b in plan:
+            assert all((x - y).abs().max() < 1e-11 for x, y in zip(got[b], want[b])), where
+        n += 1
+    assert n > 10
