@@ -200,7 +200,7 @@ class _Base:
         return res
 
 
-# How each kernel computes a band block (docs/masks.md's kernel table is checked against these, tests/test_varlen.py).
+# How each kernel computes a band block (docs/masks.md's kernel table is checked against these).
 BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient", "torch-flex")  # any band
 WINDOW_NATIVE = ("flash-attn", "flash-attn3")  # a band that is a bottom-right window (flash_window)
 VARLEN = ("flash-attn",)  # many blocks of one K/V buffer in one call (varlen_calls, varlen_forward/backward)
