@@ -725,7 +725,9 @@ class TorchFlexKernel(_Base):
     """
 
     name = "torch-flex"
-    named_only_on = ("cpu",)  # the unfused math path: for checking, never a candidate of bench kernels/selftest
+    # By name only, everywhere: on CPU it is the unfused math path (for checking); on CUDA it has never run, so no
+    # selftest or bench kernels sweep picks it up until a GPU session has measured it.
+    named_only_on = ("cpu", "cuda")
 
     def runs_on(self, info, dtype, head_dim):
         if _flex_api() is None:
