@@ -406,6 +406,41 @@ def per_rank_fields(votes: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The model drivers' set-up (bench model, bench infer): one preset, one model replicated from rank 0
+
+
+def model_config(preset: str, overrides: dict):
+    """``bench.models.preset(preset)`` with the given fields over it (None: the preset's), checked: UserError in
+    one line, alike on every rank, for an unknown preset or fields that do not fit together."""
+    from bench import models
+
+    try:
+        cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    problem = cfg.problem()
+    if problem:
+        raise UserError(f"model {preset}: {problem}")
+    return cfg
+
+
+def replicated_model(cfg, *, seed: int, device, world: int, dtype=None, **build):
+    """The model built alike on every rank from one seed (cast to ``dtype`` if given), then its parameters
+    broadcast from rank 0 so every rank holds the same bits whatever the device's initialisation does."""
+    import torch.distributed as dist
+
+    from bench import models
+
+    model = models.build(cfg, seed=seed, device=device, **build)
+    if dtype is not None:
+        model = model.to(dtype)
+    if world > 1:
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Process-level plumbing shared by the drivers
 
 

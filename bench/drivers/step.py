@@ -44,8 +44,10 @@ from bench.driver import (
     add_output_arguments,
     given_options,
     ledger_totals,
+    model_config,
     mpi_main,
     per_rank_fields,
+    replicated_model,
 )
 from bench.measure.failures import CheckFailed
 from bench.measure.ranks import describe
@@ -115,14 +117,7 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
         # a CPU has no published peak
         inv = replace(inv, settings=replace(inv.settings, peak_tflops=prof.peak_tflops if prof.gpus_per_node
                                             else None))
-    overrides = {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL}
-    try:
-        cfg = models.preset(mo.preset, **overrides)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    problem = cfg.problem()
-    if problem:
-        raise UserError(f"model {mo.preset}: {problem}")
+    cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
 
     P = options.PARAMS
     seq = options.value(P["seq"], given.get("seq"), "", many=True)
@@ -491,18 +486,13 @@ class TrainingStep(CaseDriver):
         """The configuration's model and AdamW (shared by its algorithms: the same shapes, one copy in memory),
         replicated from rank 0, and each algorithm's shard of one global batch (its step, ``c.call``)."""
         import torch
-        import torch.distributed as dist
 
         from bench import models
 
         cfg, dev = self.plan.config, self.ctx.device
         seq = cases[0].point.seq
-        model = models.build(cfg, seed=seq, checkpoint=self.model.checkpoint, device=dev)
-        if self.dtype == "float64":
-            model = model.double()
-        if self.P > 1:
-            for p in model.parameters():
-                dist.broadcast(p.data, src=0)
+        model = replicated_model(cfg, seed=seq, device=dev, world=self.P, checkpoint=self.model.checkpoint,
+                                 dtype=torch.float64 if self.dtype == "float64" else None)
         opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
                                 **({"fused": True} if dev.type == "cuda" else {}))
         inputs, targets, n = models.global_batch(cfg, self.plan.batch, seq, seed=seq)
