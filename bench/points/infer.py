@@ -94,7 +94,8 @@ def memory_bytes(pt: InferPoint, world: int, check_max_seq: int = 0) -> int:
     from bench import models
 
     c, e = pt.config, ELEMENT_BYTES[pt.dtype]
-    weights = models.count_params(models.build(c)) if c.layers * c.d_model < 1 << 16 else models.flops_params(c)
+    weights = models.flops_params(c) + c.vocab * c.d_model  # the matrices and the embedding table (no build:
+    # building llama3-8b's 1.9e9 weights to count them took ~50 s per point)
     cache = 2 * c.layers * pt.batch * (pt.prompt_len + pt.new_tokens) * c.kv_heads * c.head_dim * e // world
     ref = 0
     if pt.prompt_len <= check_max_seq:  # the driver's rule (Serving.checked)
