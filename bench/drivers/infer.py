@@ -12,9 +12,10 @@ decode steps) of each candidate in rotating order; every phase's seconds are the
 sample is kept (``prefill_samples_s``: one per iteration; ``decode_samples_s``: per iteration, one per step).
 
 --check first generates once with every candidate and compares with the unsharded model's greedy generation
-(rank 0, float64 on the CPU, no cache): in float64 the ids must be equal and every step's logits within
-CHECK_TOLERANCE relative, else the candidate is recorded as failed and not timed; in other dtypes the agreement
-(ids equal, first divergence, logits error) is recorded and nothing fails, since a near-tie may go either way.
+(rank 0, float64 on the CPU from the served weights, no cache): in float64 the ids must be equal and every step's
+logits within CHECK_TOLERANCE relative, else the candidate is recorded as failed and not timed; in other dtypes the
+agreement (leading ids equal, first divergence, the reference's margin there, the logits error up to it) is recorded
+and nothing fails, since a near-tie may go either way. Prompts longer than --check-max-seq are timed unchecked.
 
 Example (2 local CPU ranks):
   mpiexec -n 2 python -m bench infer --preset tiny --prompt-len 256,512 --new-tokens 8 --check
