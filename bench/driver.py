@@ -409,6 +409,22 @@ def per_rank_fields(votes: list[dict]) -> dict:
 # The model drivers' set-up (bench model, bench infer): one preset, one model replicated from rank 0
 
 
+def model_parser(prog: str, description: str | None, model_options, points_title: str, point_options,
+                 check_max_seq: int, **parser_args) -> Parser:
+    """The command line of a driver of bench/models (``bench model``, ``bench infer``): ``--config``, the model's
+    options (the preset's values unless given), the driver's points, every setting (all, as a sweep passes them;
+    the check's length defaulting to the driver's own), the output flags and the tests' hidden ``--inject``."""
+    p = Parser(prog=prog, description=description, **parser_args)
+    p.add_argument("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"), model_options)
+    options.add_arguments(p.add_argument_group(points_title), point_options)
+    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
+                          {"check_max_seq": check_max_seq})
+    add_output_arguments(p)
+    p.add_argument("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
+    return p
+
+
 def model_config(preset: str, overrides: dict):
     """``bench.models.preset(preset)`` with the given fields over it (None: the preset's), checked: UserError in
     one line, alike on every rank, for an unknown preset or fields that do not fit together."""

@@ -35,10 +35,10 @@ from bench.driver import (
     CaseDriver,
     Invocation,
     Stage,
-    add_output_arguments,
     given_options,
     ledger_totals,
     model_config,
+    model_parser,
     mpi_main,
     per_rank_fields,
     replicated_model,
@@ -54,17 +54,8 @@ DEFAULT_PROMPT = 256
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = p.add_argument
-    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
-    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"),
-                          [options.MODEL[n] for n in options.INFER_MODEL])
-    options.add_arguments(p.add_argument_group("serving (lists are crossed)"), options.INFER.values())
-    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),  # all, as a sweep passes
-                          {"check_max_seq": CHECK_MAX_SEQ})
-    add_output_arguments(p)
-    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
-    return p
+    return model_parser(PROG, __doc__, [options.MODEL[n] for n in options.INFER_MODEL], "serving (lists are crossed)",
+                        options.INFER.values(), CHECK_MAX_SEQ, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ Example (2 local CPU ranks):
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -41,10 +40,10 @@ from bench.driver import (
     CaseDriver,
     Invocation,
     Stage,
-    add_output_arguments,
     given_options,
     ledger_totals,
     model_config,
+    model_parser,
     mpi_main,
     per_rank_fields,
     replicated_model,
@@ -62,17 +61,8 @@ BUCKET = 1 << 25  # elements per gradient all-reduce
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__)
-    add = p.add_argument
-    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
-    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"), options.MODEL.values())
-    options.add_arguments(p.add_argument_group("points (lists are crossed)"),
-                          [options.PARAMS[k] for k in POINT])
-    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
-                          {"check_max_seq": CHECK_MAX_SEQ})
-    add_output_arguments(p)
-    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
-    return p
+    return model_parser(PROG, __doc__, options.MODEL.values(), "points (lists are crossed)",
+                        [options.PARAMS[k] for k in POINT], CHECK_MAX_SEQ)
 
 
 @dataclass(frozen=True)
