@@ -47,7 +47,7 @@ def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-@pytest.mark.parametrize("machine", ["perlmutter", "local"])
+@pytest.mark.parametrize("machine", ["perlmutter", "frontier", "local"])
 def test_golden_infer_job_scripts(machine, tmp_path, monkeypatch):
     gpu = machine != "local"
     # on GPUs a short prompt that --check verifies (bench infer's --check-max-seq default: 8192), then two long
