@@ -406,6 +406,57 @@ def per_rank_fields(votes: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The model drivers' set-up (bench model, bench infer): one preset, one model replicated from rank 0
+
+
+def model_parser(prog: str, description: str | None, model_options, points_title: str, point_options,
+                 check_max_seq: int, **parser_args) -> Parser:
+    """The command line of a driver of bench/models (``bench model``, ``bench infer``): ``--config``, the model's
+    options (the preset's values unless given), the driver's points, every setting (all, as a sweep passes them;
+    the check's length defaulting to the driver's own), the output flags and the tests' hidden ``--inject``."""
+    p = Parser(prog=prog, description=description, **parser_args)
+    p.add_argument("--config", help="TOML or JSON file with any of the options below (flags override it)")
+    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"), model_options)
+    options.add_arguments(p.add_argument_group(points_title), point_options)
+    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
+                          {"check_max_seq": check_max_seq})
+    add_output_arguments(p)
+    p.add_argument("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
+    return p
+
+
+def model_config(preset: str, overrides: dict):
+    """``bench.models.preset(preset)`` with the given fields over it (None: the preset's), checked: UserError in
+    one line, alike on every rank, for an unknown preset or fields that do not fit together."""
+    from bench import models
+
+    try:
+        cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    problem = cfg.problem()
+    if problem:
+        raise UserError(f"model {preset}: {problem}")
+    return cfg
+
+
+def replicated_model(cfg, *, seed: int, device, world: int, dtype=None, **build):
+    """The model built alike on every rank from one seed (cast to ``dtype`` if given), then its parameters
+    broadcast from rank 0 so every rank holds the same bits whatever the device's initialisation does."""
+    import torch.distributed as dist
+
+    from bench import models
+
+    model = models.build(cfg, seed=seed, device=device, **build)
+    if dtype is not None:
+        model = model.to(dtype)
+    if world > 1:
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Process-level plumbing shared by the drivers
 
 

@@ -80,7 +80,8 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
        "recorded, not timed", bool),
     _p("trace", False, "bench run: after the timed rounds, record one more call per algorithm on the timeline and "
        "store its overlap_fraction (never inside the timed rounds; the trace files: bench trace)", bool),
-    _p("check_max_seq", 2048, "largest sequence the check uses (reduced beyond)", int, low=1, high=1 << 22),
+    _p("check_max_seq", 2048, "largest sequence the check uses: bench run and bench model check longer points at "
+       "this length; bench infer times longer prompts unchecked (checked: false)", int, low=1, high=1 << 22),
     _p("timeout", 300.0, "seconds a rank waits on its peers before the run stops", float, low=1.0,
        high=MAX_TIMEOUT_S),
     _p("kernel", None, "force a local kernel (default: the fastest exact one for the device)", str, nullable=True),

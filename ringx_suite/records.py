@@ -280,11 +280,19 @@ INFER = (
     F("comm_calls_per_rank", list, "communication calls of each rank in one generation", "ok"),
     F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank over one "
       "generation", "ok"),
-    F("check_ids_equal", bool, "with `--check`: the ids equal the unsharded float64 model's greedy generation",
-      "optional", "bool"),
-    F("check_first_divergence", (int, _NONE), "with `--check`: the first generated position whose ids differ",
-      "optional", "int"),
-    F("check_logits_error", _NUM, "with `--check`: the largest max|logits - ref| / max|ref| over the steps",
+    F("checked", bool, "with `--check`: whether this point was checked (false: its prompt is longer than "
+      "`--check-max-seq`, so it was timed without the reference)", "optional", "bool"),
+    F("check_ids_equal", bool, "with `--check`: every generated id equals the unsharded float64 model's greedy "
+      "generation (from the same weights)", "optional", "bool"),
+    F("check_agree_tokens", int, "with `--check`: how many leading generated ids equal the reference's (in every "
+      "sequence); `new_tokens` when all do", "optional", "int"),
+    F("check_first_divergence", (int, _NONE), "with `--check`: the first generated position whose ids differ "
+      "(null: none)", "optional", "int"),
+    F("check_divergence_margin", (int, float, _NONE), "with `--check`: the reference's top-1 minus top-2 logit at "
+      "the first divergence (the smallest over the diverging sequences; null: no divergence): a near-tie when "
+      "small against `check_logits_error` x the logits' scale", "optional", "float"),
+    F("check_logits_error", _NUM, "with `--check`: the largest max|logits - ref| / max|ref| over the steps whose "
+      "inputs agree with the reference's (every step, or those up to and including the first divergence)",
       "optional", "float"),
     F("check_tolerance", (int, float, _NONE), "the check's tolerance in float64 (null in other dtypes: agreement "
       "is reported, not enforced)", "optional", "float"),

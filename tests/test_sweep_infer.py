@@ -30,7 +30,7 @@ check = true
 [params]
 preset = "PRESET"
 algorithms = ["ring", "ringx1", "tp"]
-prompt_len = [SHORT, LONG]
+prompt_len = [PROMPTS]
 new_tokens = 16
 [[exclude]]
 algorithms = "tp"
@@ -47,11 +47,14 @@ def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
-@pytest.mark.parametrize("machine", ["perlmutter", "local"])
+@pytest.mark.parametrize("machine", ["perlmutter", "frontier", "local"])
 def test_golden_infer_job_scripts(machine, tmp_path, monkeypatch):
     gpu = machine != "local"
-    preset, short, long = ("llama3-8b", "32768", "131072") if gpu else ("tiny", "128", "256")
-    text = INFER_GOLDEN.replace("PRESET", preset).replace("SHORT", short).replace("LONG", long)
+    # on GPUs a short prompt that --check verifies (bench infer's --check-max-seq default: 8192), then two long
+    # ones it times unchecked (their float64 reference would recompute 32K-128K tokens per token on one CPU)
+    preset, checked, short, long = ("llama3-8b", "1024", "32768", "131072") if gpu else ("tiny", "", "128", "256")
+    prompts = ", ".join(p for p in (checked, short, long) if p)
+    text = INFER_GOLDEN.replace("PRESET", preset).replace("PROMPTS", prompts).replace("LONG", long)
     path = GOLDEN / f"infer-{machine}.sh"
     got = render_golden(machine, tmp_path, monkeypatch, text)
     if os.environ.get("RINGX_UPDATE_GOLDEN"):
@@ -61,10 +64,11 @@ def test_golden_infer_job_scripts(machine, tmp_path, monkeypatch):
     assert subprocess.run(["bash", "-n", "-c", got]).returncode == 0
     runs = launches(got)
     assert [(flag(a, "--prompt-len"), flag(a, "--algorithms")) for a in runs] == [
-        (short, "ring,ringx1,tp"), (long, "ring,ringx1")]
+        (",".join(p for p in (checked, short) if p), "ring,ringx1,tp"), (long, "ring,ringx1")]
     for a in runs:
         assert flag(a, "--preset") == preset and flag(a, "--dtype") == ("bfloat16" if gpu else "float32")
         assert flag(a, "--new-tokens") == "16" and "--check" in a and flag(a, "--campaign") == "paper-infer"
+        assert flag(a, "--check-max-seq") == str(infer.CHECK_MAX_SEQ)  # bench infer's default, not bench run's
 
 
 def test_the_demo_sweep_plans_and_its_keys_are_the_drivers(tmp_path):

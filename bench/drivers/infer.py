@@ -12,9 +12,10 @@ decode steps) of each candidate in rotating order; every phase's seconds are the
 sample is kept (``prefill_samples_s``: one per iteration; ``decode_samples_s``: per iteration, one per step).
 
 --check first generates once with every candidate and compares with the unsharded model's greedy generation
-(rank 0, float64 on the CPU, no cache): in float64 the ids must be equal and every step's logits within
-CHECK_TOLERANCE relative, else the candidate is recorded as failed and not timed; in other dtypes the agreement
-(ids equal, first divergence, logits error) is recorded and nothing fails, since a near-tie may go either way.
+(rank 0, float64 on the CPU from the served weights, no cache): in float64 the ids must be equal and every step's
+logits within CHECK_TOLERANCE relative, else the candidate is recorded as failed and not timed; in other dtypes the
+agreement (leading ids equal, first divergence, the reference's margin there, the logits error up to it) is recorded
+and nothing fails, since a near-tie may go either way. Prompts longer than --check-max-seq are timed unchecked.
 
 Example (2 local CPU ranks):
   mpiexec -n 2 python -m bench infer --preset tiny --prompt-len 256,512 --new-tokens 8 --check
@@ -34,33 +35,27 @@ from bench.driver import (
     CaseDriver,
     Invocation,
     Stage,
-    add_output_arguments,
     given_options,
     ledger_totals,
+    model_config,
+    model_parser,
     mpi_main,
     per_rank_fields,
+    replicated_model,
 )
 from bench.measure.failures import CheckFailed
 from ringx_suite.cli import Parser, UserError
 
 PROG = "python -m bench infer"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: every step's logits, relative (seen ~1e-15)
+CHECK_MAX_SEQ = 8192  # default longest prompt --check verifies: the reference recomputes it per token, on one CPU
 DEFAULT_ALGORITHMS = ("ring", "zigzag", "ringx1", "ringx3", "ringx4", "ulysses", "tp")
 DEFAULT_PROMPT = 256
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = p.add_argument
-    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
-    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"),
-                          [options.MODEL[n] for n in options.INFER_MODEL])
-    options.add_arguments(p.add_argument_group("serving (lists are crossed)"), options.INFER.values())
-    options.add_arguments(p.add_argument_group("measurement"),
-                          options.SETTINGS.values())  # all, as a sweep passes them
-    add_output_arguments(p)
-    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
-    return p
+    return model_parser(PROG, __doc__, [options.MODEL[n] for n in options.INFER_MODEL], "serving (lists are crossed)",
+                        options.INFER.values(), CHECK_MAX_SEQ, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @dataclass(frozen=True)
@@ -94,19 +89,12 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, Plan]:
 
 
 def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, Plan]:
-    from bench import models
     from bench.models import serving
 
-    inv = Invocation.of(given, argv)
+    inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
     overrides = {n: options.value(options.MODEL[n], given.get(n), "") for n in options.INFER_MODEL if n != "preset"}
     preset = options.value(options.MODEL["preset"], given.get("preset", "tiny"), "")
-    try:
-        cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    problem = cfg.problem()
-    if problem:
-        raise UserError(f"model {preset}: {problem}")
+    cfg = model_config(preset, overrides)
     opt = options.INFER
     prompts = tuple(options.value(opt["prompt_len"], given.get("prompt_len"), "", many=True) or [DEFAULT_PROMPT])
     batch = options.value(opt["batch"], given.get("batch", opt["batch"].default), "")
@@ -219,17 +207,12 @@ class Serving(CaseDriver):
         """The configuration's model (built alike on every rank from one seed, then broadcast from rank 0) and
         prompt; each candidate's Server and its timed generation (``c.call``)."""
         import torch
-        import torch.distributed as dist
 
-        from bench import models
         from bench.models import serving
 
         cfg, dev, plan = self.plan.config, self.ctx.device, self.plan
         s = cases[0].point.prompt_len
-        model = models.build(cfg, seed=s, device=dev).to(getattr(torch, self.dtype)).eval()
-        if self.P > 1:
-            for p in model.parameters():
-                dist.broadcast(p.data, src=0)
+        model = replicated_model(cfg, seed=s, device=dev, world=self.P, dtype=getattr(torch, self.dtype)).eval()
         prompt = serving.prompt_tokens(cfg, plan.batch, s, seed=s)
         for c in cases:
             self.failures.hook(c.index, "prepare")
@@ -238,27 +221,41 @@ class Serving(CaseDriver):
             c.call = Timed(server, prompt, dev)
         return {"model": model, "prompt": prompt}
 
+    def checked(self, pt: ServeAt) -> bool:
+        """Whether --check verifies this point: prompts longer than --check-max-seq are timed unchecked."""
+        return self.settings.check and pt.prompt_len <= self.settings.check_max_seq
+
+    def describe_point(self, pt: ServeAt) -> str:
+        unchecked = self.settings.check and not self.checked(pt)
+        return f"prompt={pt.prompt_len}" + (f" (not checked: longer than --check-max-seq "
+                                            f"{self.settings.check_max_seq})" if unchecked else "")
+
     def stages(self, c: Case, shared) -> list[Stage]:
         out = []
-        if self.settings.check:
+        if self.checked(c.point):
             out.append(Stage("checking", lambda: self.check(c, shared), False))
+        elif self.settings.check:
+            c.rec["checked"] = False
         out.append(Stage("the first call of", lambda: self.first_call(c), True))
         return out
 
-    def reference(self, prompt, seed: int):
-        """Rank 0's float64 greedy generation of the unsharded model (computed once per configuration)."""
+    def reference(self, model, prompt, seed: int):
+        """Rank 0's float64 greedy generation of the unsharded model with the served model's own weights
+        (upcast, on the CPU), computed once per configuration."""
         from bench import models
         from bench.models import serving
 
-        key = (self.plan.config, tuple(prompt.shape), seed)
+        key = (self.plan.config, tuple(prompt.shape), seed, self.dtype)
         if key not in self.references:
             self.references.clear()
             ref_model = models.build(self.plan.config, seed=seed).double().eval()
+            ref_model.load_state_dict(model.state_dict())  # copied into float64 on the CPU
             self.references[key] = serving.reference_generate(ref_model, prompt, self.plan.new_tokens)
         return self.references[key]
 
     def check(self, c: Case, shared: dict) -> None:
-        """One generation keeping its logits, against the reference (rank 0 decides, every rank raises alike)."""
+        """One generation keeping its logits, against the reference (rank 0 decides, every rank raises alike):
+        the agreement in every dtype; in float64 ids equal and logits within CHECK_TOLERANCE, else CheckFailed."""
         from bench.models import serving
 
         t0 = time.perf_counter()
@@ -271,30 +268,29 @@ class Serving(CaseDriver):
             failed = e
         finally:
             server.keep_logits = False
-        verdict = ("exception", "rank 0's generation failed")
+        verdict: object = ("exception", "rank 0's generation failed")
         if self.rank == 0 and got is not None:
             try:
-                ref = self.reference(shared["prompt"], c.point.prompt_len)
-                same = got.ids.cpu() == ref.ids
-                diverged = [int(j) for j in range(same.shape[1]) if not bool(same[:, j].all())]
-                err = serving.logits_error([g.double() for g in got.logits], ref.logits)
-                verdict = (bool(same.all()), diverged[0] if diverged else None, err)
+                ref = self.reference(shared["model"], shared["prompt"], c.point.prompt_len)
+                verdict = serving.agreement(got.ids.cpu(), [g.double() for g in got.logits], ref)
             except Exception as e:  # noqa: BLE001
                 verdict = ("exception", f"rank 0 could not compare with the reference: {e}")
         verdict = self.group.comm.bcast(verdict, root=0)
         server.logits = []
         if failed is not None:
             raise failed
-        if isinstance(verdict[0], str):
+        if isinstance(verdict, tuple):
             raise RuntimeError(verdict[1])
-        equal, first, err = verdict
+        a = verdict
         exact = self.dtype == "float64"
-        c.result.update(check_ids_equal=equal, check_first_divergence=first, check_logits_error=err,
+        # into the record itself, so a failed check's record says how far the ids agreed
+        c.rec.update(checked=True, check_ids_equal=a.agree_tokens == self.plan.new_tokens,
+                        check_agree_tokens=a.agree_tokens, check_first_divergence=a.first_divergence,
+                        check_divergence_margin=a.margin, check_logits_error=a.logits_error,
                         check_tolerance=CHECK_TOLERANCE if exact else None, check_s=time.perf_counter() - t0)
         self.failures.hook(c.index, "check")
-        if exact and not (equal and err <= CHECK_TOLERANCE):
-            raise CheckFailed(f"check failed: ids {'equal' if equal else f'differ from token {first}'}, logits "
-                              f"error {err:.2e} (tolerance {CHECK_TOLERANCE:.0e})")
+        if exact and not (a.first_divergence is None and a.logits_error <= CHECK_TOLERANCE):
+            raise CheckFailed(f"check failed: {a.describe(self.plan.new_tokens)} (tolerance {CHECK_TOLERANCE:.0e})")
 
     def first_call(self, c: Case) -> None:
         """One untimed generation: the attention ledger, the cache's size and this candidate's peak memory."""
@@ -352,10 +348,11 @@ class Serving(CaseDriver):
             written_at=now(), kernel=c.result["kernel"], kernel_version=c.result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **stat_fields(samples), **m,
             kv_cache_bytes_per_rank=[v["kv"] for v in votes], prefill_samples_s=prefill, decode_samples_s=decode,
-            **per_rank_fields(votes), mem_peak_bytes_per_rank=[v["mem"] for v in votes],
-            **{k: v for k, v in c.result.items() if k.startswith("check_")})
+            **per_rank_fields(votes), mem_peak_bytes_per_rank=[v["mem"] for v in votes])
         tpot = f", TPOT {m['tpot_s'] * 1e3:.2f} ms" if m["tpot_s"] is not None else ""
-        return f"TTFT {m['ttft_s'] * 1e3:.1f} ms{tpot}"
+        agree = c.rec.get("check_agree_tokens")
+        agree = f", ids agree {agree}/{plan.new_tokens}" if agree is not None and agree < plan.new_tokens else ""
+        return f"TTFT {m['ttft_s'] * 1e3:.1f} ms{tpot}{agree}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,6 @@ Example (2 local CPU ranks):
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -41,11 +40,13 @@ from bench.driver import (
     CaseDriver,
     Invocation,
     Stage,
-    add_output_arguments,
     given_options,
     ledger_totals,
+    model_config,
+    model_parser,
     mpi_main,
     per_rank_fields,
+    replicated_model,
 )
 from bench.measure.failures import CheckFailed
 from bench.measure.ranks import describe
@@ -60,17 +61,8 @@ BUCKET = 1 << 25  # elements per gradient all-reduce
 
 
 def build_parser() -> Parser:
-    p = Parser(prog=PROG, description=__doc__)
-    add = p.add_argument
-    add("--config", help="TOML or JSON file with any of the options below (flags override it)")
-    options.add_arguments(p.add_argument_group("model (the preset's values unless given)"), options.MODEL.values())
-    options.add_arguments(p.add_argument_group("points (lists are crossed)"),
-                          [options.PARAMS[k] for k in POINT])
-    options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values(),
-                          {"check_max_seq": CHECK_MAX_SEQ})
-    add_output_arguments(p)
-    add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], as bench run's
-    return p
+    return model_parser(PROG, __doc__, options.MODEL.values(), "points (lists are crossed)",
+                        [options.PARAMS[k] for k in POINT], CHECK_MAX_SEQ)
 
 
 @dataclass(frozen=True)
@@ -115,14 +107,7 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
         # a CPU has no published peak
         inv = replace(inv, settings=replace(inv.settings, peak_tflops=prof.peak_tflops if prof.gpus_per_node
                                             else None))
-    overrides = {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL}
-    try:
-        cfg = models.preset(mo.preset, **overrides)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    problem = cfg.problem()
-    if problem:
-        raise UserError(f"model {mo.preset}: {problem}")
+    cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
 
     P = options.PARAMS
     seq = options.value(P["seq"], given.get("seq"), "", many=True)
@@ -491,18 +476,13 @@ class TrainingStep(CaseDriver):
         """The configuration's model and AdamW (shared by its algorithms: the same shapes, one copy in memory),
         replicated from rank 0, and each algorithm's shard of one global batch (its step, ``c.call``)."""
         import torch
-        import torch.distributed as dist
 
         from bench import models
 
         cfg, dev = self.plan.config, self.ctx.device
         seq = cases[0].point.seq
-        model = models.build(cfg, seed=seq, checkpoint=self.model.checkpoint, device=dev)
-        if self.dtype == "float64":
-            model = model.double()
-        if self.P > 1:
-            for p in model.parameters():
-                dist.broadcast(p.data, src=0)
+        model = replicated_model(cfg, seed=seq, device=dev, world=self.P, checkpoint=self.model.checkpoint,
+                                 dtype=torch.float64 if self.dtype == "float64" else None)
         opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
                                 **({"fused": True} if dev.type == "cuda" else {}))
         inputs, targets, n = models.global_batch(cfg, self.plan.batch, seq, seed=seq)

@@ -356,6 +356,40 @@ def logits_error(got: Sequence[Tensor], want: Sequence[Tensor]) -> float:
     return max(float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want, strict=True))
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """How a generation agrees with the float64 reference's (``agreement``)."""
+
+    agree_tokens: int  # leading generated positions whose ids equal the reference's in every sequence
+    first_divergence: int | None  # the first position where some sequence's id differs (None: none does)
+    margin: float | None  # the reference's top1 - top2 logit there (the smallest over the diverging sequences)
+    logits_error: float  # max relative logits error over the steps whose inputs agree (up to the divergence)
+
+    def describe(self, new_tokens: int) -> str:
+        if self.first_divergence is None:
+            return f"ids equal ({new_tokens} tokens), logits error {self.logits_error:.2e}"
+        return (f"ids agree for {self.agree_tokens}/{new_tokens} tokens, then differ (reference margin "
+                f"{self.margin:.2e} at token {self.first_divergence}), logits error {self.logits_error:.2e} up to it")
+
+
+def agreement(ids: Tensor, logits: Sequence[Tensor], ref: Generation) -> Agreement:
+    """``ids`` (batch, new_tokens) and each step's ``logits`` against the reference's: how many leading ids
+    agree, where they first differ, how close the reference's choice was there, and the logits error over the
+    steps computed from the same inputs as the reference's (the steps up to and including the divergence: after
+    it the sequences differ, and their logits are no longer comparable)."""
+    same = ids == ref.ids
+    diverged = [j for j in range(same.shape[1]) if not bool(same[:, j].all())]
+    first = diverged[0] if diverged else None
+    upto = same.shape[1] if first is None else first + 1
+    margin = None
+    if first is not None:
+        top = ref.logits[first].topk(2, dim=-1).values  # (batch, 2)
+        gaps = (top[:, 0] - top[:, 1])[~same[:, first]]
+        margin = float(gaps.min())
+    return Agreement(upto if first is None else first, first, margin,
+                     logits_error(logits[:upto], ref.logits[:upto]))
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 

@@ -87,15 +87,20 @@ def commands(points: list[InferPoint]) -> list[list[str]]:
 ELEMENT_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def memory_bytes(pt: InferPoint, world: int, check: bool) -> int:
+def memory_bytes(pt: InferPoint, world: int, check_max_seq: int = 0) -> int:
     """A lower bound of one rank's bytes: the weights (replicated; TP's slices beside them) and its share of the
-    KV cache; with --check, the float64 reference model beside it (rank 0)."""
+    KV cache; where --check checks the point (``check_max_seq``: 0 without --check), the float64 reference model
+    and one layer's float64 attention scores (rank 0; on the CPU, counted here all the same)."""
     from bench import models
 
     c, e = pt.config, ELEMENT_BYTES[pt.dtype]
-    weights = models.count_params(models.build(c)) if c.layers * c.d_model < 1 << 16 else models.flops_params(c)
+    weights = models.flops_params(c) + c.vocab * c.d_model  # the matrices and the embedding table (no build:
+    # building llama3-8b's 1.9e9 weights to count them took ~50 s per point)
     cache = 2 * c.layers * pt.batch * (pt.prompt_len + pt.new_tokens) * c.kv_heads * c.head_dim * e // world
-    return weights * e + cache + (weights * 8 if check else 0)
+    ref = 0
+    if pt.prompt_len <= check_max_seq:  # the driver's rule (Serving.checked)
+        ref = weights * 8 + pt.batch * c.heads * (pt.prompt_len + pt.new_tokens) ** 2 * 8
+    return weights * e + cache + ref
 
 
 def flops(pt: InferPoint) -> float:

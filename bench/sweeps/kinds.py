@@ -103,6 +103,7 @@ class InferKind(PointKind):
     name = "infer"
     what = "serving, bench infer"
     params = frozenset(infer_points.SWEEP_PARAMS)
+    defaults = {"check_max_seq": infer_points.infer_driver.CHECK_MAX_SEQ}
     predicts = False  # the attention cost model does not cost a generation (analysis serving does)
 
     def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
@@ -115,7 +116,7 @@ class InferKind(PointKind):
         return infer_points.make_infer_point(d, ranks, "cuda" if gpu else "cpu")
 
     def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
-        return infer_points.memory_bytes(pt, ranks, bench["check"])
+        return infer_points.memory_bytes(pt, ranks, bench["check_max_seq"] if bench["check"] else 0)
 
     def flops(self, pt) -> float:
         return infer_points.flops(pt)

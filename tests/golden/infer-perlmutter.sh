@@ -28,5 +28,5 @@ if [ "$rc" -ne 0 ]; then
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 32768 --algorithms ring,ringx1,tp --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0
-srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 131072 --algorithms ring,ringx1 --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0
+srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 1024,32768 --algorithms ring,ringx1,tp --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 8192 --timeout 300.0 --peak-tflops 312.0
+srun -N 1 -n 4 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench infer --preset llama3-8b --dtype bfloat16 --batch 1 --new-tokens 16 --prompt-len 131072 --algorithms ring,ringx1 --campaign paper-infer --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check --check-max-seq 8192 --timeout 300.0 --peak-tflops 312.0
