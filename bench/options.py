@@ -241,6 +241,9 @@ MODEL: dict[str, Option] = {o.name: o for o in (
        nullable=True),
     _p("dtype", "auto", "float32, float64, or bfloat16 (autocast over float32 weights); auto: bfloat16 on GPUs, "
        "float32 on CPUs", str, choices=MODEL_DTYPES),
+    _p("layer_masks", None, "a per-layer mask pattern the layers cycle through, e.g. 'window:4096,causal' "
+       "(Gemma-style local and global layers; specs as --mask's); in place of --mask", str, nullable=True,
+       split=split_specs),
     _p("checkpoint", False, "activation checkpointing: recompute each layer in the backward", bool),
     _p("lr", 1e-5, "AdamW learning rate", float, low=0.0, high=1.0),
     _p("machine", None, "a profile (jobs/profiles/NAME.toml) whose GPU peak gives MFU (or --peak-tflops)", str,
@@ -263,4 +266,5 @@ INFER: dict[str, Option] = {o.name: o for o in (
     _p("dtype", "auto", "weights and activations: float32, float64, bfloat16, float16; auto: bfloat16 on GPUs, "
        "float32 on CPUs", str, choices=INFER_DTYPES),
 )}
-INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine"))
+INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine",
+                                               "layer_masks"))
