@@ -243,7 +243,8 @@ def errors(ref: Reference, algorithm: str, device: torch.device, kernel: str | N
 
 
 def check(ref: Reference, algorithm: str, device: torch.device, kernel: str | None = None,
-          group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None, mask: Mask | None = None) -> float:
+          group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None,
+          mask: Mask | None = None) -> float:
     """Largest relative error of :func:`errors` over all quantities and all ranks (the same on every rank)."""
     err = max(errors(ref, algorithm, device, kernel, group, fn, layout, mask).values())
     worst = torch.tensor([err], dtype=torch.float64, device=device)

@@ -96,7 +96,8 @@ def maskings(many: dict) -> list[tuple[str, object]]:
     if "causal" in many:
         plain = {"causal": True, "full": False}
         if not all(m in plain for m in many["mask"]) or {plain[m] for m in many["mask"]} != set(many["causal"]):
-            raise UserError(f"--mask {','.join(many['mask'])} and --causal {','.join(map(str, many['causal'])).lower()} "
+            causal = ",".join(map(str, many["causal"])).lower()
+            raise UserError(f"--mask {','.join(many['mask'])} and --causal {causal} "
                             "disagree: give --mask alone (--causal true is --mask causal, false is --mask full)")
     return [("mask", m) for m in many["mask"]]
 

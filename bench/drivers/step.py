@@ -495,7 +495,6 @@ class TrainingStep(CaseDriver):
 
     def check_seq(self, cases: list[Case]) -> int:
         import ringx
-
         from ringx_suite.masks import is_distribution
 
         div = math.lcm(*(ringx.layouts.global_divisor(c.layout, self.P) for c in cases))

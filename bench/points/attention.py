@@ -56,7 +56,9 @@ class Point:
         return mask_of(self.mask, self.seq, self.mask_seed or 0)
 
     def mask_text(self) -> str:
-        return "causal" if self.mask is None and self.causal else "full" if self.mask is None else self.the_mask().short()
+        if self.mask is None:
+            return "causal" if self.causal else "full"
+        return self.the_mask().short()
 
     def mask_fields(self) -> dict:
         """The record's mask fields (ringx_suite.masks.record_fields; none for a point without --mask)."""
