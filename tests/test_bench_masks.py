@@ -252,8 +252,8 @@ masks = ["causal", "window:32", "docs:lognormal:40", "docs:64x4"]
 def test_sweep_masks_refuse_bad_specs_and_both_spellings(tmp_path):
     from bench import sweeps as sweep
 
-    base = 'campaign = "m"\nmachine = "local"\nnodes = 1\nranks_per_node = 2\nout = "%s"\n[params]\nalgorithms = ["ring"]\nseq = [256]\n' % (
-        tmp_path / "runs")
+    base = ('campaign = "m"\nmachine = "local"\nnodes = 1\nranks_per_node = 2\nout = "%s"\n[params]\n'
+            'algorithms = ["ring"]\nseq = [256]\n' % (tmp_path / "runs"))
     for extra, words in (('masks = ["docs:fixed:0"]', "positive"), ('masks = ["causal"]\nmask = "full"', "not both"),
                          ('masks = ["docs:100"]', "sum to 100")):
         f = tmp_path / "s.toml"
