@@ -269,3 +269,42 @@ def test_shipped_masks_sweep_plans():
     sw = sweep.load(mpirun.ROOT / "jobs" / "sweeps" / "masks-demo.toml")
     got = {p.mask_text().split(":")[0] for j in sw.jobs for p in j.points}
     assert got == {"causal", "window", "docs"}
+
+
+def test_model_sweep_masks_become_the_jobs_flags_and_keys(tmp_path):
+    from bench import sweeps as sweep
+    from bench.drivers import step
+    from bench.sweeps import kinds, plan
+
+    f = tmp_path / "m.toml"
+    f.write_text(f'''campaign = "mm"
+machine = "local"
+nodes = 1
+ranks_per_node = 2
+out = "{tmp_path / 'runs'}"
+driver = "model"
+[bench]
+mask_seed = 3
+[params]
+preset = "tiny"
+algorithms = ["ring", "zigzag"]
+seq = [256]
+masks = ["docs:lognormal:48", "window:32"]
+''')
+    g = tmp_path / "l.toml"
+    g.write_text(f.read_text().replace('masks = ["docs:lognormal:48", "window:32"]',
+                                       'layer_masks = "window:32,docs:lognormal:48"'))
+    for path, flag in ((f, "--mask"), (g, "--layer-masks")):
+        sw = sweep.load(path)
+        pts = sw.jobs[0].points
+        cmds = plan.job_commands(sw, pts, tmp_path / "p.json")
+        assert all(flag in c for c in cmds) and all("--mask-seed" in c for c in cmds)
+        got = set()
+        for c in cmds:  # the records each job's bench model writes have the keys sweep status looks up
+            inv, _, pl = step.resolve(c[1:], 2)
+            s = inv.settings
+            got |= {config_key(step.record_config(pl, a, pl.seqs[0], world=2, nodes=1, repeat=0, dtype="float32",
+                                                  checkpoint=False, kernel=s.kernel, warmup=s.warmup, iters=s.iters))
+                    for a in pl.algorithms}
+        assert got == {kinds.KINDS["model"].key(p, 2, 1, 0, sw.bench) for p in pts}
+        assert len(got) == len(pts)

@@ -57,7 +57,7 @@ class StepKind(PointKind):
 
     name = "model"
     what = "training steps, bench model"
-    params = frozenset(step_points.SWEEP_PARAMS)
+    params = frozenset(step_points.SWEEP_PARAMS) | {"masks"}
     defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ}
     predicts = False  # the cost model knows attention only
 

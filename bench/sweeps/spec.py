@@ -253,7 +253,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     if not dicts:
         raise SweepError("the sweep has no points (every combination is excluded?)")
     if bench.get("mask_seed") is not None:  # a drawn mask's seed travels with its points
-        dicts = [d | {"mask_seed": bench["mask_seed"]} if d.get("mask") is not None else d for d in dicts]
+        masked = [d.get("mask") is not None or d.get("layer_masks") is not None for d in dicts]
+        dicts = [d | {"mask_seed": bench["mask_seed"]} if m else d for d, m in zip(dicts, masked)]
     try:
         pk.check_params(params, dicts, where)
     except ValueError as e:
