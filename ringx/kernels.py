@@ -13,9 +13,12 @@ Masks other than full/causal reach a kernel as a *band* block (``band=(lo, hi)``
 row a sees key b iff lo <= a - b <= hi; see :mod:`ringx.mask`). ``torch-cpu``
 passes it as an additive mask of q's dtype, ``reference`` as a boolean mask,
 ``torch-cudnn`` and ``torch-efficient`` as ``attn_bias``, ``flash-attn``/``flash-attn3``
-as ``window_size`` where the band is one (:func:`flash_window`); the others fall back
-(:func:`band_route`, a pure rule). A row that sees no key of its block comes out
-as out 0 and LSE -inf, never NaN. Only the CPU and reference band paths have run.
+as ``window_size`` where the band is one (:func:`flash_window`), ``torch-flex`` as a
+FlexAttention ``BlockMask``; the others fall back (:func:`band_route`, a pure rule).
+A row that sees no key of its block comes out as out 0 and LSE -inf, never NaN.
+flash-attn's varlen functions can take many blocks of one K/V buffer in one call
+(:func:`varlen_calls`, :func:`varlen_forward`, :func:`varlen_backward`). Only the CPU,
+reference and (on CPU) FlexAttention band paths have run.
 
 Kernels:
 
@@ -31,6 +34,8 @@ name                  what it calls                                          run
                       this is AOTriton); K/V heads expanded per block
 ``torch-efficient``   ``aten._scaled_dot_product_efficient_attention``;      NVIDIA (ROCm only when forced),
                       O(S) memory; K/V heads expanded per block              fp32 (and fp16/bf16)
+``torch-flex``        ``torch.nn.attention.flex_attention`` with a           NVIDIA sm80+ (compiled), fp16/bf16/
+                      ``BlockMask``, native GQA; chosen only when named      fp32; CPU (eager) fp32/fp64
 ``torch-cpu``         ``aten._scaled_dot_product_flash_attention_for_cpu``   CPU, every float dtype
 ``reference``         plain torch math, O(Sq*Sk) memory                      anywhere, any float dtype
 ====================  =====================================================  ==============================
@@ -125,7 +130,8 @@ def _gpu_runtime() -> str:
 class Kernel(Protocol):
     name: str
 
-    def supports(self, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> bool: ...
+    def supports(self, device: torch.device, dtype: torch.dtype, head_dim: int | None = None, *,
+                 named: bool = False) -> bool: ...
 
     def version(self) -> str: ...
 
@@ -141,9 +147,16 @@ class _Base:
     """``supports`` from a pure rule on :class:`DeviceInfo`, so the rules can be tested without the hardware."""
 
     name = ""
+    named_only_on: tuple[str, ...] = ()  # device types where it runs only when asked for by name (too slow to list)
 
-    def supports(self, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> bool:
-        return self.runs_on(device_info(device), dtype, head_dim)
+    def supports(self, device: torch.device, dtype: torch.dtype, head_dim: int | None = None, *,
+                 named: bool = False) -> bool:
+        """Does it run here; ``named``: when asked for by name (lists of what runs here leave out
+        ``named_only_on`` devices)."""
+        info = device_info(device)
+        if not named and info.type in self.named_only_on:
+            return False
+        return self.runs_on(info, dtype, head_dim)
 
     def runs_on(self, info: DeviceInfo, dtype: torch.dtype, head_dim: int | None) -> bool:
         raise NotImplementedError
@@ -163,8 +176,34 @@ class _Base:
         name = band_route(self.name, device_info(q.device), q.dtype, q.shape[-1], q.shape[1], sk, band)
         return self if name == self.name else KERNELS[name]
 
+    # A whole plan (the blocks of one query buffer against one K/V buffer). Kernels with a batched path (flash-attn's
+    # varlen) override these; ringx.blocks still calls forward/backward block by block.
+    def forward_plan(self, q: Tensor, k: Tensor, v: Tensor, plan, scale: float) -> list[tuple]:
+        """``(block, out, lse)`` for every block of ``plan`` (blocks with q0, q1, k0, k1, causal, band)."""
+        res = []
+        for b in plan:
+            kw = {} if b.band is None else {"band": b.band}
+            out, lse = self.forward(q[:, b.q0:b.q1], k[:, b.k0:b.k1], v[:, b.k0:b.k1], b.causal, scale, **kw)
+            res.append((b, out, lse))
+        return res
 
-BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient")  # any band, as a mask or bias
+    def backward_plan(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, plan,
+                      scale: float) -> list[tuple]:
+        """``(block, dq, dk, dv)`` for every block of ``plan``; ``out``/``lse`` are the rows' global results."""
+        res = []
+        for b in plan:
+            kw = {} if b.band is None else {"band": b.band}
+            rows = slice(b.q0, b.q1)
+            grads = self.backward(dout[:, rows], q[:, rows], k[:, b.k0:b.k1], v[:, b.k0:b.k1], out[:, rows],
+                                  lse[:, :, rows], b.causal, scale, **kw)
+            res.append((b, *grads))
+        return res
+
+
+# How each kernel computes a band block (docs/masks.md's kernel table is checked against these).
+BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient", "torch-flex")  # any band
+WINDOW_NATIVE = ("flash-attn", "flash-attn3")  # a band that is a bottom-right window (flash_window)
+VARLEN = ("flash-attn",)  # many blocks of one K/V buffer in one call (varlen_calls, varlen_forward/backward)
 BAND_FALLBACK = ("torch-cudnn", "torch-efficient", "reference")  # for kernels without masks, first that runs
 
 
@@ -183,7 +222,7 @@ def band_route(kernel: str, info: DeviceInfo, dtype: torch.dtype, head_dim: int 
     """The kernel that computes a band block for ``kernel`` (a pure rule on the device facts)."""
     if kernel in BAND_NATIVE:
         return kernel
-    if kernel in ("flash-attn", "flash-attn3") and flash_window(sq, sk, band) is not None:
+    if kernel in WINDOW_NATIVE and flash_window(sq, sk, band) is not None:
         return kernel
     usual = preference(info, dtype)  # only kernels this device would choose anyway (efficient is NVIDIA's)
     return next(n for n in BAND_FALLBACK if n in usual and KERNELS[n].runs_on(info, dtype, head_dim))
@@ -530,6 +569,20 @@ class FlashAttnKernel(_Base):
         rocm = " (ROCm)" if torch.version.hip is not None else ""
         return f"flash_attn {getattr(_module('flash_attn'), '__version__', '?')}{rocm}"
 
+    def forward_plan(self, q, k, v, plan, scale):
+        """One varlen call per (causal, window_size) group of the plan's blocks (:func:`varlen_calls`)."""
+        calls, rest = varlen_calls(plan)
+        by_rows = {(b.q0, b.q1, b.k0, b.k1): b for b in plan}
+        res = [(by_rows[blk], *ol) for c in calls for blk, ol in zip(c.blocks, varlen_forward(q, k, v, c, scale))]
+        return res + super().forward_plan(q, k, v, rest, scale)
+
+    def backward_plan(self, dout, q, k, v, out, lse, plan, scale):
+        calls, rest = varlen_calls(plan)
+        by_rows = {(b.q0, b.q1, b.k0, b.k1): b for b in plan}
+        res = [(by_rows[blk], *g) for c in calls
+               for blk, g in zip(c.blocks, varlen_backward(dout, q, k, v, out, lse, c, scale))]
+        return res + super().backward_plan(dout, q, k, v, out, lse, rest, scale)
+
     def forward(self, q, k, v, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_forward
 
@@ -539,6 +592,8 @@ class FlashAttnKernel(_Base):
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         res = _call_flash(_flash_attn_forward, win, q=q, k=k, v=v, dropout_p=0.0, softmax_scale=scale,
                           causal=causal, alibi_slopes=None, return_softmax=False)
+        if band is not None:  # flash-attn gives a row that sees no key LSE +inf: make it -inf
+            return blank_rows(res[0], _lse_of(res), k.shape[1], band)
         return res[0], _lse_of(res)
 
     def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
@@ -580,6 +635,8 @@ class FlashAttn3Kernel(_Base):
         fa3 = _module("flash_attn_interface")
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         res = _call_flash(fa3._flash_attn_forward, win, q=q, k=k, v=v, softmax_scale=scale, causal=causal)
+        if band is not None:  # a row that sees no key: LSE +inf from flash-attn, -inf here
+            return blank_rows(res[0], _lse_of(res), k.shape[1], band)
         return res[0], _lse_of(res)
 
     def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
@@ -594,10 +651,258 @@ class FlashAttn3Kernel(_Base):
         return dq, dk, dv
 
 
+@functools.cache
+def _flex_api():
+    """``(flex_attention, create_block_mask, AuxRequest)``, or None when this torch has no FlexAttention."""
+    mod = _module("torch.nn.attention.flex_attention")
+    if mod is None or not hasattr(mod, "AuxRequest"):
+        return None
+    return mod.flex_attention, mod.create_block_mask, mod.AuxRequest
+
+
+@functools.cache
+def _flex_fn(device_type: str):
+    """FlexAttention compiled on CUDA (the fused Triton kernel); as it is elsewhere (on CPU the unfused math
+    path: torch 2.13 refuses ``torch.compile`` with an LSE on CPU, and any backward on CPU)."""
+    flex = _flex_api()[0]
+    return torch.compile(flex) if device_type == "cuda" else flex
+
+
+def flex_mask_mod(kind: str, lo: Tensor | None = None, hi: Tensor | None = None):
+    """The ``mask_mod`` of a block: ``"causal"`` (row a sees keys b <= a) or ``"band"`` (lo <= a - b <= hi).
+    lo/hi are 0-d tensors captured by the closure, so one compiled kernel serves every band."""
+    if kind == "causal":
+        return lambda b, h, qi, ki: qi >= ki
+    return lambda b, h, qi, ki: ((qi - ki) >= lo) & ((qi - ki) <= hi)
+
+
+@functools.lru_cache(maxsize=256)
+def flex_block_mask(sq: int, sk: int, causal: bool, band: tuple[int, int] | None, device: torch.device):
+    """The FlexAttention ``BlockMask`` of a block (None for a fully visible one), made once per shape and band."""
+    if band is None and not causal:
+        return None
+    if band is None:
+        mod = flex_mask_mod("causal")
+    else:
+        lo, hi = (torch.tensor(x, dtype=torch.int64, device=device) for x in band)
+        mod = flex_mask_mod("band", lo, hi)
+    return _flex_api()[1](mod, None, None, sq, sk, device=device)
+
+
+def reweighted_backward(fwd, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                        lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A block's exact gradients from a *differentiable* block forward ``fwd(q, k, v) -> (o_b, lse_b)`` and the
+    rows' global ``out``/``lse`` (for kernels whose backward only runs through autograd, as FlexAttention's).
+
+    With w = exp(lse_b - lse), the global out is a sum of w * o_b over blocks, so the block's share of the loss
+    gradient is grad_out = w * dout and grad_lse = w * (dout . o_b - dout . out): autograd then gives
+    P_global = w * P_local in every term, which is what a flash-style backward with the global LSE computes.
+    The block's forward is recomputed once (a flash backward recomputes only the scores)."""
+    acc = acc_dtype(q.dtype)
+    with torch.enable_grad():
+        qd, kd, vd = (x.detach().requires_grad_() for x in (q, k, v))
+        ob, lb = fwd(qd, kd, vd)  # (B, S, H, D), (B, H, S)
+        lb_ = lb.detach().to(acc)
+        w = torch.where(torch.isneginf(lb_), 0.0, torch.exp(lb_ - lse.to(acc)))  # a row that sees nothing: 0
+        do = dout.to(acc)
+        g_out = (w.transpose(1, 2).unsqueeze(-1) * do).to(ob.dtype)
+        dots = ((do * ob.detach().to(acc)).sum(-1) - (do * out.to(acc)).sum(-1)).transpose(1, 2)  # (B, H, S)
+        g_lse = (w * dots).to(lb.dtype)
+        dq, dk, dv = torch.autograd.grad((ob, lb), (qd, kd, vd), (g_out, g_lse))
+    return dq, dk, dv
+
+
+class TorchFlexKernel(_Base):
+    """PyTorch's FlexAttention (``torch.nn.attention.flex_attention``) with a ``BlockMask`` per block.
+
+    Compiled on CUDA (Triton; fp16/bf16/fp32); on CPU the unfused eager path (float32/float64,
+    slow: for checking). LSE comes back as the natural log (``return_aux=AuxRequest(lse=True)``;
+    the log2 of the fused kernel is converted by torch), a row that sees nothing as out 0 and LSE
+    -inf. GQA is native (``enable_gqa``). The backward recomputes the block under autograd and
+    reweights it by the global LSE (:func:`reweighted_backward`); torch 2.13 has no FlexAttention
+    backward on CPU, so there the backward falls back to ``torch-cpu`` (same band, same global
+    out/LSE). Chosen only when named (``kernel="torch-flex"``): the CUDA path has not run.
+    """
+
+    name = "torch-flex"
+    # By name only, everywhere: on CPU it is the unfused math path (for checking); on CUDA it has never run, so no
+    # selftest or bench kernels sweep picks it up until a GPU session has measured it.
+    named_only_on = ("cpu", "cuda")
+
+    def runs_on(self, info, dtype, head_dim):
+        if _flex_api() is None:
+            return False
+        if info.type == "cpu":
+            return dtype in (torch.float32, torch.float64)
+        return _sm80(info) and dtype in (*HALF, torch.float32) and _hd_ok(head_dim, multiple=16)
+
+    def _attend(self, q, k, v, causal, scale, band):
+        _, _, aux_request = _flex_api()
+        sq, sk = q.shape[1], k.shape[1]
+        bm = flex_block_mask(sq, sk, causal, band, q.device)
+        out, aux = _flex_fn(q.device.type)(_bhsd(q), _bhsd(k), _bhsd(v), block_mask=bm, scale=scale,
+                                           enable_gqa=q.shape[2] != k.shape[2], return_aux=aux_request(lse=True))
+        return _bhsd(out), aux.lse.to(acc_dtype(q.dtype))
+
+    def forward(self, q, k, v, causal, scale, *, band=None):
+        _square(q, k, causal)
+        with torch.no_grad():  # some algorithms call kernels on tensors that require grad; the CPU path refuses them
+            out, lse = self._attend(q.detach(), k.detach(), v.detach(), causal, scale, band)
+        return (out, lse) if band is None else blank_rows(out, lse, k.shape[1], band)
+
+    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+        if q.device.type == "cpu":  # no FlexAttention backward on CPU (torch 2.13)
+            return KERNELS["torch-cpu"].backward(dout, q, k, v, out, lse, causal, scale, band=band)
+        return reweighted_backward(lambda q_, k_, v_: self._attend(q_, k_, v_, causal, scale, band),
+                                   dout, q, k, v, out, lse)
+
+
 KERNELS: dict[str, Kernel] = {
     k.name: k for k in (FlashAttn3Kernel(), TorchCudnnKernel(), FlashAttnKernel(), TorchCudaKernel(),
-                        TorchEfficientKernel(), TorchCpuKernel(), ReferenceKernel())
+                        TorchEfficientKernel(), TorchFlexKernel(), TorchCpuKernel(), ReferenceKernel())
 }
+
+
+# --- flash-attn varlen: many blocks of one K/V buffer in one call ---------------------------------------------------
+# A document mask's plan has one block per (query document piece, key document piece): many small blocks. flash-attn's
+# varlen functions take them in one call, each block a "sequence" of the packed batch (cu_seqlens), as long as they
+# share causal and window_size (flash-attn aligns both bottom-right, per sequence). Written from flash-attn 2.x's
+# documented ``flash_attn_varlen_func`` and its ``_flash_attn_varlen_backward``; NOT run (no flash-attn here).
+
+
+def varlen_window(sq: int, sk: int, causal: bool, band: tuple[int, int] | None) -> tuple[bool, tuple[int, int]] | None:
+    """``(causal, window_size)`` that makes flash-attn compute this block (bottom-right aligned), in a normal form so
+    that blocks with the same visibility share a key: a side that reaches past the block is -1 (unbounded), and a
+    window (-1, 0) is causal. None when the band is no window (the plans trim bands, so every band of theirs is one)."""
+    if band is None:
+        return (True, (-1, -1)) if causal else (False, (-1, -1))
+    win = flash_window(sq, sk, band)
+    if win is None:
+        return None
+    left, right = win
+    left = -1 if left >= sk - 1 else left
+    right = -1 if right >= sq - 1 else right
+    if (left, right) == (-1, 0):
+        return True, (-1, -1)
+    return False, (left, right)
+
+
+@dataclass(frozen=True)
+class VarlenCall:
+    """Blocks (q0, q1, k0, k1) of local rows computed by one varlen call with these ``causal``/``window``."""
+
+    blocks: tuple[tuple[int, int, int, int], ...]
+    causal: bool
+    window: tuple[int, int]
+
+    @property
+    def max_q(self) -> int:
+        return max(q1 - q0 for q0, q1, _, _ in self.blocks)
+
+    @property
+    def max_k(self) -> int:
+        return max(k1 - k0 for _, _, k0, k1 in self.blocks)
+
+    @property
+    def total_q(self) -> int:
+        return sum(q1 - q0 for q0, q1, _, _ in self.blocks)
+
+    @property
+    def total_k(self) -> int:
+        return sum(k1 - k0 for _, _, k0, k1 in self.blocks)
+
+    def cu_seqlens(self, batch: int = 1) -> tuple[list[int], list[int]]:
+        """(cu_seqlens_q, cu_seqlens_k): offsets of every (batch element, block) sequence in the packed rows,
+        batch element major (the packing of :func:`varlen_pack`)."""
+        cq, ck = [0], [0]
+        for _ in range(batch):
+            for q0, q1, k0, k1 in self.blocks:
+                cq.append(cq[-1] + q1 - q0)
+                ck.append(ck[-1] + k1 - k0)
+        return cq, ck
+
+
+def varlen_calls(plan) -> tuple[tuple[VarlenCall, ...], tuple]:
+    """The plan's blocks grouped into varlen calls (one per distinct causal/window, in first-seen order), and the
+    blocks no window expresses (to compute one by one). ``plan``: blocks with q0, q1, k0, k1, causal, band."""
+    groups: dict[tuple, list] = {}
+    rest = []
+    for b in plan:
+        key = varlen_window(b.q1 - b.q0, b.k1 - b.k0, b.causal, b.band)
+        if key is None:
+            rest.append(b)
+        else:
+            groups.setdefault(key, []).append((b.q0, b.q1, b.k0, b.k1))
+    return tuple(VarlenCall(tuple(bs), c, w) for (c, w), bs in groups.items()), tuple(rest)
+
+
+def varlen_pack(x: Tensor, spans: list[tuple[int, int]]) -> Tensor:
+    """Rows ``x[:, a:b]`` of every span, packed as flash-attn's varlen layout (batch * total, heads, dim)."""
+    parts = torch.cat([x[:, a:b] for a, b in spans], dim=1)
+    return parts.reshape(-1, *x.shape[2:])
+
+
+def varlen_unpack(x: Tensor, batch: int, sizes: list[int]) -> list[Tensor]:
+    """The inverse of :func:`varlen_pack`: one (batch, n, heads, dim) view per span."""
+    return list(x.view(batch, -1, *x.shape[1:]).split(sizes, dim=1))
+
+
+def varlen_lse_pack(lse: Tensor, spans: list[tuple[int, int]]) -> Tensor:
+    """(B, H, S) rows of every span as the varlen LSE layout (H, batch * total)."""
+    parts = torch.cat([lse[:, :, a:b] for a, b in spans], dim=2)  # (B, H, T)
+    return parts.permute(1, 0, 2).reshape(lse.shape[1], -1).contiguous()
+
+
+def varlen_lse_unpack(lse: Tensor, batch: int, sizes: list[int]) -> list[Tensor]:
+    """The varlen LSE (H, batch * total) as one (B, H, n) tensor per span."""
+    if lse.dim() != 2:
+        raise RuntimeError(f"flash-attn varlen returned an LSE of shape {tuple(lse.shape)}; this path expects "
+                           "(heads, total_q) (flash-attn >= 2.1)")
+    return list(lse.view(lse.shape[0], batch, -1).permute(1, 0, 2).split(sizes, dim=2))
+
+
+def _varlen_ops():
+    """flash-attn's public varlen forward and private varlen backward (the latter takes the global out/LSE)."""
+    from flash_attn.flash_attn_interface import _flash_attn_varlen_backward, flash_attn_varlen_func
+
+    return flash_attn_varlen_func, _flash_attn_varlen_backward
+
+
+def _cu(offsets: list[int], device) -> Tensor:
+    return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
+def varlen_forward(q: Tensor, k: Tensor, v: Tensor, call: VarlenCall, scale: float) -> list[tuple[Tensor, Tensor]]:
+    """``(out, lse)`` of every block of ``call`` (out (B, n, H, D), lse (B, H, n) float32) from one varlen call."""
+    fwd, _ = _varlen_ops()
+    batch = q.shape[0]
+    qs, ks = [(a, b) for a, b, _, _ in call.blocks], [(a, b) for _, _, a, b in call.blocks]
+    cq, ck = call.cu_seqlens(batch)
+    res = _call_flash(fwd, call.window, q=varlen_pack(q, qs), k=varlen_pack(k, ks), v=varlen_pack(v, ks),
+                      cu_seqlens_q=_cu(cq, q.device), cu_seqlens_k=_cu(ck, q.device), max_seqlen_q=call.max_q,
+                      max_seqlen_k=call.max_k, dropout_p=0.0, softmax_scale=scale, causal=call.causal,
+                      alibi_slopes=None, deterministic=False, return_attn_probs=True)
+    sizes = [b - a for a, b in qs]
+    lse = res[1].masked_fill(res[1] == float("inf"), float("-inf"))  # flash-attn: +inf for a row that sees nothing
+    return list(zip(varlen_unpack(res[0], batch, sizes), varlen_lse_unpack(lse, batch, sizes)))
+
+
+def varlen_backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, call: VarlenCall,
+                    scale: float) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``(dq, dk, dv)`` of every block of ``call`` from one varlen backward with the rows' global out/LSE."""
+    _, bwd = _varlen_ops()
+    batch = q.shape[0]
+    qs, ks = [(a, b) for a, b, _, _ in call.blocks], [(a, b) for _, _, a, b in call.blocks]
+    cq, ck = call.cu_seqlens(batch)
+    qp, kp, vp = varlen_pack(q, qs), varlen_pack(k, ks), varlen_pack(v, ks)
+    dq, dk, dv = torch.empty_like(qp), torch.empty_like(kp), torch.empty_like(vp)
+    _call_flash(bwd, call.window, dout=varlen_pack(dout, qs).contiguous(), q=qp, k=kp, v=vp,
+                out=varlen_pack(out, qs), softmax_lse=varlen_lse_pack(lse, qs), dq=dq, dk=dk, dv=dv,
+                cu_seqlens_q=_cu(cq, q.device), cu_seqlens_k=_cu(ck, q.device), max_seqlen_q=call.max_q,
+                max_seqlen_k=call.max_k, dropout_p=0.0, softmax_scale=scale, causal=call.causal,
+                alibi_slopes=None, deterministic=False, rng_state=None)
+    nq, nk = [b - a for a, b in qs], [b - a for a, b in ks]
+    return list(zip(varlen_unpack(dq, batch, nq), varlen_unpack(dk, batch, nk), varlen_unpack(dv, batch, nk)))
 
 
 def preference(info: DeviceInfo, dtype: torch.dtype) -> tuple[str, ...]:
@@ -648,7 +953,7 @@ def select_kernel(device: torch.device, dtype: torch.dtype, name: str | None = N
         if name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}; choose one of {', '.join(KERNELS)}")
         kern = KERNELS[name]
-        if not kern.supports(device, dtype, head_dim):
+        if not kern.supports(device, dtype, head_dim, named=True):
             usable = [k for k, v in KERNELS.items() if v.supports(device, dtype, head_dim)]
             raise ValueError(f"kernel {name!r} does not run {dtype}{hd} on {device.type}; "
                              f"usable here: {', '.join(usable)}")
