@@ -308,3 +308,24 @@ masks = ["docs:lognormal:48", "window:32"]
                     for a in pl.algorithms}
         assert got == {kinds.KINDS["model"].key(p, 2, 1, 0, sw.bench) for p in pts}
         assert len(got) == len(pts)
+
+
+def test_gpu_sweep_estimates_and_predicts_masked_points(tmp_path, monkeypatch):
+    from bench import sweeps as sweep
+    from bench.sweeps.estimate import call_seconds
+    from tests.test_sweep import GOLDEN_ENV
+
+    for k, v in GOLDEN_ENV.items():
+        monkeypatch.setenv(k, v.format(tmp=tmp_path))
+    f = tmp_path / "g.toml"
+    f.write_text('campaign = "g"\nmachine = "perlmutter"\nnodes = 1\naccount = "abc"\n[params]\n'
+                 'algorithms = ["ring"]\nseq = [65536]\ndtype = "bfloat16"\nheads = 32\nkv_heads = 8\nhead_dim = 128\n'
+                 'masks = ["causal", "window:2048"]\n')
+    sw = sweep.load(f)
+    job = sw.jobs[0]
+    causal, window = (call_seconds(sw, job, p) for p in job.points)
+    assert 0 < window < causal  # the cost model skips the window's masked blocks and transfers
+    out = subprocess.run([sys.executable, "-m", "bench", "sweep", "predict", str(f)], capture_output=True, text=True,
+                         timeout=120, env=os.environ | {k: v.format(tmp=tmp_path) for k, v in GOLDEN_ENV.items()})
+    assert out.returncode == 0, out.stderr
+    assert "| window:2048 |" in out.stdout and "| causal |" in out.stdout
