@@ -178,5 +178,11 @@ def step_flops(pt: StepPoint) -> float:
     from ringx.flops import model_flops_per_token
 
     c = pt.config
-    per_token = model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, c.causal)
+    masks = plan_of(pt).masks_at(pt.seq)
+    if masks:  # each layer's visible area
+        from ringx.flops import masked_model_flops_per_token
+
+        per_token = masked_model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, masks)
+    else:
+        per_token = model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, c.causal)
     return per_token * pt.batch * pt.seq * (4 / 3 if pt.checkpoint else 1.0)
