@@ -6,7 +6,8 @@
    (`bench sweep local jobs/sweeps/local-demo.toml`: every algorithm checked
    against float64 attention, then all algorithms of a configuration timed
    side by side; re-running resumes it);
-   then one traced call per schedule at 2 ranks (`bench trace`: the report's timeline figure);
+   then one traced call per schedule at 2 ranks (`bench trace`: the report's timeline figure), and masked
+   attention at 2 ranks: packed documents and a sliding window (`bench run --mask`, checked; ~40 s);
 3. the campaign's table (`bench summary`), figures and a report page
    (`python -m analysis report runs/local-demo`);
 4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
           "that contention", flush=True)
     if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
         return 1
-    if trace_step() != 0:
+    if trace_step() != 0 or masks_step() != 0:
         return 1
     print("\n== 3/5 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
@@ -73,6 +74,19 @@ def trace_step() -> int:
     print("\n== timeline: one traced fwd+bwd call of ring, ringx4o, bidir-ring, double-ring, ringx3b at 2 ranks "
           "(bench trace) ==", flush=True)
     return mpirun.run(2, ["-m", "bench", "trace", *TRACE], capture=False, timeout=600).returncode
+
+
+MASKS = ["--mask", "docs:lognormal:256,window:256", "--seq", "1024,2048", "--algorithms", "ring,zigzag,ringx4o,ulysses",
+         "--check", "--check-max-seq", "512", "--warmup", "2", "--iters", "12", "--heads", "8", "--head-dim", "64",
+         "--out", "runs", "--campaign", "local-demo", "--tag", "local demo: masks at 2 ranks", "--quiet"]
+
+
+def masks_step() -> int:
+    """Packed documents (log-normal lengths, mean 256) and a causal window of 256 at 2 ranks, in the demo's
+    campaign (its tables and figures group them by mask; ~40 s)."""
+    print("\n== masks: packed documents (docs:lognormal:256) and a sliding window (window:256) at 2 ranks, ring, "
+          "zigzag, ringx4o, ulysses (bench run --mask --check) ==", flush=True)
+    return mpirun.run(2, ["-m", "bench", "run", *MASKS], capture=False, timeout=600).returncode
 
 
 MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,ringx3,ringx4o", "--warmup", "1",

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
 
 from ringx_suite.cli import UserError
+from ringx_suite.masks import HELP, split_specs
 
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
@@ -45,6 +46,7 @@ class Option:
     choices: tuple | None = None
     nullable: bool = False  # None is a valid value (automatic / not set)
     check: Callable[[object], str] | None = None  # extra rule: '' or the problem
+    split: Callable[[str], list[str]] | None = None  # a list's text into items (default: at commas)
 
     @property
     def flag(self) -> str:
@@ -67,7 +69,11 @@ PARAMS: dict[str, Option] = {o.name: o for o in (
        nullable=True),
     _p("head_dim", 64, "head dimension", int, low=1, high=1024),
     _p("dtype", "float32", "element type (float32/float64 on CPUs, bfloat16/float16 on GPUs)", str, choices=DTYPES),
-    _p("causal", True, "causal masking: true, false, or both as 'true,false'", bool),
+    _p("causal", True, "causal masking: true, false, or both as 'true,false' (--causal true is --mask causal, "
+       "false is --mask full)", bool),
+    _p("mask", None, "attention mask(s), replacing --causal: " + HELP + "; several as 'causal,window:4096'; drawn "
+       "documents once per sequence length and mask, from --mask-seed (default: --causal's)", str, nullable=True,
+       split=split_specs),
     _p("mode", "fwd+bwd", "fwd or fwd+bwd", str, choices=MODES),
 )}
 
@@ -80,6 +86,8 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
        "recorded, not timed", bool),
     _p("trace", False, "bench run: after the timed rounds, record one more call per algorithm on the timeline and "
        "store its overlap_fraction (never inside the timed rounds; the trace files: bench trace)", bool),
+    _p("mask_seed", None, "seed of the document lengths --mask draws from a distribution (default 0)", int, low=0,
+       high=2**63 - 1, nullable=True),
     _p("check_max_seq", 2048, "largest sequence the check uses: bench run and bench model check longer points at "
        "this length; bench infer times longer prompts unchecked (checked: false)", int, low=1, high=1 << 22),
     _p("timeout", 300.0, "seconds a rank waits on its peers before the run stops", float, low=1.0,
@@ -153,7 +161,10 @@ def value(o: Option, v, where: str = "option", many: bool = False):
         return None
     from ringx_suite.cli import split_list
 
-    items = split_list(v) if isinstance(v, str | list) else [v]
+    if isinstance(v, str) and o.split:
+        items = o.split(v)
+    else:
+        items = split_list(v) if isinstance(v, str | list) else [v]
     if not items:
         raise UserError(f"{where + ': ' if where else ''}{o.name} is empty")
     return [_one(o, x, where) for x in items]
@@ -231,6 +242,9 @@ MODEL: dict[str, Option] = {o.name: o for o in (
        nullable=True),
     _p("dtype", "auto", "float32, float64, or bfloat16 (autocast over float32 weights); auto: bfloat16 on GPUs, "
        "float32 on CPUs", str, choices=MODEL_DTYPES),
+    _p("layer_masks", None, "a per-layer mask pattern the layers cycle through, e.g. 'window:4096,causal' "
+       "(Gemma-style local and global layers; specs as --mask's); in place of --mask", str, nullable=True,
+       split=split_specs),
     _p("checkpoint", False, "activation checkpointing: recompute each layer in the backward", bool),
     _p("lr", 1e-5, "AdamW learning rate", float, low=0.0, high=1.0),
     _p("machine", None, "a profile (jobs/profiles/NAME.toml) whose GPU peak gives MFU (or --peak-tflops)", str,
@@ -253,4 +267,5 @@ INFER: dict[str, Option] = {o.name: o for o in (
     _p("dtype", "auto", "weights and activations: float32, float64, bfloat16, float16; auto: bfloat16 on GPUs, "
        "float32 on CPUs", str, choices=INFER_DTYPES),
 )}
-INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine"))
+INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine",
+                                               "layer_masks"))

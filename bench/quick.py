@@ -21,30 +21,51 @@ from ringx_suite.cli import Parser
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
 
 
-def _callables(name: str, causal: bool, q, k, v, do, scale: float):
-    """(forward, forward+backward) closures for one algorithm, or the bare kernel for ``kernel``."""
+def band_of(mask) -> tuple[int, int] | None:
+    """A window mask as one kernel block's band ``(lo, hi)`` (lo <= query - key <= hi); None for any other."""
+    return (-mask.right, mask.left) if mask.kind == "window" else None
+
+
+def masks_of(specs: list[str] | None, seq: int) -> list[tuple[str, object]]:
+    """(label, ringx.Mask) per --mask spec at ``seq`` tokens (drawn with seed 0), default full and causal."""
+    import ringx
+    from ringx_suite import masks
+
+    if not specs:
+        return [("full", ringx.Mask.full()), ("causal", ringx.Mask.causal())]
+    out = [(m.short(), m) for m in (masks.parse(x, seq, 0) for x in specs)]
+    return list(dict(out).items())
+
+
+def _callables(name: str, mask, q, k, v, do, scale: float):
+    """(forward, forward+backward) closures for one algorithm, or the bare kernel for ``kernel`` (full, causal
+    and windows, as one band block; None for documents: many blocks, no bare kernel call)."""
     import torch
 
     import ringx
 
     if name == "kernel":
         kern = ringx.select_kernel(q.device, q.dtype)
+        causal, band = bool(mask.plain), band_of(mask)
+        if mask.plain is None and band is None:
+            return None
+        kw = {"band": band} if band else {}
 
         def fwd():
-            return kern.forward(q, k, v, causal, scale)
+            return kern.forward(q, k, v, causal, scale, **kw)
 
         def fwdbwd():
-            out, lse = kern.forward(q, k, v, causal, scale)
-            return kern.backward(do, q, k, v, out, lse, causal, scale)
+            out, lse = kern.forward(q, k, v, causal, scale, **kw)
+            return kern.backward(do, q, k, v, out, lse, causal, scale, **kw)
 
         return fwd, fwdbwd
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     def fwd():
-        return ringx.attention(q, k, v, algorithm=name, causal=causal, validate=False)
+        return ringx.attention(q, k, v, algorithm=name, mask=mask, validate=False)
 
     def fwdbwd():
-        out = ringx.attention(qg, kg, vg, algorithm=name, causal=causal, validate=False)
+        out = ringx.attention(qg, kg, vg, algorithm=name, mask=mask, validate=False)
         return torch.autograd.grad(out, (qg, kg, vg), do)
 
     return fwd, fwdbwd
@@ -68,21 +89,24 @@ def worker(a: argparse.Namespace) -> None:
     shape_kv = (a.batch, a.seq, a.kv_heads, a.head_dim)
     Q, K, V, dO = (torch.randn(s, generator=g, dtype=dt) for s in (shape_q, shape_kv, shape_kv, shape_q))
     rows = []
-    for causal in (False, True):
-        names = (["kernel"] if P == 1 else []) + list(a.algorithms)
+    for label, mask in masks_of(a.mask, a.seq):
+        names = (["kernel"] if P == 1 else []) + [n for n in a.algorithms if ringx.ALGORITHMS[n].supports(mask)]
         fns = {}
         for name in names:
-            layout = "contiguous" if name == "kernel" else ringx.ALGORITHMS[name].layout(causal)
-            q, k, v, do = (ringx.shard(t, layout, r, P) for t in (Q, K, V, dO))
-            fns[name] = _callables(name, causal, q, k, v, do, a.head_dim**-0.5)
+            layout = "contiguous" if name == "kernel" else ringx.ALGORITHMS[name].layout(mask=mask)
+            q, k, v, do = (ringx.shard(t, layout, r, P, mask=mask) for t in (Q, K, V, dO))
+            f = _callables(name, mask, q, k, v, do, a.head_dim**-0.5)
+            if f is not None:
+                fns[name] = f
+        names = list(fns)
         for m, mode in enumerate(("fwd", "fwd+bwd")):
             # All candidates take turns within each iteration: their ratios are side by side.
             samples = time_round_robin([f[m] for f in fns.values()], a.warmup, a.iters, torch.device("cpu"))
             for name, s in zip(names, samples):
-                rows.append({"world": P, "algorithm": name, "causal": causal, "mode": mode,
-                             "samples": s, **summarize(s)})
+                rows.append({"world": P, "algorithm": name, "causal": bool(mask.plain) if mask.plain is not None
+                             else mask.is_causal, "mask": label, "mode": mode, "samples": s, **summarize(s)})
                 if r == 0 and not a.quiet:
-                    print(f"  P={P} {name:8s} {'causal' if causal else 'full':6s} {mode:8s} "
+                    print(f"  P={P} {name:8s} {label:6s} {mode:8s} "
                           f"{rows[-1]['median'] * 1e3:9.2f} ms", flush=True)
     if r == 0:
         Path(a.out).write_text(json.dumps(rows))
@@ -98,23 +122,34 @@ def table(rows: list[dict]) -> str:
     parts = []
     for P in sorted({x["world"] for x in rows}):
         sub = [x for x in rows if x["world"] == P]
+        labels = list(dict.fromkeys(_label(x) for x in sub))
         base_name = "kernel" if P == 1 else "ring"
-        base = {(x["causal"], x["mode"]): x["samples"] for x in sub if x["algorithm"] == base_name}
+        base = {(_label(x), x["mode"]): x["samples"] for x in sub if x["algorithm"] == base_name}
         out = []
         for name in dict.fromkeys(x["algorithm"] for x in sub):
             cells = [name]
-            for causal in (False, True):
+            for label in labels:
                 for mode in ("fwd", "fwd+bwd"):
-                    x = next(y for y in sub if y["algorithm"] == name and y["causal"] == causal and y["mode"] == mode)
-                    sp = speedup(base[causal, mode], x["samples"], paired=True)
+                    x = next((y for y in sub if y["algorithm"] == name and _label(y) == label and y["mode"] == mode),
+                             None)
+                    if x is None:
+                        cells += ["n/a", "-"]
+                        continue
+                    sp = speedup(base[label, mode], x["samples"], paired=True) if (label, mode) in base else None
                     cells += [f"{x['median'] * 1e3:.1f} ({x['p10'] * 1e3:.1f}-{x['p90'] * 1e3:.1f})",
-                              "-" if name == base_name else sp.text()]
+                              "-" if name == base_name or sp is None else sp.text()]
             out.append(cells)
         what = "the bare kernel (below 1: the library's overhead)" if P == 1 else "ring (above 1: faster)"
+        head = ["algorithm"] + [c for label in labels for c in (f"{label} fwd", "speedup", f"{label} fwd+bwd",
+                                                                  "speedup")]
         parts.append(f"\n### {P} rank{'s' if P > 1 else ''}: median ms (p10-p90); speedup over {what}\n\n" + render(
-            Table(["algorithm", "full fwd", "speedup", "full fwd+bwd", "speedup", "causal fwd", "speedup",
-                   "causal fwd+bwd", "speedup"], out), "markdown").rstrip())
+            Table(head, out), "markdown").rstrip())
     return "\n".join(parts)
+
+
+def _label(row: dict) -> str:
+    """A row's mask (rows from before --mask: their causal flag)."""
+    return row.get("mask") or ("causal" if row["causal"] else "full")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = Parser(prog="python -m bench quick", description=__doc__)
     p.add_argument("--ranks", default="1,2,4", help="comma-separated world sizes (default: 1,2,4)")
-    opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype")]
+    opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "mask")]
     opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
     options.add_arguments(p, opts, DEFAULTS)
     p.add_argument("--out", default="runs/quick", help="output directory (default: %(default)s)")
@@ -139,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         for o in opts:
             given = getattr(a, o.name)
             setattr(a, o.name, options.value(o, DEFAULTS.get(o.name) if given is None else given, "bench quick",
-                                             many=o.name == "algorithms"))
+                                             many=o.name in ("algorithms", "mask")))
         a.algorithms = a.algorithms or list(ringx.ALGORITHMS)
         ranks = options.value(options.Option("ranks", None, "", int, low=1, high=64), a.ranks, "bench quick",
                               many=True)
@@ -158,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     for P in ranks:
         if a.seq % (2 * P):
             p.error(f"--seq {a.seq} must be divisible by {2 * P} (zigzag over {P} ranks)")
+    try:
+        masks_of(a.mask, a.seq)  # a bad spec: one line here, before any rank starts
+    except UserError as e:
+        p.error(str(e))
 
     from bench import mpirun
     from bench.measure import provenance

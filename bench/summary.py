@@ -61,13 +61,13 @@ class Section:
 SECTIONS = {
     "attention": Section("attention", COMPARE_BY, (
         ("ranks", lambda c: c["world_size"]), ("seq", lambda c: c["seq"]),
-        ("mask", lambda c: "causal" if c["causal"] else "full"), ("mode", lambda c: c["mode"]),
+        ("mask", lambda c: c["mask"]), ("mode", lambda c: c["mode"]),
         ("dtype", lambda c: c["dtype"])),
         "Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
         "and its {method}. `~`: the interval contains 1, within noise. n/a: not measured."),
     "step": Section("model", MODEL_COMPARE_BY, (
         ("model", lambda c: c["model"]), ("ranks", lambda c: c["world_size"]), ("seq", lambda c: c["seq"]),
-        ("dtype", lambda c: c["dtype"] + (" ckpt" if c["checkpoint"] else ""))),
+        ("mask", lambda c: c["mask"]), ("dtype", lambda c: c["dtype"] + (" ckpt" if c["checkpoint"] else ""))),
         "Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "
         "after it, speedup over {baseline} and its {method}. `~`: within noise."),
 }

@@ -58,3 +58,11 @@ def model_flops_per_token(matmul_params: int, layers: int, seq: int, heads: int,
     convention counts it as 2x.
     """
     return 6.0 * matmul_params + 3.0 * layers * attention_flops(1, seq, heads, head_dim, causal, "fwd") / seq
+
+
+def masked_model_flops_per_token(matmul_params: int, layers: int, seq: int, heads: int, head_dim: int,
+                                 masks) -> float:
+    """:func:`model_flops_per_token` with each layer's attention counted over its mask's visible area: ``masks``
+    (ringx.Mask) cycled over the layers (layer i under ``masks[i % len(masks)]``)."""
+    att = sum(mask_flops(1, seq, heads, head_dim, masks[i % len(masks)], "fwd") for i in range(layers))
+    return 6.0 * matmul_params + 3.0 * att / seq

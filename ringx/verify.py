@@ -20,6 +20,7 @@ import torch.distributed as dist
 from .algorithms import ALGORITHMS
 from .api import attention
 from .layouts import shard
+from .mask import Mask
 
 Tensor = torch.Tensor
 
@@ -65,9 +66,10 @@ def reference_device(device: torch.device) -> torch.device:
 
 @dataclass(frozen=True)
 class Config:
-    """One checked configuration: the global problem and the seed of its inputs."""
+    """One checked configuration: the global problem and the seed of its inputs. ``causal``: True/False, or a
+    :class:`ringx.Mask` (full and causal masks are kept as the bools, so they share one reference)."""
 
-    causal: bool
+    causal: bool | Mask
     batch: int
     seq: int
     heads: int
@@ -106,9 +108,12 @@ def inputs(cfg: Config) -> list[Tensor]:
     return [t.to(cfg.dtype).double() for t in full]
 
 
-def full_attention(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, causal: bool, scale: float,
+def full_attention(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, causal: bool | Mask, scale: float,
                    budget: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """out, lse (B, H, S), dq, dk, dv of exact softmax attention, in the inputs' dtype (float64 here).
+
+    ``causal``: True/False or a :class:`ringx.Mask` (its dense visibility per chunk; a row that sees no key
+    gives out 0 and LSE -inf).
 
     Queries go in chunks of at most ``budget`` score elements (default 2^24 on CPU, 2^27
     on a GPU); a causal chunk only reads the keys it can see. Memory: O(S) plus a few
@@ -120,6 +125,9 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, causal: bool, 
     if budget is None:
         budget = 2**24 if q.device.type == "cpu" else 2**27
     rows = max(1, budget // (b * h * s))
+    mask = None
+    if isinstance(causal, Mask):
+        mask, causal = (None, causal.plain) if causal.plain is not None else (causal, False)
     kk, vv = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # (b, hk, s, d)
     out, dq = torch.empty_like(q), torch.empty_like(q)
     lse = torch.empty(b, h, s, dtype=q.dtype, device=q.device)
@@ -133,8 +141,13 @@ def full_attention(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, causal: bool, 
         if causal:
             above = torch.arange(keys, device=q.device) > torch.arange(lo, hi, device=q.device)[:, None]
             sc.masked_fill_(above, float("-inf"))
+        if mask is not None:
+            seen = mask.visible(torch.arange(lo, hi), torch.arange(keys)).to(q.device)
+            sc.masked_fill_(~seen, float("-inf"))
         lc = sc.logsumexp(-1)  # (b, hk, g, n)
         p = torch.exp(sc - lc.unsqueeze(-1))
+        if mask is not None:
+            p = p.nan_to_num(0.0)  # rows that see nothing: exp(-inf - -inf)
         oc = torch.einsum("bhgnk,bhkd->bhgnd", p, vc)
         out[:, lo:hi] = oc.permute(0, 3, 1, 2, 4).reshape(b, n, h, d)
         lse[:, :, lo:hi] = lc.reshape(b, h, n)
@@ -156,7 +169,14 @@ def compute(cfg: Config, device: torch.device) -> Reference:
 _CACHE: OrderedDict[tuple[Config, torch.device], Reference] = OrderedDict()
 
 
-def reference(causal: bool, batch: int, seq: int, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+def _plain(causal: bool | Mask) -> bool | Mask:
+    """full and causal masks as their bools (one cache entry for both spellings)."""
+    if isinstance(causal, Mask):
+        return causal if causal.plain is None else causal.plain
+    return bool(causal)
+
+
+def reference(causal: bool | Mask, batch: int, seq: int, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
               seed: int = 0, device: torch.device | None = None) -> Reference:
     """The float64 reference of one configuration, for a run on ``device`` (default CPU).
 
@@ -164,7 +184,7 @@ def reference(causal: bool, batch: int, seq: int, heads: int, kv_heads: int, hea
     a cache of the last :data:`CACHE_SIZE` configurations, so every algorithm checked on
     the same configuration and seed shares it.
     """
-    cfg = Config(bool(causal), batch, seq, heads, kv_heads, head_dim, dtype, seed)
+    cfg = Config(_plain(causal), batch, seq, heads, kv_heads, head_dim, dtype, seed)
     where = reference_device(device if device is not None else torch.device("cpu"))
     key = (cfg, where)
     ref = _CACHE.get(key)
@@ -187,27 +207,33 @@ def _error(got: Tensor, want: Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp(min=1.0)).item()
 
 
+def _as_mask(causal: bool | Mask) -> Mask:
+    return causal if isinstance(causal, Mask) else Mask.causal() if causal else Mask.full()
+
+
 def errors(ref: Reference, algorithm: str, device: torch.device, kernel: str | None = None,
-           group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None) -> dict[str, float]:
+           group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None,
+           mask: Mask | None = None) -> dict[str, float]:
     """This rank's relative error of each quantity (out, lse, dq, dk, dv) against ``ref``.
 
     Runs ``ringx.attention`` (or ``fn(q, k, v)`` in its ``layout``; then there is no lse)
-    on this rank's shard of the reference inputs in the configuration's dtype on ``device``.
+    on this rank's shard of the reference inputs in the configuration's dtype on ``device``,
+    under ``mask`` (default: the reference's; another mask is how a test shows the check catches one).
     """
     cfg = ref.config
     P, r = dist.get_world_size(group), dist.get_rank(group)
-    layout = layout or ALGORITHMS[algorithm].layout(cfg.causal)
+    m = _as_mask(cfg.causal if mask is None else mask)
+    layout = layout or ALGORITHMS[algorithm].layout(mask=m)
 
     def mine(t: Tensor, dim: int = 1) -> Tensor:
-        return shard(t, layout, r, P, dim=dim)
+        return shard(t, layout, r, P, dim=dim, mask=m)
 
     q, k, v = (mine(t).to(dtype=cfg.dtype, device=device).requires_grad_() for t in (ref.q, ref.k, ref.v))
     lse = None
     if fn is not None:
         out = fn(q, k, v)
     else:
-        out, lse = attention(q, k, v, algorithm=algorithm, causal=cfg.causal, kernel=kernel, group=group,
-                             return_lse=True)
+        out, lse = attention(q, k, v, algorithm=algorithm, mask=m, kernel=kernel, group=group, return_lse=True)
     out.backward(mine(ref.dout).to(dtype=cfg.dtype, device=device))
     errs = {"out": _error(out, mine(ref.out))}
     if lse is not None:
@@ -217,9 +243,10 @@ def errors(ref: Reference, algorithm: str, device: torch.device, kernel: str | N
 
 
 def check(ref: Reference, algorithm: str, device: torch.device, kernel: str | None = None,
-          group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None) -> float:
+          group: dist.ProcessGroup | None = None, fn=None, layout: str | None = None,
+          mask: Mask | None = None) -> float:
     """Largest relative error of :func:`errors` over all quantities and all ranks (the same on every rank)."""
-    err = max(errors(ref, algorithm, device, kernel, group, fn, layout).values())
+    err = max(errors(ref, algorithm, device, kernel, group, fn, layout, mask).values())
     worst = torch.tensor([err], dtype=torch.float64, device=device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
     return worst.item()

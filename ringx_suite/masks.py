@@ -17,14 +17,12 @@ machine: draw once per configuration and hand every rank the result.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-
-from ringx.balancing import lognormal_lengths
-from ringx.errors import RingxInputError
-from ringx.mask import Mask
+from typing import TYPE_CHECKING
 
 from .cli import UserError
+
+if TYPE_CHECKING:  # torch and ringx load when a spec is parsed, not when the option tables are (bench --help)
+    from ringx.mask import Mask
 
 DISTRIBUTIONS = ("lognormal", "uniform", "fixed", "file")
 LONG_LENGTHS = 64  # records keep the lengths themselves up to this many documents, else their digest
@@ -46,6 +44,24 @@ def _positive(spec: str, text: str, what: str) -> int:
     return n
 
 
+HEADS = ("full", "causal", "window:", "docs:")  # how a spec starts
+
+
+def split_specs(text: str) -> list[str]:
+    """Several specs given as one text ('causal,window:4096,docs:lognormal:2048') into the specs: a comma starts a
+    new spec only where a spec's head follows it, so ``window:L,R`` and ``docs:64x8,32`` stay whole."""
+    out: list[str] = []
+    for part in text.split(","):
+        p = part.strip()
+        if not p:
+            continue
+        if out and not p.startswith(HEADS):
+            out[-1] += "," + p
+        else:
+            out.append(p)
+    return out
+
+
 def is_distribution(spec: str) -> bool:
     """Whether ``spec`` is drawn (a distribution or a file) rather than a fixed ringx.Mask text."""
     return spec.strip().split("+", 1)[0].split(":")[:2][-1] in DISTRIBUTIONS and spec.strip().startswith("docs:")
@@ -62,6 +78,10 @@ def _fill(seq: int, draw) -> list[int]:
 
 
 def _lengths(spec: str, dist: str, arg: str, seq: int, seed: int) -> list[int]:
+    import torch
+
+    from ringx.balancing import lognormal_lengths
+
     gen = torch.Generator().manual_seed(seed)
     if dist == "fixed":
         n = _positive(spec, arg, "document length")
@@ -98,6 +118,9 @@ def _lengths(spec: str, dist: str, arg: str, seq: int, seed: int) -> list[int]:
 
 def parse(spec: str, seq: int, seed: int = 0) -> Mask:
     """The ringx.Mask of a spec for global length ``seq`` (module doc); one-line UserError when it is bad."""
+    from ringx.errors import RingxInputError
+    from ringx.mask import Mask
+
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"--mask must be a non-empty text ({HELP}), got {spec!r}")
     text = spec.strip()

@@ -187,6 +187,8 @@ MODEL = (
     F("batch", int, "sequences per step", column="int", config=True),
     F("dtype", str, "`float32`, `float64`, or `bfloat16` (autocast over float32 weights)", column="str", config=True),
     F("causal", bool, "causal attention (the decoder)", column="bool", config=True),
+    F("layer_masks", list, "`--layer-masks`: each layer pattern's mask text, the layers cycling through them "
+      "(layer i under entry i mod its length); `mask` is then `layers:A/B/...`", "optional", config=True),
     F("checkpoint", bool, "activation checkpointing: each layer recomputed in the backward", column="bool",
       config=True),
     F("repeat", int, "repeat index of the configuration", column="int", config=True),

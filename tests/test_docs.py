@@ -58,7 +58,7 @@ def test_readme_links_every_doc_page():
         assert f"(docs/{page.name})" in text, f"README does not link docs/{page.name}"
 
 
-EXAMPLE_SWEEPS = {"model-demo.toml", "infer-demo.toml"}  # sweeps to copy, with no committed campaign
+EXAMPLE_SWEEPS = {"model-demo.toml", "infer-demo.toml", "masks-demo.toml"}  # sweeps to copy, with no committed campaign
 #                                      (tests/test_sweep_model.py, test_sweep_infer.py plan the same points)
 
 

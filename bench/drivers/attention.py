@@ -42,7 +42,7 @@ from bench.driver import (
     per_rank_fields,
 )
 from bench.measure.failures import CheckFailed
-from bench.points.attention import Point, make_point, record_config
+from bench.points.attention import Point, make_point, mask_of, record_config
 from ringx_suite.cli import Parser, UserError, split_list
 
 PROG = "python -m bench run"
@@ -85,7 +85,21 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], 
             raise UserError(f"points file {path} must hold a JSON list of objects")
     else:
         raw = cross_product({k: given.get(k) for k in options.PARAMS})
-    return inv, baselines, [make_point(d, world) for d in raw]
+    return inv, baselines, [make_point(d, world, seed=inv.settings.mask_seed) for d in raw]
+
+
+def maskings(many: dict) -> list[tuple[str, object]]:
+    """("causal", bool) or ("mask", spec) per masking the parameters ask for: --mask replaces --causal. Both given
+    must say the same (--causal true is --mask causal, false is --mask full), else a one-line error."""
+    if "mask" not in many:
+        return [("causal", c) for c in many.get("causal", [options.PARAMS["causal"].default])]
+    if "causal" in many:
+        plain = {"causal": True, "full": False}
+        if not all(m in plain for m in many["mask"]) or {plain[m] for m in many["mask"]} != set(many["causal"]):
+            causal = ",".join(map(str, many["causal"])).lower()
+            raise UserError(f"--mask {','.join(many['mask'])} and --causal {causal} "
+                            "disagree: give --mask alone (--causal true is --mask causal, false is --mask full)")
+    return [("mask", m) for m in many["mask"]]
 
 
 def cross_product(params: dict) -> list[dict]:
@@ -109,10 +123,10 @@ def cross_product(params: dict) -> list[dict]:
             raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
     seq_key = "seq_per_rank" if "seq_per_rank" in many else "seq"
     lengths = many.get(seq_key, [2048])
-    return [{"algorithm": n, seq_key: s, **one, "dtype": d, "causal": c, "mode": m}
-            for c in many.get("causal", [P["causal"].default]) for s in lengths
+    return [{"algorithm": n, seq_key: s, **one, "dtype": d, key: c, "mode": m}
+            for key, c in maskings(many) for s in lengths
             for m in many.get("mode", [P["mode"].default]) for d in many.get("dtype", [P["dtype"].default])
-            for n in (names or ringx.algorithms.names(c))]
+            for n in (names or ringx.algorithms.names(c if key == "causal" else c.strip() != "full"))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +171,7 @@ class Attention(CaseDriver):
         return record_config(pt, self.P, nodes, rep, s.kernel, s.warmup, s.iters)
 
     def label(self, pt: Point) -> str:
-        return f"{pt.algorithm} seq={pt.seq} {'causal' if pt.causal else 'full'} {pt.mode} {pt.dtype}"
+        return f"{pt.algorithm} seq={pt.seq} {pt.mask_text()} {pt.mode} {pt.dtype}"
 
     def record_fields(self, pt: Point) -> dict:
         return {"family": "external" if pt.algorithm in self.external else self.ringx.ALGORITHMS[pt.algorithm].family}
@@ -167,7 +181,10 @@ class Attention(CaseDriver):
 
     def layout(self, pt: Point) -> str:
         ext = self.external.get(pt.algorithm)
-        return ext.layout(pt.causal) if ext else self.ringx.ALGORITHMS[pt.algorithm].layout(pt.causal)
+        if ext:
+            return ext.layout(pt.causal)
+        algo = self.ringx.ALGORITHMS[pt.algorithm]
+        return algo.layout(mask=pt.the_mask()) if pt.mask else algo.layout(pt.causal)
 
     def start(self, total: int) -> None:
         self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "
@@ -178,6 +195,8 @@ class Attention(CaseDriver):
         ext = self.external.get(pt.algorithm)
         if ext and ext.reason:
             return "skipped", None, ext.reason
+        if ext and pt.mask:
+            return "skipped", None, f"{pt.algorithm} takes full or causal attention only, not mask {pt.mask}"
         too_big = self.memory_problem(pt)  # refused before allocating
         return ("failed", "oom", too_big) if too_big else None
 
@@ -222,8 +241,16 @@ class Attention(CaseDriver):
 
         pt = cases[0].point
         div = math.lcm(*(self.ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
+        if pt.mask and pt.mask_seed is None and pt.the_mask().lengths is not None:
+            return pt.seq  # documents given literally fit this length only
         cs = min(pt.seq, self.settings.check_max_seq)
         return max(cs - cs % div, div if pt.seq >= div else 0)
+
+    def check_mask(self, pt: Point, cs: int):
+        """The mask the check runs at ``cs`` tokens: the point's, or its distribution drawn again for ``cs``."""
+        if pt.mask is None:
+            return pt.causal
+        return pt.the_mask() if cs == pt.seq else mask_of(pt.mask, cs, pt.mask_seed or 0)
 
     def check(self, c: Case, cs: int) -> None:
         import functools
@@ -236,7 +263,8 @@ class Attention(CaseDriver):
         dt = getattr(torch, pt.dtype)
         fn = functools.partial(c.own.fn, causal=pt.causal) if c.own else None
         t0 = time.perf_counter()
-        ref = self.ringx.verify.reference(pt.causal, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
+        m = self.check_mask(pt, cs)
+        ref = self.ringx.verify.reference(m, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
                                           seed=self.config_seed, device=self.ctx.device)
         err = self.ringx.verify.check(ref, pt.algorithm, self.ctx.device, s.kernel, fn=fn, layout=c.layout)
         tol = self.ringx.verify.TOLERANCE[dt]
@@ -282,13 +310,13 @@ class Attention(CaseDriver):
         return out
 
     def finish(self, c: Case, samples: list[float], extra, group_id: str | None, shared) -> str:
-        from ringx.flops import CONVENTION, attention_flops
+        from ringx.flops import CONVENTION, mask_flops
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
         pt, result, votes = c.point, c.result, c.votes
         fields = stat_fields(samples)
-        flops = attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
+        flops = mask_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.the_mask(), pt.mode)
         tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.settings.peak_tflops
         c.rec.update(
@@ -338,10 +366,10 @@ def make_call(name: str, ext, pt: Point, inputs, kernel):
             return ext.fn(q_, k_, v_, causal=pt.causal)
         stats = None
     else:
-        stats = ringx.CallStats()
+        stats, mask = ringx.CallStats(), pt.the_mask()
 
         def f(q_, k_, v_, st):
-            return ringx.attention(q_, k_, v_, algorithm=name, causal=pt.causal, kernel=kernel, stats=st,
+            return ringx.attention(q_, k_, v_, algorithm=name, mask=mask, kernel=kernel, stats=st,
                                    validate=st is not None)
 
     def fwd(st):

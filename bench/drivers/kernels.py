@@ -43,7 +43,8 @@ def build_parser() -> Parser:
     p.add_argument("--head-dim", type=int, help="default: 128 on GPUs, 64 on CPUs")
     p.add_argument("--dtype", help=f"comma-separated, of {', '.join(DTYPES)} (default: bfloat16 on GPUs, float32 "
                    "on CPUs)")
-    p.add_argument("--causal", default="false,true", help="false, true or both (default: both)")
+    p.add_argument("--causal", help="false, true or both (default: both)")
+    options.add_arguments(p, [options.PARAMS["mask"]])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations (default 3)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
@@ -63,9 +64,12 @@ def configs(a, device_type: str) -> list[dict]:
         seqs = [int(x) for x in split_list(a.seq or d["seq"])]
         kvs = [int(x) for x in split_list(a.kv_heads or str(d["kv_heads"]))]
         dtypes = split_list(a.dtype or d["dtype"])
-        causals = [parse_bool(x) for x in split_list(a.causal)]
+        causals = [parse_bool(x) for x in split_list(a.causal or "false,true")]
     except ValueError as e:
         raise UserError(str(e)) from None
+    windows = block_masks(a, seqs)
+    if windows is not None:
+        causals = windows
     heads, hd = a.heads or d["heads"], a.head_dim or d["head_dim"]
     for name, v in (("--heads", heads), ("--head-dim", hd), ("--batch", a.batch), *(("--seq", s) for s in seqs),
                     *(("--kv-heads", k) for k in kvs)):
@@ -78,16 +82,52 @@ def configs(a, device_type: str) -> list[dict]:
         options.value(options.PARAMS["dtype"], dt, "--dtype")
     if not 1 <= a.iters <= options.MAX_ITERS or not 0 <= a.warmup <= options.MAX_ITERS:
         raise UserError(f"--iters must be from 1 to {options.MAX_ITERS} and --warmup from 0 to {options.MAX_ITERS}")
-    return [dict(dtype=dt, kv_heads=kv, causal=c, seq=s, heads=heads, head_dim=hd, batch=a.batch)
+    return [dict(dtype=dt, kv_heads=kv, **({"causal": c} if isinstance(c, bool) else {"causal": c.is_causal,
+                                                                                     "mask": str(c)}),
+                 seq=s, heads=heads, head_dim=hd, batch=a.batch)
             for dt in dtypes for kv in kvs for c in causals for s in seqs]
 
 
-def _call(kern, direction: str, q, k, v, do, causal: bool, scale: float):
-    """One forward, or one backward given the forward's out and LSE (computed once, untimed)."""
+def block_masks(a, seqs: list[int]) -> list | None:
+    """--mask as one block's maskings: True/False for causal/full, a ringx.Mask for a window (one band block);
+    None without --mask. Documents are many blocks, not one kernel call: refused (bench run times them)."""
+    from bench.quick import band_of
+    from ringx_suite import masks
+
+    specs = options.value(options.PARAMS["mask"], a.mask, "--mask", many=True)
+    if specs is None:
+        return None
+    if a.causal is not None:
+        raise UserError("give --mask or --causal, not both (--causal true is --mask causal, false is --mask full)")
+    out = []
+    for x in specs:
+        m = masks.parse(x, max(seqs), 0)
+        if m.plain is None and band_of(m) is None:
+            raise UserError(f"--mask {x}: bench kernels times one block, so it takes full, causal and window:L[,R] "
+                            "(a document mask is many blocks: time it with bench run)")
+        out.append(m.plain if m.plain is not None else m)
+    return list(dict.fromkeys(out))
+
+
+def _call(kern, direction: str, q, k, v, do, causal: bool, scale: float, band=None):
+    """One forward, or one backward given the forward's out and LSE (computed once, untimed); ``band``: a window
+    as the block's band (the kernel's own band path, or the fallback it routes to)."""
+    kw = {}
+    if band is not None:
+        kern, kw = kern.for_band(q, k.shape[1], band), {"band": band}
     if direction == "fwd":
-        return lambda: kern.forward(q, k, v, causal, scale)
-    out, lse = kern.forward(q, k, v, causal, scale)
-    return lambda: kern.backward(do, q, k, v, out, lse, causal, scale)
+        return lambda: kern.forward(q, k, v, causal, scale, **kw)
+    out, lse = kern.forward(q, k, v, causal, scale, **kw)
+    return lambda: kern.backward(do, q, k, v, out, lse, causal, scale, **kw)
+
+
+def _mask(cfg: dict):
+    """The configuration's ringx.Mask (full/causal, or its window)."""
+    import ringx
+
+    if "mask" in cfg:
+        return ringx.Mask.parse(cfg["mask"])
+    return ringx.Mask.causal() if cfg["causal"] else ringx.Mask.full()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +158,8 @@ class Kernels(Driver):
 
         import ringx
         from bench.measure.timing import time_round_robin
-        from ringx.flops import CONVENTION, attention_flops
+        from bench.quick import band_of
+        from ringx.flops import CONVENTION, mask_flops
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import already_recorded, config_key, now
 
@@ -132,7 +173,8 @@ class Kernels(Driver):
             wanted = split_list(a.kernels) if a.kernels else list(ringx.KERNELS)
             kerns = [ringx.KERNELS[k] for k in wanted
                      if ringx.KERNELS[k].supports(dev, dt, cfg["head_dim"]) and k != "reference"]
-            label = (f"seq {cfg['seq']} {'causal' if cfg['causal'] else 'full'} {cfg['dtype']} "
+            mask = _mask(cfg)
+            label = (f"seq {cfg['seq']} {mask} {cfg['dtype']} "
                      f"{cfg['heads']}/{cfg['kv_heads']} heads")
             cases = []
             for k in kerns:
@@ -152,7 +194,9 @@ class Kernels(Driver):
                 b, sq, h, hk, d = cfg["batch"], cfg["seq"], cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
                 q, do = (torch.randn(b, sq, h, d, generator=g, dtype=dt).to(dev) for _ in range(2))
                 k_, v_ = (torch.randn(b, sq, hk, d, generator=g, dtype=dt).to(dev) for _ in range(2))
-                fns = [_call(kern, direction, q, k_, v_, do, cfg["causal"], d**-0.5) for kern, direction, _, _ in cases]
+                causal = bool(mask.plain)
+                fns = [_call(kern, direction, q, k_, v_, do, causal, d**-0.5, band_of(mask))
+                       for kern, direction, _, _ in cases]
                 samples = time_round_robin(fns, s.warmup, s.iters, dev)
             except Exception as e:  # noqa: BLE001 - failures are records
                 err = describe(e)
@@ -169,7 +213,7 @@ class Kernels(Driver):
                                error="; ".join(f"rank {i}: {v['error']}" for i, v in bad))
                 else:
                     st = stat_fields(samples[j])
-                    flops = attention_flops(c["batch"], c["seq"], c["heads"], c["head_dim"], c["causal"], direction)
+                    flops = mask_flops(c["batch"], c["seq"], c["heads"], c["head_dim"], mask, direction)
                     rec.update(samples_s=samples[j], **st, flops=flops, flops_convention=CONVENTION,
                                tflops=flops / st["median_s"] / 1e12)
                 if self.rank == 0:
@@ -179,7 +223,7 @@ class Kernels(Driver):
                 self.reinit()
             else:
                 tf = [f"{kk.name} {dd} "
-                      f"{attention_flops(b, sq, h, d, cfg['causal'], dd) / statistics.median(sm) / 1e12:.2f}"
+                      f"{mask_flops(b, sq, h, d, mask, dd) / statistics.median(sm) / 1e12:.2f}"
                       for (kk, dd, _, _), sm in zip(cases, samples)]
                 progress.step(f"{label}: " + ", ".join(tf) + " TFLOP/s")
         progress.note(f"bench kernels: done -> {store.records_path}")

@@ -55,7 +55,7 @@ from ringx_suite.cli import Parser, UserError
 PROG = "python -m bench model"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
 CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
-POINT = ("algorithms", "seq", "seq_per_rank", "batch")
+POINT = ("algorithms", "seq", "seq_per_rank", "batch", "mask")
 PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
 BUCKET = 1 << 25  # elements per gradient all-reduce
 
@@ -75,6 +75,36 @@ class Plan:
     scaling: str  # "strong" or "weak"
     seqs: tuple[int, ...]  # global lengths
     algorithms: tuple[str, ...]
+    mask: str | None = None  # --mask (every layer), other than the architecture's own
+    layer_masks: tuple[str, ...] = ()  # --layer-masks (the layers cycle through them)
+    mask_seed: int = 0  # of drawn document masks
+
+    def masks_at(self, seq: int) -> tuple | None:
+        """The layers' masks (cycled) at ``seq`` tokens, or None for the architecture's causal / full."""
+        from bench.points.attention import mask_of
+
+        specs = self.layer_masks or ((self.mask,) if self.mask else ())
+        return tuple(mask_of(x, seq, self.mask_seed) for x in specs) or None
+
+    def layout_mask(self, seq: int):
+        """What the sequence is sharded for: the first layer's mask (every layer's gives the same layout), or
+        the architecture's causal flag."""
+        masks = self.masks_at(seq)
+        return masks[0] if masks else self.config.causal
+
+    def mask_fields(self, seq: int) -> dict:
+        """The record's mask fields (none without --mask or --layer-masks): --mask's as bench run's; a layer
+        pattern's ``mask`` is ``layers:A/B/...`` and ``layer_masks`` each layer pattern's text."""
+        from ringx_suite import masks as suite_masks
+
+        if self.mask:
+            return suite_masks.record_fields(self.mask, self.masks_at(seq)[0], self.mask_seed)
+        if self.layer_masks:
+            texts = [m.short() for m in self.masks_at(seq)]
+            drawn = [x for x in self.layer_masks if suite_masks.is_distribution(x)]
+            return {"mask": "layers:" + "/".join(texts), "layer_masks": texts,
+                    **({"mask_seed": self.mask_seed} if drawn else {})}
+        return {}
 
 
 def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, Plan]:
@@ -96,6 +126,8 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
     from bench import models
 
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
+    if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
+        given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
     mo = options.ModelOptions.of(given)
     if mo.machine and inv.settings.peak_tflops is None:
         from bench.sweeps.profiles import load_profile
@@ -116,26 +148,51 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
         raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
     seqs = tuple(s * world for s in per_rank) if per_rank else tuple(seq or [2048])
     batch = options.value(P["batch"], given.get("batch", 1), "")
-    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(
-        cfg.causal)
+    mask, layer_masks = _masks(given, mo, cfg)
+    probe = Plan(mo.preset, cfg, batch, "strong", seqs, (), mask, layer_masks, inv.settings.mask_seed or 0)
+    masks_of = {s: probe.masks_at(s) for s in seqs}  # every spec drawn and checked at every length
+    for m in {m for ms in masks_of.values() for m in ms or ()}:
+        if cfg.causal and not m.is_causal:
+            raise UserError(f"mask {m.short()}: a decoder's layers must not see later tokens (they are its labels); "
+                            "use causal, window:W or docs:... masks")
+    kinds = {m.kind != "full" for ms in masks_of.values() for m in ms or ()} or {cfg.causal}
+    if len(kinds) > 1:
+        raise UserError("--layer-masks: full and masked layers need two layouts of one sequence; give masked "
+                        "layers only (e.g. window:W,causal) or full layers only")
+    family = kinds.pop()
+    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(family)
     for n in names:
         try:
-            ringx.algorithms.get(n, cfg.causal)
+            ringx.algorithms.get(n, family)
         except ValueError as e:
             raise UserError(str(e)) from None
         algo = ringx.ALGORITHMS[n]
         if algo.ulysses == "all" and cfg.heads % world:
             raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits heads); "
                             "choose other --heads or drop it from --algorithms")
-        div = algo.local_divisor(cfg.causal) * world
+        div = algo.local_divisor(family) * world
         for s in seqs:
             if s % div:
                 raise UserError(f"sequence length {s} cannot be split for {n} "
-                                f"({'causal' if cfg.causal else 'non-causal'}) over {world} ranks: it must be a "
+                                f"({'causal' if family else 'non-causal'}) over {world} ranks: it must be a "
                                 f"multiple of {div}")
             if cfg.causal and s < 2:
                 raise UserError("a causal LM needs at least 2 tokens (one label)")
-    return inv, mo, Plan(mo.preset, cfg, batch, "weak" if per_rank else "strong", seqs, tuple(dict.fromkeys(names)))
+    return inv, mo, replace(probe, scaling="weak" if per_rank else "strong", algorithms=tuple(dict.fromkeys(names)))
+
+
+def _masks(given: dict, mo: options.ModelOptions, cfg) -> tuple[str | None, tuple[str, ...]]:
+    """(--mask, --layer-masks) of a model, checked: one --mask per launch, not both, and a decoder's layers never
+    see later tokens (a full mask would show the labels). full/causal as the architecture's own are dropped."""
+    spec = options.value(options.PARAMS["mask"], given.get("mask"), "", many=True)
+    if spec and len(spec) != 1:
+        raise UserError("bench model takes one --mask per launch (a sweep file's masks = [...] crosses several)")
+    layer = tuple(options.value(options.MODEL["layer_masks"], mo.layer_masks, "", many=True) or ())
+    if spec and layer:
+        raise UserError("give --mask (every layer) or --layer-masks (a per-layer pattern), not both")
+    if not layer and spec and spec[0].strip() == ("causal" if cfg.causal else "full"):
+        return None, ()  # the architecture's own mask: the records of a run without --mask
+    return (spec[0] if spec and not layer else None), layer
 
 
 def compute_dtype(dtype: str, device_type: str) -> str:
@@ -151,7 +208,8 @@ def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: in
 
     return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
             **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
-            "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)}
+            "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)} \
+        | plan.mask_fields(seq)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,9 +237,16 @@ def shard_batch(inputs, targets, n_global: int, layout: str, rank: int, world: i
                       pos.to(device or "cpu"), n_global)
 
 
-def ringx_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, state=None):
+def ringx_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, state=None, masks=None):
     """``attend(q, k, v)`` through ``ringx.attention``, outside autocast (its inputs are already in the
-    compute dtype). ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call."""
+    compute dtype). ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call. ``masks``
+    (ringx.Mask, the layers cycling through them): one attend per mask, the list the model takes."""
+    if masks:
+        return [_ringx_attend(algorithm, {"mask": m}, kernel, ulysses_degree, state) for m in masks]
+    return _ringx_attend(algorithm, {"causal": causal}, kernel, ulysses_degree, state)
+
+
+def _ringx_attend(algorithm: str, masking: dict, kernel, ulysses_degree, state):
     import torch
 
     import ringx
@@ -191,7 +256,7 @@ def ringx_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None,
     def attend(q, k, v):
         dev = q.device.type
         with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
-            return ringx.attention(q, k, v, algorithm=algorithm, causal=causal, kernel=kernel,
+            return ringx.attention(q, k, v, algorithm=algorithm, **masking, kernel=kernel,
                                    ulysses_degree=ulysses_degree, stats=state.get("stats"),
                                    validate=state.get("validate", True))
     return attend
@@ -229,16 +294,17 @@ def _reduce(grads, group) -> None:
         at += g.numel()
 
 
-def reference_step(cfg, batch: int, seq: int, seed: int):
+def reference_step(cfg, batch: int, seq: int, seed: int, masks=None):
     """(loss, {name: gradient}): one step of the unsharded model in float64 on the CPU, plain attention, no
-    checkpointing (whatever the checked step does)."""
+    checkpointing (whatever the checked step does); ``masks``: the layers' masks (cycled), dense."""
     import torch
 
     from bench import models
 
     m = models.build(cfg, seed).double()
     inputs, targets, n = global_batch64(cfg, batch, seq, seed)
-    loss = m.loss(inputs, targets, torch.arange(seq), models.plain_attention(cfg.causal), n)
+    attend = [models.plain_attention(x) for x in masks] if masks else models.plain_attention(cfg.causal)
+    loss = m.loss(inputs, targets, torch.arange(seq), attend, n)
     loss.backward()
     return loss.item(), {k: p.grad for k, p in m.named_parameters()}
 
@@ -254,7 +320,7 @@ def global_batch64(cfg, batch: int, seq: int, seed: int):
 
 
 def sharded_step(model, cfg, batch: int, seq: int, seed: int, algorithm: str, layout: str, device, kernel=None,
-                 ulysses_degree=None, group=None):
+                 ulysses_degree=None, group=None, masks=None):
     """(global loss, {name: summed gradient}) of one sharded step of ``model`` (float64 on this rank's
     device); every rank of the group calls it together. The model's gradients are left set."""
     import torch.distributed as dist
@@ -263,8 +329,8 @@ def sharded_step(model, cfg, batch: int, seq: int, seed: int, algorithm: str, la
     model.zero_grad(set_to_none=True)
     inputs, targets, n = global_batch64(cfg, batch, seq, seed)
     lb = shard_batch(inputs, targets, n, layout, rank, world, device)
-    loss = model.loss(lb.inputs, lb.targets, lb.positions, ringx_attend(algorithm, cfg.causal, kernel, ulysses_degree),
-                      lb.n_global)
+    loss = model.loss(lb.inputs, lb.targets, lb.positions,
+                      ringx_attend(algorithm, cfg.causal, kernel, ulysses_degree, masks=masks), lb.n_global)
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total, group=group)
@@ -365,7 +431,8 @@ class TrainingStep(CaseDriver):
                              checkpoint=self.model.checkpoint, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
 
     def label(self, pt: StepAt) -> str:
-        return f"{pt.algorithm} seq={pt.seq}"
+        m = self.plan.mask_fields(pt.seq).get("mask")
+        return f"{pt.algorithm} seq={pt.seq}" + (f" {m}" if m else "")
 
     def record_fields(self, pt: StepAt) -> dict:
         import ringx
@@ -375,7 +442,9 @@ class TrainingStep(CaseDriver):
     def layout(self, pt: StepAt) -> str:
         import ringx
 
-        return ringx.ALGORITHMS[pt.algorithm].layout(self.plan.config.causal)
+        m = self.plan.layout_mask(pt.seq)
+        return ringx.ALGORITHMS[pt.algorithm].layout(m) if isinstance(m, bool) else \
+            ringx.ALGORITHMS[pt.algorithm].layout(mask=m)
 
     def start(self, total: int) -> None:
         c, plan = self.plan.config, self.plan
@@ -411,9 +480,15 @@ class TrainingStep(CaseDriver):
 
     def check_seq(self, cases: list[Case]) -> int:
         import ringx
+        from ringx_suite.masks import is_distribution
 
         div = math.lcm(*(ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
-        cs = min(cases[0].point.seq, self.settings.check_max_seq)
+        seq, p = cases[0].point.seq, self.plan
+        literal = [m for x, m in zip(p.layer_masks or (p.mask,), p.masks_at(seq) or ())
+                   if m.lengths is not None and not is_distribution(x)]
+        if literal:
+            return seq  # documents given literally fit this length only
+        cs = min(seq, self.settings.check_max_seq)
         return max(cs - cs % div, div)
 
     def check_all(self, cases: list[Case]) -> list[Case]:
@@ -424,6 +499,7 @@ class TrainingStep(CaseDriver):
 
         cfg, plan, dev = self.plan.config, self.plan, self.ctx.device
         cs = self.check_seq(cases)
+        masks = plan.masks_at(cs)  # a drawn document mask is drawn again for the check's length
         model, err = None, None
         try:
             model = models.build(cfg, seed=cs, checkpoint=self.model.checkpoint).double().to(dev)
@@ -438,16 +514,16 @@ class TrainingStep(CaseDriver):
                 got = failed = None
                 try:
                     got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev,
-                                       self.settings.kernel)
+                                       self.settings.kernel, masks=masks)
                 except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
                     failed = e
                 verdict = ("exception", "rank 0's sharded step failed")
                 if self.rank == 0 and got is not None:
                     try:
-                        key = (cfg, plan.batch, cs)
+                        key = (cfg, plan.batch, cs, masks)
                         if key not in self.references:
                             self.references.clear()
-                            self.references[key] = reference_step(cfg, plan.batch, cs, cs)
+                            self.references[key] = reference_step(cfg, plan.batch, cs, cs, masks)
                         ref_loss, ref_grads = self.references[key]
                         verdict = (*compare(got[0], got[1], ref_loss, ref_grads), ref_loss)
                     except Exception as e:  # noqa: BLE001 - the other ranks wait for the verdict
@@ -495,8 +571,8 @@ class TrainingStep(CaseDriver):
             c.stats = ringx.CallStats()
             state = {"stats": c.stats, "validate": True}
             lb = shard_batch(inputs, targets, n, c.layout, self.rank, self.P, dev)
-            c.call = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state),
-                          state, dev, self.dtype)
+            c.call = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state,
+                                                       masks=self.plan.masks_at(seq)), state, dev, self.dtype)
         return {"model": model, "opt": opt, "params": models.count_params(model),
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
@@ -530,15 +606,18 @@ class TrainingStep(CaseDriver):
         import statistics
 
         from bench import models
-        from ringx.flops import MODEL_CONVENTION, model_flops_per_token
+        from ringx.flops import MODEL_CONVENTION, masked_model_flops_per_token, model_flops_per_token
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
         cfg, plan, votes, seq = self.plan.config, self.plan, c.votes, c.point.seq
         fields = stat_fields(samples)
         med = fields["median_s"]
-        per_token = model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
-                                          cfg.causal)
+        masks = plan.masks_at(seq)
+        per_token = (masked_model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
+                                                  masks) if masks else
+                     model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
+                                           cfg.causal))
         flops = per_token * plan.batch * seq
         tflops = flops / self.P / med / 1e12
         peak = self.settings.peak_tflops if self.ctx.device.type == "cuda" else None

@@ -17,7 +17,7 @@ mean and so do their gradients (summed by one all-reduce). Labels are shifted on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -191,15 +191,19 @@ class Model(nn.Module):
         self.norm = RMSNorm(c.d_model, c.norm_eps)
         self.head = nn.Linear(c.d_model, c.vocab if c.causal else c.patch_dim, bias=not c.causal)
 
-    def forward(self, inputs, positions, attend: Attend):
-        """Logits (decoder) or predicted patches (vit) of this rank's tokens at their global ``positions``."""
+    def forward(self, inputs, positions, attend: Attend | Sequence[Attend]):
+        """Logits (decoder) or predicted patches (vit) of this rank's tokens at their global ``positions``.
+        ``attend``: one attention for every layer, or a list the layers cycle through (layer i takes
+        ``attend[i % len(attend)]``: a per-layer pattern such as local window / global)."""
         x = self.embed(inputs)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
-        for blk in self.blocks:
+        pattern = list(attend) if isinstance(attend, list | tuple) else [attend]
+        for i, blk in enumerate(self.blocks):
+            att = pattern[i % len(pattern)]
             if self.checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, attend, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, att, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, attend)
+                x = blk(x, cos, sin, att)
         return self.head(self.norm(x))
 
     def loss(self, inputs, targets, positions, attend: Attend, n_global: int):
@@ -275,14 +279,18 @@ def global_batch(c: ModelConfig, batch: int, seq: int, seed: int = 0):
     return x, target, batch * seq * c.patch_dim
 
 
-def plain_attention(causal: bool) -> Attend:
-    """Softmax attention over the whole sequence by the textbook formula (the unsharded reference)."""
+def plain_attention(causal) -> Attend:
+    """Softmax attention over the whole sequence by the textbook formula (the unsharded reference).
+    ``causal``: True/False, or a ringx.Mask (its dense visibility over the global positions)."""
     def attend(q, k, v):
         g = q.shape[2] // k.shape[2]
         k, v = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
-        if causal:
-            s = q.shape[1]
+        s = q.shape[1]
+        if not isinstance(causal, bool):  # a mask
+            pos = torch.arange(s)
+            scores = scores.masked_fill(~causal.visible(pos, pos).to(q.device), float("-inf"))
+        elif causal:
             scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
         return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
     return attend

@@ -7,13 +7,15 @@ record key for "is this point done?".
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
-from bench.options import PARAMS, value
+from bench.options import PARAMS, SETTINGS, value
 from bench.points import run_config
 from ringx_suite.cli import UserError
 
-FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode")
+FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode",
+          "mask", "mask_seed")
 
 
 @dataclass(frozen=True)
@@ -27,24 +29,74 @@ class Point:
     kv_heads: int
     head_dim: int
     dtype: str
-    causal: bool
+    causal: bool  # with a mask: whether it is causal (no query sees a later key)
     mode: str
+    mask: str | None = None  # a --mask spec other than full/causal (those are `causal`), else None
+    mask_seed: int | None = None  # the seed of a drawn document mask (None: not drawn)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The point's fields; ``mask``/``mask_seed`` only when set (a point without a mask keeps the record key it
+        had before masks existed)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("mask", "mask_seed")}
 
     def spec(self) -> dict:
         """The point as it is specified: the global length for strong scaling, per rank for weak."""
-        d = asdict(self)
+        d = self.as_dict()
         del d["scaling"], d["seq_per_rank" if self.scaling == "strong" else "seq"]
+        if self.mask is not None:
+            del d["causal"]  # the mask says it
         return d
 
+    def the_mask(self):
+        """The ringx.Mask of the point (full/causal from ``causal``, else the drawn or literal --mask)."""
+        import ringx
 
-def make_point(d: dict, world: int, external: tuple[str, ...] = ()) -> Point:
+        if self.mask is None:
+            return ringx.Mask.causal() if self.causal else ringx.Mask.full()
+        return mask_of(self.mask, self.seq, self.mask_seed or 0)
+
+    def mask_text(self) -> str:
+        if self.mask is None:
+            return "causal" if self.causal else "full"
+        return self.the_mask().short()
+
+    def mask_fields(self) -> dict:
+        """The record's mask fields (ringx_suite.masks.record_fields; none for a point without --mask)."""
+        from ringx_suite import masks
+
+        return masks.record_fields(self.mask, self.the_mask(), self.mask_seed or 0) if self.mask is not None else {}
+
+
+@functools.lru_cache(maxsize=64)
+def mask_of(spec: str, seq: int, seed: int):
+    """A spec's mask for ``seq`` tokens: drawn once per (spec, length, seed) in this process, the same on every
+    rank (a seeded draw)."""
+    from ringx_suite import masks
+
+    return masks.parse(spec, seq, seed)
+
+
+def resolve_mask(d: dict, glob: int, seed: int | None) -> tuple[str | None, int | None, bool | None]:
+    """(spec, seed, causal) of a point dict's ``mask``: (None, None, the bool) for full/causal, (None, None, None)
+    without a mask. A bad spec: one-line UserError (every rank raises alike, before any collective)."""
+    from ringx_suite import masks
+
+    spec = value(PARAMS["mask"], d.get("mask"), "point")
+    if spec is None:
+        return None, None, None
+    seed = value(SETTINGS["mask_seed"], d.get("mask_seed", seed), "point") or 0
+    m = mask_of(spec, glob, seed)
+    if m.plain is not None:
+        return None, None, m.plain
+    return spec, (seed if masks.is_distribution(spec) else None), m.is_causal
+
+
+def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | None = None) -> Point:
     """A validated point for ``world`` ranks from a dict with the FIELDS keys (seq or seq_per_rank).
 
-    Values are read through the option definitions (bench/options.py). Raises UserError with a message
-    meant for the user.
+    Values are read through the option definitions (bench/options.py). ``mask`` (a --mask spec) replaces
+    ``causal``; a drawn one uses ``mask_seed`` (default ``seed``). Raises UserError with a message meant for the
+    user.
     """
     import ringx
 
@@ -63,18 +115,27 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = ()) -> Point:
     if (seq is None) == (per_rank is None):
         raise UserError("give seq (global, strong scaling) or seq_per_rank (weak scaling), exactly one")
     glob = seq if seq is not None else per_rank * world
+    spec, mseed, mcausal = resolve_mask(d, glob, seed)
+    if mcausal is not None:
+        if "causal" in d and d["causal"] is not None and causal != mcausal:
+            raise UserError(f"point: mask {d['mask']!r} and causal {d['causal']!r} disagree (give one of them)")
+        causal = mcausal
+    m = mask_of(spec, glob, mseed or 0) if spec else causal
+    what = f"mask {spec}" if spec else "causal" if causal else "non-causal"
     if name in ringx.ALGORITHMS:
         algo = ringx.ALGORITHMS[name]
-        if not algo.supports(causal):
-            raise UserError(f"{name} does not support {'causal' if causal else 'non-causal'} attention")
-        div = ringx.layouts.global_divisor(algo.layout(causal), world)
+        if not algo.supports(m):
+            raise UserError(f"{name} does not support {what} attention")
+        div = ringx.layouts.global_divisor(algo.layout(mask=m) if spec else algo.layout(causal), world)
     else:
+        if spec:
+            raise UserError(f"{name}: outside baselines take full or causal attention only, not mask {spec}")
         div = 2 * world
     if glob % div:
-        raise UserError(f"sequence length {glob} cannot be split for {name} ({'causal' if causal else 'non-causal'}) "
+        raise UserError(f"sequence length {glob} cannot be split for {name} ({what}) "
                         f"over {world} ranks: it must be a multiple of {div}")
     return Point(name, glob, glob // world, "strong" if seq is not None else "weak", v["batch"], v["heads"],
-                 v["kv_heads"], v["head_dim"], v["dtype"], causal, v["mode"])
+                 v["kv_heads"], v["head_dim"], v["dtype"], causal, v["mode"], spec, mseed)
 
 
 ELEMENT_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
@@ -113,5 +174,8 @@ def memory_bytes(pt: Point, world: int, check_max_seq: int = 0) -> int:
 
 def record_config(pt: Point, world: int, nodes: int, repeat: int, kernel: str | None, warmup: int,
                   iters: int) -> dict:
-    """The configuration fields of a record; their hash is the record's key."""
-    return run_config(world, nodes, repeat, kernel, warmup, iters) | pt.as_dict()
+    """The configuration fields of a record; their hash is the record's key. A masked point's are its mask's
+    record fields (the exact mask, or its digest with the spec and seed), not the spec alone."""
+    d = pt.as_dict()
+    d.pop("mask", None), d.pop("mask_seed", None)
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | d | pt.mask_fields()

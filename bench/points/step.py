@@ -24,6 +24,7 @@ SWEEP_PARAMS = MODEL_KEYS + step_driver.POINT
 
 def definition(name: str) -> options.Option:
     """The option behind a model sweep's [params] key (the model's heads and dtype, not attention's)."""
+    name = "mask" if name == "masks" else name  # masks = [...]: the points' --mask
     return options.MODEL[name] if name in options.MODEL else options.PARAMS[name]
 
 
@@ -39,17 +40,21 @@ class StepPoint:
     checkpoint: bool
     overrides: tuple[tuple[str, object], ...]  # the model fields given over the preset, in options.MODEL order
     config: object  # models.ModelConfig, the preset with the overrides
+    mask: str | None = None  # --mask (a spec other than the architecture's own)
+    mask_seed: int = 0  # of a drawn --mask or --layer-masks
 
     @property
     def group(self) -> tuple:
         """What the points of one ``bench model`` launch share: all but the sequence and the algorithm."""
-        return self.preset, self.overrides, self.dtype, self.checkpoint, self.batch, self.scaling
+        return self.preset, self.overrides, self.dtype, self.checkpoint, self.batch, self.mask, self.mask_seed, \
+            self.scaling
 
     def spec(self) -> dict:
         """The point as it is specified (the global length for strong scaling, per rank for weak)."""
         seq = {"seq": self.seq} if self.scaling == "strong" else {"seq_per_rank": self.seq_per_rank}
+        masked = {"mask": self.mask} if self.mask else {}
         return {"algorithm": self.algorithm, **seq, "batch": self.batch, "preset": self.preset, **dict(self.overrides),
-                "dtype": self.dtype, "checkpoint": self.checkpoint}
+                "dtype": self.dtype, "checkpoint": self.checkpoint, **masked}
 
     def describe(self) -> str:
         """One line for plan and status: the model, its step and the point."""
@@ -64,8 +69,9 @@ class StepPoint:
         flags = ["--preset", self.preset]
         for k, v in self.overrides:
             flags += [M[k].flag, str(v)]
+        masked = ["--mask", self.mask] if self.mask else []  # its seed: the job's [bench] mask_seed
         return flags + ["--dtype", self.dtype, *(["--checkpoint"] if self.checkpoint else []),
-                        "--batch", str(self.batch)]
+                        "--batch", str(self.batch), *masked]
 
 
 def check_values(params: dict, where: str) -> None:
@@ -102,11 +108,14 @@ def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
                       if k in d and k not in ("preset", "dtype", "checkpoint"))
     seq = plan.seqs[0]
     return StepPoint(plan.algorithms[0], seq, seq // world, plan.scaling, plan.batch, plan.preset, dtype,
-                     bool(model.checkpoint), overrides, plan.config)
+                     bool(model.checkpoint), overrides, plan.config, plan.mask, plan.mask_seed)
 
 
 def plan_of(pt: StepPoint) -> step_driver.Plan:
-    return step_driver.Plan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,))
+    layer = dict(pt.overrides).get("layer_masks")
+    return step_driver.Plan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,), pt.mask,
+                            tuple(options.value(options.MODEL["layer_masks"], layer, "", many=True) or ()),
+                            pt.mask_seed)
 
 
 def record_config(pt: StepPoint, world: int, nodes: int, repeat: int, settings: dict) -> dict:
@@ -169,5 +178,11 @@ def step_flops(pt: StepPoint) -> float:
     from ringx.flops import model_flops_per_token
 
     c = pt.config
-    per_token = model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, c.causal)
+    masks = plan_of(pt).masks_at(pt.seq)
+    if masks:  # each layer's visible area
+        from ringx.flops import masked_model_flops_per_token
+
+        per_token = masked_model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, masks)
+    else:
+        per_token = model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, c.causal)
     return per_token * pt.batch * pt.seq * (4 / 3 if pt.checkpoint else 1.0)

@@ -247,7 +247,7 @@ def cmd_predict(sw: Sweep, a) -> int:
     for j in sw.jobs:
         preds = {pt: predict(pt.algorithm, pt.causal, pt.mode, j.ranks, machine, nodes=j.nodes, batch=pt.batch,
                              seq=pt.seq, heads=pt.heads, kv_heads=pt.kv_heads, head_dim=pt.head_dim, dtype=pt.dtype,
-                             exact_ranks=16) for pt in j.points}
+                             exact_ranks=16, mask=pt.the_mask() if pt.mask else None) for pt in j.points}
         best: dict = {}
         for pt, pr in preds.items():  # the algorithms compete at one configuration
             cfg = pt.spec() | {"algorithm": ""}
@@ -255,7 +255,7 @@ def cmd_predict(sw: Sweep, a) -> int:
             if key not in best or pr.total_s < preds[best[key]].total_s:
                 best[key] = pt
         fastest = set(best.values())
-        rows += [[j.name, pt.algorithm, pt.seq, "causal" if pt.causal else "full", pt.mode, round(pr.total_s * 1e3, 3),
+        rows += [[j.name, pt.algorithm, pt.seq, pt.mask_text(), pt.mode, round(pr.total_s * 1e3, 3),
                   round(pr.compute_s * 1e3, 3), round(pr.imbalance_s * 1e3, 3), round(pr.exposed_comm_s * 1e3, 3),
                   "yes" if pt in fastest else ""] for pt, pr in preds.items()]
     print(render(Table(["job", "algorithm", "seq", "mask", "mode", "predicted ms", "compute", "imbalance",

@@ -15,7 +15,7 @@ def call_seconds(sw: Sweep, job: Job, p) -> float:
     if prof.model and sw.kind.predicts:
         return predict(p.algorithm, p.causal, p.mode, job.ranks, from_table(prof.name, prof.model), nodes=job.nodes,
                        batch=p.batch, seq=p.seq, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
-                       dtype=p.dtype, exact_ranks=8).total_s
+                       dtype=p.dtype, exact_ranks=8, mask=p.the_mask() if p.mask else None).total_s
     rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12
     return sw.kind.flops(p) / job.ranks / rate
 

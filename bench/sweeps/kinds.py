@@ -13,7 +13,7 @@ from bench.drivers import step as step_driver
 from bench.points import attention as points
 from bench.points import infer as infer_points
 from bench.points import step as step_points
-from ringx.flops import attention_flops
+from ringx.flops import mask_flops
 from ringx_suite.store import config_key
 
 
@@ -22,7 +22,7 @@ class PointKind:
 
     name = "run"
     what = "attention points, bench run"
-    params: frozenset[str] = frozenset(options.PARAMS)
+    params: frozenset[str] = frozenset(options.PARAMS) | {"masks"}  # masks = [...]: the jobs' --mask
     defaults: dict = {}  # [bench] settings this driver defaults differently from bench/options.py
     predicts = True  # the cost model covers these points (bench sweep predict)
 
@@ -37,7 +37,7 @@ class PointKind:
 
     def flops(self, pt) -> float:
         """One call's FLOPs, all ranks together (compute-bound estimates)."""
-        return attention_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.causal, pt.mode)
+        return mask_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.the_mask(), pt.mode)
 
     def key(self, pt, ranks: int, nodes: int, repeat: int, bench: dict) -> str:
         return config_key(points.record_config(pt, ranks, nodes, repeat, bench["kernel"], bench["warmup"],
@@ -48,7 +48,7 @@ class PointKind:
         return [["run", "--points", points_file]]
 
     def describe(self, p) -> str:
-        return (f"{p.algorithm:8s} seq={p.seq:<8d} {'causal' if p.causal else 'full':6s} {p.mode:8s} {p.dtype} "
+        return (f"{p.algorithm:8s} seq={p.seq:<8d} {p.mask_text():6s} {p.mode:8s} {p.dtype} "
                 f"b{p.batch} h{p.heads}/{p.kv_heads} d{p.head_dim}")
 
 
@@ -57,7 +57,7 @@ class StepKind(PointKind):
 
     name = "model"
     what = "training steps, bench model"
-    params = frozenset(step_points.SWEEP_PARAMS)
+    params = frozenset(step_points.SWEEP_PARAMS) | {"masks"}
     defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ}
     predicts = False  # the cost model knows attention only
 

@@ -45,10 +45,15 @@ def _as_list(v) -> list:
     return v if isinstance(v, list) else [v]
 
 
+PLURAL = {"algorithms": "algorithm", "masks": "mask"}  # a sweep's list key -> the point's field
+
+
 def expand(params: dict, zips: list[list[str]], excludes: list[dict]) -> list[dict]:
     """Point dicts: lists crossed, zipped groups paired, excluded combinations dropped."""
-    params = {("algorithm" if k == "algorithms" else k): v for k, v in params.items()}
-    zips = [["algorithm" if k == "algorithms" else k for k in g] for g in zips]
+    if "masks" in params and "mask" in params:
+        raise SweepError("give masks = [...] or mask, not both")
+    params = {PLURAL.get(k, k): v for k, v in params.items()}
+    zips = [[PLURAL.get(k, k) for k in g] for g in zips]
     zipped = {k for g in zips for k in g}
     for g in zips:
         for k in g:
@@ -64,7 +69,7 @@ def expand(params: dict, zips: list[list[str]], excludes: list[dict]) -> list[di
         d = {}
         for part in combo:
             d |= part
-        if not any(all(d.get("algorithm" if k == "algorithms" else k) in _as_list(v) for k, v in rule.items())
+        if not any(all(d.get(PLURAL.get(k, k)) in _as_list(v) for k, v in rule.items())
                    for rule in excludes):
             points.append(d)
     return points
@@ -247,6 +252,9 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     dicts = expand(params, zips, excludes)
     if not dicts:
         raise SweepError("the sweep has no points (every combination is excluded?)")
+    if bench.get("mask_seed") is not None:  # a drawn mask's seed travels with its points
+        masked = [d.get("mask") is not None or d.get("layer_masks") is not None for d in dicts]
+        dicts = [d | {"mask_seed": bench["mask_seed"]} if m else d for d, m in zip(dicts, masked)]
     try:
         pk.check_params(params, dicts, where)
     except ValueError as e:
