@@ -86,7 +86,8 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
        "recorded, not timed", bool),
     _p("trace", False, "bench run: after the timed rounds, record one more call per algorithm on the timeline and "
        "store its overlap_fraction (never inside the timed rounds; the trace files: bench trace)", bool),
-    _p("mask_seed", None, "seed of the document lengths --mask draws from a distribution (default 0)", int, low=0,
+    _p("mask_seed", None, "seed of the document lengths --mask draws from a distribution (default 0; bench infer "
+       "takes no mask and ignores it)", int, low=0,
        high=2**63 - 1, nullable=True),
     _p("check_max_seq", 2048, "largest sequence the check uses: bench run and bench model check longer points at "
        "this length; bench infer times longer prompts unchecked (checked: false)", int, low=1, high=1 << 22),

@@ -398,3 +398,11 @@ def test_every_missing_setting_is_named_in_one_message(tmp_path, monkeypatch):
     assert commands.main(["plan", str(f)]) == 0  # plan runs, and says what render will need
     with pytest.raises(sweep.SweepError, match=r"needs 2 settings"):
         sweep.load(f, for_jobs=True)
+
+
+def test_predict_on_a_profile_without_a_model_table_says_what_to_give(capsys):
+    from bench.sweeps.commands import main as sweep_main
+
+    rc = sweep_main(["predict", str(GOLDEN.parent.parent / "jobs" / "sweeps" / "local-demo.toml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "has no [model] table" in err and "--machine" in err and "Traceback" not in err

@@ -241,7 +241,11 @@ def cmd_predict(sw: Sweep, a) -> int:
     if not sw.kind.predicts:
         raise SweepError(f"predict covers attention points (bench run); {sw.path.name} is a {sw.driver} sweep "
                          f"(driver = \"{sw.driver}\", {sw.kind.what}): its plan estimates each point")
-    machine = load_machine(a.machine)[0] if a.machine else from_table(sw.profile.name, sw.profile.model)
+    try:
+        machine = load_machine(a.machine)[0] if a.machine else from_table(sw.profile.name, sw.profile.model)
+    except ValueError as e:  # a profile without a [model] table (local, or a site not described yet)
+        raise SweepError(f"{e}: give --machine PROFILE (one with a [model] table, e.g. frontier) or add a "
+                         f"[model] table to the profile (docs/cost-model.md)") from None
     print(f"campaign {sw.campaign}: predictions on {machine.name} ({machine.source})\n")
     rows = []
     for j in sw.jobs:
