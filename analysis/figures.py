@@ -43,7 +43,13 @@ ORDER = ["ring", "zigzag", "stripe", "bidir-ring", "double-ring",
 NOISE = "hollow markers: within noise (the 95% interval contains 1)"
 
 
+# Serving's tensor-parallel baseline (bench infer's `tp`): a style of its own, outside the algorithms' cycle.
+TP_STYLE = {"marker": "*", "markersize": 5.5, "linestyle": "-", "linewidth": 1.4, "color": "#6A3D9A"}
+
+
 def style(algorithm: str) -> dict:
+    if algorithm == "tp":
+        return {**TP_STYLE, "label": algorithm}
     i = ORDER.index(algorithm) if algorithm in ORDER else len(ORDER) + sum(map(ord, algorithm)) % 7
     return {"marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)],
             "color": COLORS[i % len(COLORS)], "label": algorithm}
@@ -230,7 +236,8 @@ def x_at(ax, values, fmt=tokens, width_in: float | None = None, log2: bool = Tru
         ax.set_xlim((values[0] / 2**pad, values[-1] * 2**pad) if log2 else (values[0] - pad, values[-1] + pad))
 
 
-ACROSS = {"world_size": lambda v: plural(int(v), "rank"), "seq": lambda v: f"{tokens(v)} tokens"}
+ACROSS = {"world_size": lambda v: plural(int(v), "rank"), "seq": lambda v: f"{tokens(v)} tokens",
+          "prompt_len": lambda v: f"{tokens(v)}-token prompt"}
 
 
 def _panels(d0: pd.DataFrame, across: str) -> list[tuple[str, pd.DataFrame]]:
