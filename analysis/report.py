@@ -95,7 +95,8 @@ def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd
 def _config(df: pd.DataFrame) -> dict[str, str]:
     cols = ["algorithm", "world_size", "nodes", "seq", "prompt_len", "new_tokens", "batch", "heads", "kv_heads",
             "head_dim", "dtype", "causal", "mask", "mode", "kernel", "iters", "warmup", "op", "level"]
-    vals = {c: sorted(df[c].dropna().unique(), key=str) for c in cols if c in df}
+    numeric = ("prompt_len", "new_tokens")  # (the older columns keep the text order their reports have had)
+    vals = {c: sorted(df[c].dropna().unique(), key=None if c in numeric else str) for c in cols if c in df}
     if "mask" in vals:  # as the figures and tables name them (drawn documents by their distribution)
         vals["mask"] = sorted(set(mask_names(df).dropna()), key=mask_order)
     return {c: ", ".join(map(str, v)) for c, v in vals.items() if v or c != "mask"}
@@ -248,7 +249,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     order = ["Results"] + [k.section for k in KINDS.values() if k.section]
     sections = [(name, [(i, f[:4]) for i, f in enumerate(figs, start=1) if (f[4] or "Results") == name],
                  [(i, t[:3]) for i, t in enumerate(tabs, start=1) if (t[3] or "Results") == name]) for name in order]
-    sections = [(n, f, t) for n, f, t in sections if f or t or n == "Results"]
+    sections = [(n, f, t) for n, f, t in sections if f or t] or sections[:1]  # an empty Results, as ever, if no other
     if fmt == "latex":
         return _latex(out, title, intro, notes, df, sections, config, prov, failures, skipped)
     if fmt == "md":

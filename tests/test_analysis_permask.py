@@ -203,3 +203,21 @@ def test_report_html_md_and_latex_group_by_mask(campaign, tmp_path):
                              cwd=tmp_path / "r", capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:]
         assert (tmp_path / "r" / "report.pdf").stat().st_size > 10000
+
+
+GOLDEN = Path(__file__).parent / "golden" / "analysis"  # written by the code before per-mask tables existed
+
+
+@pytest.mark.parametrize("campaign_dir,fmt,golden", [("cpu-sample", "markdown", "cpu-sample.table.md"),
+                                                     ("cpu-sample", "latex", "cpu-sample.table.tex"),
+                                                     ("model-step", "markdown", "model-step.table.md")])
+def test_committed_campaigns_keep_their_tables(campaign_dir, fmt, golden):
+    out = subprocess.run([sys.executable, "-m", "analysis", "table", str(ROOT / "results" / campaign_dir), "--format",
+                          fmt], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == (GOLDEN / golden).read_text()
+
+
+def test_committed_campaign_keeps_its_report(tmp_path):
+    path = report.write(str(ROOT / "results" / "cpu-sample"), str(tmp_path), "md")
+    assert Path(path).read_text() == (GOLDEN / "cpu-sample.report.md").read_text()
