@@ -1,8 +1,8 @@
 """ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
-Every timed record kind (attention, the training step; kinds.py says how each is compared) goes through the
-same ``summarize(df, kind)`` and ``speedup``; step.py holds the training step's own figures and table, and
-costmodel_cli.py the cost model's commands (predict, validate, curve, map).
+Every timed record kind (attention, the training step, serving; kinds.py says how each is compared) goes through
+the same ``summarize(df, kind)`` and ``speedup``; step.py holds the training step's own figures and table, infer.py
+serving's (TTFT, TPOT), and costmodel_cli.py the cost model's commands (predict, validate, curve, map).
 
 It reads what bench writes through the shared definitions in ``ringx_suite`` (record kinds, store, statistics,
 table writer) and uses the cost model in ``costmodel``; it never imports ``bench``. pandas is imported lazily.

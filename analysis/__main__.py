@@ -32,12 +32,15 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--format", default="pdf,png", help="comma-separated: pdf, png, svg (default: pdf,png)")
     c.add_argument("--width", choices=["one", "two"], default="two", help="figure width: one or two columns")
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
-    c = campaign_cmd("table", "the speedup table")
+    c = campaign_cmd("table", "the speedup table (and each other record kind's first table; one per mask of a masked "
+                     "campaign)")
     c.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv"])
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
     c = campaign_cmd("report", "one self-contained page: figures, tables, configuration, provenance")
     c.add_argument("--out", help="output directory (default: the campaign's report/)")
-    c.add_argument("--format", default="html", choices=["html", "md"])
+    c.add_argument("--format", default="html", choices=["html", "md", "latex"],
+                   help="html (one self-contained page), md (beside PNG files) or latex (a standalone report.tex "
+                        "beside PDF files; default: html)")
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
     c = campaign_cmd("timeline", "the timeline figure of a campaign's traced calls (python -m bench trace), and "
                      "each rank's overlap_fraction")
@@ -144,11 +147,12 @@ def run(a) -> int:
             print(f"report: {path}")
             return 0
         df = load(a.campaign)
-        if a.command == "table":  # each kind's first table (kinds.py); attention's error where there is none
-            for kind in kinds.present(df) or ["attention"]:
+        if a.command == "table":  # each kind's first table (kinds.py), one per mask of a masked campaign
+            for kind in kinds.present(df) or ["attention"]:  # attention's error where there is none
                 _, fn, _ = next(iter(report.views(kind, "tables").TABLES.values()))
-                print(tables.render(report.call(fn, metrics.summarize(df, kind), baseline=a.baseline, records=df),
-                                    a.format), end="")
+                for mask, part in tables.by_mask(metrics.summarize(df, kind)):
+                    t = tables.for_mask(report.call(fn, part, baseline=a.baseline, records=df), mask)
+                    print(tables.render(t, a.format), end="")
             return 0
         formats = _formats(a.format)
         out = Path(a.out) if a.out else report.default_out(a.campaign, "figures")

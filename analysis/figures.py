@@ -21,7 +21,7 @@ import pandas as pd
 
 from ringx_suite.records import LEVEL_ORDER
 
-from .kinds import kind_of, mask_names, mask_order
+from .kinds import MASK_ORDER, kind_of, mask_names, mask_order
 from .metrics import MissingBaseline, NoData, speedup, strong_scaling  # noqa: F401 - raised to callers
 
 WIDTH_IN = {"one": 3.5, "two": 7.16}  # one and two columns of a two-column paper: figures are saved at exactly this
@@ -43,7 +43,13 @@ ORDER = ["ring", "zigzag", "stripe", "bidir-ring", "double-ring",
 NOISE = "hollow markers: within noise (the 95% interval contains 1)"
 
 
+# Serving's tensor-parallel baseline (bench infer's `tp`): a style of its own, outside the algorithms' cycle.
+TP_STYLE = {"marker": "*", "markersize": 5.5, "linestyle": "-", "linewidth": 1.4, "color": "#6A3D9A"}
+
+
 def style(algorithm: str) -> dict:
+    if algorithm == "tp":
+        return {**TP_STYLE, "label": algorithm}
     i = ORDER.index(algorithm) if algorithm in ORDER else len(ORDER) + sum(map(ord, algorithm)) % 7
     return {"marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)],
             "color": COLORS[i % len(COLORS)], "label": algorithm}
@@ -108,11 +114,13 @@ def _ncols(n: int, width: str) -> int:
     return min(most, n)
 
 
-def _fig(n: int, width: str = "two", height: float | None = None, sharex: bool = False, sharey: bool = False):
-    """A constrained-layout figure exactly WIDTH_IN[width] wide with ``n`` panels in rows; unused slots removed.
+def _fig(n: int, width: str = "two", height: float | None = None, sharex: bool = False, sharey: bool = False,
+         ncols: int | None = None):
+    """A constrained-layout figure exactly WIDTH_IN[width] wide with ``n`` panels in rows (``ncols`` per row, else
+    as many as fit evenly); unused slots removed.
 
     Returns (figure, the n axes in reading order, columns)."""
-    ncols = _ncols(n, width)
+    ncols = ncols or _ncols(n, width)
     nrows = -(-n // ncols)
     fig, grid = plt.subplots(nrows, ncols, figsize=(WIDTH_IN[width], (height or PANEL_H[width]) * nrows + 0.35),
                              squeeze=False, sharex=sharex, sharey=sharey, layout="constrained")
@@ -230,7 +238,8 @@ def x_at(ax, values, fmt=tokens, width_in: float | None = None, log2: bool = Tru
         ax.set_xlim((values[0] / 2**pad, values[-1] * 2**pad) if log2 else (values[0] - pad, values[-1] + pad))
 
 
-ACROSS = {"world_size": lambda v: plural(int(v), "rank"), "seq": lambda v: f"{tokens(v)} tokens"}
+ACROSS = {"world_size": lambda v: plural(int(v), "rank"), "seq": lambda v: f"{tokens(v)} tokens",
+          "prompt_len": lambda v: f"{tokens(v)}-token prompt"}
 
 
 def _panels(d0: pd.DataFrame, across: str) -> list[tuple[str, pd.DataFrame]]:
@@ -244,6 +253,18 @@ def _panels(d0: pd.DataFrame, across: str) -> list[tuple[str, pd.DataFrame]]:
         parts = [str(named[c]) for c in by[:-1] if c != "mask"] + [ACROSS[across](named[across])]
         out.append((", ".join(parts + ([str(named["mask"])] if "mask" in named else [])), groups[key]))
     return out
+
+
+def _mask_rows(panels: list[tuple[str, pd.DataFrame]], width: str) -> int | None:
+    """Columns that give a masked campaign's figure one row per mask (kinds.mask_names: masks beyond causal and
+    non-causal), when every mask has the same number of panels and they fit the width; None otherwise (the
+    panels fill the rows as they come, as for full and causal attention)."""
+    masks = [str(d["mask"].iloc[0]) if "mask" in d else None for _, d in panels]
+    if not set(masks) - {*MASK_ORDER, None} or None in masks:
+        return None
+    counts = {m: masks.count(m) for m in masks}
+    k = next(iter(counts.values()))
+    return k if len(counts) > 1 and set(counts.values()) == {k} and k <= MAX_COLS[width] else None
 
 
 def _rank_ticks(d: pd.DataFrame):
@@ -285,7 +306,8 @@ def speedups_vs_seq(sp: pd.DataFrame, baseline: str, width: str = "two", ylabel:
     overrides of every candidate's line; ``also(ax, rows, style)``: more to draw per candidate and panel."""
     sp = _finite_intervals(sp)
     panels = _panels(sp, "world_size")
-    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(sp).share_y)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(sp).share_y,
+                            ncols=_mask_rows(panels, width))
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
             if a != baseline:
@@ -310,7 +332,8 @@ def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str =
     if sp.empty or sp["world_size"].nunique() < 2:
         raise NoData("speedup against ranks needs strong-scaling records at two or more rank counts")
     panels = _panels(sp, "seq")
-    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True,
+                            ncols=_mask_rows(panels, width))
     fmt = _rank_ticks(sp)
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
@@ -331,7 +354,8 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
     if st_df.empty or st_df["world_size"].nunique() < 2:
         raise NoData("scaling needs strong-scaling records at two or more rank counts")
     panels = _panels(st_df, "seq")
-    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=False)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=False,
+                            ncols=_mask_rows(panels, width))
     fmt = _rank_ticks(st_df)
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
@@ -356,7 +380,8 @@ def scaling(summary: pd.DataFrame, width: str = "two"):
 def _vs_seq(d0: pd.DataFrame, label: str, width: str, draw):
     """A metric vs sequence length, one panel per (grouping keys, ranks): ``draw(ax, rows, style)`` per candidate."""
     panels = _panels(d0, "world_size")
-    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(d0).share_y)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=kind_of(d0).share_y,
+                            ncols=_mask_rows(panels, width))
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):
             draw(ax, _rows(d, a).sort_values("seq"), style(a))
@@ -515,7 +540,8 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
         raise NoData("no memory measurements in this campaign")
     unit, scale = _bytes_unit(d0[col].max())
     panels = _panels(d0, "seq")
-    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True)
+    fig, axes, ncols = _fig(len(panels), width, sharex=True, sharey=True,
+                            ncols=_mask_rows(panels, width))
     fmt = _rank_ticks(d0)
     for ax, (title, d) in zip(axes, panels):
         for a in _algos(d):

@@ -2,9 +2,9 @@
 which measures, grouped how.
 
 ``summarize`` and ``speedup`` (metrics.py), the figures (figures.py), the tables and the report read a kind's
-entry and nothing else about it, so a new kind of timed record (serving: ``infer``) is one entry here plus its
-own figures and table. The grouping of figures and tables by mask is :func:`mask_names`: the one place that
-says what a row's mask is.
+entry and nothing else about it, so a new kind of timed record is one entry here plus its own figures and table
+(serving, ``infer``: analysis/infer.py). The grouping of figures and tables by mask is :func:`mask_names`: the
+one place that says what a row's mask is.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ringx_suite.records import COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.stats import flat
 
 PHASES = ("forward", "backward", "grad_allreduce", "optimizer")  # a training step's timed phases
 
@@ -36,6 +37,10 @@ class Kind:
     mfu_label: tuple[str, str]  # axis label of MFU, and of TFLOP/s per rank where no peak is known
     figures: str  # the analysis module whose FIGURES (with TITLES, CAPTIONS) draw this kind's summary
     tables: str  # the analysis module whose TABLES tabulate it
+    # Each timed phase: (its name, the records' samples field, the summary's median column). A speedup is of one
+    # phase (metrics.speedup's ``phase``; the first by default: the whole timed call).
+    timed: tuple[tuple[str, str, str], ...] = (("time", "samples_s", "median_s"),)
+    section: str | None = None  # the report's own section for this kind (None: under Results, with the others)
 
 
 def _attention(g: pd.DataFrame, median_s: float) -> dict:
@@ -50,6 +55,29 @@ def _step(g: pd.DataFrame, median_s: float) -> dict:
             "flops_per_token": first["flops_per_token"]}
 
 
+def _pooled(g: pd.DataFrame, col: str) -> list[float]:
+    """Every sample of ``col`` over a group's records (repeats), flattened in order (decode: per iteration, per
+    step)."""
+    return [x for s in g[col] if isinstance(s, list) for x in flat(s)]
+
+
+def _infer(g: pd.DataFrame, median_s: float) -> dict:
+    """A serving configuration's phases, each pooled over repeats as bench summary pools them: TTFT (the
+    prefill's samples) and TPOT (every decode step's), with their p10-p90; the throughputs of those pooled
+    samples; the largest rank's KV cache."""
+    first, out = g.iloc[0], {}
+    for name, col in (("ttft", "prefill_samples_s"), ("tpot", "decode_samples_s")):
+        x = _pooled(g, col)
+        out.update({f"{name}_s": float(np.median(x)) if x else np.nan,
+                    f"{name}_p10_s": float(np.percentile(x, 10)) if x else np.nan,
+                    f"{name}_p90_s": float(np.percentile(x, 90)) if x else np.nan})
+    steps = _pooled(g, "decode_samples_s")
+    out["prefill_tokens_per_s"] = first["batch"] * first["prompt_len"] / out["ttft_s"]
+    out["decode_tokens_per_s"] = first["batch"] * len(steps) / sum(steps) if steps else np.nan
+    out["kv_cache_bytes"] = float(pd.to_numeric(g["kv_cache_bytes"]).max())
+    return out
+
+
 KINDS: dict[str, Kind] = {
     "attention": Kind("attention", "attention record", "algorithm", COMPARE_BY, ("mask",), _attention,
                       "no successful attention records to summarize", "measurement", True,
@@ -57,6 +85,11 @@ KINDS: dict[str, Kind] = {
     "step": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _step,
                  "no successful model records (run `python -m bench model`)", "model record", False,
                  ("MFU (model FLOPs)", "model TFLOP/s per rank"), "step", "step"),
+    "infer": Kind("infer", "infer record", "algorithm", INFER_COMPARE_BY, ("model",), _infer,
+                  "no successful infer records (run `python -m bench infer`)", "infer record", False,
+                  ("MFU", "TFLOP/s per rank"), "infer", "infer",
+                  (("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),
+                   ("TPOT", "decode_samples_s", "tpot_s")), "Serving: prefill and decode"),
 }
 
 

@@ -66,21 +66,23 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
     ok = df[(df["kind"] == k.record) & (df["status"] == "ok")] if "kind" in df else df.iloc[0:0]
     if ok.empty:
         raise NoData(k.empty)
-    ok = ok.assign(mask=mask_names(ok))  # records without a mask field compare by their `causal`
+    if "mask" in k.config:
+        ok = ok.assign(mask=mask_names(ok))  # records without a mask field compare by their `causal`
     keys = [*k.config, k.candidate]
+    timed = [col for _, col, _ in k.timed]
     rows = []
     for key, g in ok.groupby(keys, dropna=False, sort=True):
         samples = np.concatenate([np.asarray(s, dtype=float) for s in g["samples_s"]])
         med = float(np.median(samples))
-        per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12
+        per_rank = g["flops"].iloc[0] / g["world_size"].iloc[0] / med / 1e12 if "flops" in g else np.nan
         peak = g["peak_tflops"].iloc[0] if "peak_tflops" in g else np.nan
         if _on_cpu(g):
             peak = np.nan  # a CPU has no published peak: a guessed one gives MFU above 1
         groups = g["timing_group"] if "timing_group" in g else [None] * len(g)
         rows.append({**dict(zip(keys, key)), "family": g["family"].iloc[0],
                      "device": _device(g), "kernel": _first(g, "kernel"),
-                     "runs": [{"samples_s": list(sm), "timing_group": None if pd.isna(tg) else tg}
-                              for sm, tg in zip(g["samples_s"], groups)],
+                     "runs": [{**{col: list(r[col]) for col in timed}, "timing_group": None if pd.isna(tg) else tg}
+                              for (_, r), tg in zip(g.iterrows(), groups)],
                      "median_s": med, "p10_s": float(np.percentile(samples, 10)),
                      "p90_s": float(np.percentile(samples, 90)), "n_samples": len(samples), "n_repeats": len(g),
                      "tflops_per_rank": per_rank,
@@ -95,31 +97,39 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
     return out
 
 
-def speedup(summary: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:
+def speedup(summary: pd.DataFrame, baseline: str = "ring", phase: str | None = None) -> pd.DataFrame:
     """Each candidate's speedup over ``baseline`` at identical configuration (baseline time / time).
 
     ``speedup_lo``/``speedup_hi`` bound its bootstrap interval (ringx_suite/stats.py), ``within_noise`` is True
     where that interval contains 1. Configurations where the baseline was not measured are dropped; if it
     was measured nowhere, MissingBaseline names the candidates that were. The configuration and the candidate
-    column are the summary's kind's (kinds.KINDS).
+    column are the summary's kind's (kinds.KINDS); ``phase`` names one of the kind's timed phases (an infer
+    record's "TTFT" or "TPOT"; default: the first, the whole timed call). A phase a candidate did not time (TPOT
+    of a one-token generation) has a NaN speedup.
     """
     k = kind_of(summary)
     config, cand = list(k.config), k.candidate
+    phases = {name: (col, med) for name, col, med in k.timed}
+    if phase is not None and phase not in phases:
+        raise ValueError(f"{k.record} records have no phase {phase!r}: {', '.join(phases)}")
+    samples, med = phases[phase or k.timed[0][0]]
     base = summary[summary[cand] == baseline]
     if base.empty:
         raise MissingBaseline(f"baseline {baseline!r} has no successful {k.unmeasured}; measured: "
                               f"{', '.join(sorted(summary[cand].unique()))}")
-    b = base[config + ["median_s", "runs"]].rename(columns={"median_s": "base_s", "runs": "base_runs"})
+    b = base[config + [med, "runs"]].rename(columns={med: "base_s", "runs": "base_runs"})
     out = summary.merge(b, on=config, how="inner")
-    sps = [records_speedup(br, r) for br, r in zip(out["base_runs"], out["runs"])]
-    out["speedup"] = out["base_s"] / out["median_s"]
-    out["speedup_lo"] = [x.lo for x in sps]
-    out["speedup_hi"] = [x.hi for x in sps]
-    out["within_noise"] = [x.within_noise and a != baseline for x, a in zip(sps, out[cand])]
-    out["paired"] = [x.paired for x in sps]
+    timed = out[med].notna() & out["base_s"].notna()
+    sps = [records_speedup(br, r, samples) if t else None for br, r, t in zip(out["base_runs"], out["runs"], timed)]
+    out["speedup"] = out["base_s"] / out[med]
+    out["speedup_lo"] = [x.lo if x else np.nan for x in sps]
+    out["speedup_hi"] = [x.hi if x else np.nan for x in sps]
+    out["within_noise"] = [bool(x and x.within_noise and a != baseline) for x, a in zip(sps, out[cand])]
+    out["paired"] = [bool(x and x.paired) for x in sps]
     out = out.drop(columns=["base_runs"])
     out.attrs.update(summary.attrs)
     out.attrs["baseline"] = baseline
+    out.attrs["phase"] = phase or k.timed[0][0]
     out.attrs["interval_method"] = METHOD
     return out
 

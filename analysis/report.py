@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import figures, metrics, tables
-from .kinds import KINDS, present
+from .kinds import KINDS, mask_names, mask_order, present
 from .records import load
 
 
@@ -74,24 +74,32 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
 
 
 def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd.DataFrame] | None = None
-                 ) -> tuple[list[tuple[str, tables.Table, bool]], dict[str, str]]:
-    """([(heading, table, folded)] of every kind's TABLES, what -> why not drawn)."""
+                 ) -> tuple[list[tuple[str, tables.Table, bool, str]], dict[str, str]]:
+    """([(heading, table, folded, kind)] of every kind's TABLES, what -> why not drawn). A masked campaign's
+    tables come one per mask (tables.by_mask), the mask in the heading."""
     made, skipped = [], {}
     if summary is None:
         summary, _ = summaries(df)
     for kind, s in summary.items():
         for what, (heading, fn, folded) in views(kind, "tables").TABLES.items():
-            try:
-                made.append((heading.format(baseline=baseline), call(fn, s, baseline=baseline, records=df), folded))
-            except ValueError as e:  # no baseline
-                skipped[what] = str(e)
+            for mask, part in tables.by_mask(s):
+                try:
+                    t = tables.for_mask(call(fn, part, baseline=baseline, records=df), mask)
+                except ValueError as e:  # no baseline
+                    skipped[what + (f" ({mask})" if mask else "")] = str(e)
+                    continue
+                made.append((heading.format(baseline=baseline) + (f": mask {mask}" if mask else ""), t, folded, kind))
     return made, skipped
 
 
 def _config(df: pd.DataFrame) -> dict[str, str]:
-    cols = ["algorithm", "world_size", "nodes", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal",
-            "mode", "kernel", "iters", "warmup", "op", "level"]
-    return {c: ", ".join(str(v) for v in sorted(df[c].dropna().unique(), key=str)) for c in cols if c in df}
+    cols = ["algorithm", "world_size", "nodes", "seq", "prompt_len", "new_tokens", "batch", "heads", "kv_heads",
+            "head_dim", "dtype", "causal", "mask", "mode", "kernel", "iters", "warmup", "op", "level"]
+    numeric = ("prompt_len", "new_tokens")  # (the older columns keep the text order their reports have had)
+    vals = {c: sorted(df[c].dropna().unique(), key=None if c in numeric else str) for c in cols if c in df}
+    if "mask" in vals:  # as the figures and tables name them (drawn documents by their distribution)
+        vals["mask"] = sorted(set(mask_names(df).dropna()), key=mask_order)
+    return {c: ", ".join(map(str, v)) for c, v in vals.items() if v or c != "mask"}
 
 
 def _provenance(df: pd.DataFrame) -> pd.DataFrame:
@@ -198,7 +206,8 @@ def timeline_figures(campaign: str | Path, out: Path) -> dict[str, list[Path]]:
 
 
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
-    """Write the report (HTML with embedded images, or Markdown beside PNG files); return its path."""
+    """Write the report (HTML with embedded images, Markdown beside PNG files, or a LaTeX document beside PDF
+    files); return its path."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = load(campaign)
@@ -212,8 +221,8 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     made_tables, skipped_tables = build_tables(df, baseline, summary)
     skipped = {**skipped, **skipped_figs, **skipped_tables}
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]
-    failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "level", "world_size", "seq", "error")
-                                      if c in bad]])
+    failures = tables.frame_table(bad[[c for c in ("status", "algorithm", "op", "level", "world_size", "seq",
+                                                   "prompt_len", "error") if c in bad]])
     config, prov = _config(df), tables.frame_table(_provenance(df))
     title = f"ringx-bench report: campaign {name}"
     counts = df["status"].value_counts().to_dict() if "status" in df else {}
@@ -231,17 +240,28 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     for kind in KINDS:
         titles.update(views(kind, "figures").TITLES)
         captions.update(views(kind, "figures").CAPTIONS)
-    figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths)
-            for n, paths in made.items()]
+    fig_kind = {n: kind for kind in KINDS for n in views(kind, "figures").FIGURES}
+    figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths,
+             KINDS[fig_kind[n]].section if n in fig_kind else None) for n, paths in made.items()]
+    tabs = [(head, t, folded, KINDS[kind].section) for head, t, folded, kind in made_tables]
+    # Results first (the kinds without a section of their own, the kernels', collectives' and timeline figures),
+    # then each kind's own section (serving); figures and tables numbered through the whole page.
+    order = ["Results"] + [k.section for k in KINDS.values() if k.section]
+    sections = [(name, [(i, f[:4]) for i, f in enumerate(figs, start=1) if (f[4] or "Results") == name],
+                 [(i, t[:3]) for i, t in enumerate(tabs, start=1) if (t[3] or "Results") == name]) for name in order]
+    sections = [(n, f, t) for n, f, t in sections if f or t] or sections[:1]  # an empty Results, as ever, if no other
+    if fmt == "latex":
+        return _latex(out, title, intro, notes, df, sections, config, prov, failures, skipped)
     if fmt == "md":
         lines = [f"# {title}", "", intro, ""] + [f"- {n}" for n in notes]
         lines += ["## Hardware, kernel and software", ""] + [f"- **{k}**: {v}" for k, v in setting(df)] + [""]
-        lines += ["## Results", ""]
-        for i, (head, cap, fig_name, paths) in enumerate(figs, start=1):
-            png = next(p for p in paths if p.suffix == ".png")
-            lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
-        for i, (head, t, _folded) in enumerate(made_tables, start=1):
-            lines += [f"### Table {i}. {head}", "", tables.render(t, "markdown")]
+        for section, sec_figs, sec_tabs in sections:
+            lines += [f"## {section}", ""]
+            for i, (head, cap, fig_name, paths) in sec_figs:
+                png = next(p for p in paths if p.suffix == ".png")
+                lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
+            for i, (head, t, _folded) in sec_tabs:
+                lines += [f"### Table {i}. {head}", "", tables.render(t, "markdown")]
         lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
         lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
         if failures.rows:
@@ -263,16 +283,17 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     parts += [f"<p><b>Note:</b> {e(n)}</p>" for n in notes]
     parts += ["<h2>Hardware, kernel and software</h2><dl>"] + [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>"
                                                               for k, v in setting(df)] + ["</dl>"]
-    parts.append("<h2>Results</h2>")
-    for i, (head, cap, _name, paths) in enumerate(figs, start=1):
-        png = next(p for p in paths if p.suffix == ".png")
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h3>{e(head)}</h3><figure><img alt='{e(head)}' src='data:image/png;base64,{data}'>"
-                     f"<figcaption><b>Figure {i}.</b> {e(cap)}</figcaption></figure>")
-    for i, (head, t, folded) in enumerate(made_tables, start=1):
-        parts += [f"<h3>Table {i}. {e(head)}</h3>", f"<p class='caption'>{e(t.caption)}</p>"]
-        parts += (["<details open><summary>every configuration and algorithm</summary>", _html_table(t), "</details>"]
-                  if folded else [_html_table(t)])
+    for section, sec_figs, sec_tabs in sections:
+        parts.append(f"<h2>{e(section)}</h2>")
+        for i, (head, cap, _name, paths) in sec_figs:
+            png = next(p for p in paths if p.suffix == ".png")
+            data = base64.b64encode(png.read_bytes()).decode()
+            parts.append(f"<h3>{e(head)}</h3><figure><img alt='{e(head)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption><b>Figure {i}.</b> {e(cap)}</figcaption></figure>")
+        for i, (head, t, folded) in sec_tabs:
+            parts += [f"<h3>Table {i}. {e(head)}</h3>", f"<p class='caption'>{e(t.caption)}</p>"]
+            parts += (["<details open><summary>every configuration and algorithm</summary>", _html_table(t),
+                       "</details>"] if folded else [_html_table(t)])
     parts += ["<h2>Measured configurations</h2><ul>"] + [f"<li>{e(k)}: {e(v)}</li>" for k, v in config.items()]
     parts += ["</ul>", "<h2>Runs and their provenance</h2>", _html_table(prov)]
     if failures.rows:
@@ -283,4 +304,53 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))
+    return path
+
+
+LATEX_PREAMBLE = [r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}",
+                  r"\usepackage[letterpaper,margin=0.65in]{geometry}",  # 7.2 in of text: a two-column figure's width
+                  r"\usepackage{graphicx}", r"\usepackage{booktabs}", r"\usepackage{float}"]
+
+
+def _fit(latex: str) -> str:
+    """A rendered table placed here (not floated away from its section), its tabular shrunk to the text width
+    where it is wider (graphicx: \\width is the tabular's natural width)."""
+    return (latex.replace(r"\begin{table}", r"\begin{table}[H]").replace(r"\begin{table*}", r"\begin{table}[H]")
+            .replace(r"\end{table*}", r"\end{table}")
+            .replace(r"\begin{tabular}", r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{"
+                                         r"\begin{tabular}")
+            .replace(r"\end{tabular}", r"\end{tabular}}"))
+
+
+def _latex(out: Path, title: str, intro: str, notes: list[str], df: pd.DataFrame, sections, config: dict,
+           prov: tables.Table, failures: tables.Table, skipped: dict) -> Path:
+    """report.tex: a standalone LaTeX document (pdflatex) with the same sections as the HTML page; figures are
+    the PDF files beside it, tables the one writer's booktabs (each table's \\label as `analysis table` gives it;
+    figures labelled fig:NAME)."""
+    esc = tables.latex_escape
+    lines = [*LATEX_PREAMBLE, r"\begin{document}", r"\section*{" + esc(title) + "}", esc(intro), ""]
+    lines += [r"\paragraph{Note.} " + esc(n) for n in notes]
+    lines += [r"\subsection*{Hardware, kernel and software}", r"\begin{description}"]
+    lines += [r"\item[" + esc(k) + "] " + esc(v) for k, v in setting(df)] + [r"\end{description}"]
+    for section, sec_figs, sec_tabs in sections:
+        lines.append(r"\subsection*{" + esc(section) + "}")
+        for _i, (head, cap, fig_name, paths) in sec_figs:
+            pdf = next(p for p in paths if p.suffix == ".pdf")
+            lines += [r"\begin{figure}[H]", r"\centering",
+                      r"\includegraphics[width=\linewidth]{" + pdf.relative_to(out).as_posix() + "}",
+                      r"\caption{\textbf{" + esc(head) + ".} " + esc(cap) + "}", r"\label{fig:" + fig_name + "}",
+                      r"\end{figure}"]
+        for _i, (_head, t, _folded) in sec_tabs:
+            lines.append(_fit(tables.render(t, "latex")))
+    lines += [r"\subsection*{Measured configurations}", r"\begin{itemize}"]
+    lines += [r"\item " + esc(f"{k}: {v}") for k, v in config.items()] + [r"\end{itemize}"]
+    lines += [r"\subsection*{Runs and their provenance}", _fit(tables.render(prov, "latex"))]
+    if failures.rows:
+        lines += [r"\subsection*{Failed or skipped measurements}", _fit(tables.render(failures, "latex"))]
+    if skipped:
+        lines += [r"\subsection*{Figures and tables not drawn}", r"\begin{itemize}"]
+        lines += [r"\item " + esc(f"{k}: {v}") for k, v in skipped.items()] + [r"\end{itemize}"]
+    lines.append(r"\end{document}")
+    path = out / "report.tex"
+    path.write_text("\n".join(lines) + "\n")
     return path

@@ -3,7 +3,7 @@ as kinds.KINDS["step"] says): the step's speedup beside the attention-only speed
 (so the dilution from attention to a step shows), MFU against sequence length, and a table of its phases.
 
 The attention-only speedup comes from ``bench run`` records in the same campaign(s) at the model's attention
-configuration: same ranks, global sequence, batch, query heads, K/V heads, head dim, masking and dtype, mode
+configuration: same ranks, global sequence, batch, query heads, K/V heads, head dim, causal flag, mask and dtype, mode
 fwd+bwd. Where there are none, the figure shows the step alone and says so.
 """
 
@@ -20,8 +20,9 @@ from .kinds import PHASES
 from .metrics import speedup, summarize
 from .tables import Table
 
-# attention records match a step record on these (the model's head_dim is d_model / heads)
-ATTENTION_KEYS = ["world_size", "seq", "batch", "heads", "kv_heads", "head_dim", "causal", "dtype"]
+# attention records match a step record on these (the model's head_dim is d_model / heads; the mask as
+# kinds.mask_names names it, so a document-masked step is set beside attention under the same distribution)
+ATTENTION_KEYS = ["world_size", "seq", "batch", "heads", "kv_heads", "head_dim", "causal", "mask", "dtype"]
 
 
 def with_attention(sp: pd.DataFrame, df: pd.DataFrame, baseline: str = "ring") -> pd.DataFrame:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ringx_suite.tables import Table, cell, render  # noqa: F401 - the one writer, used through this module too
+from ringx_suite.tables import Table, cell, latex_escape, render  # noqa: F401 - the one writer, used through this module too
 
+from .kinds import MASK_ORDER, mask_order
 from .metrics import speedup
 
 
@@ -26,6 +27,8 @@ def _constants(sp: pd.DataFrame) -> tuple[list[tuple[str, str]], str]:
     """(the configuration columns that vary, a phrase naming those that do not: lifted into the caption)."""
     varying, fixed = [], []
     for col, name in CONFIG_COLUMNS:
+        if col == "mask" and sp.attrs.get("mask"):
+            continue  # one mask's table of a masked campaign (by_mask): its caption names the mask first
         vals = sorted(sp[col].dropna().unique(), key=str)
         if len(vals) > 1 or col in ("world_size", "seq"):
             varying.append((col, name))
@@ -36,6 +39,33 @@ def _constants(sp: pd.DataFrame) -> tuple[list[tuple[str, str]], str]:
         b, h, kv, d = (int(shape[c][0]) for c in SHAPE)
         fixed.insert(0, f"batch {b}, {h} heads ({kv} K/V), head dim {d}")
     return varying, ", ".join(x for x in fixed if x)
+
+
+def by_mask(summary: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """(mask, its rows) of a summary whose campaign has masks beyond causal and non-causal, one per mask in
+    kinds.MASK_ORDER (the mask also in each part's ``attrs["mask"]``); else [(None, the whole summary)].
+
+    Campaigns of full and causal attention only keep one table with a `mask` column when it varies (as before
+    masks existed); a masked campaign gets a table per mask, its mask named in the heading, caption and label.
+    """
+    masks = sorted(set(summary["mask"].dropna()), key=mask_order) if "mask" in summary else []
+    if not set(masks) - set(MASK_ORDER):
+        return [(None, summary)]
+    parts = []
+    for m in masks:
+        part = summary[summary["mask"] == m].reset_index(drop=True)
+        part.attrs = {**summary.attrs, "mask": m}
+        parts.append((m, part))
+    return parts
+
+
+def for_mask(t: Table, mask: str | None) -> Table:
+    """``t`` as one mask's table (by_mask): the mask first in its captions and its label suffixed."""
+    if mask is None:
+        return t
+    slug = "".join(c if c.isalnum() else "-" for c in mask).strip("-")
+    return Table(t.columns, t.rows, f"Mask {mask}. {t.caption}", f"{t.label}-{slug}" if t.label else "",
+                 t.numeric, t.latex_cells, f"Mask {mask}. {t.latex_caption}" if t.latex_caption else "", t.wide)
 
 
 def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> Table:

@@ -375,5 +375,9 @@ def compare_value(rec: dict, key: str):
 MODEL_COMPARE_BY = ("world_size", "nodes", "model", "arch", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
                     "patch_dim", "seq", "seq_per_rank", "scaling", "batch", "dtype", "causal", "mask", "checkpoint")
 
+# The same for infer records (bench infer): two candidates' generations compare at equal values of these.
+INFER_COMPARE_BY = ("world_size", "nodes", "model", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
+                    "prompt_len", "batch", "new_tokens", "dtype", "kernel_requested", "warmup", "iters")
+
 # Collective records' levels in the order tables and figures show them (all ranks, within nodes, across nodes).
 LEVEL_ORDER = {"world": 0, "intra": 1, "inter": 2}

@@ -39,7 +39,8 @@ def cell(v: object) -> str:
     return str(v)
 
 
-def _latex_escape(s: str) -> str:
+def latex_escape(s: str) -> str:
+    """Text as LaTeX source: the specials escaped, '~' as $\\sim$, an en dash as --."""
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
                  ("~", r"$\sim$"), ("\u2013", "--")):
         s = s.replace(a, b)
@@ -65,13 +66,13 @@ def render(t: Table, fmt: str) -> str:
         env = "table*" if t.wide else "table"
         out = [r"\begin{" + env + "}", r"\centering", r"\small"]
         if t.caption or t.latex_caption:
-            out.append(r"\caption{" + _latex_escape(t.latex_caption or t.caption) + "}")
+            out.append(r"\caption{" + latex_escape(t.latex_caption or t.caption) + "}")
         if t.label:
             out.append(r"\label{" + t.label + "}")
         out += [r"\begin{tabular}{" + spec + "}", r"\toprule",
-                " & ".join(_latex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
+                " & ".join(latex_escape(c) for c in t.columns) + r" \\", r"\midrule"]
         for i, r in enumerate(t.rows):
-            out.append(" & ".join(t.latex_cells.get((i, j), _latex_escape(cell(v))) for j, v in enumerate(r))
+            out.append(" & ".join(t.latex_cells.get((i, j), latex_escape(cell(v))) for j, v in enumerate(r))
                        + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", r"\end{" + env + "}"]
         return "\n".join(out) + "\n"
