@@ -32,7 +32,7 @@ def matrix_launcher(tmp_path_factory, script: str, seed: int, extras: str = "alw
     """A lazy, cached launcher of a case-matrix worker: ``get(world, rpn)`` runs ``script`` once per (ranks,
     ranks per node) on ``world`` ranks (``RINGX_RANKS_PER_NODE=rpn`` when ``rpn``) and returns (case id -> per-rank
     rows, the per-rank ``rank{r}.json`` extras). ``extras="flat"``: the worker writes them only on one node
-    (rpn 0), else they are None."""
+    (rpn 0), else they are None; ``"never"``: it writes none."""
     name = Path(script).stem
     cache: dict[tuple[int, int], tuple[dict[str, list[dict]], list[dict] | None]] = {}
 
