@@ -91,9 +91,10 @@ def memory_bytes(pt: InferPoint, world: int, check: bool) -> int:
     """A lower bound of one rank's bytes: the weights (replicated; TP's slices beside them) and its share of the
     KV cache; with --check, the float64 reference model beside it (rank 0)."""
     from bench import models
+    from bench.points.step import param_count  # counted on the meta device: no weights made (seconds to minutes)
 
     c, e = pt.config, ELEMENT_BYTES[pt.dtype]
-    weights = models.count_params(models.build(c)) if c.layers * c.d_model < 1 << 16 else models.flops_params(c)
+    weights = param_count(c) if c.layers * c.d_model < 1 << 16 else models.flops_params(c)
     cache = 2 * c.layers * pt.batch * (pt.prompt_len + pt.new_tokens) * c.kv_heads * c.head_dim * e // world
     return weights * e + cache + (weights * 8 if check else 0)
 
