@@ -26,3 +26,31 @@ def run_cases(nprocs: int, script: str, out: Path, seed: int, env: dict | None =
             row = json.loads(line)
             by_case.setdefault(row["case"], []).append(row)
     return by_case
+
+
+def matrix_launcher(tmp_path_factory, script: str, seed: int, extras: str = "always"):
+    """A lazy, cached launcher of a case-matrix worker: ``get(world, rpn)`` runs ``script`` once per (ranks,
+    ranks per node) on ``world`` ranks (``RINGX_RANKS_PER_NODE=rpn`` when ``rpn``) and returns (case id -> per-rank
+    rows, the per-rank ``rank{r}.json`` extras). ``extras="flat"``: the worker writes them only on one node
+    (rpn 0), else they are None; ``"never"``: it writes none."""
+    name = Path(script).stem
+    cache: dict[tuple[int, int], tuple[dict[str, list[dict]], list[dict] | None]] = {}
+
+    def get(world: int, rpn: int):
+        if (world, rpn) not in cache:
+            out = tmp_path_factory.mktemp(f"{name}{world}n{rpn}")
+            env = {"RINGX_RANKS_PER_NODE": str(rpn) if rpn else ""}
+            by_case = run_cases(world, script, out, seed, env=env)
+            read = extras == "always" or (extras == "flat" and not rpn)
+            cache[world, rpn] = by_case, ([json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+                                          if read else None)
+        return cache[world, rpn]
+
+    return get
+
+
+def rows_of(launched, case) -> list[dict]:
+    """Every rank's row of one case (it has ``world``, ``rpn`` and ``id``) from a :func:`matrix_launcher`."""
+    rows = launched(case.world, case.rpn)[0][case.id]
+    assert sorted(r["rank"] for r in rows) == list(range(case.world)), "a rank reported nothing"
+    return rows

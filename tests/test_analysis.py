@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ pytest.importorskip("matplotlib")
 
 import analysis  # noqa: E402
 from analysis import figures, metrics, tables  # noqa: E402
+from tests.cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "results" / "cpu-sample"
@@ -277,8 +277,7 @@ def test_latex_table_is_ready_for_a_paper():
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    return run_cli("analysis", *args)
 
 
 def test_cli_on_the_sample_campaign(tmp_path):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from bench.mpirun import ROOT
 from ringx_suite.stats import summarize
+from tests.cli import run_cli
 
 
 def test_summarize_known_answers():
@@ -21,8 +20,7 @@ def test_summarize_known_answers():
 
 
 def quick(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", "quick", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return run_cli("bench", "quick", *args)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -11,6 +11,7 @@ from bench import mpirun
 from bench.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from costmodel.network import busbw_factor
 from ringx_suite.store import Store, validate
+from tests.cli import run_cli
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
@@ -264,11 +265,7 @@ def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
     (["kernels", "--campaign", "../x"], "must be a plain directory name"),
 ])
 def test_user_mistakes_get_one_line_and_no_traceback(args, message):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=mpirun.ROOT,
-                          timeout=120)
+    proc = run_cli("bench", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 

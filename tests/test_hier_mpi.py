@@ -8,13 +8,12 @@ seconds per rank); each case is then asserted here on every rank's shard.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
 from tests.hier_cases import GROUPS_BUILT, LAUNCHES, QUANTITIES, TOL, HierCase, expected_ledger, hier_cases
-from tests.mpi import run_cases
+from tests.mpi import matrix_launcher, rows_of
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -22,26 +21,10 @@ SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "litt
 @pytest.fixture(scope="session")
 def launched(tmp_path_factory):
     """(ranks, ranks per node) -> (case id -> per-rank rows, per-rank extras)."""
-    cache: dict[tuple[int, int], tuple[dict[str, list[dict]], list[dict]]] = {}
-
-    def get(world: int, rpn: int):
-        if (world, rpn) not in cache:
-            out = tmp_path_factory.mktemp(f"hier{world}n{rpn}")
-            env = {"RINGX_RANKS_PER_NODE": str(rpn) if rpn else ""}
-            by_case = run_cases(world, "tests/workers/hier_cases.py", out, SEED, env=env)
-            cache[world, rpn] = by_case, [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-        return cache[world, rpn]
-
-    return get
+    return matrix_launcher(tmp_path_factory, "tests/workers/hier_cases.py", SEED)
 
 
 ALL = [c for w, rpn in LAUNCHES for c in hier_cases(w, rpn)]
-
-
-def rows_of(launched, case: HierCase) -> list[dict]:
-    rows = launched(case.world, case.rpn)[0][case.id]
-    assert sorted(r["rank"] for r in rows) == list(range(case.world)), "a rank reported nothing"
-    return rows
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])

@@ -7,7 +7,6 @@ One ``mpiexec`` launch per (ranks, ranks per node) runs its whole matrix; each c
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -16,32 +15,15 @@ import torch
 from ringx import ALGORITHMS
 from ringx.schedule import trace
 from tests.mask_cases import ALL, QUANTITIES, SEQ_LOCAL, TOL, MaskCase
-from tests.mpi import run_cases
+from tests.mpi import matrix_launcher, rows_of
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
 
 @pytest.fixture(scope="session")
 def launched(tmp_path_factory):
-    """(ranks, ranks per node) -> (case id -> per-rank rows, per-rank bad-call reports or None)."""
-    cache: dict = {}
-
-    def get(world: int, rpn: int):
-        if (world, rpn) not in cache:
-            out = tmp_path_factory.mktemp(f"masks{world}n{rpn}")
-            env = {"RINGX_RANKS_PER_NODE": str(rpn) if rpn else ""}
-            by_case = run_cases(world, "tests/workers/mask_cases.py", out, SEED, env=env)
-            bad = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)] if not rpn else None
-            cache[world, rpn] = by_case, bad
-        return cache[world, rpn]
-
-    return get
-
-
-def rows_of(launched, case: MaskCase) -> list[dict]:
-    rows = launched(case.world, case.rpn)[0][case.id]
-    assert sorted(r["rank"] for r in rows) == list(range(case.world)), "a rank reported nothing"
-    return rows
+    """(ranks, ranks per node) -> (case id -> per-rank rows, per-rank extras or None off one node)."""
+    return matrix_launcher(tmp_path_factory, "tests/workers/mask_cases.py", SEED, extras="flat")
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])

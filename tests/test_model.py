@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from analysis import calibrate
 from costmodel import Link, Machine, predict, simulate
 from costmodel import network as model
 from ringx.schedule import Event
+from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPE = dict(seq=4096, heads=8, kv_heads=2, head_dim=64, dtype="bfloat16")
@@ -92,37 +91,34 @@ def test_calibration_recovers_known_parameters():
 
 
 def test_validate_and_predict_cli():
-    proc = subprocess.run([sys.executable, "-m", "analysis", "validate", "results/local-demo", "--cores-per-node",
-                           "2", "--out", "/tmp/ringx-model-test"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    proc = run_cli("analysis", "validate", "results/local-demo", "--cores-per-node",
+                   "2", "--out", "/tmp/ringx-model-test")
     assert proc.returncode == 0, proc.stderr
     assert "| algorithm | ranks | sample | points | median_rel_err | worst_rel_err |" in proc.stdout
     assert "| measured_fastest | predicted_fastest | right | spearman |" in proc.stdout
     assert all(f"| {a} |" in proc.stdout for a in ("ring", "zigzag", "ringx3", "ringx4o"))
-    proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "predict", "jobs/sweeps/local-demo.toml",
-                           "--machine", "perlmutter"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_cli("bench", "sweep", "predict", "jobs/sweeps/local-demo.toml",
+                   "--machine", "perlmutter")
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
     assert len(rows) == 150 and sum("| yes |" in r for r in rows) == 12  # one fastest per configuration
-    proc = subprocess.run([sys.executable, "-m", "analysis", "predict", "--machine", "frontier", "--ranks", "8,64",
-                           "--seq", "65536"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_cli("analysis", "predict", "--machine", "frontier", "--ranks", "8,64",
+                   "--seq", "65536")
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 8 |", "| 64 |"))]
     # every causal algorithm at 8 ranks; at 64 all but ulysses (32 heads cannot spread over 64 ranks), said so
     n = len(__import__("ringx").algorithms.names(True))
     assert len(rows) == n + n - 1 and sum("| yes |" in r for r in rows) == 2
     assert "ulysses at 64 ranks: Ulysses degree 64 must divide" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "results/local-demo", "--machine", "frontier",
-                           "--seq", "2048", "--max-ranks", "8", "--out", "/tmp/ringx-curve-test"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_cli("analysis", "curve", "results/local-demo", "--machine", "frontier",
+                   "--seq", "2048", "--max-ranks", "8", "--out", "/tmp/ringx-curve-test")
     assert proc.returncode == 0, proc.stderr
     predicted = [line for line in proc.stdout.split("measured")[0].splitlines() if line.startswith("| ringx")]
     assert len(predicted) == 2 * 4  # ranks 2 and 8, four ringX algorithms
     measured = proc.stdout.split("measured speedups from results/local-demo")[1]
     assert sum(line.startswith("| ringx") for line in measured.splitlines()) == 2 * 4  # at 2 and 4 local ranks
     assert (Path("/tmp/ringx-curve-test") / "speedup-curve-frontier.png").stat().st_size > 10_000
-    proc = subprocess.run([sys.executable, "-m", "analysis", "curve", "--machine", "local"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    proc = run_cli("analysis", "curve", "--machine", "local")
     assert proc.returncode == 2 and "has no [model] table" in proc.stderr
 
 
@@ -173,9 +169,8 @@ def test_the_model_picks_the_ulysses_degree_for_usp():
 
 
 def test_map_cli_names_the_fastest_algorithm_and_degrees(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "analysis", "map", "--machines", "alps", "--seqs", "131072",
-                           "--ranks", "8,64", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    proc = run_cli("analysis", "map", "--machines", "alps", "--seqs", "131072",
+                   "--ranks", "8,64", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| alps |")]
     assert len(rows) == 2  # one fastest per cell

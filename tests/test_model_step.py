@@ -4,7 +4,6 @@ records and resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -16,7 +15,7 @@ from bench import models, mpirun
 from bench.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
-from tests.mpi import run_mpi
+from tests.mpi import matrix_launcher
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -24,23 +23,8 @@ SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "litt
 @pytest.fixture(scope="session")
 def launched(tmp_path_factory):
     """world size -> case id -> per-rank rows (one mpiexec launch per world size)."""
-    cache: dict[int, dict[str, list[dict]]] = {}
-
-    def get(world: int) -> dict[str, list[dict]]:
-        if world not in cache:
-            out = tmp_path_factory.mktemp(f"model{world}")
-            env = {"RINGX_RANKS_PER_NODE": str(RANKS_PER_NODE.get(world, ""))}
-            proc = run_mpi(world, "tests/workers/model_cases.py", str(out), str(SEED), timeout=600, env=env)
-            assert proc.returncode == 0, f"worker failed (seed {SEED}):\n{proc.stdout}\n{proc.stderr}"
-            by_case: dict[str, list[dict]] = {}
-            for r in range(world):
-                for line in (out / f"rank{r}.jsonl").read_text().splitlines():
-                    row = json.loads(line)
-                    by_case.setdefault(row["case"], []).append(row)
-            cache[world] = by_case
-        return cache[world]
-
-    return get
+    get = matrix_launcher(tmp_path_factory, "tests/workers/model_cases.py", SEED, extras="never")
+    return lambda world: get(world, RANKS_PER_NODE.get(world, 0))[0]
 
 
 ALL = [c for w in WORLDS for c in model_cases(w)]

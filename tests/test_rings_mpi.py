@@ -17,7 +17,7 @@ import torch
 import ringx
 from ringx import memory
 from tests.hier_cases import QUANTITIES
-from tests.mpi import run_cases
+from tests.mpi import matrix_launcher, rows_of
 from tests.rings_cases import LAUNCHES, MEMORY_SHAPE, TOL, RingCase, expected_ledger, ring_cases
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
@@ -25,26 +25,11 @@ SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "litt
 
 @pytest.fixture(scope="session")
 def launched(tmp_path_factory):
-    cache: dict = {}
-
-    def get(world: int, rpn: int):
-        if (world, rpn) not in cache:
-            out = tmp_path_factory.mktemp(f"rings{world}n{rpn}")
-            env = {"RINGX_RANKS_PER_NODE": str(rpn) if rpn else ""}
-            by_case = run_cases(world, "tests/workers/rings_cases.py", out, SEED, env=env)
-            cache[world, rpn] = by_case, [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
-        return cache[world, rpn]
-
-    return get
+    """(ranks, ranks per node) -> (case id -> per-rank rows, per-rank extras)."""
+    return matrix_launcher(tmp_path_factory, "tests/workers/rings_cases.py", SEED)
 
 
 ALL = [c for w, rpn in LAUNCHES for c in ring_cases(w, rpn)]
-
-
-def rows_of(launched, case: RingCase) -> list[dict]:
-    rows = launched(case.world, case.rpn)[0][case.id]
-    assert sorted(r["rank"] for r in rows) == list(range(case.world)), "a rank reported nothing"
-    return rows
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])

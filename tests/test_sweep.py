@@ -15,6 +15,7 @@ from bench import sweeps as sweep
 from bench.points.attention import make_point
 from bench.sweeps import plan, profiles, script, slurm
 from bench.sweeps.schedulers import JobShape
+from tests.cli import run_cli
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -223,15 +224,12 @@ def test_estimates_grow_with_work(tmp_path):
 
 def test_plan_and_dry_run_submit_print_without_submitting(tmp_path):
     f = sweep_file(tmp_path)
-    out = subprocess.run([os.sys.executable, "-m", "bench", "sweep", "plan", str(f)], capture_output=True, text=True,
-                         cwd=profiles.PROFILES.parent.parent)
+    out = run_cli("bench", "sweep", "plan", str(f), cwd=profiles.PROFILES.parent.parent)
     assert out.returncode == 0 and "job N1x2: 1 node(s) x 2 = 2 ranks, 8 points" in out.stdout
-    out = subprocess.run([os.sys.executable, "-m", "bench", "sweep", "submit", str(f), "--dry-run"],
-                         capture_output=True, text=True, cwd=profiles.PROFILES.parent.parent)
+    out = run_cli("bench", "sweep", "submit", str(f), "--dry-run", cwd=profiles.PROFILES.parent.parent)
     assert out.returncode == 0 and out.stdout.count("# would run: sbatch --parsable") == 2
     assert not (tmp_path / "res" / "c1" / "sweep" / "manifest.json").exists()
-    bad = subprocess.run([os.sys.executable, "-m", "bench", "sweep", "plan", str(tmp_path / "nope.toml")],
-                         capture_output=True, text=True, cwd=profiles.PROFILES.parent.parent)
+    bad = run_cli("bench", "sweep", "plan", str(tmp_path / "nope.toml"), cwd=profiles.PROFILES.parent.parent)
     assert bad.returncode == 2 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -240,19 +238,18 @@ def test_render_refuses_a_cpu_only_torch_for_gpu_jobs(tmp_path):
     venv = Path(sys.executable).parent.parent
     f = write(tmp_path, GOLDEN_SWEEP.format(machine="frontier", extra=f'out = "{tmp_path}/res"', seq=[131072],
                                             dtype="bfloat16"))
-    env = {**os.environ, "RINGX_ENV": str(venv), "RINGX_NET_PLUGIN": "/opt/ofi/lib"}
-    cmd = [sys.executable, "-m", "bench", "sweep", "render", str(f)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=profiles.PROFILES.parent.parent)
+    env = {"RINGX_ENV": str(venv), "RINGX_NET_PLUGIN": "/opt/ofi/lib"}
+    cmd = ["sweep", "render", str(f)]
+    cwd = profiles.PROFILES.parent.parent
+    proc = run_cli("bench", *cmd, env=env, cwd=cwd)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "a CPU-only build" in proc.stderr and "--allow-cpu-python" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "res").exists()  # nothing written
-    proc = subprocess.run(cmd + ["--allow-cpu-python"], capture_output=True, text=True, env=env,
-                          cwd=profiles.PROFILES.parent.parent)
+    proc = run_cli("bench", *cmd, "--allow-cpu-python", env=env, cwd=cwd)
     assert proc.returncode == 0 and "rendering anyway" in proc.stderr
     assert f"{venv}/bin/ringx-bench run" in (tmp_path / "res/paper/sweep/jobs/N4x8.sh").read_text()
     # the variables a profile names must be set: said in one line, before anything is written
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={k: v for k, v in env.items() if k != "RINGX_ENV"},
-                          cwd=profiles.PROFILES.parent.parent)
+    proc = run_cli("bench", *cmd, env={**env, "RINGX_ENV": None}, cwd=cwd)
     assert proc.returncode == 2 and "needs $RINGX_ENV, which is not set here" in proc.stderr
 
 

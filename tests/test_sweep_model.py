@@ -15,6 +15,7 @@ from bench import sweeps as sweep
 from bench.points.step import StepPoint
 from bench.sweeps import commands, plan, profiles
 from ringx_suite.store import Store, claim, validate
+from tests.cli import run_cli
 from tests.test_sweep import GOLDEN, render_golden, write
 
 ROOT = profiles.PROFILES.parent.parent
@@ -146,8 +147,7 @@ def test_bad_model_points_are_refused_in_one_line(tmp_path, capsys, params, mess
 
 def test_a_bad_driver_is_one_line_without_traceback(tmp_path):
     f = write(tmp_path, model_sweep(tmp_path).read_text().replace('driver = "model"', 'driver = "modle"'))
-    proc = subprocess.run([sys.executable, "-m", "bench", "sweep", "plan", str(f)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = run_cli("bench", "sweep", "plan", str(f))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["bench sweep plan: error: driver 'modle': choose run (attention "
                                                 "points, bench run) or model (training steps, bench model) or infer "
