@@ -16,6 +16,8 @@ import torch
 from ringx.kernels import KERNELS, DeviceInfo, ReferenceKernel, preference, reweighted_backward, select_kernel
 from ringx.mask import band_visible
 from tests.mpi import run_cases
+from tests.reference import masked_block_attention as dense
+from tests.reference import rel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # flex's "called without torch.compile" note
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
@@ -23,21 +25,6 @@ FLEX = KERNELS["torch-flex"]
 CPU = torch.device("cpu")
 
 
-def dense(q, k, v, dout, vis, scale):
-    """out, lse, dq, dk, dv of masked softmax attention in float64 by autograd (rows that see nothing: 0)."""
-    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
-    g = q.shape[2] // k.shape[2]
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(g, 2)) * scale
-    s = s.masked_fill(~vis, float("-inf"))
-    lse = s.logsumexp(-1)
-    p = torch.exp(s - lse.masked_fill(lse.isneginf(), 0).unsqueeze(-1))
-    out = torch.einsum("bhqk,bkhd->bqhd", p, v.repeat_interleave(g, 2))
-    out.backward(dout.double())
-    return out.detach(), lse.detach(), q.grad, k.grad, v.grad
-
-
-def rel(x, ref) -> float:
-    return ((x.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
 
 
 BLOCKS = [  # (sq, sk, causal, band): the kinds a plan hands a kernel, and bands with rows that see nothing

@@ -18,6 +18,8 @@ from ringx import Mask, kernels
 from ringx.kernels import KERNELS, ReferenceKernel, varlen_calls
 from ringx.layouts import block_plan
 from ringx.mask import band_visible
+from tests.reference import masked_block_attention as dense
+from tests.reference import rel
 
 CUDA = torch.cuda.is_available()
 FLASH = importlib.util.find_spec("flash_attn") is not None
@@ -32,20 +34,6 @@ BLOCKS = [  # (sq, sk, causal, band)
 ]
 
 
-def dense(q, k, v, dout, vis, scale):
-    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
-    g = q.shape[2] // k.shape[2]
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(g, 2)) * scale
-    s = s.masked_fill(~vis, float("-inf"))
-    lse = s.logsumexp(-1)
-    p = torch.exp(s - lse.masked_fill(lse.isneginf(), 0).unsqueeze(-1))
-    out = torch.einsum("bhqk,bkhd->bqhd", p, v.repeat_interleave(g, 2))
-    out.backward(dout.double())
-    return out.detach(), lse.detach(), q.grad, k.grad, v.grad
-
-
-def rel(x, ref) -> float:
-    return ((x.double() - ref).abs().max() / max(1.0, ref.abs().max().item())).item()
 
 
 def visible(sq, sk, causal, band, device):

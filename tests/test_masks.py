@@ -18,6 +18,7 @@ from ringx.flops import attention_flops, mask_flops
 from ringx.kernels import KERNELS, DeviceInfo, band_route, flash_window
 from ringx.layouts import block_plan, gathered_plan, positions, ring_steps
 from ringx.mask import band_visible
+from tests.reference import masked_block_attention as dense
 
 MASKS = [Mask.full(), Mask.causal(), Mask.window(5), Mask.window(3, 7), Mask.window(0), Mask.window(40),
          Mask.documents([7, 1, 20, 20]), Mask.documents([30, 18], causal=False),
@@ -135,17 +136,6 @@ def test_a_narrow_window_needs_two_ring_steps_under_ring_and_all_under_zigzag():
     assert ring_steps("zigzag", 4, 24, w) == 4  # the second chunk's neighbour is a step P-1 away
     assert ring_steps("contiguous", 4, 24, Mask.documents([24] * 4)) == 1
 
-
-def dense(q, k, v, dout, vis, scale):
-    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
-    g = q.shape[2] // k.shape[2]
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(g, 2)) * scale
-    s = s.masked_fill(~vis, float("-inf"))
-    lse = s.logsumexp(-1)
-    p = torch.exp(s - lse.masked_fill(lse.isneginf(), 0).unsqueeze(-1))
-    out = torch.einsum("bhqk,bkhd->bqhd", p, v.repeat_interleave(g, 2))
-    out.backward(dout.double())
-    return out, lse, q.grad, k.grad, v.grad
 
 
 @pytest.mark.parametrize("kernel", ["torch-cpu", "reference"])
