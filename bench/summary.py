@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
-from ringx_suite.records import COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY, compare_value
+from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY, compare_value
 from ringx_suite.stats import METHOD, flat, records_speedup
 from ringx_suite.store import Store, StoreError
 from ringx_suite.tables import Table, render
@@ -91,8 +91,6 @@ def attention_table(recs: list[dict], baseline: str = "ring") -> str:
 # An infer record's phases: (the table's name, the samples field); a cell is the median ms, then the speedup
 # with its interval over each baseline of the configuration.
 INFER_PHASES = (("TTFT", "prefill_samples_s"), ("TPOT", "decode_samples_s"))
-INFER_COMPARE_BY = ("world_size", "nodes", "model", "layers", "d_model", "heads", "kv_heads", "mlp", "vocab",
-                    "prompt_len", "batch", "new_tokens", "dtype", "kernel_requested", "warmup", "iters")
 
 
 def infer_tables(recs: list[dict], baselines: tuple[str, ...] = ("ring", "tp")) -> str:

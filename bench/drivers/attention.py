@@ -183,8 +183,7 @@ class Attention(CaseDriver):
         ext = self.external.get(pt.algorithm)
         if ext:
             return ext.layout(pt.causal)
-        algo = self.ringx.ALGORITHMS[pt.algorithm]
-        return algo.layout(mask=pt.the_mask()) if pt.mask else algo.layout(pt.causal)
+        return self.ringx.ALGORITHMS[pt.algorithm].layout(mask=pt.the_mask())
 
     def start(self, total: int) -> None:
         self.progress.note(f"bench run: {total} records to make on {self.P} ranks ({self.nodes} node(s), device "

@@ -120,13 +120,13 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
         if "causal" in d and d["causal"] is not None and causal != mcausal:
             raise UserError(f"point: mask {d['mask']!r} and causal {d['causal']!r} disagree (give one of them)")
         causal = mcausal
-    m = mask_of(spec, glob, mseed or 0) if spec else causal
+    m = mask_of(spec, glob, mseed or 0) if spec else ringx.Mask.causal() if causal else ringx.Mask.full()
     what = f"mask {spec}" if spec else "causal" if causal else "non-causal"
     if name in ringx.ALGORITHMS:
         algo = ringx.ALGORITHMS[name]
         if not algo.supports(m):
             raise UserError(f"{name} does not support {what} attention")
-        div = ringx.layouts.global_divisor(algo.layout(mask=m) if spec else algo.layout(causal), world)
+        div = ringx.layouts.global_divisor(algo.layout(mask=m), world)
     else:
         if spec:
             raise UserError(f"{name}: outside baselines take full or causal attention only, not mask {spec}")
