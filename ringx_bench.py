@@ -1,23 +1,22 @@
 """``ringx-bench COMMAND``: the suite's one command (installed by ``pip install .``), from any directory.
 
-It holds every command of ``python -m bench`` (the drivers: run, model, sweep, summary, ...) and of
-``python -m analysis`` (figures, table, report, and the cost model's predict, map, curve, validate) under their
-own names. The two layers never import each other, so their commands meet here, above both; no name is in both
-(tests/test_install.py checks it). ``python -m bench`` and ``python -m analysis`` keep working in a checkout.
+It holds every command of the drivers (``ringx_drivers``, the folder bench/: run, model, sweep, summary, ...) and of
+analysis (``ringx_analysis``, the folder analysis/: figures, table, report, and the cost model's predict, map,
+curve, validate) under their own names. The two layers never import each other, so their commands meet here, above
+both; no name is in both (tests/test_install.py checks it). ``python -m ringx_bench`` is the same command.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 PROG = "ringx-bench"
 
 
 def _commands() -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """(bench's commands: name -> (module, help); analysis's: name -> help). Names only: nothing heavy imported."""
-    from analysis.__main__ import commands as analysis_commands
-    from bench.__main__ import COMMANDS
+    """(the drivers' commands: name -> (module, help); analysis's: name -> help). Names only: nothing heavy imported."""
+    from ringx_analysis.__main__ import commands as analysis_commands
+    from ringx_drivers.__main__ import COMMANDS
 
     return COMMANDS, analysis_commands()
 
@@ -25,9 +24,9 @@ def _commands() -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
 def usage() -> str:
     bench, analysis = _commands()
     lines = [f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for its options)", "",
-             "benchmarks and campaigns (python -m bench):"]
+             "benchmarks and campaigns:"]
     lines += [f"  {name:12s} {doc}" for name, (_, doc) in bench.items()]
-    lines += ["", "analysis and the cost model (python -m analysis):"]
+    lines += ["", "analysis and the cost model:"]
     lines += [f"  {name:12s} {doc}" for name, doc in analysis.items()]
     return "\n".join(lines)
 
@@ -40,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     bench, analysis = _commands()
     name = argv[0]
     if name in bench:
-        return importlib.import_module(bench[name][0]).main(argv[1:])
+        from ringx_drivers.__main__ import module
+
+        return module(name).main(argv[1:])
     if name in analysis:
-        from analysis.__main__ import main as analysis_main
+        from ringx_analysis.__main__ import main as analysis_main
 
         return analysis_main(argv, prog=PROG)
     from ringx_suite.cli import nearest

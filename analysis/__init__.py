@@ -18,7 +18,7 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    raise AttributeError(f"module 'ringx_analysis' has no attribute {name!r}")
 
 
 __all__ = list(_LAZY)

@@ -1,4 +1,4 @@
-"""``python -m analysis COMMAND``: figures, tables, reports and the cost model, from campaigns.
+"""``ringx-bench COMMAND``: figures, tables, reports and the cost model, from campaigns.
 
 CAMPAIGN is a campaign directory (e.g. runs/local-demo or results/cpu-sample), a bare name (looked up
 under runs/ only), its records.jsonl, or an exported .parquet file. Output goes beside the campaign's
@@ -18,7 +18,7 @@ from ringx_suite.cli import main as cli_main
 from ringx_suite.masks import HELP as MASK_HELP
 
 
-def build_parser(prog: str = "python -m analysis") -> Parser:
+def build_parser(prog: str = "ringx-bench") -> Parser:
     p = Parser(prog=prog, description=__doc__)
     sub = p.commands()
 
@@ -42,7 +42,7 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
                    help="html (one self-contained page), md (beside PNG files) or latex (a standalone report.tex "
                         "beside PDF files; default: html)")
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
-    c = campaign_cmd("timeline", "the timeline figure of a campaign's traced calls (python -m bench trace), and "
+    c = campaign_cmd("timeline", "the timeline figure of a campaign's traced calls (ringx-bench trace), and "
                      "each rank's overlap_fraction")
     c.add_argument("--out", help="output directory (default: the campaign's figures/)")
     c.add_argument("--format", default="png,pdf", help="comma-separated: pdf, png, svg (default: png,pdf)")
@@ -57,7 +57,7 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c = sub.add_parser("predict", help="predicted time of every algorithm at one configuration, and the fastest",
                        description="predicted time of every algorithm at one configuration on a machine "
                                    "description (a profile's [model] table); a sweep file's points: "
-                                   "`python -m bench sweep predict FILE`")
+                                   "`ringx-bench sweep predict FILE`")
     c.add_argument("--machine", required=True, help="a profile with a [model] table, e.g. frontier")
     c.add_argument("--ranks", default="8,64,512", help="comma-separated rank counts (default: 8,64,512)")
     c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
@@ -98,7 +98,7 @@ def build_parser(prog: str = "python -m analysis") -> Parser:
     c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
     c.add_argument("--out", help="output directory (default: runs/masks)")
     c.add_argument("--format", default="pdf,png", help="comma-separated: pdf, png, svg (default: pdf,png)")
-    from analysis import serving_model
+    from ringx_analysis import serving_model
 
     serving_model.add_parser(sub)
     return p
@@ -110,34 +110,34 @@ def commands() -> dict[str, str]:
     return {c.dest: c.help for c in sub._choices_actions}
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m analysis") -> int:
+def main(argv: list[str] | None = None, prog: str = "ringx-bench") -> int:
     a = build_parser(prog).parse_args(argv)
     return cli_main(f"{prog} {a.command}", lambda: run(a))
 
 
 def run(a) -> int:
     if a.command == "serving":
-        from analysis import serving_model
+        from ringx_analysis import serving_model
 
         return serving_model.run(a)
     if a.command == "mask":
         return mask_picture(a)
     if a.command in ("predict", "validate", "curve", "map"):
-        from analysis import costmodel_cli
+        from ringx_analysis import costmodel_cli
 
         return costmodel_cli.run(a)
 
     if a.command == "timeline":
         return _timeline(a)
 
-    from analysis import kinds, metrics, report, tables
-    from analysis.records import EmptyCampaign, load
+    from ringx_analysis import kinds, metrics, report, tables
+    from ringx_analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
     warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)
     try:
         if a.command == "export":
-            from analysis.records import export_parquet
+            from ringx_analysis.records import export_parquet
 
             path, n = export_parquet(a.campaign, a.out or report.default_out(a.campaign, "records.parquet"))
             print(f"{n} records -> {path}")
@@ -167,11 +167,11 @@ def run(a) -> int:
 
 
 def _timeline(a) -> int:
-    from analysis import tables, timeline
+    from ringx_analysis import tables, timeline
 
     formats = _formats(a.format)
     try:
-        from analysis.report import default_out
+        from ringx_analysis.report import default_out
 
         out = a.out or default_out(timeline.trace_dir(a.campaign).parent, "figures")
         made = timeline.write(a.campaign, out, formats)
@@ -203,8 +203,8 @@ def mask_picture(a) -> int:
     import matplotlib.pyplot as plt
 
     import ringx
-    from analysis import figures, maskview
     from ringx.layouts import LAYOUTS
+    from ringx_analysis import figures, maskview
     from ringx_suite import masks
 
     if a.seq < 1 or a.ranks < 1:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from costmodel.machine import Machine
-from costmodel.network import Link, busbw_factor, hops
-from costmodel.predict import predict
 from ringx.flops import block_flops, causal_pairs
+from ringx_costmodel.machine import Machine
+from ringx_costmodel.network import Link, busbw_factor, hops
+from ringx_costmodel.predict import predict
 
 
 def _fit_link(op: str, g) -> tuple[Link, np.ndarray]:
@@ -43,7 +43,7 @@ def fit_links(coll):
                          "points": len(gp), "median_rel_err": float(np.median(rel)),
                          "worst_rel_err": float(np.max(rel))})
     if not links:
-        raise ValueError("no multi-rank collective records to fit (run `python -m bench collectives`)")
+        raise ValueError("no multi-rank collective records to fit (run `ringx-bench collectives`)")
     whole = [lk for key, lk in links.items() if "@" not in key]
     links["default"] = Link(float(np.median([lk.alpha_s for lk in whole])),
                             float(np.median([lk.bw_GBps for lk in whole])))

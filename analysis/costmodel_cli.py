@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from costmodel import machine as machines
-from costmodel.predict import best_degree, speedup_curve
+from ringx_costmodel import machine as machines
+from ringx_costmodel.predict import best_degree, speedup_curve
 from ringx_suite.cli import UserError
 
 from . import calibrate, figures, maskview, tables

@@ -457,7 +457,7 @@ def collectives_busbw(coll: pd.DataFrame, width: str = "two"):
     """Bus bandwidth vs message size per operation, one line per rank count and level (nccl-tests convention)."""
     ok = coll[(coll["kind"] == "collective") & (coll["status"] == "ok")]
     if ok.empty:
-        raise NoData("no collective records (run `python -m bench collectives`)")
+        raise NoData("no collective records (run `ringx-bench collectives`)")
     # frames not from analysis.load (which fills these in) may predate the fields: such records ran over all ranks
     ok = ok.assign(level=ok["level"].fillna("world") if "level" in ok else "world",
                    group_size=ok["group_size"].fillna(ok["world_size"]) if "group_size" in ok else ok["world_size"])
@@ -490,7 +490,7 @@ def kernels_tflops(df: pd.DataFrame, width: str = "two"):
     (kernel, dtype, GQA ratio); markers at the median, bars p10-p90 of the timed iterations."""
     ok = df[(df["kind"] == "kernel") & (df["status"] == "ok")] if "kind" in df else df.iloc[0:0]
     if ok.empty:
-        raise NoData("no kernel records (run `python -m bench kernels`)")
+        raise NoData("no kernel records (run `ringx-bench kernels`)")
     ok = ok.assign(tf_lo=ok["flops"] / ok["p90_s"] / 1e12, tf_hi=ok["flops"] / ok["p10_s"] / 1e12,
                    series=[f"{k} {dt} {h // kv}:1" if h != kv else f"{k} {dt}"
                            for k, dt, h, kv in zip(ok["kernel"], ok["dtype"], ok["heads"], ok["kv_heads"])])

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
-from costmodel.machine import Machine
-from costmodel.predict import best_degree
+from ringx_costmodel.machine import Machine
+from ringx_costmodel.predict import best_degree
 
 from .figures import COLORS, WIDTH_IN, _legend, order_key, style, styled
 

@@ -193,7 +193,7 @@ def setting(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def timeline_figures(campaign: str | Path, out: Path) -> dict[str, list[Path]]:
-    """The timeline figures of a campaign that has traces (python -m bench trace); none when it has not."""
+    """The timeline figures of a campaign that has traces (ringx-bench trace); none when it has not."""
     from . import timeline  # imports torch (ringx.timeline): only when a report is written
     from .records import _paths
 

@@ -42,8 +42,8 @@ def predict_table(machine_name: str, model, ranks: list[int], tokens: list[int],
     """One row per (algorithm, ranks, tokens) that can run; the reasons for those that cannot."""
     import pandas as pd
 
-    from costmodel import machine as machines
-    from costmodel.serving import predict_serving
+    from ringx_costmodel import machine as machines
+    from ringx_costmodel.serving import predict_serving
 
     machine, gpn = machines.load(machine_name)
     rows, cannot = [], set()
@@ -107,7 +107,7 @@ def run(a) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from costmodel.serving import MODELS
+    from ringx_costmodel.serving import MODELS
 
     from . import figures, tables
 

@@ -1,6 +1,6 @@
 """The timeline figure: what every rank did during one traced call, per algorithm, from the trace files.
 
-Input: the Chrome/Perfetto JSON files ``python -m bench trace`` writes (one per rank and call, under a
+Input: the Chrome/Perfetto JSON files ``ringx-bench trace`` writes (one per rank and call, under a
 campaign's trace/ folder; ``ringx.timeline.chrome_trace`` with the call's description in ``otherData``).
 So a figure can be redrawn from the files alone, without rerunning anything.
 
@@ -89,7 +89,7 @@ def load(campaign: str | Path) -> list[Trace]:
     files = sorted(d.rglob("*.json")) if d.is_dir() else []
     traces = [t for f in files for t in read(f)]
     if not traces:
-        raise NoTraces(f"no trace files under {d} (python -m bench trace writes them)")
+        raise NoTraces(f"no trace files under {d} (ringx-bench trace writes them)")
     return traces
 
 

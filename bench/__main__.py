@@ -1,41 +1,47 @@
-"""``python -m bench COMMAND``: the ringx-bench drivers."""
+"""``ringx-bench COMMAND``: the ringx-bench drivers."""
 
 from __future__ import annotations
 
 import sys
 
+# name -> (module under this package, help)
 COMMANDS = {
-    "demo": ("bench.demo", "the README's main command: overhead table, a local ring-vs-ringX campaign, its table"),
-    "quick": ("bench.quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
-    "run": ("bench.drivers.attention", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
-    "model": ("bench.drivers.step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
+    "demo": ("demo", "the README's main command: overhead table, a local ring-vs-ringX campaign, its table"),
+    "quick": ("quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
+    "run": ("drivers.attention", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
+    "model": ("drivers.step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
               "the ranks, every algorithm side by side"),
-    "infer": ("bench.drivers.infer", "serving: context-parallel prefill and decode with a sharded KV cache, every "
+    "infer": ("drivers.infer", "serving: context-parallel prefill and decode with a sharded KV cache, every "
               "algorithm and the tp baseline side by side (TTFT, TPOT)"),
-    "trace": ("bench.drivers.trace", "one traced call per algorithm and rank (forward, fwd+bwd) as Chrome/Perfetto "
-              "trace files; the figure: python -m analysis timeline"),
-    "collectives": ("bench.drivers.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
-    "kernels": ("bench.drivers.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
-    "selftest": ("bench.selftest", "what to run first on a new node: every kernel and algorithm against float64"),
-    "preflight": ("bench.preflight", "the check a sweep job runs on its allocation before any point (MPI world, "
+    "trace": ("drivers.trace", "one traced call per algorithm and rank (forward, fwd+bwd) as Chrome/Perfetto "
+              "trace files; the figure: ringx-bench timeline"),
+    "collectives": ("drivers.collectives", "nccl-tests-style busbw of the collectives the algorithms use"),
+    "kernels": ("drivers.kernels", "TFLOP/s of every local kernel by block length, mask, dtype and GQA ratio"),
+    "selftest": ("selftest", "what to run first on a new node: every kernel and algorithm against float64"),
+    "preflight": ("preflight", "the check a sweep job runs on its allocation before any point (MPI world, "
                   "selftest, network)"),
-    "sweep": ("bench.sweeps.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
-    "summary": ("bench.summary", "a campaign's records as markdown tables"),
+    "sweep": ("sweeps.commands", "jobs from a sweep file: plan, render, submit, local, status, predict"),
+    "summary": ("summary", "a campaign's records as markdown tables"),
 }
 
 
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help") or sys.argv[1] not in COMMANDS:
-        print("usage: python -m bench COMMAND [options]   (COMMAND --help for its options)\n\ncommands:")
+        print("usage: ringx-bench COMMAND [options]   (COMMAND --help for its options)\n\ncommands:")
         for name, (_, doc) in COMMANDS.items():
             print(f"  {name:12s} {doc}")
         if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help"):
             print(f"\nunknown command {sys.argv[1]!r}", file=sys.stderr)
             return 2
         return 0
+    return module(sys.argv[1]).main(sys.argv[2:])
+
+
+def module(name: str):
+    """The module that implements command ``name`` (imported only when run: torch is heavy)."""
     import importlib
 
-    return importlib.import_module(COMMANDS[sys.argv[1]][0]).main(sys.argv[2:])
+    return importlib.import_module(f"{__package__}.{COMMANDS[name][0]}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m bench demo``: the README's main command, on an embedded default.
+"""``ringx-bench demo``: the README's main command, on an embedded default.
 
 1. the library's overhead at one rank: every algorithm against the bare local
    kernel on the same data (`bench quick --ranks 1`);
@@ -9,7 +9,7 @@
    then one traced call per schedule at 2 ranks (`bench trace`: the report's timeline figure), and masked
    attention at 2 ranks: packed documents and a sliding window (`bench run --mask`, checked; ~40 s);
 3. the campaign's table (`bench summary`), figures and a report page
-   (`python -m analysis report runs/local-demo`);
+   (`ringx-bench report runs/local-demo`);
 4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
    algorithm's step checked against the unsharded float64 model first; runs/local-demo-model);
 5. serving: a short prefill and decode of the `tiny` model at 1 and 2 ranks, ring, ringX and Ulysses against
@@ -24,16 +24,16 @@ import os
 import subprocess
 import sys
 
-from bench import mpirun, quick, summary
-from bench.sweeps import commands as sweep
-from costmodel.machine import JOBS
+from ringx_costmodel.machine import JOBS
+from ringx_drivers import mpirun, quick, summary
+from ringx_drivers.sweeps import commands as sweep
 from ringx_suite.cli import Parser
 
 SWEEP = JOBS / "sweeps" / "local-demo.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(prog="python -m bench demo", description=__doc__)
+    p = Parser(prog="ringx-bench demo", description=__doc__)
     p.add_argument("--skip-overhead", action="store_true", help="skip step 1")
     p.add_argument("--model-only", action="store_true", help="only step 4 (the training step)")
     a = p.parse_args(argv)
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 3/5 ring vs ringX: table, figures, report ==", flush=True)
     summary.main(["runs/local-demo"])
     # analysis is a separate layer (pandas, matplotlib): run it as its own command
-    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "runs/local-demo"])
+    proc = subprocess.run([sys.executable, "-m", "ringx_bench", "report", "runs/local-demo"])
     if proc.returncode != 0:
-        print("no figures: `python -m analysis report runs/local-demo` failed (pip install -e '.[analysis]'?)")
+        print("no figures: `ringx-bench report runs/local-demo` failed (pip install -e '.[analysis]'?)")
         return model_step() or serving()
     print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
     print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
@@ -73,7 +73,7 @@ def trace_step() -> int:
     """One traced call per schedule at 2 ranks (bench trace, ~20 s): the report's timeline figure."""
     print("\n== timeline: one traced fwd+bwd call of ring, ringx4o, bidir-ring, double-ring, ringx3b at 2 ranks "
           "(bench trace) ==", flush=True)
-    return mpirun.run(2, ["-m", "bench", "trace", *TRACE], capture=False, timeout=600).returncode
+    return mpirun.run(2, ["-m", "ringx_bench", "trace", *TRACE], capture=False, timeout=600).returncode
 
 
 MASKS = ["--mask", "docs:lognormal:256,window:256", "--seq", "1024,2048", "--algorithms", "ring,zigzag,ringx4o,ulysses",
@@ -86,7 +86,7 @@ def masks_step() -> int:
     campaign (its tables and figures group them by mask; ~40 s)."""
     print("\n== masks: packed documents (docs:lognormal:256) and a sliding window (window:256) at 2 ranks, ring, "
           "zigzag, ringx4o, ulysses (bench run --mask --check) ==", flush=True)
-    return mpirun.run(2, ["-m", "bench", "run", *MASKS], capture=False, timeout=600).returncode
+    return mpirun.run(2, ["-m", "ringx_bench", "run", *MASKS], capture=False, timeout=600).returncode
 
 
 MODEL_ARGS = ["--preset", "tiny", "--seq", "512", "--algorithms", "ring,zigzag,ringx3,ringx4o", "--warmup", "1",
@@ -97,10 +97,10 @@ def model_step() -> int:
     """Step 4: the tiny model's training step at 1 and 2 ranks (~15 s), and its table."""
     print("\n== 4/5 a whole training step: the tiny model at 1 and 2 ranks (bench model) ==", flush=True)
     for ranks in (1, 2):
-        if mpirun.run(ranks, ["-m", "bench", "model", *MODEL_ARGS], capture=False, timeout=600).returncode != 0:
+        if mpirun.run(ranks, ["-m", "ringx_bench", "model", *MODEL_ARGS], capture=False, timeout=600).returncode != 0:
             return 1
     summary.main(["runs/local-demo-model"])
-    print("records: runs/local-demo-model/records/ (kind `model`); figures: python -m analysis report "
+    print("records: runs/local-demo-model/records/ (kind `model`); figures: ringx-bench report "
           "runs/local-demo-model")
     return 0
 
@@ -114,7 +114,7 @@ def serving() -> int:
     """Step 5: the tiny model served at 1 and 2 ranks (~15 s): TTFT and TPOT against tp."""
     print("\n== 5/5 serving: prefill and decode of the tiny model at 1 and 2 ranks (bench infer) ==", flush=True)
     for ranks in (1, 2):
-        if mpirun.run(ranks, ["-m", "bench", "infer", *INFER_ARGS], capture=False, timeout=600).returncode != 0:
+        if mpirun.run(ranks, ["-m", "ringx_bench", "infer", *INFER_ARGS], capture=False, timeout=600).returncode != 0:
             return 1
     summary.main(["runs/local-demo-infer"])
     print("records: runs/local-demo-infer/records/ (kind `infer`, docs/records.md)")

@@ -40,10 +40,10 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bench import options
-from bench.measure.failures import Inject, Recorder, maybe_inject, parse_inject, run_guarded
-from bench.measure.pinning import pin
-from bench.measure.ranks import Group, Progress, describe
+from ringx_drivers import options
+from ringx_drivers.measure.failures import Inject, Recorder, maybe_inject, parse_inject, run_guarded
+from ringx_drivers.measure.pinning import pin
+from ringx_drivers.measure.ranks import Group, Progress, describe
 from ringx_suite.cli import Parser, UserError, load_config
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Driver:
     """Launch, group, campaign, signals, pinning, recorder, claims and the record header: one driver's run."""
 
     prog = "bench run"  # the command as messages name it
-    command = "run"  # `python -m bench COMMAND`, recorded in the run's provenance
+    command = "run"  # `ringx-bench COMMAND`, recorded in the run's provenance
     kind = "attention"  # the records' kind (ringx_suite/records.py)
 
     def __init__(self, inv: Invocation):
@@ -129,7 +129,7 @@ class Driver:
         self.group = Group(timeout, self.prog)
         inj = self.inv.inject
         self.store, self.run_id, self.done, self.nodes = self.group.open_campaign(
-            self.output.out, self.output.campaign, ["-m", "bench", self.command, *self.inv.argv],
+            self.output.out, self.output.campaign, ["-m", "ringx_bench", self.command, *self.inv.argv],
             pending=self.pending if claims else None,
             hook=(lambda: maybe_inject(inj, self.rank, 0, "open", self.prog)) if claims else None)
         if signals:
@@ -372,7 +372,7 @@ class CaseDriver(Driver):
                 return
             err = samples = extra = None
             try:
-                from bench.measure.timing import time_round_robin
+                from ringx_drivers.measure.timing import time_round_robin
 
                 calls = [self.failures.injecting(c.index, c.call) for c in live]
                 samples = time_round_robin(calls, self.settings.warmup, self.settings.iters, self.ctx.device)
@@ -428,7 +428,7 @@ def model_parser(prog: str, description: str | None, model_options, points_title
 def model_config(preset: str, overrides: dict):
     """``bench.models.preset(preset)`` with the given fields over it (None: the preset's), checked: UserError in
     one line, alike on every rank, for an unknown preset or fields that do not fit together."""
-    from bench import models
+    from ringx_drivers import models
 
     try:
         cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
@@ -445,7 +445,7 @@ def replicated_model(cfg, *, seed: int, device, world: int, dtype=None, **build)
     broadcast from rank 0 so every rank holds the same bits whatever the device's initialisation does."""
     import torch.distributed as dist
 
-    from bench import models
+    from ringx_drivers import models
 
     model = models.build(cfg, seed=seed, device=device, **build)
     if dtype is not None:

@@ -1,4 +1,4 @@
-"""``python -m bench preflight``: the short check every sweep job runs on its allocation before any point.
+"""``ringx-bench preflight``: the short check every sweep job runs on its allocation before any point.
 
 Launched with the job's own launcher line (so with the same ranks, nodes,
 binding and environment as the points), it checks, in order:
@@ -36,7 +36,7 @@ PLUGIN_NAMES = {"libfabric": re.compile(r"libfabric|ofi", re.I)}
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench preflight", description=__doc__)
+    p = Parser(prog="ringx-bench preflight", description=__doc__)
     p.add_argument("--record", required=True, help="JSON file the verdict goes to (rank 0 writes it)")
     p.add_argument("--job", default="", help="the sweep job's name (N4x8), kept in the record")
     p.add_argument("--nodes", type=int, required=True, help="nodes the job asked for")
@@ -163,7 +163,7 @@ def run(a) -> int:
 
 
 def _selftest_and_network(a, comm, add, network_dir: Path | None, nodes: int) -> bool:
-    from bench import selftest
+    from ringx_drivers import selftest
 
     st = selftest.build_parser().parse_args(
         ["--device", a.device, "--seq-per-rank", str(a.seq_per_rank), "--timeout", str(a.timeout), "--speed-seq",
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
-    return cli_main("python -m bench preflight", lambda: run(a))
+    return cli_main("ringx-bench preflight", lambda: run(a))
 
 
 if __name__ == "__main__":

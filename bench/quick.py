@@ -76,8 +76,8 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     import ringx
-    from bench.measure.timing import time_round_robin
     from ringx import launch
+    from ringx_drivers.measure.timing import time_round_robin
     from ringx_suite.stats import summarize
 
     torch.set_num_threads(a.threads)
@@ -153,9 +153,9 @@ def _label(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench import options
+    from ringx_drivers import options
 
-    p = Parser(prog="python -m bench quick", description=__doc__)
+    p = Parser(prog="ringx-bench quick", description=__doc__)
     p.add_argument("--ranks", default="1,2,4", help="comma-separated world sizes (default: 1,2,4)")
     opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "mask")]
     opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
@@ -198,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         p.error(str(e))
 
-    from bench import mpirun
-    from bench.measure import provenance
+    from ringx_drivers import mpirun
+    from ringx_drivers.measure import provenance
 
-    prov = provenance.collect([provenance.local_host()], ["-m", "bench", "quick", *argv])
+    prov = provenance.collect([provenance.local_host()], ["-m", "ringx_bench", "quick", *argv])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.dtype}, {a.warmup} warm-up + {a.iters} timed iterations", flush=True)
         part = out / f"P{P}.json"
         fwd = [x for x in argv if x != "--worker"]
-        proc = mpirun.run(P, ["-m", "bench", "quick", *fwd, "--worker", "--threads", str(threads),
+        proc = mpirun.run(P, ["-m", "ringx_bench", "quick", *fwd, "--worker", "--threads", str(threads),
                               "--out", str(part.resolve())], capture=False, threads_per_rank=threads)
         if proc.returncode != 0:
             print(f"[quick] the {P}-rank run failed (exit {proc.returncode}); results so far are in {out}",

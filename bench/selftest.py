@@ -1,4 +1,4 @@
-"""``python -m bench selftest``: what to run first on a new node.
+"""``ringx-bench selftest``: what to run first on a new node.
 
 Finds the devices, the kernels that run on them and the backend; checks every
 kernel that runs here with every algorithm against float64 attention (out,
@@ -9,8 +9,8 @@ prints one table. Exits 1 if anything is wrong, 0 otherwise.
 One rank checks the device alone; under mpiexec or srun every rank checks its
 own GPU and the algorithms run across all of them (one GPU per rank).
 
-  python -m bench selftest                        # this device
-  srun -N1 -n8 --gpus-per-task=1 python -m bench selftest   # every GPU of a node, and NCCL across them
+  ringx-bench selftest                        # this device
+  srun -N1 -n8 --gpus-per-task=1 ringx-bench selftest   # every GPU of a node, and NCCL across them
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ DTYPES = {"cuda": ("bfloat16", "float16", "float32"), "cpu": ("float32", "float6
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench selftest", description=__doc__)
+    p = Parser(prog="ringx-bench selftest", description=__doc__)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     p.add_argument("--dtypes", help="comma-separated (default: bfloat16,float16,float32 on GPUs; float32,float64 "
                    "on CPUs)")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
-    return cli_main("python -m bench selftest", lambda: run(a))
+    return cli_main("ringx-bench selftest", lambda: run(a))
 
 
 def kernel_tflops(kern, dev, dtype, seq: int, heads: int, head_dim: int) -> float:
@@ -143,8 +143,8 @@ def run(a) -> int:
     import torch
     import torch.distributed as dist
 
-    from bench.measure.ranks import Group
     from ringx import launch
+    from ringx_drivers.measure.ranks import Group
 
     ctx = launch.init(timeout_s=a.timeout, **({} if a.device == "auto" else {"device": a.device}))
     group = Group(a.timeout, "bench selftest")

@@ -1,4 +1,4 @@
-"""``python -m bench summary CAMPAIGN``: a campaign's records as markdown tables.
+"""``ringx-bench summary CAMPAIGN``: a campaign's records as markdown tables.
 
 A quick look for the terminal and for notes: for each configuration every
 algorithm's median time and its speedup over ring (above 1: faster), with a
@@ -156,7 +156,7 @@ def collectives_table(recs: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from ringx_suite.cli import main as cli_main
 
-    p = Parser(prog="python -m bench summary", description=__doc__)
+    p = Parser(prog="ringx-bench summary", description=__doc__)
     p.add_argument("campaign", help="campaign directory (e.g. runs/local-demo), or a name under --out")
     p.add_argument("--out", default="runs", help="output root a bare campaign name is looked up in (default: runs)")
     p.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n\n".join(parts))
         return 0
 
-    return cli_main("python -m bench summary", go)
+    return cli_main("ringx-bench summary", go)
 
 
 if __name__ == "__main__":

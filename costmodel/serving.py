@@ -304,7 +304,8 @@ def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: 
 
 
 def tp_problem(model: Decoder, p: int) -> str:
-    """bench.models.serving.tp_problem's rule: the query heads and the MLP's hidden units must divide by the ranks."""
+    """The rule of the drivers' tp_problem (bench/models/serving.py): the query heads and the MLP's hidden units must
+    divide by the ranks."""
     if model.heads % p:
         return f"tp: {model.heads} query heads do not split over {p} ranks"
     if model.mlp % p:

@@ -1,4 +1,4 @@
-"""Running the suite's command lines in-process: what ``python -m bench|analysis ARGS`` prints and returns, without
+"""Running the suite's command lines in-process: what ``ringx-bench ARGS`` prints and returns, without
 a new interpreter importing torch (1-2 s idle, far more on a loaded machine). For tests that only need the
 command's output and exit code; a test about processes (signals, ranks, environments) still starts one."""
 
@@ -11,28 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.mpirun import ROOT
+from ringx_drivers.mpirun import ROOT
 
 
-def run_cli(package: str, *args: str, cwd: Path | str = ROOT, env: dict | None = None
-            ) -> subprocess.CompletedProcess:
-    """``python -m PACKAGE ARGS`` (package "bench" or "analysis") in this process: its exit code (``SystemExit``
-    included, as argparse raises it), stdout and stderr. ``env``: variables set for the call (None: unset)."""
-    if package == "bench":
-        from bench.__main__ import main as bench_main
+def run_cli(*args: str, cwd: Path | str = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``ringx-bench ARGS`` in this process: its exit code (``SystemExit`` included, as argparse raises it), stdout
+    and stderr. ``env``: variables set for the call (None: unset)."""
+    import ringx_bench
 
-        def call() -> int:
-            return bench_main()
-    elif package == "analysis":
-        from analysis.__main__ import main as analysis_main
-
-        def call() -> int:
-            return analysis_main(list(args))
-    else:
-        raise ValueError(f"unknown package {package!r}")
+    def call() -> int:
+        return ringx_bench.main(list(args))
     out, err = io.StringIO(), io.StringIO()
     saved_argv, saved_env = sys.argv, dict(os.environ)
-    sys.argv = [f"{package}/__main__.py", *args]
+    sys.argv = ["ringx-bench", *args]
     for k, v in (env or {}).items():
         if v is None:
             os.environ.pop(k, None)
@@ -50,4 +41,4 @@ def run_cli(package: str, *args: str, cwd: Path | str = ROOT, env: dict | None =
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
-    return subprocess.CompletedProcess([package, *args], code or 0, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["ringx-bench", *args], code or 0, out.getvalue(), err.getvalue())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.drivers.step import CHECK_TOLERANCE
+from ringx_drivers.drivers.step import CHECK_TOLERANCE
 
 WORLDS = (1, 2, 3, 4)
 RANKS_PER_NODE = {4: 2}  # launches with simulated nodes (RINGX_RANKS_PER_NODE)

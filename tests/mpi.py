@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench import mpirun
+from ringx_drivers import mpirun
 
 
 def run_mpi(nprocs: int, script: str, *args: str, timeout: float = 300, env: dict | None = None

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import mpirun  # noqa: E402 - after the path for `python tests/reliability_probe.py`
+from ringx_drivers import mpirun  # noqa: E402 - after the path for `python tests/reliability_probe.py`
 from ringx_suite.store import Store  # noqa: E402
 
 TIMEOUT = 5  # --timeout of every probe run
@@ -81,7 +81,7 @@ class Job:
         self.out = out
         self.err_path, self.log_path = out / f"{name}.err", out / f"{name}.out"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RINGX_DEVICE": "cpu"}
-        cmd = [mpirun.mpiexec(), "-n", "2", sys.executable, "-m", "bench", "run", "--out", str(out), *args]
+        cmd = [mpirun.mpiexec(), "-n", "2", sys.executable, "-m", "ringx_bench", "run", "--out", str(out), *args]
         with open(self.log_path, "w") as log, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=err)
 
@@ -283,10 +283,10 @@ def store_probe(kind: str) -> Callable[[Path], Result]:
         res.need("not trusted for resume" in second.stderr, "bench run did not report the bad line")
         keys = {json.loads(r)["key"] for r in after if json.loads(r)["status"] == "ok"}
         res.need(victim["key"] in keys, "the point behind the bad line was not measured")
-        for cmd, stream in ((["bench", "summary", str(out / "c")], "stdout"), (["analysis", "table", str(out / "c")],
-                                                                              "stderr")):
-            p = subprocess.run([sys.executable, "-m", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=120)
-            res.need(p.returncode == 0 and "skipped" in getattr(p, stream), f"{cmd[0]} {cmd[1]} did not report it")
+        for cmd, stream in ((["summary", str(out / "c")], "stdout"), (["table", str(out / "c")], "stderr")):
+            p = subprocess.run([sys.executable, "-m", "ringx_bench", *cmd], capture_output=True, text=True, cwd=ROOT,
+                               timeout=120)
+            res.need(p.returncode == 0 and "skipped" in getattr(p, stream), f"ringx-bench {cmd[0]} did not report it")
         return res
     return probe
 
@@ -435,7 +435,7 @@ def _environ(values: dict[str, str]):
 def hostile_sweep_case(tmp: Path, what: str, lines: str, message: str) -> list[str]:
     """Problems with how one hostile value is handled by plan and render ([]: refused, with its message, no
     traceback, nothing written)."""
-    from bench.sweeps import commands
+    from ringx_drivers.sweeps import commands
 
     fields = {"top": [], "bench": [], "params": []}
     section = "top"

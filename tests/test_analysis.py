@@ -12,8 +12,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-import analysis  # noqa: E402
-from analysis import figures, metrics, tables  # noqa: E402
+import ringx_analysis as analysis  # noqa: E402
+from ringx_analysis import figures, metrics, tables  # noqa: E402
 from tests.cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,7 +277,7 @@ def test_latex_table_is_ready_for_a_paper():
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return run_cli("analysis", *args)
+    return run_cli(*args)
 
 
 def test_cli_on_the_sample_campaign(tmp_path):

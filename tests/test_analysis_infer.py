@@ -17,8 +17,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from analysis import figures, infer, metrics, report  # noqa: E402
-from analysis.records import load  # noqa: E402
+from ringx_analysis import figures, infer, metrics, report  # noqa: E402
+from ringx_analysis.records import load  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
 from ringx_suite.store import Store  # noqa: E402
@@ -155,7 +155,7 @@ def test_table_cells_and_latex(campaign):
     assert x1.startswith("2.00x [") and not x1.startswith("~")
     assert row[1, 64, "tp"][t.columns.index("TTFT x ring")].startswith("1.25x [")  # 0.010 / 0.008
     assert row[1, 128, "ringx1"][t.columns.index("KV cache")] == "128.0 KiB"
-    from analysis import tables
+    from ringx_analysis import tables
 
     latex = tables.render(t, "latex")
     assert r"\begin{table*}" in latex and r"\label{tab:serving}" in latex
@@ -176,7 +176,7 @@ def test_figures_ttft_against_prompt_and_tpot_against_ranks(campaign, tmp_path):
     figures.plt.close(fig)
     with pytest.raises(figures.NoData, match="two or more prompt lengths"):
         infer.ttft_vs_prompt(s[s["prompt_len"] == 64])
-    out = subprocess.run([sys.executable, "-m", "analysis", "figures", str(campaign), "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "figures", str(campaign), "--out", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr
     for name in ("infer-ttft", "infer-tpot"):
@@ -236,11 +236,12 @@ def test_mixed_campaign_reports_attention_then_serving(campaign, tmp_path):
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> Path:
     """A real bench infer campaign: the tiny model at 1 and 2 CPU ranks, two short prompts, ring, ringx1 and tp."""
-    from bench import mpirun
+    from ringx_drivers import mpirun
 
     out = tmp_path_factory.mktemp("real")
     for n in (1, 2):
-        proc = mpirun.run(n, ["-m", "bench", "infer", "--preset", "tiny", "--prompt-len", "32,64", "--new-tokens", "3",
+        proc = mpirun.run(n, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--prompt-len", "32,64",
+                              "--new-tokens", "3",
                               "--dtype", "float32", "--algorithms", "ring,ringx1,tp", "--warmup", "1", "--iters", "3",
                               "--out", str(out), "--campaign", "real", "--quiet"], timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -248,7 +249,7 @@ def real(tmp_path_factory) -> Path:
 
 
 def test_real_campaign_agrees_with_bench_summary_and_reports(real, tmp_path):
-    from bench.summary import infer_tables
+    from ringx_drivers.summary import infer_tables
 
     df = load(real)
     s = metrics.summarize(df, "infer")

@@ -8,8 +8,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from analysis import figures, kinds, metrics, report, tables  # noqa: E402
-from analysis.records import load  # noqa: E402
+from ringx_analysis import figures, kinds, metrics, report, tables  # noqa: E402
+from ringx_analysis.records import load  # noqa: E402
 from ringx_suite import masks  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
 from ringx_suite.store import Store  # noqa: E402

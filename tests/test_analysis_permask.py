@@ -15,8 +15,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from analysis import figures, metrics, report, step, tables  # noqa: E402
-from analysis.records import load  # noqa: E402
+from ringx_analysis import figures, metrics, report, step, tables  # noqa: E402
+from ringx_analysis.records import load  # noqa: E402
 from ringx_suite import masks  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
@@ -136,7 +136,7 @@ def test_report_tables_are_grouped_by_mask_with_the_right_values(campaign):
 
 
 def test_table_command_prints_one_latex_table_per_mask(campaign):
-    out = subprocess.run([sys.executable, "-m", "analysis", "table", str(campaign), "--format", "latex"],
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "table", str(campaign), "--format", "latex"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(r"\begin{tabular}") == 3
@@ -156,7 +156,7 @@ def test_figures_have_a_panel_per_mask_titled_with_it(campaign, tmp_path):
     fig = figures.fastest_map(s)
     assert sorted(ax.get_title() for ax in fig.axes if ax.get_title()) == sorted(RING)
     figures.plt.close(fig)
-    out = subprocess.run([sys.executable, "-m", "analysis", "figures", str(campaign), "--out", str(tmp_path),
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "figures", str(campaign), "--out", str(tmp_path),
                           "--format", "png,pdf"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr
     for name in ("speedup", "speedup-ranks", "scaling", "mfu", "fastest", "memory"):
@@ -212,7 +212,8 @@ GOLDEN = Path(__file__).parent / "golden" / "analysis"  # written by the code be
                                                      ("cpu-sample", "latex", "cpu-sample.table.tex"),
                                                      ("model-step", "markdown", "model-step.table.md")])
 def test_committed_campaigns_keep_their_tables(campaign_dir, fmt, golden):
-    out = subprocess.run([sys.executable, "-m", "analysis", "table", str(ROOT / "results" / campaign_dir), "--format",
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "table", str(ROOT / "results" / campaign_dir),
+                          "--format",
                           fmt], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout == (GOLDEN / golden).read_text()

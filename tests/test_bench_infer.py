@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import models, mpirun
-from bench.drivers.infer import CHECK_TOLERANCE
-from bench.models import serving
+from ringx_drivers import models, mpirun
+from ringx_drivers.drivers.infer import CHECK_TOLERANCE
+from ringx_drivers.models import serving
 from ringx_suite.store import Store, validate
 
 PROMPT, NEW = 32, 3
@@ -18,7 +18,7 @@ FIELDS = ("ttft_s", "tpot_s", "prefill_tokens_per_s", "decode_tokens_per_s", "kv
 
 
 def bench(nprocs: int, *args: str, timeout: float = 600, env: dict | None = None):
-    return mpirun.run(nprocs, ["-m", "bench", "infer", *args], timeout=timeout, env=env)
+    return mpirun.run(nprocs, ["-m", "ringx_bench", "infer", *args], timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_half_precision_reports_agreement_without_failing(tmp_path):
 
 
 def test_summary_tables_ttft_and_tpot_with_speedups_over_ring_and_tp():
-    from bench.summary import INFER_COMPARE_BY, infer_tables
+    from ringx_drivers.summary import INFER_COMPARE_BY, infer_tables
 
     base = {k: 1 for k in INFER_COMPARE_BY} | {"model": "tiny", "dtype": "float64", "kernel_requested": None}
 

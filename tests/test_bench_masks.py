@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import ringx
-from bench import mpirun
-from bench.points.attention import make_point, record_config
 from ringx.flops import attention_flops, mask_flops
+from ringx_drivers import mpirun
+from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
@@ -27,7 +27,7 @@ SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", 
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "bench", *args], timeout=timeout)
+    return mpirun.run(nprocs, ["-m", "ringx_bench", *args], timeout=timeout)
 
 
 def one_line_error(proc, *words: str) -> str:
@@ -142,16 +142,16 @@ def test_bad_mask_specs_are_refused_in_one_line(tmp_path):
 
 def test_kernels_and_quick_refuse_what_they_cannot_time(tmp_path):
     env = dict(os.environ)
-    k = subprocess.run([sys.executable, "-m", "bench", "kernels", "--seq", "128", "--mask", "docs:64x2",
+    k = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--seq", "128", "--mask", "docs:64x2",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
     one_line_error(k, "one block", "bench run")
-    q = subprocess.run([sys.executable, "-m", "bench", "quick", "--ranks", "1", "--seq", "128", "--mask",
+    q = subprocess.run([sys.executable, "-m", "ringx_bench", "quick", "--ranks", "1", "--seq", "128", "--mask",
                         "docs:lognormal:0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert q.returncode == 2 and "at least 1" in q.stderr and "Traceback" not in q.stderr
 
 
 def test_kernels_time_windows_as_band_blocks(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench", "kernels", "--seq", "128", "--kv-heads", "2", "--mask",
+    proc = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--seq", "128", "--kv-heads", "2", "--mask",
                            "causal,window:32", "--iters", "2", "--warmup", "1", "--out", str(tmp_path), "--quiet"],
                           capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr
@@ -163,7 +163,8 @@ def test_kernels_time_windows_as_band_blocks(tmp_path):
 
 
 def test_quick_times_every_mask(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench", "quick", "--ranks", "1,2", "--seq", "128", "--iters", "2",
+    proc = subprocess.run([sys.executable, "-m", "ringx_bench", "quick", "--ranks", "1,2", "--seq", "128", "--iters",
+                           "2",
                            "--warmup", "1", "--algorithms", "ring,zigzag", "--mask", "window:16,docs:40x2,48",
                            "--out", str(tmp_path), "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -195,8 +196,8 @@ def test_model_steps_with_masks_check_exactly(tmp_path, flags):
         else:
             assert r["mask"] == "layers:window:16/causal" and r["layer_masks"] == ["window:16", "causal"]
     # the masked step counts fewer attention FLOPs than the causal one
-    from bench import models
     from ringx.flops import model_flops_per_token
+    from ringx_drivers import models
 
     cfg = models.preset("tiny")
     causal = model_flops_per_token(models.flops_params(cfg), cfg.layers, 256, cfg.heads, cfg.head_dim, True)
@@ -208,8 +209,8 @@ def test_model_steps_with_masks_check_exactly(tmp_path, flags):
 
 
 def test_sweep_masks_plan_render_and_keys(tmp_path, monkeypatch):
-    from bench import sweeps as sweep
-    from bench.sweeps import kinds, plan
+    from ringx_drivers import sweeps as sweep
+    from ringx_drivers.sweeps import kinds, plan
 
     text = """
 campaign = "m"
@@ -244,13 +245,13 @@ masks = ["causal", "window:32", "docs:lognormal:40", "docs:64x4"]
     assert [kinds.KINDS["run"].key(p, 2, 1, 0, b) for p in pts] == [
         config_key(record_config(p, 2, 1, 0, b["kernel"], b["warmup"], b["iters"])) for p in again]
     assert "--points" in script.read_text()
-    out = subprocess.run([sys.executable, "-m", "bench", "sweep", "plan", "-v", str(f)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "plan", "-v", str(f)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "window:32" in out.stdout and "docs:64x4" in out.stdout, out.stderr
 
 
 def test_sweep_masks_refuse_bad_specs_and_both_spellings(tmp_path):
-    from bench import sweeps as sweep
+    from ringx_drivers import sweeps as sweep
 
     base = ('campaign = "m"\nmachine = "local"\nnodes = 1\nranks_per_node = 2\nout = "%s"\n[params]\n'
             'algorithms = ["ring"]\nseq = [256]\n' % (tmp_path / "runs"))
@@ -264,7 +265,7 @@ def test_sweep_masks_refuse_bad_specs_and_both_spellings(tmp_path):
 
 
 def test_shipped_masks_sweep_plans():
-    from bench import sweeps as sweep
+    from ringx_drivers import sweeps as sweep
 
     sw = sweep.load(mpirun.ROOT / "jobs" / "sweeps" / "masks-demo.toml")
     got = {p.mask_text().split(":")[0] for j in sw.jobs for p in j.points}
@@ -272,9 +273,9 @@ def test_shipped_masks_sweep_plans():
 
 
 def test_model_sweep_masks_become_the_jobs_flags_and_keys(tmp_path):
-    from bench import sweeps as sweep
-    from bench.drivers import step
-    from bench.sweeps import kinds, plan
+    from ringx_drivers import sweeps as sweep
+    from ringx_drivers.drivers import step
+    from ringx_drivers.sweeps import kinds, plan
 
     f = tmp_path / "m.toml"
     f.write_text(f'''campaign = "mm"
@@ -311,8 +312,8 @@ masks = ["docs:lognormal:48", "window:32"]
 
 
 def test_gpu_sweep_estimates_and_predicts_masked_points(tmp_path, monkeypatch):
-    from bench import sweeps as sweep
-    from bench.sweeps.estimate import call_seconds
+    from ringx_drivers import sweeps as sweep
+    from ringx_drivers.sweeps.estimate import call_seconds
     from tests.test_sweep import GOLDEN_ENV
 
     for k, v in GOLDEN_ENV.items():
@@ -325,7 +326,8 @@ def test_gpu_sweep_estimates_and_predicts_masked_points(tmp_path, monkeypatch):
     job = sw.jobs[0]
     causal, window = (call_seconds(sw, job, p) for p in job.points)
     assert 0 < window < causal  # the cost model skips the window's masked blocks and transfers
-    out = subprocess.run([sys.executable, "-m", "bench", "sweep", "predict", str(f)], capture_output=True, text=True,
-                         timeout=120, env=os.environ | {k: v.format(tmp=tmp_path) for k, v in GOLDEN_ENV.items()})
+    env = os.environ | {k: v.format(tmp=tmp_path) for k, v in GOLDEN_ENV.items()}
+    out = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "predict", str(f)], capture_output=True,
+                         text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "| window:2048 |" in out.stdout and "| causal |" in out.stdout

@@ -20,7 +20,7 @@ def test_summarize_known_answers():
 
 
 def quick(*args: str) -> subprocess.CompletedProcess:
-    return run_cli("bench", "quick", *args)
+    return run_cli("quick", *args)
 
 
 @pytest.mark.parametrize("args,message", [

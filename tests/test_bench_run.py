@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from bench import mpirun
-from bench.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
-from costmodel.network import busbw_factor
+from ringx_costmodel.network import busbw_factor
+from ringx_drivers import mpirun
+from ringx_drivers.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from ringx_suite.store import Store, validate
 from tests.cli import run_cli
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
-    return mpirun.run(nprocs, ["-m", "bench", *args], timeout=timeout, env=env)
+    return mpirun.run(nprocs, ["-m", "ringx_bench", *args], timeout=timeout, env=env)
 
 
 def records(root, campaign="c") -> list[dict]:
@@ -219,7 +219,7 @@ def test_collectives_levels_the_layout_cannot_form_are_refused_in_one_line(tmp_p
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout
     lines = proc.stderr.splitlines()  # rank 0 alone says it, once
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert lines[0].startswith(f"python -m bench collectives: error: --levels {levels.split(',')[-1]} cannot run")
+    assert lines[0].startswith(f"ringx-bench collectives: error: --levels {levels.split(',')[-1]} cannot run")
     assert not (tmp_path / "net").exists()  # refused before the campaign is opened
 
 
@@ -265,7 +265,7 @@ def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
     (["kernels", "--campaign", "../x"], "must be a plain directory name"),
 ])
 def test_user_mistakes_get_one_line_and_no_traceback(args, message):
-    proc = run_cli("bench", *args)
+    proc = run_cli(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -274,8 +274,8 @@ def test_ctrl_c_stops_every_rank_at_once_with_one_line(tmp_path):
     import signal
     import subprocess
 
-    proc = subprocess.Popen([mpirun.mpiexec(), "-n", "2", os.sys.executable, "-m", "bench", "run", *SMALL, "--seq",
-                             "2048", "--iters", "1000", "--out", str(tmp_path), "--algorithms", "ring,ringx4"],
+    proc = subprocess.Popen([mpirun.mpiexec(), "-n", "2", os.sys.executable, "-m", "ringx_bench", "run", *SMALL,
+                             "--seq", "2048", "--iters", "1000", "--out", str(tmp_path), "--algorithms", "ring,ringx4"],
                             cwd=mpirun.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(mpirun.ROOT)}, start_new_session=True)
     deadline = time.monotonic() + 60
@@ -299,7 +299,7 @@ def test_n_copies_of_rank_0_under_srun_are_refused(tmp_path):
     # what srun --mpi=none does to an MPICH program: every task is a world of one
     for procid, expect in (("0", "4 copies of rank 0"), ("3", "")):
         env = {**os.environ, "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": procid, "PYTHONPATH": str(mpirun.ROOT)}
-        proc = subprocess.run([sys.executable, "-m", "bench", "run", *SMALL, "--out", str(tmp_path)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "ringx_bench", "run", *SMALL, "--out", str(tmp_path)], env=env,
                               capture_output=True, text=True, cwd=mpirun.ROOT, timeout=120)
         assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
         assert (expect == "") == (proc.stderr.strip() == "")  # task 0 says why; the others stay silent
@@ -307,7 +307,7 @@ def test_n_copies_of_rank_0_under_srun_are_refused(tmp_path):
 
 
 def test_summary_tabulates_collectives_by_level_only_when_there_are_levels():
-    from bench.summary import collectives_table
+    from ringx_drivers.summary import collectives_table
 
     def coll(level=None, group=None):
         r = {"kind": "collective", "status": "ok", "op": "all_reduce", "world_size": 4, "bytes": 1024,

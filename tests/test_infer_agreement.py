@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import models, mpirun
-from bench.drivers.infer import CHECK_MAX_SEQ, CHECK_TOLERANCE
-from bench.models import serving
-from bench.points import infer as infer_points
+from ringx_drivers import models, mpirun
+from ringx_drivers.drivers.infer import CHECK_MAX_SEQ, CHECK_TOLERANCE
+from ringx_drivers.models import serving
+from ringx_drivers.points import infer as infer_points
 from ringx_suite.store import Store, validate
 
 NEW = 6
@@ -20,7 +20,7 @@ AGREEMENT = ("checked", "check_ids_equal", "check_agree_tokens", "check_first_di
 
 
 def bench(nprocs: int, tmp_path, *args: str, timeout: float = 300):
-    proc = mpirun.run(nprocs, ["-m", "bench", "infer", "--preset", "tiny", "--new-tokens", str(NEW), "--warmup",
+    proc = mpirun.run(nprocs, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--new-tokens", str(NEW), "--warmup",
                                "0", "--iters", "1", "--out", str(tmp_path), "--campaign", "c", *args], timeout=timeout)
     recs = [r for r in Store(tmp_path, "c").records() if r["kind"] == "infer"] if (tmp_path / "c").exists() else []
     return proc, recs
@@ -134,7 +134,8 @@ def test_bad_input_is_one_line_on_two_ranks_and_nothing_hangs(tmp_path):
          "tp: the MLP's 255 hidden units do not split over 2 ranks"),
         (["--check", "--check-max-seq", "0"], "check_max_seq must be >= 1"),
     ]:
-        proc = mpirun.run(2, ["-m", "bench", "infer", *args, "--out", str(tmp_path), "--campaign", "c"], timeout=120)
+        proc = mpirun.run(2, ["-m", "ringx_bench", "infer", *args, "--out", str(tmp_path), "--campaign", "c"],
+                          timeout=120)
         assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
         errors = [line for line in proc.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and message in errors[0], (args, proc.stderr)

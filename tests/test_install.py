@@ -44,8 +44,8 @@ def test_every_package_and_data_file_is_listed():
 
 
 def test_bench_and_analysis_command_names_do_not_clash():
-    from analysis.__main__ import commands
-    from bench.__main__ import COMMANDS
+    from ringx_analysis.__main__ import commands
+    from ringx_drivers.__main__ import COMMANDS
 
     assert not set(COMMANDS) & set(commands())
 
@@ -95,16 +95,20 @@ def run(env: Path, *args: str, cwd: Path, timeout: float = 120) -> subprocess.Co
 
 
 def test_installed_command_from_an_unrelated_directory(installed, tmp_path):
-    proc = subprocess.run([installed / "bin" / "python", "-c", "import analysis, bench, costmodel.machine as m, "
-                           "ringx, ringx_bench, ringx_suite; print(bench.__file__, ringx.__file__, analysis.__file__, "
-                           "ringx_bench.__file__, m.PROFILES)"], capture_output=True, text=True, cwd=tmp_path,
-                          env=clean_env())
+    proc = subprocess.run([installed / "bin" / "python", "-c", "import ringx_analysis as a, ringx_drivers as d, "
+                           "ringx_costmodel.machine as m, ringx, ringx_bench, ringx_suite; print(d.__file__, "
+                           "ringx.__file__, a.__file__, ringx_bench.__file__, m.PROFILES)"], capture_output=True,
+                          text=True, cwd=tmp_path, env=clean_env())
     assert proc.returncode == 0, proc.stderr
     for path in proc.stdout.split():
         assert Path(path).is_relative_to(installed), f"{path} is not the installed copy"
     assert not Path(proc.stdout.split()[0]).is_relative_to(ROOT)
     profiles = Path(proc.stdout.split()[-1])
     assert {p.stem for p in profiles.glob("*.toml")} >= {"frontier", "perlmutter", "alps", "local"}
+    site = Path(proc.stdout.split()[1]).parent.parent  # ringx/__init__.py's site-packages
+    names = {p.name.removesuffix(".py") for p in site.iterdir() if p.suffix not in (".pth", ".dist-info")
+             and p.name != "__pycache__"}
+    assert names and all(n.startswith("ringx") for n in names), f"generic top-level names installed: {names}"
     top = run(installed, "--help", cwd=tmp_path)
     assert top.returncode == 0, top.stderr
     for name in ("run", "model", "sweep", "summary", "demo", "report", "figures", "table", "predict", "validate"):

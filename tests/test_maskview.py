@@ -9,9 +9,9 @@ pytest.importorskip("matplotlib")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from analysis import __main__ as cli  # noqa: E402
-from analysis import maskview  # noqa: E402
 from ringx import Mask, balance  # noqa: E402
+from ringx_analysis import __main__ as cli  # noqa: E402
+from ringx_analysis import maskview  # noqa: E402
 from ringx_suite import masks  # noqa: E402
 
 MASKS = [Mask.causal(), Mask.full(), Mask.window(5), Mask.window(3, 2), Mask.documents([7, 20, 1, 20]),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis import calibrate
-from costmodel import Link, Machine, predict, simulate
-from costmodel import network as model
 from ringx.schedule import Event
+from ringx_analysis import calibrate
+from ringx_costmodel import Link, Machine, predict, simulate
+from ringx_costmodel import network as model
 from tests.cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,18 +91,18 @@ def test_calibration_recovers_known_parameters():
 
 
 def test_validate_and_predict_cli():
-    proc = run_cli("analysis", "validate", "results/local-demo", "--cores-per-node",
+    proc = run_cli("validate", "results/local-demo", "--cores-per-node",
                    "2", "--out", "/tmp/ringx-model-test")
     assert proc.returncode == 0, proc.stderr
     assert "| algorithm | ranks | sample | points | median_rel_err | worst_rel_err |" in proc.stdout
     assert "| measured_fastest | predicted_fastest | right | spearman |" in proc.stdout
     assert all(f"| {a} |" in proc.stdout for a in ("ring", "zigzag", "ringx3", "ringx4o"))
-    proc = run_cli("bench", "sweep", "predict", "jobs/sweeps/local-demo.toml",
+    proc = run_cli("sweep", "predict", "jobs/sweeps/local-demo.toml",
                    "--machine", "perlmutter")
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| N1x")]
     assert len(rows) == 150 and sum("| yes |" in r for r in rows) == 12  # one fastest per configuration
-    proc = run_cli("analysis", "predict", "--machine", "frontier", "--ranks", "8,64",
+    proc = run_cli("predict", "--machine", "frontier", "--ranks", "8,64",
                    "--seq", "65536")
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 8 |", "| 64 |"))]
@@ -110,7 +110,7 @@ def test_validate_and_predict_cli():
     n = len(__import__("ringx").algorithms.names(True))
     assert len(rows) == n + n - 1 and sum("| yes |" in r for r in rows) == 2
     assert "ulysses at 64 ranks: Ulysses degree 64 must divide" in proc.stdout
-    proc = run_cli("analysis", "curve", "results/local-demo", "--machine", "frontier",
+    proc = run_cli("curve", "results/local-demo", "--machine", "frontier",
                    "--seq", "2048", "--max-ranks", "8", "--out", "/tmp/ringx-curve-test")
     assert proc.returncode == 0, proc.stderr
     predicted = [line for line in proc.stdout.split("measured")[0].splitlines() if line.startswith("| ringx")]
@@ -118,7 +118,7 @@ def test_validate_and_predict_cli():
     measured = proc.stdout.split("measured speedups from results/local-demo")[1]
     assert sum(line.startswith("| ringx") for line in measured.splitlines()) == 2 * 4  # at 2 and 4 local ranks
     assert (Path("/tmp/ringx-curve-test") / "speedup-curve-frontier.png").stat().st_size > 10_000
-    proc = run_cli("analysis", "curve", "--machine", "local")
+    proc = run_cli("curve", "--machine", "local")
     assert proc.returncode == 2 and "has no [model] table" in proc.stderr
 
 
@@ -157,7 +157,7 @@ def test_kernel_records_give_the_compute_term_by_block_shape():
 
 
 def test_the_model_picks_the_ulysses_degree_for_usp():
-    from costmodel.predict import best_degree, degrees
+    from ringx_costmodel.predict import best_degree, degrees
 
     assert degrees("usp", 16, 8) == [1, 2, 4, 8] and degrees("ring", 16, 8) == [None]
     fast_intra = Machine("m", "t", 1e12, {"default": Link(1e-6, 100.0)}, {"default": Link(1e-3, 1.0)})
@@ -169,7 +169,7 @@ def test_the_model_picks_the_ulysses_degree_for_usp():
 
 
 def test_map_cli_names_the_fastest_algorithm_and_degrees(tmp_path):
-    proc = run_cli("analysis", "map", "--machines", "alps", "--seqs", "131072",
+    proc = run_cli("map", "--machines", "alps", "--seqs", "131072",
                    "--ranks", "8,64", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| alps |")]

@@ -9,8 +9,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from analysis import report, step  # noqa: E402
-from analysis.metrics import MissingBaseline, NoData, speedup, summarize  # noqa: E402
+from ringx_analysis import report, step  # noqa: E402
+from ringx_analysis.metrics import MissingBaseline, NoData, speedup, summarize  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def test_missing_baseline_and_no_records_are_named():
 def test_the_committed_campaign_joins_every_step_with_its_attention_configuration():
     from pathlib import Path
 
-    from analysis.records import load
+    from ringx_analysis.records import load
 
     df = load(Path(__file__).resolve().parent.parent / "results" / "model-step")
     steps = df[df["kind"] == "model"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from analysis import __main__ as cli
-from costmodel import Link, Machine, predict
-from costmodel.predict import _traces
 from ringx.mask import Mask
+from ringx_analysis import __main__ as cli
+from ringx_costmodel import Link, Machine, predict
+from ringx_costmodel.predict import _traces
 
 SHAPE = dict(seq=4096, heads=8, kv_heads=2, head_dim=64, dtype="bfloat16")
 MACHINE = Machine("m", "test", 1e12, {"default": Link(5e-6, 50.0)})

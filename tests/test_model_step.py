@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import ringx
-from bench import models, mpirun
-from bench.drivers.step import CHECK_TOLERANCE, shard_batch
+from ringx_drivers import models, mpirun
+from ringx_drivers.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
 from tests.mpi import matrix_launcher
@@ -177,7 +177,7 @@ def test_model_flops_convention_known_answer():
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "bench", "model", *args], timeout=timeout)
+    return mpirun.run(nprocs, ["-m", "ringx_bench", "model", *args], timeout=timeout)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -9,7 +9,7 @@ import pytest
 
 pd = pytest.importorskip("pandas")
 
-from analysis import figures, metrics  # noqa: E402
+from ringx_analysis import figures, metrics  # noqa: E402
 from ringx_suite.records import KINDS, validate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import ringx
-from bench.models import serving
+from ringx_drivers.models import serving
 from tests.mpi import run_cases
 from tests.serving_cases import RANKS_PER_NODE, TOL, WORLDS, decode_cases, serve_cases
 
@@ -108,7 +108,7 @@ def test_metrics_from_phases():
 
 
 def test_problems_are_one_line_and_name_the_fix():
-    from bench import models
+    from ringx_drivers import models
 
     tiny = models.preset("tiny")
     assert "multiple of 8" in serving.problem(tiny, "zigzag", 50, 4, 4)

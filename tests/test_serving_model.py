@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from costmodel import machine as machines
-from costmodel import serving as sm
+from ringx_costmodel import machine as machines
+from ringx_costmodel import serving as sm
 from tests.mpi import run_cases
 from tests.workers.serving_model_cases import DECODE, TP_NEW, TP_PROMPT, B, D, H
 
@@ -62,7 +62,7 @@ def test_tp_all_reduces_are_bench_serving_s(launched, world):
 
 
 def test_the_model_table_is_bench_s_presets():
-    from bench import models
+    from ringx_drivers import models
 
     for name, d in sm.MODELS.items():
         c = models.PRESETS[name]

@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "results" / "cpu-sample"
 
 
 def test_a_second_claim_on_the_same_keys_is_refused_naming_the_holder(tmp_path):
-    held = claim(tmp_path, "run-a", {"k1", "k2"}, "python -m bench run A")
+    held = claim(tmp_path, "run-a", {"k1", "k2"}, "ringx-bench run A")
     with pytest.raises(Busy) as e:
         claim(tmp_path, "run-b", {"k2", "k3"})
     assert "1 of the 2 records" in str(e.value) and "run run-a" in str(e.value) and "bench run A" in str(e.value)
@@ -54,9 +54,9 @@ def test_an_append_after_a_torn_line_starts_a_fresh_line(tmp_path):
 
 def test_summary_and_analysis_pool_duplicates_alike(tmp_path):
     """Two runs of the same cell: bench summary's speedup is analysis's, not the lower median of a pair."""
-    from analysis import load
-    from analysis.metrics import speedup, summarize
-    from bench.summary import attention_table
+    from ringx_analysis import load
+    from ringx_analysis.metrics import speedup, summarize
+    from ringx_drivers.summary import attention_table
 
     recs = [json.loads(x) for x in (SAMPLE / "records.jsonl").read_text().splitlines()]
     cell = [r for r in recs if r["kind"] == "attention" and r["status"] == "ok" and r["world_size"] == 2
@@ -81,13 +81,13 @@ def test_summary_and_analysis_pool_duplicates_alike(tmp_path):
     (ValueError("bad"), "exception"),
 ])
 def test_failures_are_classed(error, kind):
-    from bench.measure.ranks import describe
+    from ringx_drivers.measure.ranks import describe
 
     assert describe(error)[0] == kind
 
 
 def test_memory_estimate_grows_with_the_point_and_gathers_are_o_s():
-    from bench.points.attention import make_point, memory_bytes
+    from ringx_drivers.points.attention import make_point, memory_bytes
 
     pt = make_point({"algorithm": "ring", "seq": 4096}, 4)
     assert memory_bytes(pt, 4) < memory_bytes(make_point({"algorithm": "ring", "seq": 8192}, 4), 4)

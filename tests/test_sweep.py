@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import sweeps as sweep
-from bench.points.attention import make_point
-from bench.sweeps import plan, profiles, script, slurm
-from bench.sweeps.schedulers import JobShape
+from ringx_drivers import sweeps as sweep
+from ringx_drivers.points.attention import make_point
+from ringx_drivers.sweeps import plan, profiles, script, slurm
+from ringx_drivers.sweeps.schedulers import JobShape
 from tests.cli import run_cli
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -155,7 +155,7 @@ GOLDEN_ENV = {"MEMBERWORK": "{tmp}/memberwork", "PSCRATCH": "{tmp}/pscratch", "S
 def render_golden(machine: str, tmp_path: Path, monkeypatch, text: str = GOLDEN_SWEEP) -> str:
     """The first job's script of a sweep on ``machine`` (by default a 4-node attention sweep), as `bench sweep
     render` writes it; ``text`` is the sweep file with {machine}, {extra}, {seq} and {dtype} to fill."""
-    from bench import mpirun
+    from ringx_drivers import mpirun
 
     for k, v in GOLDEN_ENV.items():
         monkeypatch.setenv(k, v.format(tmp=tmp_path))
@@ -224,12 +224,12 @@ def test_estimates_grow_with_work(tmp_path):
 
 def test_plan_and_dry_run_submit_print_without_submitting(tmp_path):
     f = sweep_file(tmp_path)
-    out = run_cli("bench", "sweep", "plan", str(f), cwd=profiles.PROFILES.parent.parent)
+    out = run_cli("sweep", "plan", str(f), cwd=profiles.PROFILES.parent.parent)
     assert out.returncode == 0 and "job N1x2: 1 node(s) x 2 = 2 ranks, 8 points" in out.stdout
-    out = run_cli("bench", "sweep", "submit", str(f), "--dry-run", cwd=profiles.PROFILES.parent.parent)
+    out = run_cli("sweep", "submit", str(f), "--dry-run", cwd=profiles.PROFILES.parent.parent)
     assert out.returncode == 0 and out.stdout.count("# would run: sbatch --parsable") == 2
     assert not (tmp_path / "res" / "c1" / "sweep" / "manifest.json").exists()
-    bad = run_cli("bench", "sweep", "plan", str(tmp_path / "nope.toml"), cwd=profiles.PROFILES.parent.parent)
+    bad = run_cli("sweep", "plan", str(tmp_path / "nope.toml"), cwd=profiles.PROFILES.parent.parent)
     assert bad.returncode == 2 and "cannot read" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -241,22 +241,22 @@ def test_render_refuses_a_cpu_only_torch_for_gpu_jobs(tmp_path):
     env = {"RINGX_ENV": str(venv), "RINGX_NET_PLUGIN": "/opt/ofi/lib"}
     cmd = ["sweep", "render", str(f)]
     cwd = profiles.PROFILES.parent.parent
-    proc = run_cli("bench", *cmd, env=env, cwd=cwd)
+    proc = run_cli(*cmd, env=env, cwd=cwd)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "a CPU-only build" in proc.stderr and "--allow-cpu-python" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "res").exists()  # nothing written
-    proc = run_cli("bench", *cmd, "--allow-cpu-python", env=env, cwd=cwd)
+    proc = run_cli(*cmd, "--allow-cpu-python", env=env, cwd=cwd)
     assert proc.returncode == 0 and "rendering anyway" in proc.stderr
     assert f"{venv}/bin/ringx-bench run" in (tmp_path / "res/paper/sweep/jobs/N4x8.sh").read_text()
     # the variables a profile names must be set: said in one line, before anything is written
-    proc = run_cli("bench", *cmd, env={**env, "RINGX_ENV": None}, cwd=cwd)
+    proc = run_cli(*cmd, env={**env, "RINGX_ENV": None}, cwd=cwd)
     assert proc.returncode == 2 and "needs $RINGX_ENV, which is not set here" in proc.stderr
 
 
 def test_stack_check_judges_the_torch_build(monkeypatch):
     from dataclasses import replace
 
-    from bench.sweeps import stack
+    from ringx_drivers.sweeps import stack
 
     prof = profiles.load_profile("frontier")
     builds = {"cpu": {"torch": "2.13.0+cpu", "cuda": None, "hip": None},
@@ -333,7 +333,7 @@ def test_time_limit_has_a_startup_allowance_that_grows_with_ranks(tmp_path):
 
 
 def test_status_shows_the_preflight_verdict(tmp_path, capsys):
-    from bench.sweeps import commands
+    from ringx_drivers.sweeps import commands
 
     f = sweep_file(tmp_path)
     sw = sweep.load(f)
@@ -349,7 +349,7 @@ def test_status_shows_the_preflight_verdict(tmp_path, capsys):
 
 
 def test_preflight_world_and_network_verdicts():
-    from bench.preflight import network_verdict, world_problems
+    from ringx_drivers.preflight import network_verdict, world_problems
 
     ranks = [{"rank": r, "procid": str(r), "node": f"n{r // 2}"} for r in range(4)]
     env = {"SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_NUM_NODES": "2"}
@@ -390,7 +390,7 @@ def test_every_missing_setting_is_named_in_one_message(tmp_path, monkeypatch):
     with pytest.raises(sweep.SweepError, match=r"needs \$MEMBERWORK, which is not set here"):
         sweep.load(f)  # plan: only the output root is needed
     monkeypatch.setenv("MEMBERWORK", str(tmp_path / "mw"))
-    from bench.sweeps import commands
+    from ringx_drivers.sweeps import commands
 
     assert commands.main(["plan", str(f)]) == 0  # plan runs, and says what render will need
     with pytest.raises(sweep.SweepError, match=r"needs 2 settings"):
@@ -398,7 +398,7 @@ def test_every_missing_setting_is_named_in_one_message(tmp_path, monkeypatch):
 
 
 def test_predict_on_a_profile_without_a_model_table_says_what_to_give(capsys):
-    from bench.sweeps.commands import main as sweep_main
+    from ringx_drivers.sweeps.commands import main as sweep_main
 
     rc = sweep_main(["predict", str(GOLDEN.parent.parent / "jobs" / "sweeps" / "local-demo.toml")])
     err = capsys.readouterr().err

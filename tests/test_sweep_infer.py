@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
-from bench import sweeps as sweep
-from bench.drivers import infer
-from bench.points.infer import InferPoint
-from bench.sweeps import plan
-from costmodel.machine import JOBS
+from ringx_costmodel.machine import JOBS
+from ringx_drivers import sweeps as sweep
+from ringx_drivers.drivers import infer
+from ringx_drivers.points.infer import InferPoint
+from ringx_drivers.sweeps import plan
 from tests.test_sweep import GOLDEN, render_golden, write
 
 INFER_GOLDEN = """

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import sweeps as sweep
-from bench.points.step import StepPoint
-from bench.sweeps import commands, plan, profiles
+from ringx_drivers import sweeps as sweep
+from ringx_drivers.points.step import StepPoint
+from ringx_drivers.sweeps import commands, plan, profiles
 from ringx_suite.store import Store, claim, validate
 from tests.cli import run_cli
 from tests.test_sweep import GOLDEN, render_golden, write
@@ -147,7 +147,7 @@ def test_bad_model_points_are_refused_in_one_line(tmp_path, capsys, params, mess
 
 def test_a_bad_driver_is_one_line_without_traceback(tmp_path):
     f = write(tmp_path, model_sweep(tmp_path).read_text().replace('driver = "model"', 'driver = "modle"'))
-    proc = run_cli("bench", "sweep", "plan", str(f))
+    proc = run_cli("sweep", "plan", str(f))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["bench sweep plan: error: driver 'modle': choose run (attention "
                                                 "points, bench run) or model (training steps, bench model) or infer "
@@ -215,7 +215,7 @@ def test_local_model_sweep_records_steps_and_status_counts_them(tmp_path, capsys
     assert commands.main(["status", str(f)]) == 0
     assert [line.split()[-10:] for line in capsys.readouterr().out.splitlines()] == [
         ["done", "0", "failed", "0", "running", "0", "pending", "0", "missing", "2"]] * 2
-    cmd = [sys.executable, "-m", "bench", "sweep", "local", str(f), "--quiet"]
+    cmd = [sys.executable, "-m", "ringx_bench", "sweep", "local", str(f), "--quiet"]
     # bench model claims the keys the sweep computes: held by another (living) run, they are refused
     sw = sweep.load(f)
     held = claim(sw.store.dir, "other-run", set(sw.keys(sw.jobs[0])), "a test")

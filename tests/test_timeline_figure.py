@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from analysis import timeline as tl
-from analysis.__main__ import main as analysis_main
 from ringx import timeline
 from ringx.timeline import Mark
+from ringx_analysis import timeline as tl
+from ringx_analysis.__main__ import main as analysis_main
 from tests.mpi import run_mpi
 
 
@@ -86,7 +86,7 @@ def test_report_shows_the_timeline_when_the_campaign_has_traces(tmp_path):
     import shutil
     from pathlib import Path
 
-    from analysis import report
+    from ringx_analysis import report
 
     camp = tmp_path / "cpu-sample"
     shutil.copytree(Path(__file__).resolve().parent.parent / "results" / "cpu-sample", camp)

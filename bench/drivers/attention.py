@@ -1,4 +1,4 @@
-"""``python -m bench run``: time ring and ringX algorithms under mpiexec or srun.
+"""``ringx-bench run``: time ring and ringX algorithms under mpiexec or srun.
 
 All algorithms of one configuration are timed side by side: within every
 iteration each takes its turn, in an order that rotates from one iteration to
@@ -18,7 +18,7 @@ attention's own: its points (the flags' cross product or a --points file), its i
 each configuration), its check (against float64 attention), its timed calls and its record fields.
 
 Example (4 local CPU ranks):
-  mpiexec -n 4 python -m bench run --seq 1024,2048 --causal true,false --campaign demo
+  mpiexec -n 4 ringx-bench run --seq 1024,2048 --causal true,false --campaign demo
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import sys
 import time
 from dataclasses import replace
 
-from bench import options
-from bench.driver import (
+from ringx_drivers import options
+from ringx_drivers.driver import (
     Case,
     CaseDriver,
     Invocation,
@@ -41,11 +41,11 @@ from bench.driver import (
     mpi_main,
     per_rank_fields,
 )
-from bench.measure.failures import CheckFailed
-from bench.points.attention import Point, make_point, mask_of, record_config
+from ringx_drivers.measure.failures import CheckFailed
+from ringx_drivers.points.attention import Point, make_point, mask_of, record_config
 from ringx_suite.cli import Parser, UserError, split_list
 
-PROG = "python -m bench run"
+PROG = "ringx-bench run"
 
 
 def build_parser() -> Parser:
@@ -65,7 +65,7 @@ def build_parser() -> Parser:
 def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], list[Point]]:
     """Flags (over the config file, over the definitions' defaults) into the checked invocation, the outside
     baselines and the validated points for ``world`` ranks."""
-    from bench.baselines import FAMILIES
+    from ringx_drivers.baselines import FAMILIES
 
     argv = list(argv or [])
     valid = set(options.PARAMS) | set(options.SETTINGS) | set(options.OUTPUT) | {"baselines", "inject", "points"}
@@ -144,7 +144,7 @@ class Attention(CaseDriver):
 
     def before_campaign(self) -> None:
         import ringx
-        from bench import baselines
+        from ringx_drivers import baselines
 
         self.ringx = ringx
         self.external = baselines.load(self.baselines, self.ctx.device.type)
@@ -155,7 +155,7 @@ class Attention(CaseDriver):
 
     def open(self, **kw) -> None:
         super().open(**kw)
-        from bench.measure.memory import device_memory
+        from ringx_drivers.measure.memory import device_memory
 
         # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
         self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
@@ -201,7 +201,7 @@ class Attention(CaseDriver):
 
     def memory_problem(self, pt: Point) -> str:
         """'' when the point's estimated memory per rank fits this device, else why it is not run."""
-        from bench.points.attention import memory_bytes
+        from ringx_drivers.points.attention import memory_bytes
 
         have, s = self.memory, self.settings
         need = memory_bytes(pt, self.P, s.check_max_seq if s.check else 0)
@@ -274,7 +274,7 @@ class Attention(CaseDriver):
 
     def first_call(self, c: Case) -> None:
         """One untimed call: fills the ledger and measures this algorithm's own peak memory."""
-        from bench.measure.memory import peak_memory, reset_peak_memory
+        from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         dev = self.ctx.device
         reset_peak_memory(dev)
@@ -291,8 +291,8 @@ class Attention(CaseDriver):
         peak), and with --trace one more is recorded on the timeline: its overlap_fraction. Every rank's, gathered."""
         import torch
 
-        from bench.measure.memory import call_peak
         from ringx import timeline
+        from ringx_drivers.measure.memory import call_peak
 
         dev, comm, out = self.ctx.device, self.group.comm, []
         for c in live:

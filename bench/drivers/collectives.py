@@ -1,4 +1,4 @@
-"""``python -m bench collectives``: the network as the algorithms see it, nccl-tests style.
+"""``ringx-bench collectives``: the network as the algorithms see it, nccl-tests style.
 
 For each operation the algorithms use and each message size: time per call
 (slowest rank per iteration, median of --iters after --warmup), algorithm
@@ -31,8 +31,8 @@ its level and group_size.
 Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
 collectives' own plan (levels, ops, sizes), calls and record fields.
 
-Example: mpiexec -n 4 python -m bench collectives --max-bytes 64M --campaign net
-         RINGX_RANKS_PER_NODE=2 mpiexec -n 4 python -m bench collectives --levels intra,inter
+Example: mpiexec -n 4 ringx-bench collectives --max-bytes 64M --campaign net
+         RINGX_RANKS_PER_NODE=2 mpiexec -n 4 ringx-bench collectives --levels intra,inter
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from bench import options
-from bench.driver import Driver, Invocation, add_output_arguments, output_of
-from bench.measure.ranks import describe
-from bench.options import DTYPES
-from costmodel.network import busbw_factor
+from ringx_costmodel.network import busbw_factor
+from ringx_drivers import options
+from ringx_drivers.driver import Driver, Invocation, add_output_arguments, output_of
+from ringx_drivers.measure.ranks import describe
+from ringx_drivers.options import DTYPES
 from ringx_suite.cli import Parser, UserError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 OPS = ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter", "all_to_all", "sendrecv")
 LEVELS = ("world", "intra", "inter")
-PROG = "python -m bench collectives"
+PROG = "ringx-bench collectives"
 
 
 def parse_size(text: str) -> int:
@@ -253,7 +253,7 @@ class Collectives(Driver):
     def run(self) -> None:
         import torch
 
-        from bench.measure.timing import time_iterations
+        from ringx_drivers.measure.timing import time_iterations
         from ringx_suite.stats import stat_fields, summarize
         from ringx_suite.store import already_recorded, config_key, now
 

@@ -1,4 +1,4 @@
-"""``python -m bench infer``: serving long prompts, context-parallel prefill and decode against tensor parallelism.
+"""``ringx-bench infer``: serving long prompts, context-parallel prefill and decode against tensor parallelism.
 
 The model is ``bench model``'s decoder preset (``tiny`` on CPU), in eval mode without autograd; serving itself
 (prefill in the algorithm's layout, the sharded KV cache, each algorithm family's decode schedule, the ``tp``
@@ -18,7 +18,7 @@ agreement (leading ids equal, first divergence, the reference's margin there, th
 and nothing fails, since a near-tie may go either way. Prompts longer than --check-max-seq are timed unchecked.
 
 Example (2 local CPU ranks):
-  mpiexec -n 2 python -m bench infer --preset tiny --prompt-len 256,512 --new-tokens 8 --check
+  mpiexec -n 2 ringx-bench infer --preset tiny --prompt-len 256,512 --new-tokens 8 --check
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bench import options
-from bench.driver import (
+from ringx_drivers import options
+from ringx_drivers.driver import (
     Case,
     CaseDriver,
     Invocation,
@@ -43,10 +43,10 @@ from bench.driver import (
     per_rank_fields,
     replicated_model,
 )
-from bench.measure.failures import CheckFailed
+from ringx_drivers.measure.failures import CheckFailed
 from ringx_suite.cli import Parser, UserError
 
-PROG = "python -m bench infer"
+PROG = "ringx-bench infer"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: every step's logits, relative (seen ~1e-15)
 CHECK_MAX_SEQ = 8192  # default longest prompt --check verifies: the reference recomputes it per token, on one CPU
 DEFAULT_ALGORITHMS = ("ring", "zigzag", "ringx1", "ringx3", "ringx4", "ulysses", "tp")
@@ -89,7 +89,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, Plan]:
 
 
 def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, Plan]:
-    from bench.models import serving
+    from ringx_drivers.models import serving
 
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
     overrides = {n: options.value(options.MODEL[n], given.get(n), "") for n in options.INFER_MODEL if n != "preset"}
@@ -117,7 +117,7 @@ def compute_dtype(dtype: str, device_type: str) -> str:
 def record_config(plan: Plan, algorithm: str, prompt_len: int, *, world: int, nodes: int, repeat: int, dtype: str,
                   kernel: str | None, warmup: int, iters: int) -> dict:
     """The configuration fields of an infer record; their hash is its key."""
-    from bench.points import run_config
+    from ringx_drivers.points import run_config
 
     cfg = plan.config.as_dict()
     return run_config(world, nodes, repeat, kernel, warmup, iters) | {
@@ -208,7 +208,7 @@ class Serving(CaseDriver):
         prompt; each candidate's Server and its timed generation (``c.call``)."""
         import torch
 
-        from bench.models import serving
+        from ringx_drivers.models import serving
 
         cfg, dev, plan = self.plan.config, self.ctx.device, self.plan
         s = cases[0].point.prompt_len
@@ -242,8 +242,8 @@ class Serving(CaseDriver):
     def reference(self, model, prompt, seed: int):
         """Rank 0's float64 greedy generation of the unsharded model with the served model's own weights
         (upcast, on the CPU), computed once per configuration."""
-        from bench import models
-        from bench.models import serving
+        from ringx_drivers import models
+        from ringx_drivers.models import serving
 
         key = (self.plan.config, tuple(prompt.shape), seed, self.dtype)
         if key not in self.references:
@@ -256,7 +256,7 @@ class Serving(CaseDriver):
     def check(self, c: Case, shared: dict) -> None:
         """One generation keeping its logits, against the reference (rank 0 decides, every rank raises alike):
         the agreement in every dtype; in float64 ids equal and logits within CHECK_TOLERANCE, else CheckFailed."""
-        from bench.models import serving
+        from ringx_drivers.models import serving
 
         t0 = time.perf_counter()
         server = c.call.server
@@ -294,7 +294,7 @@ class Serving(CaseDriver):
 
     def first_call(self, c: Case) -> None:
         """One untimed generation: the attention ledger, the cache's size and this candidate's peak memory."""
-        from bench.measure.memory import peak_memory, reset_peak_memory
+        from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         reset_peak_memory(self.ctx.device)
         self.failures.hook(c.index, "run")
@@ -334,7 +334,7 @@ class Serving(CaseDriver):
 
     def finish(self, c: Case, samples: list[float], phases: list[list[float]], group_id: str | None,
                shared: dict) -> str:
-        from bench.models import serving
+        from ringx_drivers.models import serving
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 

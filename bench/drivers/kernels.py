@@ -1,4 +1,4 @@
-"""``python -m bench kernels``: the compute side, as `bench collectives` is the network's.
+"""``ringx-bench kernels``: the compute side, as `bench collectives` is the network's.
 
 Every local kernel that runs here, at every block length, causal and full,
 each dtype and GQA ratio: forward and backward (given the forward's out and
@@ -6,7 +6,7 @@ LSE) timed separately, TFLOP/s by the flash-attention convention
 (ringx/flops.py). The kernels of one configuration take turns in every
 iteration, in rotating order, so their ratios are side by side. Records go to
 the same store as `bench run` (kind "kernel"); the cost model reads them for
-its compute term, and `python -m analysis figures` draws TFLOP/s against block
+its compute term, and `ringx-bench figures` draws TFLOP/s against block
 length.
 
 Defaults follow the device: on a GPU 512 to 32768 tokens, 32 heads (32 and 8
@@ -16,7 +16,7 @@ K/V heads), head_dim 128, bf16; on a CPU 256 to 2048 tokens, 8 heads, head_dim
 Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
 kernels' own configurations, inputs, timed calls and record fields.
 
-Example (one GPU):  python -m bench kernels --campaign h100-kernels
+Example (one GPU):  ringx-bench kernels --campaign h100-kernels
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from __future__ import annotations
 import statistics
 import sys
 
-from bench import options
-from bench.driver import Driver, Invocation, add_output_arguments, output_of
-from bench.measure.ranks import describe
-from bench.options import DTYPES
+from ringx_drivers import options
+from ringx_drivers.driver import Driver, Invocation, add_output_arguments, output_of
+from ringx_drivers.measure.ranks import describe
+from ringx_drivers.options import DTYPES
 from ringx_suite.cli import Parser, UserError, split_list
 
 GPU = dict(seq="512,1024,2048,4096,8192,16384,32768", heads=32, kv_heads="32,8", head_dim=128, dtype="bfloat16")
@@ -35,7 +35,7 @@ CPU = dict(seq="256,512,1024,2048", heads=8, kv_heads="8,2", head_dim=64, dtype=
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench kernels", description=__doc__)
+    p = Parser(prog="ringx-bench kernels", description=__doc__)
     p.add_argument("--kernels", help="comma-separated kernel names (default: every kernel that runs here)")
     p.add_argument("--seq", help="block lengths, comma-separated (default: by device, see above)")
     p.add_argument("--heads", type=int, help="query heads (default: 32 on GPUs, 8 on CPUs)")
@@ -56,7 +56,7 @@ def build_parser() -> Parser:
 
 def configs(a, device_type: str) -> list[dict]:
     """Every (dtype, kv_heads, causal, seq) the flags ask for, validated."""
-    from bench import options
+    from ringx_drivers import options
     from ringx_suite.cli import parse_bool
 
     d = GPU if device_type == "cuda" else CPU
@@ -91,7 +91,7 @@ def configs(a, device_type: str) -> list[dict]:
 def block_masks(a, seqs: list[int]) -> list | None:
     """--mask as one block's maskings: True/False for causal/full, a ringx.Mask for a window (one band block);
     None without --mask. Documents are many blocks, not one kernel call: refused (bench run times them)."""
-    from bench.quick import band_of
+    from ringx_drivers.quick import band_of
     from ringx_suite import masks
 
     specs = options.value(options.PARAMS["mask"], a.mask, "--mask", many=True)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     from ringx_suite.cli import main as cli_main
 
     a = build_parser().parse_args(argv)
-    return cli_main("python -m bench kernels", lambda: run(a, argv or []))
+    return cli_main("ringx-bench kernels", lambda: run(a, argv or []))
 
 
 class Kernels(Driver):
@@ -157,9 +157,9 @@ class Kernels(Driver):
         import torch
 
         import ringx
-        from bench.measure.timing import time_round_robin
-        from bench.quick import band_of
         from ringx.flops import CONVENTION, mask_flops
+        from ringx_drivers.measure.timing import time_round_robin
+        from ringx_drivers.quick import band_of
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import already_recorded, config_key, now
 

@@ -1,4 +1,4 @@
-"""``python -m bench model``: a whole training step with the sequence sharded over the ranks.
+"""``ringx-bench model``: a whole training step with the sequence sharded over the ranks.
 
 Context parallelism as users run it: every rank holds the whole model (weights replicated) and its shard of
 the sequence in the algorithm's layout; every attention layer calls ``ringx.attention`` with that algorithm;
@@ -23,7 +23,7 @@ shard of one batch), its check (a float64 step against the unsharded model), the
 and its record fields. The model zoo is bench/models/; a sweep's step points are bench/points/step.py.
 
 Example (2 local CPU ranks):
-  mpiexec -n 2 python -m bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
+  mpiexec -n 2 ringx-bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
-from bench import options
-from bench.driver import (
+from ringx_drivers import options
+from ringx_drivers.driver import (
     Case,
     CaseDriver,
     Invocation,
@@ -48,11 +48,11 @@ from bench.driver import (
     per_rank_fields,
     replicated_model,
 )
-from bench.measure.failures import CheckFailed
-from bench.measure.ranks import describe
+from ringx_drivers.measure.failures import CheckFailed
+from ringx_drivers.measure.ranks import describe
 from ringx_suite.cli import Parser, UserError
 
-PROG = "python -m bench model"
+PROG = "ringx-bench model"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
 CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
 POINT = ("algorithms", "seq", "seq_per_rank", "batch", "mask")
@@ -81,7 +81,7 @@ class Plan:
 
     def masks_at(self, seq: int) -> tuple | None:
         """The layers' masks (cycled) at ``seq`` tokens, or None for the architecture's causal / full."""
-        from bench.points.attention import mask_of
+        from ringx_drivers.points.attention import mask_of
 
         specs = self.layer_masks or ((self.mask,) if self.mask else ())
         return tuple(mask_of(x, seq, self.mask_seed) for x in specs) or None
@@ -123,14 +123,14 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
     """:func:`resolve` from the options as a dict (option name -> a flag's string, a TOML value or a list):
     what a sweep calls to validate a point exactly as the job it renders will."""
     import ringx
-    from bench import models
+    from ringx_drivers import models
 
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
     mo = options.ModelOptions.of(given)
     if mo.machine and inv.settings.peak_tflops is None:
-        from bench.sweeps.profiles import load_profile
+        from ringx_drivers.sweeps.profiles import load_profile
 
         try:
             prof = load_profile(mo.machine)
@@ -204,7 +204,7 @@ def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: in
                   checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
     """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
     a rerun's resume look up)."""
-    from bench.points import run_config
+    from ringx_drivers.points import run_config
 
     return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
             **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
@@ -299,7 +299,7 @@ def reference_step(cfg, batch: int, seq: int, seed: int, masks=None):
     checkpointing (whatever the checked step does); ``masks``: the layers' masks (cycled), dense."""
     import torch
 
-    from bench import models
+    from ringx_drivers import models
 
     m = models.build(cfg, seed).double()
     inputs, targets, n = global_batch64(cfg, batch, seq, seed)
@@ -311,7 +311,7 @@ def reference_step(cfg, batch: int, seq: int, seed: int, masks=None):
 
 def global_batch64(cfg, batch: int, seq: int, seed: int):
 
-    from bench import models
+    from ringx_drivers import models
 
     inputs, targets, n = models.global_batch(cfg, batch, seq, seed)
     if inputs.is_floating_point():
@@ -495,7 +495,7 @@ class TrainingStep(CaseDriver):
         """--check: every algorithm's float64 step against the unsharded float64 reference (computed once per
         configuration, by rank 0, on the CPU). Returns the cases that passed."""
 
-        from bench import models
+        from ringx_drivers import models
 
         cfg, plan, dev = self.plan.config, self.plan, self.ctx.device
         cs = self.check_seq(cases)
@@ -553,7 +553,7 @@ class TrainingStep(CaseDriver):
         replicated from rank 0, and each algorithm's shard of one global batch (its step, ``c.call``)."""
         import torch
 
-        from bench import models
+        from ringx_drivers import models
 
         cfg, dev = self.plan.config, self.ctx.device
         seq = cases[0].point.seq
@@ -578,7 +578,7 @@ class TrainingStep(CaseDriver):
 
     def first_call(self, c: Case) -> None:
         """One untimed step: fills the attention ledger and measures this algorithm's peak memory."""
-        from bench.measure.memory import peak_memory, reset_peak_memory
+        from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         reset_peak_memory(self.ctx.device)
         self.failures.hook(c.index, "run")
@@ -605,8 +605,8 @@ class TrainingStep(CaseDriver):
     def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> str:
         import statistics
 
-        from bench import models
         from ringx.flops import MODEL_CONVENTION, masked_model_flops_per_token, model_flops_per_token
+        from ringx_drivers import models
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 

@@ -1,4 +1,4 @@
-"""``python -m bench trace``: one traced call per algorithm and rank, as Chrome/Perfetto trace files.
+"""``ringx-bench trace``: one traced call per algorithm and rank, as Chrome/Perfetto trace files.
 
 It takes ``bench run``'s options and points (bench/drivers/attention.py: the same flags, config file and
 --points), and for each point, after --warmup untimed calls (at least one) and a barrier, records one call
@@ -6,13 +6,13 @@ on the timeline (ringx.timeline: every kernel call, merge, post and wait): forwa
 (both unless --mode says one). Each rank writes its trace to
 OUT/CAMPAIGN/trace/PRANKS/ALGO-MODE-SEQ-MASK-DTYPE-rankR.json (open it in ui.perfetto.dev), with what was
 traced in the file's otherData. Nothing is timed and no record is written; the figure is analysis's:
-``python -m analysis timeline OUT/CAMPAIGN`` (printed at the end).
+``ringx-bench timeline OUT/CAMPAIGN`` (printed at the end).
 
 Clocks: wall-clock ranges on CPU; on GPUs CUDA events on the current stream (device time, not launch time;
 written from the documented torch.cuda API, not run on a GPU yet).
 
 Example (2 local CPU ranks):
-  mpiexec -n 2 python -m bench trace --algorithms ring,ringx4o --seq 1024 --campaign demo
+  mpiexec -n 2 ringx-bench trace --algorithms ring,ringx4o --seq 1024 --campaign demo
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.driver import Driver, mpi_main
-from bench.drivers import attention
+from ringx_drivers.driver import Driver, mpi_main
+from ringx_drivers.drivers import attention
 
-PROG = "python -m bench trace"
+PROG = "ringx-bench trace"
 
 
 def build_parser():
@@ -85,7 +85,7 @@ class Tracer(Driver):
                       f"{', '.join(f'{x:.2f}' for x in ov)}", flush=True)
         if self.rank == 0:
             print(f"{len(written)} trace files per rank under {root}\n"
-                  f"figure: python -m analysis timeline {root.parent}", flush=True)
+                  f"figure: ringx-bench timeline {root.parent}", flush=True)
 
 
 def resolve(argv: list[str], world: int):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.measure.ranks import Group, Progress, describe
+from ringx_drivers.measure.ranks import Group, Progress, describe
 from ringx_suite.cli import UserError
 
 

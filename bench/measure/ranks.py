@@ -125,7 +125,7 @@ class Group:
         Any failure on rank 0 (corrupt bytes, a read-only directory, another run measuring the same points, a
         hang) stops every rank with rank 0's message, before any work starts. ``hook``: the tests' fault.
         """
-        from bench.measure import provenance
+        from ringx_drivers.measure import provenance
         from ringx_suite.store import Store, StoreError
 
         hosts = self.comm.allgather(provenance.local_host())

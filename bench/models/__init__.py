@@ -7,7 +7,7 @@
   imports ringx; import it as ``from bench.models import serving`` (the zoo does not import it).
 """
 
-from bench.models.transformer import (
+from ringx_drivers.models.transformer import (
     ARCHS,
     FIELDS,
     IGNORE,

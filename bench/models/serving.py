@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 
 import ringx
-from bench.models import transformer as models
 from ringx.algorithms.ulysses import kv_replicas
 from ringx.comm import Comm, Ledger
 from ringx.decode import attend_cache, owner
 from ringx.layouts import global_divisor
+from ringx_drivers.models import transformer as models
 from ringx_suite.cli import UserError
 
 Tensor = torch.Tensor

@@ -1,4 +1,4 @@
-"""Plain-PyTorch models for end-to-end training steps (``python -m bench model``), built from one config.
+"""Plain-PyTorch models for end-to-end training steps (``ringx-bench model``), built from one config.
 
 - ``decoder``: Llama-3 shape. Token embedding, then per layer RMSNorm -> GQA attention with rotary
   embeddings -> residual, RMSNorm -> SwiGLU MLP -> residual; final RMSNorm, LM head, causal LM loss.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass
 
-from bench.options import PARAMS, SETTINGS, value
-from bench.points import run_config
+from ringx_drivers.options import PARAMS, SETTINGS, value
+from ringx_drivers.points import run_config
 from ringx_suite.cli import UserError
 
 FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode",

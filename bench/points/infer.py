@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench import options
-from bench.drivers import infer as infer_driver
+from ringx_drivers import options
+from ringx_drivers.drivers import infer as infer_driver
 
 MODEL_KEYS = options.INFER_MODEL
 SWEEP_PARAMS = MODEL_KEYS + tuple(options.INFER)
@@ -91,7 +91,7 @@ def memory_bytes(pt: InferPoint, world: int, check_max_seq: int = 0) -> int:
     """A lower bound of one rank's bytes: the weights (replicated; TP's slices beside them) and its share of the
     KV cache; where --check checks the point (``check_max_seq``: 0 without --check), the float64 reference model
     and one layer's float64 attention scores (rank 0; on the CPU, counted here all the same)."""
-    from bench import models
+    from ringx_drivers import models
 
     c, e = pt.config, ELEMENT_BYTES[pt.dtype]
     weights = models.flops_params(c) + c.vocab * c.d_model  # the matrices and the embedding table (no build:
@@ -105,6 +105,6 @@ def memory_bytes(pt: InferPoint, world: int, check_max_seq: int = 0) -> int:
 
 def flops(pt: InferPoint) -> float:
     """2N per generated or prompt token (the weights' multiply-adds; attention on top is left out)."""
-    from bench import models
+    from ringx_drivers import models
 
     return 2.0 * models.flops_params(pt.config) * pt.batch * (pt.prompt_len + pt.new_tokens)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from bench import options
-from bench.drivers import step as step_driver
+from ringx_drivers import options
+from ringx_drivers.drivers import step as step_driver
 from ringx_suite.cli import UserError
 
 # A sweep file's [params] of a model sweep: the model options (not the learning rate, which is not part of a
@@ -165,7 +165,7 @@ def param_count(c) -> int:
     """The model's parameters, from its shape (built on the meta device: no memory)."""
     import torch
 
-    from bench import models
+    from ringx_drivers import models
 
     with torch.device("meta"):
         return models.count_params(models.Model(c))
@@ -174,8 +174,8 @@ def param_count(c) -> int:
 def step_flops(pt: StepPoint) -> float:
     """One training step's FLOPs over all ranks (the model convention of bench model's records), with the
     recomputed forward when checkpointed."""
-    from bench import models
     from ringx.flops import model_flops_per_token
+    from ringx_drivers import models
 
     c = pt.config
     masks = plan_of(pt).masks_at(pt.seq)

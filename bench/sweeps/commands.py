@@ -1,4 +1,4 @@
-"""``python -m bench sweep COMMAND FILE``: a campaign of jobs from one sweep file.
+"""``ringx-bench sweep COMMAND FILE``: a campaign of jobs from one sweep file.
 
 Commands:
   plan      the jobs, their points and an estimated duration of each
@@ -170,7 +170,7 @@ def cmd_local(sw: Sweep, a) -> int:
     A job's output goes to the campaign's logs/ (as a Slurm job's does), named like Slurm's (%x-%j.out, the
     start time standing for the job id); a job that fails is reported with the end of its log.
     """
-    from bench import mpirun
+    from ringx_drivers import mpirun
 
     scripts = write_jobs(sw, [(j, j.points, "") for j in sw.jobs])
     keys = {j.name: set(sw.keys(j)) for j in sw.jobs}
@@ -233,9 +233,9 @@ COMMANDS = {"plan": cmd_plan, "render": cmd_render, "submit": cmd_submit, "local
 
 def cmd_predict(sw: Sweep, a) -> int:
     """Each point's predicted time on the profile's machine description, and the fastest per configuration."""
-    from costmodel.machine import from_table
-    from costmodel.machine import load as load_machine
-    from costmodel.predict import predict
+    from ringx_costmodel.machine import from_table
+    from ringx_costmodel.machine import load as load_machine
+    from ringx_costmodel.predict import predict
     from ringx_suite.tables import Table, render
 
     if not sw.kind.predicts:
@@ -281,7 +281,7 @@ WRITES_JOBS = ("render", "submit", "resubmit", "local")  # these need every sett
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m bench sweep", description=__doc__)
+    p = Parser(prog="ringx-bench sweep", description=__doc__)
     sub = p.commands()
     for name in COMMANDS:
         c = sub.add_parser(name, help=HELP[name], description=HELP[name])

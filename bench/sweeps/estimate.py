@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from costmodel.machine import from_table
-from costmodel.predict import predict
+from ringx_costmodel.machine import from_table
+from ringx_costmodel.predict import predict
 
 from .sweep import Job, Sweep
 

@@ -8,12 +8,12 @@ on the driver's name. A new driver (``infer``: serving) is one more class and on
 
 from __future__ import annotations
 
-from bench import options
-from bench.drivers import step as step_driver
-from bench.points import attention as points
-from bench.points import infer as infer_points
-from bench.points import step as step_points
 from ringx.flops import mask_flops
+from ringx_drivers import options
+from ringx_drivers.drivers import step as step_driver
+from ringx_drivers.points import attention as points
+from ringx_drivers.points import infer as infer_points
+from ringx_drivers.points import step as step_points
 from ringx_suite.store import config_key
 
 

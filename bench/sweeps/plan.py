@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench import options
+from ringx_drivers import options
 
 from .estimate import estimate
 from .profiles import expand
@@ -60,7 +60,7 @@ def preflight_args(sw: Sweep, job: Job, points: list) -> list[str]:
 def render_job(sw: Sweep, job: Job, points: list, suffix: str = "",
                retry_failed: bool = False) -> dict[Path, str]:
     """The files of one job (or a resubmission of part of it), path -> text: its points list and its script."""
-    from bench import mpirun
+    from ringx_drivers import mpirun
 
     prof = resolved_profile(sw)
     pfile = sw.dir / "points" / f"{job.name}{suffix}.json"

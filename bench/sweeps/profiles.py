@@ -35,7 +35,7 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from costmodel.machine import PROFILES
+from ringx_costmodel.machine import PROFILES
 
 from .schedulers import SCHEDULERS, Scheduler
 
@@ -147,7 +147,7 @@ def local_memory() -> float:
     """GB of this machine (the local scheduler's node); 0 when unknown."""
     import torch
 
-    from bench.measure.memory import device_memory
+    from ringx_drivers.measure.memory import device_memory
 
     return device_memory(torch.device("cpu")) / 1e9
 

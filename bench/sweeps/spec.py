@@ -17,7 +17,7 @@ import math
 import tomllib
 from pathlib import Path
 
-from bench import options
+from ringx_drivers import options
 from ringx_suite.cli import nearest
 from ringx_suite.store import StoreError, check_campaign_name
 

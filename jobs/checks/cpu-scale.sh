@@ -7,7 +7,7 @@
 #   jobs/checks/cpu-scale.sh OUT_DIR                 # 8 and 16 ranks (needs 16 cores)
 #   RANKS="2 4" SEQS=1024,2048 jobs/checks/cpu-scale.sh /tmp/x   # a small try on a small machine
 #
-# Then: python -m analysis validate OUT_DIR/cpu-scale --cores-per-node 16
+# Then: ringx-bench validate OUT_DIR/cpu-scale --cores-per-node 16
 # Each launch is confined to cores 0..n-1 (n ranks), so every rank has a core of its own and the
 # one-rank records run on one core, as the model's per-rank throughput means.
 set -uo pipefail
@@ -45,15 +45,15 @@ step() {  # step NAME N CMD...: CMD on N ranks confined to N cores, logged
 : >>"$out/summary.md"
 echo "cpu-scale: $have cores, ranks $RANKS, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')" | tee -a "$out/summary.md"
 for n in 1 $RANKS; do
-  step "kernels-$n" "$n" -m bench kernels --device cpu --seq "$KSEQ" "${shape[@]}" --kv-heads 8 \
+  step "kernels-$n" "$n" -m ringx_bench kernels --device cpu --seq "$KSEQ" "${shape[@]}" --kv-heads 8 \
     --warmup 2 --iters "$ITERS" --tag "bench kernels, $n ranks busy at once, one core each" "${common[@]}"
 done
-step one-rank 1 -m bench run --device cpu --algorithms "$ALGOS" --seq "$ONE_SEQS" "${shape[@]}" --causal true \
+step one-rank 1 -m ringx_bench run --device cpu --algorithms "$ALGOS" --seq "$ONE_SEQS" "${shape[@]}" --causal true \
   --mode fwd+bwd --warmup 2 --iters "$ITERS" --tag "one rank, one core" "${common[@]}"
 for n in $RANKS; do
-  step "collectives-$n" "$n" -m bench collectives --max-bytes 32M --warmup 2 --iters 10 \
+  step "collectives-$n" "$n" -m ringx_bench collectives --max-bytes 32M --warmup 2 --iters 10 \
     --tag "gloo over loopback, $n ranks" "${common[@]}"
-  step "run-$n" "$n" -m bench run --device cpu --algorithms "$ALGOS" --seq "$SEQS" "${shape[@]}" --causal true \
+  step "run-$n" "$n" -m ringx_bench run --device cpu --algorithms "$ALGOS" --seq "$SEQS" "${shape[@]}" --causal true \
     --mode fwd+bwd --warmup 2 --iters "$ITERS" --check --check-max-seq 1024 \
     --tag "$n CPU ranks, one core each, gloo over loopback" "${common[@]}"
 done

@@ -45,22 +45,22 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, HIP {torch.version
 PY
 step tests "$PY" -m pytest -q -x tests/test_gpu.py tests/test_kernels.py tests/test_single_rank.py tests/test_launch.py \
   tests/test_bench_kernels.py
-step selftest "$PY" -m bench selftest --device "$DEVICE"
-step kernels "$PY" -m bench kernels --device "$DEVICE" --campaign kernels --out "$out" --iters "$iters" \
+step selftest "$PY" -m ringx_bench selftest --device "$DEVICE"
+step kernels "$PY" -m ringx_bench kernels --device "$DEVICE" --campaign kernels --out "$out" --iters "$iters" \
   ${kseq:+--seq "$kseq"} ${SMALL:+--heads 8 --kv-heads 8,2 --head-dim 64 --dtype float32}
-step one-rank "$PY" -m bench run --device "$DEVICE" --campaign one-rank --out "$out" --seq "$seqs" --heads "$heads" \
+step one-rank "$PY" -m ringx_bench run --device "$DEVICE" --campaign one-rank --out "$out" --seq "$seqs" --heads "$heads" \
   --kv-heads "$kv" --head-dim "$hd" --dtype "$dtype" --causal true,false --mode fwd,fwd+bwd --warmup 3 \
   --iters "$iters" --check --check-max-seq 65536 ${SMALL:+--check-max-seq 512}
 # One rank cannot show ring against ringX (every algorithm is one local block there); what it shows is the
 # whole step's MFU and the share of attention in it, with the kernel the suite picks.
-step model "$PY" -m bench model --device "$DEVICE" --preset "$preset" --seq "$mseqs" \
+step model "$PY" -m ringx_bench model --device "$DEVICE" --preset "$preset" --seq "$mseqs" \
   --algorithms ring,zigzag,ringx3,ringx4o --warmup 2 --iters 5 --campaign model --out "$out" \
   "${model_extra[@]}"
-step model-check "$PY" -m bench model --device "$DEVICE" --preset tiny --seq 512 --algorithms ring,ringx3 \
+step model-check "$PY" -m ringx_bench model --device "$DEVICE" --preset tiny --seq 512 --algorithms ring,ringx3 \
   --check --warmup 1 --iters 2 --campaign model-check --out "$out"
-step report-one-rank "$PY" -m analysis report "$out/one-rank" --out "$out/one-rank-report"
-step report-kernels "$PY" -m analysis report "$out/kernels" --out "$out/kernels-report"
-step report-model "$PY" -m analysis report "$out/model" --out "$out/model-report"
-"$PY" -m bench summary "$out/one-rank" >"$out/one-rank-summary.md" 2>&1 || true
+step report-one-rank "$PY" -m ringx_bench report "$out/one-rank" --out "$out/one-rank-report"
+step report-kernels "$PY" -m ringx_bench report "$out/kernels" --out "$out/kernels-report"
+step report-model "$PY" -m ringx_bench report "$out/model" --out "$out/model-report"
+"$PY" -m ringx_bench summary "$out/one-rank" >"$out/one-rank-summary.md" 2>&1 || true
 echo "done: $out/summary.md" | tee -a "$out/summary.md"
 exit $status

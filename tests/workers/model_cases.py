@@ -14,9 +14,16 @@ import torch
 import torch.distributed as dist
 
 import ringx
-from bench import models
-from bench.drivers.step import allreduce_grads, compare, global_batch64, reference_step, shard_batch, sharded_step
 from ringx import launch
+from ringx_drivers import models
+from ringx_drivers.drivers.step import (
+    allreduce_grads,
+    compare,
+    global_batch64,
+    reference_step,
+    shard_batch,
+    sharded_step,
+)
 from tests.model_cases import BATCH, SEQ, model_cases
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 import ringx
-from bench import models
-from bench.models import serving
 from ringx import launch
+from ringx_drivers import models
+from ringx_drivers.models import serving
 from ringx_suite.cli import UserError
 from tests.serving_cases import BATCH, HEADS, decode_cases, serve_cases
 

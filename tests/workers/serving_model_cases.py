@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 import ringx
-from bench import models
-from bench.models import serving
 from ringx import launch
+from ringx_drivers import models
+from ringx_drivers.models import serving
 
 DECODE = ("ring", "zigzag", "ringx1", "ringx4o", "ringx3", "ulysses", "usp", "usp-ringx")
 B, H, KV, D = 2, 8, 2, 8  # batch, query heads, K/V heads, head_dim of the decode cases

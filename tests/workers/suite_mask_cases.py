@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 import ringx
-from bench import models
-from bench.drivers import step
 from ringx import Mask, launch
+from ringx_drivers import models
+from ringx_drivers.drivers import step
 from ringx_suite import masks as suite_masks
 
 SEQ = 256  # attention cases (global)
