@@ -67,8 +67,9 @@ def measure(fn: Callable[[], object], device: torch.device | str = "cpu") -> tup
         torch.cuda.synchronize(device)
         return result, max(0, int(torch.cuda.max_memory_allocated(device)) - base)
     # The cyclic collector would free some garbage early in one run and late in another: with it off during
-    # the call, what is live depends on the call alone (reference counting), so peaks repeat run to run.
-    gc.collect()
+    # the call, what is live depends on the call alone (reference counting), so peaks repeat run to run. No
+    # collection first: only storages the call allocates are counted, and a full collection of a process that
+    # has imported torch costs ~0.4 s (it was most of a short run's memory measurement).
     was = gc.isenabled()
     gc.disable()
     try:
