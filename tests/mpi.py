@@ -54,3 +54,20 @@ def rows_of(launched, case) -> list[dict]:
     rows = launched(case.world, case.rpn)[0][case.id]
     assert sorted(r["rank"] for r in rows) == list(range(case.world)), "a rank reported nothing"
     return rows
+
+
+def cli_batch(nprocs: int, calls: list[list[str]], out: Path, env: dict | None = None,
+              timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Run ``ringx-bench ARGV`` for every ARGV of ``calls`` on ``nprocs`` ranks of one launch
+    (tests/workers/cli_batch.py): per call, what ``mpiexec`` would have shown for a launch of its own, the ranks'
+    stdout and stderr joined in rank order and the highest exit code. For calls that fail before any collective."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "calls.json"
+    spec.write_text(json.dumps(calls))
+    proc = run_mpi(nprocs, "tests/workers/cli_batch.py", str(spec), str(out), timeout=timeout, env=env)
+    assert proc.returncode == 0, f"the batch itself failed:\n{proc.stdout}\n{proc.stderr}"
+    per_rank = [[json.loads(x) for x in (out / f"rank{r}.jsonl").read_text().splitlines()] for r in range(nprocs)]
+    return [subprocess.CompletedProcess(["ringx-bench", *argv], max(rank[i]["code"] for rank in per_rank),
+                                        "".join(rank[i]["stdout"] for rank in per_rank),
+                                        "".join(rank[i]["stderr"] for rank in per_rank))
+            for i, argv in enumerate(calls)]

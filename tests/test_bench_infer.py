@@ -10,6 +10,7 @@ from ringx_drivers import models, mpirun
 from ringx_drivers.drivers.infer import CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_suite.store import Store, validate
+from tests.mpi import cli_batch
 
 PROMPT, NEW = 32, 3
 FIELDS = ("ttft_s", "tpot_s", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_cache_bytes",
@@ -63,19 +64,31 @@ def test_every_algorithm_and_tp_generate_the_unsharded_models_tokens(tmp_path, w
         assert len(r["mem_peak_bytes_per_rank"]) == world and min(r["mem_peak_bytes_per_rank"]) > 0
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INFER = [
     (["--prompt-len", "33", "--algorithms", "zigzag"], "prompt length 33 cannot be split by zigzag"),
     (["--new-tokens", "0"], "new_tokens must be >= 1"),
     (["--algorithms", "tp", "--heads", "3", "--kv-heads", "1"], "tp: 3 query heads do not split over 2 ranks"),
     (["--algorithms", "ring,nope"], "unknown algorithm 'nope'"),
-])
-def test_bad_input_is_refused_in_one_line_before_any_collective(tmp_path, args, message):
-    proc = bench(2, *args, "--out", str(tmp_path), "--campaign", "c", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_infer(tmp_path_factory):
+    """Every BAD_INFER mistake given to `bench infer` on 2 ranks, all in one launch (tests/mpi.py cli_batch)."""
+    out = tmp_path_factory.mktemp("bad_infer")
+    calls = [["infer", *args, "--out", str(out / str(i)), "--campaign", "c"] for i, (args, _) in enumerate(BAD_INFER)]
+    return out, cli_batch(2, calls, out / "batch")
+
+
+@pytest.mark.parametrize("i", range(len(BAD_INFER)), ids=[m for _, m in BAD_INFER])
+def test_bad_input_is_refused_in_one_line_before_any_collective(bad_infer, i):
+    out, procs = bad_infer
+    proc, message = procs[i], BAD_INFER[i][1]
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "c").exists()  # no store opened: nothing collective ran
+    assert not (out / str(i) / "c").exists()  # no store opened: nothing collective ran
 
 
 def test_half_precision_reports_agreement_without_failing(tmp_path):

@@ -20,7 +20,7 @@ from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
-from tests.mpi import run_cases
+from tests.mpi import cli_batch, run_cases
 
 SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
          "--quiet", "--campaign", "c"]
@@ -128,15 +128,16 @@ def test_checks_pass_for_the_mask_and_fail_for_a_wrong_one(tmp_path):
 
 def test_bad_mask_specs_are_refused_in_one_line(tmp_path):
     out = ["--out", str(tmp_path)]
-    one_line_error(bench(2, "run", "--seq", "128", *out, "--mask", "docs:lognormal:x"), "mean 'x'")
-    one_line_error(bench(2, "run", "--seq", "128", *out, "--mask", "docs:100,20"), "sum to 120", "128")
-    one_line_error(bench(2, "run", "--seq", "128", *out, "--mask", "window:4", "--causal", "false"),
-                   "disagree", "--mask causal")
-    one_line_error(bench(2, "run", "--seq", "128", *out, "--mask", "bogus"), "bogus")
-    one_line_error(bench(2, "model", "--seq", "128", *out, "--mask", "full"), "later tokens")
-    one_line_error(bench(2, "model", "--seq", "128", *out, "--mask", "window:8", "--layer-masks", "window:8,causal"),
-                   "not both")
-    one_line_error(bench(2, "model", "--seq", "128", *out, "--mask", "window:8,causal"), "one --mask")
+    cases = [(["run", "--seq", "128", *out, "--mask", "docs:lognormal:x"], ("mean 'x'",)),
+             (["run", "--seq", "128", *out, "--mask", "docs:100,20"], ("sum to 120", "128")),
+             (["run", "--seq", "128", *out, "--mask", "window:4", "--causal", "false"], ("disagree", "--mask causal")),
+             (["run", "--seq", "128", *out, "--mask", "bogus"], ("bogus",)),
+             (["model", "--seq", "128", *out, "--mask", "full"], ("later tokens",)),
+             (["model", "--seq", "128", *out, "--mask", "window:8", "--layer-masks", "window:8,causal"], ("not both",)),
+             (["model", "--seq", "128", *out, "--mask", "window:8,causal"], ("one --mask",))]
+    procs = cli_batch(2, [argv for argv, _ in cases], tmp_path / "batch")  # one launch: no work is expected
+    for proc, (_, words) in zip(procs, cases, strict=True):
+        one_line_error(proc, *words)
     assert not list(tmp_path.glob("*/records/*.jsonl"))  # nothing ran
 
 

@@ -12,6 +12,7 @@ from ringx_drivers import mpirun
 from ringx_drivers.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from ringx_suite.store import Store, validate
 from tests.cli import run_cli
+from tests.mpi import cli_batch
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
@@ -121,7 +122,7 @@ def test_a_hung_rank_is_recorded_and_the_others_stop(tmp_path):
     assert "a rank died or hangs" in proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_CLI = [
     (["--algorithms", "ring,ringx9"], "unknown algorithm 'ringx9'"),
     (["--seq", "102"], "sequence length 102 cannot be split for zigzag (causal) over 2 ranks: it must be a multiple "
                        "of 4"),
@@ -138,13 +139,25 @@ def test_a_hung_rank_is_recorded_and_the_others_stop(tmp_path):
     (["--iters", str(10**12)], "iters must be <= 100000"),
     (["--peak-tflops", "-1"], "peak_tflops must be >= 0.001"),
     (["--campaign", "../x y"], "must be a plain directory name"),
-])
-def test_bad_cli_input_gets_one_message_before_any_work(tmp_path, args, message):
-    proc = bench(2, "run", "--out", str(tmp_path), *args, timeout=120)
-    assert proc.returncode == 2
+]
+
+
+@pytest.fixture(scope="module")
+def bad_cli(tmp_path_factory):
+    """Every BAD_CLI mistake given to `bench run` on 2 ranks, all in one launch (tests/mpi.py cli_batch)."""
+    out = tmp_path_factory.mktemp("badcli")
+    return out, cli_batch(2, [["run", "--out", str(out / str(i)), *args] for i, (args, _) in enumerate(BAD_CLI)],
+                          out / "batch")
+
+
+@pytest.mark.parametrize("i", range(len(BAD_CLI)), ids=[m for _, m in BAD_CLI])
+def test_bad_cli_input_gets_one_message_before_any_work(bad_cli, i):
+    out, procs = bad_cli
+    proc, message = procs[i], BAD_CLI[i][1]
+    assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count(message) == 1, proc.stderr  # once, not once per rank
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "default").exists()
+    assert not (out / str(i) / "default").exists()  # no campaign opened
 
 
 def test_config_file_keys_and_typos(tmp_path):

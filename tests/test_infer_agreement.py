@@ -13,6 +13,7 @@ from ringx_drivers.drivers.infer import CHECK_MAX_SEQ, CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_drivers.points import infer as infer_points
 from ringx_suite.store import Store, validate
+from tests.mpi import cli_batch
 
 NEW = 6
 AGREEMENT = ("checked", "check_ids_equal", "check_agree_tokens", "check_first_divergence", "check_divergence_margin",
@@ -127,16 +128,18 @@ def test_float64_agrees_everywhere_and_a_failed_check_keeps_its_agreement(tmp_pa
 
 
 def test_bad_input_is_one_line_on_two_ranks_and_nothing_hangs(tmp_path):
-    for args, message in [
+    cases = [
         (["--prompt-len", "30", "--algorithms", "zigzag"], "prompt length 30 cannot be split by zigzag"),
         (["--new-tokens", "0", "--check"], "new_tokens must be >= 1"),
         (["--algorithms", "tp", "--mlp", "255"],
          "tp: the MLP's 255 hidden units do not split over 2 ranks"),
         (["--check", "--check-max-seq", "0"], "check_max_seq must be >= 1"),
-    ]:
-        proc = mpirun.run(2, ["-m", "ringx_bench", "infer", *args, "--out", str(tmp_path), "--campaign", "c"],
-                          timeout=120)
+    ]
+    calls = [["infer", *args, "--out", str(tmp_path), "--campaign", "c"] for args, _ in cases]
+    for proc, (args, message) in zip(cli_batch(2, calls, tmp_path / "batch"), cases, strict=True):  # one launch
         assert proc.returncode == 2, (args, proc.stdout + proc.stderr)
         errors = [line for line in proc.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and message in errors[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+
+

@@ -15,7 +15,7 @@ from ringx_drivers import models, mpirun
 from ringx_drivers.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
-from tests.mpi import matrix_launcher
+from tests.mpi import cli_batch, matrix_launcher
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -180,21 +180,33 @@ def bench(nprocs: int, *args: str, timeout: float = 300):
     return mpirun.run(nprocs, ["-m", "ringx_bench", "model", *args], timeout=timeout)
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_MODEL = [
     (["--preset", "nope"], "preset 'nope': choose one of tiny, tiny-vit, llama3-8b, vit-l"),
     (["--seq", "50", "--algorithms", "ring,zigzag"], "sequence length 50 cannot be split for zigzag (causal) over 2 "
                                                      "ranks: it must be a multiple of 4"),
     (["--heads", "12", "--kv-heads", "5"], "heads 12 is not divisible by kv_heads 5"),
     (["--preset", "tiny-vit", "--heads", "5", "--d-model", "60", "--kv-heads", "5", "--seq", "64",
       "--algorithms", "ulysses"], "ulysses: 5 query heads do not divide over 2 ranks"),
-])
-def test_bad_input_is_refused_before_any_collective(tmp_path, args, message):
-    proc = bench(2, *args, "--out", str(tmp_path), "--campaign", "c", timeout=120)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_model(tmp_path_factory):
+    """Every BAD_MODEL mistake given to `bench model` on 2 ranks, all in one launch (tests/mpi.py cli_batch)."""
+    out = tmp_path_factory.mktemp("bad_model")
+    calls = [["model", *args, "--out", str(out / str(i)), "--campaign", "c"] for i, (args, _) in enumerate(BAD_MODEL)]
+    return out, cli_batch(2, calls, out / "batch")
+
+
+@pytest.mark.parametrize("i", range(len(BAD_MODEL)), ids=[m for _, m in BAD_MODEL])
+def test_bad_input_is_refused_before_any_collective(bad_model, i):
+    out, procs = bad_model
+    proc, message = procs[i], BAD_MODEL[i][1]
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr  # one line, from rank 0 only
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "c").exists()  # no store opened, no process group: nothing collective ran
+    assert not (out / str(i) / "c").exists()  # no store opened: nothing collective ran
 
 
 def _model_records(root, campaign="c") -> list[dict]:

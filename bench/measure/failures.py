@@ -34,10 +34,12 @@ class CheckFailed(RuntimeError):
 
 
 # The tests' faults: --inject RANK:CASE:KIND[@PHASE]. KIND: raise, oom, hang, stop (SIGSTOP), kill (SIGKILL) on
-# RANK, or check (a failed check on every rank). PHASE: open (the campaign; CASE ignored), prepare, check, run (the
-# untimed first call), time (the timed loop) or write (rank 0 writing CASE's record). Older spellings: raise, oom
-# (@prepare), midraise, kill, hang (@run), check (@check).
-INJECT_KINDS = ("raise", "oom", "hang", "stop", "kill", "check")
+# RANK, check (a failed check on every rank) or pause (every rank sleeps PAUSE_S, outside any collective: a run
+# that holds its claim for a while without computing). PHASE: open (the campaign; CASE ignored), prepare, check,
+# run (the untimed first call), time (the timed loop) or write (rank 0 writing CASE's record). Older spellings:
+# raise, oom (@prepare), midraise, kill, hang (@run), check (@check).
+INJECT_KINDS = ("raise", "oom", "hang", "stop", "kill", "check", "pause")
+PAUSE_S = 25.0
 INJECT_PHASES = ("open", "prepare", "check", "run", "time", "write")
 _LEGACY = {"raise": "raise@prepare", "oom": "oom@prepare", "midraise": "raise@run", "kill": "kill@run",
            "hang": "hang@run", "check": "check@check"}
@@ -71,6 +73,9 @@ def maybe_inject(inj: Inject | None, rank: int, index: int, phase: str, prog: st
         return
     if inj.kind == "check":
         raise CheckFailed("injected check failure")  # on every rank, as a real failed check is
+    if inj.kind == "pause":
+        time.sleep(PAUSE_S)  # every rank at once: no collective waits on a sleeping peer
+        return
     if inj.rank != rank:
         return
     print(f"{prog}: injecting {inj.kind} on rank {rank} at {phase} of case {index}, t={time.time():.3f}",
