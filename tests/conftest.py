@@ -8,3 +8,17 @@ Workers and bench drivers launched by the tests inherit this environment, so
 import os
 
 os.environ["RINGX_DEVICE"] = "cpu"
+
+# The files that take longest here (measured on the 2-core machine, one process), longest first. Under
+# `./dev test`'s several processes (pytest-xdist, one file per process at a time) files are handed out in
+# collection order, so starting these first keeps one long file from running alone at the end. Mostly waiting
+# (a real Slurm, hung-rank timeouts) comes first: it overlaps with the others' computing. Order only.
+LONGEST_FIRST = ("test_slurm_sweep.py", "test_reliability.py", "test_bench_run.py", "test_model_step.py",
+                 "test_bench_masks.py", "test_rings_mpi.py", "test_masks_mpi.py", "test_analysis.py",
+                 "test_analysis_permask.py", "test_hier_mpi.py", "test_bench_infer.py", "test_attention_mpi.py",
+                 "test_analysis_infer.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
