@@ -133,11 +133,12 @@ def fastest_map(a) -> int:
     table.to_csv(out / f"{name}.csv", index=False)
     best = table[table["fastest"]].assign(degrees=lambda d: [_degrees(None if pd.isna(u) else int(u), p)
                                                              for u, p in zip(d["ulysses_degree"], d["ranks"])])
+    caption = predicted.CAPTION if not a.mask else predicted.CAPTION.replace("Causal,", f"Mask {a.mask},")
     print(tables.render(tables.frame_table(best[["machine", "seq", "ranks", "algorithm", "degrees", "speedup"]]
-                                           .round(3), caption=predicted.CAPTION), "markdown"))
+                                           .round(3), caption=caption), "markdown"))
     wins = predicted.beats(table, "double-ring", ["ring", "ringx3b", "usp"])
     if not wins.empty:
-        wins.to_csv(out / "double-ring-wins.csv", index=False)
+        wins.to_csv(out / name.replace("fastest-map", "double-ring-wins") + ".csv", index=False)
         print("\nwhere double-ring is predicted faster (vs_X: X's time over double-ring's):\n")
         print(tables.render(tables.frame_table(wins.round(3)), "markdown"))
     fig = predicted.map_figure(table)

@@ -92,7 +92,7 @@ def test_ring_under_a_narrow_window_at_4096_ranks_moves_only_the_neighbours_keys
     assert tr.ledger_forward.sent == sent
 
 
-@pytest.mark.parametrize("algorithm", ["zigzag", "stripe", "ringx4", "ringx1"])
+@pytest.mark.parametrize("algorithm", ["zigzag", "ringx4"])  # each rank computes its own queries
 def test_masked_traces_at_4096_ranks_compute_each_ranks_visible_pairs(algorithm):
     p, seq = 4096, 1 << 18
     docs = masks.parse("docs:lognormal:8192+window:1024", seq, 0)
