@@ -74,8 +74,7 @@ def build_parser(prog: str = "ringx-bench") -> Parser:
     c.add_argument("--machines", default="frontier,perlmutter,alps", help="profiles with a [model] table")
     c.add_argument("--seqs", default="131072,262144,524288,1048576", help="global sequence lengths")
     c.add_argument("--ranks", default="8,64,512", help="rank counts")
-    c.add_argument("--mask", help="a mask in place of causal: " + MASK_HELP + "; masked maps stop at "
-                   "512 ranks (tracing a masked plan at thousands of ranks takes minutes per algorithm)")
+    c.add_argument("--mask", help="a mask in place of causal: " + MASK_HELP)
     c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
     c.add_argument("--algorithms", help="comma-separated algorithms (default: every one)")
     c.add_argument("--out", help="output directory (default: runs/model)")

@@ -125,13 +125,6 @@ def fastest_map(a) -> int:
 
         for seq in seqs:
             masks.parse(a.mask, seq, a.seed)  # a bad spec fails before any tracing
-        capped = [p for p in ranks if p > MASKED_MAX_RANKS]
-        if capped:
-            print(f"--mask: not predicting {capped} ranks (masked plans take minutes per algorithm to trace there; "
-                  f"the map stops at {MASKED_MAX_RANKS})", flush=True)
-            ranks = [p for p in ranks if p <= MASKED_MAX_RANKS]
-        if not ranks:
-            raise UserError(f"--mask: no rank count up to {MASKED_MAX_RANKS} asked for")
     table = predicted.fastest(described, seqs, ranks, algos, progress=lambda msg: print(msg, flush=True),
                               mask=a.mask, seed=a.seed)
     out = Path(a.out) if a.out else Path("runs") / "model"
@@ -140,11 +133,12 @@ def fastest_map(a) -> int:
     table.to_csv(out / f"{name}.csv", index=False)
     best = table[table["fastest"]].assign(degrees=lambda d: [_degrees(None if pd.isna(u) else int(u), p)
                                                              for u, p in zip(d["ulysses_degree"], d["ranks"])])
+    caption = predicted.CAPTION if not a.mask else predicted.CAPTION.replace("Causal,", f"Mask {a.mask},")
     print(tables.render(tables.frame_table(best[["machine", "seq", "ranks", "algorithm", "degrees", "speedup"]]
-                                           .round(3), caption=predicted.CAPTION), "markdown"))
+                                           .round(3), caption=caption), "markdown"))
     wins = predicted.beats(table, "double-ring", ["ring", "ringx3b", "usp"])
     if not wins.empty:
-        wins.to_csv(out / "double-ring-wins.csv", index=False)
+        wins.to_csv(out / (name.replace("fastest-map", "double-ring-wins") + ".csv"), index=False)
         print("\nwhere double-ring is predicted faster (vs_X: X's time over double-ring's):\n")
         print(tables.render(tables.frame_table(wins.round(3)), "markdown"))
     fig = predicted.map_figure(table)
@@ -156,10 +150,6 @@ def fastest_map(a) -> int:
         plt.close(fig)
     print(f"figure: {', '.join(map(str, paths))}; table: {out / (name + '.csv')}")
     return 0
-
-
-MASKED_MAX_RANKS = 512  # tracing ring with window:4096 at 4096 ranks, 1M tokens: over 8 minutes for 2 ranks
-
 
 
 def _degrees(u: int | None, p: int) -> str:

@@ -64,10 +64,13 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
     compute = [0.0] * n
     posted: dict[tuple, list[float]] = {}
     finish: dict[tuple, float] = {}
-    channel_free: dict[tuple, float] = {}  # per communicator: one operation at a time, in posting order
+    channel_free: dict[int, float] = {}  # per communicator: one operation at a time, in posting order
     mine: list[dict[int, tuple]] = [{} for _ in range(n)]  # per rank: its op index -> collective key
     waiting = [None] * n  # key of the blocking collective a rank is held in
     sampled = set(ranks)
+    ids: dict[tuple, int] = {}  # group -> a small id (hashing a 4096-rank tuple per operation costs more than it)
+    groups: dict[int, tuple[int, int]] = {}  # id(group tuple) -> (its id, how many sampled ranks it has)
+    keep: list[tuple] = []
     share = machine.core_share(p, nodes)
     busy = max(1, p // max(1, nodes))  # ranks of a node computing at once
     overlap = machine.overlaps(p, nodes)
@@ -98,14 +101,19 @@ def simulate(events_per_rank: list[list], machine: Machine, p: int, nodes: int,
                     clock[r] = max(clock[r], finish[key])
                 else:
                     group = getattr(e, "group", ()) or ()
-                    key = (group, e.index)
+                    known = groups.get(id(group))  # the same tuple object for a rank's every op in its group
+                    if known is None:
+                        gid = ids.setdefault(group, len(ids))
+                        known = groups[id(group)] = (gid, len(sampled.intersection(group)) if group else n)
+                        keep.append(group)  # ids stay valid while the group is alive
+                    gid, need = known
+                    key = (gid, e.index)
                     mine[r][e.index] = key
                     posted.setdefault(key, []).append(clock[r])
-                    need = len(sampled.intersection(group)) if group else n
                     if len(posted[key]) == need:
                         size, span = (len(group), getattr(e, "nodes", 0) or 1) if group else (p, nodes)
-                        start = max(max(posted[key]), channel_free.get(group, 0.0))
-                        finish[key] = channel_free[group] = start + machine.comm_s(e.op, e.nbytes, size, span)
+                        start = max(max(posted[key]), channel_free.get(gid, 0.0))
+                        finish[key] = channel_free[gid] = start + machine.comm_s(e.op, e.nbytes, size, span)
                     if e.blocking or not overlap:
                         waiting[r] = key
                         moved = True

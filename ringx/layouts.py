@@ -25,9 +25,11 @@ fully masked sub-blocks never appear in a plan.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 
 import torch
 
@@ -288,20 +290,24 @@ def positions(layout: str, world_size: int, rank: int, seq_local: int) -> torch.
 
 
 def _cut(mask: Mask, segs: tuple[Segment, ...]) -> list[tuple[int, int, int, int, int]]:
-    """Segments cut at document boundaries (and, for windows, on a tile grid): (l0, n, g0, s, doc)."""
+    """Segments cut at document boundaries (and, for windows, on a tile grid of the rows' global positions over
+    the stride): (l0, n, g0, s, doc). From the document starts alone, O(log documents + pieces)."""
     tile = 0
     if mask.left is not None:
         tile = max(MIN_TILE, mask.left, mask.right or 0)
-    starts = torch.tensor(mask.starts, dtype=torch.int64)
+    starts = mask.starts
     out = []
     for l0, n, g0, s in segs:
         if n == 0:
             continue
-        pos = g0 + s * torch.arange(n, dtype=torch.int64)
-        doc = torch.bucketize(pos, starts[1:-1], right=True) if mask.lengths is not None else torch.zeros_like(pos)
-        key = doc * (1 << 40) + ((pos // s) // tile if tile else 0)
-        cuts = [0, *(torch.nonzero(key[1:] != key[:-1]).flatten() + 1).tolist(), n]
-        out += [(l0 + a, b - a, g0 + s * a, s, int(doc[a])) for a, b in zip(cuts, cuts[1:])]
+        cuts = set()
+        if mask.lengths is not None:  # row a is the first of a document where g0 + s(a-1) < start <= g0 + s a
+            inner = starts[bisect.bisect_right(starts, g0):bisect.bisect_right(starts, g0 + s * (n - 1))]
+            cuts.update(-(-(b - g0) // s) for b in inner)
+        if tile:  # row a starts a tile where (g0 // s + a) % tile == 0
+            cuts.update(range(tile - (g0 // s) % tile, n, tile))
+        edges = [0, *sorted(cuts), n]
+        out += [(l0 + a, b - a, g0 + s * a, s, mask.doc_of(g0 + s * a)) for a, b in zip(edges, edges[1:])]
     return out
 
 
@@ -339,17 +345,61 @@ def _mask_plan(mask: Mask, q_segs: tuple[Segment, ...], k_segs: tuple[Segment, .
     return tuple(blocks)
 
 
+def _owners(layout: str, world_size: int, seq_local: int, k0: int, k1: int) -> list[tuple[int, int]]:
+    """The ranks holding some of the global keys [k0, k1), as inclusive rank intervals."""
+    p = world_size
+    if layout == "stripe":
+        if k1 - k0 >= p:
+            return [(0, p - 1)]
+        a, b = k0 % p, (k1 - 1) % p
+        return [(a, b)] if a <= b else [(a, p - 1), (0, b)]
+    clen = seq_local // chunks_per_rank(layout)
+    c0, c1 = k0 // clen, (k1 - 1) // clen  # the chunks
+    if layout == "contiguous":
+        return [(c0, c1)]
+    out = [(c0, min(c1, p - 1))] if c0 < p else []  # zigzag: chunk c < P on rank c, chunk c >= P on rank 2P-1-c
+    if c1 >= p:
+        out.append((2 * p - 1 - c1, 2 * p - 1 - max(c0, p)))
+    return out
+
+
+def seen_ranks(layout: str, world_size: int, rank: int, seq_local: int, mask: Mask) -> list[tuple[int, int]]:
+    """The ranks whose keys some query of ``rank`` sees under ``mask``, as sorted disjoint inclusive intervals:
+    exactly the kv ranks whose :func:`block_plan` with ``rank`` is not empty, from the rule alone (no plans)."""
+    seq = seq_local * world_size
+    spans = sorted(iv for _, n, g0, s in rank_segments(layout, world_size, rank, seq_local)
+                   for k0, k1 in mask.seen_keys(seq, g0, n, s) for iv in _owners(layout, world_size, seq_local, k0, k1))
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _seen_by_rank(layout: str, world_size: int, seq_local: int, mask: Mask) -> tuple[tuple[tuple[int, int], ...], ...]:
+    return tuple(tuple(seen_ranks(layout, world_size, r, seq_local, mask)) for r in range(world_size))
+
+
 @lru_cache(maxsize=1024)
 def ring_steps(layout: str, world_size: int, seq_local: int, causal: bool | Mask) -> int:
     """Ring steps t = 0..T-1 (rank r holding the K/V of rank r - t) that cover every visible block: T is one more
-    than the largest t at which some rank has something to compute. Full and causal: all P steps."""
+    than the largest t at which some rank has something to compute. Full and causal: all P steps. O(P) intervals
+    of :func:`seen_ranks`, not P^2 plans."""
     if not isinstance(causal, Mask) or causal.plain is not None:
         return world_size
-    last = 0
-    for r in range(world_size):
-        for t in range(last + 1, world_size):
-            if block_plan(layout, world_size, r, (r - t) % world_size, seq_local, causal):
-                last = t
+    p, last = world_size, 0
+    for r, spans in enumerate(_seen_by_rank(layout, world_size, seq_local, causal)):
+        for a, b in spans:  # the largest (r - kv) mod P over kv in [a, b]
+            if r < a:
+                t = r - a + p
+            elif r >= b:
+                t = r - a
+            else:  # a <= r < b: kv = r + 1 is P - 1 steps back
+                t = p - 1
+            last = max(last, t)
     return last + 1
 
 
@@ -360,12 +410,16 @@ def shared_rounds(layout: str, world_size: int, seq_local: int, causal: bool | M
     when ``queries``)? Full and causal: every round is shared (their schedules stay as they are)."""
     if not isinstance(causal, Mask) or causal.plain is not None:
         return (True,) * world_size
-
-    def pair(root: int, other: int) -> tuple[int, int]:
-        return (root, other) if queries else (other, root)  # (q rank, kv rank)
-
-    return tuple(any(block_plan(layout, world_size, *pair(root, r), seq_local, causal)
-                     for r in range(world_size) if r != root) for root in range(world_size))
+    seen = _seen_by_rank(layout, world_size, seq_local, causal)
+    if queries:  # the root's queries see some other rank's keys
+        return tuple(any(b - a + 1 > (a <= root <= b) for a, b in spans) for root, spans in enumerate(seen))
+    cover = [0] * (world_size + 1)  # how many ranks' queries see each rank's keys (a difference array)
+    for spans in seen:
+        for a, b in spans:
+            cover[a] += 1
+            cover[b + 1] -= 1
+    count = list(accumulate(cover))
+    return tuple(count[root] - any(a <= root <= b for a, b in seen[root]) > 0 for root in range(world_size))
 
 
 def plan_pairs(plan: tuple[Block, ...]) -> int:

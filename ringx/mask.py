@@ -161,17 +161,46 @@ class Mask:
         return PARTIAL
 
     def _classify_ranges(self, q0: int, q1: int, k0: int, k1: int) -> str:
+        """From the rule alone, O(log documents + documents in common): no tensors."""
         if q0 >= q1 or k0 >= k1:
             return NONE
         dq, dk = (self.doc_of(q0), self.doc_of(q1 - 1)), (self.doc_of(k0), self.doc_of(k1 - 1))
         if dq[1] < dk[0] or dk[1] < dq[0]:
             return NONE  # no document in common
-        if dq[0] != dq[1] or dk != dq:  # several documents on a side: decide on the rule's dense form
-            if (q1 - q0) * (k1 - k0) > 1 << 24:
-                return PARTIAL  # too large to look at: a partial block (the plans never ask this)
-            return self.classify(list(range(q0, q1)), list(range(k0, k1)))
-        lo, hi = segment_band(self, q0, k0, 1)
-        return band_kind(lo, hi, q1 - q0, k1 - k0)[0]
+        if dq[0] == dq[1] and dk == dq:  # one document: a band
+            lo, hi = segment_band(self, q0, k0, 1)
+            return band_kind(lo, hi, q1 - q0, k1 - k0)[0]
+        # several documents: pairs across documents are hidden, so the block is partial where any document in
+        # common has a visible pair (a causal block needs every pair under the diagonal, across documents too)
+        starts = self.starts
+        for d in range(max(dq[0], dk[0]), min(dq[1], dk[1]) + 1):
+            a0, a1 = max(q0, starts[d]), min(q1, starts[d + 1])
+            b0, b1 = max(k0, starts[d]), min(k1, starts[d + 1])
+            if band_kind(*segment_band(self, a0, b0, 1), a1 - a0, b1 - b0)[0] != NONE:
+                return PARTIAL
+        return NONE
+
+    def seen_keys(self, seq: int, g0: int, n: int, stride: int = 1) -> list[tuple[int, int]]:
+        """The keys (of a global length ``seq``) that the ``n`` queries ``g0, g0 + stride, ...`` see, as increasing
+        disjoint half-open intervals [k0, k1): one per document the queries touch, or one per query where a
+        window narrower than the stride leaves gaps between neighbours. From the rule alone, O(log documents +
+        intervals)."""
+        out: list[tuple[int, int]] = []
+        if n <= 0:
+            return out
+        starts = self.starts if self.lengths is not None else (0, seq)
+        last, q = g0 + stride * (n - 1), g0
+        while q <= last:
+            d = bisect.bisect_right(starts, q) - 1
+            ds, de = starts[d], starts[d + 1]
+            qb = q + stride * ((min(last, de - 1) - q) // stride)  # the last query in this document
+            lo = ds if self.left is None else max(ds, q - self.left)
+            if self.left is None or self.right is None or stride <= self.left + self.right + 1:
+                out.append((lo, de if self.right is None else min(de, qb + self.right + 1)))
+            else:  # gaps between the queries' windows
+                out += [(max(ds, i - self.left), min(de, i + self.right + 1)) for i in range(q, qb + 1, stride)]
+            q = qb + stride  # the first query of a later document
+        return out
 
     # --- counts -------------------------------------------------------------------------------------------------
     def keys_per_query(self, seq: int) -> torch.Tensor:
@@ -307,6 +336,13 @@ def band_visible(lo: int, hi: int, na: int, nb: int, device=None) -> torch.Tenso
 
 
 def band_pairs(lo: int, hi: int, na: int, nb: int) -> int:
-    """Visible pairs of a band block (O(na))."""
-    a = torch.arange(na, dtype=torch.int64)
-    return int((torch.minimum(a - lo, torch.tensor(nb - 1)) - torch.clamp(a - hi, min=0) + 1).clamp(min=0).sum())
+    """Visible pairs of a band block, in closed form: pairs with a - b <= hi less those with a - b <= lo - 1."""
+    return 0 if lo > hi else _below(hi, na, nb) - _below(lo - 1, na, nb)
+
+
+def _below(h: int, na: int, nb: int) -> int:
+    """Pairs (a, b) of an na x nb block with a - b <= h."""
+    full = min(max(h + 1, 0), na)  # rows a <= h see all nb keys
+    a0, a1 = max(h + 1, 0), min(na - 1, h + nb - 1)  # rows h < a < h + nb see nb - (a - h) keys
+    part = 0 if a1 < a0 else (a1 - a0 + 1) * (nb + h) - (a0 + a1) * (a1 - a0 + 1) // 2
+    return full * nb + part

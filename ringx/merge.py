@@ -25,8 +25,12 @@ Tensor = torch.Tensor
 def merge_(out: Tensor, lse: Tensor, blk_out: Tensor, blk_lse: Tensor) -> None:
     """Fold ``(blk_out, blk_lse)`` into ``(out, lse)`` in place.
 
-    ``out`` is (B, S, H, D) in the accumulation dtype, ``lse`` is (B, H, S).
+    ``out`` is (B, S, H, D) in the accumulation dtype, ``lse`` is (B, H, S). Meta tensors (a traced
+    schedule, :mod:`ringx.schedule`) hold no values: there is nothing to fold, and torch's meta arithmetic
+    would cost milliseconds a merge at thousands of ranks.
     """
+    if out.is_meta:
+        return
     w_old = torch.sigmoid(lse - blk_lse).nan_to_num_(0.0)  # NaN only where both are -inf
     w_old = w_old.transpose(1, 2).unsqueeze(-1).to(out.dtype)
     out.sub_(blk_out).mul_(w_old).add_(blk_out)

@@ -57,8 +57,10 @@ class Topology:
         self.world, self.rank, self.group, self._build = len(self.node_of), rank, group, build
         if not 0 <= rank < self.world:
             raise ValueError(f"rank {rank} is outside 0..{self.world - 1}")
-        self.node_members = tuple(tuple(r for r, n in enumerate(self.node_of) if n == node)
-                                  for node in range(len(labels)))
+        members: list[list[int]] = [[] for _ in labels]  # one pass over the ranks (thousands, when simulated)
+        for r, n in enumerate(self.node_of):
+            members[n].append(r)
+        self.node_members = tuple(map(tuple, members))
         self.nodes = len(self.node_members)
         self.node = self.node_of[rank]
         self.local_rank = self.node_members[self.node].index(rank)

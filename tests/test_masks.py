@@ -16,8 +16,8 @@ from ringx import Mask, RingxInputError
 from ringx.balancing import lognormal_lengths
 from ringx.flops import attention_flops, mask_flops
 from ringx.kernels import KERNELS, DeviceInfo, band_route, flash_window
-from ringx.layouts import block_plan, gathered_plan, positions, ring_steps
-from ringx.mask import band_visible
+from ringx.layouts import block_plan, gathered_plan, positions, ring_steps, seen_ranks, shared_rounds
+from ringx.mask import band_pairs, band_visible
 from tests.reference import masked_block_attention as dense
 
 MASKS = [Mask.full(), Mask.causal(), Mask.window(5), Mask.window(3, 7), Mask.window(0), Mask.window(40),
@@ -128,6 +128,30 @@ def test_full_and_causal_masks_keep_their_plans(layout):
         for qr, kr in itertools.product(range(world), repeat=2):
             assert block_plan(layout, world, qr, kr, 8, m) == block_plan(layout, world, qr, kr, 8, causal)
         assert ring_steps(layout, world, 8, m) == world
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "zigzag", "stripe"])
+@pytest.mark.parametrize("mask", [m for m in MASKS if m.plain is None], ids=str)
+def test_seen_ranks_steps_and_rounds_are_what_the_plans_say(layout, mask):
+    """The fast paths (per-rank seen-rank intervals from the rule) against their definition from the plans."""
+    for world in (3, 4):
+        n = 48 // world
+        seen = {(qr, kr) for qr in range(world) for a, b in seen_ranks(layout, world, qr, n, mask)
+                for kr in range(a, b + 1)}
+        plans = {(qr, kr) for qr in range(world) for kr in range(world) if block_plan(layout, world, qr, kr, n, mask)}
+        assert seen == plans, (world, seen ^ plans)
+        last = max((qr - kr) % world for qr, kr in plans)
+        assert ring_steps(layout, world, n, mask) == last + 1
+        for queries in (True, False):
+            want = tuple(any((root, r) in plans if queries else (r, root) in plans for r in range(world) if r != root)
+                         for root in range(world))
+            assert shared_rounds(layout, world, n, mask, queries) == want
+
+
+def test_band_pairs_in_closed_form():
+    for lo, hi, na, nb in itertools.product(range(-9, 9, 2), range(-8, 12, 3), (1, 4, 7), (1, 5, 9)):
+        if lo <= hi:
+            assert band_pairs(lo, hi, na, nb) == int(band_visible(lo, hi, na, nb).sum()), (lo, hi, na, nb)
 
 
 def test_a_narrow_window_needs_two_ring_steps_under_ring_and_all_under_zigzag():

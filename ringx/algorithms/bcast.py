@@ -17,7 +17,8 @@ computes, and reductions run asynchronously, two rounds in flight at most.
 
 Under a mask a round whose root's Q (or K/V) no other rank sees moves nothing
 (``Ctx.shared_rounds``): the root computes its own block alone, and no rank
-broadcasts, all-reduces or reduces for it.
+broadcasts, all-reduces or reduces for it. In a shared Q round, a rank whose keys
+the root's queries do not see reduces zeros without computing them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     shared = c.shared_rounds(n, queries=True)
     for root, (qj,) in _rounds(c, [q], shared):
         part = Partial(qj)
-        attend(c.kernel, qj, k, v, c.plan(root, c.rank, n), c.scale, part)
+        plan = c.plan(root, c.rank, n)
+        attend(c.kernel, qj, k, v, plan, c.scale, part)
         if c.world == 1:
             return part.final()  # nothing to combine across ranks
         if not shared[root]:  # my queries see only my keys: my result is final
@@ -67,12 +69,15 @@ def q_forward(c: Ctx, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         o, lse = part.result()
         # contiguous: the CPU kernel's LSE is laid out (B, S, H), and the ranks must reduce element by element
         shift = c.comm.all_reduce_max(lse.clone(memory_format=torch.contiguous_format))
-        shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
-        den = torch.exp(lse - shift)
-        buf = torch.empty(o.numel() + den.numel(), dtype=o.dtype, device=o.device)
-        num_view, den_view = buf[: o.numel()].view_as(o), buf[o.numel():].view_as(den)
-        torch.mul(o, den.transpose(1, 2).unsqueeze(-1), out=num_view)
-        den_view.copy_(den)
+        if plan or root == c.rank:
+            shift = shift.masked_fill(torch.isneginf(shift), 0.0)  # rows nobody sees stay 0/0
+            den = torch.exp(lse - shift)
+            buf = torch.empty(o.numel() + den.numel(), dtype=o.dtype, device=o.device)
+            num_view, den_view = buf[: o.numel()].view_as(o), buf[o.numel():].view_as(den)
+            torch.mul(o, den.transpose(1, 2).unsqueeze(-1), out=num_view)
+            den_view.copy_(den)
+        else:  # the root's queries see none of my keys (a mask): I add a numerator and denominator of 0
+            buf = torch.zeros(o.numel() + lse.numel(), dtype=o.dtype, device=o.device)
         pending = c.comm.reduce(buf, root, async_op=c.overlap)
         if root == c.rank:
             own = (pending, num_view, den_view, shift)
