@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n== 2/5 local campaign: jobs/sweeps/{SWEEP.name} ==", flush=True)
     print(f"this machine has {cores} core(s): runs with more ranks than that share cores, so their times include "
           "that contention", flush=True)
-    if sweep.main(["local", str(SWEEP), "--quiet"]) != 0:
+    if sweep.main(["local", str(SWEEP)]) != 0:  # a progress line (points, ETA) at most every 15 s
         return 1
     if trace_step() != 0 or masks_step() != 0:
         return 1

@@ -185,11 +185,13 @@ def cmd_local(sw: Sweep, a) -> int:
               flush=True)
         log = local.log((sw.dir / "logs").resolve(), f"ringx-{sw.campaign}-{j.name}", time.strftime("%Y%m%d-%H%M%S"))
         proc = local.start(script, log, env)
-        shown = None
+        shown, said_at = None, -PROGRESS_EVERY_S
         while proc.poll() is None:
             time.sleep(0.5 if shown is None else 2.0)
-            shown = _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
-        _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
+            if time.monotonic() - said_at >= PROGRESS_EVERY_S:  # a line at most this often while a job runs
+                now = _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
+                said_at, shown = (time.monotonic() if now != shown else said_at), now
+        _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)  # and the job's last count
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"[sweep local] {j.name} failed (exit {proc.returncode}); its log: {log}; its script: {script}\n"
@@ -208,6 +210,9 @@ def _recorded(sw: Sweep, keys: dict[str, set[str]]) -> dict[str, int]:
     except Exception:  # a record being written while we read: count it next time
         return {}
     return {name: len(k & done) for name, k in keys.items()}
+
+
+PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a running job
 
 
 def _progress(sw: Sweep, keys, job: Job, total: int, first: dict, start: float, left_s: float, shown, quiet: bool):
