@@ -71,3 +71,19 @@ def cli_batch(nprocs: int, calls: list[list[str]], out: Path, env: dict | None =
                                         "".join(rank[i]["stdout"] for rank in per_rank),
                                         "".join(rank[i]["stderr"] for rank in per_rank))
             for i, argv in enumerate(calls)]
+
+
+def refused_batch(out: Path, command: str, mistakes: list[tuple[list[str], str]]) -> list[subprocess.CompletedProcess]:
+    """``ringx-bench COMMAND ARGS --out OUT/i --campaign c`` for every (ARGS, message) of ``mistakes``, on 2 ranks
+    in one launch (:func:`cli_batch`)."""
+    calls = [[command, *args, "--out", str(out / str(i)), "--campaign", "c"] for i, (args, _) in enumerate(mistakes)]
+    return cli_batch(2, calls, out / "batch")
+
+
+def assert_refused_in_one_line(proc: subprocess.CompletedProcess, message: str, out: Path) -> None:
+    """Exit 2, one ``error:`` line over all ranks naming ``message``, no traceback, campaign ``c`` never opened."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], proc.stderr  # one line, from rank 0 only
+    assert "Traceback" not in proc.stderr
+    assert not (out / "c").exists()  # no store opened: nothing collective ran

@@ -10,7 +10,7 @@ from ringx_drivers import models, mpirun
 from ringx_drivers.drivers.infer import CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_suite.store import Store, validate
-from tests.mpi import cli_batch
+from tests.mpi import assert_refused_in_one_line, refused_batch
 
 PROMPT, NEW = 32, 3
 FIELDS = ("ttft_s", "tpot_s", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_cache_bytes",
@@ -74,21 +74,15 @@ BAD_INFER = [
 
 @pytest.fixture(scope="module")
 def bad_infer(tmp_path_factory):
-    """Every BAD_INFER mistake given to `bench infer` on 2 ranks, all in one launch (tests/mpi.py cli_batch)."""
+    """Every BAD_INFER mistake given to `bench infer`, all in one launch."""
     out = tmp_path_factory.mktemp("bad_infer")
-    calls = [["infer", *args, "--out", str(out / str(i)), "--campaign", "c"] for i, (args, _) in enumerate(BAD_INFER)]
-    return out, cli_batch(2, calls, out / "batch")
+    return out, refused_batch(out, "infer", BAD_INFER)
 
 
 @pytest.mark.parametrize("i", range(len(BAD_INFER)), ids=[m for _, m in BAD_INFER])
 def test_bad_input_is_refused_in_one_line_before_any_collective(bad_infer, i):
     out, procs = bad_infer
-    proc, message = procs[i], BAD_INFER[i][1]
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (out / str(i) / "c").exists()  # no store opened: nothing collective ran
+    assert_refused_in_one_line(procs[i], BAD_INFER[i][1], out / str(i))
 
 
 def test_half_precision_reports_agreement_without_failing(tmp_path):

@@ -15,7 +15,7 @@ from ringx_drivers import models, mpirun
 from ringx_drivers.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
-from tests.mpi import cli_batch, matrix_launcher
+from tests.mpi import assert_refused_in_one_line, matrix_launcher, refused_batch
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -192,21 +192,15 @@ BAD_MODEL = [
 
 @pytest.fixture(scope="module")
 def bad_model(tmp_path_factory):
-    """Every BAD_MODEL mistake given to `bench model` on 2 ranks, all in one launch (tests/mpi.py cli_batch)."""
+    """Every BAD_MODEL mistake given to `bench model`, all in one launch."""
     out = tmp_path_factory.mktemp("bad_model")
-    calls = [["model", *args, "--out", str(out / str(i)), "--campaign", "c"] for i, (args, _) in enumerate(BAD_MODEL)]
-    return out, cli_batch(2, calls, out / "batch")
+    return out, refused_batch(out, "model", BAD_MODEL)
 
 
 @pytest.mark.parametrize("i", range(len(BAD_MODEL)), ids=[m for _, m in BAD_MODEL])
 def test_bad_input_is_refused_before_any_collective(bad_model, i):
     out, procs = bad_model
-    proc, message = procs[i], BAD_MODEL[i][1]
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and message in errors[0], proc.stderr  # one line, from rank 0 only
-    assert "Traceback" not in proc.stderr
-    assert not (out / str(i) / "c").exists()  # no store opened: nothing collective ran
+    assert_refused_in_one_line(procs[i], BAD_MODEL[i][1], out / str(i))
 
 
 def _model_records(root, campaign="c") -> list[dict]:

@@ -190,7 +190,8 @@ def cmd_local(sw: Sweep, a) -> int:
             time.sleep(0.5 if shown is None else 2.0)
             if time.monotonic() - said_at >= PROGRESS_EVERY_S:  # a line at most this often while a job runs
                 now = _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)
-                said_at, shown = (time.monotonic() if now != shown else said_at), now
+                if now != shown:  # a line was printed
+                    said_at, shown = time.monotonic(), now
         _progress(sw, keys, j, total, first, start, left_s, shown, a.quiet)  # and the job's last count
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").splitlines()[-15:]
