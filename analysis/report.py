@@ -192,7 +192,8 @@ def setting(df: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Hardware", hw), ("Kernel", kernel), ("Software", "; ".join(soft) or "not recorded"), ("Code", code)]
 
 
-def timeline_figures(campaign: str | Path, out: Path) -> dict[str, list[Path]]:
+def timeline_figures(campaign: str | Path, out: Path, formats: tuple[str, ...] = ("png", "pdf")
+                     ) -> dict[str, list[Path]]:
     """The timeline figures of a campaign that has traces (ringx-bench trace); none when it has not."""
     from . import timeline  # imports torch (ringx.timeline): only when a report is written
     from .records import _paths
@@ -200,9 +201,13 @@ def timeline_figures(campaign: str | Path, out: Path) -> dict[str, list[Path]]:
     path = _paths(campaign)[0]
     base = path.parent if path.suffix == ".parquet" else path
     try:
-        return timeline.write(base, out, ("png", "pdf"))
+        return timeline.write(base, out, formats)
     except timeline.NoTraces:
         return {}
+
+
+# The figures' format each report embeds or links (drawing both took twice as long as either)
+FIGURE_FORMAT = {"html": ("png",), "md": ("png",), "latex": ("pdf",)}
 
 
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
@@ -216,8 +221,9 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     out = Path(out) if out else default_out(campaign, "report")
     out.mkdir(parents=True, exist_ok=True)
     summary, skipped = summaries(df)
-    made, skipped_figs = build_figures(df, out / "figures", ("png", "pdf"), baseline, summary=summary)
-    made.update(timeline_figures(campaign, out / "figures"))
+    formats = FIGURE_FORMAT[fmt]
+    made, skipped_figs = build_figures(df, out / "figures", formats, baseline, summary=summary)
+    made.update(timeline_figures(campaign, out / "figures", formats))
     made_tables, skipped_tables = build_tables(df, baseline, summary)
     skipped = {**skipped, **skipped_figs, **skipped_tables}
     bad = df[df["status"] != "ok"] if "status" in df else df.iloc[0:0]

@@ -6,8 +6,16 @@ Workers and bench drivers launched by the tests inherit this environment, so
 """
 
 import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
 
 os.environ["RINGX_DEVICE"] = "cpu"
+
+from ringx_drivers import mpirun  # noqa: E402 - after RINGX_DEVICE, which the ranks inherit
+from tests import zygote  # noqa: E402
 
 # The files that take longest here (measured on the 2-core machine, one process), longest first. Under
 # `./dev test`'s several processes (pytest-xdist, one file per process at a time) files are handed out in
@@ -22,3 +30,24 @@ LONGEST_FIRST = ("test_slurm_sweep.py", "test_reliability.py", "test_bench_run.p
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_ranks():
+    """One zygote per pytest process (tests/zygote.py): ranks launched through tests/mpi.py `launch` fork from a
+    process that has imported torch, instead of importing it again (~3 s of CPU each). RINGX_TEST_ZYGOTE=off: every
+    rank starts cold, as `mpiexec python` alone would."""
+    if os.environ.get(zygote.ENV) == "off":
+        os.environ.pop(zygote.ENV)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="ringx-z") as d:  # short: a socket path has at most 107 bytes
+        sock = Path(d) / "s"
+        server = zygote.start(sock, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(mpirun.ROOT)})
+        os.environ[zygote.ENV] = str(sock)
+        try:
+            yield
+        finally:
+            os.environ.pop(zygote.ENV, None)
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

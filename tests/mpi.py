@@ -7,12 +7,20 @@ import subprocess
 from pathlib import Path
 
 from ringx_drivers import mpirun
+from tests import zygote
+
+
+def launch(nprocs: int, args: list[str], timeout: float | None = None, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    """``mpiexec -n nprocs python ARGS`` (``mpirun.run``), each rank forked from the session's zygote when one runs
+    (tests/zygote.py): the same ranks, without importing torch again."""
+    return mpirun.run(nprocs, zygote.wrap(args), timeout=timeout, env=env)
 
 
 def run_mpi(nprocs: int, script: str, *args: str, timeout: float = 300, env: dict | None = None
             ) -> subprocess.CompletedProcess:
     """Run ``python script args`` on ``nprocs`` ranks; kill the job after ``timeout`` s."""
-    return mpirun.run(nprocs, [str(mpirun.ROOT / script), *args], timeout=timeout, env=env)
+    return launch(nprocs, [str(mpirun.ROOT / script), *args], timeout=timeout, env=env)
 
 
 def run_cases(nprocs: int, script: str, out: Path, seed: int, env: dict | None = None) -> dict[str, list[dict]]:

@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 
 from ringx_drivers import mpirun  # noqa: E402 - after the path for `python tests/reliability_probe.py`
 from ringx_suite.store import Store  # noqa: E402
+from tests import zygote  # noqa: E402
 
 TIMEOUT = 5  # --timeout of every probe run
 STOP_S = TIMEOUT + 30  # README: a rank that dies or hangs stops every rank within --timeout + 30 s
@@ -76,13 +77,16 @@ class Result:
 
 
 class Job:
-    """One `bench run` under mpiexec, its output in files (no pipe to fill)."""
+    """One `bench run` under mpiexec, its output in files (no pipe to fill). ``warm``: its ranks fork from the test
+    session's zygote when one runs (tests/zygote.py); a probe that signals a rank's pid from outside needs them
+    cold."""
 
-    def __init__(self, out: Path, args: list[str], name: str = "job"):
+    def __init__(self, out: Path, args: list[str], name: str = "job", warm: bool = True):
         self.out = out
         self.err_path, self.log_path = out / f"{name}.err", out / f"{name}.out"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RINGX_DEVICE": "cpu"}
-        cmd = [mpirun.mpiexec(), "-n", "2", sys.executable, "-m", "ringx_bench", "run", "--out", str(out), *args]
+        argv = ["-m", "ringx_bench", "run", "--out", str(out), *args]
+        cmd = [mpirun.mpiexec(), "-n", "2", sys.executable, *(zygote.wrap(argv) if warm else argv)]
         with open(self.log_path, "w") as log, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=err)
 
@@ -200,7 +204,7 @@ def signal_probe(sig: signal.Signals, rank: int) -> Callable[[Path], Result]:
     def probe(out: Path) -> Result:
         res = Result("", f"{sig.name} rank {rank}",
                      bound + ", 0 lost" + (f", a timeout record naming rank {rank}" if named else ""))
-        job = Job(out, LONG)
+        job = Job(out, LONG, warm=False)
         wait_for_records(out, job)
         pid = job.rank_pid(rank)
         before, _ = records(out)

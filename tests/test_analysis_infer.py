@@ -22,6 +22,7 @@ from ringx_analysis.records import load  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
 from ringx_suite.store import Store  # noqa: E402
+from tests.mpi import launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = 4  # tokens generated: the prefill's, then 3 decode steps per iteration
@@ -236,11 +237,10 @@ def test_mixed_campaign_reports_attention_then_serving(campaign, tmp_path):
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> Path:
     """A real bench infer campaign: the tiny model at 1 and 2 CPU ranks, two short prompts, ring, ringx1 and tp."""
-    from ringx_drivers import mpirun
 
     out = tmp_path_factory.mktemp("real")
     for n in (1, 2):
-        proc = mpirun.run(n, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--prompt-len", "32,64",
+        proc = launch(n, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--prompt-len", "32,64",
                               "--new-tokens", "3",
                               "--dtype", "float32", "--algorithms", "ring,ringx1,tp", "--warmup", "1", "--iters", "3",
                               "--out", str(out), "--campaign", "real", "--quiet"], timeout=600)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from ringx_drivers import models, mpirun
+from ringx_drivers import models
 from ringx_drivers.drivers.infer import CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_suite.store import Store, validate
-from tests.mpi import assert_refused_in_one_line, refused_batch
+from tests.mpi import assert_refused_in_one_line, launch, refused_batch
 
 PROMPT, NEW = 32, 3
 FIELDS = ("ttft_s", "tpot_s", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_cache_bytes",
@@ -19,7 +19,7 @@ FIELDS = ("ttft_s", "tpot_s", "prefill_tokens_per_s", "decode_tokens_per_s", "kv
 
 
 def bench(nprocs: int, *args: str, timeout: float = 600, env: dict | None = None):
-    return mpirun.run(nprocs, ["-m", "ringx_bench", "infer", *args], timeout=timeout, env=env)
+    return launch(nprocs, ["-m", "ringx_bench", "infer", *args], timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

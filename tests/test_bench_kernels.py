@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ringx_drivers import mpirun
 from ringx_suite.records import validate
 from ringx_suite.store import Store
+from tests.mpi import launch
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "ringx_bench", *args], timeout=timeout)
+    return launch(nprocs, ["-m", "ringx_bench", *args], timeout=timeout)
 
 
 def test_kernels_records_every_kernel_direction_and_shape(tmp_path):

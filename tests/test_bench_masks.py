@@ -20,14 +20,14 @@ from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
-from tests.mpi import cli_batch, run_cases
+from tests.mpi import cli_batch, launch, run_cases
 
 SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
          "--quiet", "--campaign", "c"]
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "ringx_bench", *args], timeout=timeout)
+    return launch(nprocs, ["-m", "ringx_bench", *args], timeout=timeout)
 
 
 def one_line_error(proc, *words: str) -> str:

@@ -12,11 +12,11 @@ from ringx_drivers import mpirun
 from ringx_drivers.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from ringx_suite.store import Store, validate
 from tests.cli import run_cli
-from tests.mpi import cli_batch
+from tests.mpi import cli_batch, launch
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
-    return mpirun.run(nprocs, ["-m", "ringx_bench", *args], timeout=timeout, env=env)
+    return launch(nprocs, ["-m", "ringx_bench", *args], timeout=timeout, env=env)
 
 
 def records(root, campaign="c") -> list[dict]:

@@ -9,13 +9,13 @@ import pytest
 
 from ringx_analysis import timeline as tl
 from ringx_analysis.__main__ import main as analysis_main
-from ringx_drivers import mpirun
+from tests.mpi import launch
 
 ALGOS = ("ring", "ringx4o", "ringx3b")
 
 
 def test_bench_trace_writes_traces_and_the_figure(tmp_path, capsys):
-    proc = mpirun.run(2, ["-m", "ringx_bench", "trace", "--algorithms", ",".join(ALGOS), "--seq", "256", "--heads", "4",
+    proc = launch(2, ["-m", "ringx_bench", "trace", "--algorithms", ",".join(ALGOS), "--seq", "256", "--heads", "4",
                           "--head-dim", "16", "--warmup", "1", "--out", str(tmp_path), "--campaign", "tr"],
                       timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -45,7 +45,7 @@ def test_bench_trace_writes_traces_and_the_figure(tmp_path, capsys):
 @pytest.mark.parametrize("argv, words", [(["--algorithms", "nope"], "unknown algorithm"),
                                           (["--baselines", "torch_cp"], "ringx's algorithms only")])
 def test_bench_trace_bad_input_is_one_line(tmp_path, argv, words):
-    proc = mpirun.run(1, ["-m", "ringx_bench", "trace", *argv, "--out", str(tmp_path)], timeout=120)
+    proc = launch(1, ["-m", "ringx_bench", "trace", *argv, "--out", str(tmp_path)], timeout=120)
     assert proc.returncode != 0 and words in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -55,9 +55,9 @@ def test_bench_run_records_call_peaks_and_with_trace_the_overlap(tmp_path):
 
     small = ["--seq", "256", "--heads", "4", "--head-dim", "16", "--iters", "2", "--warmup", "1", "--quiet",
              "--algorithms", "ring,ringx3", "--mode", "fwd+bwd", "--out", str(tmp_path)]
-    proc = mpirun.run(2, ["-m", "ringx_bench", "run", *small, "--campaign", "traced", "--trace"], timeout=300)
+    proc = launch(2, ["-m", "ringx_bench", "run", *small, "--campaign", "traced", "--trace"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    plain = mpirun.run(2, ["-m", "ringx_bench", "run", *small, "--campaign", "plain"], timeout=300)
+    plain = launch(2, ["-m", "ringx_bench", "run", *small, "--campaign", "plain"], timeout=300)
     assert plain.returncode == 0, plain.stdout + plain.stderr
     recs = {r["algorithm"]: r for r in Store(tmp_path, "traced").records()}
     s = memory.sizes(1, 128, 4, 4, 16, __import__("torch").float32)

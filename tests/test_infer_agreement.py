@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ringx_drivers import models, mpirun
+from ringx_drivers import models
 from ringx_drivers.drivers.infer import CHECK_MAX_SEQ, CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_drivers.points import infer as infer_points
 from ringx_suite.store import Store, validate
-from tests.mpi import assert_refused_in_one_line, refused_batch
+from tests.mpi import assert_refused_in_one_line, launch, refused_batch
 
 NEW = 6
 AGREEMENT = ("checked", "check_ids_equal", "check_agree_tokens", "check_first_divergence", "check_divergence_margin",
@@ -21,7 +21,7 @@ AGREEMENT = ("checked", "check_ids_equal", "check_agree_tokens", "check_first_di
 
 
 def bench(nprocs: int, tmp_path, *args: str, timeout: float = 300):
-    proc = mpirun.run(nprocs, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--new-tokens", str(NEW), "--warmup",
+    proc = launch(nprocs, ["-m", "ringx_bench", "infer", "--preset", "tiny", "--new-tokens", str(NEW), "--warmup",
                                "0", "--iters", "1", "--out", str(tmp_path), "--campaign", "c", *args], timeout=timeout)
     recs = [r for r in Store(tmp_path, "c").records() if r["kind"] == "infer"] if (tmp_path / "c").exists() else []
     return proc, recs

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import ringx
-from ringx_drivers import models, mpirun
+from ringx_drivers import models
 from ringx_drivers.drivers.step import CHECK_TOLERANCE, shard_batch
 from ringx_suite.store import Store, validate
 from tests.model_cases import RANKS_PER_NODE, TOL, WORLDS, ModelCase, model_cases
-from tests.mpi import assert_refused_in_one_line, matrix_launcher, refused_batch
+from tests.mpi import assert_refused_in_one_line, launch, matrix_launcher, refused_batch
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -177,7 +177,7 @@ def test_model_flops_convention_known_answer():
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300):
-    return mpirun.run(nprocs, ["-m", "ringx_bench", "model", *args], timeout=timeout)
+    return launch(nprocs, ["-m", "ringx_bench", "model", *args], timeout=timeout)
 
 
 BAD_MODEL = [
