@@ -17,14 +17,15 @@ os.environ["RINGX_DEVICE"] = "cpu"
 from ringx_drivers import mpirun  # noqa: E402 - after RINGX_DEVICE, which the ranks inherit
 from tests import zygote  # noqa: E402
 
-# The files that take longest here (measured on the 2-core machine, one process), longest first. Under
+# The files that take longest here (measured on the 2-core machine, 3 processes, 2026-12-02), longest first. Under
 # `./dev test`'s several processes (pytest-xdist, one file per process at a time) files are handed out in
 # collection order, so starting these first keeps one long file from running alone at the end. Mostly waiting
 # (a real Slurm, hung-rank timeouts) comes first: it overlaps with the others' computing. Order only.
-LONGEST_FIRST = ("test_slurm_sweep.py", "test_reliability.py", "test_bench_run.py", "test_model_step.py",
-                 "test_bench_masks.py", "test_rings_mpi.py", "test_masks_mpi.py", "test_analysis.py",
-                 "test_analysis_permask.py", "test_hier_mpi.py", "test_bench_infer.py", "test_attention_mpi.py",
-                 "test_analysis_infer.py")
+LONGEST_FIRST = ("test_slurm_sweep.py", "test_analysis.py", "test_bench_run.py", "test_analysis_permask.py",
+                 "test_masks_mpi.py", "test_reliability.py", "test_timeline_figure.py", "test_hier_mpi.py",
+                 "test_model_step.py", "test_attention_mpi.py", "test_bench_masks.py", "test_analysis_infer.py",
+                 "test_rings_mpi.py", "test_sweep_model.py", "test_install.py", "test_flex_kernel.py",
+                 "test_bench_kernels.py")
 
 
 def pytest_collection_modifyitems(items):
