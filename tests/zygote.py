@@ -155,6 +155,7 @@ def _become_rank(conn: socket.socket, request: dict, fds: list[int]) -> int:
     os.chdir(request["cwd"])
     _watch_client(request["pid"])
     _fresh_stdio()
+    _exit_as_finalized()
     import torch
 
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
@@ -190,6 +191,22 @@ def _exit_code(code: object) -> int:
         return code
     print(code, file=sys.stderr)
     return 1
+
+
+def _exit_as_finalized() -> None:
+    """A rank that finalized MPI and then ends with ``os._exit`` (the drivers' agreed stop, exit 2) tells the
+    launcher itself. Cold, every rank leaves MPI_Finalize's barrier and exits within microseconds; warm, each
+    client learns of its rank's end a few scheduler slices apart, and mpiexec kills the ranks still running when
+    one ends unfinalized (exit 9 instead of 2)."""
+    real_exit = os._exit
+
+    def _exit(code: int) -> None:
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and mpi.Is_finalized():
+            _pmi_finalize()
+        real_exit(code)
+
+    os._exit = _exit
 
 
 def _watch_client(pid: int) -> None:

@@ -171,6 +171,12 @@ class Group:
         if self.rank == 0:
             print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        from mpi4py import MPI
+
+        # Finalized, a rank's exit is an end the launcher expects: unfinalized, mpiexec kills the ranks that exit
+        # a moment later and reports their SIGKILL (exit 9, "BAD TERMINATION") instead of this code.
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            MPI.Finalize()
         os._exit(code)
 
     def give_up(self, message: str, code: int = 1) -> None:
