@@ -38,9 +38,9 @@ def build_parser(prog: str = "ringx-bench") -> Parser:
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
     c = campaign_cmd("report", "one self-contained page: figures, tables, configuration, provenance")
     c.add_argument("--out", help="output directory (default: the campaign's report/)")
-    c.add_argument("--format", default="html", choices=["html", "md", "latex"],
-                   help="html (one self-contained page), md (beside PNG files) or latex (a standalone report.tex "
-                        "beside PDF files; default: html)")
+    c.add_argument("--format", default="html",
+                   help="comma-separated: html (one self-contained page), md (beside PNG files), latex (a standalone "
+                        "report.tex beside PDF files); several share one drawing of each figure (default: html)")
     c.add_argument("--baseline", default="ring", help="speedups are over this algorithm (default: ring)")
     c = campaign_cmd("timeline", "the timeline figure of a campaign's traced calls (ringx-bench trace), and "
                      "each rank's overlap_fraction")
@@ -142,8 +142,9 @@ def run(a) -> int:
             print(f"{n} records -> {path}")
             return 0
         if a.command == "report":
-            path = report.write(a.campaign, a.out, a.format, a.baseline)
-            print(f"report: {path}")
+            for path in report.write_formats(a.campaign, a.out, _formats(a.format, report.FIGURE_FORMAT),
+                                             a.baseline).values():
+                print(f"report: {path}")
             return 0
         df = load(a.campaign)
         if a.command == "table":  # each kind's first table (kinds.py), one per mask of a masked campaign
@@ -189,11 +190,13 @@ def _timeline(a) -> int:
     return 0
 
 
-def _formats(text: str) -> tuple[str, ...]:
-    formats = tuple(f for f in text.split(",") if f)
+def _formats(text: str, known=("pdf", "png", "svg")) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
     for f in formats:
-        if f not in ("pdf", "png", "svg"):
-            raise UserError(f"--format {f!r}: choose from pdf, png, svg")
+        if f not in known:
+            raise UserError(f"--format {f!r}: choose from {', '.join(known)}")
+    if not formats:
+        raise UserError(f"--format: name one or more of {', '.join(known)}")
     return formats
 
 

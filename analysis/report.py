@@ -7,6 +7,7 @@ import html
 import importlib
 import inspect
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -213,6 +214,13 @@ FIGURE_FORMAT = {"html": ("png",), "md": ("png",), "latex": ("pdf",)}
 def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html", baseline: str = "ring") -> Path:
     """Write the report (HTML with embedded images, Markdown beside PNG files, or a LaTeX document beside PDF
     files); return its path."""
+    return write_formats(campaign, out, (fmt,), baseline)[fmt]
+
+
+def write_formats(campaign: str | Path, out: str | Path | None, fmts: Sequence[str],
+                  baseline: str = "ring") -> dict[str, Path]:
+    """Write the report in each of ``fmts`` (html, md, latex) into ``out``, drawing each figure once per file
+    format (HTML and Markdown share the PNG files); return format -> path."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = load(campaign)
@@ -221,7 +229,7 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     out = Path(out) if out else default_out(campaign, "report")
     out.mkdir(parents=True, exist_ok=True)
     summary, skipped = summaries(df)
-    formats = FIGURE_FORMAT[fmt]
+    formats = tuple(dict.fromkeys(x for fmt in fmts for x in FIGURE_FORMAT[fmt]))
     made, skipped_figs = build_figures(df, out / "figures", formats, baseline, summary=summary)
     made.update(timeline_figures(campaign, out / "figures", formats))
     made_tables, skipped_tables = build_tables(df, baseline, summary)
@@ -256,27 +264,34 @@ def write(campaign: str | Path, out: str | Path | None = None, fmt: str = "html"
     sections = [(name, [(i, f[:4]) for i, f in enumerate(figs, start=1) if (f[4] or "Results") == name],
                  [(i, t[:3]) for i, t in enumerate(tabs, start=1) if (t[3] or "Results") == name]) for name in order]
     sections = [(n, f, t) for n, f, t in sections if f or t] or sections[:1]  # an empty Results, as ever, if no other
-    if fmt == "latex":
-        return _latex(out, title, intro, notes, df, sections, config, prov, failures, skipped)
-    if fmt == "md":
-        lines = [f"# {title}", "", intro, ""] + [f"- {n}" for n in notes]
-        lines += ["## Hardware, kernel and software", ""] + [f"- **{k}**: {v}" for k, v in setting(df)] + [""]
-        for section, sec_figs, sec_tabs in sections:
-            lines += [f"## {section}", ""]
-            for i, (head, cap, fig_name, paths) in sec_figs:
-                png = next(p for p in paths if p.suffix == ".png")
-                lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
-            for i, (head, t, _folded) in sec_tabs:
-                lines += [f"### Table {i}. {head}", "", tables.render(t, "markdown")]
-        lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
-        lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
-        if failures.rows:
-            lines += ["## Failed or skipped measurements", "", tables.render(failures, "markdown")]
-        if skipped:
-            lines += ["## Figures and tables not drawn", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
-        path = out / "report.md"
-        path.write_text("\n".join(lines) + "\n")
-        return path
+    render = {"latex": _latex, "md": _markdown, "html": _html}
+    return {fmt: render[fmt](out, title, intro, notes, df, sections, config, prov, failures, skipped) for fmt in fmts}
+
+
+def _markdown(out: Path, title: str, intro: str, notes: list[str], df: pd.DataFrame, sections, config: dict,
+              prov: tables.Table, failures: tables.Table, skipped: dict) -> Path:
+    lines = [f"# {title}", "", intro, ""] + [f"- {n}" for n in notes]
+    lines += ["## Hardware, kernel and software", ""] + [f"- **{k}**: {v}" for k, v in setting(df)] + [""]
+    for section, sec_figs, sec_tabs in sections:
+        lines += [f"## {section}", ""]
+        for i, (head, cap, fig_name, paths) in sec_figs:
+            png = next(p for p in paths if p.suffix == ".png")
+            lines += [f"### {head}", "", f"![{fig_name}]({png.relative_to(out)})", "", f"*Figure {i}. {cap}*", ""]
+        for i, (head, t, _folded) in sec_tabs:
+            lines += [f"### Table {i}. {head}", "", tables.render(t, "markdown")]
+    lines += ["## Measured configurations", ""] + [f"- {k}: {v}" for k, v in config.items()] + [""]
+    lines += ["## Runs and their provenance", "", tables.render(prov, "markdown")]
+    if failures.rows:
+        lines += ["## Failed or skipped measurements", "", tables.render(failures, "markdown")]
+    if skipped:
+        lines += ["## Figures and tables not drawn", ""] + [f"- {k}: {v}" for k, v in skipped.items()]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _html(out: Path, title: str, intro: str, notes: list[str], df: pd.DataFrame, sections, config: dict,
+          prov: tables.Table, failures: tables.Table, skipped: dict) -> Path:
     e = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"

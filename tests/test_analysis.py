@@ -18,6 +18,7 @@ from tests.cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "results" / "cpu-sample"
+GOLDEN = ROOT / "tests" / "golden" / "analysis"  # written by the code before per-mask tables existed
 
 
 def rec(algorithm, world, seq, t, causal=True, scaling="strong", samples=None, peak=None, mem=100.0):
@@ -288,8 +289,11 @@ def test_cli_on_the_sample_campaign(tmp_path):
             for x in ("pdf", "svg")} == made
     proc = cli("table", str(SAMPLE), "--format", "latex")
     assert proc.returncode == 0 and r"\begin{tabular}" in proc.stdout
-    proc = cli("report", str(SAMPLE), "--out", str(tmp_path / "r"))
+    proc = cli("report", str(SAMPLE), "--out", str(tmp_path / "r"), "--format", "html,md")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"report: {tmp_path / 'r' / name}" for name in ("report.html", "report.md")]
+    # The Markdown page of the committed campaign, byte for byte as the code before per-mask tables wrote it
+    assert (tmp_path / "r" / "report.md").read_text() == (GOLDEN / "cpu-sample.report.md").read_text()
     page = (tmp_path / "r" / "report.html").read_text()
     commit = json.loads(next((SAMPLE / "runs").glob("*.json")).read_text())["git_commit"]
     assert page.count("data:image/png;base64,") == 7 and commit[:12] in page

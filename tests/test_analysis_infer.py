@@ -9,7 +9,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from ringx_analysis.records import load  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
 from ringx_suite.store import Store  # noqa: E402
+from tests.cli import run_cli  # noqa: E402
 from tests.mpi import launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,8 +177,7 @@ def test_figures_ttft_against_prompt_and_tpot_against_ranks(campaign, tmp_path):
     figures.plt.close(fig)
     with pytest.raises(figures.NoData, match="two or more prompt lengths"):
         infer.ttft_vs_prompt(s[s["prompt_len"] == 64])
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "figures", str(campaign), "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = run_cli("figures", str(campaign), "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     for name in ("infer-ttft", "infer-tpot"):
         for ext in ("png", "pdf"):
@@ -193,9 +192,8 @@ def _compiles(directory: Path) -> None:
 
 
 def test_report_has_a_serving_section(campaign, tmp_path):
-    html = Path(report.write(str(campaign), str(tmp_path), "html")).read_text()
-    md = Path(report.write(str(campaign), str(tmp_path), "md")).read_text()
-    tex = Path(report.write(str(campaign), str(tmp_path), "latex")).read_text()
+    html, md, tex = (p.read_text() for p in report.write_formats(str(campaign), tmp_path, ("html", "md", "latex"))
+                     .values())
     assert "<h2>Results</h2>" not in html  # nothing but serving: no empty section
     assert "<h2>Serving: prefill and decode</h2>" in html
     for head in ("Serving: time to first token against prompt length", "Serving: time per output token against ranks",
@@ -220,7 +218,7 @@ def test_mixed_campaign_reports_attention_then_serving(campaign, tmp_path):
         write(store, [infer_rec(store, a, world, prompt, *phases(p, d), f"g{world}{prompt}")
                       for a, (p, d) in cands.items()])
     out = tmp_path / "report"
-    md = Path(report.write(str(store.dir), str(out), "md")).read_text()
+    md, tex = (p.read_text() for p in report.write_formats(str(store.dir), out, ("md", "latex")).values())
     i_results, i_serving = md.index("## Results"), md.index("## Serving: prefill and decode")
     assert i_results < md.index("### Table 1. Speedup over ring: mask causal") < i_serving
     assert md.index("### Table 2. Speedup over ring: mask window:128") < i_serving
@@ -228,7 +226,6 @@ def test_mixed_campaign_reports_attention_then_serving(campaign, tmp_path):
     assert md.index("Serving: time to first token against prompt length") > i_serving
     figs = re.findall(r"\*Figure (\d+)\.", md)
     assert figs == [str(i) for i in range(1, len(figs) + 1)]  # numbered through the page
-    tex = Path(report.write(str(store.dir), str(out), "latex")).read_text()
     assert tex.index(r"\subsection*{Results}") < tex.index(r"\label{tab:speedup-window-128}") < tex.index(
         r"\subsection*{Serving: prefill and decode}") < tex.index(r"\label{tab:serving}")
     _compiles(out)

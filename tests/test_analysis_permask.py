@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from ringx_suite import masks  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 from ringx_suite.stats import stat_fields  # noqa: E402
 from ringx_suite.store import Store  # noqa: E402
+from tests.cli import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # ring's median time per mask (relative), and each algorithm's speedup over ring under that mask: chosen so that a
@@ -136,8 +136,7 @@ def test_report_tables_are_grouped_by_mask_with_the_right_values(campaign):
 
 
 def test_table_command_prints_one_latex_table_per_mask(campaign):
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "table", str(campaign), "--format", "latex"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_cli("table", str(campaign), "--format", "latex")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(r"\begin{tabular}") == 3
     labels = re.findall(r"\\label\{([^}]*)\}", out.stdout)
@@ -156,8 +155,7 @@ def test_figures_have_a_panel_per_mask_titled_with_it(campaign, tmp_path):
     fig = figures.fastest_map(s)
     assert sorted(ax.get_title() for ax in fig.axes if ax.get_title()) == sorted(RING)
     figures.plt.close(fig)
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "figures", str(campaign), "--out", str(tmp_path),
-                          "--format", "png,pdf"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = run_cli("figures", str(campaign), "--out", str(tmp_path), "--format", "png,pdf")
     assert out.returncode == 0, out.stderr
     for name in ("speedup", "speedup-ranks", "scaling", "mfu", "fastest", "memory"):
         for ext in ("png", "pdf"):
@@ -187,9 +185,8 @@ def test_step_joins_attention_of_the_same_mask_only(tmp_path):
 
 
 def test_report_html_md_and_latex_group_by_mask(campaign, tmp_path):
-    md = Path(report.write(str(campaign), str(tmp_path / "r"), "md")).read_text()
-    html = Path(report.write(str(campaign), str(tmp_path / "r"), "html")).read_text()
-    tex = Path(report.write(str(campaign), str(tmp_path / "r"), "latex")).read_text()
+    md, html, tex = (p.read_text() for p in report.write_formats(campaign, tmp_path / "r", ("md", "html", "latex"))
+                     .values())
     for mask in RING:
         assert f"Speedup over ring: mask {mask}" in md and f"Speedup over ring: mask {mask}" in html
         assert r"\label{tab:speedup-" + re.sub(r"[^0-9a-zA-Z]", "-", mask) + "}" in tex
@@ -212,13 +209,6 @@ GOLDEN = Path(__file__).parent / "golden" / "analysis"  # written by the code be
                                                      ("cpu-sample", "latex", "cpu-sample.table.tex"),
                                                      ("model-step", "markdown", "model-step.table.md")])
 def test_committed_campaigns_keep_their_tables(campaign_dir, fmt, golden):
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "table", str(ROOT / "results" / campaign_dir),
-                          "--format",
-                          fmt], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_cli("table", str(ROOT / "results" / campaign_dir), "--format", fmt)
     assert out.returncode == 0, out.stderr
     assert out.stdout == (GOLDEN / golden).read_text()
-
-
-def test_committed_campaign_keeps_its_report(tmp_path):
-    path = report.write(str(ROOT / "results" / "cpu-sample"), str(tmp_path), "md")
-    assert Path(path).read_text() == (GOLDEN / "cpu-sample.report.md").read_text()
