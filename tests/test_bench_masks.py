@@ -20,6 +20,7 @@ from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
+from tests.cli import run_cli
 from tests.mpi import cli_batch, launch, run_cases
 
 SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
@@ -146,8 +147,7 @@ def test_kernels_and_quick_refuse_what_they_cannot_time(tmp_path):
     k = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--seq", "128", "--mask", "docs:64x2",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
     one_line_error(k, "one block", "bench run")
-    q = subprocess.run([sys.executable, "-m", "ringx_bench", "quick", "--ranks", "1", "--seq", "128", "--mask",
-                        "docs:lognormal:0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    q = run_cli("quick", "--ranks", "1", "--seq", "128", "--mask", "docs:lognormal:0", "--out", str(tmp_path))
     assert q.returncode == 2 and "at least 1" in q.stderr and "Traceback" not in q.stderr
 
 
@@ -246,8 +246,7 @@ masks = ["causal", "window:32", "docs:lognormal:40", "docs:64x4"]
     assert [kinds.KINDS["run"].key(p, 2, 1, 0, b) for p in pts] == [
         config_key(record_config(p, 2, 1, 0, b["kernel"], b["warmup"], b["iters"])) for p in again]
     assert "--points" in script.read_text()
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "plan", "-v", str(f)], capture_output=True,
-                         text=True, timeout=60)
+    out = run_cli("sweep", "plan", "-v", str(f))
     assert out.returncode == 0 and "window:32" in out.stdout and "docs:64x4" in out.stdout, out.stderr
 
 
@@ -327,8 +326,6 @@ def test_gpu_sweep_estimates_and_predicts_masked_points(tmp_path, monkeypatch):
     job = sw.jobs[0]
     causal, window = (call_seconds(sw, job, p) for p in job.points)
     assert 0 < window < causal  # the cost model skips the window's masked blocks and transfers
-    env = os.environ | {k: v.format(tmp=tmp_path) for k, v in GOLDEN_ENV.items()}
-    out = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "predict", str(f)], capture_output=True,
-                         text=True, timeout=120, env=env)
+    out = run_cli("sweep", "predict", str(f), env={k: v.format(tmp=tmp_path) for k, v in GOLDEN_ENV.items()})
     assert out.returncode == 0, out.stderr
     assert "| window:2048 |" in out.stdout and "| causal |" in out.stdout
