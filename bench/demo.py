@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode != 0:
         print("no figures: `ringx-bench report runs/local-demo` failed (pip install -e '.[analysis]'?)")
         return model_step() or serving()
-    print("figures: runs/local-demo/report/figures/ (PDF and PNG)")
+    print("figures: runs/local-demo/report/figures/ (the PNG files the page embeds; vector PDF for a paper: "
+          "ringx-bench figures runs/local-demo --format pdf)")
     print("records: runs/local-demo/records/ (schema: docs/records.md); overhead table: runs/quick/table.md")
     return model_step() or serving()
 
