@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 from ringx_suite.cli import Parser, UserError
@@ -190,7 +191,8 @@ def _timeline(a) -> int:
     return 0
 
 
-def _formats(text: str, known=("pdf", "png", "svg")) -> tuple[str, ...]:
+def _formats(text: str, known: Iterable[str] = ("pdf", "png", "svg")) -> tuple[str, ...]:
+    """A comma-separated --format, each entry one of ``known``, repeats dropped."""
     formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
     for f in formats:
         if f not in known:

@@ -193,8 +193,7 @@ def setting(df: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Hardware", hw), ("Kernel", kernel), ("Software", "; ".join(soft) or "not recorded"), ("Code", code)]
 
 
-def timeline_figures(campaign: str | Path, out: Path, formats: tuple[str, ...] = ("png", "pdf")
-                     ) -> dict[str, list[Path]]:
+def timeline_figures(campaign: str | Path, out: Path, formats: tuple[str, ...]) -> dict[str, list[Path]]:
     """The timeline figures of a campaign that has traces (ringx-bench trace); none when it has not."""
     from . import timeline  # imports torch (ringx.timeline): only when a report is written
     from .records import _paths
