@@ -4,6 +4,8 @@ bidir-ring (both link directions at once) and double-ring (two levels); the memo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,9 +78,6 @@ def test_measure_counts_new_tensors_only():
 def test_measuring_memory_does_not_import_dynamo():
     """A fresh process (a rank at start-up): the dispatch mode's first op must not import torch._dynamo
     (~800 modules, ~2.4 s of CPU per rank here), which torch's wrapper of a mode's __torch_dispatch__ does."""
-    import subprocess
-    import sys
-
     code = ("import sys, torch; from ringx import memory; x = torch.ones(8, requires_grad=True); "
             "_, peak = memory.measure(lambda: (x * 2).sum().backward()); "
             "print(peak > 0, 'torch._dynamo' in sys.modules)")
