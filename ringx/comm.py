@@ -151,8 +151,10 @@ class Comm:
     def _global(self, group_rank: int) -> int:
         return group_rank if self.group is None else dist.get_global_rank(self.group, group_rank)
 
-    def _run(self, op: str, nbytes: int, async_op: bool, call):
+    def _run(self, op: str, nbytes: int, async_op: bool, call, root: int = -1, p2p: tuple = ()):
         """Perform one operation (``call`` posts it); a hook for tracing schedules without a network.
+        ``root`` (broadcast, reduce) and ``p2p`` (its ``("send"|"recv", peer, nbytes)`` messages) are global ranks,
+        for the tracer: every rank must issue the same collectives in the same order, and sends must meet receives.
 
         Timeline marks (when recording): the post, and for an asynchronous operation its wait and the
         time it was in flight (post to wait); a blocking one is in flight for its whole call."""
@@ -172,8 +174,9 @@ class Comm:
             return Pending([], [t])
         n = nbytes(t)
         self.ledger.record("broadcast", n if self.rank == root else 0, 0 if self.rank == root else n)
-        w = self._run("broadcast", n, async_op,
-                      lambda: dist.broadcast(t, self._global(root), group=self.group, async_op=async_op))
+        g = self._global(root)
+        w = self._run("broadcast", n, async_op, lambda: dist.broadcast(t, g, group=self.group, async_op=async_op),
+                      root=g)
         return Pending([w] if async_op else [], [t])
 
     def reduce(self, t: Tensor, root: int, async_op: bool = False) -> Pending:
@@ -182,8 +185,9 @@ class Comm:
             return Pending([], [t])
         n = nbytes(t)
         self.ledger.record("reduce", 0 if self.rank == root else n, n if self.rank == root else 0)
-        w = self._run("reduce", n, async_op, lambda: dist.reduce(t, self._global(root), op=dist.ReduceOp.SUM,
-                                                                  group=self.group, async_op=async_op))
+        g = self._global(root)
+        w = self._run("reduce", n, async_op, lambda: dist.reduce(t, g, op=dist.ReduceOp.SUM, group=self.group,
+                                                                  async_op=async_op), root=g)
         return Pending([w] if async_op else [], [t])
 
     def all_reduce_max(self, t: Tensor) -> Tensor:
@@ -207,12 +211,16 @@ class Comm:
         """Send ``t`` to group rank ``dst`` and wait (a chain step: the peer has posted or will post its recv)."""
         t = t.contiguous()
         self.ledger.record("send", nbytes(t), 0)
-        self._run("send", nbytes(t), False, lambda: dist.isend(t, self._global(dst), group=self.group).wait())
+        g = self._global(dst)
+        self._run("send", nbytes(t), False, lambda: dist.isend(t, g, group=self.group).wait(),
+                  p2p=(("send", g, nbytes(t)),))
 
     def recv(self, t: Tensor, src: int) -> Tensor:
         """Receive into ``t`` (contiguous) from group rank ``src``."""
         self.ledger.record("recv", 0, nbytes(t))
-        self._run("recv", nbytes(t), False, lambda: dist.irecv(t, self._global(src), group=self.group).wait())
+        g = self._global(src)
+        self._run("recv", nbytes(t), False, lambda: dist.irecv(t, g, group=self.group).wait(),
+                  p2p=(("recv", g, nbytes(t)),))
         return t
 
     def all_gather(self, t: Tensor) -> Tensor:
@@ -274,7 +282,7 @@ class Comm:
         """
         if self.world == 1:
             return Pending([], [t for ts, _, _ in streams for t in ts])
-        ops, recvs, sends, to_peer = [], [], [], {}
+        ops, recvs, sends, to_peer, messages = [], [], [], {}, []
         for tensors, d, into in streams:
             if d % self.world == 0:  # to itself: nothing moves
                 recvs += list(tensors)
@@ -289,7 +297,8 @@ class Comm:
                 recvs.append(r)
                 sends.append(t)
                 to_peer[dst] = to_peer.get(dst, 0) + nbytes(t)
+                messages += [("send", dst, nbytes(t)), ("recv", src, nbytes(t))]
         if not ops:
             return Pending([], recvs)
         post = lambda: dist.batch_isend_irecv([dist.P2POp(f, t, peer, self.group) for f, t, peer in ops])  # noqa: E731
-        return Pending(self._run("sendrecv", max(to_peer.values()), True, post), recvs, sends)
+        return Pending(self._run("sendrecv", max(to_peer.values()), True, post, p2p=tuple(messages)), recvs, sends)

@@ -47,6 +47,8 @@ class Event:
     seq_k: int = 0  # compute: the block's keys
     causal: bool = False  # compute: a causal diagonal block
     band: tuple[int, int] | None = None  # compute: a band block of a mask (see ringx.layouts.Block)
+    root: int = -1  # comm: broadcast and reduce: the root's global rank
+    p2p: tuple[tuple[str, int, int], ...] = ()  # comm: send, recv, sendrecv: ("send"|"recv", peer's global rank, bytes)
 
 
 @dataclass
@@ -83,10 +85,13 @@ class TraceComm(Comm):
         return TraceComm(sg.ranks.index(self.rank), sg.size, self.ledger, self.events, members=sg.ranks,
                          nodes=sg.nodes, counter=self.counter)
 
-    def _run(self, op: str, nbytes: int, async_op: bool, call):
+    def _global(self, group_rank: int) -> int:
+        return self.members[group_rank] if self.members else group_rank
+
+    def _run(self, op: str, nbytes: int, async_op: bool, call, root: int = -1, p2p: tuple = ()):
         index = next(self.counter)
         self.events.append(Event("comm", op=op, nbytes=nbytes, blocking=not async_op, index=index,
-                                 group=self.members, nodes=self.nodes))
+                                 group=self.members, nodes=self.nodes, root=root, p2p=p2p))
         return [_Work(self.events, index)] if op == "sendrecv" else _Work(self.events, index)
 
 
@@ -157,4 +162,128 @@ def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: 
     return tr
 
 
-__all__ = ["Event", "Trace", "TraceComm", "TraceKernel", "trace"]
+@dataclass(frozen=True)
+class Call:
+    """One communication call as the other ranks must meet it: a collective's op, group (global ranks), root and
+    size, or a point-to-point call's messages (``p2p``; its group and size are this rank's own business)."""
+
+    op: str
+    group: tuple[int, ...] = ()
+    root: int = -1
+    nbytes: int = 0
+    p2p: tuple[tuple[str, int, int], ...] = ()
+
+    def __str__(self) -> str:
+        if self.p2p:
+            return f"{self.op}(" + ", ".join(f"{k} {'to' if k == 'send' else 'from'} {peer}: {n} B"
+                                             for k, peer, n in self.p2p) + ")"
+        root = f"root {self.root}, " if self.root >= 0 else ""
+        return f"{self.op}({root}{self.nbytes} B on ranks {list(self.group)})"
+
+
+def calls(events: list[Event], world: int) -> list[Call]:
+    """A pass's communication calls in the order this rank issues them."""
+    every = tuple(range(world))
+    return [Call(e.op, p2p=e.p2p) if e.p2p else Call(e.op, e.group or every, e.root, e.nbytes)
+            for e in events if e.kind == "comm"]
+
+
+def disagreements(sequences: list[list[Call]]) -> list[str]:
+    """What keeps the ranks' call sequences (``sequences[r]``: rank r's, in issue order) from completing.
+
+    Three checks, each stricter than any backend needs: on every group, every member issues the same collectives
+    (op, root, size) in the same order; between every two ranks, the sizes sent one way are the sizes received
+    there, in order; and run as NCCL runs them, every call of a rank in issue order on one stream (a collective
+    completes when every member has reached it, point-to-point calls when their peers' current calls hold the
+    matching messages), every rank gets to its end. Empty: no rank can wait for ever."""
+    problems = _per_group(sequences) + _per_pair(sequences)
+    return problems or _in_issue_order(sequences)
+
+
+def world_calls(algorithm: str, causal: bool | None, world: int, **kwargs) -> list[list[Call]]:
+    """Every rank's communication calls of one forward and backward (``trace``'s keyword arguments), for
+    ``disagreements``: computed in this process, one rank after another."""
+    out = []
+    for rank in range(world):
+        tr = trace(algorithm, causal, world, rank, **kwargs)
+        out.append(calls(tr.forward, world) + calls(tr.backward, world))
+    return out
+
+
+def _per_group(seqs: list[list[Call]]) -> list[str]:
+    groups: dict[tuple[int, ...], dict[int, list[Call]]] = {}
+    for r, seq in enumerate(seqs):
+        for c in seq:
+            if not c.p2p:
+                groups.setdefault(c.group, {m: [] for m in c.group})[r].append(c)
+    problems = []
+    for g, per in groups.items():
+        first = per[g[0]]
+        for m in g[1:]:
+            other = per[m]
+            i = next((i for i, (a, b) in enumerate(zip(first, other, strict=False)) if a != b),
+                     min(len(first), len(other)))
+            if i < max(len(first), len(other)):
+                a, b = (str(seq[i]) if i < len(seq) else "nothing more" for seq in (first, other))
+                problems.append(f"on ranks {list(g)}, collective {i + 1}: rank {g[0]} issues {a}, rank {m} {b}")
+                break
+    return problems
+
+
+def _per_pair(seqs: list[list[Call]]) -> list[str]:
+    sent: dict[tuple[int, int], list[int]] = {}
+    got: dict[tuple[int, int], list[int]] = {}
+    for r, seq in enumerate(seqs):
+        for c in seq:
+            for kind, peer, n in c.p2p:
+                if kind == "send":
+                    sent.setdefault((r, peer), []).append(n)
+                else:
+                    got.setdefault((peer, r), []).append(n)
+    return [f"rank {a} sends {sent.get((a, b), [])} B to rank {b}, which receives {got.get((a, b), [])} B from it"
+            for a, b in sorted(set(sent) | set(got)) if sent.get((a, b)) != got.get((a, b))]
+
+
+def _in_issue_order(seqs: list[list[Call]]) -> list[str]:
+    pos = [0] * len(seqs)
+    head = lambda r: seqs[r][pos[r]] if pos[r] < len(seqs[r]) else None  # noqa: E731
+
+    def meets(ranks: set[int]) -> bool:  # every message of these ranks' current calls has its counterpart there
+        def mine(r: int, kind: str, peer: int) -> list[int]:
+            return [n for k, p, n in head(r).p2p if k == kind and p == peer]
+        return all(mine(r, "send", p) == mine(p, "recv", r) and mine(r, "recv", p) == mine(p, "send", r)
+                   for r in ranks for _, p, _ in head(r).p2p)
+
+    while True:
+        moved = False
+        for r in range(len(seqs)):
+            c = head(r)
+            if c is None:
+                continue
+            if not c.p2p:
+                ready = set(c.group) if all(head(m) == c for m in c.group) else None
+            else:  # the ranks linked by their current point-to-point calls complete together
+                ready, todo = {r}, [r]
+                while todo and ready is not None:
+                    h = head(todo.pop())
+                    if h is None or not h.p2p:
+                        ready = None
+                        break
+                    for _, p, _ in h.p2p:
+                        if p not in ready:
+                            ready.add(p)
+                            todo.append(p)
+                if ready is not None and not meets(ready):
+                    ready = None
+            if ready:
+                for m in ready:
+                    pos[m] += 1
+                moved = True
+        if all(head(r) is None for r in range(len(seqs))):
+            return []
+        if not moved:
+            return [f"stuck: rank {r} waits in call {pos[r] + 1}, {head(r)}"
+                    for r in range(len(seqs)) if head(r) is not None]
+
+
+__all__ = ["Call", "Event", "Trace", "TraceComm", "TraceKernel", "calls", "disagreements", "trace", "world_calls"]
