@@ -9,6 +9,8 @@ float64 against a dense masked float64 softmax, to 1e-10 (tests/cases.py's toler
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,9 @@ SEQ_LOCAL = 24  # a multiple of 2 (zigzag) for every layout
 TOL = 1e-10
 QUANTITIES = ("out", "lse", "dq", "dk", "dv")
 SHAPES = ((1, 12, 12, 8), (2, 12, 4, 8))  # (batch, heads, kv_heads, head_dim): MHA, GQA
+# fresh random masks (tests/mask_cases.py random_mask, from the run's seed) each algorithm meets per launch, beside
+# the fixed ones; RINGX_RANDOM_MASKS=N for a longer run
+RANDOM = int(os.environ.get("RINGX_RANDOM_MASKS", 2))
 
 
 def doc_lengths(seq: int, seed: int = 7) -> list[int]:
@@ -33,11 +38,46 @@ def doc_lengths(seq: int, seed: int = 7) -> list[int]:
     return lengths
 
 
-def masks(seq: int) -> dict[str, Mask]:
-    """name -> mask for a global length ``seq`` (= SEQ_LOCAL x ranks)."""
+def random_lengths(rng: random.Random, seq: int) -> list[int]:
+    """Document lengths of any kind summing to ``seq``: many one-token documents, a few spanning several shards,
+    or a mix; in a random order."""
+    style = rng.choice(("ones", "long", "mixed", "one"))
+    if style == "one":
+        return [seq]
+    top = {"ones": 3, "long": seq, "mixed": max(2, seq // 3)}[style]
+    lengths, left = [], seq
+    while left:
+        n = min(left, rng.randint(1, top))
+        lengths.append(n)
+        left -= n
+    rng.shuffle(lengths)
+    return lengths
+
+
+def random_mask(rng: random.Random, seq: int) -> Mask:
+    """A mask of any kind ringx has, drawn at random for a global length ``seq``: full, causal, one- and two-sided
+    windows (narrower than a token up to wider than the sequence), documents (causal or not, with or without a
+    window)."""
+    width = lambda: rng.choice((0, 1, rng.randint(0, seq), seq + rng.randint(0, 5)))  # noqa: E731
+    kind = rng.choice(("full", "causal", "window", "window2", "docs", "docs-full", "docs-window", "docs-full-window"))
+    if kind in ("full", "causal"):
+        return Mask.full() if kind == "full" else Mask.causal()
+    if kind.startswith("window"):
+        return Mask.window(width(), width() if kind == "window2" else 0)
+    return Mask.documents(random_lengths(rng, seq), causal="full" not in kind,
+                          window=width() if kind.endswith("window") else None)
+
+
+def masks(seq: int, seed: int | None = None) -> dict[str, Mask]:
+    """name -> mask for a global length ``seq`` (= SEQ_LOCAL x ranks); with a ``seed``, also ``RANDOM`` random
+    masks drawn from it ("random0", ...)."""
     n = SEQ_LOCAL
     docs = doc_lengths(seq)
-    return {
+    rng = random.Random(f"{seed}/{seq}")
+    drawn = {f"random{i}": random_mask(rng, seq) for i in range(RANDOM)} if seed is not None else {}
+    if seq == 96:  # 4 ranks: the packed documents that hung ringx1o/2o (a) and ringx4o's backward (b)
+        drawn |= {"hung-a": Mask.documents([30, 18, 48]), "hung-b": Mask.documents([7, 8, 21, 36, 10, 14])}
+    return drawn | {
         "window-third": Mask.window(n // 3),  # causal, a third of a shard: ring needs only the neighbour
         "window-wide": Mask.window(2 * n + 3, 5),  # two-sided, across several shards
         "docs": Mask.documents(docs),
@@ -56,10 +96,11 @@ class MaskCase:
     heads: int
     kv_heads: int
     head_dim: int
+    seed: int | None = None  # of the random masks
 
     @property
     def mask(self) -> Mask:
-        return masks(SEQ_LOCAL * self.world)[self.mask_name]
+        return masks(SEQ_LOCAL * self.world, self.seed)[self.mask_name]
 
     @property
     def id(self) -> str:
@@ -67,10 +108,12 @@ class MaskCase:
         return f"{where}-{self.algorithm}-{self.mask_name}-b{self.batch}h{self.heads}kv{self.kv_heads}"
 
 
-def mask_cases(world: int, rpn: int = 0) -> list[MaskCase]:
+def mask_cases(world: int, rpn: int = 0, seed: int | None = None) -> list[MaskCase]:
     algos = [a for a, x in ALGORITHMS.items() if x.topology or not rpn]
-    names = list(masks(SEQ_LOCAL * world))
-    return [MaskCase(world, rpn, a, m, *SHAPES[(i + j) % 2]) for i, a in enumerate(algos) for j, m in enumerate(names)]
+    names = list(masks(SEQ_LOCAL * world, seed))
+    return [MaskCase(world, rpn, a, m, *SHAPES[(i + j) % 2], seed)
+            for i, a in enumerate(algos) for j, m in enumerate(names)]
 
 
-ALL = [c for w, rpn in LAUNCHES for c in mask_cases(w, rpn)]
+def all_cases(seed: int | None = None) -> list[MaskCase]:
+    return [c for w, rpn in LAUNCHES for c in mask_cases(w, rpn, seed)]

@@ -1,6 +1,6 @@
-"""Every algorithm x every mask of tests/mask_cases.py x 1-4 ranks (and 2 simulated nodes x 2) against a dense
-masked float64 softmax, forward and backward, every rank's shard; the ledgers against the traced schedule; what a
-window saves under ring; bad masks raise alike on every rank.
+"""Every algorithm x every mask of tests/mask_cases.py (fixed ones, and fresh random ones of every kind) x 1-4 ranks
+(and 2 simulated nodes x 2) against a dense masked float64 softmax, forward and backward, every rank's shard; the
+ledgers against the traced schedule; what a window saves under ring; bad masks raise alike on every rank.
 
 One ``mpiexec`` launch per (ranks, ranks per node) runs its whole matrix; each case is asserted here.
 """
@@ -14,10 +14,11 @@ import torch
 
 from ringx import ALGORITHMS
 from ringx.schedule import trace
-from tests.mask_cases import ALL, QUANTITIES, SEQ_LOCAL, TOL, MaskCase
+from tests.mask_cases import QUANTITIES, SEQ_LOCAL, TOL, MaskCase, all_cases
 from tests.mpi import matrix_launcher, rows_of
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
+ALL = all_cases(SEED)  # the fixed masks, and random ones drawn from the seed
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def test_exact_against_dense_masked_float64(launched, case: MaskCase):
     for row in rows_of(launched, case):
         for q in QUANTITIES:
             assert row["errors"][q] <= TOL, f"rank {row['rank']} {q}: {row['errors'][q]:.3e} (seed {row['seed']})"
-        assert row["mask"] == str(case.mask)
+        assert row["mask"] == str(case.mask), "the worker drew another mask"
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])

@@ -16,7 +16,7 @@ With ``overlap`` the next broadcast is posted before the current round
 computes, and reductions run asynchronously, two rounds in flight at most.
 
 Under a mask a round whose root's Q (or K/V) no other rank sees moves nothing
-(``Ctx.shared_rounds``): the root computes its own block alone, and no rank
+(``Ctx.shared_rounds``): the root computes its own block alone, first, and no rank
 broadcasts, all-reduces or reduces for it. In a shared Q round, a rank whose keys
 the root's queries do not see reduces zeros without computing them.
 """
@@ -32,19 +32,24 @@ from .base import Ctx, InFlight, Tensor
 
 
 def _rounds(c: Ctx, mine: list[Tensor], shared: tuple[bool, ...]):
-    """Yield (root, root's tensors) for root = 0..P-1, prefetching when overlapping; a round not ``shared``
-    is yielded on its root only, with no broadcast."""
-    order = [r for r in range(c.world) if shared[r] or r == c.rank]
+    """Yield (root, root's tensors) for each round this rank takes part in, prefetching when overlapping.
+
+    The broadcasts go over the shared rounds in root order, the same sequence on every rank, and so do the
+    collectives the caller issues between them. A rank whose own round is not shared (nobody else needs its
+    tensors) takes that round first, outside the sequence, while the first broadcast is in flight: were it taken in
+    root order, with overlap it would issue its previous round's reductions before the next broadcast, the others
+    after it, and the collectives would not meet (the deadlock under packed documents, tests/test_agreement.py)."""
+    order = [r for r in range(c.world) if shared[r]]
 
     def fetch(root: int):
-        if not shared[root]:
-            return None
         bufs = mine if root == c.rank else [torch.empty_like(t) for t in mine]
         return [c.comm.broadcast(b, root, async_op=c.overlap) for b in bufs]
 
-    nxt = fetch(order[0])
+    nxt = fetch(order[0]) if order else None
+    if not shared[c.rank]:
+        yield c.rank, mine
     for i, root in enumerate(order):
-        got = mine if nxt is None else [p.wait()[0] for p in nxt]
+        got = [p.wait()[0] for p in nxt]
         if c.overlap and i + 1 < len(order):
             nxt = fetch(order[i + 1])  # in flight while this round computes
         yield root, got
