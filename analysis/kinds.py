@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY, MODEL_PHASES
 from ringx_suite.stats import flat
-
-PHASES = ("forward", "backward", "grad_allreduce", "optimizer")  # a training step's timed phases
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ def _attention(g: pd.DataFrame, median_s: float) -> dict:
 def _step(g: pd.DataFrame, median_s: float) -> dict:
     first = g.iloc[0]
     return {"head_dim": int(first["d_model"]) // int(first["heads"]),
-            **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in PHASES},
+            **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in MODEL_PHASES},
             "tokens_per_s_per_rank": first["batch"] * first["seq"] / first["world_size"] / median_s,
             "flops_per_token": first["flops_per_token"]}
 

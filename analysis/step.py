@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ringx_suite.records import MODEL_PHASES
 from ringx_suite.stats import METHOD
 
 from . import figures
 from .figures import NoData
-from .kinds import PHASES
 from .metrics import speedup, summarize
 from .tables import Table
 
@@ -104,7 +104,7 @@ def table(summary: pd.DataFrame, baseline: str = "ring", records=None) -> Table:
         att = "" if pd.isna(r["attention_speedup"]) or r["algorithm"] == baseline else f"{r['attention_speedup']:.2f}x"
         mfu = f"{r['mfu']:.1%}" if pd.notna(r["mfu"]) else f"{r['tflops_per_rank'] * 1e3:.2f} GF/s"
         rows.append([r["model"], int(r["world_size"]), int(r["seq"]), r["algorithm"], f"{r['median_s'] * 1e3:.1f}",
-                     *(f"{r[f'{ph}_s'] * 1e3:.1f}" for ph in PHASES), f"{r['tokens_per_s_per_rank']:.0f}", mfu,
+                     *(f"{r[f'{ph}_s'] * 1e3:.1f}" for ph in MODEL_PHASES), f"{r['tokens_per_s_per_rank']:.0f}", mfu,
                      step, att])
     return Table(["model", "ranks", "seq", "algorithm", "step ms", "fwd ms", "bwd ms", "all-reduce ms", "AdamW ms",
                   "tokens/s/rank", "MFU or model FLOP/s", f"step x {baseline}", f"attention x {baseline}"], rows,
