@@ -45,7 +45,7 @@ def _attention(g: pd.DataFrame, median_s: float) -> dict:
     return {}
 
 
-def _step(g: pd.DataFrame, median_s: float) -> dict:
+def _model(g: pd.DataFrame, median_s: float) -> dict:
     first = g.iloc[0]
     return {"head_dim": int(first["d_model"]) // int(first["heads"]),
             **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in MODEL_PHASES},
@@ -80,7 +80,7 @@ KINDS: dict[str, Kind] = {
     "attention": Kind("attention", "attention record", "algorithm", COMPARE_BY, ("mask",), _attention,
                       "no successful attention records to summarize", "measurement", True,
                       ("MFU", "TFLOP/s per rank"), "figures", "tables"),
-    "step": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _step,
+    "model": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _model,
                  "no successful model records (run `ringx-bench model`)", "model record", False,
                  ("MFU (model FLOPs)", "model TFLOP/s per rank"), "step", "step"),
     "infer": Kind("infer", "infer record", "algorithm", INFER_COMPARE_BY, ("model",), _infer,

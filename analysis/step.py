@@ -1,5 +1,5 @@
 """The training step's own views (``bench model`` records, kind "model"; summarized and compared by metrics.py
-as kinds.KINDS["step"] says): the step's speedup beside the attention-only speedup at the same attention shape
+as kinds.KINDS["model"] says): the step's speedup beside the attention-only speedup at the same attention shape
 (so the dilution from attention to a step shows), MFU against sequence length, and a table of its phases.
 
 The attention-only speedup comes from ``bench run`` records in the same campaign(s) at the model's attention
