@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,12 +19,27 @@ import pandas as pd
 from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY, MODEL_PHASES
 from ringx_suite.stats import flat
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ringx_suite.tables import Table
+
 
 @dataclass(frozen=True)
+class Views:
+    """A kind's figures (with their titles and captions, formatted with ``{baseline}``) and tables."""
+
+    figures: dict[str, Callable[..., Figure]]  # figure name (its files' stem) -> what draws it
+    titles: dict[str, str]
+    captions: dict[str, str]
+    tables: dict[str, tuple[str, Callable[..., Table], bool]]  # what -> (heading, what makes it, folded in HTML)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Kind:
     """How one kind of timed record is summarized, compared and shown."""
 
-    record: str  # the records' `kind` field
+    record: str  # the records' `kind` field, and the kind's key in KINDS
     noun: str  # the records in messages: "no successful {noun}s"
     candidate: str  # the column whose values are compared: a speedup is one candidate's over another's
     config: tuple[str, ...]  # two candidates compare at equal values of these (ringx_suite/records.py)
@@ -33,8 +49,7 @@ class Kind:
     unmeasured: str  # what the baseline lacks: "baseline 'ring' has no successful {unmeasured}"
     share_y: bool  # panels share the y axis (False: each panel's own range, as for noisy short steps)
     mfu_label: tuple[str, str]  # axis label of MFU, and of TFLOP/s per rank where no peak is known
-    figures: str  # the analysis module whose FIGURES (with TITLES, CAPTIONS) draw this kind's summary
-    tables: str  # the analysis module whose TABLES tabulate it
+    views: Callable[[], Views]  # the kind's figures and tables, imported when first asked (see KINDS)
     # Each timed phase: (its name, the records' samples field, the summary's median column). A speedup is of one
     # phase (metrics.speedup's ``phase``; the first by default: the whole timed call).
     timed: tuple[tuple[str, str, str], ...] = (("time", "samples_s", "median_s"),)
@@ -76,19 +91,48 @@ def _infer(g: pd.DataFrame, median_s: float) -> dict:
     return out
 
 
-KINDS: dict[str, Kind] = {
-    "attention": Kind("attention", "attention record", "algorithm", COMPARE_BY, ("mask",), _attention,
-                      "no successful attention records to summarize", "measurement", True,
-                      ("MFU", "TFLOP/s per rank"), "figures", "tables"),
-    "model": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _model,
-                 "no successful model records (run `ringx-bench model`)", "model record", False,
-                 ("MFU (model FLOPs)", "model TFLOP/s per rank"), "step", "step"),
-    "infer": Kind("infer", "infer record", "algorithm", INFER_COMPARE_BY, ("model",), _infer,
-                  "no successful infer records (run `ringx-bench infer`)", "infer record", False,
-                  ("MFU", "TFLOP/s per rank"), "infer", "infer",
-                  (("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),
-                   ("TPOT", "decode_samples_s", "tpot_s")), "Serving: prefill and decode"),
-}
+# A kind's views live in the modules that draw them (figures.py and tables.py, step.py, infer.py). Those import
+# matplotlib, and import this module through metrics.py: imported here, they would make summarize() and speedup()
+# load matplotlib and close an import cycle. So a kind names a function that imports its views when first asked.
+def _attention_views() -> Views:
+    from . import figures, tables
+
+    return Views(figures=figures.FIGURES, titles=figures.TITLES, captions=figures.CAPTIONS, tables=tables.TABLES)
+
+
+def _model_views() -> Views:
+    from . import step
+
+    return Views(figures=step.FIGURES, titles=step.TITLES, captions=step.CAPTIONS, tables=step.TABLES)
+
+
+def _infer_views() -> Views:
+    from . import infer
+
+    return Views(figures=infer.FIGURES, titles=infer.TITLES, captions=infer.CAPTIONS, tables=infer.TABLES)
+
+
+# Keyed by the records' `kind`, in the order reports show them.
+KINDS: dict[str, Kind] = {k.record: k for k in (
+    Kind(record="attention", noun="attention record", candidate="algorithm",
+         config=COMPARE_BY, panel_by=("mask",),
+         measures=_attention, views=_attention_views,
+         empty="no successful attention records to summarize", unmeasured="measurement",
+         share_y=True, mfu_label=("MFU", "TFLOP/s per rank")),
+    Kind(record="model", noun="model record", candidate="algorithm",
+         config=MODEL_COMPARE_BY, panel_by=("model", "mask"),
+         measures=_model, views=_model_views,
+         empty="no successful model records (run `ringx-bench model`)", unmeasured="model record",
+         share_y=False, mfu_label=("MFU (model FLOPs)", "model TFLOP/s per rank")),
+    Kind(record="infer", noun="infer record", candidate="algorithm",
+         config=INFER_COMPARE_BY, panel_by=("model",),
+         measures=_infer, views=_infer_views,
+         empty="no successful infer records (run `ringx-bench infer`)", unmeasured="infer record",
+         share_y=False, mfu_label=("MFU", "TFLOP/s per rank"),
+         timed=(("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),
+                ("TPOT", "decode_samples_s", "tpot_s")),
+         section="Serving: prefill and decode"),
+)}
 
 
 def kind_of(frame: pd.DataFrame) -> Kind:
