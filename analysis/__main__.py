@@ -152,7 +152,7 @@ def run(a) -> int:
             for kind in kinds.present(df) or ["attention"]:  # attention's error where there is none
                 _, make, _ = next(iter(kinds.KINDS[kind].views().tables.values()))
                 for mask, part in tables.by_mask(metrics.summarize(df, kind)):
-                    t = tables.for_mask(report.call(make, part, baseline=a.baseline, records=df), mask)
+                    t = tables.for_mask(make(part, baseline=a.baseline, records=df), mask)
                     print(tables.render(t, a.format), end="")
             return 0
         formats = _formats(a.format)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -25,14 +25,30 @@ if TYPE_CHECKING:
     from ringx_suite.tables import Table
 
 
+# The contract between the report and a kind's views: each figure and table takes all of these keywords (those
+# it does not use too), so the report and `analysis table` call every one alike, without looking at signatures.
+class Draw(Protocol):
+    """A kind's figure of its summary. ``records``: the campaign's records, for a figure that sets the kind
+    beside another (the training step's speedup beside attention's)."""
+
+    def __call__(self, summary: pd.DataFrame, *, baseline: str, width: str,
+                 records: pd.DataFrame | None) -> Figure: ...
+
+
+class MakeTable(Protocol):
+    """A kind's table of its summary (or of one mask's part of it); ``records`` as for :class:`Draw`."""
+
+    def __call__(self, summary: pd.DataFrame, *, baseline: str, records: pd.DataFrame | None) -> Table: ...
+
+
 @dataclass(frozen=True)
 class Views:
     """A kind's figures (with their titles and captions, formatted with ``{baseline}``) and tables."""
 
-    figures: dict[str, Callable[..., Figure]]  # figure name (its files' stem) -> what draws it
+    figures: dict[str, Draw]  # figure name (its files' stem) -> what draws it
     titles: dict[str, str]
     captions: dict[str, str]
-    tables: dict[str, tuple[str, Callable[..., Table], bool]]  # what -> (heading, what makes it, folded in HTML)
+    tables: dict[str, tuple[str, MakeTable, bool]]  # what -> (heading, what makes it, folded in HTML)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import inspect
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,12 +13,6 @@ import pandas as pd
 from . import figures, metrics, tables
 from .kinds import KINDS, mask_names, mask_order, present
 from .records import load
-
-
-def call(fn, summary: pd.DataFrame, **given):
-    """A kind's figure or table of ``summary``, given those of ``given`` (baseline, width, records) it takes."""
-    takes = inspect.signature(fn).parameters
-    return fn(summary, **{k: v for k, v in given.items() if k in takes})
 
 
 def summaries(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
@@ -48,7 +41,7 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
     for kind, s in summary.items():
         for name, draw in KINDS[kind].views().figures.items():
             try:
-                fig = call(draw, s, baseline=baseline, width=width, records=df)
+                fig = draw(s, baseline=baseline, width=width, records=df)
             except figures.NoData as e:
                 skipped[name] = str(e)
                 continue
@@ -79,7 +72,7 @@ def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd
         for what, (heading, make, folded) in KINDS[kind].views().tables.items():
             for mask, part in tables.by_mask(s):
                 try:
-                    t = tables.for_mask(call(make, part, baseline=baseline, records=df), mask)
+                    t = tables.for_mask(make(part, baseline=baseline, records=df), mask)
                 except ValueError as e:  # no baseline
                     skipped[what + (f" ({mask})" if mask else "")] = str(e)
                     continue

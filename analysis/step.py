@@ -58,7 +58,8 @@ def _attention_line(ax, g: pd.DataFrame, st: dict) -> None:
                 color=st["color"], markerfacecolor="none", alpha=0.8)
 
 
-def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two", records=None):
+def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two",
+                   records: pd.DataFrame | None = None):
     """Whole-step speedup over the baseline (solid, error bars: 95% bootstrap interval, hollow: within noise)
     beside the attention-only speedup at the same shape (dotted, open markers; from ``records``' attention
     records), vs sequence length; one panel per (model, mask, ranks): figures.speedups_vs_seq."""
@@ -71,6 +72,7 @@ def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "
                                    ylabel=f"speedup over {baseline}\n(solid: step; dotted: attention only)")
 
 
+# The model kind's figures and tables (kinds.py): each takes kinds.Draw's or kinds.MakeTable's keywords.
 FIGURES = {"model-speedup": speedup_vs_seq, "model-mfu": figures.mfu_vs_seq}
 TITLES = {"model-speedup": "Training step: speedup over the baseline, beside attention alone",
           "model-mfu": "Training step: MFU"}
@@ -85,7 +87,7 @@ CAPTIONS = {
 }
 
 
-def table(summary: pd.DataFrame, baseline: str = "ring", records=None) -> Table:
+def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
     """One row per (model, ranks, seq, algorithm): step time, its phases, tokens/s, TFLOP/s or MFU, and the
     step's and attention's speedup over the baseline (attention: from ``records``, where given)."""
     s = summary
