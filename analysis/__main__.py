@@ -150,9 +150,9 @@ def run(a) -> int:
         df = load(a.campaign)
         if a.command == "table":  # each kind's first table (kinds.py), one per mask of a masked campaign
             for kind in kinds.present(df) or ["attention"]:  # attention's error where there is none
-                _, fn, _ = next(iter(report.views(kind, "tables").TABLES.values()))
+                _, make, _ = next(iter(kinds.KINDS[kind].views().tables.values()))
                 for mask, part in tables.by_mask(metrics.summarize(df, kind)):
-                    t = tables.for_mask(report.call(fn, part, baseline=a.baseline, records=df), mask)
+                    t = tables.for_mask(make(part, baseline=a.baseline, records=df), mask)
                     print(tables.render(t, a.format), end="")
             return 0
         formats = _formats(a.format)

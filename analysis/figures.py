@@ -291,7 +291,8 @@ def _finite_intervals(sp: pd.DataFrame) -> pd.DataFrame:
 
 
 @styled
-def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two",
+                   records: pd.DataFrame | None = None):
     """Speedup over the baseline vs global sequence length, one panel per (grouping keys, rank count).
 
     Error bars: the speedup's 95% bootstrap interval; hollow markers: within noise (the interval contains 1).
@@ -324,7 +325,8 @@ def speedups_vs_seq(sp: pd.DataFrame, baseline: str, width: str = "two", ylabel:
 
 
 @styled
-def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str = "two",
+                     records: pd.DataFrame | None = None):
     """Speedup over the baseline against ranks (nodes), one line per algorithm, one panel per sequence length and
     masking: the view scaling papers show. Error bars and hollow markers as in :func:`speedup_vs_seq`."""
     sp = _finite_intervals(speedup(summary, baseline))
@@ -348,7 +350,7 @@ def speedup_vs_ranks(summary: pd.DataFrame, baseline: str = "ring", width: str =
 
 
 @styled
-def scaling(summary: pd.DataFrame, width: str = "two"):
+def scaling(summary: pd.DataFrame, width: str = "two", *, baseline: str = "ring", records: pd.DataFrame | None = None):
     """Strong scaling: time vs ranks on log-log axes, with the ideal line and a p10-p90 band."""
     st_df = strong_scaling(summary)
     if st_df.empty or st_df["world_size"].nunique() < 2:
@@ -397,7 +399,8 @@ def _line(col: str, scale: float = 1.0, x: str = "seq"):
 
 
 @styled
-def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
+def mfu_vs_seq(summary: pd.DataFrame, width: str = "two", *, baseline: str = "ring",
+               records: pd.DataFrame | None = None):
     """MFU vs sequence length (TFLOP/s per rank when the device peak is unknown, as on CPUs), of any kind."""
     mfu, per_rank = kind_of(summary).mfu_label
     if summary["mfu"].notna().any():
@@ -410,7 +413,7 @@ def mfu_vs_seq(summary: pd.DataFrame, width: str = "two"):
 
 
 @styled
-def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two"):
+def fastest_map(summary: pd.DataFrame, baseline: str = "ring", width: str = "two", records: pd.DataFrame | None = None):
     """Which algorithm is fastest at each (sequence length, ranks), shaded by its speedup over the baseline."""
     sp = speedup(summary, baseline)
     masks = sorted(set(sp["mask"]), key=mask_order)
@@ -530,7 +533,8 @@ def memory_column(summary: pd.DataFrame) -> str:
 
 
 @styled
-def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
+def memory_per_rank(summary: pd.DataFrame, width: str = "two", *, baseline: str = "ring",
+                    records: pd.DataFrame | None = None):
     """Peak memory per rank against ranks (nodes), one line per algorithm, one panel per sequence length and
     masking: what one attention call allocates where measured, else device memory on GPUs, process RSS on CPU."""
     col = memory_column(summary)
@@ -557,6 +561,7 @@ def memory_per_rank(summary: pd.DataFrame, width: str = "two"):
     return fig
 
 
+# The attention kind's figures in a report (kinds.py): each takes kinds.Draw's keywords, those it ignores too.
 FIGURES = {"speedup": speedup_vs_seq, "speedup-ranks": speedup_vs_ranks, "scaling": scaling, "mfu": mfu_vs_seq,
            "fastest": fastest_map, "memory": memory_per_rank}
 TITLES = {"speedup": "Speedup over {baseline} against sequence length",

@@ -79,7 +79,8 @@ def _figure(summary: pd.DataFrame, phase: str, x: str, across: str, width: str, 
 
 
 @figures.styled
-def ttft_vs_prompt(summary: pd.DataFrame, width: str = "two"):
+def ttft_vs_prompt(summary: pd.DataFrame, width: str = "two", *, baseline: str = "ring",
+                   records: pd.DataFrame | None = None):
     """Time to first token against prompt length, log-log, one line per candidate (algorithms and tp), one panel
     per rank count (and model); markers: median, bars: p10-p90, the candidates set slightly apart along x."""
     return _figure(summary, "ttft", "prompt_len", "world_size", width, "prompt length (tokens per sequence)",
@@ -87,7 +88,8 @@ def ttft_vs_prompt(summary: pd.DataFrame, width: str = "two"):
 
 
 @figures.styled
-def tpot_vs_ranks(summary: pd.DataFrame, width: str = "two"):
+def tpot_vs_ranks(summary: pd.DataFrame, width: str = "two", *, baseline: str = "ring",
+                  records: pd.DataFrame | None = None):
     """Time per output token against ranks, one line per candidate, one panel per prompt length (and model);
     markers: median decode step, bars: p10-p90."""
     d = summary[summary["tpot_s"].notna()]
@@ -96,6 +98,7 @@ def tpot_vs_ranks(summary: pd.DataFrame, width: str = "two"):
                    figures._rank_ticks(d) if len(d) else tokens)
 
 
+# The infer kind's figures and tables (kinds.py): each takes kinds.Draw's or kinds.MakeTable's keywords.
 FIGURES = {"infer-ttft": ttft_vs_prompt, "infer-tpot": tpot_vs_ranks}
 TITLES = {"infer-ttft": "Serving: time to first token against prompt length",
           "infer-tpot": "Serving: time per output token against ranks"}
@@ -143,7 +146,7 @@ def _bytes(v: float) -> str:
     return f"{v / 2**20:.2f} MiB" if v >= 2**20 else f"{v / 2**10:.1f} KiB"
 
 
-def table(summary: pd.DataFrame, baseline: str = "ring") -> Table:
+def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
     """One row per (configuration, candidate): TTFT and TPOT (median ms, [p10-p90]) and each one's speedup over
     ``baseline`` and over tp with its interval; the largest rank's KV cache. Constant configuration columns are
     named in the caption instead."""

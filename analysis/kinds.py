@@ -11,21 +11,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY
+from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, MODEL_COMPARE_BY, MODEL_PHASES
 from ringx_suite.stats import flat
 
-PHASES = ("forward", "backward", "grad_allreduce", "optimizer")  # a training step's timed phases
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ringx_suite.tables import Table
+
+
+# The contract between the report and a kind's views: each figure and table takes all of these keywords (those
+# it does not use too), so the report and `analysis table` call every one alike, without looking at signatures.
+class Draw(Protocol):
+    """A kind's figure of its summary. ``records``: the campaign's records, for a figure that sets the kind
+    beside another (the training step's speedup beside attention's)."""
+
+    def __call__(self, summary: pd.DataFrame, *, baseline: str, width: str,
+                 records: pd.DataFrame | None) -> Figure: ...
+
+
+class MakeTable(Protocol):
+    """A kind's table of its summary (or of one mask's part of it); ``records`` as for :class:`Draw`."""
+
+    def __call__(self, summary: pd.DataFrame, *, baseline: str, records: pd.DataFrame | None) -> Table: ...
 
 
 @dataclass(frozen=True)
+class Views:
+    """A kind's figures (with their titles and captions, formatted with ``{baseline}``) and tables."""
+
+    figures: dict[str, Draw]  # figure name (its files' stem) -> what draws it
+    titles: dict[str, str]
+    captions: dict[str, str]
+    tables: dict[str, tuple[str, MakeTable, bool]]  # what -> (heading, what makes it, folded in HTML)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Kind:
     """How one kind of timed record is summarized, compared and shown."""
 
-    record: str  # the records' `kind` field
+    record: str  # the records' `kind` field, and the kind's key in KINDS
     noun: str  # the records in messages: "no successful {noun}s"
     candidate: str  # the column whose values are compared: a speedup is one candidate's over another's
     config: tuple[str, ...]  # two candidates compare at equal values of these (ringx_suite/records.py)
@@ -35,8 +65,7 @@ class Kind:
     unmeasured: str  # what the baseline lacks: "baseline 'ring' has no successful {unmeasured}"
     share_y: bool  # panels share the y axis (False: each panel's own range, as for noisy short steps)
     mfu_label: tuple[str, str]  # axis label of MFU, and of TFLOP/s per rank where no peak is known
-    figures: str  # the analysis module whose FIGURES (with TITLES, CAPTIONS) draw this kind's summary
-    tables: str  # the analysis module whose TABLES tabulate it
+    views: Callable[[], Views]  # the kind's figures and tables, imported when first asked (see KINDS)
     # Each timed phase: (its name, the records' samples field, the summary's median column). A speedup is of one
     # phase (metrics.speedup's ``phase``; the first by default: the whole timed call).
     timed: tuple[tuple[str, str, str], ...] = (("time", "samples_s", "median_s"),)
@@ -47,10 +76,10 @@ def _attention(g: pd.DataFrame, median_s: float) -> dict:
     return {}
 
 
-def _step(g: pd.DataFrame, median_s: float) -> dict:
+def _model(g: pd.DataFrame, median_s: float) -> dict:
     first = g.iloc[0]
     return {"head_dim": int(first["d_model"]) // int(first["heads"]),
-            **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in PHASES},
+            **{f"{ph}_s": float(np.median([x for d in g["phase_samples_s"] for x in d[ph]])) for ph in MODEL_PHASES},
             "tokens_per_s_per_rank": first["batch"] * first["seq"] / first["world_size"] / median_s,
             "flops_per_token": first["flops_per_token"]}
 
@@ -78,19 +107,48 @@ def _infer(g: pd.DataFrame, median_s: float) -> dict:
     return out
 
 
-KINDS: dict[str, Kind] = {
-    "attention": Kind("attention", "attention record", "algorithm", COMPARE_BY, ("mask",), _attention,
-                      "no successful attention records to summarize", "measurement", True,
-                      ("MFU", "TFLOP/s per rank"), "figures", "tables"),
-    "step": Kind("model", "model record", "algorithm", MODEL_COMPARE_BY, ("model", "mask"), _step,
-                 "no successful model records (run `ringx-bench model`)", "model record", False,
-                 ("MFU (model FLOPs)", "model TFLOP/s per rank"), "step", "step"),
-    "infer": Kind("infer", "infer record", "algorithm", INFER_COMPARE_BY, ("model",), _infer,
-                  "no successful infer records (run `ringx-bench infer`)", "infer record", False,
-                  ("MFU", "TFLOP/s per rank"), "infer", "infer",
-                  (("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),
-                   ("TPOT", "decode_samples_s", "tpot_s")), "Serving: prefill and decode"),
-}
+# A kind's views live in the modules that draw them (figures.py and tables.py, step.py, infer.py). Those import
+# matplotlib, and import this module through metrics.py: imported here, they would make summarize() and speedup()
+# load matplotlib and close an import cycle. So a kind names a function that imports its views when first asked.
+def _attention_views() -> Views:
+    from . import figures, tables
+
+    return Views(figures=figures.FIGURES, titles=figures.TITLES, captions=figures.CAPTIONS, tables=tables.TABLES)
+
+
+def _model_views() -> Views:
+    from . import step
+
+    return Views(figures=step.FIGURES, titles=step.TITLES, captions=step.CAPTIONS, tables=step.TABLES)
+
+
+def _infer_views() -> Views:
+    from . import infer
+
+    return Views(figures=infer.FIGURES, titles=infer.TITLES, captions=infer.CAPTIONS, tables=infer.TABLES)
+
+
+# Keyed by the records' `kind`, in the order reports show them.
+KINDS: dict[str, Kind] = {k.record: k for k in (
+    Kind(record="attention", noun="attention record", candidate="algorithm",
+         config=COMPARE_BY, panel_by=("mask",),
+         measures=_attention, views=_attention_views,
+         empty="no successful attention records to summarize", unmeasured="measurement",
+         share_y=True, mfu_label=("MFU", "TFLOP/s per rank")),
+    Kind(record="model", noun="model record", candidate="algorithm",
+         config=MODEL_COMPARE_BY, panel_by=("model", "mask"),
+         measures=_model, views=_model_views,
+         empty="no successful model records (run `ringx-bench model`)", unmeasured="model record",
+         share_y=False, mfu_label=("MFU (model FLOPs)", "model TFLOP/s per rank")),
+    Kind(record="infer", noun="infer record", candidate="algorithm",
+         config=INFER_COMPARE_BY, panel_by=("model",),
+         measures=_infer, views=_infer_views,
+         empty="no successful infer records (run `ringx-bench infer`)", unmeasured="infer record",
+         share_y=False, mfu_label=("MFU", "TFLOP/s per rank"),
+         timed=(("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),
+                ("TPOT", "decode_samples_s", "tpot_s")),
+         section="Serving: prefill and decode"),
+)}
 
 
 def kind_of(frame: pd.DataFrame) -> Kind:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib
-import inspect
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,17 +13,6 @@ import pandas as pd
 from . import figures, metrics, tables
 from .kinds import KINDS, mask_names, mask_order, present
 from .records import load
-
-
-def views(kind: str, what: str):
-    """The module holding a kind's ``what`` ("figures": FIGURES, TITLES, CAPTIONS; "tables": TABLES), kinds.py."""
-    return importlib.import_module(f".{getattr(KINDS[kind], what)}", __package__)
-
-
-def call(fn, summary: pd.DataFrame, **given):
-    """A kind's figure or table of ``summary``, given those of ``given`` (baseline, width, records) it takes."""
-    takes = inspect.signature(fn).parameters
-    return fn(summary, **{k: v for k, v in given.items() if k in takes})
 
 
 def summaries(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
@@ -52,9 +39,9 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
     if summary is None:
         summary, skipped = summaries(df)
     for kind, s in summary.items():
-        for name, fn in views(kind, "figures").FIGURES.items():
+        for name, draw in KINDS[kind].views().figures.items():
             try:
-                fig = call(fn, s, baseline=baseline, width=width, records=df)
+                fig = draw(s, baseline=baseline, width=width, records=df)
             except figures.NoData as e:
                 skipped[name] = str(e)
                 continue
@@ -82,10 +69,10 @@ def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd
     if summary is None:
         summary, _ = summaries(df)
     for kind, s in summary.items():
-        for what, (heading, fn, folded) in views(kind, "tables").TABLES.items():
+        for what, (heading, make, folded) in KINDS[kind].views().tables.items():
             for mask, part in tables.by_mask(s):
                 try:
-                    t = tables.for_mask(call(fn, part, baseline=baseline, records=df), mask)
+                    t = tables.for_mask(make(part, baseline=baseline, records=df), mask)
                 except ValueError as e:  # no baseline
                     skipped[what + (f" ({mask})" if mask else "")] = str(e)
                     continue
@@ -250,10 +237,10 @@ def write_formats(campaign: str | Path, out: str | Path | None, fmts: Sequence[s
             from .timeline import CAPTION
 
             captions[n] = CAPTION
-    for kind in KINDS:
-        titles.update(views(kind, "figures").TITLES)
-        captions.update(views(kind, "figures").CAPTIONS)
-    fig_kind = {n: kind for kind in KINDS for n in views(kind, "figures").FIGURES}
+    for k in KINDS.values():
+        titles.update(k.views().titles)
+        captions.update(k.views().captions)
+    fig_kind = {n: k.record for k in KINDS.values() for n in k.views().figures}
     figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths,
              KINDS[fig_kind[n]].section if n in fig_kind else None) for n, paths in made.items()]
     tabs = [(head, t, folded, KINDS[kind].section) for head, t, folded, kind in made_tables]

@@ -1,5 +1,5 @@
 """The training step's own views (``bench model`` records, kind "model"; summarized and compared by metrics.py
-as kinds.KINDS["step"] says): the step's speedup beside the attention-only speedup at the same attention shape
+as kinds.KINDS["model"] says): the step's speedup beside the attention-only speedup at the same attention shape
 (so the dilution from attention to a step shows), MFU against sequence length, and a table of its phases.
 
 The attention-only speedup comes from ``bench run`` records in the same campaign(s) at the model's attention
@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ringx_suite.records import MODEL_PHASES
 from ringx_suite.stats import METHOD
 
 from . import figures
 from .figures import NoData
-from .kinds import PHASES
 from .metrics import speedup, summarize
 from .tables import Table
 
@@ -58,7 +58,8 @@ def _attention_line(ax, g: pd.DataFrame, st: dict) -> None:
                 color=st["color"], markerfacecolor="none", alpha=0.8)
 
 
-def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two", records=None):
+def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two",
+                   records: pd.DataFrame | None = None):
     """Whole-step speedup over the baseline (solid, error bars: 95% bootstrap interval, hollow: within noise)
     beside the attention-only speedup at the same shape (dotted, open markers; from ``records``' attention
     records), vs sequence length; one panel per (model, mask, ranks): figures.speedups_vs_seq."""
@@ -71,6 +72,7 @@ def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "
                                    ylabel=f"speedup over {baseline}\n(solid: step; dotted: attention only)")
 
 
+# The model kind's figures and tables (kinds.py): each takes kinds.Draw's or kinds.MakeTable's keywords.
 FIGURES = {"model-speedup": speedup_vs_seq, "model-mfu": figures.mfu_vs_seq}
 TITLES = {"model-speedup": "Training step: speedup over the baseline, beside attention alone",
           "model-mfu": "Training step: MFU"}
@@ -85,7 +87,7 @@ CAPTIONS = {
 }
 
 
-def table(summary: pd.DataFrame, baseline: str = "ring", records=None) -> Table:
+def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
     """One row per (model, ranks, seq, algorithm): step time, its phases, tokens/s, TFLOP/s or MFU, and the
     step's and attention's speedup over the baseline (attention: from ``records``, where given)."""
     s = summary
@@ -104,7 +106,7 @@ def table(summary: pd.DataFrame, baseline: str = "ring", records=None) -> Table:
         att = "" if pd.isna(r["attention_speedup"]) or r["algorithm"] == baseline else f"{r['attention_speedup']:.2f}x"
         mfu = f"{r['mfu']:.1%}" if pd.notna(r["mfu"]) else f"{r['tflops_per_rank'] * 1e3:.2f} GF/s"
         rows.append([r["model"], int(r["world_size"]), int(r["seq"]), r["algorithm"], f"{r['median_s'] * 1e3:.1f}",
-                     *(f"{r[f'{ph}_s'] * 1e3:.1f}" for ph in PHASES), f"{r['tokens_per_s_per_rank']:.0f}", mfu,
+                     *(f"{r[f'{ph}_s'] * 1e3:.1f}" for ph in MODEL_PHASES), f"{r['tokens_per_s_per_rank']:.0f}", mfu,
                      step, att])
     return Table(["model", "ranks", "seq", "algorithm", "step ms", "fwd ms", "bwd ms", "all-reduce ms", "AdamW ms",
                   "tokens/s/rank", "MFU or model FLOP/s", f"step x {baseline}", f"attention x {baseline}"], rows,

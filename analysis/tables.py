@@ -68,7 +68,7 @@ def for_mask(t: Table, mask: str | None) -> Table:
                  t.numeric, t.latex_cells, f"Mask {mask}. {t.latex_caption}" if t.latex_caption else "", t.wide)
 
 
-def speedup_table(summary: pd.DataFrame, baseline: str = "ring") -> Table:
+def speedup_table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
     """One row per configuration: the baseline's median time with its p10-p90 spread, and every other algorithm's
     speedup over it (above 1: faster) with the speedup's 95% interval.
 
@@ -127,7 +127,7 @@ def _ms(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"
 
 
-def spread_table(summary: pd.DataFrame) -> Table:
+def spread_table(summary: pd.DataFrame, *, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
     """Every (configuration, algorithm): median time and its p10-p90 spread, samples and repeats."""
     from .figures import order_key
 
@@ -142,6 +142,7 @@ def spread_table(summary: pd.DataFrame) -> Table:
                  "pooled over repeats; spread % = (p90 - p10) / median.", label="tab:spread")
 
 
-# The attention kind's tables in a report (kinds.py): what -> (heading, table of a summary, folded in HTML).
+# The attention kind's tables in a report (kinds.py): what -> (heading, table of a summary, folded in HTML); each
+# takes kinds.MakeTable's keywords, those it ignores too.
 TABLES = {"speedup table": ("Speedup over {baseline}", speedup_table, False),
           "spread table": ("Spread of every configuration", spread_table, True)}

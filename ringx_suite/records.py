@@ -165,6 +165,10 @@ KERNEL = (
     F("tflops", _NUM, "`flops / median_s / 1e12`", "ok", "float"),
 )
 
+# A training step's timed phases, in the order they run: a model record has `{phase}_s` for each and
+# `phase_samples_s` keyed by them (bench drivers time them; analysis tabulates them).
+MODEL_PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
+
 MODEL = (
     F("algorithm", str, "the ringx algorithm of every attention layer", column="str", config=True),
     F("family", str, "`ring`, `ringx` or `ulysses`", column="str"),
@@ -206,7 +210,7 @@ MODEL = (
     F("grad_allreduce_s", _NUM, "median seconds of summing the gradients over the ranks (0 work at one rank)", "ok",
       "float"),
     F("optimizer_s", _NUM, "median seconds of the AdamW step and zeroing the gradients", "ok", "float"),
-    F("phase_samples_s", dict, "`forward`, `backward`, `grad_allreduce`, `optimizer`: seconds of every timed "
+    F("phase_samples_s", dict, f"{', '.join(f'`{ph}`' for ph in MODEL_PHASES)}: seconds of every timed "
       "iteration, each the slowest rank's for that phase", "ok"),
     F("tokens_per_s_per_rank", _NUM, "`batch * seq / world_size / median_s`", "ok", "float"),
     F("params", int, "parameters of the model", "ok", "int"),

@@ -173,7 +173,7 @@ def test_step_joins_attention_of_the_same_mask_only(tmp_path):
             assert validate(r) == [], validate(r)
             store.append(r)
     df = load(store.dir)
-    sp = step.with_attention(metrics.speedup(metrics.summarize(df, "step")), df)
+    sp = step.with_attention(metrics.speedup(metrics.summarize(df, "model")), df)
     got = sp[sp["algorithm"] == "ringx4"].set_index("mask")
     assert len(got) == 2
     for spec, want in att.items():

@@ -57,7 +57,7 @@ def test_step_speedup_beside_attention_speedup_known_answers():
     df = frame([model_rec("ring", 2, 256, 0.10), model_rec("ringx3", 2, 256, 0.08),
                 att_rec("ring", 2, 256, 0.04), att_rec("ringx3", 2, 256, 0.02),
                 att_rec("ringx3", 2, 512, 0.02)])  # no model record there: not joined
-    sp = step.with_attention(speedup(summarize(df, "step")), df).set_index("algorithm")
+    sp = step.with_attention(speedup(summarize(df, "model")), df).set_index("algorithm")
     assert sp.loc["ringx3", "speedup"] == pytest.approx(1.25)
     assert sp.loc["ringx3", "attention_speedup"] == pytest.approx(2.0)  # attention 2x, diluted to 1.25x by the step
     assert sp.loc["ringx3", "forward_s"] == pytest.approx(0.02) and sp.loc["ringx3", "head_dim"] == 8
@@ -65,9 +65,9 @@ def test_step_speedup_beside_attention_speedup_known_answers():
 
 
 def test_mfu_only_against_a_gpu_peak():
-    cpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0)]), "step")
+    cpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0)]), "model")
     assert cpu["mfu"].isna().all()  # a CPU has no published peak
-    gpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0, device="cuda")]), "step")
+    gpu = summarize(frame([model_rec("ring", 1, 256, 0.5, peak=989.0, device="cuda")]), "model")
     assert gpu["mfu"].iloc[0] == pytest.approx(1e6 * 256 / 0.5 / 1e12 / 989.0)
 
 
@@ -79,7 +79,7 @@ def test_figures_table_and_report(tmp_path):
     made, skipped = report.build_figures(frame(recs), tmp_path, ("png",))
     assert {"model-speedup", "model-mfu", "speedup", "mfu"} <= set(made)
     assert not {"model-speedup", "model-mfu"} & set(skipped)
-    steps = summarize(frame(recs), "step")
+    steps = summarize(frame(recs), "model")
     fig = step.speedup_vs_seq(steps, records=frame(recs))
     assert [ax.get_title() for ax in fig.axes] == ["tiny, 1 rank, causal", "tiny, 2 ranks, causal"]
     dotted = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_linestyle() == ":"]
@@ -98,9 +98,9 @@ def test_figures_table_and_report(tmp_path):
 
 def test_missing_baseline_and_no_records_are_named():
     with pytest.raises(MissingBaseline, match="baseline 'ring' has no successful model record"):
-        speedup(summarize(frame([model_rec("ringx3", 2, 256, 0.1)]), "step"))
+        speedup(summarize(frame([model_rec("ringx3", 2, 256, 0.1)]), "model"))
     with pytest.raises(NoData, match="no successful model records"):
-        summarize(frame([att_rec("ring", 2, 256, 0.1)]), "step")
+        summarize(frame([att_rec("ring", 2, 256, 0.1)]), "model")
 
 
 def test_the_committed_campaign_joins_every_step_with_its_attention_configuration():
@@ -112,5 +112,5 @@ def test_the_committed_campaign_joins_every_step_with_its_attention_configuratio
     steps = df[df["kind"] == "model"]
     assert len(steps) == 81 and (steps["status"] == "ok").all()
     assert (steps["check_grad_error"] <= steps["check_tolerance"]).all()
-    sp = step.with_attention(speedup(summarize(df, "step")), df)
+    sp = step.with_attention(speedup(summarize(df, "model")), df)
     assert len(sp) == 81 and sp["attention_speedup"].notna().all()  # bench run measured every step's shape
