@@ -14,7 +14,8 @@ row a sees key b iff lo <= a - b <= hi; see :mod:`ringx.mask`). ``torch-cpu``
 passes it as an additive mask of q's dtype, ``reference`` as a boolean mask,
 ``torch-cudnn`` and ``torch-efficient`` as ``attn_bias``, ``flash-attn``/``flash-attn3``
 as ``window_size`` where the band is one (:func:`flash_window`), ``torch-flex`` as a
-FlexAttention ``BlockMask``; the others fall back (:func:`band_route`, a pure rule).
+FlexAttention ``BlockMask``; the others fall back (:class:`BandFallback`, routed by
+:func:`band_route`, a pure rule).
 A row that sees no key of its block comes out as out 0 and LSE -inf, never NaN.
 flash-attn's varlen functions can take many blocks of one K/V buffer in one call
 (:func:`varlen_calls`, :func:`varlen_forward`, :func:`varlen_backward`). Only the CPU,
@@ -57,7 +58,7 @@ optional packages), ``bands`` (band masks and windows), ``varlen`` (flash-attn's
 from __future__ import annotations
 
 from .bands import band_bias, blank_rows, flash_window
-from .base import HALF, Kernel, Tensor, acc_dtype
+from .base import HALF, BandFallback, Kernel, KernelBase, Tensor, acc_dtype
 from .cpu import TorchCpuKernel
 from .flash import FlashAttn3Kernel, FlashAttnKernel
 from .flex import TorchFlexKernel, flex_block_mask, flex_mask_mod, reweighted_backward
@@ -99,10 +100,11 @@ from .varlen import (
 
 __all__ = [
     "BAND_FALLBACK", "BAND_NATIVE", "HALF", "KERNELS", "LSE_ALIGN", "VARLEN", "WINDOW_NATIVE", "_ON_CLEAR",
-    "DeviceInfo", "FlashAttn3Kernel", "FlashAttnKernel", "Kernel", "ReferenceKernel", "Tensor", "TorchCpuKernel",
-    "TorchCudaKernel", "TorchCudnnKernel", "TorchEfficientKernel", "TorchFlexKernel", "VarlenCall",
-    "acc_dtype", "band_bias", "band_route", "blank_rows", "clear_cache", "device_info", "expand_heads",
-    "flash_window", "flex_block_mask", "flex_mask_mod", "fold_heads", "pad_lse", "preference",
-    "reweighted_backward", "select_kernel", "unpad_lse", "varlen_backward", "varlen_calls", "varlen_forward",
-    "varlen_lse_pack", "varlen_lse_unpack", "varlen_pack", "varlen_unpack", "varlen_window",
+    "BandFallback", "DeviceInfo", "FlashAttn3Kernel", "FlashAttnKernel", "Kernel", "KernelBase", "ReferenceKernel",
+    "Tensor", "TorchCpuKernel", "TorchCudaKernel", "TorchCudnnKernel", "TorchEfficientKernel", "TorchFlexKernel",
+    "VarlenCall",
+    "acc_dtype", "band_bias", "band_route", "blank_rows", "clear_cache", "device_info", "expand_heads", "flash_window",
+    "flex_block_mask", "flex_mask_mod", "fold_heads", "pad_lse", "preference", "reweighted_backward", "select_kernel",
+    "unpad_lse", "varlen_backward", "varlen_calls", "varlen_forward", "varlen_lse_pack", "varlen_lse_unpack",
+    "varlen_pack", "varlen_unpack", "varlen_window",
 ]

@@ -95,6 +95,36 @@ class KernelBase:
         return res
 
 
+class BandFallback(KernelBase):
+    """A kernel with no path of its own for some band blocks (torch-cuda: any band; flash-attn: a band that is no
+    window). Such a block goes to the kernel :meth:`for_band` names, forward and backward alike; every other block
+    to the kernel's own ``native_forward``/``native_backward``. The one place a kernel falls back."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, *,
+                band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        other = self if band is None else self.for_band(q, k.shape[1], band)
+        if other is not self:
+            return other.forward(q, k, v, False, scale, band=band)
+        return self.native_forward(q, k, v, causal, scale, band=band)
+
+    def backward(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+                 scale: float, *, band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        other = self if band is None else self.for_band(q, k.shape[1], band)
+        if other is not self:
+            return other.backward(dout, q, k, v, out, lse, False, scale, band=band)
+        return self.native_backward(dout, q, k, v, out, lse, causal, scale, band=band)
+
+    def native_forward(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float, *,
+                       band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """A block this kernel runs itself (``band`` only where :func:`band_route` keeps it here)."""
+        raise NotImplementedError
+
+    def native_backward(self, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                        causal: bool, scale: float, *,
+                        band: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+
 def check_square(q: Tensor, k: Tensor, causal: bool) -> None:
     """Causal blocks are square (the masking plan asks for no other), so no kernel's alignment can differ."""
     if causal and q.shape[1] != k.shape[1]:

@@ -9,12 +9,12 @@ import torch
 
 from . import machine
 from .bands import blank_rows, flash_window
-from .base import HALF, KernelBase, check_square, head_dim_ok, is_sm80
+from .base import HALF, BandFallback, check_square, head_dim_ok, is_sm80
 from .flash_call import call_flash, lse_of
 from .varlen import varlen_backward, varlen_calls, varlen_forward
 
 
-class FlashAttnKernel(KernelBase):
+class FlashAttnKernel(BandFallback):
     """The ``flash_attn`` package (2.x; GPU, half types); GQA is native.
 
     The same package name and interface serve NVIDIA and AMD's ROCm build
@@ -45,11 +45,9 @@ class FlashAttnKernel(KernelBase):
                for blk, g in zip(c.blocks, varlen_backward(dout, q, k, v, out, lse, c, scale))]
         return res + super().backward_plan(dout, q, k, v, out, lse, rest, scale)
 
-    def forward(self, q, k, v, causal, scale, *, band=None):
+    def native_forward(self, q, k, v, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_forward
 
-        if band is not None and self.for_band(q, k.shape[1], band) is not self:
-            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
         check_square(q, k, causal)
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         res = call_flash(_flash_attn_forward, win, q=q, k=k, v=v, dropout_p=0.0, softmax_scale=scale,
@@ -58,11 +56,9 @@ class FlashAttnKernel(KernelBase):
             return blank_rows(res[0], lse_of(res), k.shape[1], band)
         return res[0], lse_of(res)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
+    def native_backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         from flash_attn.flash_attn_interface import _flash_attn_backward
 
-        if band is not None and self.for_band(q, k.shape[1], band) is not self:
-            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         call_flash(_flash_attn_backward, win, dout=dout.contiguous(), q=q, k=k, v=v, out=out,
@@ -71,7 +67,7 @@ class FlashAttnKernel(KernelBase):
         return dq, dk, dv
 
 
-class FlashAttn3Kernel(KernelBase):
+class FlashAttn3Kernel(BandFallback):
     """flash-attention 3 (the ``flash_attn_interface`` module of flash-attention's Hopper build); GQA is native.
 
     Its private ``_flash_attn_forward``/``_flash_attn_backward`` changed between
@@ -91,9 +87,7 @@ class FlashAttn3Kernel(KernelBase):
         v = machine.dist_version("flash_attn_3", "flash-attn-3", "flashattn-hopper")
         return f"flash_attn_3 {v}" if v else "flash_attn_interface (version unknown)"
 
-    def forward(self, q, k, v, causal, scale, *, band=None):
-        if band is not None and self.for_band(q, k.shape[1], band) is not self:
-            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
+    def native_forward(self, q, k, v, causal, scale, *, band=None):
         check_square(q, k, causal)
         fa3 = machine.optional_module("flash_attn_interface")
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
@@ -102,9 +96,7 @@ class FlashAttn3Kernel(KernelBase):
             return blank_rows(res[0], lse_of(res), k.shape[1], band)
         return res[0], lse_of(res)
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
-        if band is not None and self.for_band(q, k.shape[1], band) is not self:
-            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
+    def native_backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         fa3 = machine.optional_module("flash_attn_interface")
         win = (-1, -1) if band is None else flash_window(q.shape[1], k.shape[1], band)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

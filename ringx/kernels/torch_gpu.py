@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import machine
 from .bands import attn_bias, blank_rows
-from .base import HALF, KernelBase, Tensor, bhsd, check_square, head_dim_ok, is_sm80, philox_zero
+from .base import HALF, BandFallback, KernelBase, Tensor, bhsd, check_square, head_dim_ok, is_sm80, philox_zero
 
 
 def expand_heads(x: Tensor, heads: int) -> Tensor:
@@ -25,11 +25,12 @@ def fold_heads(dx: Tensor, heads: int) -> Tensor:
     return dx if h == heads else dx.reshape(b, s, heads, h // heads, d).sum(3)
 
 
-class TorchCudaKernel(KernelBase):
+class TorchCudaKernel(BandFallback):
     """torch's fused flash-attention op on CUDA, and on ROCm (where torch builds it with AOTriton).
 
-    K/V heads are expanded locally for GQA (after communication, never before).
-    The ROCm path is written from the documented op and has not run here.
+    K/V heads are expanded locally for GQA (after communication, never before). It has no band path: every
+    band block falls back (:class:`BandFallback`). The ROCm path is written from the documented op and has
+    not run here.
     """
 
     name = "torch-cuda"
@@ -41,18 +42,14 @@ class TorchCudaKernel(KernelBase):
         aot = " (AOTriton)" if torch.version.hip is not None else ""
         return f"{machine.torch_version()}, {machine.gpu_runtime()}{aot}"
 
-    def forward(self, q, k, v, causal, scale, *, band=None):
-        if band is not None:
-            return self.for_band(q, k.shape[1], band).forward(q, k, v, False, scale, band=band)
+    def native_forward(self, q, k, v, causal, scale, *, band=None):
         check_square(q, k, causal)
         h = q.shape[2]
         res = torch.ops.aten._scaled_dot_product_flash_attention(
             bhsd(q), bhsd(expand_heads(k, h)), bhsd(expand_heads(v, h)), 0.0, causal, False, scale=scale)
         return bhsd(res[0]), res[1]
 
-    def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
-        if band is not None:
-            return self.for_band(q, k.shape[1], band).backward(dout, q, k, v, out, lse, False, scale, band=band)
+    def native_backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         h, hk = q.shape[2], k.shape[2]
         ke, ve = expand_heads(k, h), expand_heads(v, h)
         sq, sk = q.shape[1], k.shape[1]
