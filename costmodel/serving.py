@@ -125,7 +125,7 @@ def decode_shape(algorithm: str, world: int, *, heads: int, ulysses_degree: int 
     """The decode layout ``ringx.decode.layout`` makes: the Ulysses degree of usp/usp-ringx defaults to the
     ranks per node (``gpus_per_node``), ulysses' is the world. ValueError where it cannot run."""
     from ringx import algorithms
-    from ringx.decode import _INNER, SCHEDULES
+    from ringx.decode import SCHEDULES, SHARD_MERGE
 
     if algorithm not in SCHEDULES:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join([*SCHEDULES, TP])}")
@@ -136,7 +136,7 @@ def decode_shape(algorithm: str, world: int, *, heads: int, ulysses_degree: int 
     u = algo.degree(world, ulysses_degree, min(world, gpus_per_node or world))
     if u is None or u < 1 or world % u or heads % u:
         raise ValueError(f"{algorithm}: Ulysses degree {u} must divide the {world} ranks and the {heads} heads")
-    return DecodeShape(algorithm, sched, _INNER[algorithm], world, u)
+    return DecodeShape(algorithm, sched, SHARD_MERGE[algorithm], world, u)
 
 
 def partial_bytes(batch: int, tokens: int, heads: int, head_dim: int, dtype: str) -> int:

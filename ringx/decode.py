@@ -72,7 +72,8 @@ SCHEDULES: dict[str, str] = {
     "ringx3": "allgather", "ringx3b": "allgather",
     "ulysses": "heads", "usp": "heads", "usp-ringx": "heads",
 }
-_INNER = {"ulysses": "none", "usp": "ring", "usp-ringx": "allgather"}  # merge across Ulysses groups
+# heads-schedule algorithm -> how its sequence shards' partials are merged, across Ulysses groups (DecodeLayout.merge)
+SHARD_MERGE: dict[str, str] = {"ulysses": "none", "usp": "ring", "usp-ringx": "allgather"}
 
 
 def schedule(algorithm: str) -> str:
@@ -159,7 +160,7 @@ def layout(algorithm: str, group: dist.ProcessGroup | None = None, *, topology: 
         raise RingxInputError(f"{algorithm}: Ulysses degree {u} must divide the {world} ranks")
     uly_sg, ring_sg = topo.grid(u)
     uly, ring = comm.sub(uly_sg), comm.sub(ring_sg)
-    return DecodeLayout(algorithm, sched, _INNER[algorithm], world, u, world // u, ring.rank, uly.rank, comm,
+    return DecodeLayout(algorithm, sched, SHARD_MERGE[algorithm], world, u, world // u, ring.rank, uly.rank, comm,
                         ring, uly)
 
 

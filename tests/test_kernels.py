@@ -38,8 +38,9 @@ GPU = torch.device("cuda", 0)  # a device object only: nothing runs on it here
 def machine(monkeypatch):
     """Pretend to be a given machine with given optional packages importable."""
     def use(info: DeviceInfo, importable: tuple[str, ...] = ()) -> None:
-        monkeypatch.setattr(kernels, "device_info", lambda device: info)
-        monkeypatch.setattr(kernels, "_module", lambda name: types.ModuleType(name) if name in importable else None)
+        monkeypatch.setattr(kernels.machine, "device_info", lambda device: info)
+        monkeypatch.setattr(kernels.machine, "optional_module",
+                            lambda name: types.ModuleType(name) if name in importable else None)
         kernels.clear_cache()
 
     yield use
@@ -326,7 +327,8 @@ def fa2_26_bwd(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p, softmax_s
 def test_flash_attn3_adapts_to_each_interface_version(monkeypatch, fwd, bwd, causal):
     mod = types.ModuleType("flash_attn_interface")
     mod._flash_attn_forward, mod._flash_attn_backward = fwd, bwd
-    monkeypatch.setattr(kernels, "_module", lambda name: mod if name == "flash_attn_interface" else None)
+    monkeypatch.setattr(kernels.machine, "optional_module",
+                        lambda name: mod if name == "flash_attn_interface" else None)
     _check_against_float64(KERNELS["flash-attn3"], causal, kv_heads=2)
 
 

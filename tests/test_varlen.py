@@ -173,7 +173,7 @@ def fake_varlen_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens
 def test_varlen_forward_and_backward_equal_the_reference_per_block(monkeypatch, kv_heads):
     """Every block of every plan of the masks above: the blocks of one varlen call (packed, batch 2) give the
     reference kernel's out/LSE and, with the rows' global out/LSE, its gradients."""
-    monkeypatch.setattr(kernels, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
+    monkeypatch.setattr(kernels.varlen, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
     g = torch.Generator().manual_seed(SEED)
     ref = ReferenceKernel()
     q = torch.randn(2, SEQ_LOCAL, 4, 8, generator=g, dtype=torch.float64)
@@ -205,7 +205,7 @@ def test_varlen_forward_and_backward_equal_the_reference_per_block(monkeypatch, 
 
 
 def test_a_row_that_sees_nothing_comes_back_as_lse_minus_inf(monkeypatch):
-    monkeypatch.setattr(kernels, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
+    monkeypatch.setattr(kernels.varlen, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
     q, k = torch.randn(1, 6, 2, 4, dtype=torch.float64), torch.randn(1, 6, 2, 4, dtype=torch.float64)
     call = kernels.VarlenCall(((0, 6, 0, 3),), False, (0, 0))  # bottom-right: rows 0-2 see nothing of 3 keys
     ((out, lse),) = kernels.varlen_forward(q, k[:, :3], k[:, :3], call, 0.5)
@@ -215,7 +215,7 @@ def test_a_row_that_sees_nothing_comes_back_as_lse_minus_inf(monkeypatch):
 def test_flash_attn_forward_plan_equals_the_reference_block_by_block(monkeypatch):
     """``forward_plan``/``backward_plan`` (what ringx.blocks would call for a whole plan): flash-attn's varlen
     override gives every block what the reference kernel's block-by-block default gives."""
-    monkeypatch.setattr(kernels, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
+    monkeypatch.setattr(kernels.varlen, "_varlen_ops", lambda: (fake_varlen_func, fake_varlen_backward))
     flash, ref = kernels.KERNELS["flash-attn"], ReferenceKernel()
     g = torch.Generator().manual_seed(SEED + 2)
     q = torch.randn(1, SEQ_LOCAL, 4, 8, generator=g, dtype=torch.float64)
