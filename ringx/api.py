@@ -120,7 +120,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
         _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree, inner_ring)
     elif problem:
         raise RingxInputError(problem)
-    causal = m.kind != "full"  # the layout family (causal layouts serve every mask but full)
+    causal = m.causal_layout
 
     algo = algorithms.ALGORITHMS[algorithm]
     topo = degree = None
@@ -212,7 +212,7 @@ def _problem(qs, ks, vs, qt, kt, vt, qd, kd, vd, algorithm, causal, scale, kerne
     mask_problem = causal.problem(qs[1] * world)
     if mask_problem:
         return mask_problem
-    causal = causal.kind != "full"
+    causal = causal.causal_layout
     div = algo.local_divisor(causal)
     if qs[1] % div:
         return (f"local sequence length {qs[1]} must be a multiple of {div} for the "

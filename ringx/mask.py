@@ -99,6 +99,12 @@ class Mask:
         return self.right == 0
 
     @property
+    def causal_layout(self) -> bool:
+        """Whether a call under this mask is laid out as causal attention is: every mask but full (the causal
+        layouts balance windows and documents better than the contiguous one; ``ringx.balance`` measures it)."""
+        return self.kind != "full"
+
+    @property
     def plain(self) -> bool | None:
         """True for ``causal``, False for ``full``, None for any other mask (the fast paths' test)."""
         return {"full": False, "causal": True}.get(self.kind)

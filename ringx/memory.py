@@ -127,44 +127,47 @@ def peak_formula(algorithm: str, world: int, s: Sizes, *, backward: bool = False
     - ulysses / usp: the head-sharded q, k, v, out, lse kept for the backward (the same bytes as the
       shards, K/V replicated f = u / gcd(kv_heads, u) times for GQA), and the inner schedule's buffers on
       them: O(S/P) (ulysses: the whole sequence's attention on H/P heads, still O(S/P) bytes).
-    ``ranks_per_node`` (default: one node) and ``ulysses_degree`` as in ``ringx.attention``.
+    Which applies is the registry's ``buffers`` (and ``streams``) of the algorithm. ``ranks_per_node`` (default:
+    one node) and ``ulysses_degree`` as in ``ringx.attention``.
     """
+    from .algorithms import ALGORITHMS
+
+    algo = ALGORITHMS.get(algorithm)
+    if algo is None:
+        raise ValueError(f"no memory formula for {algorithm!r}")
     P = world
     base = s.A + s.L + (s.A + s.AKV if backward else 0)
     kernel = 2 * (s.A + s.L)  # a block's result and the merge's temporary
     grads = 2 * s.AKV + s.A  # a block's dq, dk, dv from the kernel
-    streams = {"bidir-ring": 2, "double-ring": 2}.get(algorithm, 1)
     if P == 1:
         return base + kernel + (grads if backward else 0)
-    if algorithm in ("ring", "zigzag", "stripe", "bidir-ring", "double-ring"):
-        extra = kernel + 2 * streams * s.KV
+    if algo.buffers == "ring":
+        extra = kernel + 2 * algo.streams * s.KV
         if backward:
-            extra += grads + 2 * streams * s.AKV
+            extra += grads + 2 * algo.streams * s.AKV
         return base + extra
-    if algorithm.startswith(("ringx1", "ringx2", "ringx4")):
+    if algo.buffers == "broadcast":
         extra = kernel + 2 * max(s.Q, s.KV) + 2 * (s.A + s.L)
         if backward:
             extra += grads + 3 * s.AKV
         return base + extra
-    if algorithm in ("ringx3", "ringx3b"):
+    if algo.buffers == "gather":
         gathered = P * s.KV
         extra = kernel + 3 * gathered
         if backward:
             extra += grads + 3 * P * s.AKV
         return base + extra
-    if algorithm in ("ulysses", "usp", "usp-ringx"):
-        u = P if algorithm == "ulysses" else (ulysses_degree or ranks_per_node or P)
-        f = u // math.gcd(kv_heads, u)
-        kv = f * s.KV  # head-sharded K/V bytes
-        shards = 2 * (s.Q + kv) + s.A + s.L  # head-sharded q, k, v, out, lse (and the all-to-all copies)
-        ring = P // u  # ranks of the schedule across Ulysses groups
-        inner = 3 * ring * kv if algorithm == "usp-ringx" else 2 * 2 * kv
-        extra = shards + kernel + (inner if ring > 1 else 0)
-        if backward:
-            extra += grads + 2 * f * s.AKV + 2 * (s.Q + kv) + (3 * ring * f * s.AKV if algorithm == "usp-ringx"
-                                                                else 2 * f * s.AKV)
-        return base + extra
-    raise ValueError(f"no memory formula for {algorithm!r}")
+    u = P if algo.ulysses == "all" else (ulysses_degree or ranks_per_node or P)
+    f = u // math.gcd(kv_heads, u)
+    kv = f * s.KV  # head-sharded K/V bytes
+    shards = 2 * (s.Q + kv) + s.A + s.L  # head-sharded q, k, v, out, lse (and the all-to-all copies)
+    ring = P // u  # ranks of the schedule across Ulysses groups
+    gathers = algo.buffers == "ulysses-gather"
+    inner = 3 * ring * kv if gathers else 2 * 2 * kv
+    extra = shards + kernel + (inner if ring > 1 else 0)
+    if backward:
+        extra += grads + 2 * f * s.AKV + 2 * (s.Q + kv) + (3 * ring * f * s.AKV if gathers else 2 * f * s.AKV)
+    return base + extra
 
 
 __all__ = ["Sizes", "measure", "peak_formula", "sizes"]

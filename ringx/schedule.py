@@ -134,7 +134,7 @@ def trace(algorithm: str, causal: bool | None, world: int, rank: int, *, batch: 
     """
     m = as_mask(mask, causal)
     m.check(seq)
-    causal = m.kind != "full"
+    causal = m.causal_layout
     algo = get(algorithm, m)
     n = seq // world
     q = torch.empty(batch, n, heads, head_dim, dtype=dtype, device="meta")

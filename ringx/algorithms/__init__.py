@@ -28,13 +28,18 @@ class Algorithm:
     topology: bool = False  # needs to know which ranks share a node (ringx.topology)
     ulysses: str = ""  # Ulysses degree: "" none, "all" every rank, "node" per call, default ranks per node
     inner_ring: bool = False  # takes ``inner_ring`` (double-ring), default the ranks per node
+    # what the schedule holds besides its result, for ringx.memory.peak_formula: "ring" (two receive sets of K/V
+    # per stream), "broadcast", "gather" (the whole sequence's K/V), "ulysses" (head-sharded copies, an inner ring
+    # across Ulysses groups) or "ulysses-gather" (the inner schedule a gather)
+    buffers: str = "ring"
+    streams: int = 1  # ring buffers: K/V streams in flight (both directions, or two levels)
 
     def supports(self, causal: bool | Mask) -> bool:
         return self._layout(causal) is not None
 
     def _layout(self, causal: bool | Mask) -> str | None:
-        if isinstance(causal, Mask):  # every mask but full is laid out as causal attention is
-            causal = causal.kind != "full"
+        if isinstance(causal, Mask):
+            causal = causal.causal_layout
         return self.causal_layout if causal else self.noncausal_layout
 
     def layout(self, causal: bool | None = None, ulysses_degree: int | None = None, *,
@@ -65,8 +70,8 @@ class Algorithm:
         return None
 
 
-def _x(name, nc, c, fwd, bwd, overlap, pattern, summary):
-    return Algorithm(name, "ringx", nc, c, fwd, bwd, overlap, pattern, summary)
+def _x(name, nc, c, fwd, bwd, overlap, pattern, summary, buffers):
+    return Algorithm(name, "ringx", nc, c, fwd, bwd, overlap, pattern, summary, buffers=buffers)
 
 
 _RING = "p2p ring(k,v); p2p ring(k,v) + ring(dk,dv)"
@@ -91,37 +96,40 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
               "ring attention on the stripe layout (balanced when causal)"),
     Algorithm("bidir-ring", "ring", "contiguous", "zigzag", bidir.forward, bidir.backward, True, _BIDIR,
               "bidirectional ring: K/V sent both ways, ceil((P-1)/2) steps, dK/dV home the shorter way (zigzag "
-              "when causal)"),
+              "when causal)", streams=2),
     Algorithm("double-ring", "ring", "contiguous", "zigzag", double.forward, double.backward, True, _DOUBLE,
               "double ring: a ring within each node (inner_ring ranks) inside a ring across nodes, the next outer "
-              "block prefetched during the inner round (zigzag when causal)", topology=True, inner_ring=True),
+              "block prefetched during the inner round (zigzag when causal)", topology=True, inner_ring=True,
+              streams=2),
     _x("ringx1", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, False, _BQ,
-       "ringX1: broadcast Q in turn, reduce numerator/denominator to its owner"),
+       "ringX1: broadcast Q in turn, reduce numerator/denominator to its owner", "broadcast"),
     _x("ringx2", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, False, _BQ,
-       "ringX2: the ringX1 schedule run causal; masked blocks are skipped (unbalanced)"),
+       "ringX2: the ringX1 schedule run causal; masked blocks are skipped (unbalanced)", "broadcast"),
     _x("ringx3", "contiguous", "zigzag", gather.forward, gather.backward, False, _AG,
-       "ringX3: all-gather K/V (zigzag when causal), reduce-scatter dK/dV"),
+       "ringX3: all-gather K/V (zigzag when causal), reduce-scatter dK/dV", "gather"),
     _x("ringx4", "zigzag", "zigzag", bcast.kv_forward, bcast.kv_backward, False, _BKV,
-       "ringX4: broadcast K/V in turn, reduce dK/dV, zigzag layout"),
+       "ringX4: broadcast K/V in turn, reduce dK/dV, zigzag layout", "broadcast"),
     _x("ringx1o", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, True, _BQ,
-       "ringX1 with double-buffered async collectives"),
+       "ringX1 with double-buffered async collectives", "broadcast"),
     _x("ringx2o", "contiguous", "contiguous", bcast.q_forward, bcast.kv_backward, True, _BQ,
-       "ringX2 with double-buffered async collectives"),
+       "ringX2 with double-buffered async collectives", "broadcast"),
     _x("ringx4o", "zigzag", "zigzag", bcast.kv_forward, bcast.kv_backward, True, _BKV,
-       "ringX4 with double-buffered async collectives"),
+       "ringX4 with double-buffered async collectives", "broadcast"),
     Algorithm("ringx3b", "ringx", "contiguous", "zigzag", hier.forward, hier.backward, True, _AG2,
               "ringX3b: two-level all-gather of K/V (across nodes, then within), the local block computed "
-              "meanwhile; two-level reduce-scatter of dK/dV", topology=True),
+              "meanwhile; two-level reduce-scatter of dK/dV", topology=True, buffers="gather"),
     Algorithm("ulysses", "ulysses", "contiguous", "contiguous", _usp_fwd, _usp_bwd, False,
               _A2A.format(f="", b=""),
               "DeepSpeed-Ulysses: all-to-all sequence -> heads over all ranks, local attention, all-to-all back",
-              topology=True, ulysses="all"),
+              topology=True, ulysses="all", buffers="ulysses"),
     Algorithm("usp", "ulysses", "contiguous", "zigzag-u{u}", _usp_fwd, _usp_bwd, True,
               _A2A.format(f=" + p2p ring(k,v)", b=" + p2p ring(k,v) + ring(dk,dv)"),
-              "USP: Ulysses within a node x zigzag ring across nodes", topology=True, ulysses="node"),
+              "USP: Ulysses within a node x zigzag ring across nodes", topology=True, ulysses="node",
+              buffers="ulysses"),
     Algorithm("usp-ringx", "ulysses", "contiguous", "zigzag-u{u}", _uspx_fwd, _uspx_bwd, False,
               _A2A.format(f=" + all_gather(k,v)", b=" + all_gather(k,v) + reduce_scatter(dk,dv)"),
-              "Ulysses within a node x ringX3 (all-gather K/V) across nodes", topology=True, ulysses="node"),
+              "Ulysses within a node x ringX3 (all-gather K/V) across nodes", topology=True, ulysses="node",
+              buffers="ulysses-gather"),
 )}
 
 
