@@ -1,4 +1,6 @@
-"""The cost model: predicted time of every algorithm at any scale, from its traced schedule.
+"""``ringx_costmodel`` (this folder, costmodel/, installed and imported under that name).
+
+The cost model: predicted time of every algorithm at any scale, from its traced schedule.
 
 - ``network``: latency steps and bus-bandwidth factors per operation (nccl-tests' conventions);
 - ``machine``: a machine description (throughput, links), published in a profile or fitted;

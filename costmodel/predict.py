@@ -12,32 +12,39 @@ from .simulate import Prediction, sample_ranks, simulate
 def _traces(algorithm, causal, p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, backward,
             ranks_per_node=None, ulysses_degree=None, mask=None) -> tuple:
     """The sampled ranks' schedules; cached because tracing dominates and a schedule does not depend on the
-    machine (the planner and `analysis predict` ask for the same configurations). ``mask``: a ringx.Mask's text
-    (hashable, for the cache) that replaces ``causal``; the masked plans skip blocks and ring steps when tracing
-    exactly as when running."""
+    machine (the planner and `analysis predict` ask for the same configurations). ``mask``: a ringx.Mask (immutable
+    and hashable, a cache key as it is) that replaces ``causal``; the masked plans skip blocks and ring steps when
+    tracing exactly as when running."""
     import torch
 
-    from ringx.mask import Mask
     from ringx.schedule import trace
 
-    m = Mask.parse(mask) if mask is not None else None
-    return tuple(trace(algorithm, None if m else causal, p, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
-                       head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward,
-                       ranks_per_node=ranks_per_node, ulysses_degree=ulysses_degree, mask=m) for r in ranks)
+    return tuple(trace(algorithm, None if mask else causal, p, r, batch=batch, seq=seq, heads=heads,
+                       kv_heads=kv_heads, head_dim=head_dim, dtype=getattr(torch, dtype), backward=backward,
+                       ranks_per_node=ranks_per_node, ulysses_degree=ulysses_degree, mask=mask) for r in ranks)
+
+
+def _mask(mask):
+    """A ringx.Mask, or None; text (as the CLI and older callers give it) is read once."""
+    if mask is None or not isinstance(mask, str):
+        return mask
+    from ringx.mask import Mask
+
+    return Mask.parse(mask)
 
 
 def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
             seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
-            exact_ranks: int = 64, ulysses_degree: int | None = None, mask: str | None = None) -> Prediction:
+            exact_ranks: int = 64, ulysses_degree: int | None = None, mask=None) -> Prediction:
     """Predicted time of one call of ``algorithm`` (mode "fwd" or "fwd+bwd") on ``p`` ranks.
 
     ``ulysses_degree`` (usp, usp-ringx): the Ulysses group size; default the ranks per node, as ringx does.
-    ``mask``: a ringx.Mask or its text form, in place of ``causal`` (skipped blocks and transfers are not costed).
+    ``mask``: a ringx.Mask (or its text form), in place of ``causal`` (skipped blocks and transfers are not costed).
     """
     ranks = sample_ranks(p, exact_ranks)
     rpn = p // nodes if nodes > 1 and p % nodes == 0 else None  # hierarchical schedules follow the nodes
     traces = _traces(algorithm, bool(causal), p, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
-                     mode == "fwd+bwd", rpn, ulysses_degree, None if mask is None else str(mask))
+                     mode == "fwd+bwd", rpn, ulysses_degree, _mask(mask))
     fwd = simulate([t.forward for t in traces], machine, p, nodes, ranks)
     if mode == "fwd":
         return fwd

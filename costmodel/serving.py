@@ -29,10 +29,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ringx_suite.dtypes import DTYPES, accumulate_bytes, element_bytes
+
 from .machine import Machine
 
-ITEM = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
-ACC = {"bfloat16": 4, "float16": 4, "float32": 4, "float64": 8}  # ringx.kernels.acc_dtype: partials' dtype
 ID_BYTES = 8  # the generated ids, int64, broadcast from rank 0 each step
 TP = "tp"
 
@@ -141,7 +141,7 @@ def decode_shape(algorithm: str, world: int, *, heads: int, ulysses_degree: int 
 
 def partial_bytes(batch: int, tokens: int, heads: int, head_dim: int, dtype: str) -> int:
     """One partial result (out (B, t, h, D) and lse (B, h, t)) in the accumulation dtype, packed as decode does."""
-    return (batch * tokens * heads * head_dim + batch * heads * tokens) * ACC[dtype]
+    return (batch * tokens * heads * head_dim + batch * heads * tokens) * accumulate_bytes(dtype)
 
 
 def decode_messages(shape: DecodeShape, *, batch: int, heads: int, head_dim: int, dtype: str = "bfloat16",
@@ -154,7 +154,7 @@ def decode_messages(shape: DecodeShape, *, batch: int, heads: int, head_dim: int
         if shape.merge == "ring":
             out.append(Message("sendrecv", part, "shards"))
         elif shape.merge == "allreduce":
-            out += [Message("all_reduce", batch * h * new_tokens * ACC[dtype], "shards"),  # max lse
+            out += [Message("all_reduce", batch * h * new_tokens * accumulate_bytes(dtype), "shards"),  # max lse
                     Message("all_reduce", part, "shards")]  # shifted numerator and denominator
         elif shape.merge == "allgather":
             out.append(Message("all_gather", part, "shards"))
@@ -252,8 +252,8 @@ def _check(machine: Machine, model: Decoder, p: int, cache_tokens: int, batch: i
     for name, v in (("ranks", p), ("cache tokens", cache_tokens), ("batch", batch)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if dtype not in ITEM:
-        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(ITEM)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
 
 
 def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: int, model: Decoder,
@@ -267,7 +267,7 @@ def predict_serving(algorithm: str, p: int, machine: Machine, *, gpus_per_node: 
     nodes = max(1, math.ceil(p / gpus_per_node))
     if algorithm == TP:
         return _tp(p, machine, gpus_per_node, nodes, model, cache_tokens, batch, dtype)
-    m, item = model, ITEM[dtype]
+    m, item = model, element_bytes(dtype)
     shape = decode_shape(algorithm, p, heads=m.heads, ulysses_degree=ulysses_degree, gpus_per_node=gpus_per_node)
     hd, u = m.head_dim, shape.u
     kvh = m.kv_heads * kv_replicas(m.kv_heads, u) // u
@@ -315,7 +315,7 @@ def tp_problem(model: Decoder, p: int) -> str:
 
 def tp_messages(model: Decoder, p: int, *, batch: int, tokens: int, dtype: str = "bfloat16") -> list[Message]:
     """TP's operations per layer: one all-reduce after the attention's output projection, one after the MLP."""
-    n = batch * tokens * model.d_model * ITEM[dtype]
+    n = batch * tokens * model.d_model * element_bytes(dtype)
     return [Message("all_reduce", n, "shards"), Message("all_reduce", n, "shards")] if p > 1 else []
 
 
@@ -324,7 +324,7 @@ def _tp(p: int, machine: Machine, gpus_per_node: int, nodes: int, model: Decoder
     why = tp_problem(model, p)
     if why:
         raise ValueError(why)
-    m, item, hd = model, ITEM[dtype], model.head_dim
+    m, item, hd = model, element_bytes(dtype), model.head_dim
     h, kvh = m.heads // p, m.kv_heads * kv_replicas(m.kv_heads, p) // p
     shape = DecodeShape(TP, TP, "none", p, 1)
 

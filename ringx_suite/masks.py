@@ -16,6 +16,7 @@ machine: draw once per configuration and hand every rank the result.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,19 +117,63 @@ def _lengths(spec: str, dist: str, arg: str, seq: int, seed: int) -> list[int]:
     return _fill(seq, lambda: next(it))
 
 
-def parse(spec: str, seq: int, seed: int = 0) -> Mask:
-    """The ringx.Mask of a spec for global length ``seq`` (module doc); one-line UserError when it is bad."""
+def _literal(spec: str) -> Mask:
+    """The ringx.Mask of a spec that is not drawn."""
     from ringx.errors import RingxInputError
     from ringx.mask import Mask
 
+    try:
+        return Mask.parse(spec.strip())
+    except RingxInputError:
+        raise _bad(spec, "not a mask or distribution") from None
+
+
+def _checked(spec) -> str:
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"--mask must be a non-empty text ({HELP}), got {spec!r}")
+    return spec
+
+
+def is_causal(spec: str) -> bool:
+    """Whether no query of the spec's masks sees a later key: what ``causal`` means beside a mask (drawn documents
+    are causal)."""
+    return is_distribution(_checked(spec)) or _literal(spec).is_causal
+
+
+def causal_layout(spec: str) -> bool:
+    """Whether the spec's masks take the causal layouts (every mask but full, ringx.Mask.causal_layout)."""
+    return is_distribution(_checked(spec)) or _literal(spec).causal_layout
+
+
+def reconcile(specs: list[str] | None, causals: list[bool] | None, default: list[bool]) -> list[str]:
+    """The maskings that ``--mask`` and ``--causal`` (a sweep file's ``masks`` and ``causal``, a point's ``mask``
+    and ``causal``) ask for, as mask specs: the masks, else the causal flags as ``causal``/``full``, else
+    ``default``'s. The masks replace the flags; given both, they must say the same: the flags are the masks'
+    causality (``is_causal``), so ``causal true`` goes with ``causal`` or ``window:W``, ``false`` with ``full``.
+    Otherwise a one-line UserError."""
+    if specs is None:
+        return ["causal" if c else "full" for c in (default if causals is None else causals)]
+    if causals is not None and {is_causal(s) for s in specs} != set(causals):
+        said = ",".join(str(c).lower() for c in causals)
+        raise UserError(f"--mask {','.join(specs)} and --causal {said} disagree: give --mask alone (--causal "
+                        "true stands for --mask causal or another causal mask such as window:W, false for --mask "
+                        "full)")
+    return list(specs)
+
+
+def parse(spec: str, seq: int, seed: int = 0) -> Mask:
+    """The ringx.Mask of a spec for global length ``seq`` (module doc); one-line UserError when it is bad. Drawn
+    once per (spec, length, seed) in a process (masks are immutable), the same on every rank (a seeded draw)."""
+    return _parse(_checked(spec), seq, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(spec: str, seq: int, seed: int) -> Mask:
+    from ringx.mask import Mask
+
     text = spec.strip()
     if not is_distribution(text):
-        try:
-            m = Mask.parse(text)
-        except RingxInputError:
-            raise _bad(spec, "not a mask or distribution") from None
+        m = _literal(text)
         if m.problem(seq):
             raise UserError(m.problem(seq))
         return m

@@ -94,3 +94,35 @@ def test_memory_estimate_grows_with_the_point_and_gathers_are_o_s():
     gather = make_point({"algorithm": "ringx3", "seq": 4096}, 4)
     assert memory_bytes(gather, 4) > memory_bytes(pt, 4)  # the gathered K/V of the whole sequence
     assert memory_bytes(pt, 4, check_max_seq=4096) >= memory_bytes(pt, 4)
+
+
+def test_memory_estimate_is_the_library_formula_over_the_inputs_for_every_algorithm():
+    """bench's bound reads the registry's buffers through ringx.memory.peak_formula: no algorithm is left out, and
+    an outside baseline counts as the built-in it resembles."""
+    import torch
+
+    import ringx
+    from ringx import memory
+    from ringx_drivers.baselines import MEMORY_LIKE
+    from ringx_drivers.points.attention import make_point, memory_bytes
+
+    s = memory.sizes(1, 1024, 8, 2, 64, torch.float32)
+    inputs = 2 * 1024 * (8 + 2) * 64 * 4
+    for name in ringx.ALGORITHMS:
+        pt = make_point({"algorithm": name, "seq": 4096, "kv_heads": 2}, 4)
+        assert memory_bytes(pt, 4) == inputs + memory.peak_formula(name, 4, s, backward=True, kv_heads=2), name
+    for name, like in MEMORY_LIKE.items():
+        pt = make_point({"algorithm": name, "seq": 4096, "kv_heads": 2}, 4, external=tuple(MEMORY_LIKE))
+        assert memory_bytes(pt, 4) == inputs + memory.peak_formula(like, 4, s, backward=True, kv_heads=2), name
+
+
+def test_element_sizes_are_torch_s_and_partials_accumulate_as_the_library_does():
+    import torch
+
+    from ringx.kernels import acc_dtype
+    from ringx_suite.dtypes import ACCUMULATE, DTYPES, element_bytes
+
+    for name in DTYPES:
+        dt = getattr(torch, name)
+        assert element_bytes(name) == torch.empty((), dtype=dt).element_size()
+        assert ACCUMULATE[name] == str(acc_dtype(dt)).removeprefix("torch.")
