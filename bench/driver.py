@@ -426,19 +426,30 @@ def model_parser(prog: str, description: str | None, model_options, points_title
     return p
 
 
-def model_config(preset: str, overrides: dict):
-    """``bench.models.preset(preset)`` with the given fields over it (None: the preset's), checked: UserError in
-    one line, alike on every rank, for an unknown preset or fields that do not fit together."""
-    from ringx_drivers import models
+class ModelDriver(CaseDriver):
+    """``bench model`` and ``bench infer``: a plan's candidates (``plan.algorithms``) side by side at each of its
+    lengths, on one model replicated from rank 0, the dtype resolved on the device. The driver's: ``point`` (its
+    (algorithm, length) class) and ``lengths``."""
 
-    try:
-        cfg = models.preset(preset, **{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    problem = cfg.problem()
-    if problem:
-        raise UserError(f"model {preset}: {problem}")
-    return cfg
+    inputs_what = "building the model of"
+    point: type  # made as point(algorithm, length)
+
+    def __init__(self, inv: Invocation, plan, dtype: str):
+        super().__init__(inv)
+        self.plan, self.asked_dtype = plan, dtype
+        self.references: dict = {}  # the unsharded float64 reference of the configuration being checked
+
+    def lengths(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def before_campaign(self) -> None:
+        from ringx_drivers.points import compute_dtype
+
+        self.dtype = compute_dtype(self.asked_dtype, self.ctx.device.type)
+
+    def configurations(self) -> list[tuple[int, list]]:
+        return [(rep, [self.point(n, s) for n in self.plan.algorithms]) for s in self.lengths()
+                for rep in range(self.settings.repeats)]
 
 
 def replicated_model(cfg, *, seed: int, device, world: int, dtype=None, **build):

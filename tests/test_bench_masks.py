@@ -144,7 +144,7 @@ def test_bad_mask_specs_are_refused_in_one_line(tmp_path):
 
 def test_kernels_and_quick_refuse_what_they_cannot_time(tmp_path):
     env = dict(os.environ)
-    k = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--seq", "128", "--mask", "docs:64x2",
+    k = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--block", "128", "--mask", "docs:64x2",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
     one_line_error(k, "one block", "bench run")
     q = run_cli("quick", "--ranks", "1", "--seq", "128", "--mask", "docs:lognormal:0", "--out", str(tmp_path))
@@ -152,8 +152,9 @@ def test_kernels_and_quick_refuse_what_they_cannot_time(tmp_path):
 
 
 def test_kernels_time_windows_as_band_blocks(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--seq", "128", "--kv-heads", "2", "--mask",
-                           "causal,window:32", "--iters", "2", "--warmup", "1", "--out", str(tmp_path), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "ringx_bench", "kernels", "--block", "128", "--kv-heads", "2",
+                           "--mask", "causal,window:32", "--iters", "2", "--warmup", "1", "--out", str(tmp_path),
+                           "--quiet"],
                           capture_output=True, text=True, timeout=200)
     assert proc.returncode == 0, proc.stderr
     recs = Store(tmp_path, "kernels").records()
@@ -275,6 +276,7 @@ def test_shipped_masks_sweep_plans():
 def test_model_sweep_masks_become_the_jobs_flags_and_keys(tmp_path):
     from ringx_drivers import sweeps as sweep
     from ringx_drivers.drivers import step
+    from ringx_drivers.points import step as step_points
     from ringx_drivers.sweeps import kinds, plan
 
     f = tmp_path / "m.toml"
@@ -304,8 +306,9 @@ masks = ["docs:lognormal:48", "window:32"]
         for c in cmds:  # the records each job's bench model writes have the keys sweep status looks up
             inv, _, pl = step.resolve(c[1:], 2)
             s = inv.settings
-            got |= {config_key(step.record_config(pl, a, pl.seqs[0], world=2, nodes=1, repeat=0, dtype="float32",
-                                                  checkpoint=False, kernel=s.kernel, warmup=s.warmup, iters=s.iters))
+            got |= {config_key(step_points.plan_config(pl, a, pl.seqs[0], world=2, nodes=1, repeat=0, dtype="float32",
+                                                       checkpoint=False, kernel=s.kernel, warmup=s.warmup,
+                                                       iters=s.iters))
                     for a in pl.algorithms}
         assert got == {kinds.KINDS["model"].key(p, 2, 1, 0, sw.bench) for p in pts}
         assert len(got) == len(pts)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ringx_drivers import models
-from ringx_drivers.drivers.infer import CHECK_MAX_SEQ, CHECK_TOLERANCE
+from ringx_drivers.drivers.infer import CHECK_TOLERANCE
 from ringx_drivers.models import serving
 from ringx_drivers.points import infer as infer_points
+from ringx_drivers.points.infer import CHECK_MAX_SEQ
 from ringx_suite.store import Store, validate
 from tests.mpi import assert_refused_in_one_line, launch, refused_batch
 

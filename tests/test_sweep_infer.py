@@ -12,7 +12,7 @@ import pytest
 
 from ringx_costmodel.machine import JOBS
 from ringx_drivers import sweeps as sweep
-from ringx_drivers.drivers import infer
+from ringx_drivers.points import infer as infer_points
 from ringx_drivers.points.infer import InferPoint
 from ringx_drivers.sweeps import plan
 from tests.test_sweep import GOLDEN, render_golden, write
@@ -68,7 +68,7 @@ def test_golden_infer_job_scripts(machine, tmp_path, monkeypatch):
     for a in runs:
         assert flag(a, "--preset") == preset and flag(a, "--dtype") == ("bfloat16" if gpu else "float32")
         assert flag(a, "--new-tokens") == "16" and "--check" in a and flag(a, "--campaign") == "paper-infer"
-        assert flag(a, "--check-max-seq") == str(infer.CHECK_MAX_SEQ)  # bench infer's default, not bench run's
+        assert flag(a, "--check-max-seq") == str(infer_points.CHECK_MAX_SEQ)  # bench infer's default, not bench run's
 
 
 def test_the_demo_sweep_plans_and_its_keys_are_the_drivers(tmp_path):
@@ -79,10 +79,11 @@ def test_the_demo_sweep_plans_and_its_keys_are_the_drivers(tmp_path):
     assert isinstance(pt, InferPoint) and pt.dtype == "float64" and pt.new_tokens == 8
     assert len(job.points) == 6 * 2
     # the key sweep status looks up is the one bench infer writes for the same point
-    p = infer.Plan(pt.preset, pt.config, pt.batch, pt.new_tokens, (pt.prompt_len,), (pt.algorithm,), pt.dtype)
+    p = infer_points.ServingPlan(pt.preset, pt.config, pt.batch, pt.new_tokens, (pt.prompt_len,), (pt.algorithm,),
+                                 pt.dtype)
     b = sw.bench
-    want = infer.record_config(p, pt.algorithm, pt.prompt_len, world=2, nodes=1, repeat=0, dtype=pt.dtype,
-                               kernel=b["kernel"], warmup=b["warmup"], iters=b["iters"])
+    want = infer_points.plan_config(p, pt.algorithm, pt.prompt_len, world=2, nodes=1, repeat=0, dtype=pt.dtype,
+                                    kernel=b["kernel"], warmup=b["warmup"], iters=b["iters"])
     from ringx_suite.store import config_key
 
     assert config_key(want) in sw.keys(job)

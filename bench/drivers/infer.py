@@ -1,11 +1,9 @@
 """``ringx-bench infer``: serving long prompts, context-parallel prefill and decode against tensor parallelism.
 
-The model is ``bench model``'s decoder preset (``tiny`` on CPU), in eval mode without autograd; serving itself
-(prefill in the algorithm's layout, the sharded KV cache, each algorithm family's decode schedule, the ``tp``
-baseline, the unsharded reference) is bench/models/serving.py, and docs/serving.md says what each algorithm does
-at decode and why. This file is the driver's own part on the skeleton (bench/driver.py): its points (a prompt
-length; the candidates are the algorithms and ``tp``), its inputs (the shared model and prompt), its check,
-the timed generation and its record fields (kind ``infer``, ringx_suite/records.py).
+The model is ``bench model``'s decoder preset (``tiny`` on CPU), in eval mode without autograd. Each candidate
+(an algorithm, or ``tp``: tensor parallelism) prefills the prompt in its layout into a sharded KV cache and
+decodes with its family's schedule; docs/serving.md says what each algorithm does at decode and why. Records
+are of kind ``infer`` (docs/records.md).
 
 Timing as ``bench run``: warm-up, then every iteration one whole generation (prefill, then ``--new-tokens`` - 1
 decode steps) of each candidate in rotating order; every phase's seconds are the slowest rank's, and every
@@ -32,43 +30,27 @@ from dataclasses import dataclass
 from ringx_drivers import options
 from ringx_drivers.driver import (
     Case,
-    CaseDriver,
     Invocation,
+    ModelDriver,
     Stage,
     given_options,
     ledger_totals,
-    model_config,
     model_parser,
     mpi_main,
     per_rank_fields,
     replicated_model,
 )
 from ringx_drivers.measure.failures import CheckFailed
-from ringx_suite.cli import Parser, UserError
+from ringx_drivers.points.infer import CHECK_MAX_SEQ, ServingPlan, plan_config, serving_plan
+from ringx_suite.cli import Parser
 
 PROG = "ringx-bench infer"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: every step's logits, relative (seen ~1e-15)
-CHECK_MAX_SEQ = 8192  # default longest prompt --check verifies: the reference recomputes it per token, on one CPU
-DEFAULT_ALGORITHMS = ("ring", "zigzag", "ringx1", "ringx3", "ringx4", "ulysses", "tp")
-DEFAULT_PROMPT = 256
 
 
 def build_parser() -> Parser:
     return model_parser(PROG, __doc__, [options.MODEL[n] for n in options.INFER_MODEL], "serving (lists are crossed)",
                         options.INFER.values(), CHECK_MAX_SEQ, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to serve: the model, the prompt lengths, the candidates."""
-
-    preset: str
-    config: object  # models.ModelConfig
-    batch: int
-    new_tokens: int
-    prompts: tuple[int, ...]
-    algorithms: tuple[str, ...]
-    dtype: str  # as asked ("auto" resolved on the device)
 
 
 @dataclass(frozen=True)
@@ -79,53 +61,18 @@ class ServeAt:
     prompt_len: int
 
 
-def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, Plan]:
+def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, ServingPlan]:
+    """:func:`resolve` from the options as a dict: the checked invocation and the plan (bench/points/infer.py)."""
+    return Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ}), serving_plan(given, world)
+
+
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, ServingPlan]:
     """The checked invocation and plan for ``world`` ranks; every user mistake (an unknown preset or algorithm,
     a prompt the layout cannot split, ``--new-tokens 0``, heads TP cannot split) raises UserError here, on every
     rank alike, before any process group exists."""
     argv = list(argv or [])
     valid = set(options.INFER_MODEL) | set(options.INFER) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
     return make_plan(given_options(build_parser(), argv, valid), world, argv)
-
-
-def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, Plan]:
-    from ringx_drivers.models import serving
-
-    inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
-    overrides = {n: options.value(options.MODEL[n], given.get(n), "") for n in options.INFER_MODEL if n != "preset"}
-    preset = options.value(options.MODEL["preset"], given.get("preset", "tiny"), "")
-    cfg = model_config(preset, overrides)
-    opt = options.INFER
-    prompts = tuple(options.value(opt["prompt_len"], given.get("prompt_len"), "", many=True) or [DEFAULT_PROMPT])
-    batch = options.value(opt["batch"], given.get("batch", opt["batch"].default), "")
-    new_tokens = options.value(opt["new_tokens"], given.get("new_tokens", opt["new_tokens"].default), "")
-    dtype = options.value(opt["dtype"], given.get("dtype", "auto"), "")
-    names = tuple(dict.fromkeys(options.value(opt["algorithms"], given.get("algorithms"), "", many=True)
-                                or DEFAULT_ALGORITHMS))
-    for n in names:
-        for s in prompts:
-            why = serving.problem(cfg, n, s, new_tokens, world)
-            if why:
-                raise UserError(why)
-    return inv, Plan(preset, cfg, batch, new_tokens, prompts, names, dtype)
-
-
-def compute_dtype(dtype: str, device_type: str) -> str:
-    return dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-
-
-def record_config(plan: Plan, algorithm: str, prompt_len: int, *, world: int, nodes: int, repeat: int, dtype: str,
-                  kernel: str | None, warmup: int, iters: int) -> dict:
-    """The configuration fields of an infer record; their hash is its key."""
-    from ringx_drivers.points import run_config
-
-    cfg = plan.config.as_dict()
-    return run_config(world, nodes, repeat, kernel, warmup, iters) | {
-        "algorithm": algorithm, "model": plan.preset, **{k: cfg[k] for k in MODEL_FIELDS},
-        "prompt_len": prompt_len, "batch": plan.batch, "new_tokens": plan.new_tokens, "dtype": dtype}
-
-
-MODEL_FIELDS = ("layers", "d_model", "heads", "kv_heads", "mlp", "vocab", "rope_theta", "norm_eps")
 
 
 class Timed:
@@ -157,27 +104,21 @@ class Timed:
         self.ids = [int(i[0]) for i in ids]
 
 
-class Serving(CaseDriver):
+class Serving(ModelDriver):
     """``bench infer``: every prompt length's candidates timed side by side, one generation each per round."""
 
     prog, command, kind = "bench infer", "infer", "infer"
-    inputs_what = "building the model of"
+    point = ServeAt
 
-    def __init__(self, inv: Invocation, plan: Plan):
-        super().__init__(inv)
-        self.plan = plan
-        self.references: dict = {}
+    def __init__(self, inv: Invocation, plan: ServingPlan):
+        super().__init__(inv, plan, plan.dtype)
 
-    def before_campaign(self) -> None:
-        self.dtype = compute_dtype(self.plan.dtype, self.ctx.device.type)
-
-    def configurations(self) -> list[tuple[int, list[ServeAt]]]:
-        return [(rep, [ServeAt(n, s) for n in self.plan.algorithms]) for s in self.plan.prompts
-                for rep in range(self.settings.repeats)]
+    def lengths(self) -> tuple[int, ...]:
+        return self.plan.prompts
 
     def config(self, pt: ServeAt, rep: int, nodes: int) -> dict:
         s = self.settings
-        return record_config(self.plan, pt.algorithm, pt.prompt_len, world=self.P, nodes=nodes, repeat=rep,
+        return plan_config(self.plan, pt.algorithm, pt.prompt_len, world=self.P, nodes=nodes, repeat=rep,
                              dtype=self.dtype, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
 
     def label(self, pt: ServeAt) -> str:

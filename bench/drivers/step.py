@@ -3,24 +3,19 @@
 Context parallelism as users run it: every rank holds the whole model (weights replicated) and its shard of
 the sequence in the algorithm's layout; every attention layer calls ``ringx.attention`` with that algorithm;
 the gradients are summed over the ranks by one bucketed all-reduce, then AdamW steps. The model
-(bench/models/) is a Llama-3-shaped decoder or a ViT encoder, from a preset overridden by flags or a
+is a Llama-3-shaped decoder or a ViT encoder, from a preset overridden by flags or a
 TOML/JSON file (--config). Rotary positions are each token's global position under the layout, next-token
 labels are shifted on the global sequence before sharding, and the loss is the mean over global tokens.
 
 All algorithms of one configuration are timed side by side as in `bench run` (warm-up, then every iteration
 one step of each in rotating order, the slowest rank's time kept, every sample stored). Each record also
 holds the forward, backward, gradient all-reduce and optimizer times (each the slowest rank's), tokens/s
-per rank, model FLOPs per token (6N + attention, ringx/flops.py), MFU against a GPU's published peak
+per rank, model FLOPs per token (6N + attention, as PaLM counts), MFU against a GPU's published peak
 (--peak-tflops or --machine; none on CPUs) and peak memory per rank.
 
 --check first compares, for every algorithm, the loss and every parameter's gradient of one step in float64
 with the same model run unsharded on one process in float64 on the CPU (plain attention; tolerance
 CHECK_TOLERANCE, relative). A failing algorithm is recorded as failed and not timed.
-
-The launch, campaign, stages and records are the skeleton's (bench/driver.py); this file holds what is the
-step's own: its points (a model and its sequences), its inputs (the shared model, AdamW and each algorithm's
-shard of one batch), its check (a float64 step against the unsharded model), the timed step and its phases,
-and its record fields. The model zoo is bench/models/; a sweep's step points are bench/points/step.py.
 
 Example (2 local CPU ranks):
   mpiexec -n 2 ringx-bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
@@ -37,12 +32,11 @@ from dataclasses import dataclass, replace
 from ringx_drivers import options
 from ringx_drivers.driver import (
     Case,
-    CaseDriver,
     Invocation,
+    ModelDriver,
     Stage,
     given_options,
     ledger_totals,
-    model_config,
     model_parser,
     mpi_main,
     per_rank_fields,
@@ -50,13 +44,12 @@ from ringx_drivers.driver import (
 )
 from ringx_drivers.measure.failures import CheckFailed
 from ringx_drivers.measure.ranks import describe
+from ringx_drivers.points.step import CHECK_MAX_SEQ, POINT, ModelPlan, model_plan, plan_config
 from ringx_suite.cli import Parser, UserError
+from ringx_suite.records import MODEL_PHASES
 
 PROG = "ringx-bench model"
 CHECK_TOLERANCE = 1e-9  # float64 against float64: relative error of the loss and of each gradient (seen ~1e-14)
-CHECK_MAX_SEQ = 512  # default length of the check (the reference's S x S scores live on one CPU)
-POINT = ("algorithms", "seq", "seq_per_rank", "batch", "mask")
-PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
 BUCKET = 1 << 25  # elements per gradient all-reduce
 
 
@@ -65,70 +58,12 @@ def build_parser() -> Parser:
                         [options.PARAMS[k] for k in POINT], CHECK_MAX_SEQ)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What to run: the model, the points (global seq, algorithm) and how to measure them."""
-
-    preset: str
-    config: object  # models.ModelConfig
-    batch: int
-    scaling: str  # "strong" or "weak"
-    seqs: tuple[int, ...]  # global lengths
-    algorithms: tuple[str, ...]
-    mask: str | None = None  # --mask (every layer), other than the architecture's own
-    layer_masks: tuple[str, ...] = ()  # --layer-masks (the layers cycle through them)
-    mask_seed: int = 0  # of drawn document masks
-
-    def masks_at(self, seq: int) -> tuple | None:
-        """The layers' masks (cycled) at ``seq`` tokens, or None for the architecture's causal / full."""
-        from ringx_drivers.points.attention import mask_of
-
-        specs = self.layer_masks or ((self.mask,) if self.mask else ())
-        return tuple(mask_of(x, seq, self.mask_seed) for x in specs) or None
-
-    def layout_mask(self, seq: int):
-        """What the sequence is sharded for: the first layer's mask (every layer's gives the same layout), or
-        the architecture's causal flag."""
-        masks = self.masks_at(seq)
-        return masks[0] if masks else self.config.causal
-
-    def mask_fields(self, seq: int) -> dict:
-        """The record's mask fields (none without --mask or --layer-masks): --mask's as bench run's; a layer
-        pattern's ``mask`` is ``layers:A/B/...`` and ``layer_masks`` each layer pattern's text."""
-        from ringx_suite import masks as suite_masks
-
-        if self.mask:
-            return suite_masks.record_fields(self.mask, self.masks_at(seq)[0], self.mask_seed)
-        if self.layer_masks:
-            texts = [m.short() for m in self.masks_at(seq)]
-            drawn = [x for x in self.layer_masks if suite_masks.is_distribution(x)]
-            return {"mask": "layers:" + "/".join(texts), "layer_masks": texts,
-                    **({"mask_seed": self.mask_seed} if drawn else {})}
-        return {}
-
-
-def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, Plan]:
-    """Flags over the config file over the preset: the checked invocation, model options and plan for ``world``
-    ranks.
-
-    Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
-    ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
-    """
-    argv = list(argv or [])
-    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
-    return make_plan(given_options(build_parser(), argv, valid), world, argv)
-
-
-def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, options.ModelOptions, Plan]:
-    """:func:`resolve` from the options as a dict (option name -> a flag's string, a TOML value or a list):
-    what a sweep calls to validate a point exactly as the job it renders will."""
-    import ringx
-    from ringx_drivers import models
-
+def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, options.ModelOptions,
+                                                                           ModelPlan]:
+    """:func:`resolve` from the options as a dict: the checked invocation (with --machine's peak for MFU), and
+    the model options and plan (bench/points/step.py ``model_plan``)."""
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
-    if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
-        given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
-    mo = options.ModelOptions.of(given)
+    mo, plan = model_plan(given, world)
     if mo.machine and inv.settings.peak_tflops is None:
         from ringx_drivers.sweeps.profiles import load_profile
 
@@ -139,77 +74,19 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
         # a CPU has no published peak
         inv = replace(inv, settings=replace(inv.settings, peak_tflops=prof.peak_tflops if prof.gpus_per_node
                                             else None))
-    cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
-
-    P = options.PARAMS
-    seq = options.value(P["seq"], given.get("seq"), "", many=True)
-    per_rank = options.value(P["seq_per_rank"], given.get("seq_per_rank"), "", many=True)
-    if seq and per_rank:
-        raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
-    seqs = tuple(s * world for s in per_rank) if per_rank else tuple(seq or [2048])
-    batch = options.value(P["batch"], given.get("batch", 1), "")
-    mask, layer_masks = _masks(given, mo, cfg)
-    probe = Plan(mo.preset, cfg, batch, "strong", seqs, (), mask, layer_masks, inv.settings.mask_seed or 0)
-    masks_of = {s: probe.masks_at(s) for s in seqs}  # every spec drawn and checked at every length
-    for m in {m for ms in masks_of.values() for m in ms or ()}:
-        if cfg.causal and not m.is_causal:
-            raise UserError(f"mask {m.short()}: a decoder's layers must not see later tokens (they are its labels); "
-                            "use causal, window:W or docs:... masks")
-    kinds = {m.kind != "full" for ms in masks_of.values() for m in ms or ()} or {cfg.causal}
-    if len(kinds) > 1:
-        raise UserError("--layer-masks: full and masked layers need two layouts of one sequence; give masked "
-                        "layers only (e.g. window:W,causal) or full layers only")
-    family = kinds.pop()
-    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(family)
-    for n in names:
-        try:
-            ringx.algorithms.get(n, family)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        algo = ringx.ALGORITHMS[n]
-        if algo.ulysses == "all" and cfg.heads % world:
-            raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits heads); "
-                            "choose other --heads or drop it from --algorithms")
-        div = algo.local_divisor(family) * world
-        for s in seqs:
-            if s % div:
-                raise UserError(f"sequence length {s} cannot be split for {n} "
-                                f"({'causal' if family else 'non-causal'}) over {world} ranks: it must be a "
-                                f"multiple of {div}")
-            if cfg.causal and s < 2:
-                raise UserError("a causal LM needs at least 2 tokens (one label)")
-    return inv, mo, replace(probe, scaling="weak" if per_rank else "strong", algorithms=tuple(dict.fromkeys(names)))
+    return inv, mo, plan
 
 
-def _masks(given: dict, mo: options.ModelOptions, cfg) -> tuple[str | None, tuple[str, ...]]:
-    """(--mask, --layer-masks) of a model, checked: one --mask per launch, not both, and a decoder's layers never
-    see later tokens (a full mask would show the labels). full/causal as the architecture's own are dropped."""
-    spec = options.value(options.PARAMS["mask"], given.get("mask"), "", many=True)
-    if spec and len(spec) != 1:
-        raise UserError("bench model takes one --mask per launch (a sweep file's masks = [...] crosses several)")
-    layer = tuple(options.value(options.MODEL["layer_masks"], mo.layer_masks, "", many=True) or ())
-    if spec and layer:
-        raise UserError("give --mask (every layer) or --layer-masks (a per-layer pattern), not both")
-    if not layer and spec and spec[0].strip() == ("causal" if cfg.causal else "full"):
-        return None, ()  # the architecture's own mask: the records of a run without --mask
-    return (spec[0] if spec and not layer else None), layer
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, ModelPlan]:
+    """Flags over the config file over the preset: the checked invocation, model options and plan for ``world``
+    ranks.
 
-
-def compute_dtype(dtype: str, device_type: str) -> str:
-    """The step's dtype: ``--dtype``, or for auto bfloat16 on GPUs and float32 on CPUs."""
-    return dtype if dtype != "auto" else ("bfloat16" if device_type == "cuda" else "float32")
-
-
-def record_config(plan: Plan, algorithm: str, seq: int, *, world: int, nodes: int, repeat: int, dtype: str,
-                  checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
-    """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
-    a rerun's resume look up)."""
-    from ringx_drivers.points import run_config
-
-    return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
-            **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
-            "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)} \
-        | plan.mask_fields(seq)
+    Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
+    ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
+    """
+    argv = list(argv or [])
+    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
+    return make_plan(given_options(build_parser(), argv, valid), world, argv)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -405,30 +282,25 @@ class Step:
         return loss
 
 
-class TrainingStep(CaseDriver):
+class TrainingStep(ModelDriver):
     """``bench model``: every sequence's algorithms timed side by side, one training step each per round."""
 
     prog, command, kind = "bench model", "model", "model"
-    inputs_what = "building the model of"
+    point = StepAt
 
-    def __init__(self, inv: Invocation, model: options.ModelOptions, plan: Plan):
-        super().__init__(inv)
-        self.model, self.plan = model, plan
-        self.references: dict = {}
-
-    def before_campaign(self) -> None:
-        self.dtype = compute_dtype(self.model.dtype, self.ctx.device.type)
+    def __init__(self, inv: Invocation, model: options.ModelOptions, plan: ModelPlan):
+        super().__init__(inv, plan, model.dtype)
+        self.model = model
 
     # -- points and records --------------------------------------------------------------------------------
 
-    def configurations(self) -> list[tuple[int, list[StepAt]]]:
-        return [(rep, [StepAt(n, seq) for n in self.plan.algorithms]) for seq in self.plan.seqs
-                for rep in range(self.settings.repeats)]
+    def lengths(self) -> tuple[int, ...]:
+        return self.plan.seqs
 
     def config(self, pt: StepAt, rep: int, nodes: int) -> dict:
         s = self.settings
-        return record_config(self.plan, pt.algorithm, pt.seq, world=self.P, nodes=nodes, repeat=rep, dtype=self.dtype,
-                             checkpoint=self.model.checkpoint, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
+        return plan_config(self.plan, pt.algorithm, pt.seq, world=self.P, nodes=nodes, repeat=rep, dtype=self.dtype,
+                           checkpoint=self.model.checkpoint, kernel=s.kernel, warmup=s.warmup, iters=s.iters)
 
     def label(self, pt: StepAt) -> str:
         m = self.plan.mask_fields(pt.seq).get("mask")
@@ -600,7 +472,7 @@ class TrainingStep(CaseDriver):
             mine = mine.to(self.ctx.device)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX)
         every = mine.cpu().tolist()
-        return [{ph: [it[j] for it in per] for j, ph in enumerate(PHASES)} for per in every]
+        return [{ph: [it[j] for it in per] for j, ph in enumerate(MODEL_PHASES)} for per in every]
 
     def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> str:
         import statistics
@@ -624,7 +496,7 @@ class TrainingStep(CaseDriver):
         c.rec.update(
             written_at=now(), kernel=c.result["kernel"], kernel_version=c.result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
-            **{f"{ph}_s": statistics.median(phases[ph]) for ph in PHASES}, phase_samples_s=phases,
+            **{f"{ph}_s": statistics.median(phases[ph]) for ph in MODEL_PHASES}, phase_samples_s=phases,
             tokens_per_s_per_rank=plan.batch * seq / self.P / med,
             params=shared["params"], params_flops=models.flops_params(cfg), flops_per_token=per_token, flops=flops,
             flops_convention=MODEL_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
@@ -632,7 +504,7 @@ class TrainingStep(CaseDriver):
             grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             **{k: v for k, v in c.result.items() if k.startswith("check_")})
-        ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in PHASES}
+        ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in MODEL_PHASES}
         return (f"{med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, all-reduce "
                 f"{ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), {plan.batch * seq / self.P / med:.0f} "
                 "tokens/s per rank")

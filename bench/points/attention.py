@@ -7,12 +7,12 @@ record key for "is this point done?".
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass
 
 from ringx_drivers.options import PARAMS, SETTINGS, value
 from ringx_drivers.points import run_config
 from ringx_suite.cli import UserError
+from ringx_suite.dtypes import element_bytes
 
 FIELDS = ("algorithm", "seq", "seq_per_rank", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode",
           "mask", "mask_seed")
@@ -47,13 +47,13 @@ class Point:
             del d["causal"]  # the mask says it
         return d
 
-    def the_mask(self):
-        """The ringx.Mask of the point (full/causal from ``causal``, else the drawn or literal --mask)."""
-        import ringx
+    def the_mask(self, seq: int | None = None):
+        """The ringx.Mask of the point (full/causal from ``causal``, else the drawn or literal --mask), at ``seq``
+        tokens (default the point's)."""
+        from ringx_suite import masks
 
-        if self.mask is None:
-            return ringx.Mask.causal() if self.causal else ringx.Mask.full()
-        return mask_of(self.mask, self.seq, self.mask_seed or 0)
+        spec = self.mask or ("causal" if self.causal else "full")
+        return masks.parse(spec, seq or self.seq, self.mask_seed or 0)
 
     def mask_text(self) -> str:
         if self.mask is None:
@@ -67,25 +67,18 @@ class Point:
         return masks.record_fields(self.mask, self.the_mask(), self.mask_seed or 0) if self.mask is not None else {}
 
 
-@functools.lru_cache(maxsize=64)
-def mask_of(spec: str, seq: int, seed: int):
-    """A spec's mask for ``seq`` tokens: drawn once per (spec, length, seed) in this process, the same on every
-    rank (a seeded draw)."""
-    from ringx_suite import masks
-
-    return masks.parse(spec, seq, seed)
-
-
-def resolve_mask(d: dict, glob: int, seed: int | None) -> tuple[str | None, int | None, bool | None]:
-    """(spec, seed, causal) of a point dict's ``mask``: (None, None, the bool) for full/causal, (None, None, None)
-    without a mask. A bad spec: one-line UserError (every rank raises alike, before any collective)."""
+def masking(d: dict, glob: int, seed: int | None) -> tuple[str | None, int | None, bool]:
+    """(spec, seed, causal) of a point dict's ``mask`` and ``causal`` (ringx_suite.masks.reconcile: the mask
+    replaces causal, and given both they agree): (None, None, the bool) for full/causal. A bad one: one-line
+    UserError (every rank raises alike, before any collective)."""
     from ringx_suite import masks
 
     spec = value(PARAMS["mask"], d.get("mask"), "point")
-    if spec is None:
-        return None, None, None
+    causal = value(PARAMS["causal"], d.get("causal"), "point") if d.get("causal") is not None else None
+    (spec,) = masks.reconcile(None if spec is None else [spec], None if causal is None else [causal],
+                              [PARAMS["causal"].default])
     seed = value(SETTINGS["mask_seed"], d.get("mask_seed", seed), "point") or 0
-    m = mask_of(spec, glob, seed)
+    m = masks.parse(spec, glob, seed)
     if m.plain is not None:
         return None, None, m.plain
     return spec, (seed if masks.is_distribution(spec) else None), m.is_causal
@@ -99,6 +92,7 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
     user.
     """
     import ringx
+    from ringx_suite import masks
 
     unknown = set(d) - set(FIELDS) - {"scaling"}
     if unknown:
@@ -107,20 +101,16 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
     if name not in ringx.ALGORITHMS and name not in external:
         raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(ringx.ALGORITHMS)}")
     v = {k: value(PARAMS[k], d.get(k, PARAMS[k].default), "point") for k in
-         ("batch", "heads", "kv_heads", "head_dim", "dtype", "causal", "mode", "seq", "seq_per_rank")}
+         ("batch", "heads", "kv_heads", "head_dim", "dtype", "mode", "seq", "seq_per_rank")}
     v["kv_heads"] = v["kv_heads"] or v["heads"]
     if v["heads"] % v["kv_heads"]:
         raise UserError(f"heads ({v['heads']}) must be a multiple of kv_heads ({v['kv_heads']})")
-    seq, per_rank, causal = v["seq"], v["seq_per_rank"], v["causal"]
+    seq, per_rank = v["seq"], v["seq_per_rank"]
     if (seq is None) == (per_rank is None):
         raise UserError("give seq (global, strong scaling) or seq_per_rank (weak scaling), exactly one")
     glob = seq if seq is not None else per_rank * world
-    spec, mseed, mcausal = resolve_mask(d, glob, seed)
-    if mcausal is not None:
-        if "causal" in d and d["causal"] is not None and causal != mcausal:
-            raise UserError(f"point: mask {d['mask']!r} and causal {d['causal']!r} disagree (give one of them)")
-        causal = mcausal
-    m = mask_of(spec, glob, mseed or 0) if spec else ringx.Mask.causal() if causal else ringx.Mask.full()
+    spec, mseed, causal = masking(d, glob, seed)
+    m = masks.parse(spec or ("causal" if causal else "full"), glob, mseed or 0)
     what = f"mask {spec}" if spec else "causal" if causal else "non-causal"
     if name in ringx.ALGORITHMS:
         algo = ringx.ALGORITHMS[name]
@@ -138,38 +128,26 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
                  v["kv_heads"], v["head_dim"], v["dtype"], causal, v["mode"], spec, mseed)
 
 
-ELEMENT_BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def _buffers(algorithm: str, q: int, kv: int, world: int) -> int:
-    """Bytes of an algorithm's own communication buffers in the forward (``q``, ``kv``: one local Q, K or V)."""
-    if algorithm in ("ringx3", "ringx3b", "usp-ringx", "tcp-allgather"):
-        return 2 * kv * world  # the gathered K and V: O(S), not O(S/P)
-    if algorithm in ("ringx1", "ringx2", "ringx1o", "ringx2o"):
-        return 3 * q * (2 if algorithm.endswith("o") else 1)  # a broadcast Q, its numerator and denominator
-    if algorithm in ("ringx4", "ringx4o"):
-        return 2 * kv * (2 if algorithm.endswith("o") else 1)  # a broadcast K/V block (two in flight: o)
-    if algorithm == "ulysses":
-        return 2 * q + 2 * kv  # q, k, v and out re-sharded by heads
-    return 4 * kv  # ring family: the K/V block in use and the next one
-
-
 def memory_bytes(pt: Point, world: int, check_max_seq: int = 0) -> int:
-    """A lower bound of the bytes one rank needs for a point: the inputs (q, k, v, dout), output and LSE, the
-    gradients (fwd+bwd) and the algorithm's buffers, or the float64 check at up to ``check_max_seq`` tokens
-    if that is more. Kernel workspace and allocator slack come on top, so a point above a device's memory
-    cannot run there; one below may still run out (it is then recorded as ``oom``)."""
-    e = ELEMENT_BYTES[pt.dtype]
-    q = pt.batch * pt.seq_per_rank * pt.heads * pt.head_dim * e
-    kv = pt.batch * pt.seq_per_rank * pt.kv_heads * pt.head_dim * e
-    lse = pt.batch * pt.heads * pt.seq_per_rank * 4
-    backward = pt.mode == "fwd+bwd"
-    need = 2 * q + 2 * kv + q + lse + _buffers(pt.algorithm, q, kv, world) * (2 if backward else 1)
-    if backward:
-        need += q + 2 * kv  # dq, dk, dv
+    """The bytes one rank needs for a point: the inputs (q, k, v, dout) and what one call holds at its peak (the
+    library's formula, ``ringx.memory.peak_formula``: the result, the gradients (fwd+bwd) and the algorithm's
+    buffers), or the float64 check at up to ``check_max_seq`` tokens if that is more. Kernel workspace and
+    allocator slack come on top, so a point above a device's memory cannot run there; one below may still run
+    out (it is then recorded as ``oom``). An outside baseline counts as the built-in it resembles."""
+    import torch
+
+    import ringx
+    from ringx import memory
+    from ringx_drivers.baselines import MEMORY_LIKE
+
+    e = element_bytes(pt.dtype)
+    inputs = 2 * pt.batch * pt.seq_per_rank * (pt.heads + pt.kv_heads) * pt.head_dim * e  # q, dout; k, v
+    s = memory.sizes(pt.batch, pt.seq_per_rank, pt.heads, pt.kv_heads, pt.head_dim, getattr(torch, pt.dtype))
+    name = pt.algorithm if pt.algorithm in ringx.ALGORITHMS else MEMORY_LIKE[pt.algorithm]
+    peak = memory.peak_formula(name, world, s, backward=pt.mode == "fwd+bwd", kv_heads=pt.kv_heads)
     cs = min(pt.seq, check_max_seq)
     check = 8 * cs * pt.head_dim * 2 * (pt.heads + pt.kv_heads) * 2  # float64 q, k, v, dout, out and grads
-    return int(max(need, check))
+    return int(max(inputs + peak, check))
 
 
 def record_config(pt: Point, world: int, nodes: int, repeat: int, kernel: str | None, warmup: int,

@@ -1,25 +1,150 @@
 """A ``bench model`` point: one training-step configuration (model, batch, dtype, checkpointing) with its
 sequence and algorithm, as a sweep plans it into jobs (a sweep file with ``driver = "model"``).
 
-A point is validated by ``bench model``'s own :func:`bench.drivers.step.make_plan` and keyed by its
-:func:`bench.drivers.step.record_config`, so a sweep and the runs it renders agree on what is valid and on
-what is done. Every value is read through the definitions of bench/options.py (``MODEL``, and ``PARAMS``
+A point is validated by :func:`model_plan`, which ``bench model`` runs too, and keyed by :func:`plan_config`,
+the fields of the records ``bench model`` writes, so a sweep and the runs it renders agree on what is valid and
+on what is done. Every value is read through the definitions of bench/options.py (``MODEL``, and ``PARAMS``
 for the point's algorithm, sequence and batch).
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ringx_drivers import options
-from ringx_drivers.drivers import step as step_driver
+from ringx_drivers.points import compute_dtype, model_config
 from ringx_suite.cli import UserError
+from ringx_suite.dtypes import element_bytes
 
 # A sweep file's [params] of a model sweep: the model options (not the learning rate, which is not part of a
 # record's key, nor a profile, which is the sweep's machine) and the point's algorithm, sequence and batch.
 MODEL_KEYS = tuple(n for n in options.MODEL if n not in ("lr", "machine"))
-SWEEP_PARAMS = MODEL_KEYS + step_driver.POINT
+CHECK_MAX_SEQ = 512  # bench model's default length of the check (the reference's S x S scores live on one CPU)
+POINT = ("algorithms", "seq", "seq_per_rank", "batch", "mask")  # bench model's point options (PARAMS)
+SWEEP_PARAMS = MODEL_KEYS + POINT
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What ``bench model`` runs: the model, the points (global seq, algorithm) and how to measure them."""
+
+    preset: str
+    config: object  # models.ModelConfig
+    batch: int
+    scaling: str  # "strong" or "weak"
+    seqs: tuple[int, ...]  # global lengths
+    algorithms: tuple[str, ...]
+    mask: str | None = None  # --mask (every layer), other than the architecture's own
+    layer_masks: tuple[str, ...] = ()  # --layer-masks (the layers cycle through them)
+    mask_seed: int = 0  # of drawn document masks
+
+    def masks_at(self, seq: int) -> tuple | None:
+        """The layers' masks (cycled) at ``seq`` tokens, or None for the architecture's causal / full."""
+        from ringx_suite import masks
+
+        specs = self.layer_masks or ((self.mask,) if self.mask else ())
+        return tuple(masks.parse(x, seq, self.mask_seed) for x in specs) or None
+
+    def layout_mask(self, seq: int):
+        """What the sequence is sharded for: the first layer's mask (every layer's gives the same layout), or
+        the architecture's causal flag."""
+        masks = self.masks_at(seq)
+        return masks[0] if masks else self.config.causal
+
+    def mask_fields(self, seq: int) -> dict:
+        """The record's mask fields (none without --mask or --layer-masks): --mask's as bench run's; a layer
+        pattern's ``mask`` is ``layers:A/B/...`` and ``layer_masks`` each layer pattern's text."""
+        from ringx_suite import masks as suite_masks
+
+        if self.mask:
+            return suite_masks.record_fields(self.mask, self.masks_at(seq)[0], self.mask_seed)
+        if self.layer_masks:
+            texts = [m.short() for m in self.masks_at(seq)]
+            drawn = [x for x in self.layer_masks if suite_masks.is_distribution(x)]
+            return {"mask": "layers:" + "/".join(texts), "layer_masks": texts,
+                    **({"mask_seed": self.mask_seed} if drawn else {})}
+        return {}
+
+
+def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan]:
+    """The model options and plan of ``bench model``'s options as a dict (option name -> a flag's string, a TOML
+    value or a list), checked for ``world`` ranks: what the driver runs and what a sweep validates a point with,
+    so both agree. Every mistake (an unknown preset, heads that do not divide, a sequence the layouts cannot split
+    over ``world`` ranks) raises UserError, on every rank alike, before any process group exists."""
+    import ringx
+    from ringx_drivers import models
+
+    if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
+        given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
+    mo = options.ModelOptions.of(given)
+    cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
+
+    P = options.PARAMS
+    seq = options.value(P["seq"], given.get("seq"), "", many=True)
+    per_rank = options.value(P["seq_per_rank"], given.get("seq_per_rank"), "", many=True)
+    if seq and per_rank:
+        raise UserError("give --seq (strong scaling) or --seq-per-rank (weak scaling), not both")
+    seqs = tuple(s * world for s in per_rank) if per_rank else tuple(seq or [2048])
+    batch = options.value(P["batch"], given.get("batch", 1), "")
+    mask, layer_masks = _masks(given, mo, cfg)
+    seed = options.value(options.SETTINGS["mask_seed"], given.get("mask_seed"), "") or 0
+    probe = ModelPlan(mo.preset, cfg, batch, "strong", seqs, (), mask, layer_masks, seed)
+    masks_of = {s: probe.masks_at(s) for s in seqs}  # every spec drawn and checked at every length
+    for m in {m for ms in masks_of.values() for m in ms or ()}:
+        if cfg.causal and not m.is_causal:
+            raise UserError(f"mask {m.short()}: a decoder's layers must not see later tokens (they are its labels); "
+                            "use causal, window:W or docs:... masks")
+    kinds = {m.causal_layout for ms in masks_of.values() for m in ms or ()} or {cfg.causal}
+    if len(kinds) > 1:
+        raise UserError("--layer-masks: full and masked layers need two layouts of one sequence; give masked "
+                        "layers only (e.g. window:W,causal) or full layers only")
+    family = kinds.pop()
+    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(family)
+    for n in names:
+        try:
+            ringx.algorithms.get(n, family)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        algo = ringx.ALGORITHMS[n]
+        if algo.ulysses == "all" and cfg.heads % world:
+            raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits heads); "
+                            "choose other --heads or drop it from --algorithms")
+        div = algo.local_divisor(family) * world
+        for s in seqs:
+            if s % div:
+                raise UserError(f"sequence length {s} cannot be split for {n} "
+                                f"({'causal' if family else 'non-causal'}) over {world} ranks: it must be a "
+                                f"multiple of {div}")
+            if cfg.causal and s < 2:
+                raise UserError("a causal LM needs at least 2 tokens (one label)")
+    return mo, replace(probe, scaling="weak" if per_rank else "strong", algorithms=tuple(dict.fromkeys(names)))
+
+
+def _masks(given: dict, mo: options.ModelOptions, cfg) -> tuple[str | None, tuple[str, ...]]:
+    """(--mask, --layer-masks) of a model, checked: one --mask per launch, not both, and a decoder's layers never
+    see later tokens (a full mask would show the labels). full/causal as the architecture's own are dropped."""
+    spec = options.value(options.PARAMS["mask"], given.get("mask"), "", many=True)
+    if spec and len(spec) != 1:
+        raise UserError("bench model takes one --mask per launch (a sweep file's masks = [...] crosses several)")
+    layer = tuple(options.value(options.MODEL["layer_masks"], mo.layer_masks, "", many=True) or ())
+    if spec and layer:
+        raise UserError("give --mask (every layer) or --layer-masks (a per-layer pattern), not both")
+    if not layer and spec and spec[0].strip() == ("causal" if cfg.causal else "full"):
+        return None, ()  # the architecture's own mask: the records of a run without --mask
+    return (spec[0] if spec and not layer else None), layer
+
+
+def plan_config(plan: ModelPlan, algorithm: str, seq: int, *, world: int, nodes: int, repeat: int, dtype: str,
+                  checkpoint: bool, kernel: str | None, warmup: int, iters: int) -> dict:
+    """The configuration fields of a model record; their hash is the record's key (what a sweep's status and
+    a rerun's resume look up)."""
+    from ringx_drivers.points import run_config
+
+    return run_config(world, nodes, repeat, kernel, warmup, iters) | {"algorithm": algorithm, "model": plan.preset,
+            **plan.config.as_dict(), "seq": seq, "seq_per_rank": seq // world, "scaling": plan.scaling,
+            "batch": plan.batch, "dtype": dtype, "causal": plan.config.causal, "checkpoint": bool(checkpoint)} \
+        | plan.mask_fields(seq)
 
 
 def definition(name: str) -> options.Option:
@@ -85,7 +210,7 @@ def check_model(d: dict, algorithms: list[str], where: str) -> None:
     ranks: an unknown preset, heads that do not divide or an algorithm the masking lacks, said once."""
     given = {k: v for k, v in d.items() if k in MODEL_KEYS}
     try:
-        step_driver.make_plan(given | {"algorithms": algorithms}, world=1)  # at one rank any length splits
+        model_plan(given | {"algorithms": algorithms}, world=1)  # at one rank any length splits
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -102,8 +227,8 @@ def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
             given[k] = [given[k]]
     if given.get("seq") is None and given.get("seq_per_rank") is None:
         raise UserError("give seq (global, strong scaling) or seq_per_rank (weak scaling)")
-    _, model, plan = step_driver.make_plan(given, world)
-    dtype = step_driver.compute_dtype(model.dtype, device_type)
+    model, plan = model_plan(given, world)
+    dtype = compute_dtype(model.dtype, device_type)
     overrides = tuple((k, getattr(model, k)) for k in MODEL_KEYS
                       if k in d and k not in ("preset", "dtype", "checkpoint"))
     seq = plan.seqs[0]
@@ -111,18 +236,18 @@ def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
                      bool(model.checkpoint), overrides, plan.config, plan.mask, plan.mask_seed)
 
 
-def plan_of(pt: StepPoint) -> step_driver.Plan:
+def plan_of(pt: StepPoint) -> ModelPlan:
     layer = dict(pt.overrides).get("layer_masks")
-    return step_driver.Plan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,), pt.mask,
+    return ModelPlan(pt.preset, pt.config, pt.batch, pt.scaling, (pt.seq,), (pt.algorithm,), pt.mask,
                             tuple(options.value(options.MODEL["layer_masks"], layer, "", many=True) or ()),
                             pt.mask_seed)
 
 
 def record_config(pt: StepPoint, world: int, nodes: int, repeat: int, settings: dict) -> dict:
     """The configuration fields (the key) of the record ``bench model`` writes for this point."""
-    return step_driver.record_config(plan_of(pt), pt.algorithm, pt.seq, world=world, nodes=nodes, repeat=repeat,
-                                     dtype=pt.dtype, checkpoint=pt.checkpoint, kernel=settings["kernel"],
-                                     warmup=settings["warmup"], iters=settings["iters"])
+    return plan_config(plan_of(pt), pt.algorithm, pt.seq, world=world, nodes=nodes, repeat=repeat, dtype=pt.dtype,
+                       checkpoint=pt.checkpoint, kernel=settings["kernel"], warmup=settings["warmup"],
+                       iters=settings["iters"])
 
 
 def commands(points: list[StepPoint]) -> list[list[str]]:
@@ -150,7 +275,7 @@ def memory_bytes(pt: StepPoint, world: int, gpu: bool, check: bool) -> int:
     c = pt.config
     n = param_count(c)
     wbytes = 8 if pt.dtype == "float64" else 4
-    abytes = {"bfloat16": 2, "float32": 4, "float64": 8}[pt.dtype]
+    abytes = element_bytes(pt.dtype)
     tokens = pt.batch * pt.seq_per_rank
     kv = c.kv_heads * c.head_dim
     layer = 4 * c.d_model + 2 * kv + 3 * c.mlp  # per token: the matmuls' inputs and the attention output

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ringx.flops import mask_flops
 from ringx_drivers import options
-from ringx_drivers.drivers import step as step_driver
 from ringx_drivers.points import attention as points
 from ringx_drivers.points import infer as infer_points
 from ringx_drivers.points import step as step_points
@@ -58,7 +57,7 @@ class StepKind(PointKind):
     name = "model"
     what = "training steps, bench model"
     params = frozenset(step_points.SWEEP_PARAMS) | {"masks"}
-    defaults = {"check_max_seq": step_driver.CHECK_MAX_SEQ}
+    defaults = {"check_max_seq": step_points.CHECK_MAX_SEQ}
     predicts = False  # the cost model knows attention only
 
     def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
@@ -103,7 +102,7 @@ class InferKind(PointKind):
     name = "infer"
     what = "serving, bench infer"
     params = frozenset(infer_points.SWEEP_PARAMS)
-    defaults = {"check_max_seq": infer_points.infer_driver.CHECK_MAX_SEQ}
+    defaults = {"check_max_seq": infer_points.CHECK_MAX_SEQ}
     predicts = False  # the attention cost model does not cost a generation (analysis serving does)
 
     def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
