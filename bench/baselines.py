@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 FAMILIES = ("ring_flash_attn", "torch_cp")
+# the built-in algorithm whose buffers each holds (sweep planning's memory estimate, ringx.memory.peak_formula)
+MEMORY_LIKE = {"rfa-ring": "ring", "rfa-zigzag": "zigzag", "rfa-stripe": "stripe", "tcp-allgather": "ringx3",
+               "tcp-ring": "ring"}
 
 
 @dataclass

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
 
 from ringx_suite.cli import UserError
+from ringx_suite.dtypes import DTYPES
 from ringx_suite.masks import HELP, split_specs
 
-DTYPES = ("float32", "float64", "bfloat16", "float16")
 MODES = ("fwd", "fwd+bwd")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -141,14 +141,19 @@ def _one(o: Option, v, where: str):
     if o.choices and x not in o.choices:
         raise UserError(f"{where}{o.name} {x!r}: choose one of {', '.join(o.choices)}")
     if o.low is not None and x < o.low:
-        raise UserError(f"{where}{o.name} must be >= {o.low:g}, got {v!r}")
+        raise UserError(f"{where}{o.name} must be >= {_number(o.low)}, got {v!r}")
     if o.high is not None and x > o.high:
-        raise UserError(f"{where}{o.name} must be <= {o.high:g}, got {v!r}")
+        raise UserError(f"{where}{o.name} must be <= {_number(o.high)}, got {v!r}")
     if o.check:
         problem = o.check(x)
         if problem:
             raise UserError(f"{where}{o.name}: {problem}")
     return x
+
+
+def _number(x: float) -> str:
+    """A bound as users write it: integers as integers (16777216, not 1.67772e+07)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def value(o: Option, v, where: str = "option", many: bool = False):

@@ -14,7 +14,7 @@ def bench(nprocs: int, *args: str, timeout: float = 300):
 
 
 def test_kernels_records_every_kernel_direction_and_shape(tmp_path):
-    proc = bench(1, "kernels", "--seq", "64,128", "--kv-heads", "8,2", "--iters", "3", "--warmup", "1",
+    proc = bench(1, "kernels", "--block", "64,128", "--kv-heads", "8,2", "--iters", "3", "--warmup", "1",
                  "--out", str(tmp_path), "--campaign", "k", "--quiet")
     assert proc.returncode == 0, proc.stderr
     recs = Store(tmp_path, "k").records()
@@ -25,7 +25,7 @@ def test_kernels_records_every_kernel_direction_and_shape(tmp_path):
         fwd = 4.0 * r["seq"] ** 2 * 8 * 64 / (2 if r["causal"] else 1)
         assert r["flops"] == fwd * (2.5 if r["direction"] == "bwd" else 1.0)
         assert r["tflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e12)
-    again = bench(1, "kernels", "--seq", "64,128", "--kv-heads", "8,2", "--iters", "3", "--warmup", "1",
+    again = bench(1, "kernels", "--block", "64,128", "--kv-heads", "8,2", "--iters", "3", "--warmup", "1",
                   "--out", str(tmp_path), "--campaign", "k", "--quiet")
     assert again.returncode == 0 and len(Store(tmp_path, "k").records()) == 16  # resumed: nothing re-measured
     bad = bench(1, "kernels", "--kernels", "nope", "--out", str(tmp_path))

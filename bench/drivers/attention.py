@@ -13,10 +13,6 @@ too, and the run goes on. A rank that hangs makes every rank stop within
 report); a killed rank ends the job at once (the launcher's doing). The
 records already written stay intact.
 
-The launch, campaign, stages and records are the skeleton's (bench/driver.py); this file holds what is
-attention's own: its points (the flags' cross product or a --points file), its inputs (q, k, v and dout of
-each configuration), its check (against float64 attention), its timed calls and its record fields.
-
 Example (4 local CPU ranks):
   mpiexec -n 4 ringx-bench run --seq 1024,2048 --causal true,false --campaign demo
 """
@@ -42,7 +38,7 @@ from ringx_drivers.driver import (
     per_rank_fields,
 )
 from ringx_drivers.measure.failures import CheckFailed
-from ringx_drivers.points.attention import Point, make_point, mask_of, record_config
+from ringx_drivers.points.attention import Point, make_point, record_config
 from ringx_suite.cli import Parser, UserError, split_list
 
 PROG = "ringx-bench run"
@@ -88,23 +84,10 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], 
     return inv, baselines, [make_point(d, world, seed=inv.settings.mask_seed) for d in raw]
 
 
-def maskings(many: dict) -> list[tuple[str, object]]:
-    """("causal", bool) or ("mask", spec) per masking the parameters ask for: --mask replaces --causal. Both given
-    must say the same (--causal true is --mask causal, false is --mask full), else a one-line error."""
-    if "mask" not in many:
-        return [("causal", c) for c in many.get("causal", [options.PARAMS["causal"].default])]
-    if "causal" in many:
-        plain = {"causal": True, "full": False}
-        if not all(m in plain for m in many["mask"]) or {plain[m] for m in many["mask"]} != set(many["causal"]):
-            causal = ",".join(map(str, many["causal"])).lower()
-            raise UserError(f"--mask {','.join(many['mask'])} and --causal {causal} "
-                            "disagree: give --mask alone (--causal true is --mask causal, false is --mask full)")
-    return [("mask", m) for m in many["mask"]]
-
-
 def cross_product(params: dict) -> list[dict]:
     """Point dicts from the parameters: every masking x sequence x mode x dtype x algorithm."""
     import ringx
+    from ringx_suite import masks
 
     P = options.PARAMS
     many = {k: options.value(P[k], params[k], "", many=True) for k in params if params[k] is not None}
@@ -123,10 +106,11 @@ def cross_product(params: dict) -> list[dict]:
             raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
     seq_key = "seq_per_rank" if "seq_per_rank" in many else "seq"
     lengths = many.get(seq_key, [2048])
-    return [{"algorithm": n, seq_key: s, **one, "dtype": d, key: c, "mode": m}
-            for key, c in maskings(many) for s in lengths
+    specs = masks.reconcile(many.get("mask"), many.get("causal"), [P["causal"].default])
+    return [{"algorithm": n, seq_key: s, **one, "dtype": d, "mask": c, "mode": m}
+            for c in specs for s in lengths
             for m in many.get("mode", [P["mode"].default]) for d in many.get("dtype", [P["dtype"].default])
-            for n in (names or ringx.algorithms.names(c if key == "causal" else c.strip() != "full"))]
+            for n in (names or ringx.algorithms.names(masks.causal_layout(c)))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +233,7 @@ class Attention(CaseDriver):
         """The mask the check runs at ``cs`` tokens: the point's, or its distribution drawn again for ``cs``."""
         if pt.mask is None:
             return pt.causal
-        return pt.the_mask() if cs == pt.seq else mask_of(pt.mask, cs, pt.mask_seed or 0)
+        return pt.the_mask(cs)
 
     def check(self, c: Case, cs: int) -> None:
         import functools

@@ -28,26 +28,22 @@ inter need the same number of ranks on every node, more than one node, and
 Records go to the same store as `bench run` (kind "collective"), each with
 its level and group_size.
 
-Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
-collectives' own plan (levels, ops, sizes), calls and record fields.
-
 Example: mpiexec -n 4 ringx-bench collectives --max-bytes 64M --campaign net
          RINGX_RANKS_PER_NODE=2 mpiexec -n 4 ringx-bench collectives --levels intra,inter
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from typing import TYPE_CHECKING
 
 from ringx_costmodel.network import busbw_factor
 from ringx_drivers import options
-from ringx_drivers.driver import Driver, Invocation, add_output_arguments, output_of
+from ringx_drivers.driver import Driver, Invocation, add_output_arguments, given_options, mpi_main
 from ringx_drivers.measure.ranks import describe
-from ringx_drivers.options import DTYPES
 from ringx_suite.cli import Parser, UserError
+from ringx_suite.dtypes import element_bytes
 
 if TYPE_CHECKING:
     from ringx.topology import Topology
@@ -169,6 +165,9 @@ def op_call(op: str, numel: int, dtype, device, rank: int, members: tuple[int, .
     }[op]
 
 
+SETTINGS = ("warmup", "iters", "timeout", "device")  # the skeleton's, with their one default each
+
+
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__)
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated (default: all)")
@@ -179,42 +178,38 @@ def build_parser() -> Parser:
     p.add_argument("--min-bytes", default="1K", help="smallest size (default 1K)")
     p.add_argument("--max-bytes", default="16M", help="largest size (default 16M)")
     p.add_argument("--step", type=int, default=4, help="size multiplier between points (default 4)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits on its peers (default 300)")
+    options.add_arguments(p, [options.PARAMS["dtype"]])
+    options.add_arguments(p.add_argument_group("measurement"), [options.SETTINGS[k] for k in SETTINGS])
     add_output_arguments(p, campaign="collectives")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def make(argv: list[str], world: int) -> Collectives:
+    """The checked command line (every rank alike, before any collective)."""
     p = build_parser()
     a = p.parse_args(argv)
     ops = [o for o in a.ops.split(",") if o]
     for o in ops:
         if o not in OPS:
-            p.error(f"unknown op {o!r}; choose from {', '.join(OPS)}")
+            raise UserError(f"unknown op {o!r}; choose from {', '.join(OPS)}")
     try:
         asked_levels = parse_levels(a.levels)
         lo, hi = parse_size(a.min_bytes), parse_size(a.max_bytes)
     except ValueError as e:
-        p.error(str(e))
+        raise UserError(str(e)) from None
     if not 0 < lo <= hi:
-        p.error(f"need 0 < --min-bytes <= --max-bytes, got {lo} and {hi}")
-    if a.step < 2 or a.iters < 1 or a.warmup < 0 or a.iters > 100_000 or a.warmup > 100_000:
-        p.error("--step must be >= 2, --iters from 1 to 100000, --warmup from 0 to 100000")
-    if not 0 < a.timeout <= 86400:
-        p.error("--timeout must be a number of seconds from 1 to 86400")
-    from ringx_suite.store import StoreError
+        raise UserError(f"need 0 < --min-bytes <= --max-bytes, got {lo} and {hi}")
+    if a.step < 2:
+        raise UserError("--step must be >= 2")
+    valid = {"ops", "levels", "min_bytes", "max_bytes", "step", "dtype", *SETTINGS, *options.OUTPUT}
+    given = given_options(p, argv, valid)
+    dtype = options.value(options.PARAMS["dtype"], given.get("dtype", options.PARAMS["dtype"].default), "--dtype")
+    inv = Invocation.of(given, argv, campaign="collectives")
+    return Collectives(inv, dtype, ops, asked_levels, lo, hi, a.step)
 
-    try:
-        out = output_of({k: v for k, v in vars(a).items() if v is not None}, campaign="collectives")
-    except StoreError as e:
-        p.error(str(e))
-    from ringx_suite.cli import main as cli_main
 
-    inv = Invocation(options.Settings(warmup=a.warmup, iters=a.iters, timeout=a.timeout), out, tuple(argv or []))
-    return cli_main(PROG, lambda: measure(Collectives(inv, a, ops, asked_levels, lo, hi)))
+def main(argv: list[str] | None = None) -> int:
+    return mpi_main(PROG, argv, make)
 
 
 def _topology() -> tuple[Topology | None, str]:
@@ -232,10 +227,10 @@ class Collectives(Driver):
 
     prog, command, kind = "bench collectives", "collectives", "collective"
 
-    def __init__(self, inv: Invocation, a: argparse.Namespace, ops: list[str], asked_levels: list[str] | None,
-                 lo: int, hi: int):
+    def __init__(self, inv: Invocation, dtype: str, ops: list[str], asked_levels: list[str] | None,
+                 lo: int, hi: int, step: int):
         super().__init__(inv)
-        self.a, self.ops, self.asked_levels, self.lo, self.hi = a, ops, asked_levels, lo, hi
+        self.dtype, self.ops, self.asked_levels, self.lo, self.hi, self.step = dtype, ops, asked_levels, lo, hi, step
 
     def before_campaign(self) -> None:
         from ringx import launch
@@ -248,7 +243,7 @@ class Collectives(Driver):
                 raise UserError(f"--levels {lv} cannot run here: {why}")
 
     def open(self, **kw) -> None:  # no claims and no signal handler, as ever
-        super().open(claims=False, signals=False, launch_args={})
+        super().open(claims=False, signals=False)
 
     def run(self) -> None:
         import torch
@@ -257,12 +252,12 @@ class Collectives(Driver):
         from ringx_suite.stats import stat_fields, summarize
         from ringx_suite.store import already_recorded, config_key, now
 
-        a, s, P, rank, topo, levels = self.a, self.settings, self.P, self.rank, self.topo, self.levels
+        s, P, rank, topo, levels = self.settings, self.P, self.rank, self.topo, self.levels
         ops, lo, hi, group, store = self.ops, self.lo, self.hi, self.group, self.store
-        dt = getattr(torch, a.dtype)
-        esize = torch.empty((), dtype=dt).element_size()
+        dt = getattr(torch, self.dtype)
+        esize = element_bytes(self.dtype)
         # One size list for every level: multiples of P elements divide into any group's parts.
-        plan = [(lv, op, b) for lv in levels for op in ops for b in sizes(lo, hi, a.step, esize * P)]
+        plan = [(lv, op, b) for lv in levels for op in ops for b in sizes(lo, hi, self.step, esize * P)]
         progress = self.progress_for(len(plan))
         missing = [lv for lv in LEVELS if lv not in levels]
         why = "" if self.asked_levels or not missing else \
@@ -272,7 +267,7 @@ class Collectives(Driver):
 
         for level, op, nbytes in plan:
             n = group_size(level, topo, P)
-            cfg = {"op": op, "bytes": nbytes, "dtype": a.dtype, "world_size": P, "nodes": self.nodes,
+            cfg = {"op": op, "bytes": nbytes, "dtype": self.dtype, "world_size": P, "nodes": self.nodes,
                    "warmup": s.warmup, "iters": s.iters}
             if level != "world":  # world's key stays what it was before levels existed: old campaigns resume
                 cfg.update(level=level, group_size=n)
@@ -314,16 +309,6 @@ class Collectives(Driver):
             progress.step(f"{tag}{op:14s} {nbytes:>10d} B  {st['median'] * 1e6:10.1f} us  "
                           f"busbw {rec['busbw_GBps']:.3f} GB/s")
         progress.note(f"bench collectives: done -> {store.records_path}")
-
-
-def measure(driver: Collectives) -> int:
-    """Time every (level, op, size) of the plan on every rank; rank 0 writes the records (after ``main``'s checks)."""
-    from ringx import launch
-
-    driver.open()
-    driver.run()
-    launch.finalize()
-    return 0
 
 
 if __name__ == "__main__":

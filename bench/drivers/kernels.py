@@ -2,106 +2,88 @@
 
 Every local kernel that runs here, at every block length, causal and full,
 each dtype and GQA ratio: forward and backward (given the forward's out and
-LSE) timed separately, TFLOP/s by the flash-attention convention
-(ringx/flops.py). The kernels of one configuration take turns in every
+LSE) timed separately, TFLOP/s by the flash-attention convention (forward
+4*B*S^2*H*D, halved when causal). The kernels of one configuration take turns in every
 iteration, in rotating order, so their ratios are side by side. Records go to
 the same store as `bench run` (kind "kernel"); the cost model reads them for
 its compute term, and `ringx-bench figures` draws TFLOP/s against block
 length.
 
-Defaults follow the device: on a GPU 512 to 32768 tokens, 32 heads (32 and 8
-K/V heads), head_dim 128, bf16; on a CPU 256 to 2048 tokens, 8 heads, head_dim
-64, float32.
-
-Launch, campaign, pinning and the record header are the skeleton's (bench/driver.py); this file holds the
-kernels' own configurations, inputs, timed calls and record fields.
+Defaults follow the device: on a GPU blocks of 512 to 32768 tokens, 32 heads
+(32 and 8 K/V heads), head_dim 128, bf16; on a CPU 256 to 2048 tokens, 8
+heads, head_dim 64, float32; full and causal blocks both.
 
 Example (one GPU):  ringx-bench kernels --campaign h100-kernels
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 
 from ringx_drivers import options
-from ringx_drivers.driver import Driver, Invocation, add_output_arguments, output_of
+from ringx_drivers.driver import Driver, Invocation, add_output_arguments, given_options, mpi_main
 from ringx_drivers.measure.ranks import describe
-from ringx_drivers.options import DTYPES
 from ringx_suite.cli import Parser, UserError, split_list
 
-GPU = dict(seq="512,1024,2048,4096,8192,16384,32768", heads=32, kv_heads="32,8", head_dim=128, dtype="bfloat16")
-CPU = dict(seq="256,512,1024,2048", heads=8, kv_heads="8,2", head_dim=64, dtype="float32")
+PROG = "ringx-bench kernels"
+GPU = dict(block="512,1024,2048,4096,8192,16384,32768", heads=32, kv_heads="32,8", head_dim=128, dtype="bfloat16")
+CPU = dict(block="256,512,1024,2048", heads=8, kv_heads="8,2", head_dim=64, dtype="float32")
+CAUSAL = [False, True]  # both by default: the cost model reads full and causal blocks alike
+SETTINGS = ("warmup", "iters", "timeout", "device")  # the skeleton's, with their one default each
+BY_DEVICE = {k: f"{GPU[k]} on GPUs, {CPU[k]} on CPUs" for k in ("heads", "kv_heads", "head_dim", "dtype")}
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="ringx-bench kernels", description=__doc__)
+    P = options.PARAMS
+    p = Parser(prog=PROG, description=__doc__)
     p.add_argument("--kernels", help="comma-separated kernel names (default: every kernel that runs here)")
-    p.add_argument("--seq", help="block lengths, comma-separated (default: by device, see above)")
-    p.add_argument("--heads", type=int, help="query heads (default: 32 on GPUs, 8 on CPUs)")
-    p.add_argument("--kv-heads", help="key/value head counts, comma-separated: the GQA ratios (default: by device)")
-    p.add_argument("--head-dim", type=int, help="default: 128 on GPUs, 64 on CPUs")
-    p.add_argument("--dtype", help=f"comma-separated, of {', '.join(DTYPES)} (default: bfloat16 on GPUs, float32 "
-                   "on CPUs)")
-    p.add_argument("--causal", help="false, true or both (default: both)")
-    options.add_arguments(p, [options.PARAMS["mask"]])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=3, help="untimed iterations (default 3)")
-    p.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits on its peers (default 300)")
+    p.add_argument("--block", help=f"block lengths (tokens of one block's queries and keys), comma-separated "
+                   f"(default: {GPU['block']} on GPUs, {CPU['block']} on CPUs)")
+    p.add_argument("--seq", help=argparse.SUPPRESS)  # renamed --block: a clear error, not argparse's
+    blocks = p.add_argument_group("each block (lists are crossed)")
+    options.add_arguments(blocks, [P[k] for k in ("heads", "kv_heads", "head_dim", "dtype", "batch", "mask")],
+                          BY_DEVICE)
+    options.add_arguments(blocks, [P["causal"]], {"causal": "false,true"})
+    options.add_arguments(p.add_argument_group("measurement"), [options.SETTINGS[k] for k in SETTINGS])
     add_output_arguments(p, campaign="kernels")
     return p
 
 
-def configs(a, device_type: str) -> list[dict]:
-    """Every (dtype, kv_heads, causal, seq) the flags ask for, validated."""
-    from ringx_drivers import options
-    from ringx_suite.cli import parse_bool
-
+def configs(given: dict, device_type: str) -> list[dict]:
+    """Every (dtype, kv_heads, masking, block) the options ask for, validated (UserError in one line)."""
+    P = options.PARAMS
     d = GPU if device_type == "cuda" else CPU
-    try:
-        seqs = [int(x) for x in split_list(a.seq or d["seq"])]
-        kvs = [int(x) for x in split_list(a.kv_heads or str(d["kv_heads"]))]
-        dtypes = split_list(a.dtype or d["dtype"])
-        causals = [parse_bool(x) for x in split_list(a.causal or "false,true")]
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    windows = block_masks(a, seqs)
-    if windows is not None:
-        causals = windows
-    heads, hd = a.heads or d["heads"], a.head_dim or d["head_dim"]
-    for name, v in (("--heads", heads), ("--head-dim", hd), ("--batch", a.batch), *(("--seq", s) for s in seqs),
-                    *(("--kv-heads", k) for k in kvs)):
-        if v < 1:
-            raise UserError(f"{name} must be positive, got {v}")
+
+    def many(name: str, option: options.Option):
+        return options.value(option, given.get(name, d.get(name)), "", many=True)
+
+    blocks = many("block", options.Option("block", None, "", int, low=1))
+    kvs, dtypes = many("kv_heads", P["kv_heads"]), many("dtype", P["dtype"])
+    heads = options.value(P["heads"], given.get("heads", d["heads"]), "")
+    hd = options.value(P["head_dim"], given.get("head_dim", d["head_dim"]), "")
+    batch = options.value(P["batch"], given.get("batch", P["batch"].default), "")
     for k in kvs:
         if heads % k:
             raise UserError(f"--heads ({heads}) must be a multiple of every --kv-heads ({k})")
-    for dt in dtypes:
-        options.value(options.PARAMS["dtype"], dt, "--dtype")
-    if not 1 <= a.iters <= options.MAX_ITERS or not 0 <= a.warmup <= options.MAX_ITERS:
-        raise UserError(f"--iters must be from 1 to {options.MAX_ITERS} and --warmup from 0 to {options.MAX_ITERS}")
+    maskings = block_masks(many("mask", P["mask"]), many("causal", P["causal"]), max(blocks))
     return [dict(dtype=dt, kv_heads=kv, **({"causal": c} if isinstance(c, bool) else {"causal": c.is_causal,
                                                                                      "mask": str(c)}),
-                 seq=s, heads=heads, head_dim=hd, batch=a.batch)
-            for dt in dtypes for kv in kvs for c in causals for s in seqs]
+                 seq=s, heads=heads, head_dim=hd, batch=batch)
+            for dt in dtypes for kv in kvs for c in maskings for s in blocks]
 
 
-def block_masks(a, seqs: list[int]) -> list | None:
-    """--mask as one block's maskings: True/False for causal/full, a ringx.Mask for a window (one band block);
-    None without --mask. Documents are many blocks, not one kernel call: refused (bench run times them)."""
+def block_masks(specs: list[str] | None, causals: list[bool] | None, block: int) -> list:
+    """The blocks' maskings (ringx_suite.masks.reconcile, kernels' default both): True/False for causal/full, a
+    ringx.Mask for a window (one band block). Documents are many blocks, not one kernel call: refused (bench run
+    times them)."""
     from ringx_drivers.quick import band_of
     from ringx_suite import masks
 
-    specs = options.value(options.PARAMS["mask"], a.mask, "--mask", many=True)
-    if specs is None:
-        return None
-    if a.causal is not None:
-        raise UserError("give --mask or --causal, not both (--causal true is --mask causal, false is --mask full)")
     out = []
-    for x in specs:
-        m = masks.parse(x, max(seqs), 0)
+    for x in masks.reconcile(specs, causals, CAUSAL):
+        m = masks.parse(x, block, 0)
         if m.plain is None and band_of(m) is None:
             raise UserError(f"--mask {x}: bench kernels times one block, so it takes full, causal and window:L[,R] "
                             "(a document mask is many blocks: time it with bench run)")
@@ -130,28 +112,20 @@ def _mask(cfg: dict):
     return ringx.Mask.causal() if cfg["causal"] else ringx.Mask.full()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ringx_suite.cli import main as cli_main
-
-    a = build_parser().parse_args(argv)
-    return cli_main("ringx-bench kernels", lambda: run(a, argv or []))
-
-
 class Kernels(Driver):
     """Every kernel's forward and backward per configuration, the kernels of one taking turns."""
 
     prog, command, kind = "bench kernels", "kernels", "kernel"
 
-    def __init__(self, inv: Invocation, a):
+    def __init__(self, inv: Invocation, given: dict):
         super().__init__(inv)
-        self.a = a
+        self.given = given
 
     def before_campaign(self) -> None:
-        self.cfgs = configs(self.a, self.ctx.device.type)
+        self.cfgs = configs(self.given, self.ctx.device.type)
 
     def open(self, **kw) -> None:  # no claims: kernel runs may share a campaign; no signal handler (as ever)
-        a = self.a
-        super().open(claims=False, signals=False, launch_args={} if a.device == "auto" else {"device": a.device})
+        super().open(claims=False, signals=False)
 
     def run(self) -> None:
         import torch
@@ -163,14 +137,14 @@ class Kernels(Driver):
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import already_recorded, config_key, now
 
-        a, s, group, store = self.a, self.settings, self.group, self.store
+        s, group, store = self.settings, self.group, self.store
         dev = self.ctx.device
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
         progress = self.progress_for(len(self.cfgs))
         progress.note(f"bench kernels: {len(self.cfgs)} configurations on {name or 'cpu'} -> {store.records_path}")
         for cfg in self.cfgs:
             dt = getattr(torch, cfg["dtype"])
-            wanted = split_list(a.kernels) if a.kernels else list(ringx.KERNELS)
+            wanted = split_list(self.given["kernels"]) if self.given.get("kernels") else list(ringx.KERNELS)
             kerns = [ringx.KERNELS[k] for k in wanted
                      if ringx.KERNELS[k].supports(dev, dt, cfg["head_dim"]) and k != "reference"]
             mask = _mask(cfg)
@@ -229,21 +203,23 @@ class Kernels(Driver):
         progress.note(f"bench kernels: done -> {store.records_path}")
 
 
-def run(a, argv: list[str]) -> int:
+def make(argv: list[str], world: int) -> Kernels:
+    """The checked command line (every rank alike, before any collective)."""
     import ringx
-    from ringx import launch
 
-    out = output_of({k: v for k, v in vars(a).items() if v is not None}, campaign="kernels")
-    if a.kernels:
-        for k in split_list(a.kernels):
-            if k not in ringx.KERNELS:
-                raise UserError(f"unknown kernel {k!r}; choose from {', '.join(ringx.KERNELS)}")
-    settings = options.Settings(warmup=a.warmup, iters=a.iters, timeout=a.timeout, device=a.device)
-    driver = Kernels(Invocation(settings, out, tuple(argv)), a)
-    driver.open()
-    driver.run()
-    launch.finalize()
-    return 0
+    valid = {"kernels", "block", "seq", *options.PARAMS, *SETTINGS, *options.OUTPUT}
+    given = given_options(build_parser(), argv, valid)
+    if "seq" in given:
+        raise UserError("--seq is --block in bench kernels (the length of one block)")
+    for k in split_list(given.get("kernels") or ""):
+        if k not in ringx.KERNELS:
+            raise UserError(f"unknown kernel {k!r}; choose from {', '.join(ringx.KERNELS)}")
+    configs(given, "cpu")  # the options' mistakes now, on every rank, before a process group exists
+    return Kernels(Invocation.of(given, argv, campaign="kernels"), given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return mpi_main(PROG, argv, make)
 
 
 if __name__ == "__main__":

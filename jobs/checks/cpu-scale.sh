@@ -45,7 +45,7 @@ step() {  # step NAME N CMD...: CMD on N ranks confined to N cores, logged
 : >>"$out/summary.md"
 echo "cpu-scale: $have cores, ranks $RANKS, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p')" | tee -a "$out/summary.md"
 for n in 1 $RANKS; do
-  step "kernels-$n" "$n" -m ringx_bench kernels --device cpu --seq "$KSEQ" "${shape[@]}" --kv-heads 8 \
+  step "kernels-$n" "$n" -m ringx_bench kernels --device cpu --block "$KSEQ" "${shape[@]}" --kv-heads 8 \
     --warmup 2 --iters "$ITERS" --tag "bench kernels, $n ranks busy at once, one core each" "${common[@]}"
 done
 step one-rank 1 -m ringx_bench run --device cpu --algorithms "$ALGOS" --seq "$ONE_SEQS" "${shape[@]}" --causal true \

@@ -47,7 +47,7 @@ step tests "$PY" -m pytest -q -x tests/test_gpu.py tests/test_kernels.py tests/t
   tests/test_bench_kernels.py
 step selftest "$PY" -m ringx_bench selftest --device "$DEVICE"
 step kernels "$PY" -m ringx_bench kernels --device "$DEVICE" --campaign kernels --out "$out" --iters "$iters" \
-  ${kseq:+--seq "$kseq"} ${SMALL:+--heads 8 --kv-heads 8,2 --head-dim 64 --dtype float32}
+  ${kseq:+--block "$kseq"} ${SMALL:+--heads 8 --kv-heads 8,2 --head-dim 64 --dtype float32}
 step one-rank "$PY" -m ringx_bench run --device "$DEVICE" --campaign one-rank --out "$out" --seq "$seqs" --heads "$heads" \
   --kv-heads "$kv" --head-dim "$hd" --dtype "$dtype" --causal true,false --mode fwd,fwd+bwd --warmup 3 \
   --iters "$iters" --check --check-max-seq 65536 ${SMALL:+--check-max-seq 512}
