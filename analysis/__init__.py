@@ -1,4 +1,6 @@
-"""ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
+"""``ringx_analysis`` (this folder, analysis/, installed and imported under that name).
+
+ringx-bench analysis: campaigns -> tidy frames -> speedup/scaling metrics, figures, tables, reports.
 
 Every timed record kind (attention, the training step, serving; kinds.py says how each is compared) goes through
 the same ``summarize(df, kind)`` and ``speedup``; step.py holds the training step's own figures and table, infer.py

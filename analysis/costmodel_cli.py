@@ -170,9 +170,9 @@ def predict(a) -> int:
     if a.mask:
         from ringx_suite import masks
 
-        m = masks.parse(a.mask, a.seq, a.seed)
-        mask, causal = str(m), m.kind != "full"
-    what = m.short() if mask else "causal" if causal else "non-causal"
+        mask = masks.parse(a.mask, a.seq, a.seed)
+        causal = mask.causal_layout
+    what = mask.short() if mask else "causal" if causal else "non-causal"
     print(f"predictions on {machine.name} ({machine.source}): seq {a.seq}, {a.heads}/{a.kv_heads} heads, head_dim "
           f"{a.head_dim}, {what} {a.mode}\n")
     rows, cannot = [], []

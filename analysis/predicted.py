@@ -31,7 +31,7 @@ def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[in
 
     rows = []
     for seq in seqs:
-        m = None if mask is None else str(masks.parse(mask, seq, seed))
+        m = None if mask is None else masks.parse(mask, seq, seed)
         for p in ranks:
             for machine, gpus_per_node in machines:
                 nodes = max(1, p // gpus_per_node)

@@ -5,7 +5,7 @@ algorithm's median time and its speedup over ring (above 1: faster), with a
 95% bootstrap interval; a speedup whose interval contains 1 is marked "~"
 (within noise). Repeats and runs of one cell are pooled, as analysis pools
 them. Collectives: busbw per op, size and level. Failed and skipped records are
-listed with their reasons. (Publication figures and tables: analysis/.)
+listed with their reasons. (Publication figures and tables: ringx-bench figures, table and report.)
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ SECTIONS = {
         ("dtype", lambda c: c["dtype"])),
         "Median ms of the slowest rank per iteration; after it, speedup over {baseline} (above 1: faster) "
         "and its {method}. `~`: the interval contains 1, within noise. n/a: not measured."),
-    "step": Section("model", MODEL_COMPARE_BY, (
+    "model": Section("model", MODEL_COMPARE_BY, (
         ("model", lambda c: c["model"]), ("ranks", lambda c: c["world_size"]), ("seq", lambda c: c["seq"]),
         ("mask", lambda c: c["mask"]), ("dtype", lambda c: c["dtype"] + (" ckpt" if c["checkpoint"] else ""))),
         "Training steps: median ms per step (forward, backward, gradient all-reduce, AdamW) of the slowest rank; "

@@ -1,8 +1,8 @@
 """``ringx-bench trace``: one traced call per algorithm and rank, as Chrome/Perfetto trace files.
 
-It takes ``bench run``'s options and points (bench/drivers/attention.py: the same flags, config file and
---points), and for each point, after --warmup untimed calls (at least one) and a barrier, records one call
-on the timeline (ringx.timeline: every kernel call, merge, post and wait): forward, and forward+backward
+It takes ``bench run``'s options and points (the same flags, config file and --points), and for each point,
+after --warmup untimed calls (at least one) and a barrier, records one call
+on the timeline (every kernel call, merge, post and wait): forward, and forward+backward
 (both unless --mode says one). Each rank writes its trace to
 OUT/CAMPAIGN/trace/PRANKS/ALGO-MODE-SEQ-MASK-DTYPE-rankR.json (open it in ui.perfetto.dev), with what was
 traced in the file's otherData. Nothing is timed and no record is written; the figure is analysis's:
