@@ -41,8 +41,9 @@ def algorithm_case(name: str, mask: str, kv: int, P: int, r: int, gen) -> dict:
     with Traffic() as t:
         out = ringx.attention(q, k, v, algorithm=name, mask=m, stats=stats, validate=False)
         out.backward(torch.ones_like(out))
-    return {"case": f"{name}-{mask}-kv{kv}", "algorithm": name, "rank": r, "ledger": merged(stats.forward, stats.backward),
-            "traffic": t.ledger.as_dict(), "unknown": sorted(t.unknown)}
+    return {"case": f"{name}-{mask}-kv{kv}", "algorithm": name, "rank": r,
+            "ledger": merged(stats.forward, stats.backward), "traffic": t.ledger.as_dict(),
+            "unknown": sorted(t.unknown)}
 
 
 def raw_calls(P: int, r: int) -> dict:
