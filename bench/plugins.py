@@ -7,11 +7,15 @@ heads, head_dim)`` (K and V may have fewer heads), differentiable, found either
 - installed: an entry point of the group ``ringx.algorithms``, whose name is the algorithm's name; or
 - given: ``--plugin [NAME=]module:attr`` or ``--plugin [NAME=]path/to/file.py:attr`` (NAME: default ``attr``).
 
-Optional attributes of ``fn``: ``layout`` (a ringx layout name, or ``{"full": ..., "causal": ...}``; default
-contiguous), ``masks`` (mask kinds it also takes, e.g. ``("window", "docs")``: such a call gets ``mask=`` (a
-``ringx.Mask``) in place of ``causal=``), ``returns_lse`` (it returns ``(out, lse)``), ``memory_like`` (the
-built-in whose buffers it holds, for memory estimates; default ring) and ``unavailable`` (why it cannot run here, or
-a function of the device type, "cpu" or "cuda", giving that or None: recorded ``skipped`` with the reason).
+Optional attributes of ``fn``:
+- ``layout``: a ringx layout name, or ``{"full": ..., "causal": ...}`` (None for one it does not take); default
+  contiguous;
+- ``masks``: mask kinds it also takes, e.g. ``("window", "docs")``; such a call gets ``mask=`` (a ``ringx.Mask``)
+  in place of ``causal=``;
+- ``returns_lse``: it returns ``(out, lse)``;
+- ``memory_like``: the built-in whose buffers it holds, for memory estimates; default ring;
+- ``unavailable``: why it cannot run here, or a function of the device type ("cpu", "cuda") giving that or None;
+  recorded ``skipped`` with the reason.
 
 A plugin that cannot be loaded (its name is a built-in's, its import fails, the attribute is missing or not
 callable) is still a candidate, with its problem: the drivers record it ``failed`` in one line and go on.
@@ -39,7 +43,7 @@ class Plugin:
     name: str
     source: str  # where it came from, for messages and records: "entry point mod:attr", "--plugin path:attr"
     fn: Callable | None = None
-    layouts: tuple[str, str] = ("contiguous", "contiguous")  # (full, causal)
+    layouts: tuple[str | None, str | None] = ("contiguous", "contiguous")  # (full, causal); None: not taken
     masks: frozenset[str] = field(default_factory=frozenset)  # mask kinds beyond full and causal
     returns_lse: bool = False
     memory_like: str = "ring"
@@ -54,7 +58,9 @@ class Plugin:
         return self.layouts[causal_layout]
 
     def takes(self, mask) -> bool:
-        """Whether it takes this ringx.Mask (full and causal always)."""
+        """Whether it takes this ringx.Mask: full and causal where it has their layout, other kinds it names."""
+        if self.layouts[mask.causal_layout] is None:
+            return False
         return mask.plain is not None or mask.kind in self.masks
 
     def call(self, q, k, v, mask, group):
@@ -79,7 +85,7 @@ def of(name: str, fn, source: str) -> Plugin:
     lay = getattr(fn, "layout", "contiguous")
     layouts = (lay, lay) if isinstance(lay, str) else (lay.get("full"), lay.get("causal")) \
         if isinstance(lay, dict) else (None, None)
-    if not all(isinstance(x, str) and _is_layout(x) for x in layouts):
+    if not all(x is None or isinstance(x, str) and _is_layout(x) for x in layouts) or layouts == (None, None):
         return Plugin(name, source, failure=f"plugin {name}: layout {lay!r} is not a ringx layout name or "
                       "{'full': ..., 'causal': ...}")
     like = getattr(fn, "memory_like", "ring")

@@ -121,7 +121,7 @@ def make_point(d: dict, world: int, external: dict | None = None, seed: int | No
             raise UserError(f"{name} does not support {what} attention")
         div = ringx.layouts.global_divisor(algo.layout(mask=m), world)
     else:  # a plugin: the masks it does not take are recorded skipped when the run meets them
-        div = ringx.layouts.global_divisor(external[name].layout(m.causal_layout), world)
+        div = ringx.layouts.global_divisor(external[name].layout(m.causal_layout) or "contiguous", world)
     if glob % div:
         raise UserError(f"sequence length {glob} cannot be split for {name} ({what}) "
                         f"over {world} ranks: it must be a multiple of {div}")
