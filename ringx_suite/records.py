@@ -87,6 +87,8 @@ ATTENTION = (
     F("family", str, "`ring`, `ringx`, `ulysses`, `peer` (the field's implementations) or `plugin` (a user's); "
       "`external` in records before plugins", column="str"),
     F("plugin_source", str, "a plugin's origin: `entry point MODULE:ATTR` or `--plugin SPEC`", "optional", "str"),
+    F("implausible", list, "why the measurement cannot be right (above the device's peak TFLOP/s, given or known "
+      "for the GPU); `summary` marks its cells with !", "optional"),
     F("seq", int, "global tokens", column="int", config=True),
     F("seq_per_rank", int, "tokens per rank", column="int", config=True),
     F("scaling", str, "`strong` (global length given) or `weak` (length per rank given)", column="str", config=True),

@@ -163,6 +163,9 @@ class Attention(CaseDriver):
 
         # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
         self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
+        import torch
+
+        self.device_name = torch.cuda.get_device_name(self.ctx.device) if self.ctx.device.type == "cuda" else None
 
     # -- points and records --------------------------------------------------------------------------------
 
@@ -337,6 +340,7 @@ class Attention(CaseDriver):
 
     def finish(self, c: Case, samples: list[float], extra, group_id: str | None, shared) -> str:
         from ringx.flops import CONVENTION, mask_flops
+        from ringx_suite import plausible
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
@@ -345,6 +349,7 @@ class Attention(CaseDriver):
         flops = mask_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.the_mask(), pt.mode)
         tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.settings.peak_tflops
+        wrong = plausible.problems(tflops, peak or plausible.known_peak(self.device_name))
         c.rec.update(
             written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
@@ -354,8 +359,10 @@ class Attention(CaseDriver):
             **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
             **_overlap_fields(extra),
             ledger_rank0=result["ledger"],
-            **{k: v for k, v in result.items() if k.startswith("check_")})
-        return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)"
+            **{k: v for k, v in result.items() if k.startswith("check_")},
+            **({"implausible": wrong} if wrong else {}))
+        return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)" + \
+            (f" IMPLAUSIBLE: {'; '.join(wrong)}" if wrong else "")
 
 
 def _overlap_fields(extra: list[dict]) -> dict:
