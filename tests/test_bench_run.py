@@ -254,16 +254,17 @@ def test_collective_levels_follow_the_node_layout():
             parse_levels(bad)
 
 
-def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
-    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "zigzag", "--causal", "true,false",
-                 "--baselines", "torch_cp,ring_flash_attn", "--check")
+def test_peers_are_checked_timed_or_skipped_with_reason(tmp_path):
+    """The field's implementations, named in --algorithms (installed plugins; no flash-attn stand-in here)."""
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--causal", "true,false", "--check",
+                 "--algorithms", "zigzag,tcp-allgather,tcp-ring,rfa-ring,rfa-zigzag,rfa-stripe")
     assert proc.returncode == 0, proc.stderr
     recs = records(tmp_path)
     by = {(r["algorithm"], r["causal"]): r for r in recs}
     for name in ("tcp-allgather", "tcp-ring"):
         for causal in (False, True):
             r = by[name, causal]
-            assert validate(r) == [] and r["status"] == "ok" and r["family"] == "external"
+            assert validate(r) == [] and r["status"] == "ok" and r["family"] == "peer"
             assert r["check_max_error"] <= r["check_tolerance"]
             assert r["layout"] == ("zigzag" if causal else "contiguous")
     for name in ("rfa-ring", "rfa-zigzag", "rfa-stripe"):

@@ -39,15 +39,9 @@ from ringx_drivers.driver import (
 )
 from ringx_drivers.measure.failures import CheckFailed
 from ringx_drivers.points.attention import Point, make_point, record_config
-from ringx_suite.cli import Parser, UserError, split_list
+from ringx_suite.cli import Parser, UserError, env_rank, split_list
 
 PROG = "ringx-bench run"
-
-
-def MPI_RANK() -> int:  # noqa: N802 - this rank under MPI (0 outside it): notes printed once, before any group
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD.Get_rank()
 
 
 def build_parser() -> Parser:
@@ -96,7 +90,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[
         named = options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
         loaded = plugins.load(named, specs)
         for p in loaded.values():
-            if p.name in ringx.ALGORITHMS and MPI_RANK() == 0:
+            if p.name in ringx.ALGORITHMS and env_rank() == 0:  # said once, before any group exists
                 print(f"{PROG}: {p.failure}; {p.name} runs as the built-in", file=sys.stderr, flush=True)
         raw = cross_product({k: given.get(k) for k in options.PARAMS},
                             {n: p for n, p in loaded.items() if n not in ringx.ALGORITHMS})
