@@ -15,13 +15,12 @@ import torch
 
 import ringx
 from ringx.flops import attention_flops, mask_flops
-from ringx_drivers import mpirun
 from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
 from tests.cli import run_cli
-from tests.mpi import cli_batch, launch, run_cases
+from tests.mpi import CHECKOUT, cli_batch, launch, run_cases
 
 SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
          "--quiet", "--campaign", "c"]
@@ -268,7 +267,7 @@ def test_sweep_masks_refuse_bad_specs_and_both_spellings(tmp_path):
 def test_shipped_masks_sweep_plans():
     from ringx_drivers import sweeps as sweep
 
-    sw = sweep.load(mpirun.ROOT / "jobs" / "sweeps" / "masks-demo.toml")
+    sw = sweep.load(CHECKOUT / "jobs" / "sweeps" / "masks-demo.toml")
     got = {p.mask_text().split(":")[0] for j in sw.jobs for p in j.points}
     assert got == {"causal", "window", "docs"}
 
