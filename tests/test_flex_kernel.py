@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ringx.kernels import KERNELS, DeviceInfo, ReferenceKernel, preference, reweighted_backward, select_kernel
-from ringx.mask import band_visible
+from ringx.slices import band_visible
 from tests.mpi import run_cases
 from tests.reference import masked_block_attention as dense
 from tests.reference import rel

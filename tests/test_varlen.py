@@ -16,7 +16,7 @@ import torch
 from ringx import Mask, kernels
 from ringx.kernels import ReferenceKernel, varlen_calls, varlen_window
 from ringx.layouts import block_plan
-from ringx.mask import band_visible
+from ringx.slices import band_visible
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
