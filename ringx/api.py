@@ -275,7 +275,9 @@ def sinks_problem(sinks, q) -> str:
     if sinks is None:
         return ""
     if not isinstance(sinks, torch.Tensor) or sinks.dim() != 1 or not sinks.is_floating_point():
-        return f"sinks must be a 1-D floating-point tensor of one logit per query head, got {sinks!r:.80}"
+        got = (f"a {sinks.dtype} tensor of shape {tuple(sinks.shape)}" if isinstance(sinks, torch.Tensor)
+               else type(sinks).__name__)
+        return f"sinks must be a 1-D floating-point tensor of one logit per query head, got {got}"
     if sinks.shape[0] != q.shape[2] or sinks.device != q.device:
         return (f"sinks must hold one logit per query head ({q.shape[2]}) on q's device ({q.device}), got "
                 f"{sinks.shape[0]} on {sinks.device}")
