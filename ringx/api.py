@@ -15,6 +15,7 @@ from .comm import Comm, Ledger, all_gather_flat
 from .errors import RingxInputError
 from .kernels import Kernel, select_kernel
 from .mask import Mask, as_mask
+from .merge import sink_grad, with_sink
 from .topology import Topology
 
 Tensor = torch.Tensor
@@ -37,13 +38,15 @@ class CallStats:
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
+    def forward(ctx, q, k, v, sinks, algo, fwd_ctx, bwd_ctx):
         if timeline.ON:
             timeline.reset_steps()
         out, lse = algo.forward(fwd_ctx, q, k, v)
+        if sinks is not None:  # the rows' results are final here: the sink is their last merge, and moves nothing
+            out, lse = with_sink(out, lse, sinks)
         if out.dtype != q.dtype:
             out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, sinks)
         ctx.algo, ctx.bwd_ctx = algo, bwd_ctx
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the LSE nobody differentiates
@@ -51,13 +54,15 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, sinks = ctx.saved_tensors
         if dout is None:  # every rank must still take part in the backward's collectives
             dout = torch.zeros_like(out)
         if timeline.ON:
             timeline.reset_steps()
+        # with a sink, out and lse include it: the blocks' gradients are then exact as they are
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
-        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
+        dsinks = sink_grad(dout, out, lse, sinks) if sinks is not None and ctx.needs_input_grad[3] else None
+        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), dsinks, None, None, None
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -68,7 +73,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
               causal: bool | None = None, softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
               validate: bool = True, topology: Topology | None = None,
-              ulysses_degree: int | None = None, inner_ring: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+              ulysses_degree: int | None = None, inner_ring: int | None = None,
+              sinks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of this rank's queries over the whole distributed sequence.
 
     ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
@@ -80,6 +86,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     Returns ``out`` shaped like ``q`` in its dtype, and with ``return_lse`` the
     log-sum-exp (batch, heads, seq_local) in float32 (float64 for float64 input).
     Differentiable in q, k, v.
+
+    ``sinks`` (heads,) are attention-sink logits (gpt-oss): each head's softmax has one more
+    column, of logit ``sinks[h]`` and value 0; the LSE returned includes it. Differentiable:
+    each rank's ``sinks.grad`` is its rows' share, so the sum over ranks is the whole gradient
+    (what a training framework's all-reduce of a replicated parameter's gradients does). Every
+    rank passes its replica; nothing more is communicated.
 
     ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
     receives the kernel used (and its library version) and the forward and
@@ -115,7 +127,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
         m, problem = None, str(e)
     problem = (problem or _local_problem(q, k, v, algorithm, m, softmax_scale, kernel, comm_world, moves)
                or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group)
-               or _inner_problem(algorithm, inner_ring))
+               or _inner_problem(algorithm, inner_ring) or sinks_problem(sinks, q))
     if validate and comm_world > 1:
         _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree, inner_ring)
     elif problem:
@@ -145,9 +157,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     stash: dict = {}  # what this call's forward keeps for its backward
 
     def ctx(ledger: Ledger) -> Ctx:
-        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m, inner_ring)
+        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m, inner_ring,
+                   sinks)
 
-    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), algo,
+    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), sinks, algo,
                                 ctx(stats.forward), ctx(stats.backward))
     return (out, lse) if return_lse else out
 
@@ -254,6 +267,20 @@ def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
         if (topology.world, topology.rank) != (world, dist.get_rank(group)):
             return (f"topology describes rank {topology.rank} of {topology.world}, but this is rank "
                     f"{dist.get_rank(group)} of {world} in the group")
+    return ""
+
+
+def sinks_problem(sinks, q) -> str:
+    """What is wrong with the ``sinks`` given, or ''."""
+    if sinks is None:
+        return ""
+    if not isinstance(sinks, torch.Tensor) or sinks.dim() != 1 or not sinks.is_floating_point():
+        got = (f"a {sinks.dtype} tensor of shape {tuple(sinks.shape)}" if isinstance(sinks, torch.Tensor)
+               else type(sinks).__name__)
+        return f"sinks must be a 1-D floating-point tensor of one logit per query head, got {got}"
+    if sinks.shape[0] != q.shape[2] or sinks.device != q.device:
+        return (f"sinks must hold one logit per query head ({q.shape[2]}) on q's device ({q.device}), got "
+                f"{sinks.shape[0]} on {sinks.device}")
     return ""
 
 

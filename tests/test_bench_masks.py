@@ -47,12 +47,12 @@ def one_line_error(proc, *words: str) -> str:
 
 
 def test_run_records_carry_masks_and_check_them(tmp_path):
-    specs = ["causal", "window:16", "docs:lognormal:24+window:8", "docs:40x2,48"]
+    specs = ["causal", "window:16", "docs:lognormal:24+window:8", "docs:40x2,48", "shared:32/16x6"]
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,zigzag,ringx4o,ulysses",
                  "--mask", ",".join(specs), "--mode", "fwd,fwd+bwd", "--check", "--mask-seed", "5")
     assert proc.returncode == 0, proc.stderr
     recs = Store(tmp_path, "c").records()
-    assert len(recs) == 4 * 4 * 2
+    assert len(recs) == 5 * 4 * 2
     by_mask: dict = {}
     for r in recs:
         assert validate(r) == [], r
@@ -60,7 +60,7 @@ def test_run_records_carry_masks_and_check_them(tmp_path):
         assert r["check_max_error"] <= r["check_tolerance"] and r["check_seq"] == 128
         by_mask.setdefault(r.get("mask"), []).append(r)
     drawn = masks.parse("docs:lognormal:24+window:8", 128, 5)
-    assert set(by_mask) == {None, "window:16", str(drawn), "docs:40x2,48"}
+    assert set(by_mask) == {None, "window:16", str(drawn), "docs:40x2,48", "shared:32/16x6"}
     for r in by_mask[None]:  # --mask causal is --causal true: no mask fields, the same record as ever
         assert r["causal"] is True and "mask_spec" not in r
     for r in by_mask[str(drawn)]:

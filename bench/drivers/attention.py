@@ -248,8 +248,8 @@ class Attention(CaseDriver):
 
         pt = cases[0].point
         div = math.lcm(*(self.ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
-        if pt.mask and pt.mask_seed is None and pt.the_mask().lengths is not None:
-            return pt.seq  # documents given literally fit this length only
+        if pt.mask and pt.mask_seed is None and pt.the_mask().seq_len is not None:
+            return pt.seq  # documents (or groups, slices) given literally fit this length only
         cs = min(pt.seq, self.settings.check_max_seq)
         return max(cs - cs % div, div if pt.seq >= div else 0)
 
