@@ -137,6 +137,8 @@ class Comm:
     With a single rank every operation is a no-op that moves (and records) nothing.
     """
 
+    traced = False  # the tracer (ringx.schedule.TraceComm) wants each point-to-point call's messages
+
     def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None, *, solo: bool = False):
         """``solo``: a group of one rank (no process group needed)."""
         self.group = group
@@ -297,7 +299,8 @@ class Comm:
                 recvs.append(r)
                 sends.append(t)
                 to_peer[dst] = to_peer.get(dst, 0) + nbytes(t)
-                messages += [("send", dst, nbytes(t)), ("recv", src, nbytes(t))]
+                if self.traced:  # off the hot path of a real call
+                    messages += [("send", dst, nbytes(t)), ("recv", src, nbytes(t))]
         if not ops:
             return Pending([], recvs)
         post = lambda: dist.batch_isend_irecv([dist.P2POp(f, t, peer, self.group) for f, t, peer in ops])  # noqa: E731

@@ -400,25 +400,6 @@ def _unrle(text: str) -> list[int]:
     return lens
 
 
-def _rle(lengths: tuple[int, ...]) -> str:
-    out, i = [], 0
-    while i < len(lengths):
-        j = i
-        while j < len(lengths) and lengths[j] == lengths[i]:
-            j += 1
-        out.append(str(lengths[i]) if j - i == 1 else f"{lengths[i]}x{j - i}")
-        i = j
-    return ",".join(out)
-
-
-def _unrle(text: str) -> list[int]:
-    lens: list[int] = []
-    for part in text.split(","):
-        n, _, c = part.partition("x")
-        lens += [int(n)] * (int(c) if c else 1)
-    return lens
-
-
 def _slice_text(s: Slice) -> str:
     band = "" if (s.lo, s.hi) == (-INF, INF) else "/causal" if (s.lo, s.hi) == (0, INF) else \
         f"/band:{_num(s.lo)}:{_num(s.hi)}"

@@ -75,6 +75,8 @@ class _Work:
 class TraceComm(Comm):
     """A communicator that records operations instead of performing them."""
 
+    traced = True
+
     def __init__(self, rank: int, world: int, ledger: Ledger, events: list[Event], *, members: tuple[int, ...] = (),
                  nodes: int = 0, counter: itertools.count | None = None):
         self.group, self.rank, self.world, self.ledger = None, rank, world, ledger

@@ -52,3 +52,18 @@ def warm_ranks():
             os.environ.pop(zygote.ENV, None)
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    """A gloo group of one rank in this process, for a test file's calls (torch.distributed must be initialised);
+    module-scoped: each file makes and destroys its own."""
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "file"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield None
+    finally:
+        dist.destroy_process_group()

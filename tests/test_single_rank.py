@@ -20,17 +20,6 @@ from ringx.merge import Partial
 from tests.reference import full_attention
 
 
-@pytest.fixture(scope="module")
-def group(tmp_path_factory):
-    assert not dist.is_initialized()
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "file"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield None
-    finally:
-        dist.destroy_process_group()
-
-
 def _qkv(dtype=torch.float32, n=16, h=4, hk=2, d=16):
     g = torch.Generator().manual_seed(1)
     return [torch.randn(1, n, x, d, generator=g).to(dtype) for x in (h, hk, hk)]

@@ -9,7 +9,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import ringx
 from ringx import Mask, RingxInputError
@@ -19,17 +18,6 @@ from tests.workers.mask_cases import dense
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # flex's "called without torch.compile" note
-
-
-@pytest.fixture(scope="module")
-def group(tmp_path_factory):
-    assert not dist.is_initialized()
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "file"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        yield None
-    finally:
-        dist.destroy_process_group()
 
 
 def _inputs(seq=32, heads=4, kv=2, d=8, seed=SEED):

@@ -85,16 +85,17 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[
             raise UserError(f"cannot read points file {path}: {e}") from None
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
             raise UserError(f"points file {path} must hold a JSON list of objects")
-        loaded = plugins.load(list(dict.fromkeys(str(d.get("algorithm")) for d in raw)), specs)
+        named = list(dict.fromkeys(str(d.get("algorithm")) for d in raw))
     else:
-        named = options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
-        loaded = plugins.load(named, specs)
-        for p in loaded.values():
-            if p.name in ringx.ALGORITHMS and env_rank() == 0:  # said once, before any group exists
-                print(f"{PROG}: {p.failure}; {p.name} runs as the built-in", file=sys.stderr, flush=True)
-        raw = cross_product({k: given.get(k) for k in options.PARAMS},
-                            {n: p for n, p in loaded.items() if n not in ringx.ALGORITHMS})
-    loaded = {n: p for n, p in loaded.items() if n not in ringx.ALGORITHMS}  # a clash is said, then left out
+        raw, named = None, options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
+    loaded = {}
+    for n, p in plugins.load(named, specs).items():
+        if n not in ringx.ALGORITHMS:
+            loaded[n] = p
+        elif env_rank() == 0:  # a clash is said once, before any group exists, and left out
+            print(f"{PROG}: {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
+    if raw is None:
+        raw = cross_product({k: given.get(k) for k in options.PARAMS}, loaded)
     return inv, loaded, [make_point(d, world, external=loaded, seed=inv.settings.mask_seed) for d in raw]
 
 
