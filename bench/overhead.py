@@ -15,7 +15,8 @@ noise):
           its steps (the (queries, keys) block pairs it computes, on the rank that computes most); with --profile
           also the Python function with the most time in its own body under cProfile, and its share;
   decode  the tiny model served at --decode-ranks ranks: each algorithm's time per output token against tp's
-          (prompt --prompt-len, --new-tokens tokens; a round is one generation per candidate).
+          (prompt --prompt-len; each candidate prefills, untimed, then a round is one decode step of each; --iters
+          generations of --new-tokens tokens).
 
 Ratios, not absolute times, are what compare across machines. Results: a table on stdout and OUT/table.md,
 every sample and the provenance in OUT/results.json.
@@ -200,43 +201,35 @@ def _profiled(fn, calls: int, top: int = 5) -> list[tuple[str, float]]:
 
 
 def decode_part(a, ctx) -> list[dict]:
-    """P ranks: each algorithm's time per output token against tp's (every step the slowest rank's)."""
+    """P ranks: each algorithm's time per output token against tp's. Every candidate prefills the prompt (untimed),
+    then the decode steps are timed side by side, one step of each candidate per round (the slowest rank's), so
+    sample i of every candidate is the same step of the same generation; --iters generations after --warmup."""
     import torch
-    import torch.distributed as dist
 
     from ringx_drivers import models
     from ringx_drivers.driver import replicated_model
+    from ringx_drivers.measure.timing import time_round_robin
     from ringx_drivers.models import serving
 
     P = ctx.world_size
     cfg = models.PRESETS["tiny"]
     names = [n for n in [serving.TP, *a.algorithms] if not serving.problem(cfg, n, a.prompt_len, a.new_tokens, P)]
-    model = replicated_model(cfg, seed=1, device=torch.device("cpu"), world=P, dtype=getattr(torch, a.dtype)).eval()
     prompt = serving.prompt_tokens(cfg, a.batch, a.prompt_len, seed=1)
-    steps: dict[str, list[list[float]]] = {n: [] for n in names}
-
-    def generation(name: str):
-        server = serving.Server(model, name, batch=a.batch, prompt_len=a.prompt_len, new_tokens=a.new_tokens)
-
-        def run():
-            server.prefill(prompt)
-            times = []
-            for _ in range(a.new_tokens - 1):
-                t0 = time.perf_counter()
-                server.step()
-                times.append(time.perf_counter() - t0)
-            steps[name].append(times)
-        return run
-
-    from ringx_drivers.measure.timing import time_round_robin
-
-    time_round_robin([generation(n) for n in names], a.warmup, a.iters, torch.device("cpu"))
-    mine = torch.tensor([steps[n][-a.iters:] for n in names], dtype=torch.float64)  # (names, iters, steps)
-    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
-    per_token = mine.mean(dim=2).tolist()  # each round's mean step, every step the slowest rank's
+    # a model each (the same weights): candidates sharing one would find its weights warm in the CPU's caches,
+    # where tp's own slices are not
+    servers = [serving.Server(replicated_model(cfg, seed=1, device=torch.device("cpu"), world=P,
+                                               dtype=getattr(torch, a.dtype)).eval(), n, batch=a.batch,
+                              prompt_len=a.prompt_len, new_tokens=a.new_tokens) for n in names]
+    samples: list[list[float]] = [[] for _ in names]
+    for generation in range(a.warmup + a.iters):
+        for s in servers:
+            s.prefill(prompt)
+        steps = time_round_robin([s.step for s in servers], 0, a.new_tokens - 1, torch.device("cpu"))
+        if generation >= a.warmup:
+            for mine, got in zip(samples, steps):
+                mine += got
     _say(a, ctx, f"decode, {P} ranks: {len(names)} candidates timed")
-    return [{"part": "decode", "world": P, "mode": "decode", "name": n, "samples": s}
-            for n, s in zip(names, per_token)]
+    return [{"part": "decode", "world": P, "mode": "decode", "name": n, "samples": s} for n, s in zip(names, samples)]
 
 
 def _tensors(a, seq: int):
