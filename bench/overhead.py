@@ -123,10 +123,17 @@ def step_part(a, ctx) -> list[dict]:
 
     P, r = ctx.world_size, ctx.rank
     Q, K, V, dO = _tensors(a, a.block * P)
-    rows = []
+    rows, runs = [], []
+    for name in a.algorithms:  # what cannot run at this shape is refused alike on every rank, and said so
+        layout = ringx.ALGORITHMS[name].layout(True)
+        try:
+            ringx.attention(*(ringx.shard(t, layout, r, P) for t in (Q, K, V)), algorithm=name, causal=True)
+            runs.append(name)
+        except ringx.RingxInputError as e:
+            rows += [{"part": "step", "world": P, "mode": m, "name": name, "skipped": str(e)} for m in a.modes]
     for mode in a.modes:
         fns, unchecked = {}, {}
-        for name in a.algorithms:
+        for name in runs:
             layout = ringx.ALGORITHMS[name].layout(True)
             q, k, v, do = (ringx.shard(t, layout, r, P) for t in (Q, K, V, dO))
             for checked in (True, False):
@@ -137,7 +144,7 @@ def step_part(a, ctx) -> list[dict]:
                 if not checked:
                     unchecked[name] = fn
         samples = dict(zip(fns, _timed(list(fns.values()), a)))
-        for name in a.algorithms:
+        for name in runs:
             parts = [_recorded(unchecked[name], a.calls) for _ in range(a.record_rounds)]
             mine = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
             if a.profile:
@@ -151,7 +158,7 @@ def step_part(a, ctx) -> list[dict]:
                          "ranks": every, "steps": steps, "host_per_step": host / steps})
             if a.profile:  # the largest share on any rank
                 rows[-1]["profile_top"] = max((f for x in every for f in x["profile"][:1]), key=lambda f: f[1])
-        _say(a, ctx, f"step, {P} ranks, {mode}: {len(a.algorithms)} algorithms timed and recorded")
+        _say(a, ctx, f"step, {P} ranks, {mode}: {len(runs)} algorithms timed and recorded")
     return rows
 
 
@@ -304,6 +311,8 @@ def table(rows: list[dict], a) -> str:
     for P in sorted({x["world"] for x in rows if x["part"] == "step"}):
         for mode in a.modes:
             sub = [x for x in rows if x["part"] == "step" and x["world"] == P and x["mode"] == mode]
+            skipped = [f"{x['name']} ({x['skipped'].split(': ', 1)[-1].split(';')[0]})" for x in sub if "skipped" in x]
+            sub = [x for x in sub if "skipped" not in x]
             body = [[x["name"], str(int(x["steps"])),
                      f"{statistics.median(x['samples']) * 1e3:.2f}", _ratio(x["samples"], x["checked_samples"]),
                      *(f"{max(r[k] for r in x['ranks']) * 1e6:.0f}" for k in ("kernel", "wait", "post")),
@@ -314,7 +323,8 @@ def table(rows: list[dict], a) -> str:
                     "waits µs", "posts µs", "host µs per step"]
             head += ["largest Python function's own time (cProfile)"] if any("profile_top" in x for x in sub) else []
             out.append(f"### {P} ranks, {a.block} tokens per rank, {mode}: the input check, and host time per step "
-                       "(the largest rank's)\n\n" + _md(head, body))
+                       "(the largest rank's)\n\n" + _md(head, body)
+                       + (f"\n\nNot run at this shape: {'; '.join(skipped)}." if skipped else ""))
     dec = [x for x in rows if x["part"] == "decode"]
     if dec:
         worlds = sorted({x["world"] for x in dec})

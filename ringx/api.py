@@ -112,10 +112,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
     receives the kernel used (and its library version) and the forward and
     backward communication ledgers. With ``validate`` (default) the ranks first
-    compare their inputs with one small all-gather so that a bad input raises
+    compare their inputs at every call (a digest's maximum over the ranks: a few bytes,
+    log2(P) rounds; the whole signatures only when they differ) so that a bad input raises
     :class:`RingxInputError` on every rank instead of leaving some rank waiting in
-    a collective (at one rank nothing is exchanged). Tensors must be on a device the
-    group's backend moves: CPU for gloo, CUDA for NCCL.
+    a collective (at one rank nothing is exchanged); ``validate=False`` skips it. Tensors
+    must be on a device the group's backend moves: CPU for gloo, CUDA for NCCL.
 
     The hierarchical algorithms (``ringx3b``, ``ulysses``, ``usp``, ``usp-ringx``) use
     ``topology`` (a :class:`ringx.topology.Topology` of ``group``: which ranks share a node);
