@@ -11,7 +11,8 @@ noise):
           torch.autograd.Function (what any differentiable op pays, before any ringx code);
   step    --ranks ranks, --block tokens per rank: each algorithm's default call (the input check at every call)
           against validate=False, and its host time per step: a call's time minus its kernels and its waits
-          for communication (ringx.timeline marks of --record-rounds recorded rounds; the largest rank's), over
+          and posts of communication (gloo's posts wait for the peer; ringx.timeline marks of --record-rounds
+          recorded rounds; the largest rank's; the parts are shown, each the largest rank's), over
           its steps (the (queries, keys) block pairs it computes, on the rank that computes most); with --profile
           also the Python function with the most time in its own body under cProfile, and its share;
   decode  the tiny model served at --decode-ranks ranks: each algorithm's time per output token against tp's
@@ -50,14 +51,18 @@ def _repeat(fn, n: int):
     return run
 
 
-def _timed(fns: list, a) -> list[list[float]]:
-    """Seconds per call of each function, one sample per round (``--calls`` calls), the slowest rank's."""
+CALLS = {"call": 10, "step": 2}  # --calls' defaults: enough calls per sample to dwarf the timer, few enough rounds
+# to finish: a 4-rank fwd+bwd call takes ~100x a one-rank forward here
+
+
+def _timed(fns: list, a, calls: int) -> list[list[float]]:
+    """Seconds per call of each function, one sample per round (``calls`` calls), the slowest rank's."""
     import torch
 
     from ringx_drivers.measure.timing import time_round_robin
 
-    samples = time_round_robin([_repeat(f, a.calls) for f in fns], a.warmup, a.iters, torch.device("cpu"))
-    return [[s / a.calls for s in row] for row in samples]
+    samples = time_round_robin([_repeat(f, calls) for f in fns], a.warmup, a.iters, torch.device("cpu"))
+    return [[s / calls for s in row] for row in samples]
 
 
 def _grads(call, q, k, v, do):
@@ -109,7 +114,7 @@ def call_part(a, ctx) -> list[dict]:
             def call(q_, k_, v_, name=name):
                 return ringx.attention(q_, k_, v_, algorithm=name, causal=True)
             fns[name] = (lambda c=call: c(q, k, v)) if mode == "fwd" else _grads(call, q, k, v, do)
-        for name, s in zip(fns, _timed(list(fns.values()), a)):
+        for name, s in zip(fns, _timed(list(fns.values()), a, a.calls or CALLS["call"])):
             rows.append({"part": "call", "world": 1, "mode": mode, "name": name, "samples": s})
         _say(a, ctx, f"call, {mode}: {len(fns)} candidates timed")
     return rows
@@ -121,7 +126,7 @@ def step_part(a, ctx) -> list[dict]:
 
     import ringx
 
-    P, r = ctx.world_size, ctx.rank
+    P, r, calls = ctx.world_size, ctx.rank, a.calls or CALLS["step"]
     Q, K, V, dO = _tensors(a, a.block * P)
     rows, runs = [], []
     for name in a.algorithms:  # what cannot run at this shape is refused alike on every rank, and said so
@@ -143,16 +148,16 @@ def step_part(a, ctx) -> list[dict]:
                 fns[name, checked] = fn
                 if not checked:
                     unchecked[name] = fn
-        samples = dict(zip(fns, _timed(list(fns.values()), a)))
+        samples = dict(zip(fns, _timed(list(fns.values()), a, calls)))
         for name in runs:
-            parts = [_recorded(unchecked[name], a.calls) for _ in range(a.record_rounds)]
+            parts = [_recorded(unchecked[name], calls) for _ in range(a.record_rounds)]
             mine = {key: statistics.median(p[key] for p in parts) for key in parts[0]}
             if a.profile:
-                mine["profile"] = _profiled(unchecked[name], a.calls * a.record_rounds)
+                mine["profile"] = _profiled(unchecked[name], calls * a.record_rounds)
             every = [None] * P
             dist.all_gather_object(every, mine)
             steps = max(x["steps"] for x in every)  # a rank whose block pair is masked out still takes the step
-            host = max(x["wall"] - x["kernel"] - x["wait"] for x in every)
+            host = max(_host(x) for x in every)
             rows.append({"part": "step", "world": P, "mode": mode, "name": name, "block": a.block,
                          "samples": samples[name, False], "checked_samples": samples[name, True],
                          "ranks": every, "steps": steps, "host_per_step": host / steps})
@@ -160,6 +165,12 @@ def step_part(a, ctx) -> list[dict]:
                 rows[-1]["profile_top"] = max((f for x in every for f in x["profile"][:1]), key=lambda f: f[1])
         _say(a, ctx, f"step, {P} ranks, {mode}: {len(runs)} algorithms timed and recorded")
     return rows
+
+
+def _host(part: dict) -> float:
+    """A recorded call's host time: its time less its kernels, its waits and its posts (gloo's point-to-point posts
+    wait for the peer, so on CPU ranks they are communication too); merges stay in (the library's own arithmetic)."""
+    return part["wall"] - part["kernel"] - part["wait"] - part["post"]
 
 
 def _recorded(fn, calls: int) -> dict:
@@ -315,12 +326,12 @@ def table(rows: list[dict], a) -> str:
             sub = [x for x in sub if "skipped" not in x]
             body = [[x["name"], str(int(x["steps"])),
                      f"{statistics.median(x['samples']) * 1e3:.2f}", _ratio(x["samples"], x["checked_samples"]),
-                     *(f"{max(r[k] for r in x['ranks']) * 1e6:.0f}" for k in ("kernel", "wait", "post")),
+                     *(f"{max(r[k] for r in x['ranks']) * 1e6:.0f}" for k in ("kernel", "merge", "wait", "post")),
                      f"{x['host_per_step'] * 1e6:.0f}"]
                     + ([f"`{x['profile_top'][0]}` {x['profile_top'][1]:.1%}"] if "profile_top" in x else [])
                     for x in sub]
             head = ["algorithm", "steps", "call ms (validate=False)", "default / validate=False", "kernels µs",
-                    "waits µs", "posts µs", "host µs per step"]
+                    "merges µs", "waits µs", "posts µs", "host µs per step"]
             head += ["largest Python function's own time (cProfile)"] if any("profile_top" in x for x in sub) else []
             out.append(f"### {P} ranks, {a.block} tokens per rank, {mode}: the input check, and host time per step "
                        "(the largest rank's)\n\n" + _md(head, body)
@@ -356,7 +367,8 @@ def build_parser() -> tuple[Parser, list]:
     opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
     options.add_arguments(p, opts, DEFAULTS)
     p.add_argument("--modes", default=",".join(MODES), help="fwd, fwd+bwd or both (call and step parts; default: both)")
-    p.add_argument("--calls", default="10", help="calls per timed sample (default: 10)")
+    p.add_argument("--calls", default=None, help="calls per timed sample (default: 10 in the call part, 2 in the step "
+                   "part)")
     p.add_argument("--ranks", default="2,4", help="step part: comma-separated rank counts (default: 2,4)")
     p.add_argument("--block", default="64", help="step part: tokens per rank (default: 64)")
     p.add_argument("--record-rounds", default="5", help="step part: recorded rounds of --calls calls per algorithm "
@@ -390,8 +402,8 @@ def resolve(a, opts) -> None:
     count = options.Option
     for name, high in (("calls", 100_000), ("block", 1 << 20), ("record_rounds", 1000), ("prompt_len", 1 << 20),
                        ("new_tokens", 10_000)):
-        setattr(a, name, options.value(count(name, None, "", int, low=1 if name != "new_tokens" else 2, high=high),
-                                       getattr(a, name), where))
+        setattr(a, name, options.value(count(name, None, "", int, low=1 if name != "new_tokens" else 2, high=high,
+                                             nullable=name == "calls"), getattr(a, name), where))
     for name in ("ranks", "decode_ranks"):
         setattr(a, name, options.value(count(name, None, "", int, low=1, high=64), getattr(a, name), where, many=True))
     a.parts, a.modes = split_list(a.parts), split_list(a.modes)
