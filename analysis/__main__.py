@@ -130,7 +130,7 @@ def run(a) -> int:
     if a.command == "timeline":
         return _timeline(a)
 
-    from ringx_analysis import kinds, metrics, report, tables
+    from ringx_analysis import kinds, metrics, report, tables, views
     from ringx_analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
@@ -150,7 +150,7 @@ def run(a) -> int:
         df = load(a.campaign)
         if a.command == "table":  # each kind's first table (kinds.py), one per mask of a masked campaign
             for kind in kinds.present(df) or ["attention"]:  # attention's error where there is none
-                _, make, _ = next(iter(kinds.KINDS[kind].views().tables.values()))
+                _, make, _ = next(iter(views.of(kind).tables.values()))
                 for mask, part in tables.by_mask(metrics.summarize(df, kind)):
                     t = tables.for_mask(make(part, baseline=a.baseline, records=df), mask)
                     print(tables.render(t, a.format), end="")

@@ -11,6 +11,7 @@ style and colour across every figure.
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import matplotlib
@@ -47,10 +48,20 @@ NOISE = "hollow markers: within noise (the 95% interval contains 1)"
 TP_STYLE = {"marker": "*", "markersize": 5.5, "linestyle": "-", "linewidth": 1.4, "color": "#6A3D9A"}
 
 
+# Implementations from outside (the field's peers, a user's plugins; docs/plugins.md): dash-dot-dot lines and
+# markers of their own, so they never read as one of ours.
+OUTSIDE_MARKERS = "x+1234"
+OUTSIDE_DASH = (0, (4, 1, 1, 1, 1, 1))  # dash-dot-dot: none of DASHES
+
+
 def style(algorithm: str) -> dict:
     if algorithm == "tp":
         return {**TP_STYLE, "label": algorithm}
-    i = ORDER.index(algorithm) if algorithm in ORDER else len(ORDER) + sum(map(ord, algorithm)) % 7
+    if algorithm not in ORDER:
+        i = int(hashlib.md5(algorithm.encode()).hexdigest(), 16)  # the same style for a name in every figure
+        return {"marker": OUTSIDE_MARKERS[i % len(OUTSIDE_MARKERS)], "linestyle": OUTSIDE_DASH,
+                "color": COLORS[i % len(COLORS)], "label": algorithm}
+    i = ORDER.index(algorithm)
     return {"marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)],
             "color": COLORS[i % len(COLORS)], "label": algorithm}
 

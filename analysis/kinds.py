@@ -65,7 +65,6 @@ class Kind:
     unmeasured: str  # what the baseline lacks: "baseline 'ring' has no successful {unmeasured}"
     share_y: bool  # panels share the y axis (False: each panel's own range, as for noisy short steps)
     mfu_label: tuple[str, str]  # axis label of MFU, and of TFLOP/s per rank where no peak is known
-    views: Callable[[], Views]  # the kind's figures and tables, imported when first asked (see KINDS)
     # Each timed phase: (its name, the records' samples field, the summary's median column). A speedup is of one
     # phase (metrics.speedup's ``phase``; the first by default: the whole timed call).
     timed: tuple[tuple[str, str, str], ...] = (("time", "samples_s", "median_s"),)
@@ -107,42 +106,21 @@ def _infer(g: pd.DataFrame, median_s: float) -> dict:
     return out
 
 
-# A kind's views live in the modules that draw them (figures.py and tables.py, step.py, infer.py). Those import
-# matplotlib, and import this module through metrics.py: imported here, they would make summarize() and speedup()
-# load matplotlib and close an import cycle. So a kind names a function that imports its views when first asked.
-def _attention_views() -> Views:
-    from . import figures, tables
-
-    return Views(figures=figures.FIGURES, titles=figures.TITLES, captions=figures.CAPTIONS, tables=tables.TABLES)
-
-
-def _model_views() -> Views:
-    from . import step
-
-    return Views(figures=step.FIGURES, titles=step.TITLES, captions=step.CAPTIONS, tables=step.TABLES)
-
-
-def _infer_views() -> Views:
-    from . import infer
-
-    return Views(figures=infer.FIGURES, titles=infer.TITLES, captions=infer.CAPTIONS, tables=infer.TABLES)
-
-
 # Keyed by the records' `kind`, in the order reports show them.
 KINDS: dict[str, Kind] = {k.record: k for k in (
     Kind(record="attention", noun="attention record", candidate="algorithm",
          config=COMPARE_BY, panel_by=("mask",),
-         measures=_attention, views=_attention_views,
+         measures=_attention,
          empty="no successful attention records to summarize", unmeasured="measurement",
          share_y=True, mfu_label=("MFU", "TFLOP/s per rank")),
     Kind(record="model", noun="model record", candidate="algorithm",
          config=MODEL_COMPARE_BY, panel_by=("model", "mask"),
-         measures=_model, views=_model_views,
+         measures=_model,
          empty="no successful model records (run `ringx-bench model`)", unmeasured="model record",
          share_y=False, mfu_label=("MFU (model FLOPs)", "model TFLOP/s per rank")),
     Kind(record="infer", noun="infer record", candidate="algorithm",
          config=INFER_COMPARE_BY, panel_by=("model",),
-         measures=_infer, views=_infer_views,
+         measures=_infer,
          empty="no successful infer records (run `ringx-bench infer`)", unmeasured="infer record",
          share_y=False, mfu_label=("MFU", "TFLOP/s per rank"),
          timed=(("generation", "samples_s", "median_s"), ("TTFT", "prefill_samples_s", "ttft_s"),

@@ -39,32 +39,17 @@ def owners(seq: int, ranks: int, layout: str) -> np.ndarray:
     return out
 
 
-def _key_intervals(mask: Mask, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query's visible keys as one interval [first, last] (the mask's rule makes it an interval)."""
-    i = torch.arange(seq, dtype=torch.int64)
-    if mask.lengths is not None:
-        starts = torch.tensor(mask.starts, dtype=torch.int64)
-        doc = torch.bucketize(i, starts[1:-1], right=True)
-        first, last = starts[doc], starts[doc + 1] - 1
-    else:
-        first, last = torch.zeros_like(i), torch.full_like(i, seq - 1)
-    if mask.left is not None:
-        first = torch.maximum(first, i - mask.left)
-    if mask.right is not None:
-        last = torch.minimum(last, i + mask.right)
-    return first, last
-
-
 def block_pairs(mask: Mask, seq: int, owner: np.ndarray, ranks: int) -> np.ndarray:
-    """(P, P) visible pairs of rank r's queries against rank s's keys, exactly."""
-    first, last = _key_intervals(mask, seq)
+    """(P, P) visible pairs of rank r's queries against rank s's keys, exactly: each query's visible keys are one
+    interval per slice of the mask over it (ringx.Mask.key_intervals), counted per key rank by prefix sums."""
+    rows, first, last = mask.key_intervals(seq)
     own = torch.as_tensor(owner)
-    q_rank = own
+    q_rank = own[rows]
     out = np.zeros((ranks, ranks), dtype=np.int64)
     for s in range(ranks):
         held = torch.zeros(seq + 1, dtype=torch.int64)
         held[1:] = torch.cumsum(own == s, 0)
-        n = (held[(last + 1).clamp(min=0)] - held[first.clamp(max=seq)]).clamp(min=0)  # keys of s each query sees
+        n = (held[(last + 1).clamp(0, seq)] - held[first.clamp(0, seq)]).clamp(min=0)  # keys of s each query sees
         n = torch.where(last >= first, n, torch.zeros_like(n))
         out[:, s] = torch.zeros(ranks, dtype=torch.int64).index_add_(0, q_rank, n).numpy()
     return out

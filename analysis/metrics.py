@@ -90,7 +90,9 @@ def summarize(df: pd.DataFrame, kind: str = "attention") -> pd.DataFrame:
                      "mem_peak_bytes": _max_over_ranks(g, "mem_peak_bytes_per_rank"),
                      "call_peak_bytes": _max_over_ranks(g, "call_peak_bytes_per_rank"),
                      "overlap_fraction": _median(g, "overlap_fraction"),
-                     "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank"), **k.measures(g, med)})
+                     "bytes_sent_max_rank": _max_over_ranks(g, "bytes_sent_per_rank"),
+                     "implausible": bool("implausible" in g and g["implausible"].map(
+                         lambda x: isinstance(x, list) and bool(x)).any()), **k.measures(g, med)})
     out = pd.DataFrame(rows)
     out.attrs["kind"] = kind
     out.attrs["spread_method"] = SPREAD_METHOD

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, metrics, tables
+from . import figures, metrics, tables, views
 from .kinds import KINDS, mask_names, mask_order, present
 from .records import load
 
@@ -39,7 +39,7 @@ def build_figures(df: pd.DataFrame, out: Path, formats: tuple[str, ...], baselin
     if summary is None:
         summary, skipped = summaries(df)
     for kind, s in summary.items():
-        for name, draw in KINDS[kind].views().figures.items():
+        for name, draw in views.of(kind).figures.items():
             try:
                 fig = draw(s, baseline=baseline, width=width, records=df)
             except figures.NoData as e:
@@ -69,7 +69,7 @@ def build_tables(df: pd.DataFrame, baseline: str = "ring", summary: dict[str, pd
     if summary is None:
         summary, _ = summaries(df)
     for kind, s in summary.items():
-        for what, (heading, make, folded) in KINDS[kind].views().tables.items():
+        for what, (heading, make, folded) in views.of(kind).tables.items():
             for mask, part in tables.by_mask(s):
                 try:
                     t = tables.for_mask(make(part, baseline=baseline, records=df), mask)
@@ -238,9 +238,9 @@ def write_formats(campaign: str | Path, out: str | Path | None, fmts: Sequence[s
 
             captions[n] = CAPTION
     for k in KINDS.values():
-        titles.update(k.views().titles)
-        captions.update(k.views().captions)
-    fig_kind = {n: k.record for k in KINDS.values() for n in k.views().figures}
+        titles.update(views.of(k.record).titles)
+        captions.update(views.of(k.record).captions)
+    fig_kind = {n: k.record for k in KINDS.values() for n in views.of(k.record).figures}
     figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths,
              KINDS[fig_kind[n]].section if n in fig_kind else None) for n, paths in made.items()]
     tabs = [(head, t, folded, KINDS[kind].section) for head, t, folded, kind in made_tables]

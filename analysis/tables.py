@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ringx_suite.plausible import MARK
 from ringx_suite.tables import Table, cell, latex_escape, render  # noqa: F401 - the one writer, used through this module too
 
 from .kinds import MASK_ORDER, mask_order
@@ -82,8 +83,15 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring", records: pd.Dat
     others = [a for a in sorted(sp["algorithm"].unique(), key=order_key) if a != baseline]
     varying, fixed = _constants(sp)
     keys = [c for c, _ in varying]
-    rows, latex, empty = [], {}, False
+    rows, latex, empty, flagged = [], {}, False, False
     base_col = len(keys)
+    odd = summary[summary["implausible"]] if "implausible" in summary else summary.iloc[0:0]
+
+    def implausible(cfg: tuple, algorithm: str) -> bool:  # ringx_suite/plausible.py: it cannot be right
+        hit = odd[odd["algorithm"] == algorithm]
+        for k, v in zip(keys, cfg):
+            hit = hit[hit[k] == v]
+        return not hit.empty
     for i, (cfg, g) in enumerate(sp.groupby(keys, sort=True)):
         cfg = cfg if isinstance(cfg, tuple) else (cfg,)
         b = g[g["algorithm"] == baseline].iloc[0]
@@ -100,7 +108,9 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring", records: pd.Dat
             r = r.iloc[0]
             noise = "~" if r["within_noise"] else ""
             hi = f"{r['speedup_hi']:.2f}" if pd.notna(r["speedup_hi"]) and r["speedup_hi"] < 1e9 else "inf"
-            cells.append(f"{noise}{r['speedup']:.2f}x [{r['speedup_lo']:.2f}-{hi}]")
+            mark = MARK if implausible(cfg, a) or implausible(cfg, baseline) else ""
+            flagged = flagged or bool(mark)
+            cells.append(f"{noise}{r['speedup']:.2f}x [{r['speedup_lo']:.2f}-{hi}]{mark}")
             sim, top = (r"\sim " if noise else ""), (hi if hi != "inf" else r"\infty")
             latex[i, j] = f"${sim}{r['speedup']:.2f}" + r"\times" + f"_{{{r['speedup_lo']:.2f}}}^{{{top}}}$"
         rows.append([*(int(v) if isinstance(v, int | np.integer) else v for v in cfg), *cells])
@@ -113,6 +123,9 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring", records: pd.Dat
             text += f" Every row: {fixed}."
         if empty:
             text += f" {EMPTY}: not measured at that configuration (failed, skipped or not asked for)."
+        if flagged:
+            text += (f" {MARK}: a record of that cell is implausible (above the device's peak): the speedup cannot be "
+                     "trusted.")
         return text
 
     names = [n for _, n in varying]

@@ -21,7 +21,7 @@ A new driver (e.g. serving: prefill and decode) is one file in bench/drivers/: a
 with ``prog``/``command``/``kind``, its points (``configurations``, ``config``, ``label``), its inputs
 (``inputs``: the model and KV cache shared by its candidates), its timed callables (``stages`` ending in the
 untimed first call, which sets ``c.call``; candidates may be algorithms or a tensor-parallel baseline, as
-``bench run``'s outside baselines are), its record fields (``record_fields``, ``finish``); a parser from the
+``bench run``'s plugins are), its record fields (``record_fields``, ``finish``); a parser from the
 option tables plus :func:`add_output_arguments`; ``main`` through :func:`mpi_main`; one line in
 bench/__main__.py and its record kind in ringx_suite/records.py.
 
@@ -192,7 +192,7 @@ class Case:
     """One candidate of a configuration: its record in the making and what measuring it gave.
 
     The attributes are what ``bench/measure/failures.py`` needs of a case (index, rec, label, result, votes)
-    and what the staged loop fills in (call, stats); ``own``: the driver's (an outside baseline, ...)."""
+    and what the staged loop fills in (call, stats); ``own``: the driver's (a plugin, ...)."""
 
     index: int  # position in the run's case list (--inject addresses it)
     point: object  # the driver's point (it has an ``algorithm``)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringx_suite import plausible
 from ringx_suite.cli import Parser, UserError
 from ringx_suite.records import COMPARE_BY, INFER_COMPARE_BY, LEVEL_ORDER, MODEL_COMPARE_BY, compare_value
 from ringx_suite.stats import METHOD, flat, records_speedup
@@ -42,7 +43,8 @@ def _speedup_rows(ok: list[dict], compare_by, baseline: str, head) -> tuple[list
                 continue
             ms = statistics.median(x for r in rs for x in r["samples_s"]) * 1e3
             sp = "" if a == baseline or baseline not in by else " " + records_speedup(by[baseline], rs).text()
-            cells.append(f"{ms:.1f}{sp}")
+            wrong = any(r.get("implausible") for r in rs + (by.get(baseline) or []))
+            cells.append(f"{ms:.1f}{sp}{plausible.MARK if wrong else ''}")
         rows.append([*head(dict(zip(compare_by, g))), *cells])
     return algos, rows
 
@@ -180,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                   infer_tables(reading.records), collectives_table(reading.records)):
             if t:
                 parts.append(t.rstrip())
+        odd = [r for r in reading.records if r.get("implausible")]
+        if odd:
+            parts.append(f"Implausible (cells marked {plausible.MARK}; the measurement cannot be right):\n\n" +
+                         "\n".join(f"- {r['algorithm']} ({r['world_size']} ranks, seq {r.get('seq')}): "
+                                    f"{'; '.join(r['implausible'])}" for r in odd))
         bad = [r for r in reading.records if r["status"] != "ok"]
         if bad:
             parts.append("Not timed:\n\n" + "\n".join(

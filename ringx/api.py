@@ -16,6 +16,7 @@ from .comm import NO_LEDGER, Comm, Ledger, all_gather_flat, all_max
 from .errors import RingxInputError
 from .kernels import select_kernel
 from .mask import Mask, as_mask
+from .merge import sink_grad, with_sink
 from .topology import Topology
 
 Tensor = torch.Tensor
@@ -38,13 +39,15 @@ class CallStats:
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, algo, fwd_ctx, bwd_ctx):
+    def forward(ctx, q, k, v, sinks, algo, fwd_ctx, bwd_ctx):
         if timeline.ON:
             timeline.reset_steps()
         out, lse = algo.forward(fwd_ctx, q, k, v)
+        if sinks is not None:  # the rows' results are final here: the sink is their last merge, and moves nothing
+            out, lse = with_sink(out, lse, sinks)
         if out.dtype != q.dtype:
             out = out.to(q.dtype)
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, sinks)
         ctx.algo, ctx.bwd_ctx = algo, bwd_ctx
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)  # no zero-filled gradient for the LSE nobody differentiates
@@ -52,13 +55,15 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, sinks = ctx.saved_tensors
         if dout is None:  # every rank must still take part in the backward's collectives
             dout = torch.zeros_like(out)
         if timeline.ON:
             timeline.reset_steps()
+        # with a sink, out and lse include it: the blocks' gradients are then exact as they are
         dq, dk, dv = ctx.algo.backward(ctx.bwd_ctx, dout.contiguous(), q, k, v, out, lse)
-        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None, None
+        dsinks = sink_grad(dout, out, lse, sinks) if sinks is not None and ctx.needs_input_grad[3] else None
+        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), dsinks, None, None, None
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -96,7 +101,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
               causal: bool | None = None, softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
               validate: bool = True, topology: Topology | None = None,
-              ulysses_degree: int | None = None, inner_ring: int | None = None) -> Tensor | tuple[Tensor, Tensor]:
+              ulysses_degree: int | None = None, inner_ring: int | None = None,
+              sinks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Exact softmax attention of this rank's queries over the whole distributed sequence.
 
     ``q`` is (batch, seq_local, heads, head_dim) and ``k``/``v`` are
@@ -108,6 +114,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     Returns ``out`` shaped like ``q`` in its dtype, and with ``return_lse`` the
     log-sum-exp (batch, heads, seq_local) in float32 (float64 for float64 input).
     Differentiable in q, k, v.
+
+    ``sinks`` (heads,) are attention-sink logits (gpt-oss): each head's softmax has one more
+    column, of logit ``sinks[h]`` and value 0; the LSE returned includes it. Differentiable:
+    each rank's ``sinks.grad`` is its rows' share, so the sum over ranks is the whole gradient
+    (what a training framework's all-reduce of a replicated parameter's gradients does). Every
+    rank passes its replica; nothing more is communicated.
 
     ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
     receives the kernel used (and its library version) and the forward and
@@ -139,15 +151,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
             raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     p = _plan(q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, pg, topology, ulysses_degree,
               inner_ring)
+    problem = p.problem or sinks_problem(sinks, q)  # sinks are a tensor of the call: checked at every call
     if validate and p.world > 1:
-        _check(p, group)  # every rank exchanges, at every call: nothing here depends on this rank's cache
-    elif p.problem:
-        raise RingxInputError(p.problem)
+        _check(p, group, problem)  # every rank exchanges, at every call: nothing here depends on this rank's cache
+    elif problem:
+        raise RingxInputError(problem)
     p.prepare(group, topology, ulysses_degree, inner_ring)  # after the agreement: building a topology is collective
     if stats is not None:
         stats.algorithm, stats.layout, stats.kernel, stats.kernel_version = p.name, p.layout, p.kern.name, p.version
         stats.ulysses_degree, stats.mask = p.degree or 0, p.mask_text
-    if p.world == 1 and p.plain is not None and not timeline.ON:
+    if p.world == 1 and p.plain is not None and sinks is None and not timeline.ON:
         # One rank, full or causal: every algorithm's whole schedule is this one kernel call on the whole shard.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
@@ -158,8 +171,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
         return (out, lse) if return_lse else out
     fwd, bwd = (stats.forward, stats.backward) if stats is not None else (NO_LEDGER, NO_LEDGER)
     stash: dict = {}  # what this call's forward keeps for its backward
-    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), p.algo, p.ctx(group, fwd, stash),
-                                p.ctx(group, bwd, stash))
+    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), sinks, p.algo,
+                                p.ctx(group, fwd, stash, sinks), p.ctx(group, bwd, stash, sinks))
     return (out, lse) if return_lse else out
 
 
@@ -187,7 +200,7 @@ class _Plan:
                         or _degree_problem(q, k, algorithm, self.world, ulysses_degree, topology, group)
                         or _inner_problem(algorithm, inner_ring))
         self.sig = _signature(q, k, v, algorithm, m, softmax_scale, self.problem, ulysses_degree, inner_ring)
-        self.digest = digest(self.sig)
+        self.digest = digest(self.sig[1:len(self.sig) - _MSG])  # the configuration; a problem raises the flag
         self.device, self.heads = q.device, q.shape[2] if q.dim() == 4 else 0
         self.ready = False
         if self.problem:
@@ -219,10 +232,16 @@ class _Plan:
         self.layout = algo.layout(ulysses_degree=self.degree, mask=self.mask)
         self.ready = True
 
-    def ctx(self, group, ledger: Ledger, stash: dict) -> Ctx:
+    def ctx(self, group, ledger: Ledger, stash: dict, sinks: Tensor | None = None) -> Ctx:
         """The context of one pass, counting into ``ledger``."""
         return Ctx(Comm(group, ledger, rank=self.rank, world=self.world), self.kern, self.layout, self.causal,
-                   self.scale, self.algo.overlap, self.topo, self.degree, stash, self.mask, self.inner)
+                   self.scale, self.algo.overlap, self.topo, self.degree, stash, self.mask, self.inner, sinks)
+
+    def signature(self, problem: str) -> list[int]:
+        """The whole signature (:func:`_signature`) of this configuration with ``problem``."""
+        if problem == self.problem:
+            return self.sig
+        return [int(bool(problem)), *self.sig[1:len(self.sig) - _MSG], *_message(problem)]
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -358,6 +377,20 @@ def _degree_problem(q, k, algorithm, world, degree, topology, group) -> str:
     return ""
 
 
+def sinks_problem(sinks, q) -> str:
+    """What is wrong with the ``sinks`` given, or ''."""
+    if sinks is None:
+        return ""
+    if not isinstance(sinks, torch.Tensor) or sinks.dim() != 1 or not sinks.is_floating_point():
+        got = (f"a {sinks.dtype} tensor of shape {tuple(sinks.shape)}" if isinstance(sinks, torch.Tensor)
+               else type(sinks).__name__)
+        return f"sinks must be a 1-D floating-point tensor of one logit per query head, got {got}"
+    if sinks.shape[0] != q.shape[2] or sinks.device != q.device:
+        return (f"sinks must hold one logit per query head ({q.shape[2]}) on q's device ({q.device}), got "
+                f"{sinks.shape[0]} on {sinks.device}")
+    return ""
+
+
 def _inner_problem(algorithm: str, inner_ring) -> str:
     """What is wrong with the ``inner_ring`` asked for, or '' (whether it divides a node is checked later)."""
     if inner_ring is None:
@@ -391,16 +424,21 @@ def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degre
         degree if isinstance(degree, int) else 0,
         inner if isinstance(inner, int) else 0,
     ]
-    return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
+    return [int(bool(problem))] + values + _message(problem)
 
 
-def _check(p: _Plan, group) -> None:
+def _message(problem: str) -> list[int]:
+    """A problem's text as the signature's last _MSG slots."""
+    return list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
+
+
+def _check(p: _Plan, group, problem: str) -> None:
     """Return if every rank's input is good and they agree, else raise the same RingxInputError on every rank: the
     cheap check of :func:`agreed`, and only when it fails (on every rank alike) the exchange of the whole signatures
     that says what (:func:`_agree`)."""
     pg, device = exchange_group(group, p.moves, p.device)
-    if not agreed(bool(p.problem), p.digest, pg, device):
-        _agree(p.sig, pg, device)
+    if not agreed(bool(problem), p.digest, pg, device):
+        _agree(p.signature(problem), pg, device)
 
 
 def digest(values) -> int:

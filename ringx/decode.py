@@ -56,10 +56,10 @@ import torch.distributed as dist
 
 from . import algorithms, launch
 from .algorithms.ulysses import kv_replicas, to_heads
-from .api import DTYPES, CallStats, RingxInputError, agreed, backend_device_types, digest, exchange_group
+from .api import DTYPES, CallStats, RingxInputError, agreed, backend_device_types, digest, exchange_group, sinks_problem
 from .comm import Comm, Ledger, all_gather_flat
 from .kernels import Kernel, select_kernel
-from .merge import Partial, merge_
+from .merge import Partial, merge_, with_sink
 from .topology import Topology
 
 Tensor = torch.Tensor
@@ -189,8 +189,8 @@ def attend_cache(kernel: Kernel, q: Tensor, k_cache: Tensor, v_cache: Tensor, k_
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Tensor, v_new: Tensor, *,
                      layout: DecodeLayout, at: int, softmax_scale: float | None = None, kernel: str | None = None,
-                     stats: CallStats | None = None, validate: bool = True,
-                     return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                     stats: CallStats | None = None, validate: bool = True, return_lse: bool = False,
+                     sinks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Attention of the new tokens ``q`` (B, t, H, D) over the whole distributed cache plus themselves.
 
     ``q``, ``k_new`` and ``v_new`` (B, t, kv_heads, D) are the same on every rank. ``k_cache``/``v_cache``
@@ -198,11 +198,12 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Tensor,
     the new tokens are appended; ``at`` is the sequence shard they join (:func:`owner`), whose ranks attend
     them causally. Returns ``out`` (B, t, H, D) in q's dtype, identical on every rank, and with
     ``return_lse`` the LSE (B, H, t) in the accumulation dtype. ``stats.forward`` counts the bytes moved
-    (``layout.comm``'s ledger is used when no ``stats`` is given). No autograd (inference).
+    (``layout.comm``'s ledger is used when no ``stats`` is given). No autograd (inference). ``sinks`` (H,):
+    attention-sink logits, merged into the merged result on every rank alike (nothing more moves).
     """
     lay = layout
     if validate:
-        _check(q, k_cache, v_cache, k_new, v_new, lay, at, softmax_scale, kernel)
+        _check(q, k_cache, v_cache, k_new, v_new, lay, at, softmax_scale, kernel, sinks)
     kern = select_kernel(q.device, q.dtype, kernel, head_dim=q.shape[-1])
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     if stats is not None:
@@ -222,6 +223,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Tensor,
         out, lse = _MERGES[lay.merge](ring, out, lse)
         if lay.u > 1:
             out, lse = _gather_heads(uly, out, lse)
+        if sinks is not None:  # every rank holds the final result of every head: the sink is its last merge
+            out, lse = with_sink(out, lse, sinks)
     out = out.to(q.dtype)
     return (out, lse) if return_lse else out
 
@@ -309,7 +312,7 @@ _MERGES = {"none": _merge_none, "ring": _merge_ring, "allreduce": _merge_allredu
 _MSG = 240  # bytes of error text shared with the other ranks
 
 
-def _problem(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kernel) -> str:
+def _problem(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kernel, sinks=None) -> str:
     """What is wrong with this rank's input, or ''."""
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k_new", k_new), ("v_new", v_new)):
         if not isinstance(t, torch.Tensor):
@@ -352,13 +355,13 @@ def _problem(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, ke
         select_kernel(q.device, q.dtype, kernel, head_dim=d)
     except ValueError as e:
         return str(e)
-    return ""
+    return sinks_problem(sinks, q)
 
 
-def _check(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kernel) -> None:
+def _check(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kernel, sinks=None) -> None:
     """Raise one RingxInputError on every rank if any rank's input is bad or the ranks disagree (the cheap check of
     ``ringx.api.agreed``; the whole signatures only when it fails)."""
-    problem = _problem(q, k_cache, v_cache, k_new, v_new, lay, at, scale, kernel)
+    problem = _problem(q, k_cache, v_cache, k_new, v_new, lay, at, scale, kernel, sinks)
     if lay.world == 1:
         if problem:
             raise RingxInputError(f"ringx.decode_attention: {problem}")

@@ -25,7 +25,6 @@ fully masked sub-blocks never appear in a plan.
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +32,8 @@ from itertools import accumulate
 
 import torch
 
-from .mask import CAUSAL, FULL, NONE, Mask, band_kind, band_pairs, band_rows, segment_band
+from .mask import Mask
+from .slices import CAUSAL, FULL, INF, NONE, band_kind, band_pairs, band_rows, segment_band
 
 LAYOUTS = ("contiguous", "zigzag", "stripe")
 _ULYSSES_ZIGZAG = re.compile(r"zigzag-u(\d+|\{u\})")  # "{u}": the template, degree not yet chosen
@@ -241,7 +241,7 @@ def block_plan(layout: str, world_size: int, q_rank: int, kv_rank: int, seq_loca
     if isinstance(causal, Mask):
         if causal.plain is None:
             q = rank_segments(layout, world_size, q_rank, seq_local)
-            return _mask_plan(causal, q, rank_segments(layout, world_size, kv_rank, seq_local))
+            return _mask_plan(causal, seq_local * world_size, q, rank_segments(layout, world_size, kv_rank, seq_local))
         causal = causal.plain
     if layout == "stripe":
         if not causal or kv_rank <= q_rank:
@@ -265,7 +265,7 @@ def gathered_plan(layout: str, world_size: int, q_rank: int, seq_local: int,
     if isinstance(causal, Mask):
         if causal.plain is None:
             seq = seq_local * world_size
-            return _mask_plan(causal, rank_segments(layout, world_size, q_rank, seq_local), ((0, seq, 0, 1),))
+            return _mask_plan(causal, seq, rank_segments(layout, world_size, q_rank, seq_local), ((0, seq, 0, 1),))
         causal = causal.plain
     clen = seq_local // per
     return _chunk_plan(rank_chunks(layout, q_rank, world_size), tuple(range(world_size * per)), clen, causal)
@@ -289,60 +289,84 @@ def positions(layout: str, world_size: int, rank: int, seq_local: int) -> torch.
     return torch.cat([g0 + s * torch.arange(n) for _, n, g0, s in rank_segments(layout, world_size, rank, seq_local)])
 
 
-def _cut(mask: Mask, segs: tuple[Segment, ...]) -> list[tuple[int, int, int, int, int]]:
-    """Segments cut at document boundaries (and, for windows, on a tile grid of the rows' global positions over
-    the stride): (l0, n, g0, s, doc). From the document starts alone, O(log documents + pieces)."""
-    tile = 0
-    if mask.left is not None:
-        tile = max(MIN_TILE, mask.left, mask.right or 0)
-    starts = mask.starts
-    out = []
-    for l0, n, g0, s in segs:
+def _mask_plan(mask: Mask, seq: int, q_segs: tuple[Segment, ...], k_segs: tuple[Segment, ...]) -> tuple[Block, ...]:
+    """The blocks of the mask's slices (:mod:`ringx.slices`) over these query and key segments. Query segments are
+    cut where a slice's queries start or end (and, where a slice is a narrow band, on a grid of tiles of at least
+    MIN_TILE rows of the global positions over the stride), so each piece lies in or out of every slice; each slice
+    over a piece meets each key segment in one run of rows, tiled alike. Every (piece, run) is then fully masked
+    (dropped), full, square causal, or a band trimmed of the rows that see nothing and the keys nobody sees.
+    O(log slices + slices over the queries + blocks)."""
+    ss = mask.slices(seq)
+    tile = 0 if ss.reach is None else max(MIN_TILE, ss.reach)
+    blocks: list[Block] = []
+    stacked: dict[tuple[int, int], int] = {}  # (k0, k1) -> the last full block over these keys, to grow downwards
+    for l0, n, g0, s in q_segs:
         if n == 0:
             continue
-        cuts = set()
-        if mask.lengths is not None:  # row a is the first of a document where g0 + s(a-1) < start <= g0 + s a
-            inner = starts[bisect.bisect_right(starts, g0):bisect.bisect_right(starts, g0 + s * (n - 1))]
-            cuts.update(-(-(b - g0) // s) for b in inner)
-        if tile:  # row a starts a tile where (g0 // s + a) % tile == 0
+        top = g0 + s * (n - 1)
+        over = ss.over(g0, top + 1)
+        cuts = {0, n} | {-(-(b - g0) // s) for sl in over for b in (sl.q0, sl.q1) if g0 < b <= top}
+        if tile:
             cuts.update(range(tile - (g0 // s) % tile, n, tile))
-        edges = [0, *sorted(cuts), n]
-        out += [(l0 + a, b - a, g0 + s * a, s, mask.doc_of(g0 + s * a)) for a, b in zip(edges, edges[1:])]
-    return out
-
-
-def _mask_plan(mask: Mask, q_segs: tuple[Segment, ...], k_segs: tuple[Segment, ...]) -> tuple[Block, ...]:
-    blocks: list[Block] = []
-    for q0, na, gq, s, dq in _cut(mask, q_segs):
-        row: list[Block] = []
-        for k0, nb, gk, _, dk in _cut(mask, k_segs):
-            if dq != dk:
-                continue
-            kind, lo, hi = band_kind(*segment_band(mask, gq, gk, s), na, nb)
-            if kind == NONE:
-                continue
-            if kind not in (FULL, CAUSAL):  # trim the rows that see nothing and the keys nobody sees
-                a0, a1, b0, b1 = band_rows(lo, hi, na, nb)
-                kind, lo, hi = band_kind(lo - (a0 - b0), hi - (a0 - b0), a1 - a0, b1 - b0)
-                blk = Block(q0 + a0, q0 + a1, k0 + b0, k0 + b1, kind == CAUSAL, None if kind in (FULL, CAUSAL)
-                            else (lo, hi))
-            else:
-                blk = Block(q0, q0 + na, k0, k0 + nb, kind == CAUSAL)
-            prev = row[-1] if row else None
-            if (prev and blk.band is None and not blk.causal and prev.band is None and not prev.causal
-                    and prev.k1 == blk.k0 and (prev.q0, prev.q1) == (blk.q0, blk.q1)):
-                row[-1] = Block(prev.q0, prev.q1, prev.k0, blk.k1, False)
-            else:
-                row.append(blk)
-        for blk in row:  # neighbouring query rows that see exactly the same full key range: one block
-            for i, prev in enumerate(blocks):
-                if (blk.band is None and not blk.causal and prev.band is None and not prev.causal
-                        and prev.q1 == blk.q0 and (prev.k0, prev.k1) == (blk.k0, blk.k1)):
-                    blocks[i] = Block(prev.q0, blk.q1, prev.k0, prev.k1, False)
-                    break
-            else:
+        edges = sorted(cuts)
+        active: list = []
+        nxt = 0
+        for a0, a1 in zip(edges, edges[1:]):
+            gq = g0 + s * a0
+            while nxt < len(over) and over[nxt].q0 <= gq:  # the slices over this piece: a sweep down the rows
+                active.append(over[nxt])
+                nxt += 1
+            active = [sl for sl in active if sl.q1 > gq]
+            row = [blk for sl in active for kl0, nb, gk0, _ in k_segs
+                   for blk in _slice_blocks(sl, l0 + a0, a1 - a0, gq, kl0, nb, gk0, s, tile)]
+            row.sort(key=lambda b: b.k0)
+            merged: list[Block] = []
+            for blk in row:  # neighbouring full blocks of the same rows: one block
+                prev = merged[-1] if merged else None
+                if prev and _plain_full(prev) and _plain_full(blk) and prev.k1 == blk.k0 and \
+                        (prev.q0, prev.q1) == (blk.q0, blk.q1):
+                    merged[-1] = Block(prev.q0, prev.q1, prev.k0, blk.k1, False)
+                else:
+                    merged.append(blk)
+            for blk in merged:  # neighbouring query rows that see exactly the same full key range: one block
+                i = stacked.get((blk.k0, blk.k1)) if _plain_full(blk) else None
+                if i is not None and blocks[i].q1 == blk.q0:
+                    blocks[i] = Block(blocks[i].q0, blk.q1, blk.k0, blk.k1, False)
+                    continue
+                if _plain_full(blk):
+                    stacked[blk.k0, blk.k1] = len(blocks)
                 blocks.append(blk)
     return tuple(blocks)
+
+
+def _plain_full(b: Block) -> bool:
+    return b.band is None and not b.causal
+
+
+def _slice_blocks(sl, q0: int, na: int, gq: int, kl0: int, nb: int, gk0: int, s: int, tile: int) -> list[Block]:
+    """The blocks of slice ``sl`` between ``na`` query rows at local row q0 (global gq, stride s) and a key segment
+    of ``nb`` rows at local row kl0 (global gk0)."""
+    b0, b1 = max(0, -(-(sl.k0 - gk0) // s)), min(nb, -(-(sl.k1 - gk0) // s))  # the key rows inside the slice
+    if b0 >= b1:
+        return []
+    edges = [b0, b1]
+    if tile and sl.hi < INF:  # a narrow band: cut the keys on the tile grid too
+        first = b0 + ((-(gk0 // s + b0)) % tile or tile)
+        edges[1:1] = range(first, b1, tile)
+    out = []
+    for c0, c1 in zip(edges, edges[1:]):
+        k0, m = kl0 + c0, c1 - c0
+        kind, lo, hi = band_kind(*segment_band(sl.lo, sl.hi, gq, gk0 + s * c0, s), na, m)
+        if kind == NONE:
+            continue
+        if kind in (FULL, CAUSAL):
+            out.append(Block(q0, q0 + na, k0, k0 + m, kind == CAUSAL))
+            continue
+        a0, a1, x0, x1 = band_rows(lo, hi, na, m)  # trim the rows that see nothing and the keys nobody sees
+        kind, lo, hi = band_kind(lo - (a0 - x0), hi - (a0 - x0), a1 - a0, x1 - x0)
+        out.append(Block(q0 + a0, q0 + a1, k0 + x0, k0 + x1, kind == CAUSAL,
+                         None if kind in (FULL, CAUSAL) else (lo, hi)))
+    return out
 
 
 def _owners(layout: str, world_size: int, seq_local: int, k0: int, k1: int) -> list[tuple[int, int]]:

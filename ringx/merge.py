@@ -10,6 +10,11 @@ softmax denominator. Two partials over disjoint key sets combine exactly:
 Rows that have seen no key yet carry ``lse = -inf`` and ``out = 0``; the
 sigmoid form gives weight 0 to such a side, and a row that is -inf on both
 sides stays (0, -inf) instead of turning into NaN.
+
+An attention sink (gpt-oss: one learned logit per head that joins every row's
+softmax as a column of value 0) is one more partial, of out 0 and LSE ``sink``:
+the last merge of a row's result, made where the row's result is final, so it
+moves nothing (:func:`with_sink`, :func:`sink_grad`).
 """
 
 from __future__ import annotations
@@ -89,3 +94,21 @@ class Partial:
         if self.out is not None and self.lse.dtype == self.dtype:
             return self.out, self.lse
         return self.result()
+
+
+def with_sink(out: Tensor, lse: Tensor, sinks: Tensor) -> tuple[Tensor, Tensor]:
+    """The final ``(out, lse)`` (B, S, H, D) and (B, H, S) of some rows merged with the per-head sink logits
+    ``sinks`` (H,): out * sigmoid(lse - sink), logaddexp(lse, sink), in the LSE's dtype. A row that saw no key
+    gets out 0 and LSE ``sink``."""
+    s = sinks.detach().to(lse.dtype).view(1, -1, 1)
+    w = torch.sigmoid(lse - s).transpose(1, 2).unsqueeze(-1)
+    return out.to(lse.dtype) * w, torch.logaddexp(lse, s)
+
+
+def sink_grad(dout: Tensor, out: Tensor, lse: Tensor, sinks: Tensor) -> Tensor:
+    """The gradient of the sink logits (H,) from these rows: -sum over rows of p_sink * (dO . out), with ``out``
+    and ``lse`` the rows' results with the sink (:func:`with_sink`) and p_sink = exp(sink - lse). Over one rank's
+    rows it is that rank's share; the shares of all ranks sum to the whole gradient."""
+    p = torch.exp(sinks.detach().to(lse.dtype).view(1, -1, 1) - lse)
+    dot = (dout.to(lse.dtype) * out.to(lse.dtype)).sum(-1).transpose(1, 2)  # (B, H, S): dO . out per row
+    return -(p * dot).sum(dim=(0, 2)).to(sinks.dtype)

@@ -1,7 +1,8 @@
 """The suite's mask specs (`--mask`, sweep files' `masks = [...]`): one parser, shared by bench and analysis.
 
-A spec is either a ringx.Mask text form (``causal``, ``full``, ``window:W``, ``window:L,R``, ``docs:64x8,32``
-...) or a document *distribution* that is drawn into exact lengths for a global length S and a seed:
+A spec is either a ringx.Mask text form (``causal``, ``full``, ``window:W``, ``window:L,R``, ``docs:64x8,32``,
+``prefix:P``, ``blocks:B``, ``docs:64x8:blocks:16``, ``shared:512/128x4``, ``slices:...``) or a document
+*distribution* that is drawn into exact lengths for a global length S and a seed:
 
 - ``docs:lognormal:MEAN``: log-normal lengths of mean MEAN (sigma 1 of the underlying normal);
 - ``docs:uniform:MIN-MAX``: lengths uniform in [MIN, MAX];
@@ -28,7 +29,8 @@ if TYPE_CHECKING:  # torch and ringx load when a spec is parsed, not when the op
 DISTRIBUTIONS = ("lognormal", "uniform", "fixed", "file")
 LONG_LENGTHS = 64  # records keep the lengths themselves up to this many documents, else their digest
 HELP = ("causal, full, window:W, docs:lognormal:MEAN, docs:uniform:MIN-MAX, docs:fixed:N, docs:file:PATH "
-        "(one length per line), each docs:... optionally +window:W, or any ringx.Mask text (docs:64x8,32)")
+        "(one length per line), each docs:... optionally +window:W, prefix:P (prefix-LM), blocks:B (block-causal), "
+        "shared:P/R1,R2 (a prompt and its responses), or any ringx.Mask text (docs:64x8,32, docs:64x8:blocks:16)")
 
 
 def _bad(spec: str, why: str) -> UserError:
@@ -45,7 +47,7 @@ def _positive(spec: str, text: str, what: str) -> int:
     return n
 
 
-HEADS = ("full", "causal", "window:", "docs:")  # how a spec starts
+HEADS = ("full", "causal", "window:", "docs:", "prefix:", "blocks:", "shared:", "slices:")  # how a spec starts
 
 
 def split_specs(text: str) -> list[str]:

@@ -82,8 +82,13 @@ MASK = (
 )
 
 ATTENTION = (
-    F("algorithm", str, "a ringx algorithm, or an outside baseline (`tcp-*`, `rfa-*`)", column="str", config=True),
-    F("family", str, "`ring`, `ringx` or `external`", column="str"),
+    F("algorithm", str, "a ringx algorithm, or a plugin: the field's (`tcp-*`, `rfa-*`) or a user's", column="str",
+      config=True),
+    F("family", str, "`ring`, `ringx`, `ulysses`, `peer` (the field's implementations) or `plugin` (a user's); "
+      "`external` in records before plugins", column="str"),
+    F("plugin_source", str, "a plugin's origin: `entry point MODULE:ATTR` or `--plugin SPEC`", "optional", "str"),
+    F("implausible", list, "why the measurement cannot be right (above the device's peak TFLOP/s, given or known "
+      "for the GPU); `summary` marks its cells with !", "optional"),
     F("seq", int, "global tokens", column="int", config=True),
     F("seq_per_rank", int, "tokens per rank", column="int", config=True),
     F("scaling", str, "`strong` (global length given) or `weak` (length per rank given)", column="str", config=True),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ringx_drivers.mpirun import ROOT
+from tests.mpi import CHECKOUT as ROOT
 
 
 def run_cli(*args: str, cwd: Path | str = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -14,8 +14,8 @@ import pytest
 
 os.environ["RINGX_DEVICE"] = "cpu"
 
-from ringx_drivers import mpirun  # noqa: E402 - after RINGX_DEVICE, which the ranks inherit
 from tests import zygote  # noqa: E402
+from tests.mpi import CHECKOUT  # noqa: E402
 
 # The files that take longest here (measured on the 2-core machine, 3 processes, 2026-12-02), longest first. Under
 # `./dev test`'s several processes (pytest-xdist, one file per process at a time) files are handed out in
@@ -44,7 +44,7 @@ def warm_ranks():
         return
     with tempfile.TemporaryDirectory(prefix="ringx-z") as d:  # short: a socket path has at most 107 bytes
         sock = Path(d) / "s"
-        server = zygote.start(sock, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(mpirun.ROOT)})
+        server = zygote.start(sock, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CHECKOUT)})
         os.environ[zygote.ENV] = str(sock)
         try:
             yield

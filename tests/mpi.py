@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 from ringx_drivers import mpirun
 from tests import zygote
 
+# The checkout the tests run from: their workers and data. Not mpirun.ROOT, which is site-packages when the suite is
+# installed (as environment.yml does) rather than editable.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 
 def launch(nprocs: int, args: list[str], timeout: float | None = None, env: dict | None = None
            ) -> subprocess.CompletedProcess:
     """``mpiexec -n nprocs python ARGS`` (``mpirun.run``), each rank forked from the session's zygote when one runs
     (tests/zygote.py): the same ranks, without importing torch again."""
+    path = [p for p in ((env or {}).get("PYTHONPATH") or "").split(os.pathsep) if p]  # the tests' workers import
+    env = {**(env or {}), "PYTHONPATH": os.pathsep.join([*path, str(CHECKOUT)])}  # tests.*, also when installed
     return mpirun.run(nprocs, zygote.wrap(args), timeout=timeout, env=env)
 
 
 def run_mpi(nprocs: int, script: str, *args: str, timeout: float = 300, env: dict | None = None
             ) -> subprocess.CompletedProcess:
     """Run ``python script args`` on ``nprocs`` ranks; kill the job after ``timeout`` s."""
-    return launch(nprocs, [str(mpirun.ROOT / script), *args], timeout=timeout, env=env)
+    return launch(nprocs, [str(CHECKOUT / script), *args], timeout=timeout, env=env)
 
 
 def run_cases(nprocs: int, script: str, out: Path, seed: int, env: dict | None = None) -> dict[str, list[dict]]:

@@ -3,8 +3,8 @@
 Every algorithm of the registry and ``tp`` on the tiny decoder in float64 at 1-4 ranks: greedy ids equal to the
 unsharded model's and every generated token's logits within TOL; usp/usp-ringx at every Ulysses degree dividing
 the ranks; ``ringx.decode_attention`` alone on random caches of unequal lengths (one shard empty), MHA and GQA,
-several new tokens; and the bad inputs that must fail alike on every rank. The 4-rank launch simulates 2 nodes
-of 2 ranks (usp's default degree 2: a real Ulysses x ring decode).
+several new tokens, with and without attention sinks; and the bad inputs that must fail alike on every rank. The
+4-rank launch simulates 2 nodes of 2 ranks (usp's default degree 2: a real Ulysses x ring decode).
 """
 
 from __future__ import annotations
@@ -76,10 +76,11 @@ class DecodeCase:
     algorithm: str
     kv_heads: int
     new: int  # new tokens per sequence
+    sinks: bool = False  # with attention-sink logits
 
     @property
     def id(self) -> str:
-        return f"P{self.world}-decode-{self.algorithm}-kv{self.kv_heads}-t{self.new}"
+        return f"P{self.world}-decode-{self.algorithm}-kv{self.kv_heads}-t{self.new}" + ("-sinks" if self.sinks else "")
 
 
 HEADS = 12
@@ -88,4 +89,5 @@ HEADS = 12
 def decode_cases(world: int) -> list[DecodeCase]:
     import ringx
 
-    return [DecodeCase(world, name, kv, t) for name in ringx.ALGORITHMS for kv, t in ((12, 3), (4, 1))]
+    return [DecodeCase(world, name, kv, t, sinks) for name in ringx.ALGORITHMS
+            for kv, t, sinks in ((12, 3, False), (4, 1, True))]

@@ -15,13 +15,12 @@ import torch
 
 import ringx
 from ringx.flops import attention_flops, mask_flops
-from ringx_drivers import mpirun
 from ringx_drivers.points.attention import make_point, record_config
 from ringx_suite import masks
 from ringx_suite.cli import UserError
 from ringx_suite.store import Store, config_key, validate
 from tests.cli import run_cli
-from tests.mpi import cli_batch, launch, run_cases
+from tests.mpi import CHECKOUT, cli_batch, launch, run_cases
 
 SMALL = ["--seq", "128", "--heads", "4", "--kv-heads", "2", "--head-dim", "16", "--iters", "2", "--warmup", "1",
          "--quiet", "--campaign", "c"]
@@ -48,12 +47,12 @@ def one_line_error(proc, *words: str) -> str:
 
 
 def test_run_records_carry_masks_and_check_them(tmp_path):
-    specs = ["causal", "window:16", "docs:lognormal:24+window:8", "docs:40x2,48"]
+    specs = ["causal", "window:16", "docs:lognormal:24+window:8", "docs:40x2,48", "shared:32/16x6"]
     proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "ring,zigzag,ringx4o,ulysses",
                  "--mask", ",".join(specs), "--mode", "fwd,fwd+bwd", "--check", "--mask-seed", "5")
     assert proc.returncode == 0, proc.stderr
     recs = Store(tmp_path, "c").records()
-    assert len(recs) == 4 * 4 * 2
+    assert len(recs) == 5 * 4 * 2
     by_mask: dict = {}
     for r in recs:
         assert validate(r) == [], r
@@ -61,7 +60,7 @@ def test_run_records_carry_masks_and_check_them(tmp_path):
         assert r["check_max_error"] <= r["check_tolerance"] and r["check_seq"] == 128
         by_mask.setdefault(r.get("mask"), []).append(r)
     drawn = masks.parse("docs:lognormal:24+window:8", 128, 5)
-    assert set(by_mask) == {None, "window:16", str(drawn), "docs:40x2,48"}
+    assert set(by_mask) == {None, "window:16", str(drawn), "docs:40x2,48", "shared:32/16x6"}
     for r in by_mask[None]:  # --mask causal is --causal true: no mask fields, the same record as ever
         assert r["causal"] is True and "mask_spec" not in r
     for r in by_mask[str(drawn)]:
@@ -268,7 +267,7 @@ def test_sweep_masks_refuse_bad_specs_and_both_spellings(tmp_path):
 def test_shipped_masks_sweep_plans():
     from ringx_drivers import sweeps as sweep
 
-    sw = sweep.load(mpirun.ROOT / "jobs" / "sweeps" / "masks-demo.toml")
+    sw = sweep.load(CHECKOUT / "jobs" / "sweeps" / "masks-demo.toml")
     got = {p.mask_text().split(":")[0] for j in sw.jobs for p in j.points}
     assert got == {"causal", "window", "docs"}
 

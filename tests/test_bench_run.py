@@ -12,7 +12,7 @@ from ringx_drivers import mpirun
 from ringx_drivers.drivers.collectives import default_levels, layout_problem, parse_levels, parse_size, sizes
 from ringx_suite.store import Store, validate
 from tests.cli import run_cli
-from tests.mpi import cli_batch, launch
+from tests.mpi import CHECKOUT, cli_batch, launch
 
 
 def bench(nprocs: int, *args: str, timeout: float = 300, env: dict | None = None):
@@ -254,16 +254,17 @@ def test_collective_levels_follow_the_node_layout():
             parse_levels(bad)
 
 
-def test_outside_baselines_are_checked_timed_or_skipped_with_reason(tmp_path):
-    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--algorithms", "zigzag", "--causal", "true,false",
-                 "--baselines", "torch_cp,ring_flash_attn", "--check")
+def test_peers_are_checked_timed_or_skipped_with_reason(tmp_path):
+    """The field's implementations, named in --algorithms (installed plugins; no flash-attn stand-in here)."""
+    proc = bench(2, "run", *SMALL, "--out", str(tmp_path), "--causal", "true,false", "--check",
+                 "--algorithms", "zigzag,tcp-allgather,tcp-ring,rfa-ring,rfa-zigzag,rfa-stripe")
     assert proc.returncode == 0, proc.stderr
     recs = records(tmp_path)
     by = {(r["algorithm"], r["causal"]): r for r in recs}
     for name in ("tcp-allgather", "tcp-ring"):
         for causal in (False, True):
             r = by[name, causal]
-            assert validate(r) == [] and r["status"] == "ok" and r["family"] == "external"
+            assert validate(r) == [] and r["status"] == "ok" and r["family"] == "peer"
             assert r["check_max_error"] <= r["check_tolerance"]
             assert r["layout"] == ("zigzag" if causal else "contiguous")
     for name in ("rfa-ring", "rfa-zigzag", "rfa-stripe"):
@@ -289,8 +290,8 @@ def test_ctrl_c_stops_every_rank_at_once_with_one_line(tmp_path):
 
     proc = subprocess.Popen([mpirun.mpiexec(), "-n", "2", os.sys.executable, "-m", "ringx_bench", "run", *SMALL,
                              "--seq", "2048", "--iters", "1000", "--out", str(tmp_path), "--algorithms", "ring,ringx4"],
-                            cwd=mpirun.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(mpirun.ROOT)}, start_new_session=True)
+                            cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(CHECKOUT)}, start_new_session=True)
     deadline = time.monotonic() + 60
     records_dir = tmp_path / "c" / "records"
     while not (records_dir.exists() and any(records_dir.iterdir())) and time.monotonic() < deadline:
@@ -311,9 +312,9 @@ def test_n_copies_of_rank_0_under_srun_are_refused(tmp_path):
 
     # what srun --mpi=none does to an MPICH program: every task is a world of one
     for procid, expect in (("0", "4 copies of rank 0"), ("3", "")):
-        env = {**os.environ, "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": procid, "PYTHONPATH": str(mpirun.ROOT)}
+        env = {**os.environ, "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": procid, "PYTHONPATH": str(CHECKOUT)}
         proc = subprocess.run([sys.executable, "-m", "ringx_bench", "run", *SMALL, "--out", str(tmp_path)], env=env,
-                              capture_output=True, text=True, cwd=mpirun.ROOT, timeout=120)
+                              capture_output=True, text=True, cwd=CHECKOUT, timeout=120)
         assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
         assert (expect == "") == (proc.stderr.strip() == "")  # task 0 says why; the others stay silent
     assert not (tmp_path / "c").exists()

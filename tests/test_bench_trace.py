@@ -43,7 +43,7 @@ def test_bench_trace_writes_traces_and_the_figure(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, words", [(["--algorithms", "nope"], "unknown algorithm"),
-                                          (["--baselines", "torch_cp"], "ringx's algorithms only")])
+                                          (["--algorithms", "tcp-ring"], "ringx's algorithms only")])
 def test_bench_trace_bad_input_is_one_line(tmp_path, argv, words):
     proc = launch(1, ["-m", "ringx_bench", "trace", *argv, "--out", str(tmp_path)], timeout=120)
     assert proc.returncode != 0 and words in proc.stderr and "Traceback" not in proc.stderr

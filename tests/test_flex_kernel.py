@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ringx.kernels import KERNELS, DeviceInfo, ReferenceKernel, preference, reweighted_backward, select_kernel
-from ringx.mask import band_visible
+from ringx.slices import band_visible
 from tests.mpi import run_cases
 from tests.reference import masked_block_attention as dense
 from tests.reference import rel
@@ -118,10 +118,12 @@ def test_flex_is_chosen_only_by_name_on_cpu():
 
 def test_algorithms_with_flex_at_two_ranks_match_dense_float64(tmp_path):
     by_case = run_cases(2, "tests/workers/flex_cases.py", tmp_path, SEED)
-    assert len(by_case) == 28  # 4 algorithms x 7 masks
+    assert len(by_case) == 40  # 4 algorithms x 10 masks
+    assert sum(c.endswith("-sinks") for c in by_case) == 20
     for case, rows in by_case.items():
         assert sorted(r["rank"] for r in rows) == [0, 1], case
         for r in rows:
             assert r["kernel"] == "torch-flex" and not r["nan"], case
+            assert ("dsinks" in r["errors"]) == case.endswith("-sinks")
             for q, e in r["errors"].items():
                 assert e <= 1e-10, f"{case} rank {r['rank']} {q}: {e:.3e} (seed {r['seed']})"

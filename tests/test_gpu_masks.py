@@ -17,7 +17,7 @@ import torch
 from ringx import Mask, kernels
 from ringx.kernels import KERNELS, ReferenceKernel, varlen_calls
 from ringx.layouts import block_plan
-from ringx.mask import band_visible
+from ringx.slices import band_visible
 from tests.reference import masked_block_attention as dense
 from tests.reference import rel
 

@@ -1,6 +1,7 @@
 """The cheap input check at 2-4 ranks: its maximum (recursive doubling, P a power of two or not), the gloo twin a
-group that moves no CPU tensors uses, and a wrong input on one rank at a later call: the same one-line error on
-every rank at that call, and the group healthy after (tests/workers/host_check.py)."""
+group that moves no CPU tensors uses, and a wrong input on one rank at a later call (a sequence length, a dtype,
+sinks): the same one-line error on every rank at that call, and the group healthy after
+(tests/workers/host_check.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ def test_a_wrong_input_at_a_later_call_raises_the_same_error_on_every_rank(ranks
             assert got["raised"] is not None, f"seed {SEED}, rank {r} accepted a wrong {got['kind']}"
             assert got["raised"] == want["raised"], f"seed {SEED}: ranks raised differently"
             at, msg = got["raised"]
-            assert at == got["at"] and "\n" not in msg and f"rank {P - 1} has" in msg, msg
-            assert ("q shape" if got["kind"] == "seq" else "dtype") + " differs across ranks" in msg
+            assert at == got["at"] and "\n" not in msg, msg
+            if got["kind"] == "sinks":  # a problem of the last rank's own input, told to every rank
+                assert f"rejected the input (rank {P - 1}: sinks must hold one logit per query head" in msg, msg
+            else:
+                assert f"rank {P - 1} has" in msg, msg
+                assert ("q shape" if got["kind"] == "seq" else "dtype") + " differs across ranks" in msg
     assert all(res["healthy_after"] for res in ranks)

@@ -65,6 +65,8 @@ def test_the_direct_path_is_the_one_taken_and_only_for_full_and_causal(group, mo
         _call(name, True, q, k, v, do)
     with pytest.raises(AssertionError, match="the schedule ran"):
         ringx.attention(q, k, v, algorithm="ring", mask="window:4")  # several blocks: the schedule's business
+    with pytest.raises(AssertionError, match="the schedule ran"):  # a sink is merged after the schedule
+        ringx.attention(q, k, v, algorithm="ring", causal=True, sinks=torch.zeros(q.shape[2]))
 
 
 def _slots(p: api._Plan) -> dict:
@@ -95,6 +97,13 @@ def test_a_kept_plan_never_answers_for_a_call_a_fresh_one_refuses(group, good, b
     ringx.attention(q, k, v, algorithm=name, **good)  # equal to `bad` as a dict key: 1 == True
     with pytest.raises(ringx.RingxInputError, match=message):
         ringx.attention(q, k, v, algorithm=name, **bad)
+
+
+def test_a_kept_plan_checks_the_sinks_of_every_call(group):
+    q, k, v, _ = _inputs(torch.float32)
+    ringx.attention(q, k, v, algorithm="ringx4", causal=True, sinks=torch.zeros(q.shape[2]))
+    with pytest.raises(ringx.RingxInputError, match="sinks must hold one logit per query head"):
+        ringx.attention(q, k, v, algorithm="ringx4", causal=True, sinks=torch.zeros(q.shape[2] + 1))
 
 
 def test_plans_go_with_the_kernel_choice_and_the_process_group(group):

@@ -22,7 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-NOT_SHIPPED = {".git", ".venv", "runs", "results", "tests", "build", "__pycache__", ".pytest_cache", ".ruff_cache"}
+NOT_SHIPPED = {".git", ".venv", "runs", "results", "tests", "build", "__pycache__", ".pytest_cache", ".ruff_cache",
+               "examples"}
 
 
 def test_every_package_and_data_file_is_listed():

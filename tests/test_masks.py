@@ -17,19 +17,30 @@ from ringx.balancing import lognormal_lengths
 from ringx.flops import attention_flops, mask_flops
 from ringx.kernels import KERNELS, DeviceInfo, band_route, flash_window
 from ringx.layouts import block_plan, gathered_plan, positions, ring_steps, seen_ranks, shared_rounds
-from ringx.mask import band_pairs, band_visible
+from ringx.slices import band_pairs, band_visible
 from tests.reference import masked_block_attention as dense
 
+INF = float("inf")
 MASKS = [Mask.full(), Mask.causal(), Mask.window(5), Mask.window(3, 7), Mask.window(0), Mask.window(40),
          Mask.documents([7, 1, 20, 20]), Mask.documents([30, 18], causal=False),
-         Mask.documents([11, 37], window=6), Mask.documents([11, 1, 36], causal=False, window=20)]
+         Mask.documents([11, 37], window=6), Mask.documents([11, 1, 36], causal=False, window=20),
+         Mask.prefix_lm(13), Mask.prefix_lm(1), Mask.prefix_lm(60), Mask.prefix_lm(4, [7, 1, 20, 20]),
+         Mask.block_causal(5), Mask.block_causal(1), Mask.block_causal(3, [7, 1, 20, 20]),
+         Mask.shared_prefix([(5, [3, 4, 2]), (10, [20, 4])]), Mask.shared_prefix([(1, [47])]),
+         Mask.from_slices([(0, 10, 0, 10, 0, INF), (10, 48, 0, 5), (10, 48, 5, 48, -2, 3)]),
+         Mask.from_slices([(0, 48, 40, 48), (0, 48, 0, 40, -INF, 0)])]  # keys at the end, and the later ones
 
 
 def by_definition(mask: Mask, seq: int) -> torch.Tensor:
-    """The issue's wording, pair by pair."""
-    doc = [0] * seq
-    if mask.lengths is not None:
-        doc = [d for d, n in enumerate(mask.lengths) for _ in range(n)]
+    """The issue's wording, pair by pair: documents (a shared prefix's groups), then each form's rule on the
+    positions within a document (a shared prefix's: which part, the prompt 0 or response r, a token is in)."""
+    doc, at, part = [0] * seq, list(range(seq)), [0] * seq
+    units = mask.lengths or ([sum(g) for g in mask.groups] if mask.groups else None)
+    if units is not None:
+        doc = [d for d, n in enumerate(units) for _ in range(n)]
+        at = [i for n in units for i in range(n)]
+    if mask.groups:
+        part = [r for g in mask.groups for r, n in enumerate(g) for _ in range(n)]
     vis = torch.zeros(seq, seq, dtype=torch.bool)
     for i, j in itertools.product(range(seq), repeat=2):
         ok = doc[i] == doc[j]
@@ -39,6 +50,14 @@ def by_definition(mask: Mask, seq: int) -> torch.Tensor:
             ok &= i - mask.left <= j <= i + mask.right
         if mask.kind == "docs" and mask.left is not None:
             ok &= i - j <= mask.left and (mask.right == 0 or j - i <= mask.left)
+        if mask.kind == "prefix":
+            ok &= j <= i or (at[i] < mask.size and at[j] < mask.size)
+        if mask.kind == "blocks":
+            ok &= at[j] // mask.size <= at[i] // mask.size
+        if mask.kind == "shared":
+            ok &= part[j] == 0 and (part[i] > 0 or j <= i) or (part[j] == part[i] and j <= i)
+        if mask.kind == "slices":
+            ok = any(q0 <= i < q1 and k0 <= j < k1 and lo <= i - j <= hi for q0, q1, k0, k1, lo, hi in mask.items)
         vis[i, j] = ok
     return vis
 
@@ -50,6 +69,11 @@ def test_rule_text_and_counts(mask):
     assert torch.equal(mask.visible(torch.arange(seq), torch.arange(seq)), vis)
     assert mask.visible_pairs(seq) == int(vis.sum())
     assert Mask.parse(str(mask)) == mask and hash(Mask.parse(str(mask))) == hash(mask)
+    assert mask.is_causal == (not vis.triu(1).any())  # no query sees a later key
+    assert mask.causal_layout == (mask.kind != "full")
+    for layout in ("contiguous", "zigzag", "stripe"):  # ringx.balance: each rank's rows' visible pairs
+        rows = [positions(layout, 4, r, seq // 4) for r in range(4)]
+        assert ringx.balance(mask, layout, 4, seq).pairs == tuple(int(vis[p].sum()) for p in rows)
     for q0, q1, k0, k1 in [(0, 12, 0, 12), (12, 24, 0, 12), (5, 30, 20, 48), (40, 48, 0, 8)]:
         sub = vis[q0:q1, k0:k1]
         want = "none" if not sub.any() else "full" if sub.all() else (
@@ -64,6 +88,15 @@ def test_text_forms():
     assert (str(Mask.window(128)), str(Mask.window(3, 4))) == ("window:128", "window:3,4")
     assert Mask.parse("docs:64x8,32") == Mask.documents([64] * 8 + [32])
     assert len(Mask.documents([3]).digest()) == 16
+    assert str(Mask.prefix_lm(100)) == "prefix:100" and str(Mask.block_causal(64)) == "blocks:64"
+    assert str(Mask.prefix_lm(8, [64] * 3)) == "docs:64x3:prefix:8"
+    assert str(Mask.block_causal(16, [100, 28])) == "docs:100,28:blocks:16"
+    assert str(Mask.shared_prefix([(512, [128] * 4), (300, [64, 20])])) == "shared:512/128x4+300/64,20"
+    assert str(Mask.from_slices([(8, 16, 0, 8), (0, 8, 0, 8, 0, INF), (8, 16, 8, 16, -3, 2)])) == \
+        "slices:0-8/0-8/causal,8-16/0-8,8-16/8-16/band:-3:2"
+    assert Mask.parse("slices:0-4/0-4/band:-inf:1,4-8/0-8") == Mask.from_slices([(0, 4, 0, 4, -INF, 1), (4, 8, 0, 8)])
+    long = Mask.shared_prefix([(100, [7, 9, 11])] * 9)
+    assert long.short() == f"shared[9 groups, 1143 tokens, {long.digest()}]"
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -77,6 +110,19 @@ def test_text_forms():
     (lambda: Mask.documents([5, 7]).check(13), "sum to 12, but the global sequence length is 13"),
     (lambda: ringx.shard(torch.zeros(1, 8), "contiguous", 0, 2, mask=Mask.documents([5])), "sum to 5"),
     (lambda: ringx.ALGORITHMS["ring"].layout(True, mask=Mask.full()), "exactly one of"),
+    (lambda: Mask.prefix_lm(0), "prefix must be an integer >= 1"),
+    (lambda: Mask.block_causal(2, [3, 0]), "positive integers"),
+    (lambda: Mask.shared_prefix([(4, [])]), "response lengths must not be empty"),
+    (lambda: Mask.shared_prefix([4, 5]), "a list of \\(prompt, \\[responses\\]\\)"),
+    (lambda: Mask.shared_prefix([(4, [2])]).check(7), "its groups sum to 6, but the global sequence length is 7"),
+    (lambda: Mask.from_slices([(0, 4, 0, 4), (2, 6, 3, 5), (4, 6, 0, 4)]), "overlap"),
+    (lambda: Mask.from_slices([(0, 4, 0, 4, 1, INF)]), "query 0 sees no key"),
+    (lambda: Mask.from_slices([(0, 4, 0, 4, 2, 1)]), "sees nothing"),
+    (lambda: Mask.from_slices([(0, 4, 2, 2)]), "is empty"),
+    (lambda: Mask.from_slices([(0, 4, 0, 4, 0.5, 1)]), "integer or \\+-inf"),
+    (lambda: Mask.parse("slices:0-4/0-4/band:1"), "cannot read mask"),
+    (lambda: Mask.parse("shared:4"), "cannot read mask"),
+    (lambda: Mask.parse("docs:4,4:prefix:2+window:3"), "cannot read mask"),
 ])
 def test_bad_masks_are_one_line_input_errors(bad, match):
     with pytest.raises(RingxInputError, match=match) as e:
@@ -109,7 +155,10 @@ def test_plans_compute_each_visible_pair_once_and_nothing_else(world, layout):
     n = seq // world
     masks = [Mask.window(5), Mask.window(30), Mask.window(3, 7), Mask.documents([7, 1, seq - 20, 12]),
              Mask.documents([seq - 5, 5], causal=False), Mask.documents([11, seq - 11], window=6),
-             Mask.documents([11, seq - 11], causal=False, window=20)]
+             Mask.documents([11, seq - 11], causal=False, window=20), Mask.prefix_lm(n + 5), Mask.prefix_lm(3),
+             Mask.block_causal(5), Mask.block_causal(7, [3, 9, seq - 12]), Mask.prefix_lm(4, [7, 1, seq - 8]),
+             Mask.shared_prefix([(7, [5, 9, 3])] + [(seq - 34, [10])] * (world > 1)),
+             Mask.from_slices([(0, seq, 0, 3), (0, seq, 3, seq, -4, 6)])]  # global keys and a window
     for m in masks:
         for qr, kr in itertools.product(range(world), repeat=2):
             qp, kp = positions(layout, world, qr, n), positions(layout, world, kr, n)

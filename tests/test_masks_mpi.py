@@ -1,6 +1,7 @@
 """Every algorithm x every mask of tests/mask_cases.py (fixed ones, and fresh random ones of every kind) x 1-4 ranks
-(and 2 simulated nodes x 2) against a dense masked float64 softmax, forward and backward, every rank's shard; the
-ledgers against the traced schedule; what a window saves under ring; bad masks raise alike on every rank.
+(and 2 simulated nodes x 2), with and without attention sinks, against a dense masked float64 softmax, forward and
+backward, every rank's shard and its share of the sinks' gradient; the ledgers against the traced schedule (sinks
+move nothing); what a window and the new masks save; bad masks raise alike on every rank.
 
 One ``mpiexec`` launch per (ranks, ranks per node) runs its whole matrix; each case is asserted here.
 """
@@ -29,10 +30,39 @@ def launched(tmp_path_factory):
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
 def test_exact_against_dense_masked_float64(launched, case: MaskCase):
+    """out, LSE, dQ, dK, dV of every rank's shard; with sinks also the rank's share of the sinks' gradient."""
     for row in rows_of(launched, case):
-        for q in QUANTITIES:
-            assert row["errors"][q] <= TOL, f"rank {row['rank']} {q}: {row['errors'][q]:.3e} (seed {row['seed']})"
+        assert set(row["errors"]) == set(QUANTITIES) | ({"dsinks"} if case.sinks else set())
+        for q, err in row["errors"].items():
+            assert err <= TOL, f"rank {row['rank']} {q}: {err:.3e} (seed {row['seed']})"
         assert row["mask"] == str(case.mask), "the worker drew another mask"
+
+
+SINKS = [c for c in ALL if c.sinks]
+
+
+def test_the_ranks_shares_of_the_sinks_gradient_sum_to_the_whole(launched):
+    """A replicated parameter's gradient under CP: each rank holds its rows' share, and the all-reduce a training
+    framework makes of it gives the dense float64 gradient of the sinks."""
+    for case in SINKS:
+        rows = rows_of(launched, case)
+        whole = torch.tensor(rows[0]["dsinks_whole"], dtype=torch.float64)
+        summed = sum(torch.tensor(r["dsinks"], dtype=torch.float64) for r in rows)
+        assert (summed - whole).abs().max() <= TOL * max(1.0, whole.abs().max().item()), case.id
+
+
+def test_sinks_move_nothing(launched):
+    """The sink is the last merge of each row's final result: every case run with sinks moved exactly what the traced
+    schedule without sinks moves (which the cases without sinks equal, test_traced_schedule_moves_what_the_run_moved).
+    Every algorithm runs with sinks, MHA and GQA, at every launch."""
+    for case in SINKS:
+        for row in rows_of(launched, case):
+            tr = trace(case.algorithm, None, case.world, row["rank"], batch=case.batch, seq=SEQ_LOCAL * case.world,
+                       heads=case.heads, kv_heads=case.kv_heads, head_dim=case.head_dim, dtype=torch.float64,
+                       ranks_per_node=case.rpn or None, mask=case.mask)
+            assert (tr.ledger_forward.as_dict(), tr.ledger_backward.as_dict()) == (row["forward"], row["backward"])
+    assert {(c.world, c.rpn, c.algorithm, c.kv_heads < c.heads) for c in SINKS} == {
+        (c.world, c.rpn, c.algorithm, gqa) for c in ALL for gqa in (False, True)}
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
@@ -78,6 +108,31 @@ def test_broadcast_rounds_nobody_else_needs_move_nothing(launched):
     case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx4", "window-third"))
     for row in rows_of(launched, case):
         assert row["forward"]["broadcast"]["calls"] == 4 * 2
+
+
+def test_the_new_masks_move_less_where_they_allow_it(launched):
+    """Measured bytes at 4 ranks (the real ledgers, every rank): shared prefixes packed one group per contiguous
+    shard move nothing under the contiguous-layout algorithms, where causal attention moves every block; prefix-LM
+    with a prefix reaching a little into the second shard lets ringx1's backward skip the last rank's K/V round,
+    which no other rank sees (3 of 4 rounds; causal broadcasts all 4)."""
+    for algo in ("ring", "ringx1", "ringx2o"):
+        case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, algo, "shared-per-shard"))
+        for row in rows_of(launched, case):
+            causal = trace(algo, True, 4, row["rank"], batch=case.batch, seq=SEQ_LOCAL * 4, heads=case.heads,
+                           kv_heads=case.kv_heads, head_dim=case.head_dim, dtype=torch.float64)
+            assert _sent(row["forward"]) == _sent(row["backward"]) == 0, (algo, row["rank"])
+            assert causal.ledger_forward.sent > 0 and causal.ledger_backward.sent > 0
+    case = next(c for c in ALL if (c.world, c.rpn, c.algorithm, c.mask_name) == (4, 0, "ringx1", "prefix"))
+    kv = 2 * case.batch * SEQ_LOCAL * case.kv_heads * case.head_dim * 8
+    moved = causal_moved = 0
+    for row in rows_of(launched, case):
+        assert row["backward"]["broadcast"]["calls"] == 3 * 2  # K and V of roots 0..2
+        assert row["backward"]["broadcast"]["sent"] == (kv if row["rank"] < 3 else 0)
+        causal = trace("ringx1", True, 4, row["rank"], batch=case.batch, seq=SEQ_LOCAL * 4, heads=case.heads,
+                       kv_heads=case.kv_heads, head_dim=case.head_dim, dtype=torch.float64)
+        assert causal.ledger_backward.ops["broadcast"].calls == 4 * 2
+        moved, causal_moved = moved + _sent(row["backward"]), causal_moved + causal.ledger_backward.sent
+    assert moved < causal_moved
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])

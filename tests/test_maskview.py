@@ -15,7 +15,8 @@ from ringx_analysis import maskview  # noqa: E402
 from ringx_suite import masks  # noqa: E402
 
 MASKS = [Mask.causal(), Mask.full(), Mask.window(5), Mask.window(3, 2), Mask.documents([7, 20, 1, 20]),
-         Mask.documents([30, 18], causal=False, window=4)]
+         Mask.documents([30, 18], causal=False, window=4), Mask.prefix_lm(17), Mask.block_causal(5, [7, 20, 1, 20]),
+         Mask.shared_prefix([(10, [6, 9]), (5, [18])]), Mask.from_slices([(0, 48, 0, 4), (0, 48, 4, 48, -2, 2)])]
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "zigzag", "stripe"])
@@ -58,6 +59,14 @@ def test_cli_draws_the_picture(tmp_path, capsys):
     m = masks.parse("docs:lognormal:512", 8192)
     want = balance(m, "zigzag", 8, 8192)
     assert f"{want.imbalance:.3f}" in out and str(list(want.pairs)) in out
+
+
+@pytest.mark.parametrize("spec", ["prefix:1500", "docs:1000x4:blocks:128", "shared:1000/500x6"])
+def test_cli_draws_the_new_forms(spec, tmp_path, capsys):
+    assert cli.main(["mask", "--mask", spec, "--seq", "4000", "--ranks", "4", "--out", str(tmp_path),
+                     "--format", "png"]) == 0
+    want = balance(masks.parse(spec, 4000), "contiguous", 4, 4000)
+    assert str(list(want.pairs)) in capsys.readouterr().out and len(list(tmp_path.glob("*.png"))) == 1
 
 
 @pytest.mark.parametrize("args, match", [

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ringx_drivers import mpirun
 from ringx_suite.store import Store, validate
+from tests.mpi import CHECKOUT
 from tests.slurm_cluster import SlurmCluster, require_slurm
 
 SWEEP = """
@@ -47,7 +47,7 @@ def cluster():
 
 def sweep_cmd(cluster, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", *args], capture_output=True, text=True,
-                          cwd=mpirun.ROOT, env=cluster.env, timeout=120)
+                          cwd=CHECKOUT, env=cluster.env, timeout=120)
 
 
 def submitted(out, campaign: str = "slurm-ci") -> list[dict]:
@@ -160,7 +160,7 @@ def test_a_sweep_runs_from_a_named_environment_prefix_with_its_preflight(cluster
     prof = ["--profile", str(tmp_path / "prefix-cpu.toml")]  # a profile outside jobs/profiles: named on the CLI
     env = {**cluster.env, "RINGX_TEST_SCRATCH": str(tmp_path / "scratch"), "RINGX_TEST_ENV": str(env_dir)}
     proc = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "submit", str(f), *prof], capture_output=True,
-                          text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+                          text=True, cwd=CHECKOUT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "scratch" / "ringx-runs"  # the profile's scratch root, not the checkout
     subs = submitted(out, "prefix-ci")
@@ -179,7 +179,7 @@ def test_a_sweep_runs_from_a_named_environment_prefix_with_its_preflight(cluster
     for p in (store.dir / "runs").glob("*.json"):
         assert json.loads(p.read_text())["command"][0] == f"{env_dir}/bin/python"  # the prefix's interpreter ran
     status = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "status", str(f), *prof],
-                            capture_output=True, text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+                            capture_output=True, text=True, cwd=CHECKOUT, env=env, timeout=120)
     assert status.stdout.count("missing 0  preflight ok") == 2, status.stdout
 
 
@@ -192,7 +192,7 @@ def test_a_failed_preflight_is_recorded_and_runs_no_point(cluster, tmp_path):
     prof = ["--profile", str(tmp_path / "nopmi.toml")]
     env = {**cluster.env, "RINGX_TEST_SCRATCH": str(tmp_path / "scratch"), "RINGX_TEST_ENV": str(env_dir)}
     proc = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "submit", str(f), *prof], capture_output=True,
-                          text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+                          text=True, cwd=CHECKOUT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "scratch" / "ringx-runs"
     (s,) = submitted(out, "nopmi")
@@ -203,5 +203,5 @@ def test_a_failed_preflight_is_recorded_and_runs_no_point(cluster, tmp_path):
     assert not verdict["ok"] and "2 copies of rank 0" in verdict["checks"][0]["detail"]
     assert not Store(out, "nopmi").records()  # no point was run
     status = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "status", str(f), *prof],
-                            capture_output=True, text=True, cwd=mpirun.ROOT, env=env, timeout=120)
+                            capture_output=True, text=True, cwd=CHECKOUT, env=env, timeout=120)
     assert "missing 4  preflight FAILED: MPI world against Slurm: Slurm started 2 tasks" in status.stdout, status.stdout

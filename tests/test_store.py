@@ -98,12 +98,12 @@ def test_memory_estimate_grows_with_the_point_and_gathers_are_o_s():
 
 def test_memory_estimate_is_the_library_formula_over_the_inputs_for_every_algorithm():
     """bench's bound reads the registry's buffers through ringx.memory.peak_formula: no algorithm is left out, and
-    an outside baseline counts as the built-in it resembles."""
+    a plugin counts as the built-in it declares (memory_like)."""
     import torch
 
     import ringx
     from ringx import memory
-    from ringx_drivers.baselines import MEMORY_LIKE
+    from ringx_drivers import plugins
     from ringx_drivers.points.attention import make_point, memory_bytes
 
     s = memory.sizes(1, 1024, 8, 2, 64, torch.float32)
@@ -111,9 +111,10 @@ def test_memory_estimate_is_the_library_formula_over_the_inputs_for_every_algori
     for name in ringx.ALGORITHMS:
         pt = make_point({"algorithm": name, "seq": 4096, "kv_heads": 2}, 4)
         assert memory_bytes(pt, 4) == inputs + memory.peak_formula(name, 4, s, backward=True, kv_heads=2), name
-    for name, like in MEMORY_LIKE.items():
-        pt = make_point({"algorithm": name, "seq": 4096, "kv_heads": 2}, 4, external=tuple(MEMORY_LIKE))
-        assert memory_bytes(pt, 4) == inputs + memory.peak_formula(like, 4, s, backward=True, kv_heads=2), name
+    mine = {"mine": plugins.of("mine", lambda q, k, v, *, causal, group: q, "test")}
+    pt = make_point({"algorithm": "mine", "seq": 4096, "kv_heads": 2}, 4, external=mine)
+    for like in ("ring", "ringx3"):
+        assert memory_bytes(pt, 4, like=like) == inputs + memory.peak_formula(like, 4, s, backward=True, kv_heads=2)
 
 
 def test_element_sizes_are_torch_s_and_partials_accumulate_as_the_library_does():

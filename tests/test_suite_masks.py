@@ -10,11 +10,23 @@ from ringx_suite.cli import UserError
 
 
 @pytest.mark.parametrize("text", ["causal", "full", "window:64", "window:8,4", "docs:64x4",
-                                  "docs:100,28:full+window:16"])
+                                  "docs:100,28:full+window:16", "prefix:40", "blocks:16", "docs:64x4:blocks:8",
+                                  "docs:64x4:prefix:10", "shared:64/48x4", "slices:0-128/0-128/band:-inf:3"])
 def test_fixed_masks_round_trip(text):
-    m = masks.parse(text, 256 if text.startswith("docs:64") else 128)
-    assert m == Mask.parse(text) and masks.parse(str(m), 256 if text.startswith("docs:64") else 128) == m
+    seq = 256 if text.startswith(("docs:64", "shared:")) else 128
+    m = masks.parse(text, seq)
+    assert m == Mask.parse(text) and masks.parse(str(m), seq) == m
     assert not masks.is_distribution(text)
+    assert masks.causal_layout(text) == (text != "full")
+    # prefix-LM's prefix and a block's tokens see later tokens; a shared prefix's responses see only earlier ones
+    later = ("full", "window:8,4", "docs:100,28:full+window:16", "prefix:40", "blocks:16", "docs:64x4:blocks:8",
+             "docs:64x4:prefix:10", "slices:0-128/0-128/band:-inf:3")
+    assert masks.is_causal(text) == (text not in later)
+
+
+def test_split_specs_knows_every_head():
+    assert masks.split_specs("prefix:40,shared:64/48,16+8/4x2,blocks:8,slices:0-4/0-4,4-8/0-8,causal") == [
+        "prefix:40", "shared:64/48,16+8/4x2", "blocks:8", "slices:0-4/0-4,4-8/0-8", "causal"]
 
 
 @pytest.mark.parametrize("spec", ["docs:lognormal:300", "docs:uniform:17-90", "docs:fixed:333",
@@ -63,6 +75,7 @@ def test_file_lengths(tmp_path):
     ("docs:fixed:0", "positive"), ("docs:fixed:", "needs a parameter"), ("docs:file:/no/such/file", "cannot read"),
     ("docs:fixed:10+window:a", "window 'a'"), ("docs:fixed:10+window:0", "positive"),
     ("window:-1", "not a mask"), ("bogus", "not a mask"), ("", "non-empty"), ("docs:64x3", "sum to 192"),
+    ("prefix:0", "not a mask"), ("shared:64/48x3", "groups sum to 208"), ("slices:0-128/0-128", "slices end at 128"),
 ])
 def test_bad_specs_are_one_line_user_errors(spec, match):
     with pytest.raises(UserError, match=match) as e:

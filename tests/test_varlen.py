@@ -16,7 +16,7 @@ import torch
 from ringx import Mask, kernels
 from ringx.kernels import ReferenceKernel, varlen_calls, varlen_window
 from ringx.layouts import block_plan
-from ringx.mask import band_visible
+from ringx.slices import band_visible
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -48,6 +48,11 @@ PLAN_MASKS = {
     "docs-full-window": lambda S: Mask.documents([30, 50, S - 80], causal=False, window=7),
     "window": lambda S: Mask.window(20),
     "window-two-sided": lambda S: Mask.window(30, 5),
+    "prefix": lambda S: Mask.prefix_lm(45),  # the new forms need no kernel path of their own: full, causal, windows
+    "blocks-docs": lambda S: Mask.block_causal(5, [1, 17, 40, 9, S - 67]),
+    "shared": lambda S: Mask.shared_prefix([(20, [10, 30, 5]), (S - 75, [10])]),
+    "slices": lambda S: Mask.from_slices([(0, S, 0, 4), (0, S, 4, S, -3, 5)]),  # global keys and a window
+    "later-keys": lambda S: Mask.from_slices([(0, S, 0, S, -S, 0)]),  # j >= i
 }
 LAYOUTS = ("contiguous", "zigzag", "stripe")
 P, SEQ_LOCAL = 4, 32

@@ -39,7 +39,7 @@ from ringx_drivers.driver import (
 )
 from ringx_drivers.measure.failures import CheckFailed
 from ringx_drivers.points.attention import Point, make_point, record_config
-from ringx_suite.cli import Parser, UserError, split_list
+from ringx_suite.cli import Parser, UserError, env_rank, split_list
 
 PROG = "ringx-bench run"
 
@@ -53,24 +53,30 @@ def build_parser() -> Parser:
     options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
     options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
     add_output_arguments(p)
-    add("--baselines", help="outside implementations to time too, at every configuration: ring_flash_attn, torch_cp")
+    add("--plugin", help="algorithms from outside, comma-separated, each [NAME=]MODULE:ATTR or [NAME=]FILE:ATTR (FILE "
+        "a Python file; the contract: docs/plugins.md); each joins the candidates. Installed plugins, such as the "
+        "field's implementations (tcp-allgather, tcp-ring, rfa-ring, rfa-zigzag, rfa-stripe), are named in "
+        "--algorithms")
+    add("--baselines", help=argparse.SUPPRESS)  # gone: a one-line error says where the peers went
     add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], see parse_inject
     return p
 
 
-def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], list[Point]]:
-    """Flags (over the config file, over the definitions' defaults) into the checked invocation, the outside
-    baselines and the validated points for ``world`` ranks."""
-    from ringx_drivers.baselines import FAMILIES
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[Point]]:
+    """Flags (over the config file, over the definitions' defaults) into the checked invocation, the plugins by name
+    (loaded here, on every rank alike, before any collective) and the validated points for ``world`` ranks."""
+    import ringx
+    from ringx_drivers import plugins
 
     argv = list(argv or [])
-    valid = set(options.PARAMS) | set(options.SETTINGS) | set(options.OUTPUT) | {"baselines", "inject", "points"}
+    valid = set(options.PARAMS) | set(options.SETTINGS) | set(options.OUTPUT) | {"baselines", "inject", "points",
+                                                                                "plugin"}
     given = given_options(build_parser(), argv, valid)
+    if given.get("baselines"):
+        raise UserError("--baselines is gone: the field's implementations are plugins now; name them in --algorithms "
+                        f"({', '.join(sorted(plugins.installed()))})")
     inv = Invocation.of(given, argv)
-    baselines = split_list(given["baselines"]) if given.get("baselines") else []
-    for b in baselines:
-        if b not in FAMILIES:
-            raise UserError(f"unknown baseline {b!r}; available: {', '.join(FAMILIES)}")
+    specs = split_list(given.get("plugin") or "")
     if given.get("points"):
         path = given["points"]
         try:
@@ -79,13 +85,22 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, list[str], 
             raise UserError(f"cannot read points file {path}: {e}") from None
         if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
             raise UserError(f"points file {path} must hold a JSON list of objects")
+        loaded = plugins.load(list(dict.fromkeys(str(d.get("algorithm")) for d in raw)), specs)
     else:
-        raw = cross_product({k: given.get(k) for k in options.PARAMS})
-    return inv, baselines, [make_point(d, world, seed=inv.settings.mask_seed) for d in raw]
+        named = options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
+        loaded = plugins.load(named, specs)
+        for p in loaded.values():
+            if p.name in ringx.ALGORITHMS and env_rank() == 0:  # said once, before any group exists
+                print(f"{PROG}: {p.failure}; {p.name} runs as the built-in", file=sys.stderr, flush=True)
+        raw = cross_product({k: given.get(k) for k in options.PARAMS},
+                            {n: p for n, p in loaded.items() if n not in ringx.ALGORITHMS})
+    loaded = {n: p for n, p in loaded.items() if n not in ringx.ALGORITHMS}  # a clash is said, then left out
+    return inv, loaded, [make_point(d, world, external=loaded, seed=inv.settings.mask_seed) for d in raw]
 
 
-def cross_product(params: dict) -> list[dict]:
-    """Point dicts from the parameters: every masking x sequence x mode x dtype x algorithm."""
+def cross_product(params: dict, plugins: dict | None = None) -> list[dict]:
+    """Point dicts from the parameters: every masking x sequence x mode x dtype x algorithm. ``plugins`` by name (the
+    --plugin ones and those --algorithms names) join the algorithms asked for (default: every built-in)."""
     import ringx
     from ringx_suite import masks
 
@@ -101,16 +116,19 @@ def cross_product(params: dict) -> list[dict]:
     if one["heads"] % one["kv_heads"]:
         raise UserError(f"--heads ({one['heads']}) must be a multiple of --kv-heads ({one['kv_heads']})")
     names = many.get("algorithms")
+    plugins = plugins or {}
     for n in names or []:
-        if n not in ringx.ALGORITHMS:
-            raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}")
+        if n not in ringx.ALGORITHMS and n not in plugins:
+            raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}, or a plugin "
+                            "(--plugin, or installed: ringx-bench plugins lists them)")
     seq_key = "seq_per_rank" if "seq_per_rank" in many else "seq"
     lengths = many.get(seq_key, [2048])
     specs = masks.reconcile(many.get("mask"), many.get("causal"), [P["causal"].default])
     return [{"algorithm": n, seq_key: s, **one, "dtype": d, "mask": c, "mode": m}
             for c in specs for s in lengths
             for m in many.get("mode", [P["mode"].default]) for d in many.get("dtype", [P["dtype"].default])
-            for n in (names or ringx.algorithms.names(masks.causal_layout(c)))]
+            for n in [*(names or ringx.algorithms.names(masks.causal_layout(c))),
+                      *(p for p in plugins if p not in (names or ()))]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,24 +136,20 @@ def cross_product(params: dict) -> list[dict]:
 
 
 class Attention(CaseDriver):
-    """``bench run``: every configuration's algorithms (and outside baselines) timed side by side."""
+    """``bench run``: every configuration's algorithms (built-in and plugins) timed side by side."""
 
     prog, command, kind = "bench run", "run", "attention"
 
-    def __init__(self, inv: Invocation, points: list[Point], baselines: list[str]):
+    def __init__(self, inv: Invocation, points: list[Point], plugins: dict):
         super().__init__(inv)
-        self.points, self.baselines = points, baselines
+        self.points, self.external = points, plugins
 
     def before_campaign(self) -> None:
         import ringx
-        from ringx_drivers import baselines
 
         self.ringx = ringx
-        self.external = baselines.load(self.baselines, self.ctx.device.type)
-        # Baselines from outside run at every configuration the ringx algorithms do.
         configs = list(dict.fromkeys(replace(pt, algorithm="") for pt in self.points))
-        self.plan = [(c, [pt.algorithm for pt in self.points if replace(pt, algorithm="") == c]
-                      + list(self.external)) for c in configs]
+        self.plan = [(c, [pt.algorithm for pt in self.points if replace(pt, algorithm="") == c]) for c in configs]
 
     def open(self, **kw) -> None:
         super().open(**kw)
@@ -143,6 +157,9 @@ class Attention(CaseDriver):
 
         # The smallest rank's memory, so every rank refuses the same points (0: unknown, not checked).
         self.memory = min(self.group.comm.allgather(device_memory(self.ctx.device, self.ctx.local_world_size)))
+        import torch
+
+        self.device_name = torch.cuda.get_device_name(self.ctx.device) if self.ctx.device.type == "cuda" else None
 
     # -- points and records --------------------------------------------------------------------------------
 
@@ -158,7 +175,10 @@ class Attention(CaseDriver):
         return f"{pt.algorithm} seq={pt.seq} {pt.mask_text()} {pt.mode} {pt.dtype}"
 
     def record_fields(self, pt: Point) -> dict:
-        return {"family": "external" if pt.algorithm in self.external else self.ringx.ALGORITHMS[pt.algorithm].family}
+        ext = self.external.get(pt.algorithm)
+        if ext:  # the field's implementations (bench/peers/) apart from a user's own
+            return {"family": "peer" if "ringx_drivers.peers." in ext.source else "plugin", "plugin_source": ext.source}
+        return {"family": self.ringx.ALGORITHMS[pt.algorithm].family}
 
     def own(self, pt: Point):
         return self.external.get(pt.algorithm)
@@ -166,7 +186,7 @@ class Attention(CaseDriver):
     def layout(self, pt: Point) -> str:
         ext = self.external.get(pt.algorithm)
         if ext:
-            return ext.layout(pt.causal)
+            return ext.layout(pt.the_mask().causal_layout)
         return self.ringx.ALGORITHMS[pt.algorithm].layout(mask=pt.the_mask())
 
     def start(self, total: int) -> None:
@@ -176,10 +196,13 @@ class Attention(CaseDriver):
 
     def unrunnable(self, pt: Point):
         ext = self.external.get(pt.algorithm)
-        if ext and ext.reason:
-            return "skipped", None, ext.reason
-        if ext and pt.mask:
-            return "skipped", None, f"{pt.algorithm} takes full or causal attention only, not mask {pt.mask}"
+        if ext and ext.failure:
+            return "failed", "plugin", ext.failure
+        if ext and ext.why_not(self.ctx.device.type):
+            return "skipped", None, ext.why_not(self.ctx.device.type)
+        if ext and not ext.takes(pt.the_mask()):
+            return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: full, causal" \
+                + "".join(f", {k}" for k in sorted(ext.masks)) + ")"
         too_big = self.memory_problem(pt)  # refused before allocating
         return ("failed", "oom", too_big) if too_big else None
 
@@ -188,7 +211,8 @@ class Attention(CaseDriver):
         from ringx_drivers.points.attention import memory_bytes
 
         have, s = self.memory, self.settings
-        need = memory_bytes(pt, self.P, s.check_max_seq if s.check else 0)
+        ext = self.external.get(pt.algorithm)
+        need = memory_bytes(pt, self.P, s.check_max_seq if s.check else 0, ext.memory_like if ext else "ring")
         if not have or need <= have:
             return ""
         return (f"not run: needs at least {need / 2**30:.1f} GiB per rank (inputs, gradients, the algorithm's "
@@ -224,8 +248,8 @@ class Attention(CaseDriver):
 
         pt = cases[0].point
         div = math.lcm(*(self.ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
-        if pt.mask and pt.mask_seed is None and pt.the_mask().lengths is not None:
-            return pt.seq  # documents given literally fit this length only
+        if pt.mask and pt.mask_seed is None and pt.the_mask().seq_len is not None:
+            return pt.seq  # documents (or groups, slices) given literally fit this length only
         cs = min(pt.seq, self.settings.check_max_seq)
         return max(cs - cs % div, div if pt.seq >= div else 0)
 
@@ -236,17 +260,21 @@ class Attention(CaseDriver):
         return pt.the_mask(cs)
 
     def check(self, c: Case, cs: int) -> None:
-        import functools
-
         import torch
+        import torch.distributed as dist
 
         s, pt = self.settings, c.point
         if not s.check:
             return
         dt = getattr(torch, pt.dtype)
-        fn = functools.partial(c.own.fn, causal=pt.causal) if c.own else None
         t0 = time.perf_counter()
         m = self.check_mask(pt, cs)
+        fn = None
+        if c.own:
+            whole = m if not isinstance(m, bool) else self.ringx.Mask.causal() if m else self.ringx.Mask.full()
+
+            def fn(q, k, v):
+                return c.own.call(q, k, v, whole, dist.group.WORLD)
         ref = self.ringx.verify.reference(m, 1, cs, pt.heads, pt.kv_heads, pt.head_dim, dt,
                                           seed=self.config_seed, device=self.ctx.device)
         err = self.ringx.verify.check(ref, pt.algorithm, self.ctx.device, s.kernel, fn=fn, layout=c.layout)
@@ -257,7 +285,8 @@ class Attention(CaseDriver):
             raise CheckFailed(f"check failed: max error {err:.3e} > {tol:.0e} at seq {cs}")
 
     def first_call(self, c: Case) -> None:
-        """One untimed call: fills the ledger and measures this algorithm's own peak memory."""
+        """One untimed call: fills the ledger and measures this algorithm's own peak memory. A plugin's call is
+        counted at the dispatcher (ringx.traffic) after it, as ours would be: its first call may set things up."""
         from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         dev = self.ctx.device
@@ -265,9 +294,20 @@ class Attention(CaseDriver):
         self.failures.hook(c.index, "run")
         c.call(c.stats)
         st = c.stats
-        c.result.update(mem=peak_memory(dev), kernel=st.kernel if st else "external",
-                        kernel_version=getattr(st, "kernel_version", None) if st else None, **ledger_totals(st),
-                        ledger={"forward": st.forward.as_dict(), "backward": st.backward.as_dict()} if st else None)
+        c.result.update(mem=peak_memory(dev), kernel=st.kernel if st else c.algorithm,
+                        kernel_version=getattr(st, "kernel_version", None) if st else None)
+        if st:
+            c.result.update(**ledger_totals(st), ledger={"forward": st.forward.as_dict(),
+                                                         "backward": st.backward.as_dict()})
+        else:
+            from ringx.traffic import Traffic
+
+            with Traffic() as t:
+                c.call(None)
+            lg = t.ledger
+            c.result.update(sent=lg.sent, received=lg.received, calls=lg.calls,
+                            ledger={c.point.mode: lg.as_dict(), **({"not_counted": sorted(t.unknown)}
+                                                                    if t.unknown else {})})
         c.call = _untracked(c.call)
 
     def after_timing(self, live: list[Case]) -> list[dict]:
@@ -294,6 +334,7 @@ class Attention(CaseDriver):
 
     def finish(self, c: Case, samples: list[float], extra, group_id: str | None, shared) -> str:
         from ringx.flops import CONVENTION, mask_flops
+        from ringx_suite import plausible
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
@@ -302,6 +343,7 @@ class Attention(CaseDriver):
         flops = mask_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.the_mask(), pt.mode)
         tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.settings.peak_tflops
+        wrong = plausible.problems(tflops, peak or plausible.known_peak(self.device_name))
         c.rec.update(
             written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
@@ -311,8 +353,10 @@ class Attention(CaseDriver):
             **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
             **_overlap_fields(extra),
             ledger_rank0=result["ledger"],
-            **{k: v for k, v in result.items() if k.startswith("check_")})
-        return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)"
+            **{k: v for k, v in result.items() if k.startswith("check_")},
+            **({"implausible": wrong} if wrong else {}))
+        return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)" + \
+            (f" IMPLAUSIBLE: {'; '.join(wrong)}" if wrong else "")
 
 
 def _overlap_fields(extra: list[dict]) -> dict:
@@ -330,23 +374,26 @@ def _untracked(call):
 
 def main(argv: list[str] | None = None) -> int:
     def make(argv: list[str], world: int) -> Attention:
-        inv, baselines, points = resolve(argv, world)
-        return Attention(inv, points, baselines)
+        inv, plugins, points = resolve(argv, world)
+        return Attention(inv, points, plugins)
 
     return mpi_main(PROG, argv, make)
 
 
 def make_call(name: str, ext, pt: Point, inputs, kernel):
-    """(call(stats), stats): one forward or forward+backward of a ringx algorithm or an outside baseline."""
+    """(call(stats), stats): one forward or forward+backward of a ringx algorithm or a plugin."""
     import torch
+    import torch.distributed as dist
 
     import ringx
 
     q, k, v, do = inputs
     qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))  # shares the inputs' storage: no copy
     if ext:
+        mask = pt.the_mask()
+
         def f(q_, k_, v_, _stats):
-            return ext.fn(q_, k_, v_, causal=pt.causal)
+            return ext.call(q_, k_, v_, mask, dist.group.WORLD)
         stats = None
     else:
         stats, mask = ringx.CallStats(), pt.the_mask()

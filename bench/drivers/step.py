@@ -357,9 +357,9 @@ class TrainingStep(ModelDriver):
         div = math.lcm(*(ringx.layouts.global_divisor(c.layout, self.P) for c in cases))
         seq, p = cases[0].point.seq, self.plan
         literal = [m for x, m in zip(p.layer_masks or (p.mask,), p.masks_at(seq) or ())
-                   if m.lengths is not None and not is_distribution(x)]
+                   if m.seq_len is not None and not is_distribution(x)]
         if literal:
-            return seq  # documents given literally fit this length only
+            return seq  # documents (or groups, slices) given literally fit this length only
         cs = min(seq, self.settings.check_max_seq)
         return max(cs - cs % div, div)
 

@@ -93,11 +93,11 @@ def resolve(argv: list[str], world: int):
     build_parser().parse_args(argv)  # this command's usage and errors
     if not any(a == "--mode" or a.startswith("--mode=") for a in argv) and "--points" not in argv:
         argv = [*argv, "--mode", "fwd,fwd+bwd"]
-    inv, baselines, points = attention.resolve(argv, world)
-    if baselines:
+    inv, plugins, points = attention.resolve(argv, world)
+    if plugins:
         from ringx_suite.cli import UserError
 
-        raise UserError("--baselines: bench trace traces ringx's algorithms only (outside ones have no marks)")
+        raise UserError(f"bench trace traces ringx's algorithms only (a plugin has no marks): {', '.join(plugins)}")
     return inv, points
 
 

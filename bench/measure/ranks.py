@@ -209,12 +209,17 @@ _NO_MEMORY = re.compile(r"out of memory|can't allocate memory|cannot allocate me
 
 def describe(e: BaseException) -> tuple[str, str]:
     """(failure kind, message) of an exception: ``oom``, ``timeout`` (a collective waited --timeout on a
-    peer) or ``exception``."""
+    peer) or ``exception``. The message is one line: the exception's first (torch's dispatcher errors go on
+    for a hundred lines of registered backends)."""
     import torch
 
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else ""
+    if first != text:
+        first += f" [{text.count(chr(10))} more lines]"
     if isinstance(e, torch.OutOfMemoryError | MemoryError) or (isinstance(e, RuntimeError)
-                                                               and _NO_MEMORY.search(str(e))):
-        return "oom", f"out of memory: {e}"
-    if isinstance(e, RuntimeError) and _TIMED_OUT.search(str(e)):
-        return "timeout", f"{type(e).__name__}: {e}"
-    return "exception", f"{type(e).__name__}: {e}"
+                                                               and _NO_MEMORY.search(text)):
+        return "oom", f"out of memory: {first}"
+    if isinstance(e, RuntimeError) and _TIMED_OUT.search(text):
+        return "timeout", f"{type(e).__name__}: {first}"
+    return "exception", f"{type(e).__name__}: {first}"

@@ -84,8 +84,9 @@ def masking(d: dict, glob: int, seed: int | None) -> tuple[str | None, int | Non
     return spec, (seed if masks.is_distribution(spec) else None), m.is_causal
 
 
-def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | None = None) -> Point:
-    """A validated point for ``world`` ranks from a dict with the FIELDS keys (seq or seq_per_rank).
+def make_point(d: dict, world: int, external: dict | None = None, seed: int | None = None) -> Point:
+    """A validated point for ``world`` ranks from a dict with the FIELDS keys (seq or seq_per_rank); ``external``:
+    plugins by name (ringx_drivers.plugins.Plugin: their layouts), which points may name too.
 
     Values are read through the option definitions (bench/options.py). ``mask`` (a --mask spec) replaces
     ``causal``; a drawn one uses ``mask_seed`` (default ``seed``). Raises UserError with a message meant for the
@@ -94,12 +95,14 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
     import ringx
     from ringx_suite import masks
 
+    external = external or {}
     unknown = set(d) - set(FIELDS) - {"scaling"}
     if unknown:
         raise UserError(f"unknown point field(s) {', '.join(sorted(unknown))}; known: {', '.join(FIELDS)}")
     name = d.get("algorithm")
     if name not in ringx.ALGORITHMS and name not in external:
-        raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(ringx.ALGORITHMS)}")
+        raise UserError(f"unknown algorithm {name!r}; choose from {', '.join(ringx.ALGORITHMS)}, or an installed "
+                        "or --plugin one")
     v = {k: value(PARAMS[k], d.get(k, PARAMS[k].default), "point") for k in
          ("batch", "heads", "kv_heads", "head_dim", "dtype", "mode", "seq", "seq_per_rank")}
     v["kv_heads"] = v["kv_heads"] or v["heads"]
@@ -117,10 +120,8 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
         if not algo.supports(m):
             raise UserError(f"{name} does not support {what} attention")
         div = ringx.layouts.global_divisor(algo.layout(mask=m), world)
-    else:
-        if spec:
-            raise UserError(f"{name}: outside baselines take full or causal attention only, not mask {spec}")
-        div = 2 * world
+    else:  # a plugin: the masks it does not take are recorded skipped when the run meets them
+        div = ringx.layouts.global_divisor(external[name].layout(m.causal_layout) or "contiguous", world)
     if glob % div:
         raise UserError(f"sequence length {glob} cannot be split for {name} ({what}) "
                         f"over {world} ranks: it must be a multiple of {div}")
@@ -128,22 +129,20 @@ def make_point(d: dict, world: int, external: tuple[str, ...] = (), seed: int | 
                  v["kv_heads"], v["head_dim"], v["dtype"], causal, v["mode"], spec, mseed)
 
 
-def memory_bytes(pt: Point, world: int, check_max_seq: int = 0) -> int:
+def memory_bytes(pt: Point, world: int, check_max_seq: int = 0, like: str = "ring") -> int:
     """The bytes one rank needs for a point: the inputs (q, k, v, dout) and what one call holds at its peak (the
     library's formula, ``ringx.memory.peak_formula``: the result, the gradients (fwd+bwd) and the algorithm's
     buffers), or the float64 check at up to ``check_max_seq`` tokens if that is more. Kernel workspace and
     allocator slack come on top, so a point above a device's memory cannot run there; one below may still run
-    out (it is then recorded as ``oom``). An outside baseline counts as the built-in it resembles."""
+    out (it is then recorded as ``oom``). A plugin counts as the built-in ``like`` (its ``memory_like``)."""
     import torch
 
     import ringx
     from ringx import memory
-    from ringx_drivers.baselines import MEMORY_LIKE
-
     e = element_bytes(pt.dtype)
     inputs = 2 * pt.batch * pt.seq_per_rank * (pt.heads + pt.kv_heads) * pt.head_dim * e  # q, dout; k, v
     s = memory.sizes(pt.batch, pt.seq_per_rank, pt.heads, pt.kv_heads, pt.head_dim, getattr(torch, pt.dtype))
-    name = pt.algorithm if pt.algorithm in ringx.ALGORITHMS else MEMORY_LIKE[pt.algorithm]
+    name = pt.algorithm if pt.algorithm in ringx.ALGORITHMS else like
     peak = memory.peak_formula(name, world, s, backward=pt.mode == "fwd+bwd", kv_heads=pt.kv_heads)
     cs = min(pt.seq, check_max_seq)
     check = 8 * cs * pt.head_dim * 2 * (pt.heads + pt.kv_heads) * 2  # float64 q, k, v, dout, out and grads

@@ -34,6 +34,8 @@ class Ctx:
     stash: dict = field(default_factory=dict)
     mask: Mask | None = None  # None: Mask.causal() or Mask.full() after ``causal``
     inner_ring: int | None = None  # double-ring: ranks of each inner ring
+    sinks: Tensor | None = None  # per-head sink logits, merged into the final result (schedules that keep their
+    # own copy of it for the backward, Ulysses, merge them into that copy too)
 
     def __post_init__(self):
         if self.mask is None:

@@ -31,6 +31,7 @@ import torch
 from ..comm import Comm
 from ..kernels import acc_dtype
 from ..layouts import ulysses_degree_of
+from ..merge import with_sink
 from .base import Ctx, Tensor
 
 
@@ -75,9 +76,13 @@ def schedule(inner_forward: Callable, inner_backward: Callable) -> tuple[Callabl
         qh, kvh = to_heads(uly, q), to_heads(uly, kv)
         out_h, lse_h = inner_forward(rc, qh, kvh[0], kvh[1])
         out_h = out_h.to(q.dtype)
-        c.stash.update(q=qh, k=kvh[0], v=kvh[1], out=out_h, lse=lse_h)
         lse = to_seq(uly, lse_h.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
-        return to_seq(uly, out_h), lse
+        out = to_seq(uly, out_h)
+        if c.sinks is not None:  # the backward's copy of the result is final too: my heads' sinks merged into it
+            out_h, lse_h = with_sink(out_h, lse_h, c.sinks.view(uly.world, -1)[uly.rank])
+            out_h = out_h.to(q.dtype)
+        c.stash.update(q=qh, k=kvh[0], v=kvh[1], out=out_h, lse=lse_h)
+        return out, lse
 
     def backward(c: Ctx, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor):
         uly, rc = _split(c)

@@ -64,12 +64,15 @@ class KernelBase:
     def describe(self) -> str:
         return machine.torch_version()
 
+    # Filled in by the registry once every kernel exists (it imports every kernel module, so no kernel imports it):
+    # a kernel's name -> the kernel, and the rule that routes a band block.
+    kernel_named: staticmethod
+    band_route: staticmethod
+
     def for_band(self, q: Tensor, sk: int, band: tuple[int, int]) -> Kernel:
         """The kernel that computes a band block of ``q`` against ``sk`` keys: this one, or its fallback."""
-        from .registry import KERNELS, band_route  # the registry imports every kernel module: look it up at call time
-
-        name = band_route(self.name, machine.device_info(q.device), q.dtype, q.shape[-1], q.shape[1], sk, band)
-        return self if name == self.name else KERNELS[name]
+        name = self.band_route(self.name, machine.device_info(q.device), q.dtype, q.shape[-1], q.shape[1], sk, band)
+        return self if name == self.name else self.kernel_named(name)
 
     # A whole plan (the blocks of one query buffer against one K/V buffer). Kernels with a batched path (flash-attn's
     # varlen) override these; ringx.blocks still calls forward/backward block by block.

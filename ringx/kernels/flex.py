@@ -115,8 +115,6 @@ class TorchFlexKernel(KernelBase):
 
     def backward(self, dout, q, k, v, out, lse, causal, scale, *, band=None):
         if q.device.type == "cpu":  # no FlexAttention backward on CPU (torch 2.13)
-            from .registry import KERNELS  # the registry imports this module: look it up at call time
-
-            return KERNELS["torch-cpu"].backward(dout, q, k, v, out, lse, causal, scale, band=band)
+            return self.kernel_named("torch-cpu").backward(dout, q, k, v, out, lse, causal, scale, band=band)
         return reweighted_backward(lambda q_, k_, v_: self._attend(q_, k_, v_, causal, scale, band),
                                    dout, q, k, v, out, lse)

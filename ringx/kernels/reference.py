@@ -24,7 +24,7 @@ class ReferenceKernel(KernelBase):
             mask = torch.ones(sq, k.shape[1], dtype=torch.bool, device=q.device).triu_(1)
             s = s.masked_fill(mask, float("-inf"))
         if band is not None:
-            from ..mask import band_visible
+            from ..slices import band_visible
 
             s = s.masked_fill(~band_visible(*band, sq, k.shape[1], q.device), float("-inf"))
         return s  # (b, hk, g, sq, sk)

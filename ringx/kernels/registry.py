@@ -11,7 +11,7 @@ import torch
 
 from . import machine
 from .bands import flash_window
-from .base import HALF, Kernel
+from .base import HALF, Kernel, KernelBase
 from .cpu import TorchCpuKernel
 from .flash import FlashAttn3Kernel, FlashAttnKernel
 from .flex import TorchFlexKernel
@@ -28,6 +28,9 @@ KERNELS: dict[str, Kernel] = {
 # How each kernel computes a band block (docs/masks.md's kernel table is checked against these).
 BAND_NATIVE = ("reference", "torch-cpu", "torch-cudnn", "torch-efficient", "torch-flex")  # any band
 WINDOW_NATIVE = ("flash-attn", "flash-attn3")  # a band that is a bottom-right window (flash_window)
+# Every kernel finds the others, and routes its band blocks, through the registry (KernelBase's hooks).
+KernelBase.kernel_named = staticmethod(lambda name: KERNELS[name])
+KernelBase.band_route = staticmethod(lambda *a: band_route(*a))
 VARLEN = ("flash-attn",)  # many blocks of one K/V buffer in one call (varlen_calls, varlen_forward/backward)
 BAND_FALLBACK = ("torch-cudnn", "torch-efficient", "reference")  # for kernels without masks, first that runs
 

@@ -3,7 +3,8 @@
 Usage: mpiexec -n P python tests/workers/host_check.py OUT_DIR SEED
 Writes rank{r}.json: comm.all_max's answers over the group and over its gloo twin (launch.cpu_group), which group
 api.exchange_group picks for each backend, and what each rank raised when, at call i of a run of good calls
-(i drawn from SEED, the same on every rank), only the last rank passed another sequence length or dtype.
+(i drawn from SEED, the same on every rank), only the last rank passed another sequence length or dtype, or
+sinks of the wrong length.
 """
 
 import json
@@ -33,15 +34,17 @@ def main() -> None:
                     for g, d in [api.exchange_group(None, moves, cpu)]}
     rng = random.Random(seed)
     res["late"] = []
-    for kind in ("seq", "dtype", "seq", "dtype"):
+    for kind in ("seq", "dtype", "sinks", "seq", "dtype"):
         at = rng.randrange(1, 12)
         got = None
         for i in range(12):
             n, dt = (4 if kind == "seq" else 8), (torch.float64 if kind == "dtype" else torch.float32)
             bad = i == at and r == P - 1
-            q, k, v = (torch.randn(1, n if bad else 8, 2, 16, dtype=dt if bad else torch.float32) for _ in range(3))
+            q, k, v = (torch.randn(1, n if bad and kind != "sinks" else 8, 2, 16,
+                                   dtype=dt if bad else torch.float32) for _ in range(3))
+            sinks = torch.zeros(3 if bad and kind == "sinks" else 2)
             try:
-                ringx.attention(q, k, v, algorithm="ring", causal=True)
+                ringx.attention(q, k, v, algorithm="ring", causal=True, sinks=sinks)
             except ringx.RingxInputError as e:
                 got = [i, str(e)]
                 break

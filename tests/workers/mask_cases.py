@@ -19,18 +19,26 @@ from tests.mask_cases import SEQ_LOCAL, mask_cases
 from tests.workers.attention_cases import error
 
 
-def dense(Q, K, V, dO, mask: Mask):
+def dense(Q, K, V, dO, mask: Mask, sinks=None):
     """out, lse, dq, dk, dv of softmax attention under ``mask``, float64, autograd (no ringx code but the mask's
-    own rule, which tests/test_masks.py checks against its definition)."""
+    own rule, which tests/test_masks.py checks against its definition). With ``sinks`` (H,), each row's softmax has
+    one more column of logit sinks[h] and value 0, dropped after the softmax; then also the sinks' gradient of each
+    row, (H, S) summed over the batch (a rank's share is the sum over its rows)."""
     q, k, v = (t.detach().double().requires_grad_() for t in (Q, K, V))
-    s = q.shape[1]
-    g = q.shape[2] // k.shape[2]
+    b, s, h = q.shape[:3]
+    g = h // k.shape[2]
     kk, vv = k.repeat_interleave(g, dim=2), v.repeat_interleave(g, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, kk) * q.shape[-1] ** -0.5
     scores = scores.masked_fill(~mask.visible(torch.arange(s), torch.arange(s)), float("-inf"))
-    out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), vv)
+    per_row = None
+    if sinks is not None:  # one sink logit per (head, row), so autograd gives each row's part of its gradient
+        per_row = sinks.detach().double().view(h, 1).repeat(1, s).requires_grad_()
+        scores = torch.cat([scores, per_row.view(1, h, s, 1).expand(b, h, s, 1)], dim=-1)
+    p = scores.softmax(-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", p[..., :s], vv)
     out.backward(dO.double())
-    return out.detach(), scores.logsumexp(-1).detach(), q.grad, k.grad, v.grad
+    grads = (q.grad, k.grad, v.grad) + ((per_row.grad,) if sinks is not None else ())
+    return (out.detach(), scores.logsumexp(-1).detach(), *grads)
 
 
 def run_case(i, case, seed, P, r) -> dict:
@@ -38,20 +46,27 @@ def run_case(i, case, seed, P, r) -> dict:
     S = SEQ_LOCAL * P
     shapes = [(case.batch, S, h, case.head_dim) for h in (case.heads, case.kv_heads, case.kv_heads, case.heads)]
     Q, K, V, dO = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes)
+    sinks = torch.randn(case.heads, generator=gen, dtype=torch.float64) if case.sinks else None
     m = case.mask
-    ref = dense(Q, K, V, dO, m)
+    ref = dense(Q, K, V, dO, m, sinks)
     layout = ringx.ALGORITHMS[case.algorithm].layout(mask=m)
     q, k, v = (ringx.shard(t, layout, r, P, mask=m).requires_grad_() for t in (Q, K, V))
+    s = sinks.clone().requires_grad_() if case.sinks else None
     stats = ringx.CallStats()
-    out, lse = ringx.attention(q, k, v, algorithm=case.algorithm, mask=m, return_lse=True, stats=stats)
+    out, lse = ringx.attention(q, k, v, algorithm=case.algorithm, mask=m, return_lse=True, stats=stats, sinks=s)
     out.backward(ringx.shard(dO, layout, r, P))
-    mine = [ringx.shard(t, layout, r, P, dim=2 if j == 1 else 1) for j, t in enumerate(ref)]
-    got = (out, lse, q.grad, k.grad, v.grad)
-    return {
-        "case": case.id, "rank": r, "seed": seed + i, "layout": stats.layout, "mask": stats.mask,
-        "errors": {name: error(g, x) for name, g, x in zip(("out", "lse", "dq", "dk", "dv"), got, mine)},
-        "forward": stats.forward.as_dict(), "backward": stats.backward.as_dict(),
-    }
+    mine = [ringx.shard(t, layout, r, P, dim=2 if j == 1 else 1) for j, t in enumerate(ref[:5])]
+    got = [out, lse, q.grad, k.grad, v.grad]
+    names = ["out", "lse", "dq", "dk", "dv"]
+    row = {"case": case.id, "rank": r, "seed": seed + i, "layout": stats.layout, "mask": stats.mask,
+           "forward": stats.forward.as_dict(), "backward": stats.backward.as_dict()}
+    if case.sinks:  # this rank's share: the sinks' gradient of its own rows
+        share = ringx.shard(ref[5], layout, r, P, dim=1).sum(1)
+        mine.append(share)
+        got.append(s.grad)
+        names.append("dsinks")
+        row |= {"dsinks": s.grad.tolist(), "dsinks_whole": ref[5].sum(1).tolist()}
+    return row | {"errors": {name: error(g, x) for name, g, x in zip(names, got, mine)}}
 
 
 def bad_calls(P: int, r: int) -> dict:

@@ -51,8 +51,9 @@ def serve(case, seed, refs, r):
             "model_bytes": server.ledger.sent}
 
 
-def reference_decode(q, k, v, kn, vn):
-    """Float64 softmax attention of q over all cached keys plus the new ones (causal among themselves)."""
+def reference_decode(q, k, v, kn, vn, sinks=None):
+    """Float64 softmax attention of q over all cached keys plus the new ones (causal among themselves); with
+    ``sinks`` (H,), one more softmax column per head of that logit and value 0."""
     kk, vv = torch.cat([k, kn], 1), torch.cat([v, vn], 1)
     g = q.shape[2] // k.shape[2]
     kk, vv = kk.repeat_interleave(g, 2), vv.repeat_interleave(g, 2)
@@ -61,7 +62,9 @@ def reference_decode(q, k, v, kn, vn):
     mask = torch.zeros(t, n + t, dtype=torch.bool)
     mask[:, n:] = torch.ones(t, t, dtype=torch.bool).triu(1)
     s = s.masked_fill(mask, float("-inf"))
-    return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vv), torch.logsumexp(s, -1)
+    if sinks is not None:
+        s = torch.cat([s, sinks.view(1, -1, 1, 1).expand(*s.shape[:3], 1)], -1)
+    return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1)[..., :n + t], vv), torch.logsumexp(s, -1)
 
 
 def decode(case, seed, r, P):
@@ -75,11 +78,12 @@ def decode(case, seed, r, P):
     kn, vn = (torch.randn(b, t, case.kv_heads, d, generator=g, dtype=torch.float64) for _ in range(2))
     ks = [torch.randn(b, n, case.kv_heads, d, generator=g, dtype=torch.float64) for n in lengths]
     vs = [torch.randn(b, n, case.kv_heads, d, generator=g, dtype=torch.float64) for n in lengths]
+    sinks = torch.randn(HEADS, generator=g, dtype=torch.float64) if case.sinks else None
     at = ringx.decode.owner(lengths)
-    want, want_lse = reference_decode(q, torch.cat(ks, 1), torch.cat(vs, 1), kn, vn)
+    want, want_lse = reference_decode(q, torch.cat(ks, 1), torch.cat(vs, 1), kn, vn, sinks)
     kc, vc = dl._heads(ks[dl.shard]), dl._heads(vs[dl.shard])
     stats = ringx.CallStats()
-    out, lse = ringx.decode_attention(q, kc, vc, kn, vn, layout=dl, at=at, stats=stats, return_lse=True)
+    out, lse = ringx.decode_attention(q, kc, vc, kn, vn, layout=dl, at=at, stats=stats, return_lse=True, sinks=sinks)
     err = float((out - want).abs().max() / want.abs().max())
     lse_err = float((lse - want_lse).abs().max() / want_lse.abs().max())
     row = {"case": case.id, "rank": r, "error": "", "out_error": err, "lse_error": lse_err,
