@@ -8,6 +8,8 @@ import sys
 COMMANDS = {
     "demo": ("demo", "the README's main command: overhead table, a local ring-vs-ringX campaign, its table"),
     "quick": ("quick", "ring vs ringX on local CPU ranks, with overhead vs the bare kernel"),
+    "overhead": ("overhead", "the library's host time at tiny shapes: per call at one rank, per step at P ranks, "
+                 "per decoded token against tp"),
     "run": ("drivers.attention", "the benchmark driver (under mpiexec/srun): records into a campaign store"),
     "model": ("drivers.step", "a whole training step (Llama-3-shaped decoder or ViT), sequence sharded over "
               "the ranks, every algorithm side by side"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -11,9 +12,9 @@ import torch.distributed as dist
 
 from . import algorithms, kernels, launch, timeline
 from .algorithms.base import Ctx
-from .comm import Comm, Ledger, all_gather_flat
+from .comm import NO_LEDGER, Comm, Ledger, all_gather_flat, all_max
 from .errors import RingxInputError
-from .kernels import Kernel, select_kernel
+from .kernels import select_kernel
 from .mask import Mask, as_mask
 from .merge import sink_grad, with_sink
 from .topology import Topology
@@ -69,6 +70,33 @@ def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
+class _Solo(torch.autograd.Function):
+    """One rank, full or causal attention: the one kernel call every algorithm's schedule comes to there, forward and
+    backward (the same call on the same tensors, so the same bits), without building the schedule around it."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, p, group):
+        out, lse = p.kern.forward(q, k, v, p.plain, p.scale)
+        out = _as(out, q.dtype)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.p, ctx.group = p, group
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        p = ctx.p
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
+        if timeline.ON:  # recording: the algorithm's own pass, which marks its steps
+            timeline.reset_steps()
+            dq, dk, dv = p.algo.backward(p.ctx(ctx.group, NO_LEDGER, {}), dout, q, k, v, out, lse)
+        else:
+            dq, dk, dv = p.kern.backward(dout, q, k, v, out, lse, p.plain, p.scale)
+        return _as(dq, q.dtype), _as(dk, k.dtype), _as(dv, v.dtype), None, None
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | str | None = None,
               causal: bool | None = None, softmax_scale: float | None = None, group: dist.ProcessGroup | None = None,
               return_lse: bool = False, kernel: str | None = None, stats: CallStats | None = None,
@@ -96,10 +124,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     ``kernel`` overrides the local kernel choice; ``stats`` (a :class:`CallStats`)
     receives the kernel used (and its library version) and the forward and
     backward communication ledgers. With ``validate`` (default) the ranks first
-    compare their inputs with one small all-gather so that a bad input raises
+    compare their inputs at every call (a digest's maximum over the ranks: a few bytes,
+    log2(P) rounds; the whole signatures only when they differ) so that a bad input raises
     :class:`RingxInputError` on every rank instead of leaving some rank waiting in
-    a collective (at one rank nothing is exchanged). Tensors must be on a device the
-    group's backend moves: CPU for gloo, CUDA for NCCL.
+    a collective (at one rank nothing is exchanged); ``validate=False`` skips it. Tensors
+    must be on a device the group's backend moves: CPU for gloo, CUDA for NCCL.
 
     The hierarchical algorithms (``ringx3b``, ``ulysses``, ``usp``, ``usp-ringx``) use
     ``topology`` (a :class:`ringx.topology.Topology` of ``group``: which ranks share a node);
@@ -112,57 +141,135 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, algorithm: str, mask: Mask | s
     ``inner_ring`` (``double-ring``) is the size of its inner rings, consecutive ranks of a node;
     it must divide the ranks per node, its default.
     """
-    if not dist.is_available() or not dist.is_initialized():
+    pg = dist.group.WORLD if group is None else group  # the group object: what a plan is kept for
+    if not dist.is_available() or pg is None or not dist.is_initialized():
         raise RingxInputError(
             "torch.distributed is not initialised: call ringx.launch.init() under mpiexec/srun, "
             "or torch.distributed.init_process_group(), before ringx.attention")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise RingxInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    comm_world = dist.get_world_size(group)
-    moves = backend_device_types(group)
-    try:
-        m, problem = as_mask(mask, causal), ""
-    except RingxInputError as e:  # told to every rank like any other bad input
-        m, problem = None, str(e)
-    problem = (problem or _local_problem(q, k, v, algorithm, m, softmax_scale, kernel, comm_world, moves)
-               or _degree_problem(q, k, algorithm, comm_world, ulysses_degree, topology, group)
-               or _inner_problem(algorithm, inner_ring) or sinks_problem(sinks, q))
-    if validate and comm_world > 1:
-        _agree(q, k, v, algorithm, m, softmax_scale, group, problem, moves, ulysses_degree, inner_ring)
+    p = _plan(q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, pg, topology, ulysses_degree,
+              inner_ring)
+    problem = p.problem or sinks_problem(sinks, q)  # sinks are a tensor of the call: checked at every call
+    if validate and p.world > 1:
+        _check(p, group, problem)  # every rank exchanges, at every call: nothing here depends on this rank's cache
     elif problem:
         raise RingxInputError(problem)
-    causal = m.causal_layout
-
-    algo = algorithms.ALGORITHMS[algorithm]
-    topo = degree = None
-    if algo.topology:  # after the agreement: building it is collective
-        topo = topology if topology is not None else launch.topology(group)
-        try:
-            rpn = None if algo.ulysses == "all" else topo.ranks_per_node  # the others need regular nodes
-        except ValueError as e:  # the same on every rank: so is the node layout
-            raise RingxInputError(str(e)) from None
-        degree = algo.degree(comm_world, ulysses_degree, rpn)
-        if algo.inner_ring and inner_ring is not None and rpn % inner_ring:  # the same on every rank
-            raise RingxInputError(f"{algorithm}: inner_ring={inner_ring} does not divide the {rpn} ranks per node")
-        if degree is not None and q.shape[2] % degree:  # a default degree the heads do not fit
-            raise RingxInputError(_heads_message(algorithm, q.shape[2], degree))
-    layout = algo.layout(ulysses_degree=degree, mask=m)
-    kern: Kernel = select_kernel(q.device, q.dtype, kernel, head_dim=q.shape[-1])
-    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    stats = stats if stats is not None else CallStats()
-    stats.algorithm, stats.layout, stats.kernel, stats.kernel_version = algorithm, layout, kern.name, kern.version()
-    stats.ulysses_degree = degree or 0
-    stats.mask = str(m)
+    p.prepare(group, topology, ulysses_degree, inner_ring)  # after the agreement: building a topology is collective
+    if stats is not None:
+        stats.algorithm, stats.layout, stats.kernel, stats.kernel_version = p.name, p.layout, p.kern.name, p.version
+        stats.ulysses_degree, stats.mask = p.degree or 0, p.mask_text
+    if p.world == 1 and p.plain is not None and sinks is None and not timeline.ON:
+        # One rank, full or causal: every algorithm's whole schedule is this one kernel call on the whole shard.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            out, lse = _Solo.apply(q, k, v, p, group)
+        else:
+            out, lse = p.kern.forward(q, k, v, p.plain, p.scale)
+            out = _as(out, q.dtype)
+        return (out, lse) if return_lse else out
+    fwd, bwd = (stats.forward, stats.backward) if stats is not None else (NO_LEDGER, NO_LEDGER)
     stash: dict = {}  # what this call's forward keeps for its backward
-
-    def ctx(ledger: Ledger) -> Ctx:
-        return Ctx(Comm(group, ledger), kern, layout, causal, scale, algo.overlap, topo, degree, stash, m, inner_ring,
-                   sinks)
-
-    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), sinks, algo,
-                                ctx(stats.forward), ctx(stats.backward))
+    out, lse = _Attention.apply(q.contiguous(), k.contiguous(), v.contiguous(), sinks, p.algo,
+                                p.ctx(group, fwd, stash, sinks), p.ctx(group, bwd, stash, sinks))
     return (out, lse) if return_lse else out
+
+
+class _Plan:
+    """One rank's answer for one configuration of a call: what is wrong with its input, or what the call needs.
+
+    Made by the first call of a configuration (:func:`_plan`'s key: shapes, dtypes, devices, algorithm, mask, scale,
+    kernel, group, topology, degree, inner ring) and kept. It decides nothing about communication: the input exchange
+    runs at every call whether or not the plan was found here, so ranks whose caches differ still meet. What needs
+    the agreement first (the topology, whose first build is collective) is added by :meth:`prepare`.
+    """
+
+    __slots__ = ("problem", "world", "rank", "moves", "mask", "mask_text", "plain", "causal", "name", "algo", "kern",
+                 "version", "scale", "inner", "sig", "digest", "device", "heads", "ready", "topo", "degree", "layout")
+
+    def __init__(self, q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, topology, ulysses_degree,
+                 inner_ring):
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.moves = backend_device_types(group)
+        try:
+            m, problem = as_mask(mask, causal), ""
+        except RingxInputError as e:  # told to every rank like any other bad input
+            m, problem = None, str(e)
+        self.problem = (problem or _local_problem(q, k, v, algorithm, m, softmax_scale, kernel, self.world, self.moves)
+                        or _degree_problem(q, k, algorithm, self.world, ulysses_degree, topology, group)
+                        or _inner_problem(algorithm, inner_ring))
+        self.sig = _signature(q, k, v, algorithm, m, softmax_scale, self.problem, ulysses_degree, inner_ring)
+        self.digest = digest(self.sig[1:len(self.sig) - _MSG])  # the configuration; a problem raises the flag
+        self.device, self.heads = q.device, q.shape[2] if q.dim() == 4 else 0
+        self.ready = False
+        if self.problem:
+            return
+        self.mask, self.mask_text, self.plain, self.causal = m, str(m), m.plain, m.causal_layout
+        self.name, self.algo, self.inner = algorithm, algorithms.ALGORITHMS[algorithm], inner_ring
+        self.kern = select_kernel(q.device, q.dtype, kernel, head_dim=q.shape[-1])
+        self.version = self.kern.version()
+        self.scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+        self.topo = self.degree = None
+
+    def prepare(self, group, topology, ulysses_degree, inner_ring) -> None:
+        """The topology, the Ulysses degree and the layout (once; after the ranks agreed on the input)."""
+        if self.ready:
+            return
+        algo = self.algo
+        if algo.topology:
+            topo = topology if topology is not None else launch.topology(group)
+            try:
+                rpn = None if algo.ulysses == "all" else topo.ranks_per_node  # the others need regular nodes
+            except ValueError as e:  # the same on every rank: so is the node layout
+                raise RingxInputError(str(e)) from None
+            degree = algo.degree(self.world, ulysses_degree, rpn)
+            if algo.inner_ring and inner_ring is not None and rpn % inner_ring:  # the same on every rank
+                raise RingxInputError(f"{self.name}: inner_ring={inner_ring} does not divide the {rpn} ranks per node")
+            if degree is not None and self.heads % degree:  # a default degree the heads do not fit
+                raise RingxInputError(_heads_message(self.name, self.heads, degree))
+            self.topo, self.degree = topo, degree
+        self.layout = algo.layout(ulysses_degree=self.degree, mask=self.mask)
+        self.ready = True
+
+    def ctx(self, group, ledger: Ledger, stash: dict, sinks: Tensor | None = None) -> Ctx:
+        """The context of one pass, counting into ``ledger``."""
+        return Ctx(Comm(group, ledger, rank=self.rank, world=self.world), self.kern, self.layout, self.causal,
+                   self.scale, self.algo.overlap, self.topo, self.degree, stash, self.mask, self.inner, sinks)
+
+    def signature(self, problem: str) -> list[int]:
+        """The whole signature (:func:`_signature`) of this configuration with ``problem``."""
+        if problem == self.problem:
+            return self.sig
+        return [int(bool(problem)), *self.sig[1:len(self.sig) - _MSG], *_message(problem)]
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_MAX_PLANS = 256  # configurations kept (a model has a few; the cache starts again beyond)
+
+
+def _plan(q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, pg, topology, ulysses_degree,
+          inner_ring) -> _Plan:
+    """The :class:`_Plan` of this call's configuration on ``pg`` (``group`` resolved), made once."""
+    key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, algorithm, mask, causal,
+           softmax_scale, kernel, pg, topology, ulysses_degree, inner_ring,
+           # 1 == 1.0 == True: the types keep True from answering for 1, which one of them refuses
+           type(causal), type(softmax_scale), type(ulysses_degree), type(inner_ring))
+    try:
+        p = _PLANS.get(key)
+    except TypeError:  # something unhashable (e.g. algorithm given as a list): a plan for this call only
+        return _Plan(q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, topology, ulysses_degree,
+                     inner_ring)
+    if p is None:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        p = _PLANS[key] = _Plan(q, k, v, algorithm, mask, causal, softmax_scale, kernel, group, topology,
+                                ulysses_degree, inner_ring)
+    return p
+
+
+kernels._ON_CLEAR.append(_PLANS.clear)  # a plan holds the kernel choice
+launch.ON_FINALIZE.append(_PLANS.clear)  # and maybe a topology, whose groups die with the process group
 
 
 def backend_device_types(group: dist.ProcessGroup | None = None) -> frozenset[str] | None:
@@ -317,20 +424,62 @@ def _signature(q, k, v, algorithm, mask: Mask | None, scale, problem: str, degre
         degree if isinstance(degree, int) else 0,
         inner if isinstance(inner, int) else 0,
     ]
-    return [int(bool(problem))] + values + list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
+    return [int(bool(problem))] + values + _message(problem)
 
 
-def _agree(q, k, v, algorithm, mask, scale, group, problem: str, moves: frozenset[str] | None = None,
-           degree=None, inner=None) -> None:
-    """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
-    sig = _signature(q, k, v, algorithm, mask, scale, problem, degree, inner)
-    # The exchange goes where the backend can move it, whatever device the (maybe wrong) inputs are on.
+def _message(problem: str) -> list[int]:
+    """A problem's text as the signature's last _MSG slots."""
+    return list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
+
+
+def _check(p: _Plan, group, problem: str) -> None:
+    """Return if every rank's input is good and they agree, else raise the same RingxInputError on every rank: the
+    cheap check of :func:`agreed`, and only when it fails (on every rank alike) the exchange of the whole signatures
+    that says what (:func:`_agree`)."""
+    pg, device = exchange_group(group, p.moves, p.device)
+    if not agreed(bool(problem), p.digest, pg, device):
+        _agree(p.signature(problem), pg, device)
+
+
+def digest(values) -> int:
+    """A 62-bit digest of ``values`` (their repr): the same on every machine, and it and its negation fit an int64."""
+    return int.from_bytes(hashlib.blake2b(repr(values).encode(), digest_size=8).digest(), "little") >> 2
+
+
+def agreed(problem: bool, digest_: int, group, device: torch.device) -> bool:
+    """Whether no rank has a problem and every rank's digest is the same, answered alike on every rank.
+
+    One maximum over the ranks of three integers (the problem flag, the digest and the digest negated: every digest
+    is the same iff the largest equals the smallest), so it costs a few bytes whatever the signature: on CPU tensors
+    ``comm.all_max`` (log2(P) rounds), else a collective on ``device``. Two different signatures pass only if their
+    digests collide."""
+    mine = [int(problem), digest_, -digest_]
+    if device.type == "cpu":
+        flag, top, neg_bottom = all_max(mine, group)
+    else:  # a backend ringx does not know: a collective on the inputs' device
+        t = torch.tensor(mine, dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        flag, top, neg_bottom = t.tolist()
+    return not flag and top == -neg_bottom
+
+
+def exchange_group(group, moves: frozenset[str] | None, device: torch.device
+                   ) -> tuple[dist.ProcessGroup | None, torch.device]:
+    """Where an input check travels: CPU tensors over the group when its backend moves them, else over its gloo twin
+    (``launch.cpu_group``, made once), so a check never synchronises a device; a backend ringx does not know
+    (``moves`` None): the group, on the inputs' ``device``."""
     if moves is None:
-        device = q.device
-    elif "cpu" in moves:
-        device = torch.device("cpu")
-    else:
-        device = torch.device("cuda", torch.cuda.current_device())
+        return group, device
+    if "cpu" in moves:
+        return group, _CPU
+    return launch.cpu_group(group), _CPU
+
+
+_CPU = torch.device("cpu")
+
+
+def _agree(sig: list[int], group, device: torch.device) -> None:
+    """Exchange input signatures; raise the same RingxInputError on every rank if any is bad."""
     world = dist.get_world_size(group)
     mine = torch.tensor(sig, dtype=torch.int64, device=device)
     every = torch.empty(world * len(sig), dtype=torch.int64, device=device)

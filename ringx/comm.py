@@ -41,6 +41,36 @@ all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_in
 reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
+def all_max(values: list[int], group: dist.ProcessGroup | None = None) -> list[int]:
+    """The elementwise maximum of every rank's ``values`` (a few integers, sent as CPU tensors: ``group`` must move
+    them), the same on every rank. Recursive doubling: log2(P) rounds of point-to-point messages (two more when P is
+    no power of two), where gloo's all-reduce takes a ring's 2(P-1) steps; not counted in any ledger."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    t = torch.tensor(values, dtype=torch.int64)
+    if world == 1:
+        return values
+    peer = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))  # noqa: E731
+    got = torch.empty_like(t)
+    p2 = 1 << (world.bit_length() - 1)  # the largest power of two <= P; rank p2 + i folds into rank i
+    if rank >= p2:
+        dist.send(t, peer(rank - p2), group=group)
+        dist.recv(t, peer(rank - p2), group=group)
+        return t.tolist()
+    if rank + p2 < world:
+        dist.recv(got, peer(rank + p2), group=group)
+        torch.maximum(t, got, out=t)
+    step = 1
+    while step < p2:
+        works = [dist.isend(t, peer(rank ^ step), group=group), dist.irecv(got, peer(rank ^ step), group=group)]
+        for w in works:
+            w.wait()
+        torch.maximum(t, got, out=t)
+        step <<= 1
+    if rank + p2 < world:
+        dist.send(t, peer(rank + p2), group=group)
+    return t.tolist()
+
+
 @dataclass
 class OpStats:
     calls: int = 0
@@ -74,6 +104,16 @@ class Ledger:
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {op: {"calls": s.calls, "sent": s.sent, "received": s.received} for op, s in sorted(self.ops.items())}
+
+
+class _NoLedger(Ledger):
+    """Where a call nobody asked the traffic of counts it: nowhere (no ledger made per call, nothing added)."""
+
+    def record(self, op: str, sent: int, received: int) -> None:
+        pass
+
+
+NO_LEDGER = _NoLedger()
 
 
 def nbytes(t: Tensor) -> int:
@@ -139,11 +179,13 @@ class Comm:
 
     traced = False  # the tracer (ringx.schedule.TraceComm) wants each point-to-point call's messages
 
-    def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None, *, solo: bool = False):
-        """``solo``: a group of one rank (no process group needed)."""
+    def __init__(self, group: dist.ProcessGroup | None, ledger: Ledger | None = None, *, solo: bool = False,
+                 rank: int | None = None, world: int | None = None):
+        """``solo``: a group of one rank (no process group needed); ``rank``/``world``: this rank's place in
+        ``group`` when the caller knows it already (asking torch.distributed costs microseconds a call)."""
         self.group = group
-        self.rank = 0 if solo else dist.get_rank(group)
-        self.world = 1 if solo else dist.get_world_size(group)
+        self.rank = 0 if solo else dist.get_rank(group) if rank is None else rank
+        self.world = 1 if solo else dist.get_world_size(group) if world is None else world
         self.ledger = ledger if ledger is not None else Ledger()
 
     def sub(self, sg: SubGroup) -> Comm:

@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from . import algorithms, launch
 from .algorithms.ulysses import kv_replicas, to_heads
-from .api import DTYPES, CallStats, RingxInputError, backend_device_types, sinks_problem
+from .api import DTYPES, CallStats, RingxInputError, agreed, backend_device_types, digest, exchange_group, sinks_problem
 from .comm import Comm, Ledger, all_gather_flat
 from .kernels import Kernel, select_kernel
 from .merge import Partial, merge_, with_sink
@@ -107,6 +107,13 @@ class DecodeLayout:
     comm: Comm  # the whole group
     ring: Comm  # the ranks holding the same heads, one per sequence shard
     uly: Comm  # the ranks sharing one sequence shard's heads
+    _counting: tuple = field(default=(), repr=False, compare=False)  # (ledger, ring, uly) of the last ledger asked
+
+    def counting(self, ledger: Ledger) -> tuple[Comm, Comm]:
+        """``ring`` and ``uly`` counting into ``ledger`` (made once per ledger, not per call)."""
+        if not self._counting or self._counting[0] is not ledger:
+            self._counting = (ledger, _on(self.ring, ledger), _on(self.uly, ledger))
+        return self._counting[1], self._counting[2]
 
     def kv_heads_here(self, kv_heads: int) -> int:
         """K/V heads of this rank's cache (with the replicas Ulysses makes when u does not divide them)."""
@@ -205,7 +212,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Tensor,
         ledger = stats.forward
     else:
         ledger = lay.comm.ledger
-    ring, uly = _on(lay.ring, ledger), _on(lay.uly, ledger)
+    ring, uly = lay.counting(ledger)
     with torch.no_grad():
         qh = q
         if lay.u > 1:
@@ -226,7 +233,7 @@ def _on(c: Comm, ledger: Ledger) -> Comm:
     """``c`` counting into ``ledger``."""
     if c.world == 1:
         return Comm(None, ledger, solo=True)
-    return Comm(c.group, ledger)
+    return Comm(c.group, ledger, rank=c.rank, world=c.world)
 
 
 def _pack(out: Tensor, lse: Tensor) -> Tensor:
@@ -277,14 +284,17 @@ def _merge_allreduce(c: Comm, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]
 
 
 def _merge_allgather(c: Comm, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
-    """Every rank's partial gathered, then merged in rank order (the same operations on every rank)."""
+    """Every rank's partial gathered, then merged in one step (the same operations on every rank): the LSE of all
+    of them, each partial weighted by exp(its lse - that), summed; a handful of operations whatever P, not P - 1
+    pairwise merges. A partial whose rows saw no key (lse -inf) weighs 0; some rank's always saw the new tokens."""
     if c.world == 1:
         return out, lse
-    every = c.all_gather(_pack(out, lse))
-    acc_out, acc_lse = (x.clone() for x in _unpack(every[0], out, lse))
-    for j in range(1, c.world):
-        merge_(acc_out, acc_lse, *_unpack(every[j], out, lse))
-    return acc_out, acc_lse
+    every = c.all_gather(_pack(out, lse))  # (P, out's and lse's elements)
+    n = out.numel()
+    outs, lses = every[:, :n].view(c.world, *out.shape), every[:, n:].view(c.world, *lse.shape)
+    total = torch.logsumexp(lses, dim=0)
+    weights = torch.exp(lses - total).transpose(2, 3).unsqueeze(-1)  # (P, B, t, H, 1)
+    return (outs * weights).sum(0), total
 
 
 def _gather_heads(c: Comm, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
@@ -349,7 +359,8 @@ def _problem(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, ke
 
 
 def _check(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kernel, sinks=None) -> None:
-    """Raise one RingxInputError on every rank if any rank's input is bad or the ranks disagree."""
+    """Raise one RingxInputError on every rank if any rank's input is bad or the ranks disagree (the cheap check of
+    ``ringx.api.agreed``; the whole signatures only when it fails)."""
     problem = _problem(q, k_cache, v_cache, k_new, v_new, lay, at, scale, kernel, sinks)
     if lay.world == 1:
         if problem:
@@ -357,15 +368,15 @@ def _check(q, k_cache, v_cache, k_new, v_new, lay: DecodeLayout, at, scale, kern
         return
     shapes = [list(x.shape) if isinstance(x, torch.Tensor) and x.dim() == 4 else [0] * 4 for x in (q, k_new)]
     dt = q.dtype if isinstance(q, torch.Tensor) else None
-    sig = [int(bool(problem)), DTYPES.index(dt) if dt in DTYPES else 99, at if isinstance(at, int) else -1,
-           int(round((scale or 0.0) * 1e9)), *shapes[0], *shapes[1]]
-    sig += list(problem.encode()[:_MSG].ljust(_MSG, b"\0"))
-    moves = backend_device_types(lay.comm.group)
-    cpu = moves is None or "cpu" in moves
-    device = torch.device("cpu") if cpu else torch.device("cuda", torch.cuda.current_device())
+    values = [DTYPES.index(dt) if dt in DTYPES else 99, at if isinstance(at, int) else -1,
+              int(round((scale or 0.0) * 1e9)), *shapes[0], *shapes[1]]
+    pg, device = exchange_group(lay.comm.group, backend_device_types(lay.comm.group), torch.device("cpu"))
+    if agreed(bool(problem), digest(values), pg, device):
+        return
+    sig = [int(bool(problem)), *values, *problem.encode()[:_MSG].ljust(_MSG, b"\0")]
     mine = torch.tensor(sig, dtype=torch.int64, device=device)
     every = torch.empty(lay.world * len(sig), dtype=torch.int64, device=device)
-    all_gather_flat(every, mine, group=lay.comm.group)
+    all_gather_flat(every, mine, group=pg)
     rows = every.view(lay.world, len(sig)).cpu().tolist()
     bad = [(r, bytes(row[-_MSG:]).rstrip(b"\0").decode(errors="replace")) for r, row in enumerate(rows) if row[0]]
     if bad:

@@ -159,6 +159,9 @@ def init(backend: str | None = None, timeout_s: float = 300.0, device: str | Non
 def finalize() -> None:
     """Tear the process group down (safe to call twice)."""
     _TOPOLOGIES.clear()  # their sub-groups die with the process group
+    _CPU_GROUPS.clear()
+    for fn in ON_FINALIZE:
+        fn()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -227,6 +230,24 @@ def topology(group: dist.ProcessGroup | None = None) -> Topology:
     topo = Topology(node_ids(group), dist.get_rank(group), group)
     _TOPOLOGIES.append((group, topo))
     return topo
+
+
+ON_FINALIZE: list = []  # caches elsewhere that hold groups or topologies (ringx.api's call plans)
+_CPU_GROUPS: list[tuple[dist.ProcessGroup | None, dist.ProcessGroup]] = []  # gloo twins, dropped by finalize
+
+
+def cpu_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup:
+    """A gloo group of ``group``'s ranks, made on first use and kept until :func:`finalize`: small host-side
+    exchanges (ringx.attention's input check) over it need no device synchronisation, unlike over NCCL.
+
+    Every rank of ``group`` must call it the first time, and only they (``use_local_synchronization``)."""
+    for g, cpu in _CPU_GROUPS:
+        if g is group:
+            return cpu
+    ranks = None if group is None else dist.get_process_group_ranks(group)
+    cpu = dist.new_group(ranks, backend="gloo", use_local_synchronization=True)
+    _CPU_GROUPS.append((group, cpu))
+    return cpu
 
 
 def known_ranks_per_node() -> int | None:

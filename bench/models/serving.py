@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import ringx
 from ringx.algorithms.ulysses import kv_replicas
@@ -131,7 +132,9 @@ class Server:
         if algorithm == TP:
             _check(self.cfg, algorithm, prompt_len, new_tokens, self.world)
             self.tp = _TPWeights(model, self.rank, self.world)
+            self.weights, self.reduce = self.tp.layers, self.comm.all_reduce_sum
         else:
+            self.weights, self.reduce = _full_weights(model), _same
             algo = ringx.ALGORITHMS.get(algorithm)
             if algo is None:
                 raise UserError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(names())}")
@@ -189,21 +192,38 @@ class Server:
 
     # ---------------------------------------------------------------- context parallel
 
+    def _layer(self, li: int, x: Tensor, cos, sin, attend) -> Tensor:
+        """One decoder layer on this rank's ``x``, as the model's block computes it, with ``self.weights[li]`` (the
+        model's own for context parallelism, this rank's Megatron slices for tp, whose projections ``self.reduce``
+        sums over the ranks): ``attend(li, q, k, v)`` is the attention's output. One code for every way of serving,
+        so at one rank they differ in their attention alone."""
+        blk, w, hd = self.model.blocks[li], self.weights[li], self.cfg.head_dim
+        b, s, _ = x.shape
+        hn = blk.attn_norm(x)
+        q = models.apply_rope(F.linear(hn, w["wq"]).view(b, s, -1, hd), cos, sin)
+        k = models.apply_rope(F.linear(hn, w["wk"]).view(b, s, -1, hd), cos, sin)
+        out = attend(li, q, k, F.linear(hn, w["wv"]).view(b, s, -1, hd))
+        x = x + self.reduce(F.linear(out.to(x.dtype).reshape(b, s, -1), w["wo"]))
+        hn = blk.mlp_norm(x)
+        return x + self.reduce(F.linear(F.silu(F.linear(hn, w["w1"])) * F.linear(hn, w["w3"]), w["w2"]))
+
+    # ---------------------------------------------------------------- context parallel
+
     def _cp_prefill(self, prompt: Tensor) -> Tensor:
         m, c, P, r = self.model, self.cfg, self.world, self.rank
         positions = ringx.shard(torch.arange(self.prompt_len)[None], self.layout, r, P)[0]
         tokens = ringx.shard(prompt, self.layout, r, P).to(self.param.device)
         captured: list[tuple[Tensor, Tensor]] = []
 
-        def attend(q, k, v):
+        def attend(li, q, k, v):
             captured.append((k, v))
             return ringx.attention(q, k, v, algorithm=self.algorithm, causal=True, kernel=self.kernel,
                                    group=self.group, ulysses_degree=self.degree, stats=self.stats)
 
         x = m.embed(tokens)
         cos, sin = self._rope(positions)
-        for blk in m.blocks:
-            x = blk(x, cos, sin, attend)
+        for li in range(c.layers):
+            x = self._layer(li, x, cos, sin, attend)
         everywhere = torch.arange(self.prompt_len)[None]
         holder = next(j for j in range(P) if ringx.shard(everywhere, self.layout, j, P)[0, -1] == self.prompt_len - 1)
         if r == holder:  # the last prompt token's logits only (the whole prompt's would be vocab x S)
@@ -226,19 +246,20 @@ class Server:
     def _cp_step(self, ids: Tensor) -> Tensor:
         m, dl = self.model, self.decode
         at = owner(self.lengths)
-        x = m.embed(ids.to(self.param.device))
-        cos, sin = self._rope(torch.arange(self.pos, self.pos + ids.shape[1]))
-        for li, blk in enumerate(m.blocks):
-            a = blk.attn
-            q, k, v = _qkv(a, blk.attn_norm(x), cos, sin)
+
+        def attend(li, q, k, v):
             kc, vc = self.cache.view(li)
             o = ringx.decode_attention(q, kc, vc, k, v, layout=dl, at=at, kernel=self.kernel, stats=self.stats,
                                        validate=li == 0)
             mine = dl.new_kv(k, v, at)
             if mine is not None:
                 self.cache.fill(li, *mine, at=self.cache.length)
-            x = x + a.wo(o.reshape(*o.shape[:2], -1))
-            x = x + blk.mlp(blk.mlp_norm(x))
+            return o
+
+        x = m.embed(ids.to(self.param.device))
+        cos, sin = self._rope(torch.arange(self.pos, self.pos + ids.shape[1]))
+        for li in range(self.cfg.layers):
+            x = self._layer(li, x, cos, sin, attend)
         if at == dl.shard:
             self.cache.length += ids.shape[1]
         self.lengths[at] += ids.shape[1]
@@ -246,28 +267,18 @@ class Server:
 
     # ---------------------------------------------------------------- tensor parallel
 
-    def _tp_layer(self, li: int, x: Tensor, cos, sin, new: bool) -> Tensor:
-        """One layer on replicated x; ``new``: decode (attend the cache and append), else prefill (fill it)."""
-        blk, w = self.model.blocks[li], self.tp.layers[li]
-        b, s, _ = x.shape
-        hd, h, hkv = self.cfg.head_dim, self.tp.heads, self.tp.kv_heads
-        hn = blk.attn_norm(x)
-        q = models.apply_rope((hn @ w["wq"].T).view(b, s, h, hd), cos, sin)
-        k = models.apply_rope((hn @ w["wk"].T).view(b, s, hkv, hd), cos, sin)
-        v = (hn @ w["wv"].T).view(b, s, hkv, hd)
-        kern = ringx.select_kernel(q.device, q.dtype, self.kernel, head_dim=hd)
-        scale = hd ** -0.5
-        if new:
+    def _tp_attend(self, li: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """This rank's heads: the prompt causally (filling the cache), or a step against the cache (appending)."""
+        kern = ringx.select_kernel(q.device, q.dtype, self.kernel, head_dim=q.shape[-1])
+        scale = q.shape[-1] ** -0.5
+        if self.cache.length:
             kc, vc = self.cache.view(li)
             out, _ = attend_cache(kern, q, kc, vc, k, v, scale)
             self.cache.fill(li, k, v, at=self.cache.length)
         else:
             out, _ = kern.forward(q, k, v, True, scale)
             self.cache.fill(li, k, v)
-        x = x + self.comm.all_reduce_sum(out.to(x.dtype).reshape(b, s, -1) @ w["wo"].T)
-        hn = blk.mlp_norm(x)
-        up = torch.nn.functional.silu(hn @ w["w1"].T) * (hn @ w["w3"].T)
-        return x + self.comm.all_reduce_sum(up @ w["w2"].T)
+        return out
 
     def _tp_prefill(self, prompt: Tensor) -> Tensor:
         m, c = self.model, self.cfg
@@ -276,7 +287,7 @@ class Server:
         x = m.embed(prompt.to(self.param.device))
         cos, sin = self._rope(torch.arange(self.prompt_len))
         for li in range(c.layers):
-            x = self._tp_layer(li, x, cos, sin, new=False)
+            x = self._layer(li, x, cos, sin, self._tp_attend)
         self.cache.length = self.prompt_len
         return m.head(m.norm(x[:, -1]))
 
@@ -285,17 +296,19 @@ class Server:
         x = m.embed(ids.to(self.param.device))
         cos, sin = self._rope(torch.arange(self.pos, self.pos + ids.shape[1]))
         for li in range(self.cfg.layers):
-            x = self._tp_layer(li, x, cos, sin, new=True)
+            x = self._layer(li, x, cos, sin, self._tp_attend)
         self.cache.length += ids.shape[1]
         return m.head(m.norm(x[:, -1]))
 
 
-def _qkv(a: models.Attention, x: Tensor, cos, sin) -> tuple[Tensor, Tensor, Tensor]:
-    """The attention's q, k (both rotated at the tokens' global positions) and v, as its forward makes them."""
-    b, s, _ = x.shape
-    q = models.apply_rope(a.wq(x).view(b, s, a.h, a.hd), cos, sin)
-    k = models.apply_rope(a.wk(x).view(b, s, a.kv, a.hd), cos, sin)
-    return q, k, a.wv(x).view(b, s, a.kv, a.hd)
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
+def _full_weights(model: models.Model) -> list[dict[str, Tensor]]:
+    """Every layer's dense weights as :class:`_TPWeights` holds a rank's slices (the parameters themselves)."""
+    return [{"wq": b.attn.wq.weight, "wk": b.attn.wk.weight, "wv": b.attn.wv.weight, "wo": b.attn.wo.weight,
+             "w1": b.mlp.w1.weight, "w3": b.mlp.w3.weight, "w2": b.mlp.w2.weight} for b in model.blocks]
 
 
 class _TPWeights:
