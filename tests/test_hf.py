@@ -1,0 +1,133 @@
+"""transformers models under ringx (ringx/integrations/transformers.py): Llama, Qwen3, Mistral (window) and gpt-oss
+(sinks, alternating window, MoE) exact in float64 against the same model unsharded, at 1, 2 and 4 ranks (every
+rank's loss, gradients and logits); each layer's mask against transformers' own mask functions; bad input refused
+in one line on every rank; ringx imports without transformers. The cases: tests/hf_cases.py (RINGX_HF_FULL=1: every
+algorithm on both batches)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import ringx  # noqa: E402
+from ringx import RingxInputError  # noqa: E402
+from ringx.integrations import transformers as rxt  # noqa: E402
+from ringx_drivers.drivers.step import compare  # noqa: E402
+from ringx_drivers.models import hf  # noqa: E402
+from tests.hf_cases import ALGORITHMS, ARCHS, BATCH, RANKS_PER_NODE, SEQ, TOL, case_id, cases, documents  # noqa: E402
+from tests.mpi import CHECKOUT, matrix_launcher  # noqa: E402
+
+SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
+WORLDS = (2, 4)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    get = matrix_launcher(tmp_path_factory, "tests/workers/hf_cases.py", SEED, extras="never")
+    return lambda world: get(world, RANKS_PER_NODE.get(world, 0))[0]
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_every_rank_matches_the_unsharded_float64_model(launched, world):
+    by_case = launched(world)
+    want = cases(world, SEED)
+    assert {c[1] for c in want} >= set(ALGORITHMS) and {c[0] for c in want} == set(ARCHS)
+    for arch, algo, packed in want:
+        rows = by_case[case_id(world, arch, algo, packed)]
+        assert sorted(r["rank"] for r in rows) == list(range(world)), "a rank reported nothing"
+        for r in rows:
+            where = f"{arch} {algo} {'packed ' + str(r['documents']) if packed else 'plain'} rank {r['rank']} " \
+                    f"(seed {SEED})"
+            assert r["loss_error"] <= TOL, f"{where}: loss error {r['loss_error']:.2e}"
+            assert r["grad_error"] <= TOL, f"{where}: gradient error {r['grad_error']:.2e} in {r['worst']}"
+            assert r["logit_error"] <= TOL, f"{where}: this rank's logits off by {r['logit_error']:.2e}"
+
+
+BAD = {"indivisible": "must be a multiple of 4", "rows-pack-differently": "pack different documents",
+       "ulysses-heads": "3 query heads do not divide", "softcap": "soft-capping",
+       "unknown-algorithm": "unknown algorithm 'ringz'", "no-batch": "needs the sharded batch"}
+
+
+def test_bad_input_is_one_line_on_every_rank_and_no_rank_is_left_waiting(launched):
+    by_case = launched(2)
+    for name, text in BAD.items():
+        rows = by_case[f"bad-{name}"]
+        assert len(rows) == 2 and rows[0]["message"] == rows[1]["message"], rows
+        msg = rows[0]["message"]
+        assert text in msg and "\n" not in msg, f"{name}: {msg!r}"
+    assert [r["loss"] > 0 for r in by_case["after-bad"]] == [True, True]  # a step after them all, on both ranks
+
+
+def test_one_rank_is_exact_for_every_architecture(group):
+    docs = documents(SEED)
+    for a, arch in enumerate(ARCHS):
+        cfg = hf.make_config(arch)
+        packed = docs if (a + SEED) % 2 else None
+        ids, pos, labels = hf.global_batch(cfg, BATCH, SEQ, SEED, packed)
+        ref_loss, ref_grads, _ = hf.reference_step(cfg, ids, pos, labels, SEED, packed)
+        algo = ALGORITHMS[(a + SEED) % len(ALGORITHMS)]
+        loss, grads, _ = hf.sharded_step(cfg, ids, pos, labels, SEED, algo)
+        loss_err, grad_err, worst = compare(loss, grads, ref_loss, ref_grads)
+        assert max(loss_err, grad_err) <= TOL, f"{arch} {algo}: {loss_err:.1e} {grad_err:.1e} {worst} (seed {SEED})"
+
+
+def test_the_float64_loss_is_transformers_own_loss(group):
+    """The loss here keeps the logits' dtype; transformers' casts them to float32 first: equal to float32's rounding."""
+    cfg = hf.make_config("llama")
+    ids, pos, labels = hf.global_batch(cfg, BATCH, SEQ, SEED, documents(SEED))
+    ref_loss = hf.reference_step(cfg, ids, pos, labels, SEED)[0]
+    own = hf.build(cfg, SEED)(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss.item()
+    assert abs(own - ref_loss) <= 1e-6 * abs(ref_loss)
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 6, 40])
+def test_each_layer_mask_is_transformers_mask(window):
+    """ringx's Mask of a layer sees what transformers' own mask functions show (documents from position_ids)."""
+    from transformers.masking_utils import (
+        and_masks,
+        causal_mask_function,
+        packed_sequence_mask_function,
+        sliding_window_causal_mask_function,
+    )
+
+    docs = documents(SEED, 32)
+    pos = torch.cat([torch.arange(n) for n in docs])[None]
+    packed = torch.diff(pos, prepend=pos[:, :1] - 1, dim=-1).ne(1).cumsum(-1)
+    fn = sliding_window_causal_mask_function(window) if window else causal_mask_function
+    fn = and_masks(fn, packed_sequence_mask_function(packed))
+    zero = torch.tensor(0)
+    theirs = fn(zero, zero, torch.arange(32)[:, None], torch.arange(32)[None]).expand(32, 32)
+    mine = rxt.layer_mask(32, rxt.document_lengths(pos), window, True)
+    assert torch.equal(mine.visible(torch.arange(32), torch.arange(32)), theirs)
+
+
+def test_labels_are_shifted_before_sharding():
+    """A shard's last token is labelled with the next shard's first token (zigzag at 2 ranks)."""
+    labels = torch.arange(16)[None]
+    shifted = rxt.shift_labels(labels)
+    assert shifted[0, :-1].tolist() == list(range(1, 16)) and shifted[0, -1] == rxt.IGNORE
+    rank0 = ringx.shard(shifted, "zigzag", 0, 2)
+    assert rank0[0].tolist() == [1, 2, 3, 4, 13, 14, 15, -100]  # chunks 0 and 3 of 4
+
+
+def test_a_version_outside_the_tested_range_is_refused_in_one_line():
+    assert rxt.check_version("5.23.1") == "5.23.1"
+    with pytest.raises(RingxInputError, match=r"^transformers 4\.57\.1 is not a release ringx was tested with") as e:
+        rxt.check_version("4.57.1")
+    assert "\n" not in str(e.value)
+    assert rxt.check_version("5.30.0", allow_untested=True) == "5.30.0"
+
+
+def test_ringx_imports_and_runs_without_transformers():
+    code = ("import sys; sys.modules['transformers'] = None\n"  # as if it were not installed
+            "import ringx, ringx.integrations.transformers as t\n"
+            "try:\n    t.register()\nexcept ringx.RingxInputError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CHECKOUT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ringx.integrations.transformers needs transformers: pip install 'ringx-bench[hf]'"
