@@ -231,10 +231,15 @@ def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
 # points take `algorithms`, `seq`/`seq_per_rank` and `batch` from PARAMS, the measurement the SETTINGS.
 MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l")  # bench/models/transformer.py PRESETS
 MODEL_DTYPES = ("auto", "float32", "float64", "bfloat16")
+HF_ARCHS = ("llama", "qwen3", "mistral", "gpt-oss")  # bench/models/hf.py ARCHS
 
 MODEL: dict[str, Option] = {o.name: o for o in (
     _p("preset", "tiny", "model preset: tiny and tiny-vit (CPU), llama3-8b (4 layers of Llama-3-8B), vit-l", str,
        choices=MODEL_PRESETS),
+    _p("hf", None, "a transformers model in place of the preset: llama, qwen3, mistral or gpt-oss (tiny sizes; the "
+       "size flags override them; docs/transformers.md)", str, choices=HF_ARCHS, nullable=True),
+    _p("hf_config", None, "a transformers config.json (a causal LM of --hf's architectures), or the name of one "
+       "committed in bench/models/hf/ (e.g. qwen3-32b); the size flags override it", str, nullable=True),
     _p("arch", None, "decoder (causal LM) or vit (non-causal encoder) (default: the preset's)", str,
        choices=("decoder", "vit"), nullable=True),
     _p("layers", None, "transformer layers (default: the preset's)", int, low=1, high=1 << 12, nullable=True),
@@ -274,4 +279,4 @@ INFER: dict[str, Option] = {o.name: o for o in (
        "float32 on CPUs", str, choices=INFER_DTYPES),
 )}
 INFER_MODEL = tuple(n for n in MODEL if n not in ("arch", "patch_dim", "dtype", "checkpoint", "lr", "machine",
-                                               "layer_masks"))
+                                               "layer_masks", "hf", "hf_config"))

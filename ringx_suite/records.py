@@ -196,6 +196,11 @@ MODEL = (
     F("batch", int, "sequences per step", column="int", config=True),
     F("dtype", str, "`float32`, `float64`, or `bfloat16` (autocast over float32 weights)", column="str", config=True),
     F("causal", bool, "causal attention (the decoder)", column="bool", config=True),
+    F("hf", str, "`--hf`/`--hf-config`: the transformers model (its architecture, or the config file's name); `arch` "
+      "is then its architecture (`llama`, `qwen3`, `mistral`, `gpt-oss`) and `model` `hf:NAME`", "optional", "str",
+      True),
+    F("hf_config", dict, "`--hf`: the transformers config's attention and MoE fields that ran (`sliding_window`, "
+      "`layer_types`, experts, `model_type`)", "optional", config=True),
     F("layer_masks", list, "`--layer-masks`: each layer pattern's mask text, the layers cycling through them "
       "(layer i under entry i mod its length); `mask` is then `layers:A/B/...`", "optional", config=True),
     F("checkpoint", bool, "activation checkpointing: each layer recomputed in the backward", column="bool",

@@ -368,13 +368,15 @@ class TrainingStep(ModelDriver):
         configuration, by rank 0, on the CPU). Returns the cases that passed."""
 
         from ringx_drivers import models
+        from ringx_drivers.models import hf
 
         cfg, plan, dev = self.plan.config, self.plan, self.ctx.device
         cs = self.check_seq(cases)
         masks = plan.masks_at(cs)  # a drawn document mask is drawn again for the check's length
         model, err = None, None
         try:
-            model = models.build(cfg, seed=cs, checkpoint=self.model.checkpoint).double().to(dev)
+            model = (hf.build(cfg.hf, seed=cs).to(dev) if self.is_hf else
+                     models.build(cfg, seed=cs, checkpoint=self.model.checkpoint).double().to(dev))
         except Exception as e:  # noqa: BLE001
             err = describe(e)
         if not self.failures.settle_all(cases, err, "building the check model of", broke_group=False):
@@ -385,8 +387,13 @@ class TrainingStep(ModelDriver):
                 t0 = time.perf_counter()
                 got = failed = None
                 try:
-                    got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev,
-                                       self.settings.kernel, masks=masks)
+                    if self.is_hf:
+                        batch = [t.to(dev) for t in hf.global_batch(cfg.hf, plan.batch, cs, cs)]
+                        got = hf.sharded_step(cfg.hf, *batch, cs, c.algorithm, kernel=self.settings.kernel,
+                                              model=model)[:2]
+                    else:
+                        got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev,
+                                           self.settings.kernel, masks=masks)
                 except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
                     failed = e
                 verdict = ("exception", "rank 0's sharded step failed")
@@ -395,7 +402,9 @@ class TrainingStep(ModelDriver):
                         key = (cfg, plan.batch, cs, masks)
                         if key not in self.references:
                             self.references.clear()
-                            self.references[key] = reference_step(cfg, plan.batch, cs, cs, masks)
+                            self.references[key] = (
+                                hf.reference_step(cfg.hf, *hf.global_batch(cfg.hf, plan.batch, cs, cs), cs)[:2]
+                                if self.is_hf else reference_step(cfg, plan.batch, cs, cs, masks))
                         ref_loss, ref_grads = self.references[key]
                         verdict = (*compare(got[0], got[1], ref_loss, ref_grads), ref_loss)
                     except Exception as e:  # noqa: BLE001 - the other ranks wait for the verdict
@@ -429,6 +438,8 @@ class TrainingStep(ModelDriver):
 
         cfg, dev = self.plan.config, self.ctx.device
         seq = cases[0].point.seq
+        if self.is_hf:
+            return self.hf_inputs(cases)
         model = replicated_model(cfg, seed=seq, device=dev, world=self.P, checkpoint=self.model.checkpoint,
                                  dtype=torch.float64 if self.dtype == "float64" else None)
         opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
@@ -446,6 +457,40 @@ class TrainingStep(ModelDriver):
             c.call = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state,
                                                        masks=self.plan.masks_at(seq)), state, dev, self.dtype)
         return {"model": model, "opt": opt, "params": models.count_params(model),
+                "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+    @property
+    def is_hf(self) -> bool:
+        """A transformers model (--hf, --hf-config): bench/models/hf.py builds and steps it."""
+        return hasattr(self.plan.config, "hf")
+
+    def hf_inputs(self, cases: list[Case]) -> dict:
+        """:meth:`inputs` of a transformers model: the same weights on every rank (one seed, drawn on the CPU), its
+        batch sharded by ringx.integrations.transformers in each algorithm's layout."""
+        import torch
+
+        import ringx
+        from ringx.integrations import transformers as rxt
+        from ringx_drivers.models import hf
+
+        cfg, dev, seq = self.plan.config, self.ctx.device, cases[0].point.seq
+        model = hf.build(cfg.hf, seed=seq, dtype=torch.float64 if self.dtype == "float64" else torch.float32)
+        model = model.to(dev)
+        if self.model.checkpoint:
+            model.gradient_checkpointing_enable()
+        opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
+                                **({"fused": True} if dev.type == "cuda" else {}))
+        ids, pos, labels = hf.global_batch(cfg.hf, self.plan.batch, seq, seed=seq)
+        for c in cases:
+            self.failures.hook(c.index, "prepare")
+            c.stats = ringx.CallStats()
+            state = {"stats": c.stats, "validate": True}
+            cp = rxt.parallelize(model, c.algorithm, kernel=self.settings.kernel)
+            sb = cp.shard(ids.to(dev), pos.to(dev), labels.to(dev))
+            lb = LocalBatch(sb.input_ids, sb.labels, sb.position_ids, sb.n_valid)
+            c.call = Step(hf.StepModel(model, sb, state), opt, lb, None, state, dev, self.dtype)
+        total, _ = cfg.counts()
+        return {"model": model, "opt": opt, "params": total,
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
     def first_call(self, c: Case) -> None:
@@ -486,10 +531,12 @@ class TrainingStep(ModelDriver):
         fields = stat_fields(samples)
         med = fields["median_s"]
         masks = plan.masks_at(seq)
-        per_token = (masked_model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
-                                                  masks) if masks else
-                     model_flops_per_token(models.flops_params(cfg), cfg.layers, seq, cfg.heads, cfg.head_dim,
-                                           cfg.causal))
+        n_flops = cfg.counts()[1] if self.is_hf else models.flops_params(cfg)
+        if self.is_hf:  # each layer's own mask: windows count only the pairs they see
+            masks = tuple(hf_layer_masks(cfg, seq))
+        per_token = (masked_model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim, masks)
+                     if masks else model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim,
+                                                         cfg.causal))
         flops = per_token * plan.batch * seq
         tflops = flops / self.P / med / 1e12
         peak = self.settings.peak_tflops if self.ctx.device.type == "cuda" else None
@@ -498,7 +545,7 @@ class TrainingStep(ModelDriver):
             timing_group=group_id, samples_s=samples, **fields,
             **{f"{ph}_s": statistics.median(phases[ph]) for ph in MODEL_PHASES}, phase_samples_s=phases,
             tokens_per_s_per_rank=plan.batch * seq / self.P / med,
-            params=shared["params"], params_flops=models.flops_params(cfg), flops_per_token=per_token, flops=flops,
+            params=shared["params"], params_flops=n_flops, flops_per_token=per_token, flops=flops,
             flops_convention=MODEL_CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
             mfu=tflops / peak if peak else None, **per_rank_fields(votes),
             grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
@@ -508,6 +555,14 @@ class TrainingStep(ModelDriver):
         return (f"{med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, all-reduce "
                 f"{ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), {plan.batch * seq / self.P / med:.0f} "
                 "tokens/s per rank")
+
+
+def hf_layer_masks(cfg, seq: int) -> list:
+    """A transformers model's layers' ringx masks at ``seq`` tokens (one document)."""
+    from ringx.integrations.transformers import layer_mask
+
+    window = getattr(cfg.hf, "sliding_window", None)
+    return [layer_mask(seq, None, window if kind == "sliding_attention" else None, True) for kind in cfg.layer_kinds()]
 
 
 def main(argv: list[str] | None = None) -> int:

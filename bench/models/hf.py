@@ -195,3 +195,85 @@ def sharded_step(cfg, ids, pos, labels, seed: int, algorithm: str, group=None, u
         dist.all_reduce(g, group=group)
         grads[k] = g
     return total.item(), grads, logits.detach()
+
+
+class HFModel:
+    """A transformers config as ``bench model``'s plan holds a model config: the fields its records and checks read
+    (``ModelConfig``'s), the transformers config itself in ``hf``, and the ``--hf``/``--hf-config`` it came from."""
+
+    causal = True  # causal LMs only
+    patch_dim = 0
+
+    def __init__(self, hf_config, name: str):
+        self.hf, self.name, self.arch = hf_config, name, arch_of(hf_config)
+        c = hf_config
+        self.layers, self.d_model, self.heads = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
+        self.kv_heads, self.mlp, self.vocab = c.num_key_value_heads, c.intermediate_size, c.vocab_size
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.rope_theta = float((getattr(c, "rope_parameters", None) or {}).get("rope_theta", 0.0))
+        self.norm_eps = float(getattr(c, "rms_norm_eps", 0.0))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HFModel) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.as_dict(), sort_keys=True))
+
+    def layer_kinds(self) -> list[str]:
+        return list(getattr(self.hf, "layer_types", None) or
+                    ["sliding_attention" if getattr(self.hf, "sliding_window", None) else "full_attention"]
+                    * self.layers)
+
+    def as_dict(self) -> dict:
+        """The record's model fields: ``bench model``'s, and the transformers config that ran (``hf_config``)."""
+        keep = ("sliding_window", "num_local_experts", "num_experts_per_tok", "layer_types", "model_type")
+        return {"arch": self.arch, "layers": self.layers, "d_model": self.d_model, "heads": self.heads,
+                "kv_heads": self.kv_heads, "mlp": self.mlp, "vocab": self.vocab, "patch_dim": 0,
+                "rope_theta": self.rope_theta, "norm_eps": self.norm_eps, "hf": self.name,
+                "hf_config": {k: getattr(self.hf, k) for k in keep if getattr(self.hf, k, None) is not None}}
+
+    def problem(self) -> str:
+        return ""
+
+    def counts(self) -> tuple[int, int]:
+        """(parameters, parameters a token's FLOPs count: without the input embedding, and with only the experts a
+        token uses), from the model built on the meta device (no memory)."""
+        import torch
+        import transformers
+
+        with torch.device("meta"):
+            m = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(self.hf))
+        total, active = 0, 0
+        experts = getattr(self.hf, "num_local_experts", 0) or 0
+        share = (getattr(self.hf, "num_experts_per_tok", 0) or 0) / experts if experts else 1.0
+        for name, p in m.named_parameters():
+            total += p.numel()
+            if "embed_tokens" in name:
+                continue
+            active += p.numel() * (share if ".experts." in name else 1.0)
+        return total, int(active)
+
+
+def model_of(arch: str | None, path: str | None, overrides: dict) -> HFModel:
+    """``--hf``/``--hf-config`` with ``bench model``'s size flags, as a plan's model config."""
+    cfg = make_config(arch, path, overrides)
+    name = Path(path).stem if path is not None and str(path) not in PUBLISHED else (path or arch)
+    return HFModel(cfg, str(name))
+
+
+class StepModel:
+    """A transformers model as ``bench model``'s Step calls its model: ``loss(...)`` of this rank's sharded batch
+    (the Step's own arguments are the same tensors; the attention needs the whole batch's description), with the
+    Step's ``state`` (``stats``, ``validate``) handed to every layer's ringx call."""
+
+    def __init__(self, model, batch, state: dict):
+        self.model, self.batch, self.state = model, batch, state
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def loss(self, *_):
+        from ringx.integrations.transformers import causal_lm_loss
+
+        self.batch.stats, self.batch.validate = self.state.get("stats"), self.state.get("validate", True)
+        return causal_lm_loss(self.model(**self.batch.model_inputs()).logits, self.batch)

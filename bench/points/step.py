@@ -78,6 +78,8 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
     mo = options.ModelOptions.of(given)
+    if mo.hf or mo.hf_config:
+        return _hf_plan(given, mo, world)
     cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
 
     P = options.PARAMS
@@ -119,6 +121,31 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
             if cfg.causal and s < 2:
                 raise UserError("a causal LM needs at least 2 tokens (one label)")
     return mo, replace(probe, scaling="weak" if per_rank else "strong", algorithms=tuple(dict.fromkeys(names)))
+
+
+def _hf_plan(given: dict, mo: options.ModelOptions, world: int) -> tuple[options.ModelOptions, ModelPlan]:
+    """``--hf``/``--hf-config``: a transformers causal LM (bench/models/hf.py), its own masks on every layer."""
+    import ringx
+
+    if options.value(options.PARAMS["mask"], given.get("mask"), "", many=True) or mo.layer_masks:
+        raise UserError("--hf runs the model's own masks (its windows, sinks and packing): drop --mask/--layer-masks")
+    try:
+        from ringx.integrations.transformers import check_version, config_problem
+        from ringx_drivers.models import hf
+
+        check_version()
+        cfg = hf.model_of(mo.hf, mo.hf_config, {k: getattr(mo, k) for k in hf.FLAGS})
+    except (ValueError, TypeError, ringx.RingxInputError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    # the rest (sequences, algorithms, divisibility) as for a decoder of the same heads
+    _, probe = model_plan({k: v for k, v in given.items() if k not in ("hf", "hf_config")} | {"preset": "tiny",
+                          "heads": cfg.heads, "kv_heads": cfg.kv_heads, "d_model": cfg.heads * 2, "arch": "decoder"},
+                          world)
+    for n in probe.algorithms:
+        problem = config_problem(cfg.hf, n, world)
+        if problem:
+            raise UserError(problem)
+    return mo, replace(probe, preset=f"hf:{cfg.name}", config=cfg)
 
 
 def _masks(given: dict, mo: options.ModelOptions, cfg) -> tuple[str | None, tuple[str, ...]]:

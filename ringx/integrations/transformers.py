@@ -19,6 +19,7 @@ function for, so none is made here: each layer's Mask is made once per batch and
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -177,6 +178,8 @@ class ShardedBatch:
     n_valid: int | None  # labels not ignored, over the whole batch: what the loss divides by
     seq: int  # global length
     documents: tuple[int, ...] | None  # packed documents' lengths, None for one
+    stats: object = None  # a ringx.CallStats every layer's call counts into (None: none)
+    validate: bool = True  # ringx.attention's input agreement at every call (off once a configuration ran)
     _masks: dict = field(default_factory=dict, repr=False)
 
     def model_inputs(self) -> dict:
@@ -227,9 +230,14 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
     cp = batch.cp
-    out = ringx.attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), algorithm=cp.algorithm,
-                          mask=batch.mask(sliding_window, causal), softmax_scale=scaling, group=cp.group,
-                          ulysses_degree=cp.ulysses_degree, kernel=cp.kernel, sinks=s_aux)
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    dev = q.device.type
+    # under autocast the projections already gave the compute dtype: ringx's kernels run outside it
+    with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
+        sinks = s_aux.to(q.dtype) if s_aux is not None and s_aux.dtype != q.dtype else s_aux
+        out = ringx.attention(q, k, v, algorithm=cp.algorithm, mask=batch.mask(sliding_window, causal),
+                              softmax_scale=scaling, group=cp.group, ulysses_degree=cp.ulysses_degree,
+                              kernel=cp.kernel, sinks=sinks, stats=batch.stats, validate=batch.validate)
     return out, None
 
 
