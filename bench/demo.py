@@ -11,7 +11,9 @@
 3. the campaign's table (`bench summary`), figures and a report page
    (`ringx-bench report runs/local-demo`);
 4. a whole training step, the `tiny` model at 1 and 2 ranks (`bench model`, every
-   algorithm's step checked against the unsharded float64 model first; runs/local-demo-model);
+   algorithm's step checked against the unsharded float64 model first; runs/local-demo-model), then a tiny
+   transformers gpt-oss (sinks, alternating windows, MoE) at 2 ranks (`bench model --hf gpt-oss`, checked; where
+   transformers is installed: ./dev installs it);
 5. serving: a short prefill and decode of the `tiny` model at 1 and 2 ranks, ring, ringX and Ulysses against
    tensor parallelism (`bench infer`, every generation checked against the unsharded float64 model's first;
    runs/local-demo-infer).
@@ -100,10 +102,29 @@ def model_step() -> int:
     for ranks in (1, 2):
         if mpirun.run(ranks, ["-m", "ringx_bench", "model", *MODEL_ARGS], capture=False, timeout=600).returncode != 0:
             return 1
+    if hf_step():
+        return 1
     summary.main(["runs/local-demo-model"])
     print("records: runs/local-demo-model/records/ (kind `model`); figures: ringx-bench report "
           "runs/local-demo-model")
     return 0
+
+
+HF_ARGS = ["--hf", "gpt-oss", "--seq", "64", "--algorithms", "ring,ringx4o", "--warmup", "1", "--iters", "3",
+           "--check", "--campaign", "local-demo-model", "--quiet"]
+
+
+def hf_step() -> int:
+    """A tiny transformers gpt-oss at 2 ranks, checked (a few seconds), in the model campaign; skipped, saying so,
+    where transformers is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        print("(bench model --hf skipped: transformers is not installed; pip install '.[hf]')", flush=True)
+        return 0
+    print("-- a transformers model: tiny gpt-oss (sinks, alternating windows, MoE) at 2 ranks (bench model --hf) --",
+          flush=True)
+    return mpirun.run(2, ["-m", "ringx_bench", "model", *HF_ARGS], capture=False, timeout=600).returncode
 
 
 INFER_ARGS = ["--preset", "tiny", "--prompt-len", "128", "--new-tokens", "8", "--dtype", "float64", "--algorithms",
