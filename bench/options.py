@@ -238,8 +238,8 @@ MODEL: dict[str, Option] = {o.name: o for o in (
        choices=MODEL_PRESETS),
     _p("hf", None, "a transformers model in place of the preset: llama, qwen3, mistral or gpt-oss (tiny sizes; the "
        "size flags override them; docs/transformers.md)", str, choices=HF_ARCHS, nullable=True),
-    _p("hf_config", None, "a transformers config.json (a causal LM of --hf's architectures), or the name of one "
-       "committed in bench/models/hf/ (e.g. qwen3-32b); the size flags override it", str, nullable=True),
+    _p("hf_config", None, "a transformers config.json (a causal LM of --hf's architectures), or a published one by "
+       "name: llama3-8b, mistral-7b, qwen3-32b, gpt-oss-20b; the size flags override it", str, nullable=True),
     _p("arch", None, "decoder (causal LM) or vit (non-causal encoder) (default: the preset's)", str,
        choices=("decoder", "vit"), nullable=True),
     _p("layers", None, "transformer layers (default: the preset's)", int, low=1, high=1 << 12, nullable=True),

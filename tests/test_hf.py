@@ -6,6 +6,7 @@ algorithm on both batches)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from ringx import RingxInputError  # noqa: E402
 from ringx.integrations import transformers as rxt  # noqa: E402
 from ringx_drivers.drivers.step import compare  # noqa: E402
 from ringx_drivers.models import hf  # noqa: E402
+from ringx_suite.store import Store, validate  # noqa: E402
 from tests.hf_cases import ALGORITHMS, ARCHS, BATCH, RANKS_PER_NODE, SEQ, TOL, case_id, cases, documents  # noqa: E402
-from tests.mpi import CHECKOUT, matrix_launcher  # noqa: E402
+from tests.mpi import CHECKOUT, assert_refused_in_one_line, launch, matrix_launcher, refused_batch  # noqa: E402
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 WORLDS = (2, 4)
@@ -131,3 +133,80 @@ def test_ringx_imports_and_runs_without_transformers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CHECKOUT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ringx.integrations.transformers needs transformers: pip install 'ringx-bench[hf]'"
+
+
+# ------------------------------------------------------------------------------- the docs' example, bench model --hf
+
+
+def _example() -> str:
+    text = (CHECKOUT / "docs" / "transformers.md").read_text()
+    return text.split("## A worked example")[1].split("```python\n")[1].split("```")[0]
+
+
+def test_the_docs_example_runs_as_written_and_gives_the_unsharded_loss(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(_example())
+    proc = launch(2, [str(script)], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = float(proc.stdout.split("loss ")[1].split()[0])
+    # the same model and batch unsharded, transformers' own loss (float32, as the example)
+    import transformers
+
+    config = transformers.Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=256)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).train()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, config.vocab_size, (1, 256), generator=g)
+    pos = torch.cat([torch.arange(100), torch.arange(156)])[None]
+    labels = ids.clone()
+    labels[0, 100] = -100
+    want = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss.item()
+    assert abs(got - want) <= 1e-5 * abs(want), (got, want)
+
+
+def test_bench_model_hf_times_a_checked_transformers_step(tmp_path):
+    """A user's own config.json (a gpt-oss: sinks, alternating windows, MoE) through bench model at 2 ranks."""
+    cfg = hf.make_config("gpt-oss").to_dict()
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(cfg))
+    proc = launch(2, ["-m", "ringx_bench", "model", "--hf-config", str(path), "--layers", "2", "--seq", "32",
+                      "--algorithms", "zigzag,usp", "--warmup", "0", "--iters", "2", "--check", "--out",
+                      str(tmp_path), "--campaign", "c", "--quiet"], timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    recs = Store(tmp_path, "c").records()
+    assert sorted(r["algorithm"] for r in recs) == ["usp", "zigzag"]
+    for r in recs:
+        assert validate(r) == [] and r["status"] == "ok", r
+        assert r["kind"] == "model" and r["model"] == "hf:mine" and r["arch"] == "gpt-oss" and r["hf"] == "mine"
+        assert r["hf_config"]["layer_types"] == ["sliding_attention", "full_attention"]
+        assert r["check_loss_error"] <= TOL and r["check_grad_error"] <= TOL and r["check_seq"] == 32
+        assert r["bytes_sent_per_rank"] and min(r["bytes_sent_per_rank"]) > 0  # the ledger saw every layer's calls
+
+
+HF_MISTAKES = [(["--hf", "llama", "--mask", "window:4"], "--hf runs the model's own masks"),
+               (["--hf", "llama", "--seq", "31"], "cannot be split for ring"),
+               (["--hf-config", "/nonexistent/config.json"], "--hf-config /nonexistent/config.json: cannot read it"),
+               (["--hf", "llama", "--heads", "3", "--kv-heads", "1", "--d-model", "24", "--algorithms", "ulysses"],
+                "3 query heads do not divide over 2 ranks")]
+
+
+def test_bench_model_hf_refuses_mistakes_in_one_line(tmp_path):
+    for proc, (_, message) in zip(refused_batch(tmp_path, "model", HF_MISTAKES), HF_MISTAKES):
+        assert_refused_in_one_line(proc, message, tmp_path)
+
+
+def test_bench_model_hf_in_a_sweep_renders_its_flags(tmp_path):
+    from ringx_drivers import sweeps as sweep
+    from ringx_drivers.sweeps import plan
+
+    f = tmp_path / "s.toml"
+    f.write_text(f'campaign = "h"\nmachine = "local"\ndriver = "model"\nnodes = 1\nranks_per_node = 2\n'
+                 f'out = "{tmp_path}"\n[params]\nhf = ["llama", "gpt-oss"]\nalgorithms = ["ring", "usp"]\nseq = 32\n')
+    sw = sweep.load(f)
+    text = plan.write_job(sw, sw.jobs[0], sw.jobs[0].points).read_text()
+    runs = [line for line in text.splitlines() if "ringx-bench model " in line]
+    assert len(runs) == 2 and all("--preset" not in r for r in runs), runs
+    assert "--hf llama" in runs[0] and "--hf gpt-oss" in runs[1]
+    qwen = hf.model_of(None, "qwen3-32b", {"layers": 2})
+    assert (qwen.heads, qwen.kv_heads, qwen.head_dim, qwen.d_model, qwen.layers) == (64, 8, 128, 5120, 2)

@@ -218,7 +218,7 @@ class StepPoint:
     def model_flags(self) -> list[str]:
         """``bench model``'s flags for the model and step of this point (everything spelled out)."""
         M = options.MODEL
-        flags = ["--preset", self.preset]
+        flags = [] if self.preset.startswith("hf:") else ["--preset", self.preset]  # --hf/--hf-config: overrides
         for k, v in self.overrides:
             flags += [M[k].flag, str(v)]
         masked = ["--mask", self.mask] if self.mask else []  # its seed: the job's [bench] mask_seed

@@ -266,3 +266,16 @@ def causal_lm_loss(logits: torch.Tensor, batch: ShardedBatch) -> torch.Tensor:
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
                                            ignore_index=IGNORE, reduction="sum")
     return ce / max(batch.n_valid, 1)
+
+
+def allreduce_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Sum every parameter's gradient over the group (the weights are replicated, the sequence sharded). A parameter
+    this rank's tokens never reached (an expert none of them chose) contributes zeros, so every rank reduces the same
+    tensors in the same order and none is left waiting."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, group=group)
