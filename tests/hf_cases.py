@@ -1,7 +1,7 @@
 """transformers models under ringx (tests/test_hf.py and its worker): the cases, shared by pytest and the ranks.
 
 Every architecture of ``bench model --hf`` (tiny configs from transformers' own config classes, random weights) x
-the six algorithms the issue names (at 4 ranks each on two of the architectures), each on a plain or a packed batch
+the six algorithms the issue names (at 4 ranks each on one of the architectures), each on a plain or a packed batch
 (documents drawn from the run's seed; which algorithm gets which turns with the seed, and every architecture runs
 both), one float64 training step each: the loss, every parameter's gradient and each rank's logits against the
 unsharded model. RINGX_HF_FULL=1 runs every algorithm of the registry on both batches at every world (~8x longer).
@@ -30,13 +30,14 @@ def algorithms() -> tuple[str, ...]:
 
 def cases(world: int, seed: int) -> list[tuple[str, str, bool]]:
     """(architecture, algorithm, packed) of one launch. By default 4 ranks (two simulated nodes, the slow launch on
-    2 cores) run each algorithm on two of the architectures, which two turning with the seed."""
+    2 cores) run each algorithm on one architecture, each architecture at least once, which turning with the seed."""
     full = bool(os.environ.get("RINGX_HF_FULL"))
     out = []
     for a, arch in enumerate(ARCHS):
-        kept = [x for i, x in enumerate(algorithms()) if full or world < 4 or not (i + a + seed) % 2]
+        kept = [x for i, x in enumerate(algorithms()) if full or world < 4 or (i + seed) % len(ARCHS) == a
+                or (i >= len(ARCHS) and (i + seed + 1) % len(ARCHS) == a)]
         for k, algo in enumerate(kept):  # plain and packed alternate within an architecture
-            out += [(arch, algo, p) for p in (False, True) if full or p == bool((k + seed) % 2)]
+            out += [(arch, algo, p) for p in (False, True) if full or p == bool((k + a + seed) % 2)]
     return out
 
 

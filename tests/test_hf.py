@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -23,7 +21,7 @@ from ringx_drivers.drivers.step import compare  # noqa: E402
 from ringx_drivers.models import hf  # noqa: E402
 from ringx_suite.store import Store, validate  # noqa: E402
 from tests.hf_cases import ALGORITHMS, ARCHS, BATCH, RANKS_PER_NODE, SEQ, TOL, case_id, cases, documents  # noqa: E402
-from tests.mpi import CHECKOUT, assert_refused_in_one_line, launch, matrix_launcher, refused_batch  # noqa: E402
+from tests.mpi import CHECKOUT, launch, matrix_launcher  # noqa: E402
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 WORLDS = (2, 4)
@@ -66,9 +64,12 @@ def test_bad_input_is_one_line_on_every_rank_and_no_rank_is_left_waiting(launche
     assert [r["loss"] > 0 for r in by_case["after-bad"]] == [True, True]  # a step after them all, on both ranks
 
 
-def test_one_rank_is_exact_for_every_architecture(group):
+def test_one_rank_is_exact(group):
+    """Two of the architectures (turning with the seed; RINGX_HF_FULL=1: all four), one algorithm each."""
     docs = documents(SEED)
     for a, arch in enumerate(ARCHS):
+        if not os.environ.get("RINGX_HF_FULL") and (a - SEED) % 2:
+            continue
         cfg = hf.make_config(arch)
         packed = docs if (a + SEED) % 2 else None
         ids, pos, labels = hf.global_batch(cfg, BATCH, SEQ, SEED, packed)
@@ -126,11 +127,12 @@ def test_a_version_outside_the_tested_range_is_refused_in_one_line():
     assert rxt.check_version("5.30.0", allow_untested=True) == "5.30.0"
 
 
-def test_ringx_imports_and_runs_without_transformers():
-    code = ("import sys; sys.modules['transformers'] = None\n"  # as if it were not installed
-            "import ringx, ringx.integrations.transformers as t\n"
-            "try:\n    t.register()\nexcept ringx.RingxInputError as e:\n    print(e)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CHECKOUT, timeout=120)
+def test_ringx_imports_and_runs_without_transformers(tmp_path):
+    script = tmp_path / "bare.py"  # a fresh process (forked from the zygote: torch, not transformers, imported)
+    script.write_text("import sys; sys.modules['transformers'] = None\n"  # as if it were not installed
+                      "import ringx, ringx.integrations.transformers as t\n"
+                      "try:\n    t.register()\nexcept ringx.RingxInputError as e:\n    print(e)\n")
+    proc = launch(1, [str(script)], timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ringx.integrations.transformers needs transformers: pip install 'ringx-bench[hf]'"
 
@@ -191,9 +193,16 @@ HF_MISTAKES = [(["--hf", "llama", "--mask", "window:4"], "--hf runs the model's 
                 "3 query heads do not divide over 2 ranks")]
 
 
-def test_bench_model_hf_refuses_mistakes_in_one_line(tmp_path):
-    for proc, (_, message) in zip(refused_batch(tmp_path, "model", HF_MISTAKES), HF_MISTAKES):
-        assert_refused_in_one_line(proc, message, tmp_path)
+@pytest.mark.parametrize("args,message", HF_MISTAKES, ids=[m[1][:24] for m in HF_MISTAKES])
+def test_bench_model_hf_refuses_mistakes_in_one_line(args, message):
+    """Each raises UserError while the flags are read, alike on every rank and before any collective (the driver
+    skeleton prints rank 0's line: tests/test_model_step.py checks that under mpiexec)."""
+    from ringx_drivers.drivers.step import resolve
+    from ringx_suite.cli import UserError
+
+    with pytest.raises(UserError) as e:
+        resolve([*args, "--campaign", "c"], world=2)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bench_model_hf_in_a_sweep_renders_its_flags(tmp_path):
