@@ -182,6 +182,7 @@ def test_bench_model_hf_times_a_checked_transformers_step(tmp_path):
         assert validate(r) == [] and r["status"] == "ok", r
         assert r["kind"] == "model" and r["model"] == "hf:mine" and r["arch"] == "gpt-oss" and r["hf"] == "mine"
         assert r["hf_config"]["layer_types"] == ["sliding_attention", "full_attention"]
+        assert r["mask"] == "layers:window:5/causal"  # its layers' own masks (a window of 6 keys: 5 back)
         assert r["check_loss_error"] <= TOL and r["check_grad_error"] <= TOL and r["check_seq"] == 32
         assert r["bytes_sent_per_rank"] and min(r["bytes_sent_per_rank"]) > 0  # the ledger saw every layer's calls
 

@@ -533,7 +533,7 @@ class TrainingStep(ModelDriver):
         masks = plan.masks_at(seq)
         n_flops = cfg.counts()[1] if self.is_hf else models.flops_params(cfg)
         if self.is_hf:  # each layer's own mask: windows count only the pairs they see
-            masks = tuple(hf_layer_masks(cfg, seq))
+            masks = tuple(cfg.layer_masks(seq))
         per_token = (masked_model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim, masks)
                      if masks else model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim,
                                                          cfg.causal))
@@ -555,14 +555,6 @@ class TrainingStep(ModelDriver):
         return (f"{med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, all-reduce "
                 f"{ms['grad_allreduce']:.1f}, AdamW {ms['optimizer']:.1f}), {plan.batch * seq / self.P / med:.0f} "
                 "tokens/s per rank")
-
-
-def hf_layer_masks(cfg, seq: int) -> list:
-    """A transformers model's layers' ringx masks at ``seq`` tokens (one document)."""
-    from ringx.integrations.transformers import layer_mask
-
-    window = getattr(cfg.hf, "sliding_window", None)
-    return [layer_mask(seq, None, window if kind == "sliding_attention" else None, True) for kind in cfg.layer_kinds()]
 
 
 def main(argv: list[str] | None = None) -> int:

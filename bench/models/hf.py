@@ -224,6 +224,24 @@ class HFModel:
                     ["sliding_attention" if getattr(self.hf, "sliding_window", None) else "full_attention"]
                     * self.layers)
 
+    def layer_masks(self, seq: int) -> list:
+        """Each layer's ringx Mask at ``seq`` tokens of one document (what the attention of a layer kind runs)."""
+        from ringx.integrations.transformers import layer_mask
+
+        window = getattr(self.hf, "sliding_window", None)
+        return [layer_mask(seq, None, window if kind == "sliding_attention" else None, True)
+                for kind in self.layer_kinds()]
+
+    def mask_fields(self, seq: int) -> dict:
+        """The record's mask fields, as ``bench model --mask``/``--layer-masks`` write them: none when every layer is
+        causal, ``mask`` when all layers share one, else ``layers:A/B/...`` and ``layer_masks``."""
+        texts = [m.short() for m in self.layer_masks(seq)]
+        if set(texts) == {"causal"}:
+            return {}
+        if len(set(texts)) == 1:
+            return {"mask": texts[0]}
+        return {"mask": "layers:" + "/".join(texts), "layer_masks": texts}
+
     def as_dict(self) -> dict:
         """The record's model fields: ``bench model``'s, and the transformers config that ran (``hf_config``)."""
         keep = ("sliding_window", "num_local_experts", "num_experts_per_tok", "layer_types", "model_type")

@@ -57,6 +57,8 @@ class ModelPlan:
         pattern's ``mask`` is ``layers:A/B/...`` and ``layer_masks`` each layer pattern's text."""
         from ringx_suite import masks as suite_masks
 
+        if hasattr(self.config, "layer_masks"):  # a transformers model: its layers' own masks
+            return self.config.mask_fields(seq)
         if self.mask:
             return suite_masks.record_fields(self.mask, self.masks_at(seq)[0], self.mask_seed)
         if self.layer_masks:
