@@ -168,12 +168,14 @@ def test_the_docs_example_runs_as_written_and_gives_the_unsharded_loss(tmp_path)
 
 
 def test_bench_model_hf_times_a_checked_transformers_step(tmp_path):
-    """A user's own config.json (a gpt-oss: sinks, alternating windows, MoE) through bench model at 2 ranks."""
+    """A user's own config.json (a gpt-oss: sinks, alternating windows, MoE) through bench model at 2 ranks, timed
+    under bfloat16 autocast with activation checkpointing (the check runs in float64 first)."""
     cfg = hf.make_config("gpt-oss").to_dict()
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(cfg))
     proc = launch(2, ["-m", "ringx_bench", "model", "--hf-config", str(path), "--layers", "2", "--seq", "32",
-                      "--algorithms", "zigzag,usp", "--warmup", "0", "--iters", "2", "--check", "--out",
+                      "--algorithms", "zigzag,usp", "--warmup", "0", "--iters", "2", "--check", "--dtype",
+                      "bfloat16", "--checkpoint", "--out",
                       str(tmp_path), "--campaign", "c", "--quiet"], timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     recs = Store(tmp_path, "c").records()
@@ -181,6 +183,7 @@ def test_bench_model_hf_times_a_checked_transformers_step(tmp_path):
     for r in recs:
         assert validate(r) == [] and r["status"] == "ok", r
         assert r["kind"] == "model" and r["model"] == "hf:mine" and r["arch"] == "gpt-oss" and r["hf"] == "mine"
+        assert r["dtype"] == "bfloat16" and r["checkpoint"] and r["median_s"] > 0
         assert r["hf_config"]["layer_types"] == ["sliding_attention", "full_attention"]
         assert r["mask"] == "layers:window:5/causal"  # its layers' own masks (a window of 6 keys: 5 back)
         assert r["check_loss_error"] <= TOL and r["check_grad_error"] <= TOL and r["check_seq"] == 32

@@ -477,7 +477,8 @@ class TrainingStep(ModelDriver):
         model = hf.build(cfg.hf, seed=seq, dtype=torch.float64 if self.dtype == "float64" else torch.float32)
         model = model.to(dev)
         if self.model.checkpoint:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable() if not hasattr(model, "activation_checkpointing_enable") \
+                else model.activation_checkpointing_enable()
         opt = torch.optim.AdamW(model.parameters(), lr=self.model.lr, betas=(0.9, 0.95), weight_decay=0.1,
                                 **({"fused": True} if dev.type == "cuda" else {}))
         ids, pos, labels = hf.global_batch(cfg.hf, self.plan.batch, seq, seed=seq)

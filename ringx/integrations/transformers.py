@@ -230,11 +230,14 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
     cp = batch.cp
-    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    dev = q.device.type
-    # under autocast the projections already gave the compute dtype: ringx's kernels run outside it
-    with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
-        sinks = s_aux.to(q.dtype) if s_aux is not None and s_aux.dtype != q.dtype else s_aux
+    dev = query.device.type
+    auto = torch.is_autocast_enabled(dev)
+    # Under autocast V comes out of its projection in the compute dtype but Q and K were rotated by float32 tables
+    # (promoted): all three, and the sinks, go to the compute dtype, and ringx's kernels run outside autocast.
+    dtype = torch.get_autocast_dtype(dev) if auto else query.dtype
+    q, k, v = (t.transpose(1, 2).to(dtype) for t in (query, key, value))
+    with torch.autocast(dev, enabled=False) if auto else nullcontext():
+        sinks = s_aux.to(dtype) if s_aux is not None and s_aux.dtype != dtype else s_aux
         out = ringx.attention(q, k, v, algorithm=cp.algorithm, mask=batch.mask(sliding_window, causal),
                               softmax_scale=scaling, group=cp.group, ulysses_degree=cp.ulysses_degree,
                               kernel=cp.kernel, sinks=sinks, stats=batch.stats, validate=batch.validate)
