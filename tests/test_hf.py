@@ -119,6 +119,17 @@ def test_labels_are_shifted_before_sharding():
     assert rank0[0].tolist() == [1, 2, 3, 4, 13, 14, 15, -100]  # chunks 0 and 3 of 4
 
 
+def test_usp_layout_needs_its_degree_and_bidirectional_layers_are_refused(group):
+    from ringx.launch import known_ranks_per_node
+
+    assert rxt.ContextParallel("usp", ulysses_degree=1).layout == "zigzag-u1"
+    if known_ranks_per_node() is None:  # this process never ran ringx.launch.init()
+        with pytest.raises(RingxInputError, match="pass ulysses_degree= to parallelize"):
+            rxt.ContextParallel("usp").layout  # noqa: B018
+    with pytest.raises(RingxInputError, match="runs causal LMs"):
+        rxt.layer_mask(32, None, None, False)
+
+
 def test_a_version_outside_the_tested_range_is_refused_in_one_line():
     assert rxt.check_version("5.23.1") == "5.23.1"
     with pytest.raises(RingxInputError, match=r"^transformers 4\.57\.1 is not a release ringx was tested with") as e:
@@ -193,6 +204,7 @@ def test_bench_model_hf_times_a_checked_transformers_step(tmp_path):
 HF_MISTAKES = [(["--hf", "llama", "--mask", "window:4"], "--hf runs the model's own masks"),
                (["--hf", "llama", "--seq", "31"], "cannot be split for ring"),
                (["--hf-config", "/nonexistent/config.json"], "--hf-config /nonexistent/config.json: cannot read it"),
+               (["--hf", "qwen3", "--arch", "vit"], "run causal LMs: drop --arch"),
                (["--hf", "llama", "--heads", "3", "--kv-heads", "1", "--d-model", "24", "--algorithms", "ulysses"],
                 "3 query heads do not divide over 2 ranks")]
 

@@ -131,6 +131,8 @@ def _hf_plan(given: dict, mo: options.ModelOptions, world: int) -> tuple[options
 
     if options.value(options.PARAMS["mask"], given.get("mask"), "", many=True) or mo.layer_masks:
         raise UserError("--hf runs the model's own masks (its windows, sinks and packing): drop --mask/--layer-masks")
+    if mo.arch or mo.patch_dim:
+        raise UserError("--hf and --hf-config run causal LMs: drop --arch/--patch-dim")
     try:
         from ringx.integrations.transformers import check_version, config_problem
         from ringx_drivers.models import hf

@@ -112,7 +112,11 @@ class ContextParallel:
         """The layout a causal LM's sequence is sharded in (every mask but full takes the causal one)."""
         import ringx
 
-        return ringx.ALGORITHMS[self.algorithm].layout(True, self.ulysses_degree)
+        lay = ringx.ALGORITHMS[self.algorithm].layout(True, self.ulysses_degree)
+        if "{u}" in lay:  # the default degree is the ranks per node, which only ringx.launch.init() has learnt
+            raise RingxInputError(f"{self.algorithm}'s layout depends on its Ulysses degree: pass ulysses_degree= to "
+                                  "parallelize, or start the ranks with ringx.launch.init()")
+        return lay
 
     def shard(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
               labels: torch.Tensor | None = None) -> ShardedBatch:
@@ -196,10 +200,8 @@ class ShardedBatch:
 
 def layer_mask(seq: int, documents: tuple[int, ...] | None, sliding_window: int | None, causal: bool) -> Mask:
     """A layer's ringx Mask: causal or full, within packed documents, with a sliding window of W keys."""
-    if not causal:
-        if sliding_window:
-            raise RingxInputError("bidirectional sliding windows are not mapped to ringx masks")
-        return Mask.documents(documents, causal=False) if documents else Mask.full()
+    if not causal:  # the batch was sharded in the causal layout, which a full mask does not take
+        raise RingxInputError("ringx.integrations.transformers runs causal LMs: this layer is bidirectional")
     longest = max(documents) if documents else seq
     left = sliding_window - 1 if sliding_window and sliding_window < longest else None  # W keys: i - j <= W - 1
     if documents:
