@@ -63,6 +63,7 @@ def start(sock: Path, env: dict[str, str]) -> subprocess.Popen:
 
 # What the ranks import, once here: torch, and what torch imports only when first used (dynamo and the
 # distributed packages, ~2 s more per rank), then the suite. Nothing here may start a thread or initialize MPI.
+WARM_MORE = "RINGX_ZYGOTE_WARM"  # a launch's environment: more modules to import here before its fork
 WARM = ("numpy", "torch", "torch.distributed", "torch._dynamo", "torch.distributed.fsdp", "torch.distributed.tensor",
         "mpi4py", "ringx", "ringx_suite.store", "ringx_drivers.driver", "ringx_drivers.drivers.attention",
         "ringx_drivers.drivers.step", "ringx_drivers.drivers.infer", "ringx_drivers.drivers.collectives")
@@ -98,6 +99,7 @@ def serve(path: str) -> int:
             except (OSError, ValueError):
                 conn.close()
                 continue
+            _warm_more(request["env"].get(WARM_MORE, ""))
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
@@ -112,6 +114,19 @@ def serve(path: str) -> int:
             children[pid] = conn
             with contextlib.suppress(OSError):
                 conn.sendall(_INT.pack(pid))
+
+
+def _warm_more(names: str) -> None:
+    """Modules a launch asks for (``RINGX_ZYGOTE_WARM``, comma-separated), imported here once and kept for later
+    forks: what only some tests' ranks need (transformers: ~3 s per rank) and the other sessions should not pay."""
+    import importlib
+    import threading
+
+    for name in filter(None, names.split(",")):
+        if name not in sys.modules:
+            importlib.import_module(name)
+            if threading.active_count() > 1:
+                raise SystemExit(f"tests/zygote.py: importing {name} started a thread: forking from here is unsafe")
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
