@@ -67,6 +67,13 @@ def serve_cases(world: int) -> list[ServeCase]:
         out.append(ServeCase(world, "zigzag", prompt=PROMPT + 1, expect_error="cannot be split by zigzag"))
     if world == 4:
         out.append(ServeCase(world, "tp", heads=(6, 2), expect_error="6 query heads do not split over 4 ranks"))
+    # tensor x pipeline parallelism (bench/models/pipeline.py): 2 stages of 2, micro-batched; one stage per rank
+    if world == 2:
+        out += [ServeCase(world, "tp1pp2"), ServeCase(world, "tp2pp1")]
+    if world == 4:
+        out += [ServeCase(world, "tp2pp2"), ServeCase(world, "tp1pp4", expect_error="4 pipeline stages need at least "
+                                                                                    "4 layers, the model has 2"),
+                ServeCase(world, "tp4pp2", expect_error="tp4pp2 needs 8 ranks (tp x pp), not 4")]
     return out
 
 
