@@ -82,7 +82,9 @@ def test_decode_attention_is_exact_and_refuses_bad_input_everywhere(launched, ca
 
 def test_every_algorithm_has_a_decode_schedule_and_tp_is_offered():
     assert set(ringx.decode.SCHEDULES) == set(ringx.ALGORITHMS)
-    assert serving.names() == [*ringx.ALGORITHMS, "tp"]
+    assert serving.names() == [*ringx.ALGORITHMS, "tp", "tp{T}pp{S}"]
+    assert serving.baseline("tp") and serving.baseline("tp8pp2") and not serving.baseline("ring")
+    assert not serving.baseline("tp0pp2") and not serving.baseline("tp2pp")
 
 
 def test_the_new_tokens_go_to_the_shortest_shard_lowest_on_ties():

@@ -62,21 +62,21 @@ class Pipeline:
     """One rank's stage of ``tp{T}pp{S}`` serving for a :class:`~bench.models.serving.Server` (its model, layer
     code, ledger and prompt shape)."""
 
-    def __init__(self, server, tp: int, pp: int):
-        from ringx_drivers.models.serving import KVCache, _TPWeights
-
+    def __init__(self, server, tp: int, pp: int, weights, cache):
+        """``weights``: the Megatron slicer (serving's _TPWeights); ``cache``: its KVCache class (passed in: serving
+        imports this module)."""
         s = self.server = server
         self.tp, self.pp = tp, pp
         self.stage, tp_rank = divmod(s.rank, tp)
         group = _tp_groups(s.group, tp, s.world)[self.stage]
         self.reduce = Comm(group, s.ledger, solo=tp == 1).all_reduce_sum
-        self.weights = _TPWeights(s.model, tp_rank, tp)
+        self.weights = weights(s.model, tp_rank, tp)
         self.layers = stage_layers(s.cfg.layers, pp, self.stage)
         self.prev = s.rank - tp if self.stage else None
         self.next = s.rank + tp if self.stage < pp - 1 else None
         self.holder = (pp - 1) * tp  # the last stage's first rank: decides the ids
         self.micro = torch.arange(s.batch).tensor_split(min(pp, s.batch))
-        self.cache = KVCache(len(self.layers), s.batch, s.prompt_len + s.new_tokens, self.weights.kv_heads,
+        self.cache = cache(len(self.layers), s.batch, s.prompt_len + s.new_tokens, self.weights.kv_heads,
                              s.cfg.head_dim, s.param.dtype, s.param.device)
 
     def _attend(self, li: int, q, k, v, rows: slice, at: int):

@@ -142,7 +142,7 @@ class Server:
         self.root = 0  # the rank deciding each step's ids
         if pipeline.parse(algorithm):
             _check(self.cfg, algorithm, prompt_len, new_tokens, self.world)
-            self.pp = pipeline.Pipeline(self, *pipeline.parse(algorithm))
+            self.pp = pipeline.Pipeline(self, *pipeline.parse(algorithm), _TPWeights, KVCache)
             self.root = self.pp.holder
         elif algorithm == TP:
             _check(self.cfg, algorithm, prompt_len, new_tokens, self.world)
