@@ -264,8 +264,9 @@ ModelOptions = typed("ModelOptions", MODEL, "``bench model``'s model and step op
 INFER_DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 
 INFER: dict[str, Option] = {o.name: o for o in (
-    _p("algorithms", None, "comma-separated ringx algorithms and `tp` (tensor parallelism); default: ring, zigzag, "
-       "ringx1, ringx3, ringx4, ulysses, tp", str, nullable=True),
+    _p("algorithms", None, "comma-separated ringx algorithms, `tp` (tensor parallelism) and `tp{T}pp{S}` (T-way "
+       "TP in each of S pipeline stages, T x S = ranks); default: ring, zigzag, ringx1, ringx3, ringx4, ulysses, tp",
+       str, nullable=True),
     _p("prompt_len", None, "prompt length(s) in tokens (default 256)", int, low=1, high=1 << 24, nullable=True),
     _p("batch", 1, "sequences served together", int, low=1, high=1 << 16),
     _p("new_tokens", 8, "greedy tokens generated per sequence (the prefill's, then one per decode step)", int,

@@ -20,7 +20,7 @@ import pytest
 from ringx_costmodel.machine import JOBS
 from ringx_drivers import sweeps as sweep
 from ringx_suite.store import Store
-from tests.test_sweep import GOLDEN, render_golden
+from tests.test_sweep import GOLDEN, render_golden, write
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = {"seed-ringx-attention": "frontier", "seed-ringx-llama3": "frontier", "seed-ringx-vit": "frontier",
@@ -92,6 +92,22 @@ def test_a_scaled_down_copy_of_each_seed_sweep_runs_and_checks(name, tmp_path):
     assert len(recs) == want
     bad = [(r["algorithm"], r.get("error")) for r in recs if r["status"] != "ok" or r.get("checked") is False]
     assert not bad
+    if sw.driver == "infer":  # exact in float64 with identical ids, and the pipeline baseline compared against
+        from ringx_drivers.summary import infer_tables
+
+        assert all(r["check_ids_equal"] and r["check_logits_error"] <= 1e-9 for r in recs)
+        assert "vs tp1pp2" in infer_tables(recs)
+
+
+def test_env_in_a_sweep_file_is_checked_in_one_line(tmp_path):
+    base = f'campaign = "c"\nmachine = "local"\nnodes = 1\nranks_per_node = 2\nout = "{tmp_path}"\n'
+    params = '[params]\nalgorithms = ["ring"]\nseq = 64\n'
+    sw = sweep.load(write(tmp_path, base + '[env]\nNCCL_ALGO = "Tree"\n' + params))
+    assert sw.profile.env["NCCL_ALGO"] == "Tree" and sw.profile.env["OMP_NUM_THREADS"] == "1"  # over the profile's
+    for bad in ('"NCCL ALGO" = "Tree"', "NCCL_ALGO = 1"):
+        with pytest.raises(sweep.SweepError) as e:
+            sweep.load(write(tmp_path, base + f"[env]\n{bad}\n" + params))
+        assert "[env] of s.toml" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_predict_takes_the_batch(capsys):

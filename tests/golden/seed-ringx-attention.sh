@@ -4,7 +4,7 @@
 #SBATCH --job-name=ringx-seed-ringx-attention-N1x8
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
-#SBATCH --time=00:51:00
+#SBATCH --time=00:35:00
 #SBATCH --output=/scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/logs/%x-%j.out
 #SBATCH --error=/scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/logs/%x-%j.err
 #SBATCH --account=abc123
