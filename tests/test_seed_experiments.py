@@ -2,10 +2,10 @@
 Frontier or H100-cluster user would submit (golden files), and a scaled-down copy of each (the same keys, lists and
 zips; tiny models and shapes, CPU ranks, --check on) runs through `bench sweep local`.
 
-By default only the serving copy runs (tp1pp2, two pipeline stages, against the ring family at 2 ranks, one launch;
-tp2pp2 at 4 ranks is in tests/test_serving.py); the three training copies take 25-100 s each on 2 cores:
-RINGX_TEST_SEEDS_FULL=1 runs them too (the attention one with all 5 (batch, seq) pairs; measured 2026-12-07 under
-load: 42 s with 2 pairs, llama3 60 s, vit 34 s)."""
+By default the serving copy (tp1pp2, two pipeline stages, against the ring family at 2 ranks, one launch; tp2pp2 at
+4 ranks is in tests/test_serving.py) and the ViT copy run (~10 s); the attention and llama3 copies cost more:
+RINGX_TEST_FULL=1 runs them too (the attention one with all 5 (batch, seq) pairs; measured 2026-12-07 under load: 42 s
+with 2 pairs, llama3 60 s, vit 34 s)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 from ringx_costmodel.machine import JOBS
 from ringx_drivers import sweeps as sweep
 from ringx_suite.store import Store
+from tests.mpi import FULL
 from tests.test_sweep import GOLDEN, render_golden, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,6 @@ def test_each_seed_sweep_renders_its_golden_job(name, tmp_path, monkeypatch):
         assert "--algorithms ring,zigzag,stripe,tp8pp2" in got and "--preset ra-sp --dtype float16" in got
 
 
-FULL = bool(os.environ.get("RINGX_TEST_SEEDS_FULL"))
 SCALED = {  # the same structure at CPU size: ranks, shapes and models shrunk, lists kept as lists
     "seed-ringx-attention": dict(
         ranks_per_node="2", batch="[2, 4, 8, 16, 32]" if FULL else "[2, 4]",
@@ -75,8 +75,11 @@ SCALED = {  # the same structure at CPU size: ranks, shapes and models shrunk, l
 }
 
 
-@pytest.mark.parametrize("name", [n if FULL or n == "seed-ra-sp-serving" else pytest.param(
-    n, marks=pytest.mark.skip(reason="RINGX_TEST_SEEDS_FULL=1 runs it (25-100 s)")) for n in SWEEPS])
+CI_COPIES = ("seed-ra-sp-serving", "seed-ringx-vit")  # the cheapest; the other two cost 40-100 s each here
+
+
+@pytest.mark.parametrize("name", [n if FULL or n in CI_COPIES else pytest.param(
+    n, marks=pytest.mark.skip(reason="RINGX_TEST_FULL=1 runs it (40-100 s)")) for n in SWEEPS])
 def test_a_scaled_down_copy_of_each_seed_sweep_runs_and_checks(name, tmp_path):
     text = replaced(source(name), machine='"local"', nodes="1", account='""', campaign='"c"', iters="2",
                     warmup="0", check="true", dtype='"float64"', **SCALED[name])
