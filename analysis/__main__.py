@@ -62,6 +62,8 @@ def build_parser(prog: str = "ringx-bench") -> Parser:
     c.add_argument("--machine", required=True, help="a profile with a [model] table, e.g. frontier")
     c.add_argument("--ranks", default="8,64,512", help="comma-separated rank counts (default: 8,64,512)")
     c.add_argument("--seq", type=int, default=1 << 20, help="global sequence length (default 1M)")
+    c.add_argument("--batch", type=int, default=1, help="sequences per call (default 1); every message and block "
+                   "grows with it, the latencies do not")
     c.add_argument("--heads", type=int, default=32)
     c.add_argument("--kv-heads", type=int, default=8)
     c.add_argument("--head-dim", type=int, default=128)

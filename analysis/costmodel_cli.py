@@ -173,17 +173,19 @@ def predict(a) -> int:
         mask = masks.parse(a.mask, a.seq, a.seed)
         causal = mask.causal_layout
     what = mask.short() if mask else "causal" if causal else "non-causal"
-    print(f"predictions on {machine.name} ({machine.source}): seq {a.seq}, {a.heads}/{a.kv_heads} heads, head_dim "
-          f"{a.head_dim}, {what} {a.mode}\n")
+    if a.batch < 1:
+        raise UserError(f"--batch must be a positive integer, got {a.batch}")
+    print(f"predictions on {machine.name} ({machine.source}): batch {a.batch}, seq {a.seq}, {a.heads}/{a.kv_heads} "
+          f"heads, head_dim {a.head_dim}, {what} {a.mode}\n")
     rows, cannot = [], []
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
         preds, degree = {}, {}
         for name in ringx.algorithms.names(causal):
             try:
-                degree[name], preds[name] = best_degree(name, causal, a.mode, p, machine, nodes=nodes, seq=a.seq,
-                                                        heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim,
-                                                        exact_ranks=16, mask=mask)
+                degree[name], preds[name] = best_degree(name, causal, a.mode, p, machine, nodes=nodes, batch=a.batch,
+                                                        seq=a.seq, heads=a.heads, kv_heads=a.kv_heads,
+                                                        head_dim=a.head_dim, exact_ranks=16, mask=mask)
             except ValueError as e:  # this configuration is impossible for it (heads, divisibility)
                 cannot.append(f"{name} at {p} ranks: {e}")
         if not preds:

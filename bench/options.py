@@ -229,13 +229,13 @@ def to_argv(values: dict, keep_defaults: bool = False) -> list[str]:
 
 # ``bench model``: the model and how its step runs. The model fields default to the preset's (None); the
 # points take `algorithms`, `seq`/`seq_per_rank` and `batch` from PARAMS, the measurement the SETTINGS.
-MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l")  # bench/models/transformer.py PRESETS
+MODEL_PRESETS = ("tiny", "tiny-vit", "llama3-8b", "vit-l", "ra-sp")  # bench/models/transformer.py PRESETS
 MODEL_DTYPES = ("auto", "float32", "float64", "bfloat16")
 HF_ARCHS = ("llama", "qwen3", "mistral", "gpt-oss")  # bench/models/hf.py ARCHS
 
 MODEL: dict[str, Option] = {o.name: o for o in (
-    _p("preset", "tiny", "model preset: tiny and tiny-vit (CPU), llama3-8b (4 layers of Llama-3-8B), vit-l", str,
-       choices=MODEL_PRESETS),
+    _p("preset", "tiny", "model preset: tiny and tiny-vit (CPU), llama3-8b (4 layers of Llama-3-8B), vit-l, "
+       "ra-sp (RA+SP's 4-layer dense model)", str, choices=MODEL_PRESETS),
     _p("hf", None, "a transformers model in place of the preset: llama, qwen3, mistral or gpt-oss (tiny sizes; the "
        "size flags override them; docs/transformers.md)", str, choices=HF_ARCHS, nullable=True),
     _p("hf_config", None, "a transformers config.json (a causal LM of --hf's architectures), or a published one by "
@@ -269,8 +269,9 @@ ModelOptions = typed("ModelOptions", MODEL, "``bench model``'s model and step op
 INFER_DTYPES = ("auto", "float32", "float64", "bfloat16", "float16")
 
 INFER: dict[str, Option] = {o.name: o for o in (
-    _p("algorithms", None, "comma-separated ringx algorithms and `tp` (tensor parallelism); default: ring, zigzag, "
-       "ringx1, ringx3, ringx4, ulysses, tp", str, nullable=True),
+    _p("algorithms", None, "comma-separated ringx algorithms, `tp` (tensor parallelism) and `tp{T}pp{S}` (T-way "
+       "TP in each of S pipeline stages, T x S = ranks); default: ring, zigzag, ringx1, ringx3, ringx4, ulysses, tp",
+       str, nullable=True),
     _p("prompt_len", None, "prompt length(s) in tokens (default 256)", int, low=1, high=1 << 24, nullable=True),
     _p("batch", 1, "sequences served together", int, low=1, high=1 << 16),
     _p("new_tokens", 8, "greedy tokens generated per sequence (the prefill's, then one per decode step)", int,

@@ -10,6 +10,7 @@ listed with their reasons. (Publication figures and tables: ringx-bench figures,
 
 from __future__ import annotations
 
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -105,6 +106,8 @@ def infer_tables(recs: list[dict], baselines: tuple[str, ...] = ("ring", "tp")) 
     for r in ok:
         groups[tuple(r[k] for k in INFER_COMPARE_BY)][r["algorithm"]].append(r)
     algos = list(dict.fromkeys(r["algorithm"] for r in ok))
+    # a TP x PP candidate (tp8pp2: RA+SP's baseline) is a baseline too, where it ran
+    baselines = (*baselines, *(a for a in algos if a not in baselines and re.fullmatch(r"tp\d+pp\d+", a)))
     out = []
     for name, field in INFER_PHASES:
         rows = []

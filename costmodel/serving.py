@@ -70,6 +70,7 @@ class Decoder:
 MODELS: dict[str, Decoder] = {
     "tiny": Decoder(layers=2, d_model=96, heads=12, kv_heads=4, mlp=256, vocab=256),
     "llama3-8b": Decoder(layers=4, d_model=4096, heads=32, kv_heads=8, mlp=14336, vocab=128256),
+    "ra-sp": Decoder(layers=4, d_model=8192, heads=16, kv_heads=16, mlp=32768, vocab=32000),
 }
 
 

@@ -4,7 +4,7 @@ Every architecture of ``bench model --hf`` (tiny configs from transformers' own 
 the six algorithms the issue names (at 4 ranks each on one of the architectures), each on a plain or a packed batch
 (documents drawn from the run's seed; which algorithm gets which turns with the seed, and every architecture runs
 both), one float64 training step each: the loss, every parameter's gradient and each rank's logits against the
-unsharded model. RINGX_HF_FULL=1 runs every algorithm of the registry on both batches at every world (~8x longer).
+unsharded model. RINGX_TEST_FULL=1 runs every algorithm of the registry on both batches at every world (~8x longer).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ RANKS_PER_NODE = {4: 2}  # 4 ranks as 2 nodes: usp runs Ulysses within a node an
 
 
 def algorithms() -> tuple[str, ...]:
-    if os.environ.get("RINGX_HF_FULL"):
+    if os.environ.get("RINGX_TEST_FULL") == "1":
         import ringx
 
         return tuple(ringx.ALGORITHMS)
@@ -31,7 +31,7 @@ def algorithms() -> tuple[str, ...]:
 def cases(world: int, seed: int) -> list[tuple[str, str, bool]]:
     """(architecture, algorithm, packed) of one launch. By default 4 ranks (two simulated nodes, the slow launch on
     2 cores) run each algorithm on one architecture, each architecture at least once, which turning with the seed."""
-    full = bool(os.environ.get("RINGX_HF_FULL"))
+    full = os.environ.get("RINGX_TEST_FULL") == "1"
     out = []
     for a, arch in enumerate(ARCHS):
         kept = [x for i, x in enumerate(algorithms()) if full or world < 4 or (i + seed) % len(ARCHS) == a

@@ -14,6 +14,10 @@ from tests import zygote
 # installed (as environment.yml does) rather than editable.
 CHECKOUT = Path(__file__).resolve().parent.parent
 
+# RINGX_TEST_FULL=1: every case of the tests that CI runs a fresh random part of (the ~10-minute budget of
+# ./dev test); ranks launched by the tests inherit it.
+FULL = os.environ.get("RINGX_TEST_FULL") == "1"
+
 
 def launch(nprocs: int, args: list[str], timeout: float | None = None, env: dict | None = None
            ) -> subprocess.CompletedProcess:

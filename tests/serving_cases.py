@@ -27,6 +27,7 @@ class ServeCase:
     degree: int | None = None
     mlp: int | None = None  # override of tiny's MLP width
     heads: tuple[int, int] | None = None  # override of tiny's (heads, kv_heads)
+    layers: int | None = None  # override of tiny's 2 layers (pipeline stages of unequal depth)
     prompt: int = PROMPT
     new: int = NEW
     expect_error: str = ""  # a fragment of the one-line error every rank must raise
@@ -40,6 +41,8 @@ class ServeCase:
             parts.append(f"mlp{self.mlp}")
         if self.heads:
             parts.append(f"h{self.heads[0]}kv{self.heads[1]}")
+        if self.layers:
+            parts.append(f"L{self.layers}")
         if self.prompt != PROMPT:
             parts.append(f"S{self.prompt}")
         if self.new != NEW:
@@ -67,6 +70,15 @@ def serve_cases(world: int) -> list[ServeCase]:
         out.append(ServeCase(world, "zigzag", prompt=PROMPT + 1, expect_error="cannot be split by zigzag"))
     if world == 4:
         out.append(ServeCase(world, "tp", heads=(6, 2), expect_error="6 query heads do not split over 4 ranks"))
+    # tensor x pipeline parallelism (bench/models/pipeline.py): 2 stages of 2, micro-batched; one stage per rank
+    if world == 2:
+        out += [ServeCase(world, "tp1pp2"), ServeCase(world, "tp2pp1")]
+    if world == 3:  # stages of 2, 1 and 1 layers; 2 micro-batches for 3 stages
+        out.append(ServeCase(world, "tp1pp3", layers=4))
+    if world == 4:
+        out += [ServeCase(world, "tp2pp2"), ServeCase(world, "tp2pp2", layers=3),
+                ServeCase(world, "tp1pp4", expect_error="4 pipeline stages need at least 4 layers, the model has 2"),
+                ServeCase(world, "tp4pp2", expect_error="tp4pp2 needs 8 ranks (tp x pp), not 4")]
     return out
 
 

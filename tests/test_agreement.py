@@ -5,7 +5,7 @@ fresh random masks, at 2-16 ranks, on one node and on two-level topologies; and 
 The bug this holds: the overlapped broadcast schedules (ringx1o, ringx2o, ringx4o) posted the next broadcast before
 the current round's reductions, except on a rank whose own round nobody else needed (packed documents), which
 issued them in the other order: the collectives never met (docs/masks.md). ``RINGX_TEST_SEED`` replays a run;
-``RINGX_AGREEMENT_MASKS=N`` draws N masks per (ranks, topology) instead of CI's few (2-3).
+``RINGX_AGREEMENT_MASKS=N`` draws N masks per (ranks, topology) instead of CI's few (1-2).
 """
 
 from __future__ import annotations
@@ -61,11 +61,11 @@ def problems_of(world: int, rpn: int, rng: random.Random, masks: int, names=tupl
 
 @pytest.mark.parametrize("world", range(2, 17))
 def test_every_rank_issues_the_same_calls(world):
-    """Every algorithm, random masks, every topology of ``world`` ranks (CI: ~1,300 cases over all worlds)."""
+    """Every algorithm, random masks, every topology of ``world`` ranks (CI: ~800 cases over all worlds)."""
     rng = random.Random(SEED * 100 + world)
     found = []
     for rpn in topologies(world):
-        masks = MASKS or (3 if world <= 8 and rpn == world else 2 if world <= 8 else 1)
+        masks = MASKS or (2 if world <= 8 and rpn == world else 1)
         found += problems_of(world, rpn, rng, masks)
     assert not found, f"seed {SEED}:\n" + "\n".join(found[:10])
 
@@ -112,7 +112,8 @@ def test_the_check_finds_the_old_schedule_on_random_masks(monkeypatch):
     monkeypatch.setattr(bcast, "_rounds", _old_rounds)
     rng = random.Random(SEED)
     overlapped = [name for name, a in ALGORITHMS.items() if a.overlap and a.family == "ringx"]
-    found = [p for world in range(4, 9) for p in problems_of(world, world, rng, 12, overlapped)]
+    found = next((p for world in range(4, 9) for _ in range(12)  # one mask at a time: the first find is enough
+                  for p in problems_of(world, world, rng, 1, overlapped)), None)
     assert found, f"seed {SEED}: no mismatch found in the old broadcast schedule"
 
 

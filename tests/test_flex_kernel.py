@@ -15,9 +15,10 @@ import torch
 
 from ringx.kernels import KERNELS, DeviceInfo, ReferenceKernel, preference, reweighted_backward, select_kernel
 from ringx.slices import band_visible
-from tests.mpi import run_cases
+from tests.mpi import FULL, run_cases
 from tests.reference import masked_block_attention as dense
 from tests.reference import rel
+from tests.workers.flex_cases import PER_ALGORITHM
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # flex's "called without torch.compile" note
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
@@ -118,8 +119,9 @@ def test_flex_is_chosen_only_by_name_on_cpu():
 
 def test_algorithms_with_flex_at_two_ranks_match_dense_float64(tmp_path):
     by_case = run_cases(2, "tests/workers/flex_cases.py", tmp_path, SEED)
-    assert len(by_case) == 40  # 4 algorithms x 10 masks
-    assert sum(c.endswith("-sinks") for c in by_case) == 20
+    assert len(by_case) == (40 if FULL else 4 * PER_ALGORITHM)  # 4 algorithms x 10 masks, or a part of them
+    sinks = sum(c.endswith("-sinks") for c in by_case)
+    assert sinks == 20 if FULL else sinks >= 1  # half the cases; a part of 16 lacks them with p ~ 3e-7
     for case, rows in by_case.items():
         assert sorted(r["rank"] for r in rows) == [0, 1], case
         for r in rows:

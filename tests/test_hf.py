@@ -1,7 +1,7 @@
 """transformers models under ringx (ringx/integrations/transformers.py): Llama, Qwen3, Mistral (window) and gpt-oss
 (sinks, alternating window, MoE) exact in float64 against the same model unsharded, at 1, 2 and 4 ranks (every
 rank's loss, gradients and logits); each layer's mask against transformers' own mask functions; bad input refused
-in one line on every rank; ringx imports without transformers. The cases: tests/hf_cases.py (RINGX_HF_FULL=1: every
+in one line on every rank; ringx imports without transformers. The cases: tests/hf_cases.py (RINGX_TEST_FULL=1: every
 algorithm on both batches)."""
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def test_bad_input_is_one_line_on_every_rank_and_no_rank_is_left_waiting(launche
 
 
 def test_one_rank_is_exact(group):
-    """Two of the architectures (turning with the seed; RINGX_HF_FULL=1: all four), one algorithm each."""
+    """Two of the architectures (turning with the seed; RINGX_TEST_FULL=1: all four), one algorithm each."""
     docs = documents(SEED)
     for a, arch in enumerate(ARCHS):
-        if not os.environ.get("RINGX_HF_FULL") and (a - SEED) % 2:
+        if os.environ.get("RINGX_TEST_FULL") != "1" and (a - SEED) % 2:
             continue
         cfg = hf.make_config(arch)
         packed = docs if (a + SEED) % 2 else None

@@ -138,7 +138,8 @@ def test_rope_on_a_shard_is_the_shard_of_rope(layout, world):
 
 
 def test_presets_and_bad_configs_are_named():
-    with pytest.raises(ValueError, match="unknown preset 'nope'; choose one of tiny, tiny-vit, llama3-8b, vit-l"):
+    with pytest.raises(ValueError,
+                       match="unknown preset 'nope'; choose one of tiny, tiny-vit, llama3-8b, vit-l, ra-sp"):
         models.preset("nope")
     assert "not divisible by kv_heads" in models.preset("tiny", kv_heads=5).problem()
     assert "not divisible by heads" in models.preset("tiny", d_model=100).problem()
@@ -181,7 +182,7 @@ def bench(nprocs: int, *args: str, timeout: float = 300):
 
 
 BAD_MODEL = [
-    (["--preset", "nope"], "preset 'nope': choose one of tiny, tiny-vit, llama3-8b, vit-l"),
+    (["--preset", "nope"], "preset 'nope': choose one of tiny, tiny-vit, llama3-8b, vit-l, ra-sp"),
     (["--seq", "50", "--algorithms", "ring,zigzag"], "sequence length 50 cannot be split for zigzag (causal) over 2 "
                                                      "ranks: it must be a multiple of 4"),
     (["--heads", "12", "--kv-heads", "5"], "heads 12 is not divisible by kv_heads 5"),

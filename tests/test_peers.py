@@ -73,19 +73,23 @@ def test_the_flash_attn_standin_takes_every_argument_ring_flash_attention_passes
     mod = importlib.util.module_from_spec(standin)
     standin.loader.exec_module(mod)
     takes = {name: set(inspect.signature(getattr(mod, name)).parameters) for name in
-             ("_flash_attn_forward", "_flash_attn_backward")}
+             ("_flash_attn_forward", "_flash_attn_backward", "_flash_attn_varlen_forward",
+              "_flash_attn_varlen_backward")}
     seen = 0
-    for f in ("ring_flash_attn.py", "zigzag_ring_flash_attn.py", "stripe_flash_attn.py"):
+    for f in ("ring_flash_attn.py", "zigzag_ring_flash_attn.py", "stripe_flash_attn.py", "llama3_flash_attn_varlen.py"):
         tree = ast.parse((Path(spec.submodule_search_locations[0]) / f).read_text())
         for node in ast.walk(tree):  # params = get_default_args(_flash_attn_X).copy(); params.update({...})
             if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "update" and node.args and \
                     isinstance(node.args[0], ast.Dict):
                 keys = {k.value for k in node.args[0].keys if isinstance(k, ast.Constant)}
-                which = "_flash_attn_backward" if "dout" in keys else "_flash_attn_forward"
+                if not keys:
+                    continue  # params.update({"window_size": ...}): the key the check below allows
+                which = ("_flash_attn_varlen" if "cu_seqlens_q" in keys else "_flash_attn") + \
+                    ("_backward" if "dout" in keys else "_forward")
                 missing = keys - takes[which] - {"window_size"}  # it asks `"window_size" in params` first
                 assert not missing, f"{f}: {which} is passed {sorted(missing)}, which the stand-in does not take"
                 seen += 1
-    assert seen >= 6
+    assert seen >= 8
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +132,21 @@ def test_what_yunchang_does_on_cpu_is_recorded_in_one_line(peers_run, world):
         for dtype in ("bfloat16", "float32"):
             r = recs[name, dtype]
             assert r["status"] == "failed" and "\n" not in r["error"], r.get("error")
+
+
+def test_ring_flash_attentions_llama3_varlen_runs_packed_documents(tmp_path):
+    """Its llama3 varlen function on a fresh random document mask at 2 ranks, through the stand-in: checked
+    against float64 (in float32: flash-attn has no float64, and its log-sum-exp is float32) and timed beside ring."""
+    import random
+
+    rng = random.Random()
+    cuts = sorted(rng.sample(range(1, 64), rng.randint(1, 4)))
+    docs = ",".join(str(b - a) for a, b in zip([0, *cuts], [*cuts, 64]))
+    args = [a for a in SMALL if a not in ("--causal", "true")]
+    proc = launch(2, ["-m", "ringx_bench", "run", "--algorithms", "ring,rfa-llama3", "--mask", f"docs:{docs}",
+                      "--dtype", "float32", "--check", "--out", str(tmp_path), "--campaign", "d", *args],
+                  timeout=300, env={"PYTHONPATH": f"{STANDINS}:{ROOT}"})
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["algorithm"]: r for r in Store(tmp_path, "d").records()}
+    assert recs["rfa-llama3"]["status"] == "ok", (docs, recs["rfa-llama3"].get("error"))
+    assert recs["rfa-llama3"]["timing_group"] == recs["ring"]["timing_group"] and recs["rfa-llama3"]["samples_s"]

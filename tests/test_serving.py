@@ -56,7 +56,7 @@ def test_generation_matches_the_unsharded_float64_model(launched, case):
         assert r["steps"] == case.new
         assert r["logits_error"] <= TOL, f"rank {r['rank']}: logits error {r['logits_error']:.2e} (seed {SEED})"
     if case.world > 1:
-        moved = "model_bytes" if case.algorithm == "tp" else "attention_bytes"
+        moved = "model_bytes" if serving.baseline(case.algorithm) else "attention_bytes"
         assert all(r[moved] > 0 for r in rows), "nothing moved between ranks"
     assert len({tuple(r["ids"]) for r in rows}) == 1
 
@@ -82,7 +82,9 @@ def test_decode_attention_is_exact_and_refuses_bad_input_everywhere(launched, ca
 
 def test_every_algorithm_has_a_decode_schedule_and_tp_is_offered():
     assert set(ringx.decode.SCHEDULES) == set(ringx.ALGORITHMS)
-    assert serving.names() == [*ringx.ALGORITHMS, "tp"]
+    assert serving.names() == [*ringx.ALGORITHMS, "tp", "tp{T}pp{S}"]
+    assert serving.baseline("tp") and serving.baseline("tp8pp2") and not serving.baseline("ring")
+    assert not serving.baseline("tp0pp2") and not serving.baseline("tp2pp")
 
 
 def test_the_new_tokens_go_to_the_shortest_shard_lowest_on_ties():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from ringx import Mask, kernels
 from ringx.kernels import ReferenceKernel, varlen_calls, varlen_window
 from ringx.layouts import block_plan
 from ringx.slices import band_visible
+from tests.mpi import FULL
 
 SEED = int(os.environ.get("RINGX_TEST_SEED", int.from_bytes(os.urandom(3), "little")))
 
@@ -67,6 +69,13 @@ def plans():
                     plan = block_plan(layout, P, qr, kr, SEQ_LOCAL, m)
                     if plan:
                         yield f"{name}-{layout}-{qr}{kr}", plan
+
+
+def some_plans(n: int, salt: int = 0) -> list:
+    """``n`` plans drawn afresh each run (every plan, shuffled, with RINGX_TEST_FULL=1)."""
+    every = list(plans())
+    random.Random(SEED + salt).shuffle(every)
+    return every if FULL else every[:n]
 
 
 def test_varlen_window_is_the_blocks_visibility_in_normal_form():
@@ -187,9 +196,7 @@ def test_varlen_forward_and_backward_equal_the_reference_per_block(monkeypatch, 
     glob_out = torch.randn_like(q)  # any rows' global out/LSE: the backward must use them, not its own
     glob_lse = torch.randn(2, 4, SEQ_LOCAL, generator=g, dtype=torch.float64) + 3.0
     checked = 0
-    for where, plan in plans():
-        if checked > 120:
-            break
+    for where, plan in some_plans(16):
         calls, _ = varlen_calls(plan)
         by_rows = {(b.q0, b.q1, b.k0, b.k1): b for b in plan}
         for c in calls:
@@ -206,7 +213,7 @@ def test_varlen_forward_and_backward_equal_the_reference_per_block(monkeypatch, 
                 for x, y in zip(grads, want):
                     assert x.shape == y.shape and (x - y).abs().max() < 1e-11, where
                 checked += 1
-    assert checked > 100
+    assert checked >= 16
 
 
 def test_a_row_that_sees_nothing_comes_back_as_lse_minus_inf(monkeypatch):
@@ -228,7 +235,7 @@ def test_flash_attn_forward_plan_equals_the_reference_block_by_block(monkeypatch
     dout, glob_out = torch.randn_like(q), torch.randn_like(q)
     glob_lse = torch.randn(1, 4, SEQ_LOCAL, generator=g, dtype=torch.float64) + 3.0
     n = 0
-    for where, plan in list(plans())[::7]:
+    for where, plan in some_plans(8, salt=2):
         got = {b: (o, lse) for b, o, lse in flash.forward_plan(q, k, v, plan, 0.3)}
         want = {b: (o, lse) for b, o, lse in ref.forward_plan(q, k, v, plan, 0.3)}
         assert set(got) == set(want) == set(plan), where
@@ -240,4 +247,4 @@ def test_flash_attn_forward_plan_equals_the_reference_block_by_block(monkeypatch
         for b in plan:
             assert all((x - y).abs().max() < 1e-11 for x, y in zip(got[b], want[b])), where
         n += 1
-    assert n > 10
+    assert n >= 8

@@ -126,13 +126,16 @@ class Serving(ModelDriver):
 
     def record_fields(self, pt: ServeAt) -> dict:
         import ringx
+        from ringx_drivers.models.serving import baseline
 
-        return {"family": "tp" if pt.algorithm == "tp" else ringx.ALGORITHMS[pt.algorithm].family}
+        return {"family": pt.algorithm.split("pp")[0] if baseline(pt.algorithm)
+                else ringx.ALGORITHMS[pt.algorithm].family}  # tp, or tpT of tpTppS
 
     def layout(self, pt: ServeAt) -> str:
         import ringx
+        from ringx_drivers.models.serving import baseline
 
-        return "replicated" if pt.algorithm == "tp" else ringx.ALGORITHMS[pt.algorithm].layout(True)
+        return "replicated" if baseline(pt.algorithm) else ringx.ALGORITHMS[pt.algorithm].layout(True)
 
     def start(self, total: int) -> None:
         c, plan = self.plan.config, self.plan
@@ -242,6 +245,7 @@ class Serving(ModelDriver):
         import torch
 
         import ringx
+        from ringx_drivers.models import serving
 
         server = c.call.server
         server.stats.forward.ops.clear()  # count one generation only (not the check's)
@@ -252,7 +256,7 @@ class Serving(ModelDriver):
         totals = ledger_totals(st)  # attention's traffic, then the model's (logits, ids, TP's all-reduces)
         for k in ("sent", "received", "calls"):
             totals[k] += getattr(server.ledger, k)
-        if c.algorithm == "tp":  # TP attends with the local kernel directly
+        if serving.baseline(c.algorithm):  # TP (and TP x PP) attends with the local kernel directly
             kern = ringx.select_kernel(self.ctx.device, getattr(torch, self.dtype), self.settings.kernel,
                                        head_dim=self.plan.config.head_dim)
             kernel, version = kern.name, kern.version()

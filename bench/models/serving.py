@@ -34,6 +34,7 @@ from ringx.algorithms.ulysses import kv_replicas
 from ringx.comm import Comm, Ledger
 from ringx.decode import attend_cache, owner
 from ringx.layouts import global_divisor
+from ringx_drivers.models import pipeline
 from ringx_drivers.models import transformer as models
 from ringx_suite.cli import UserError
 
@@ -42,8 +43,14 @@ TP = "tp"
 
 
 def names() -> list[str]:
-    """What ``bench infer --algorithms`` accepts: every ringx algorithm and the ``tp`` baseline."""
-    return [*ringx.ALGORITHMS, TP]
+    """What ``bench infer --algorithms`` accepts: every ringx algorithm and the ``tp`` and ``tp{T}pp{S}``
+    baselines."""
+    return [*ringx.ALGORITHMS, TP, "tp{T}pp{S}"]
+
+
+def baseline(name: str) -> bool:
+    """Whether ``name`` is a model-parallel baseline (``tp``, ``tp{T}pp{S}``) rather than a ringx algorithm."""
+    return name == TP or pipeline.parse(name) is not None
 
 
 def problem(cfg: models.ModelConfig, algorithm: str, prompt_len: int, new_tokens: int, world: int,
@@ -57,6 +64,8 @@ def problem(cfg: models.ModelConfig, algorithm: str, prompt_len: int, new_tokens
         return f"--prompt-len must be a positive integer, got {prompt_len!r}"
     if algorithm == TP:
         return tp_problem(cfg, world)
+    if pipeline.parse(algorithm):
+        return pipeline.problem(cfg, *pipeline.parse(algorithm), world)
     if algorithm not in ringx.ALGORITHMS:
         return f"unknown algorithm {algorithm!r}; choose one of {', '.join(names())}"
     lay = ringx.ALGORITHMS[algorithm].layout(True, ulysses_degree)
@@ -129,7 +138,13 @@ class Server:
         self.last: Tensor | None = None
         self.cache: KVCache | None = None
         self.lengths: list[int] = []
-        if algorithm == TP:
+        self.pp: pipeline.Pipeline | None = None
+        self.root = 0  # the rank deciding each step's ids
+        if pipeline.parse(algorithm):
+            _check(self.cfg, algorithm, prompt_len, new_tokens, self.world)
+            self.pp = pipeline.Pipeline(self, *pipeline.parse(algorithm), _TPWeights, KVCache)
+            self.root = self.pp.holder
+        elif algorithm == TP:
             _check(self.cfg, algorithm, prompt_len, new_tokens, self.world)
             self.tp = _TPWeights(model, self.rank, self.world)
             self.weights, self.reduce = self.tp.layers, self.comm.all_reduce_sum
@@ -155,7 +170,11 @@ class Server:
         """The whole prompt (batch, prompt_len), the same on every rank -> the first generated ids (batch,)."""
         if tuple(prompt.shape) != (self.batch, self.prompt_len):
             raise UserError(f"prompt has shape {tuple(prompt.shape)}, expected ({self.batch}, {self.prompt_len})")
-        logits = self._tp_prefill(prompt) if self.algorithm == TP else self._cp_prefill(prompt)
+        if self.pp is not None:
+            logits = self.pp.forward(prompt, 0)
+            self.cache = self.pp.cache
+        else:
+            logits = self._tp_prefill(prompt) if self.algorithm == TP else self._cp_prefill(prompt)
         self.pos = self.prompt_len
         return self._choose(logits)
 
@@ -163,7 +182,10 @@ class Server:
     def step(self) -> Tensor:
         """Feed the last ids back; the next ids (batch,)."""
         ids = self.last[:, None]
-        logits = self._tp_step(ids) if self.algorithm == TP else self._cp_step(ids)
+        if self.pp is not None:
+            logits = self.pp.forward(ids, self.pos)
+        else:
+            logits = self._tp_step(ids) if self.algorithm == TP else self._cp_step(ids)
         self.pos += 1
         return self._choose(logits)
 
@@ -179,11 +201,18 @@ class Server:
         """This rank's cached K/V bytes now."""
         return self.cache.nbytes if self.cache is not None else 0
 
-    def _choose(self, logits: Tensor) -> Tensor:
+    def _choose(self, logits: Tensor | None) -> Tensor:
+        """The greedy ids, decided on ``self.root`` and broadcast. ``logits`` is None on ranks without them (a
+        pipeline's earlier stages): they get the ids only, and the logits too when they are kept (a check)."""
+        dev = self.param.device
         if self.keep_logits:
+            if self.root:
+                if logits is None:
+                    logits = torch.empty((self.batch, self.cfg.vocab), dtype=self.param.dtype, device=dev)
+                self.comm.broadcast(logits, self.root)
             self.logits.append(logits.to(torch.float64).cpu().clone())
-        ids = logits.argmax(-1)
-        self.comm.broadcast(ids, 0)
+        ids = logits.argmax(-1) if logits is not None else torch.empty(self.batch, dtype=torch.long, device=dev)
+        self.comm.broadcast(ids, self.root)
         self.last = ids
         return ids
 

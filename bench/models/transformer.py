@@ -78,6 +78,8 @@ class ModelConfig:
 # one layer's activations and the 128K-wide logits dominate beyond). The same 4 layers are what the H100
 # training-step measurement in the field notes used. vit-l is ViT-L/16's shape (d 1024, 24 layers, 16 heads,
 # MLP 4096) with this module's blocks (RMSNorm, RoPE over the patch index, SwiGLU), on 16x16x3 patches.
+# ra-sp is the RA+SP serving study's dense model (4 layers, 16 heads of head_dim 512, so d 8192, MLP 32768);
+# the study names no vocabulary, GQA or norm: 32000 tokens, full MHA and these blocks are assumed.
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(),
     "tiny-vit": ModelConfig(arch="vit", rope_theta=10000.0),
@@ -85,6 +87,8 @@ PRESETS: dict[str, ModelConfig] = {
                              patch_dim=0, rope_theta=500000.0),
     "vit-l": ModelConfig("vit", layers=24, d_model=1024, heads=16, kv_heads=16, mlp=4096, vocab=0, patch_dim=768,
                          rope_theta=10000.0, norm_eps=1e-6),
+    "ra-sp": ModelConfig("decoder", layers=4, d_model=8192, heads=16, kv_heads=16, mlp=32768, vocab=32000,
+                         patch_dim=0, rope_theta=500000.0),
 }
 FIELDS = tuple(f.name for f in fields(ModelConfig))
 

@@ -1,6 +1,7 @@
-"""ring-flash-attention (PyPI ``ring-flash-attn``, written against 0.1.8): its ring, zigzag and stripe functions,
-called as installed. They need flash-attn's block functions (a CUDA build; CI answers them with a CPU stand-in,
-tests/standins/): where those cannot be imported, each says so and is recorded skipped.
+"""ring-flash-attention (PyPI ``ring-flash-attn``, written against 0.1.8): its ring, zigzag and stripe functions, and
+its llama3 varlen function for packed documents, called as installed. They need flash-attn's block and varlen
+functions (a CUDA build; CI answers them with a CPU stand-in, tests/standins/): where those cannot be imported, each
+says so and is recorded skipped.
 
 The package's ``__init__`` also imports its transformers adapter, which needs transformers and breaks with its
 releases (0.1.8's fails on transformers 5.x: ``is_flash_attn_greater_or_equal_2_10`` is gone). The ring functions
@@ -14,8 +15,12 @@ import importlib
 import importlib.util
 import sys
 import types
+from itertools import accumulate
 
-MODULES = {"ring": "ring_flash_attn", "zigzag": "zigzag_ring_flash_attn", "stripe": "stripe_flash_attn"}
+import torch
+
+MODULES = {"ring": "ring_flash_attn", "zigzag": "zigzag_ring_flash_attn", "stripe": "stripe_flash_attn",
+           "llama3": "llama3_flash_attn_varlen"}
 
 
 @functools.cache
@@ -51,3 +56,26 @@ def _make(which: str, attr: str, layout: str):
 ring = _make("ring", "ring_flash_attn_func", "contiguous")
 zigzag = _make("zigzag", "zigzag_ring_flash_attn_func", {"full": None, "causal": "zigzag"})  # causal only (its assert)
 stripe = _make("stripe", "stripe_flash_attn_func", {"full": None, "causal": "stripe"})
+
+
+def llama3(q, k, v, *, group, causal: bool | None = None, mask=None):
+    """Its llama3 varlen function (all-gathers K/V per head group; each rank's queries see their documents' keys):
+    full, causal, and packed documents without a window, on contiguous shards, one call per batch row (varlen
+    packs a row's tokens; a row of documents is what it is written for)."""
+    import ringx
+
+    m = mask if mask is not None else ringx.Mask.causal() if causal else ringx.Mask.full()
+    if m.kind == "docs" and m.left is not None:
+        raise ValueError("rfa-llama3 is run without a window here (the flash-attn stand-in has none)")
+    world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    lengths = m.documents_lengths or (q.shape[1] * world,)
+    cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=q.device)
+    mod = _module("llama3")[0]
+    cu_q, cu_k, max_q, max_k, k_slice = mod.llama3_flash_attn_prepare_cu_seqlens(cu, m.is_causal, rank, world)
+    rows = [mod.llama3_flash_attn_varlen_func(q[b], k[b], v[b], cu_q, cu_k, max_q, max_k, k.shape[2], k_slice,
+                                              causal=m.is_causal, group=group) for b in range(q.shape[0])]
+    return torch.stack(rows)
+
+
+llama3.layout, llama3.masks = "contiguous", ("docs",)
+llama3.unavailable = lambda device_type: _module("llama3")[1]

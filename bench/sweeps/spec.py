@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -31,6 +32,7 @@ __all__ = ["Job", "Sweep", "SweepError", "load", "needs"]
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
        "bench", "params", "zip", "exclude", "stack", "driver"}
 SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
+TOP |= {"env"}  # an experiment's own variables over its profile's [env] (a published run's NCCL settings)
 BENCH = set(options.SETTINGS)
 MAX_TIME_MARGIN = 100.0
 
@@ -139,6 +141,16 @@ def _table(raw: dict, key: str, where: str) -> dict:
     return dict(v)
 
 
+def _env(raw: dict, where: str) -> dict[str, str]:
+    """[env]: variable names and string values only (each becomes one quoted export line of the job)."""
+    env = _table(raw, "env", where)
+    for k, v in env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or not isinstance(v, str):
+            raise SweepError(f"[env] of {where}: {k} = {v!r}: give variable names and string values, e.g. "
+                             'NCCL_ALGO = "Tree"')
+    return env
+
+
 def _zips(raw: dict, params: dict, where: str) -> list[list[str]]:
     zips = []
     for z in (raw.get("zip", []), params.pop("zip", [])):  # TOML puts a zip written after [params] inside it
@@ -215,6 +227,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             given = raw["stack"] if isinstance(raw["stack"], dict) else {"?": raw["stack"]}
             _unknown(given, SWEEP_STACK, f"[stack] of {where}")
             prof.stack = profiles.make_stack(given, f"[stack] of {where}", base=prof.stack)
+        if "env" in raw:
+            prof.env = {**prof.env, **_env(raw, where)}
         bench = options.settings(pk.defaults | _table(raw, "bench", where), f"[bench] of {where}")
         missing = needs(prof, account or prof.account, "out" in raw, stack=for_jobs)
         if missing:

@@ -27,6 +27,8 @@ def config(case):
         over["mlp"] = case.mlp
     if case.heads:
         over["heads"], over["kv_heads"] = case.heads
+    if case.layers:
+        over["layers"] = case.layers
     return models.preset("tiny", **over)
 
 

@@ -1,4 +1,5 @@
-"""flash-attn 2.8.3's private block functions, as ring-flash-attention 0.1.8 calls them, in plain PyTorch on the CPU.
+"""flash-attn 2.8.3's private block and varlen functions, as ring-flash-attention 0.1.8 calls them, in plain PyTorch
+on the CPU.
 
 Shapes as flash-attn's: q (batch, seq_q, heads, head_dim), k and v (batch, seq_k, kv_heads, head_dim) with
 heads % kv_heads == 0; the log-sum-exp (batch, heads, seq_q) in float32. ``causal`` is bottom-right aligned as
@@ -56,9 +57,40 @@ def _flash_attn_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, dropout_p,
     return delta.float()
 
 
-def _flash_attn_varlen_forward(*args, **kwargs):
-    raise NotImplementedError("the flash-attn stand-in has no varlen functions")
+def _pieces(cu_seqlens_q, cu_seqlens_k):
+    """Each packed sequence's (q0, q1, k0, k1) rows."""
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    return [(cq[i], cq[i + 1], ck[i], ck[i + 1]) for i in range(len(cq) - 1)]
 
 
-def _flash_attn_varlen_backward(*args, **kwargs):
-    raise NotImplementedError("the flash-attn stand-in has no varlen functions")
+def _flash_attn_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
+                               softmax_scale, causal, window_size_left=-1, window_size_right=-1, softcap=0.0,
+                               alibi_slopes=None, return_softmax=False, block_table=None, leftpad_k=None,
+                               seqused_k=None, zero_tensors=False):
+    """Packed sequences: q (total_q, heads, head_dim), k and v (total_k, kv_heads, head_dim); each sequence is the
+    block function on its own rows (causal bottom-right aligned per sequence). The log-sum-exp is
+    (heads, total_q), as flash-attn's unpadded one. Returns (out, softmax_lse, S_dmask, rng_state)."""
+    _unsupported(dropout_p, window_size_left, window_size_right, softcap, alibi_slopes)
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    for q0, q1, k0, k1 in _pieces(cu_seqlens_q, cu_seqlens_k):
+        o, lse_p, _, _ = _flash_attn_forward(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], 0.0, softmax_scale,
+                                             causal)
+        out[q0:q1], lse[:, q0:q1] = o[0], lse_p[0]
+    return out, lse, None, None
+
+
+def _flash_attn_varlen_backward(dout, q, k, v, out, softmax_lse, dq, dk, dv, cu_seqlens_q, cu_seqlens_k,
+                                max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal, window_size_left=-1,
+                                window_size_right=-1, softcap=0.0, alibi_slopes=None, deterministic=False,
+                                rng_state=None, zero_tensors=False):
+    """Writes dq, dk, dv of the packed sequences' rows; returns softmax_d (heads, total_q)."""
+    _unsupported(dropout_p, window_size_left, window_size_right, softcap, alibi_slopes)
+    delta = torch.zeros((q.shape[1], q.shape[0]), dtype=torch.float32, device=q.device)
+    for q0, q1, k0, k1 in _pieces(cu_seqlens_q, cu_seqlens_k):
+        grads = [torch.empty_like(t[None, a:b]) for t, a, b in ((q, q0, q1), (k, k0, k1), (v, k0, k1))]
+        d = _flash_attn_backward(dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1], v[None, k0:k1],
+                                 out[None, q0:q1], softmax_lse[None, :, q0:q1], *grads, 0.0, softmax_scale, causal)
+        dq[q0:q1], dk[k0:k1], dv[k0:k1] = (g[0] for g in grads)
+        delta[:, q0:q1] = d[0]
+    return delta
