@@ -221,6 +221,7 @@ HF_MISTAKES = [(["--hf", "llama", "--mask", "window:4"], "--hf runs the model's 
                (["--hf", "llama", "--seq", "31"], "cannot be split for ring"),
                (["--hf-config", "/nonexistent/config.json"], "--hf-config /nonexistent/config.json: cannot read it"),
                (["--hf", "qwen3", "--arch", "vit"], "run causal LMs: drop --arch"),
+               (["--hf", "qwen3", "--preset", "tiny"], "take the place of --preset"),
                (["--hf", "llama", "--heads", "3", "--kv-heads", "1", "--d-model", "24", "--algorithms", "ulysses"],
                 "3 query heads do not divide over 2 ranks")]
 

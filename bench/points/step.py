@@ -133,6 +133,8 @@ def _hf_plan(given: dict, mo: options.ModelOptions, world: int) -> tuple[options
         raise UserError("--hf runs the model's own masks (its windows, sinks and packing): drop --mask/--layer-masks")
     if mo.arch or mo.patch_dim:
         raise UserError("--hf and --hf-config run causal LMs: drop --arch/--patch-dim")
+    if given.get("preset") is not None:
+        raise UserError("--hf/--hf-config take the place of --preset: give one of them")
     try:
         from ringx.integrations.transformers import check_version, config_problem
         from ringx_drivers.models import hf
