@@ -199,7 +199,7 @@ class ShardedBatch:
 
 
 def layer_mask(seq: int, documents: tuple[int, ...] | None, sliding_window: int | None, causal: bool) -> Mask:
-    """A layer's ringx Mask: causal or full, within packed documents, with a sliding window of W keys."""
+    """A causal layer's ringx Mask: within packed documents, with a sliding window of W keys (None: none)."""
     if not causal:  # the batch was sharded in the causal layout, which a full mask does not take
         raise RingxInputError("ringx.integrations.transformers runs causal LMs: this layer is bidirectional")
     longest = max(documents) if documents else seq
@@ -258,7 +258,11 @@ def parallelize(model: torch.nn.Module, algorithm: str, group: dist.ProcessGroup
     problem = config_problem(cfg, algorithm, world, ulysses_degree)
     if problem:
         raise RingxInputError(problem)
-    model.set_attn_implementation(NAME)
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, ImportError) as e:  # a model that takes no attention function of its user's
+        raise RingxInputError(f"{type(model).__name__} refused attn_implementation 'ringx': "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
     return ContextParallel(algorithm, group, ulysses_degree, kernel)
 
 
