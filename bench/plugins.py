@@ -32,6 +32,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 GROUP = "ringx.algorithms"
+FLAG_HELP = ("algorithms from outside, comma-separated, each [NAME=]MODULE:ATTR or [NAME=]FILE:ATTR (FILE a Python "
+             "file; the contract: docs/plugins.md); each joins the candidates. Installed plugins, such as the field's "
+             "implementations (tcp-allgather, tcp-ring, rfa-ring, rfa-zigzag, rfa-stripe), are named in --algorithms")
 
 
 class PluginError(RuntimeError):
@@ -161,4 +164,4 @@ def load(names: list[str], specs: list[str] = ()) -> dict[str, Plugin]:
     return out
 
 
-__all__ = ["GROUP", "Plugin", "PluginError", "installed", "load", "of", "parse_spec"]
+__all__ = ["FLAG_HELP", "GROUP", "Plugin", "PluginError", "installed", "load", "of", "parse_spec"]

@@ -53,10 +53,9 @@ def build_parser() -> Parser:
     options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
     options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
     add_output_arguments(p)
-    add("--plugin", help="algorithms from outside, comma-separated, each [NAME=]MODULE:ATTR or [NAME=]FILE:ATTR (FILE "
-        "a Python file; the contract: docs/plugins.md); each joins the candidates. Installed plugins, such as the "
-        "field's implementations (tcp-allgather, tcp-ring, rfa-ring, rfa-zigzag, rfa-stripe), are named in "
-        "--algorithms")
+    from ringx_drivers.plugins import FLAG_HELP
+
+    add("--plugin", help=FLAG_HELP)
     add("--baselines", help=argparse.SUPPRESS)  # gone: a one-line error says where the peers went
     add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], see parse_inject
     return p
