@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "my_algorithm" / "src" / "my_algorithm" / "__init__.py"
 
 
-def sweep_file(tmp_path: Path, plugins: str, algorithms: str, machine: str = "local") -> Path:
+def sweep_file(tmp_path: Path, plugins: str, algorithms: str, machine: str = "local", bench: str = "") -> Path:
     f = tmp_path / "s.toml"
     f.write_text(f'''campaign = "p"
 machine = "{machine}"
@@ -30,6 +30,7 @@ plugins = {plugins}
 iters = 2
 warmup = 1
 check = true
+{bench}
 [params]
 algorithms = {algorithms}
 seq = 64
@@ -70,10 +71,19 @@ def test_a_bad_plugin_in_a_sweep_is_one_line(tmp_path, plugins, algorithms, word
 
 
 def test_a_tiny_plugin_sweep_runs_locally(tmp_path):
-    f = sweep_file(tmp_path, f'["mine={EXAMPLE}:attention"]', '["ring", "mine"]')
+    # and the link half of the sanity check reaches the job: 2 CPU ranks send far more than 1 MB/s
+    f = sweep_file(tmp_path, f'["mine={EXAMPLE}:attention"]', '["ring", "mine"]', bench="link_gbps = 0.001")
     proc = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "local", str(f), "--quiet"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     recs = {r["algorithm"]: r for r in Store(tmp_path / "runs", "p").records()}
     assert recs["mine"]["status"] == "ok" and recs["mine"]["family"] == "plugin", recs["mine"].get("error")
     assert recs["mine"]["check_max_error"] <= 1e-10 and recs["ring"]["status"] == "ok"
+    for r in recs.values():  # every rank's bytes per second against the link: flagged, and kept
+        assert r["link_gbps"] == 0.001 and any("above the link's 0.001 GB/s" in x for x in r["implausible"])
+
+
+def test_a_sweep_checks_bytes_per_second_against_its_profiles_fastest_link(tmp_path):
+    sw = sweep.load(sweep_file(tmp_path, "[]", '["ring"]', machine="frontier"))
+    assert sw.bench["link_gbps"] == 50.0  # frontier's [model]: intra 50 GB/s, inter 12.5
+    assert sweep.load(sweep_file(tmp_path, "[]", '["ring"]')).bench["link_gbps"] is None  # local: no [model]
