@@ -82,7 +82,7 @@ def degrees(algorithm: str, p: int, heads: int) -> list[int | None]:
     ranks and the heads for usp/usp-ringx; [None] (its own) for the others."""
     from ringx.algorithms import ALGORITHMS
 
-    if ALGORITHMS[algorithm].ulysses != "node":
+    if algorithm not in ALGORITHMS or ALGORITHMS[algorithm].ulysses != "node":  # a plugin has its own
         return [None]
     return [u for u in range(1, p + 1) if p % u == 0 and heads % u == 0] or [None]
 

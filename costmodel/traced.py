@@ -59,7 +59,7 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
     dist.init_process_group("cpu:fake,meta:fake", rank=rank, world_size=world, store=FakeStore())
     passes: list[list] = [[], []]
     try:
-        flops = FlopCounterMode(display=False)
+        flops = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
         with flops:
             got, passes[0] = _pass(flops, lambda: fn(q, k, v, causal=causal, group=dist.group.WORLD))
             out = got[0] if isinstance(got, tuple) else got
@@ -81,6 +81,23 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
     return passes[0], passes[1]
 
 
+def _cpu_attention_flops() -> dict:
+    """FLOP formulas torch's counter lacks: its CPU flash-attention op (PyTorch CP's CPU path) counts as SDPA."""
+    import torch
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def fwd(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
+
+
 def _pass(flops, run: Callable) -> tuple[object, list]:
     """(what ``run`` returned, its calls: ``(flops before, op, sent, received, group size, peer)`` each, then the
     pass's closing ``(flops, None, 0, 0, 0, -1)``), FLOPs counted from the pass's start."""
@@ -89,6 +106,8 @@ def _pass(flops, run: Callable) -> tuple[object, list]:
         got = run()
     if mode.unknown:
         raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(mode.unknown)}")
+    if mode.uncounted:
+        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(mode.uncounted)}")
     end = flops.get_total_flops()
     return got, [(f - start, *rest) for f, *rest in mode.marked] + [(end - start, None, 0, 0, 0, -1)]
 
@@ -101,8 +120,11 @@ def _marking(flops):
         def __init__(self):
             super().__init__(calls=[])
             self.marked: list = []
+            self.uncounted: set[str] = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "attention" in func.__name__ and func.overloadpacket not in flops.flop_registry:
+                self.uncounted.add(str(func.overloadpacket))  # its FLOPs would be missing from the compute
             before, now = len(self.calls), flops.get_total_flops()
             out = super().__torch_dispatch__(func, types, args, kwargs)
             if len(self.calls) > before:
