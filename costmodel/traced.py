@@ -11,8 +11,10 @@ counts the FLOPs between calls. That sequence becomes the simulator's events (si
   dense, so a causal block its kernel computes whole counts whole, as the kernel spends it);
 - a collective: the op at its nccl-tests size (all_gather: the gathered output; reduce_scatter and all_to_all: the
   input), on its group (of consecutive ranks when it is a sub-group);
-- consecutive point-to-point calls: one exchange, sized by the bytes sent to the busiest peer (ringx's convention
-  for a ring step: the two directions of a link carry traffic at once).
+- point-to-point calls with nothing computed between them: one exchange, sized by the bytes sent to the busiest
+  peer (ringx's convention for a ring step: the two directions of a link carry traffic at once). Two exchanges
+  posted back to back (ringx's ring backward: K/V on, dK/dV home) are one here, one latency less per step. An
+  exchange is costed on the rank that posts it, without waiting for its peer.
 
 Assumed, and said where it matters: every call blocks where it is issued (the dispatcher sees when a call is posted,
 not when it is waited for, so no overlap of communication with compute is credited); the traced ranks (default
@@ -151,13 +153,16 @@ def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_l
         if op in _P2P:  # consecutive point-to-point calls: one exchange
             to_peer: dict[int, int] = {}
             got = 0
-            while i < len(calls) and calls[i][1] in _P2P:
+            while i < len(calls) and calls[i][1] in _P2P and calls[i][0] == f:  # no compute between them
                 _, o, s, r, _, p = calls[i]
                 if o == "send":
                     to_peer[p] = to_peer.get(p, 0) + s
                 got = max(got, r)
                 i += 1
-            out.append(Event("comm", op="sendrecv", nbytes=max(to_peer.values(), default=got), index=index))
+            # costed on this rank alone (a group of it and no other traced rank): traced ranks may split their
+            # exchanges differently, so they are not matched up as collectives are
+            out.append(Event("comm", op="sendrecv", nbytes=max(to_peer.values(), default=got), index=index,
+                             group=(rank, -1), nodes=max(1, nodes)))
             index += 1
             continue
         size = size or world
