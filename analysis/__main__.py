@@ -19,8 +19,8 @@ from ringx_suite.cli import main as cli_main
 from ringx_suite.masks import HELP as MASK_HELP
 
 PLUGIN_HELP = ("plugins predicted beside ours, comma-separated: an installed plugin's name, or [NAME=]MODULE:ATTR or "
-               "[NAME=]FILE.py:ATTR; each runs as one rank under PyTorch's fake process group on meta tensors and its "
-               "own calls are costed")
+               "[NAME=]FILE:ATTR (FILE a Python file); each runs as one rank under PyTorch's fake process group on "
+               "meta tensors and its own calls are costed")
 
 
 def build_parser(prog: str = "ringx-bench") -> Parser:
