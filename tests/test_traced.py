@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 
 import ringx
+from ringx_analysis import costmodel_cli
 from ringx_costmodel import predict, traced
 from ringx_costmodel.machine import Machine
 from ringx_costmodel.network import Link
-from tests.cli import run_cli
+from ringx_suite.cli import UserError
 
 SHAPE = dict(batch=1, seq=1024, heads=4, kv_heads=2, head_dim=32)
 
@@ -68,5 +69,5 @@ def test_what_cannot_be_traced_is_one_line():
     with pytest.raises(traced.CannotTrace) as e:
         predict("reads", False, "fwd+bwd", 8, machine(0.0), **SHAPE)
     assert "meta tensors under the fake process group" in str(e.value) and "\n" not in str(e.value)
-    proc = run_cli("predict", "--machine", "frontier", "--ranks", "8", "--seq", "1024", "--plugin", "nope")
-    assert proc.returncode == 2 and "not an installed plugin" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(UserError, match="not an installed plugin"):  # predict --plugin nope: one line, exit 2
+        costmodel_cli._plugins("nope")
