@@ -87,3 +87,12 @@ def test_a_sweep_checks_bytes_per_second_against_its_profiles_fastest_link(tmp_p
     sw = sweep.load(sweep_file(tmp_path, "[]", '["ring"]', machine="frontier"))
     assert sw.bench["link_gbps"] == 50.0  # frontier's [model]: intra 50 GB/s, inter 12.5
     assert sweep.load(sweep_file(tmp_path, "[]", '["ring"]')).bench["link_gbps"] is None  # local: no [model]
+
+
+def test_sweep_predict_traces_a_sweeps_plugin(tmp_path, capsys):
+    from ringx_drivers.sweeps import commands
+
+    f = sweep_file(tmp_path, f'["mine={EXAMPLE}:attention"]', '["ring", "mine"]', machine="frontier")
+    assert commands.main(["predict", str(f)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| N1x2 |")]
+    assert {ln.split("|")[2].strip() for ln in rows} == {"ring", "mine"}
