@@ -128,7 +128,12 @@ def _plugins(a: argparse.Namespace) -> dict:
     import ringx
     from ringx_drivers import plugins
 
-    got = {n: p for n, p in plugins.load(a.algorithms, a.plugin).items() if n not in ringx.ALGORITHMS}
+    got = {}
+    for n, p in plugins.load(a.algorithms, a.plugin).items():
+        if n not in ringx.ALGORITHMS:
+            got[n] = p
+        elif not a.worker:  # as bench run: the built-in runs, the clash is said once
+            print(f"[quick] {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
     usable = {}
     for n, p in got.items():
         why = p.failure or p.why_not("cpu")
