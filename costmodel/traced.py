@@ -142,6 +142,9 @@ def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_l
 
     out, index, done = [], 0, 0
     rpn = max(1, world // max(1, nodes))
+    # an exchange's group: this rank and world-1 stand-ins no traced rank is (so it waits for no other traced rank,
+    # yet is costed on the link of a world of P, as ours are); one tuple shared by the pass's exchanges
+    alone = (rank, *range(-1, -world, -1))
     i = 0
     while i < len(calls):
         f, op, sent, received, size, peer = calls[i]
@@ -159,10 +162,10 @@ def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_l
                     to_peer[p] = to_peer.get(p, 0) + s
                 got = max(got, r)
                 i += 1
-            # costed on this rank alone (a group of it and no other traced rank): traced ranks may split their
-            # exchanges differently, so they are not matched up as collectives are
+            # costed on this rank alone: traced ranks may split their exchanges differently, so they are not
+            # matched up as collectives are
             out.append(Event("comm", op="sendrecv", nbytes=max(to_peer.values(), default=got), index=index,
-                             group=(rank, -1), nodes=max(1, nodes)))
+                             group=alone, nodes=max(1, nodes)))
             index += 1
             continue
         size = size or world
