@@ -18,6 +18,10 @@ from ringx_suite.cli import Parser, UserError
 from ringx_suite.cli import main as cli_main
 from ringx_suite.masks import HELP as MASK_HELP
 
+PLUGIN_HELP = ("plugins predicted beside ours, comma-separated: an installed plugin's name, or [NAME=]MODULE:ATTR or "
+               "[NAME=]FILE:ATTR (FILE a Python file); each runs as one rank under PyTorch's fake process group on "
+               "meta tensors and its own calls are costed")
+
 
 def build_parser(prog: str = "ringx-bench") -> Parser:
     p = Parser(prog=prog, description=__doc__)
@@ -71,6 +75,7 @@ def build_parser(prog: str = "ringx-bench") -> Parser:
     c.add_argument("--mask", help="a mask in place of --causal: " + MASK_HELP)
     c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
     c.add_argument("--mode", choices=["fwd", "fwd+bwd"], default="fwd+bwd")
+    c.add_argument("--plugin", help=PLUGIN_HELP)
     c = sub.add_parser("map", help="the predicted fastest algorithm and Ulysses x ring degrees over sequence and "
                        "ranks", description="the predicted fastest algorithm (and usp's Ulysses x ring degrees) at "
                        "every (sequence length, ranks), one panel per machine")
@@ -80,6 +85,7 @@ def build_parser(prog: str = "ringx-bench") -> Parser:
     c.add_argument("--mask", help="a mask in place of causal: " + MASK_HELP)
     c.add_argument("--seed", type=int, default=0, help="seed of a drawn document distribution (default 0)")
     c.add_argument("--algorithms", help="comma-separated algorithms (default: every one)")
+    c.add_argument("--plugin", help=PLUGIN_HELP)
     c.add_argument("--out", help="output directory (default: runs/model)")
     c = sub.add_parser("curve", help="predicted speedup over ring up to many GPUs",
                        description="predicted speedup over ring up to many GPUs, with a campaign's measured points")

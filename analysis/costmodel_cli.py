@@ -114,9 +114,12 @@ def fastest_map(a) -> int:
         raise UserError("--seqs and --ranks take comma-separated integers") from None
     described = [machines.load(name) for name in a.machines.split(",") if name]
     algos = ringx.algorithms.names(True)
+    outside = _plugins(a.plugin)
     if a.algorithms:
         algos = [x for x in a.algorithms.split(",") if x]
-        unknown = [x for x in algos if x not in ringx.algorithms.names()]
+        outside += _plugins(",".join(x for x in algos if x not in ringx.algorithms.names() and x not in outside
+                                     and x in _installed()))
+        unknown = [x for x in algos if x not in ringx.algorithms.names() and x not in outside]
         if unknown:
             raise UserError(f"--algorithms: unknown {', '.join(unknown)}; choose from "
                             f"{', '.join(ringx.algorithms.names())}")
@@ -125,6 +128,7 @@ def fastest_map(a) -> int:
 
         for seq in seqs:
             masks.parse(a.mask, seq, a.seed)  # a bad spec fails before any tracing
+    algos = [*algos, *(x for x in outside if x not in algos)]
     table = predicted.fastest(described, seqs, ranks, algos, progress=lambda msg: print(msg, flush=True),
                               mask=a.mask, seed=a.seed)
     out = Path(a.out) if a.out else Path("runs") / "model"
@@ -150,6 +154,34 @@ def fastest_map(a) -> int:
         plt.close(fig)
     print(f"figure: {', '.join(map(str, paths))}; table: {out / (name + '.csv')}")
     return 0
+
+
+def _plugins(given: str | None) -> list[str]:
+    """The names of ``--plugin``'s plugins, each made predictable (costmodel/traced.py): an installed plugin by its
+    name, or a spec loaded here. A name or spec that is neither: one-line UserError."""
+    from ringx_costmodel import traced
+    from ringx_suite import plugins
+
+    names = []
+    for item in [x.strip() for x in (given or "").split(",") if x.strip()]:
+        if ":" not in item:
+            if item not in plugins.installed():
+                raise UserError(f"--plugin {item}: not an installed plugin ({', '.join(sorted(plugins.installed()))})"
+                                "; give [NAME=]MODULE:ATTR or [NAME=]FILE.py:ATTR")
+            names.append(item)
+            continue
+        name, p = next(iter(plugins.load([], [item]).items()))
+        if p.failure:
+            raise UserError(p.failure)
+        traced.register(name, p.fn)
+        names.append(name)
+    return names
+
+
+def _installed() -> set[str]:
+    from ringx_suite import plugins
+
+    return set(plugins.installed())
 
 
 def _degrees(u: int | None, p: int) -> str:
@@ -178,15 +210,16 @@ def predict(a) -> int:
     print(f"predictions on {machine.name} ({machine.source}): batch {a.batch}, seq {a.seq}, {a.heads}/{a.kv_heads} "
           f"heads, head_dim {a.head_dim}, {what} {a.mode}\n")
     rows, cannot = [], []
+    outside = _plugins(a.plugin)
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
         preds, degree = {}, {}
-        for name in ringx.algorithms.names(causal):
+        for name in [*ringx.algorithms.names(causal), *outside]:
             try:
                 degree[name], preds[name] = best_degree(name, causal, a.mode, p, machine, nodes=nodes, batch=a.batch,
                                                         seq=a.seq, heads=a.heads, kv_heads=a.kv_heads,
                                                         head_dim=a.head_dim, exact_ranks=16, mask=mask)
-            except ValueError as e:  # this configuration is impossible for it (heads, divisibility)
+            except ValueError as e:  # impossible for it (heads, divisibility); a plugin that cannot be traced
                 cannot.append(f"{name} at {p} ranks: {e}")
         if not preds:
             raise UserError(f"seq {a.seq} cannot be split over {p} ranks by any algorithm")
@@ -197,6 +230,10 @@ def predict(a) -> int:
                                       "exposed comm", "fastest"], rows), "markdown"), end="")
     print("\nUlysses x ring: the degrees of usp/usp-ringx that the model predicts fastest (each divides the ranks "
           "and the heads); ulysses is all ranks x 1.")
+    if outside:
+        print("plugins (" + ", ".join(outside) + "): from a trace of their own calls, each call blocking where it is "
+              "issued, their FLOPs as torch counts them (docs/plugins.md).")
     if cannot:
-        print("\nnot predicted (cannot run at that configuration):\n" + "\n".join(f"- {c}" for c in cannot))
+        print("\nnot predicted (cannot run at that configuration, or cannot be traced):\n"
+              + "\n".join(f"- {c}" for c in cannot))
     return 0

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
+from ringx.algorithms import ALGORITHMS
 from ringx_costmodel.machine import Machine
 from ringx_costmodel.predict import best_degree
 
@@ -40,7 +41,9 @@ def fastest(machines: list[tuple[Machine, int]], seqs: list[int], ranks: list[in
                     try:
                         cell[a] = best_degree(a, causal, mode, p, machine, nodes=nodes, seq=seq, heads=heads,
                                               kv_heads=kv_heads, head_dim=head_dim, exact_ranks=16, mask=m)
-                    except ValueError:  # cannot run there (heads, divisibility): no row
+                    except ValueError as e:  # cannot run there (heads, divisibility): no row
+                        if progress and a not in ALGORITHMS:  # a plugin that cannot be traced: said, once a cell
+                            progress(f"{a} not predicted at seq {seq}, {p} ranks: {e}")
                         continue
                 ring = cell["ring"][1].total_s if "ring" in cell else np.nan
                 best = min(cell, key=lambda n: cell[n][1].total_s)

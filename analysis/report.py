@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import figures, metrics, tables, views
+from . import field, figures, metrics, tables, views
 from .kinds import KINDS, mask_names, mask_order, present
 from .records import load
 
@@ -244,14 +244,36 @@ def write_formats(campaign: str | Path, out: str | Path | None, fmts: Sequence[s
     figs = [(titles.get(n, n).format(baseline=baseline), captions.get(n, "").format(baseline=baseline), n, paths,
              KINDS[fig_kind[n]].section if n in fig_kind else None) for n, paths in made.items()]
     tabs = [(head, t, folded, KINDS[kind].section) for head, t, folded, kind in made_tables]
+    f_figs, f_tabs, f_skipped = _field(summary.get("attention"), out / "figures", formats)
+    figs += f_figs
+    tabs += f_tabs
+    skipped.update(f_skipped)
     # Results first (the kinds without a section of their own, the kernels', collectives' and timeline figures),
     # then each kind's own section (serving); figures and tables numbered through the whole page.
-    order = ["Results"] + [k.section for k in KINDS.values() if k.section]
+    order = ["Results", field.SECTION] + [k.section for k in KINDS.values() if k.section]
     sections = [(name, [(i, f[:4]) for i, f in enumerate(figs, start=1) if (f[4] or "Results") == name],
                  [(i, t[:3]) for i, t in enumerate(tabs, start=1) if (t[3] or "Results") == name]) for name in order]
     sections = [(n, f, t) for n, f, t in sections if f or t] or sections[:1]  # an empty Results, as ever, if no other
     render = {"latex": _latex, "md": _markdown, "html": _html}
     return {fmt: render[fmt](out, title, intro, notes, df, sections, config, prov, failures, skipped) for fmt in fmts}
+
+
+def _field(summary: pd.DataFrame | None, out: Path, formats: tuple[str, ...]) -> tuple[list, list, dict]:
+    """(figures, tables, why not drawn) of the section against the field's implementations (field.py): nothing
+    when the campaign holds no outsider."""
+    import matplotlib.pyplot as plt
+
+    if summary is None or not field.outsiders(summary):
+        return [], [], {}
+    try:
+        fig = field.figure(summary)
+        t = field.table(summary)
+    except (figures.NoData, ValueError) as e:
+        return [], [], {field.SECTION: str(e)}
+    paths = figures.save(fig, out, field.FIGURE, formats)
+    plt.close(fig)
+    return ([(field.TITLE, field.CAPTION, field.FIGURE, paths, field.SECTION)],
+            [("Ours over each outside implementation", t, False, field.SECTION)], {})
 
 
 def _markdown(out: Path, title: str, intro: str, notes: list[str], df: pd.DataFrame, sections, config: dict,

@@ -124,8 +124,8 @@ def speedup_table(summary: pd.DataFrame, baseline: str = "ring", records: pd.Dat
         if empty:
             text += f" {EMPTY}: not measured at that configuration (failed, skipped or not asked for)."
         if flagged:
-            text += (f" {MARK}: a record of that cell is implausible (above the device's peak): the speedup cannot be "
-                     "trusted.")
+            text += (f" {MARK}: a record of that cell is implausible (above the device's peak or a link's "
+                     "bandwidth): the speedup cannot be trusted.")
         return text
 
     names = [n for _, n in varying]

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from ringx_suite.cli import Parser
+from ringx_suite.cli import Parser, split_list
 
 DEFAULTS = dict(seq=2048, batch=1, heads=8, kv_heads=8, head_dim=64, dtype="float32", warmup=2, iters=7)
 
@@ -37,9 +37,10 @@ def masks_of(specs: list[str] | None, seq: int) -> list[tuple[str, object]]:
     return list(dict(out).items())
 
 
-def _callables(name: str, mask, q, k, v, do, scale: float):
-    """(forward, forward+backward) closures for one algorithm, or the bare kernel for ``kernel`` (full, causal
-    and windows, as one band block; None for documents: many blocks, no bare kernel call)."""
+def _callables(name: str, mask, q, k, v, do, scale: float, plugin=None):
+    """(forward, forward+backward) closures for one algorithm (``plugin``: a ringx_drivers.plugins.Plugin), or the
+    bare kernel for ``kernel`` (full, causal and windows, as one band block; None for documents: many blocks, no
+    bare kernel call)."""
     import torch
 
     import ringx
@@ -61,11 +62,16 @@ def _callables(name: str, mask, q, k, v, do, scale: float):
         return fwd, fwdbwd
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
-    def fwd():
+    def attend(q, k, v):
+        if plugin is not None:  # the contract's call, its output checked (a broken one ends the run in one line)
+            return plugin.call(q, k, v, mask, torch.distributed.group.WORLD)
         return ringx.attention(q, k, v, algorithm=name, mask=mask, validate=False)
 
+    def fwd():
+        return attend(q, k, v)
+
     def fwdbwd():
-        out = ringx.attention(qg, kg, vg, algorithm=name, mask=mask, validate=False)
+        out = attend(qg, kg, vg)
         return torch.autograd.grad(out, (qg, kg, vg), do)
 
     return fwd, fwdbwd
@@ -89,13 +95,16 @@ def worker(a: argparse.Namespace) -> None:
     shape_kv = (a.batch, a.seq, a.kv_heads, a.head_dim)
     Q, K, V, dO = (torch.randn(s, generator=g, dtype=dt) for s in (shape_q, shape_kv, shape_kv, shape_q))
     rows = []
+    ext = _plugins(a)
     for label, mask in masks_of(a.mask, a.seq):
-        names = (["kernel"] if P == 1 else []) + [n for n in a.algorithms if ringx.ALGORITHMS[n].supports(mask)]
+        names = (["kernel"] if P == 1 else []) + [n for n in a.algorithms if (ext[n].takes(mask)
+                                                  if n in ext else ringx.ALGORITHMS[n].supports(mask))]
         fns = {}
         for name in names:
-            layout = "contiguous" if name == "kernel" else ringx.ALGORITHMS[name].layout(mask=mask)
+            layout = "contiguous" if name == "kernel" else ext[name].layout(mask.causal_layout) if name in ext \
+                else ringx.ALGORITHMS[name].layout(mask=mask)
             q, k, v, do = (ringx.shard(t, layout, r, P, mask=mask) for t in (Q, K, V, dO))
-            f = _callables(name, mask, q, k, v, do, a.head_dim**-0.5)
+            f = _callables(name, mask, q, k, v, do, a.head_dim**-0.5, ext.get(name))
             if f is not None:
                 fns[name] = f
         names = list(fns)
@@ -111,6 +120,29 @@ def worker(a: argparse.Namespace) -> None:
     if r == 0:
         Path(a.out).write_text(json.dumps(rows))
     launch.finalize()
+
+
+def _plugins(a: argparse.Namespace) -> dict:
+    """The usable plugins among --algorithms and --plugin, by name; those that cannot run here are said in one line
+    each (by the launcher, before any rank starts) and left out of ``a.algorithms``."""
+    import ringx
+    from ringx_drivers import plugins
+
+    got = {}
+    for n, p in plugins.load(a.algorithms, a.plugin).items():
+        if n not in ringx.ALGORITHMS:
+            got[n] = p
+        elif not a.worker:  # as bench run: the built-in runs, the clash is said once
+            print(f"[quick] {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
+    usable = {}
+    for n, p in got.items():
+        why = p.failure or p.why_not("cpu")
+        if why and not a.worker:
+            print(f"[quick] {n} left out: {why}", file=sys.stderr, flush=True)
+        if not why:
+            usable[n] = p
+    a.algorithms = [n for n in dict.fromkeys([*a.algorithms, *got]) if n in ringx.ALGORITHMS or n in usable]
+    return usable
 
 
 def table(rows: list[dict]) -> str:
@@ -160,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "mask")]
     opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
     options.add_arguments(p, opts, DEFAULTS)
+    from ringx_drivers.plugins import FLAG_HELP
+
+    p.add_argument("--plugin", default="", help=FLAG_HELP)
     p.add_argument("--out", default="runs/quick", help="output directory (default: %(default)s)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -176,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(a, o.name, options.value(o, DEFAULTS.get(o.name) if given is None else given, "bench quick",
                                              many=o.name in ("algorithms", "mask")))
         a.algorithms = a.algorithms or list(ringx.ALGORITHMS)
+        a.plugin = split_list(a.plugin)
         ranks = options.value(options.Option("ranks", None, "", int, low=1, high=64), a.ranks, "bench quick",
                               many=True)
     except UserError as e:
@@ -183,9 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         worker(a)
         return 0
-    unknown = [x for x in a.algorithms if x not in ringx.ALGORITHMS]
+    from ringx_drivers import plugins
+
+    known = {*ringx.ALGORITHMS, *plugins.installed(), *(plugins.parse_spec(x)[0] for x in a.plugin)}
+    unknown = [x for x in a.algorithms if x not in known]
     if unknown:
-        p.error(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ringx.ALGORITHMS)}")
+        p.error(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ringx.ALGORITHMS)}, or a "
+                "plugin (--plugin, or installed)")
+    _plugins(a)
     if a.dtype not in ("float32", "float64"):
         p.error(f"--dtype {a.dtype}: quick runs on CPU ranks, use float32 or float64")
     if a.heads % a.kv_heads:

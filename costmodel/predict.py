@@ -41,6 +41,13 @@ def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *
     ``ulysses_degree`` (usp, usp-ringx): the Ulysses group size; default the ranks per node, as ringx does.
     ``mask``: a ringx.Mask (or its text form), in place of ``causal`` (skipped blocks and transfers are not costed).
     """
+    from ringx.algorithms import ALGORITHMS
+
+    if algorithm not in ALGORITHMS:  # a plugin: from a trace of its own calls under the fake group (traced.py)
+        from .traced import predict_plugin
+
+        return predict_plugin(algorithm, causal, mode, p, machine, nodes=nodes, batch=batch, seq=seq, heads=heads,
+                              kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, mask=_mask(mask))
     ranks = sample_ranks(p, exact_ranks)
     rpn = p // nodes if nodes > 1 and p % nodes == 0 else None  # hierarchical schedules follow the nodes
     traces = _traces(algorithm, bool(causal), p, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
@@ -75,7 +82,7 @@ def degrees(algorithm: str, p: int, heads: int) -> list[int | None]:
     ranks and the heads for usp/usp-ringx; [None] (its own) for the others."""
     from ringx.algorithms import ALGORITHMS
 
-    if ALGORITHMS[algorithm].ulysses != "node":
+    if algorithm not in ALGORITHMS or ALGORITHMS[algorithm].ulysses != "node":  # a plugin has its own
         return [None]
     return [u for u in range(1, p + 1) if p % u == 0 and heads % u == 0] or [None]
 

@@ -91,6 +91,20 @@ _SILENT = {"c10d.barrier", "c10d.monitored_barrier_", "_c10d_functional.wait_ten
            "_c10d_functional._wrap_tensor_autograd"}
 
 
+def _size(a: tuple) -> int:
+    """The size of a call's group: its process group argument (c10d) or group name (functional); 0 if neither."""
+    for x in a:
+        if isinstance(x, torch.ScriptObject | dist.ProcessGroup):
+            return _group(x)[1]
+    for x in a:
+        if isinstance(x, str):
+            try:
+                return _named(x)[1]
+            except (ValueError, RuntimeError, KeyError):
+                continue
+    return 0
+
+
 def _split_moved(a) -> tuple[int, int]:
     """all_to_all_single(input, output_split_sizes, input_split_sizes, group_name): the rows to the others."""
     x, out_splits, in_splits, name = a[0], a[1], a[2], a[3]
@@ -108,10 +122,13 @@ class Traffic(TorchDispatchMode):
     def _should_skip_dynamo(cls) -> bool:
         return False  # as ringx.memory's mode: no dynamo import per rank; nothing run under it is compiled
 
-    def __init__(self, ledger: Ledger | None = None):
+    def __init__(self, ledger: Ledger | None = None, calls: list | None = None):
         super().__init__()
         self.ledger = ledger if ledger is not None else Ledger()
         self.unknown: set[str] = set()
+        # given a list: every counted call appended in issue order, (op, sent, received, group size, peer) with the
+        # peer's group rank for send/recv (else -1), for a schedule rebuilt from the calls (the cost model's)
+        self.calls = calls
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)
@@ -121,7 +138,11 @@ class Traffic(TorchDispatchMode):
                 self.unknown.add(name)
             else:
                 op, count = rule
-                self.ledger.record(op, *count(tuple(args) + tuple((kwargs or {}).values())))
+                a = tuple(args) + tuple((kwargs or {}).values())
+                sent, received = count(a)
+                self.ledger.record(op, sent, received)
+                if self.calls is not None:
+                    self.calls.append((op, sent, received, _size(a), a[2] if op in ("send", "recv") else -1))
         return func(*args, **(kwargs or {}))
 
 

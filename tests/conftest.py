@@ -25,7 +25,7 @@ LONGEST_FIRST = ("test_slurm_sweep.py", "test_analysis.py", "test_bench_run.py",
                  "test_masks_mpi.py", "test_reliability.py", "test_timeline_figure.py", "test_hier_mpi.py",
                  "test_model_step.py", "test_attention_mpi.py", "test_bench_masks.py", "test_analysis_infer.py",
                  "test_rings_mpi.py", "test_sweep_model.py", "test_hf.py", "test_install.py", "test_flex_kernel.py",
-                 "test_bench_kernels.py", "test_seed_experiments.py")
+                 "test_bench_kernels.py", "test_seed_experiments.py", "test_plugins_sweep.py", "test_traced.py")
 
 
 def pytest_collection_modifyitems(items):

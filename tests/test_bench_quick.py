@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from ringx_suite.stats import summarize
 from tests.cli import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_summarize_known_answers():
@@ -37,17 +40,21 @@ def test_bad_arguments_get_one_clear_message(args, message):
 
 
 def test_tiny_run_writes_table_and_samples(tmp_path):
-    proc = quick("--ranks", "1,2", "--seq", "64", "--iters", "3", "--warmup", "1", "--algorithms", "ring,ringx4",
-                 "--out", str(tmp_path), "--quiet")
+    # a plugin (the example's) is timed beside ours; a peer that cannot run here is left out in one line
+    mine = f"mine={ROOT / 'examples' / 'my_algorithm' / 'src' / 'my_algorithm' / '__init__.py'}:attention"
+    proc = quick("--ranks", "1,2", "--seq", "64", "--iters", "3", "--warmup", "1", "--algorithms",
+                 "ring,ringx4,rfa-ring", "--plugin", mine, "--out", str(tmp_path), "--quiet")
     assert proc.returncode == 0, proc.stderr
+    assert "rfa-ring left out: ring_flash_attn not importable" in proc.stderr
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["provenance"]["software"]["torch"] and res["provenance"]["git_commit"]
     keys = {(r["world"], r["algorithm"], r["causal"], r["mode"]) for r in res["rows"]}
-    assert keys == {(w, a, c, m) for w, names in ((1, ("kernel", "ring", "ringx4")), (2, ("ring", "ringx4")))
+    assert keys == {(w, a, c, m) for w, names in ((1, ("kernel", "ring", "ringx4", "mine")),
+                                                  (2, ("ring", "ringx4", "mine")))
                     for a in names for c in (False, True) for m in ("fwd", "fwd+bwd")}
     for r in res["rows"]:
         assert len(r["samples"]) == 3 and r["min"] <= r["median"] <= r["max"] and r["min"] > 0
     table = (tmp_path / "table.md").read_text()
     assert "| kernel |" in table and "speedup over ring (above 1: faster)" in table
     assert "speedup over the bare kernel" in table
-    assert table.count("x [") == 2 * 4 + 1 * 4  # an interval beside every speedup (not the baselines')
+    assert table.count("x [") == 3 * 4 + 2 * 4  # an interval beside every speedup (not the baselines')

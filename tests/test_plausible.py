@@ -39,3 +39,4 @@ def test_a_record_above_the_given_peak_is_written_flagged_and_shown_marked(tmp_p
     table = run_cli("table", str(tmp_path / "c"))  # analysis's speedup table: marked, and the caption says why
     assert table.returncode == 0, table.stderr
     assert plausible.MARK in table.stdout and "implausible" in table.stdout
+

@@ -53,10 +53,9 @@ def build_parser() -> Parser:
     options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
     options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
     add_output_arguments(p)
-    add("--plugin", help="algorithms from outside, comma-separated, each [NAME=]MODULE:ATTR or [NAME=]FILE:ATTR (FILE "
-        "a Python file; the contract: docs/plugins.md); each joins the candidates. Installed plugins, such as the "
-        "field's implementations (tcp-allgather, tcp-ring, rfa-ring, rfa-zigzag, rfa-stripe), are named in "
-        "--algorithms")
+    from ringx_drivers.plugins import FLAG_HELP
+
+    add("--plugin", help=FLAG_HELP)
     add("--baselines", help=argparse.SUPPRESS)  # gone: a one-line error says where the peers went
     add("--inject", help=argparse.SUPPRESS)  # tests only: RANK:CASE:KIND[@PHASE], see parse_inject
     return p
@@ -344,12 +343,15 @@ class Attention(CaseDriver):
         flops = mask_flops(pt.batch, pt.seq, pt.heads, pt.head_dim, pt.the_mask(), pt.mode)
         tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.settings.peak_tflops
-        wrong = plausible.problems(tflops, peak or plausible.known_peak(self.device_name))
+        sent = per_rank_fields(votes)["bytes_sent_per_rank"]
+        link = self.settings.link_gbps
+        wrong = plausible.problems(tflops, peak or plausible.known_peak(self.device_name), sent, fields["median_s"],
+                                   link)
         c.rec.update(
             written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
             flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
-            mfu=tflops / peak if peak else None, **per_rank_fields(votes),
+            mfu=tflops / peak if peak else None, **per_rank_fields(votes), **({"link_gbps": link} if link else {}),
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
             **_overlap_fields(extra),

@@ -75,7 +75,7 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
     so both agree. Every mistake (an unknown preset, heads that do not divide, a sequence the layouts cannot split
     over ``world`` ranks) raises UserError, on every rank alike, before any process group exists."""
     import ringx
-    from ringx_drivers import models
+    from ringx_drivers import models, plugins
 
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
@@ -106,6 +106,9 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
     family = kinds.pop()
     names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(family)
     for n in names:
+        if n not in ringx.ALGORITHMS and n in plugins.installed():  # a training step calls ringx.attention per layer
+            raise UserError(f"{n} is a plugin: bench model trains with ringx's algorithms only; time plugins with "
+                            "bench run or bench quick (docs/plugins.md)")
         try:
             ringx.algorithms.get(n, family)
         except ValueError as e:

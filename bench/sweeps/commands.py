@@ -253,11 +253,22 @@ def cmd_predict(sw: Sweep, a) -> int:
         raise SweepError(f"{e}: give --machine PROFILE (one with a [model] table, e.g. frontier) or add a "
                          f"[model] table to the profile (docs/cost-model.md)") from None
     print(f"campaign {sw.campaign}: predictions on {machine.name} ({machine.source})\n")
-    rows = []
+    from ringx_costmodel import traced
+
+    for name, plugin in sw.external.items():  # the sweep's plugins: predicted from a trace of their own calls
+        if not plugin.why_not("cpu"):  # one that cannot run here is refused by the trace, with its reason
+            traced.register(name, plugin.fn)
+    rows, cannot = [], []
     for j in sw.jobs:
-        preds = {pt: predict(pt.algorithm, pt.causal, pt.mode, j.ranks, machine, nodes=j.nodes, batch=pt.batch,
-                             seq=pt.seq, heads=pt.heads, kv_heads=pt.kv_heads, head_dim=pt.head_dim, dtype=pt.dtype,
-                             exact_ranks=16, mask=pt.the_mask() if pt.mask else None) for pt in j.points}
+        preds = {}
+        for pt in j.points:
+            try:
+                preds[pt] = predict(pt.algorithm, pt.causal, pt.mode, j.ranks, machine, nodes=j.nodes,
+                                    batch=pt.batch, seq=pt.seq, heads=pt.heads, kv_heads=pt.kv_heads,
+                                    head_dim=pt.head_dim, dtype=pt.dtype, exact_ranks=16,
+                                    mask=pt.the_mask() if pt.mask else None)
+            except traced.CannotTrace as e:  # a plugin the trace cannot run: said, the others predicted
+                cannot.append(f"{j.name} {pt.algorithm} seq={pt.seq}: {e}")
         best: dict = {}
         for pt, pr in preds.items():  # the algorithms compete at one configuration
             cfg = pt.spec() | {"algorithm": ""}
@@ -270,6 +281,8 @@ def cmd_predict(sw: Sweep, a) -> int:
                   "yes" if pt in fastest else ""] for pt, pr in preds.items()]
     print(render(Table(["job", "algorithm", "seq", "mask", "mode", "predicted ms", "compute", "imbalance",
                         "exposed comm", "fastest"], rows), "markdown"), end="")
+    if cannot:
+        print("\nnot predicted:\n" + "\n".join(f"- {c}" for c in dict.fromkeys(cannot)))
     return 0
 
 

@@ -13,7 +13,9 @@ def call_seconds(sw: Sweep, job: Job, p) -> float:
     else compute-bound: FLOPs per rank / (peak x efficiency)."""
     prof = sw.profile
     if prof.model and sw.kind.predicts:
-        return predict(p.algorithm, p.causal, p.mode, job.ranks, from_table(prof.name, prof.model), nodes=job.nodes,
+        ext = sw.external.get(p.algorithm)  # a plugin is sized as the built-in whose buffers it says it holds
+        return predict(ext.memory_like if ext else p.algorithm, p.causal, p.mode, job.ranks,
+                       from_table(prof.name, prof.model), nodes=job.nodes,
                        batch=p.batch, seq=p.seq, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
                        dtype=p.dtype, exact_ranks=8, mask=p.the_mask() if p.mask else None).total_s
     rate = max(prof.peak_tflops * prof.efficiency, 1e-6) * 1e12

@@ -28,11 +28,13 @@ class PointKind:
     def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
         """Problems of [params] as a whole, before any point is made (none for attention points)."""
 
-    def make(self, d: dict, ranks: int, gpu: bool):
-        return points.make_point(d, ranks)
+    def make(self, d: dict, ranks: int, gpu: bool, external: dict | None = None):
+        """A point of ``d``; ``external``: the sweep's plugins by name (spec.py refuses them for other kinds)."""
+        return points.make_point(d, ranks, external)
 
-    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
-        return points.memory_bytes(pt, ranks, bench["check_max_seq"] if bench["check"] else 0)
+    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict, external: dict | None = None) -> int:
+        like = external[pt.algorithm].memory_like if pt.algorithm in (external or {}) else "ring"
+        return points.memory_bytes(pt, ranks, bench["check_max_seq"] if bench["check"] else 0, like)
 
     def flops(self, pt) -> float:
         """One call's FLOPs, all ranks together (compute-bound estimates)."""
@@ -76,10 +78,10 @@ class StepKind(PointKind):
         for key, algos in models.items():
             step_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
 
-    def make(self, d: dict, ranks: int, gpu: bool):
+    def make(self, d: dict, ranks: int, gpu: bool, external: dict | None = None):
         return step_points.make_step_point(d, ranks, "cuda" if gpu else "cpu")
 
-    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
+    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict, external: dict | None = None) -> int:
         return step_points.memory_bytes(pt, ranks, gpu, bench["check"])
 
     def flops(self, pt) -> float:
@@ -111,10 +113,10 @@ class InferKind(PointKind):
         if "prompt_len" not in params:
             raise ValueError(f"[params] of {where} needs prompt_len")
 
-    def make(self, d: dict, ranks: int, gpu: bool):
+    def make(self, d: dict, ranks: int, gpu: bool, external: dict | None = None):
         return infer_points.make_infer_point(d, ranks, "cuda" if gpu else "cpu")
 
-    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict) -> int:
+    def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict, external: dict | None = None) -> int:
         return infer_points.memory_bytes(pt, ranks, bench["check_max_seq"] if bench["check"] else 0)
 
     def flops(self, pt) -> float:

@@ -26,6 +26,8 @@ def job_commands(sw: Sweep, points: list, points_file: Path, retry_failed: bool 
     tail = ["--campaign", sw.campaign, "--out", str(sw.out.resolve()), *options.to_argv(sw.bench, keep_defaults=True)]
     if sw.tag:
         tail += ["--tag", str(sw.tag)]
+    if sw.plugins:  # imported by every rank on the compute nodes, as bench run's own --plugin
+        tail += ["--plugin", ",".join(sw.plugins)]
     if retry_failed:
         tail.append("--retry-failed")
     return [[*cmd, *tail] for cmd in sw.kind.commands(points, str(points_file.resolve()))]
@@ -50,7 +52,8 @@ def preflight_args(sw: Sweep, job: Job, points: list) -> list[str]:
     args = ["--job", job.name, "--nodes", str(job.nodes), "--ranks-per-node", str(job.ranks_per_node),
             "--gpus-per-node", str(prof.gpus_per_node), "--device", sw.bench["device"],
             "--dtypes", ",".join(dict.fromkeys(p.dtype for p in points)),
-            "--algorithms", ",".join(dict.fromkeys(p.algorithm for p in points)),
+            "--algorithms", ",".join(dict.fromkeys(p.algorithm for p in points if p.algorithm not in sw.external))
+            or "ring",  # the selftest checks the machine with ours; a plugin is checked by the run's --check
             "--timeout", str(min(sw.bench["timeout"], 300.0))]
     if prof.network:
         args += ["--network", prof.network]

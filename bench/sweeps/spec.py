@@ -30,7 +30,7 @@ from .sweep import Job, Sweep, SweepError
 __all__ = ["Job", "Sweep", "SweepError", "load", "needs"]
 
 TOP = {"campaign", "machine", "nodes", "ranks_per_node", "account", "partition", "qos", "out", "tag", "time_margin",
-       "bench", "params", "zip", "exclude", "stack", "driver"}
+       "bench", "params", "zip", "exclude", "stack", "driver", "plugins"}
 SWEEP_STACK = {"kind", "modules", "prefix", "image", "python", "plugin_path"}  # no `exec`: shell belongs in profiles
 TOP |= {"env"}  # an experiment's own variables over its profile's [env] (a published run's NCCL settings)
 BENCH = set(options.SETTINGS)
@@ -186,6 +186,37 @@ def _inside(sw_dir: Path, out: Path) -> None:
                          "Remove it or choose another out")
 
 
+def _plugins(raw: dict, params: dict, sweep_dir: Path, where: str, driver: str) -> tuple[tuple[str, ...], dict]:
+    """(the ``--plugin`` specs the jobs pass, file paths made absolute; the plugins by name) of ``plugins = [...]``
+    and of the installed plugins ``algorithms`` names. They are loaded here too: a point's layout and memory need
+    them, and a plugin that cannot be loaded is better said now than on the compute nodes."""
+    import ringx
+    from ringx_drivers import plugins
+
+    given = raw.get("plugins", [])
+    if not isinstance(given, list) or not all(isinstance(x, str) and x for x in given):
+        raise SweepError(f"plugins in {where} must be a list of \"[NAME=]MODULE:ATTR\" or \"[NAME=]FILE.py:ATTR\" "
+                         f"strings, got {given!r}")
+    specs = []
+    for spec in given:  # a file is found from the sweep file's folder, wherever the job starts
+        name, target = plugins.parse_spec(spec)
+        where_, _, attr = target.rpartition(":")
+        if where_.endswith(".py"):
+            target = f"{(sweep_dir / where_).resolve()}:{attr}"
+        specs.append(f"{name}={target}")
+    named = [a for a in _as_list(params.get("algorithms", params.get("algorithm", []))) if isinstance(a, str)]
+    loaded = plugins.load(named, specs)
+    if loaded and driver != "run":
+        raise SweepError(f"plugins run in attention sweeps (driver = \"run\"); this is a {driver} sweep: "
+                         f"{', '.join(loaded)}")
+    for n, p in loaded.items():
+        if p.failure:
+            raise SweepError(f"{where}: {p.failure}")
+        if n in ringx.ALGORITHMS:
+            raise SweepError(f"{where}: plugin {n} has the name of a built-in algorithm: rename it")
+    return tuple(specs), loaded
+
+
 def load(path: str | Path, account: str = "", partition: str = "", qos: str = "",
          profile: str | Path | None = None, for_jobs: bool = False) -> Sweep:
     """Parse and validate a sweep file; every impossible point is reported before anything runs.
@@ -212,6 +243,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     _unknown(_table(raw, "bench", where), BENCH, f"[bench] of {where}")
     _unknown(params, pk.params, f"[params] of {where}")
     excludes = _excludes(raw, where, pk.params)
+    specs, external = _plugins(raw, params, path.parent, where, pk.name)
     for k in ("campaign", "nodes") + (() if profile else ("machine",)):
         if k not in raw:
             raise SweepError(f"{where} needs {k!r}")
@@ -247,6 +279,10 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"time_margin must be a number from 1 to {MAX_TIME_MARGIN:g}, got {margin!r}")
     if bench["peak_tflops"] is None and prof.peak_tflops and prof.gpus_per_node:
         bench["peak_tflops"] = prof.peak_tflops  # a device's published peak; a CPU's is a guess: no MFU
+    links = [t["bw_GBps"] for t in (prof.model.get("intra"), prof.model.get("inter")) if isinstance(t, dict)
+             and isinstance(t.get("bw_GBps"), int | float)]
+    if bench["link_gbps"] is None and links and pk.name == "run":  # bench run checks it; model and infer do not
+        bench["link_gbps"] = float(max(links))  # no rank sends faster than its fastest link (logical payload)
     nodes = _as_list(raw["nodes"])
     rpns = _as_list(raw.get("ranks_per_node", prof.gpus_per_node or None))
     if rpns == [None]:
@@ -281,11 +317,11 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
             have = prof.memory_per_rank(r)
             for d in dicts:
                 try:
-                    pt = pk.make(d, n * r, gpu)
+                    pt = pk.make(d, n * r, gpu, external)
                 except ValueError as e:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: {e}")
                     continue
-                need = pk.memory_bytes(pt, n * r, gpu, bench)
+                need = pk.memory_bytes(pt, n * r, gpu, bench, external)
                 if have and need > have:
                     problems.append(f"{n} node(s) x {r} ranks, point {json.dumps(d)}: needs at least "
                                     f"{need / 2**30:.1f} GiB per rank, more than the {have / 2**30:.1f} GiB a rank "
@@ -296,7 +332,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         raise SweepError(f"impossible point: {problems[0]}")
     if problems:
         raise SweepError(f"{len(problems)} impossible point(s):\n  " + "\n  ".join(problems))
-    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin), pk.name)
+    sw = Sweep(path, campaign, prof, sweep_jobs, bench, out, account, partition, qos, tag, float(margin), pk.name,
+               specs, external)
     _inside(sw.dir, out)
     for j in sw.jobs:
         j.estimate_s = estimate(sw, j, j.points)

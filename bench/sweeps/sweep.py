@@ -47,6 +47,8 @@ class Sweep:
     tag: str | None = None
     time_margin: float = 2.0
     driver: str = "run"  # a key of kinds.KINDS: what the points are and which bench command runs them
+    plugins: tuple[str, ...] = ()  # ``plugins = [...]``: the --plugin specs every job passes (files absolute)
+    external: dict = field(default_factory=dict)  # the plugins by name (theirs and installed ones the points name)
     _call_s: dict = field(default_factory=dict, init=False, repr=False)  # estimate's cache per (job, point)
 
     @property

@@ -1,0 +1,243 @@
+"""An implementation the cost model has no schedule for (a user's plugin, the field's peers), predicted from a trace
+of its own calls.
+
+The plugin runs in this process as rank ``r`` of ``P`` under PyTorch's fake process group (``FakeStore``: every
+collective and point-to-point call returns at once and moves nothing), on meta tensors of the configuration's
+shapes (no memory, no arithmetic), forward and then backward. ``ringx.traffic.Traffic`` records each communication
+call in issue order (op, payload by the ledger's conventions, group size, peer), and torch's ``FlopCounterMode``
+counts the FLOPs between calls. That sequence becomes the simulator's events (simulate.py):
+
+- the FLOPs between two calls: one compute block of the local sequence (torch counts matrix products and SDPA as
+  dense, so a causal block its kernel computes whole counts whole, as the kernel spends it);
+- a collective: the op at its nccl-tests size (all_gather: the gathered output; reduce_scatter and all_to_all: the
+  input), on its group (of consecutive ranks when it is a sub-group);
+- point-to-point calls with nothing computed between them: one exchange, sized by the bytes sent to the busiest
+  peer (ringx's convention for a ring step: the two directions of a link carry traffic at once). Two exchanges
+  posted back to back (ringx's ring backward: K/V on, dK/dV home) are one here, one latency less per step. An
+  exchange is costed on the rank that posts it, without waiting for its peer.
+
+Assumed, and said where it matters: every call blocks where it is issued (the dispatcher sees when a call is posted,
+not when it is waited for, so no overlap of communication with compute is credited); the traced ranks (default
+the first and the last) stand for the others, exact for a schedule that is the same on every rank and
+for the ring's balanced shifts; the compute is the FLOPs torch sees, at the machine's rate for a block of the local
+sequence. A plugin that cannot run like this (it reads values it received: meta tensors hold none; it calls an op
+the fake group or meta tensors lack) raises :class:`CannotTrace` with one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+from .machine import Machine
+from .simulate import Prediction, simulate
+
+_P2P = ("send", "recv")
+
+
+class CannotTrace(ValueError):
+    """Why a plugin cannot be predicted from a trace of its calls: one line."""
+
+
+def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int,
+                kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True) -> tuple[list, list]:
+    """(forward, backward) of rank ``rank`` of ``world``: each a list of ``(flops_before, op, sent, received,
+    group_size, peer)`` per communication call, then ``(flops_after, None, ...)`` closing the pass."""
+    import torch
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if dist.is_initialized():
+        raise CannotTrace("a process group exists in this process; trace a plugin in a process of its own")
+    if seq % world:
+        raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
+    n = seq // world
+    dt = getattr(torch, dtype)
+    q, k, v = (torch.empty(batch, n, h, head_dim, dtype=dt, device="meta", requires_grad=True)
+               for h in (heads, kv_heads, kv_heads))
+    # meta tensors need a backend of their own: batched point-to-point asks the group for the tensors' device's
+    dist.init_process_group("cpu:fake,meta:fake", rank=rank, world_size=world, store=FakeStore())
+    passes: list[list] = [[], []]
+    try:
+        flops = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
+        with flops:
+            got, passes[0] = _pass(flops, lambda: fn(q, k, v, causal=causal, group=dist.group.WORLD))
+            out = got[0] if isinstance(got, tuple) else got
+            if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+                raise CannotTrace(f"it returned {getattr(out, 'shape', type(out).__name__)}, expected q's shape "
+                                  f"{tuple(q.shape)}")
+            if backward:
+                if not out.requires_grad:
+                    raise CannotTrace("its output does not require grad: no backward to trace")
+                _, passes[1] = _pass(flops, lambda: out.backward(torch.zeros_like(out)))
+    except CannotTrace:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the plugin met on meta tensors or the fake group: one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CannotTrace(f"it does not run on meta tensors under the fake process group: {type(e).__name__}: "
+                          f"{msg[:200]}") from None
+    finally:
+        dist.destroy_process_group()
+    return passes[0], passes[1]
+
+
+def _cpu_attention_flops() -> dict:
+    """FLOP formulas torch's counter lacks: its CPU flash-attention op (PyTorch CP's CPU path) counts as SDPA."""
+    import torch
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def fwd(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
+
+
+def _pass(flops, run: Callable) -> tuple[object, list]:
+    """(what ``run`` returned, its calls: ``(flops before, op, sent, received, group size, peer)`` each, then the
+    pass's closing ``(flops, None, 0, 0, 0, -1)``), FLOPs counted from the pass's start."""
+    start = flops.get_total_flops()
+    with _marking(flops) as mode:
+        got = run()
+    if mode.unknown:
+        raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(mode.unknown)}")
+    if mode.uncounted:
+        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(mode.uncounted)}")
+    end = flops.get_total_flops()
+    return got, [(f - start, *rest) for f, *rest in mode.marked] + [(end - start, None, 0, 0, 0, -1)]
+
+
+def _marking(flops):
+    """Traffic that also notes, at every call it counts, the FLOPs counted so far (``marked``)."""
+    from ringx.traffic import Traffic
+
+    class Marking(Traffic):
+        def __init__(self):
+            super().__init__(calls=[])
+            self.marked: list = []
+            self.uncounted: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "attention" in func.__name__ and func.overloadpacket not in flops.flop_registry:
+                self.uncounted.add(str(func.overloadpacket))  # its FLOPs would be missing from the compute
+            before, now = len(self.calls), flops.get_total_flops()
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if len(self.calls) > before:
+                self.marked.append((now, *self.calls[-1]))
+            return out
+
+    return Marking()
+
+
+def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_local: int) -> list:
+    """The simulator's events (ringx.schedule.Event) of one traced pass (see the module doc)."""
+    from ringx.schedule import Event
+
+    out, index, done = [], 0, 0
+    rpn = max(1, world // max(1, nodes))
+    # an exchange's group: this rank and world-1 stand-ins no traced rank is (so it waits for no other traced rank,
+    # yet is costed on the link of a world of P, as ours are); one tuple shared by the pass's exchanges
+    alone = (rank, *range(-1, -world, -1))
+    i = 0
+    while i < len(calls):
+        f, op, sent, received, size, peer = calls[i]
+        if f > done:
+            out.append(Event("compute", op=direction, flops=float(f - done), seq_q=seq_local, seq_k=seq_local))
+            done = f
+        if op is None:
+            break
+        if op in _P2P:  # consecutive point-to-point calls: one exchange
+            to_peer: dict[int, int] = {}
+            got = 0
+            while i < len(calls) and calls[i][1] in _P2P and calls[i][0] == f:  # no compute between them
+                _, o, s, r, _, p = calls[i]
+                if o == "send":
+                    to_peer[p] = to_peer.get(p, 0) + s
+                got = max(got, r)
+                i += 1
+            # costed on this rank alone: traced ranks may split their exchanges differently, so they are not
+            # matched up as collectives are
+            out.append(Event("comm", op="sendrecv", nbytes=max(to_peer.values(), default=got), index=index,
+                             group=alone, nodes=max(1, nodes)))
+            index += 1
+            continue
+        size = size or world
+        nbytes = {"all_gather": sent * size, "reduce_scatter": sent + received,
+                  "all_to_all": round(sent * size / (size - 1)) if size > 1 else sent,
+                  "broadcast": max(sent, received), "reduce": max(sent, received)}.get(op, sent)
+        group, span = (), 0
+        if size < world:  # a sub-group: taken to be consecutive ranks
+            first = rank - rank % size
+            group, span = tuple(range(first, first + size)), max(1, math.ceil(size / rpn))
+        out.append(Event("comm", op=op, nbytes=nbytes, index=index, group=group, nodes=span))
+        index += 1
+        i += 1
+    return out
+
+
+def default_ranks(world: int) -> tuple[int, ...]:
+    """The ranks traced: the first and the last (the extremes of a contiguous causal layout's work)."""
+    return tuple(sorted({0, world - 1}))
+
+
+@functools.lru_cache(maxsize=256)
+def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: int, seq: int, heads: int,
+            kv_heads: int, head_dim: int, dtype: str, backward: bool) -> tuple:
+    fn = _REGISTERED[name]
+    return tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+                             head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
+
+
+_REGISTERED: dict[str, Callable] = {}
+
+
+def register(name: str, fn: Callable) -> None:
+    """Make ``name`` predictable (``predict`` of a name that is not built in looks here, then at installed
+    plugins)."""
+    if _REGISTERED.get(name) is not fn:
+        _REGISTERED[name] = fn
+        _traced.cache_clear()
+
+
+def _resolve(name: str) -> None:
+    if name in _REGISTERED:
+        return
+    from ringx_suite import plugins
+
+    found = plugins.load([name]).get(name)
+    if found is None:
+        raise CannotTrace(f"unknown algorithm {name!r}: neither built in nor an installed or given plugin")
+    why = found.failure or found.why_not("cpu")  # the trace runs here, whatever machine it predicts
+    if why:
+        raise CannotTrace(f"{name} cannot be traced in this process: {why}")
+    register(name, found.fn)
+
+
+def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
+                   seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
+                   ranks: tuple[int, ...] | None = None, mask=None) -> Prediction:
+    """Predicted time of one call of the plugin ``name`` (registered, or installed) on ``p`` ranks, from the traces
+    of ``ranks`` (default :func:`default_ranks`). Raises CannotTrace (one line) where that cannot work."""
+    if mask is not None and getattr(mask, "plain", None) is None:
+        raise CannotTrace(f"{name}: a trace covers full and causal attention; mask {mask} is not predicted")
+    _resolve(name)
+    ranks = ranks or default_ranks(p)
+    got = _traced(name, bool(causal), p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, mode == "fwd+bwd")
+    local = seq // p
+    fwd = simulate([events(f, p, r, nodes, "fwd", local) for (f, _), r in zip(got, ranks)], machine, p, nodes,
+                   list(ranks))
+    if mode == "fwd":
+        return fwd
+    bwd = simulate([events(b, p, r, nodes, "bwd", local) for (_, b), r in zip(got, ranks)], machine, p, nodes,
+                   list(ranks))
+    return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
+
+
+__all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls"]
