@@ -201,8 +201,9 @@ class Attention(CaseDriver):
         if ext and ext.why_not(self.ctx.device.type):
             return "skipped", None, ext.why_not(self.ctx.device.type)
         if ext and not ext.takes(pt.the_mask()):
-            return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: full, causal" \
-                + "".join(f", {k}" for k in sorted(ext.masks)) + ")"
+            plain = [k for k, lay in zip(("full", "causal"), ext.layouts) if lay is not None]
+            return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: " \
+                + ", ".join([*plain, *sorted(ext.masks)]) + ")"
         too_big = self.memory_problem(pt)  # refused before allocating
         return ("failed", "oom", too_big) if too_big else None
 

@@ -4,7 +4,7 @@
 #SBATCH --job-name=ringx-seed-ringx-attention-N1x8
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
-#SBATCH --time=00:35:00
+#SBATCH --time=00:37:00
 #SBATCH --output=/scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/logs/%x-%j.out
 #SBATCH --error=/scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/logs/%x-%j.err
 #SBATCH --account=abc123
@@ -34,10 +34,10 @@ export MIOPEN_DISABLE_CACHE=1
 RINGX_PREFLIGHT=/scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/preflight/N1x8-"${SLURM_JOB_ID:-0}.json"
 mkdir -p /scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/preflight
 rc=0
-srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N1x8 --nodes 1 --ranks-per-node 8 --gpus-per-node 8 --device auto --dtypes bfloat16 --algorithms ring,zigzag,stripe,ringx1,ringx2,ringx3,ringx4,ringx1o,ringx2o,ringx4o,ringx3b --timeout 300.0 --network libfabric || rc=$?
+srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench preflight --record "$RINGX_PREFLIGHT" --job N1x8 --nodes 1 --ranks-per-node 8 --gpus-per-node 8 --device auto --dtypes bfloat16 --algorithms ring,ringx1,ringx2,ringx3,ringx4,ringx1o,ringx2o,ringx4o,ringx3b --timeout 300.0 --network libfabric || rc=$?
 if [ "$rc" -ne 0 ]; then
   [ -s "$RINGX_PREFLIGHT" ] || printf '{"job": "N1x8", "ok": false, "checks": [{"check": "preflight", "ok": false, "detail": "the preflight step exited with status %s before writing its verdict: see the job log"}]}\n' "$rc" > "$RINGX_PREFLIGHT"
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/points/N1x8.json --campaign seed-ringx-attention --out /scratch/memberwork/abc123/ringx-runs --warmup 1 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5 --tag 'RingX SC'"'"'25 attention benchmark (seed script, global sequence)'
+srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/points/N1x8.json --campaign seed-ringx-attention --out /scratch/memberwork/abc123/ringx-runs --warmup 1 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5 --link-gbps 50.0 --tag 'RingX SC'"'"'25 attention benchmark (seed script, global sequence)'
