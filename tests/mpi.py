@@ -14,6 +14,10 @@ from tests import zygote
 # installed (as environment.yml does) rather than editable.
 CHECKOUT = Path(__file__).resolve().parent.parent
 
+# Whether the suite's drivers run from this checkout (editable, as ./dev installs it) or from an installed copy
+# (site-packages, as environment.yml does): only the first has a git commit to record.
+FROM_CHECKOUT = (mpirun.ROOT / "pyproject.toml").is_file()
+
 # RINGX_TEST_FULL=1: every case of the tests that CI runs a fresh random part of (the ~10-minute budget of
 # ./dev test); ranks launched by the tests inherit it.
 FULL = os.environ.get("RINGX_TEST_FULL") == "1"
