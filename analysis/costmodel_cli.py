@@ -207,10 +207,10 @@ def predict(a) -> int:
     what = mask.short() if mask else "causal" if causal else "non-causal"
     if a.batch < 1:
         raise UserError(f"--batch must be a positive integer, got {a.batch}")
+    outside = _plugins(a.plugin)  # a plugin that cannot be loaded is refused before anything is printed
     print(f"predictions on {machine.name} ({machine.source}): batch {a.batch}, seq {a.seq}, {a.heads}/{a.kv_heads} "
           f"heads, head_dim {a.head_dim}, {what} {a.mode}\n")
     rows, cannot = [], []
-    outside = _plugins(a.plugin)
     for p in ranks:
         nodes = max(1, p // gpus_per_node)
         preds, degree = {}, {}
