@@ -38,7 +38,7 @@ def masks_of(specs: list[str] | None, seq: int) -> list[tuple[str, object]]:
 
 
 def _callables(name: str, mask, q, k, v, do, scale: float, plugin=None):
-    """(forward, forward+backward) closures for one algorithm (``plugin``: a ringx_drivers.plugins.Plugin), or the
+    """(forward, forward+backward) closures for one algorithm (``plugin``: a ringx_suite.plugins.Plugin), or the
     bare kernel for ``kernel`` (full, causal and windows, as one band block; None for documents: many blocks, no
     bare kernel call)."""
     import torch
@@ -126,7 +126,7 @@ def _plugins(a: argparse.Namespace) -> dict:
     """The usable plugins among --algorithms and --plugin, by name; those that cannot run here are said in one line
     each (by the launcher, before any rank starts) and left out of ``a.algorithms``."""
     import ringx
-    from ringx_drivers import plugins
+    from ringx_suite import plugins
 
     got = {}
     for n, p in plugins.load(a.algorithms, a.plugin).items():
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = [options.PARAMS[k] for k in ("algorithms", "seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "mask")]
     opts += [options.SETTINGS[k] for k in ("warmup", "iters")]
     options.add_arguments(p, opts, DEFAULTS)
-    from ringx_drivers.plugins import FLAG_HELP
+    from ringx_suite.plugins import FLAG_HELP
 
     p.add_argument("--plugin", default="", help=FLAG_HELP)
     p.add_argument("--out", default="runs/quick", help="output directory (default: %(default)s)")
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker:
         worker(a)
         return 0
-    from ringx_drivers import plugins
+    from ringx_suite import plugins
 
     known = {*ringx.ALGORITHMS, *plugins.installed(), *(plugins.parse_spec(x)[0] for x in a.plugin)}
     unknown = [x for x in a.algorithms if x not in known]

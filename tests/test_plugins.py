@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ringx_drivers import plugins
+from ringx_suite import plugins
 from ringx_suite.store import Store
 from tests.cli import run_cli
 from tests.mpi import launch

@@ -103,8 +103,8 @@ def test_memory_estimate_is_the_library_formula_over_the_inputs_for_every_algori
 
     import ringx
     from ringx import memory
-    from ringx_drivers import plugins
     from ringx_drivers.points.attention import make_point, memory_bytes
+    from ringx_suite import plugins
 
     s = memory.sizes(1, 1024, 8, 2, 64, torch.float32)
     inputs = 2 * 1024 * (8 + 2) * 64 * 4

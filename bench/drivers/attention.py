@@ -53,7 +53,7 @@ def build_parser() -> Parser:
     options.add_arguments(p.add_argument_group("points (lists are crossed)"), options.PARAMS.values())
     options.add_arguments(p.add_argument_group("measurement"), options.SETTINGS.values())
     add_output_arguments(p)
-    from ringx_drivers.plugins import FLAG_HELP
+    from ringx_suite.plugins import FLAG_HELP
 
     add("--plugin", help=FLAG_HELP)
     add("--baselines", help=argparse.SUPPRESS)  # gone: a one-line error says where the peers went
@@ -65,7 +65,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[
     """Flags (over the config file, over the definitions' defaults) into the checked invocation, the plugins by name
     (loaded here, on every rank alike, before any collective) and the validated points for ``world`` ranks."""
     import ringx
-    from ringx_drivers import plugins
+    from ringx_suite import plugins
 
     argv = list(argv or [])
     valid = set(options.PARAMS) | set(options.SETTINGS) | set(options.OUTPUT) | {"baselines", "inject", "points",

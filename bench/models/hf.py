@@ -145,20 +145,10 @@ def dense_masks(cfg, documents: tuple[int, ...], seq: int) -> dict:
     return out
 
 
-def causal_lm_loss(logits, shifted, n_valid: int):
-    """Cross-entropy summed over the tokens whose shifted label is not -100, divided by ``n_valid``, in the
-    logits' dtype (transformers' own loss casts to float32, which no float64 check survives)."""
-    import torch
-
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
-                                           ignore_index=-100, reduction="sum")
-    return ce / max(n_valid, 1)
-
-
 def reference_step(cfg, ids, pos, labels, seed: int, documents: tuple[int, ...] | None = None):
     """(loss, {name: gradient}, logits) of the unsharded float64 model (transformers' own attention) on the whole
     batch; ``documents``: the packed documents ``pos`` restarts at."""
-    from ringx.integrations.transformers import shift_labels
+    from ringx.integrations.transformers import IGNORE, shift_labels, token_loss
 
     model = build(cfg, seed)
     extra = {}
@@ -166,7 +156,7 @@ def reference_step(cfg, ids, pos, labels, seed: int, documents: tuple[int, ...] 
         extra["attention_mask"] = dense_masks(cfg, documents, ids.shape[1])
     logits = model(input_ids=ids, position_ids=pos, use_cache=False, **extra).logits
     shifted = shift_labels(labels)
-    loss = causal_lm_loss(logits, shifted, int((shifted != -100).sum()))
+    loss = token_loss(logits, shifted, int((shifted != IGNORE).sum()))
     loss.backward()
     return loss.item(), {k: p.grad for k, p in model.named_parameters()}, logits.detach()
 

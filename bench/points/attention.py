@@ -86,7 +86,7 @@ def masking(d: dict, glob: int, seed: int | None) -> tuple[str | None, int | Non
 
 def make_point(d: dict, world: int, external: dict | None = None, seed: int | None = None) -> Point:
     """A validated point for ``world`` ranks from a dict with the FIELDS keys (seq or seq_per_rank); ``external``:
-    plugins by name (ringx_drivers.plugins.Plugin: their layouts), which points may name too.
+    plugins by name (ringx_suite.plugins.Plugin: their layouts), which points may name too.
 
     Values are read through the option definitions (bench/options.py). ``mask`` (a --mask spec) replaces
     ``causal``; a drawn one uses ``mask_seed`` (default ``seed``). Raises UserError with a message meant for the

@@ -75,7 +75,8 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
     so both agree. Every mistake (an unknown preset, heads that do not divide, a sequence the layouts cannot split
     over ``world`` ranks) raises UserError, on every rank alike, before any process group exists."""
     import ringx
-    from ringx_drivers import models, plugins
+    from ringx_drivers import models
+    from ringx_suite import plugins
 
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}

@@ -191,7 +191,7 @@ def _plugins(raw: dict, params: dict, sweep_dir: Path, where: str, driver: str) 
     and of the installed plugins ``algorithms`` names. They are loaded here too: a point's layout and memory need
     them, and a plugin that cannot be loaded is better said now than on the compute nodes."""
     import ringx
-    from ringx_drivers import plugins
+    from ringx_suite import plugins
 
     given = raw.get("plugins", [])
     if not isinstance(given, list) or not all(isinstance(x, str) and x for x in given):

@@ -272,9 +272,14 @@ def causal_lm_loss(logits: torch.Tensor, batch: ShardedBatch) -> torch.Tensor:
     own loss casts to float32)."""
     if batch.labels is None:
         raise RingxInputError("this batch was sharded without labels: cp.shard(input_ids, labels=...)")
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
+    return token_loss(logits, batch.labels, batch.n_valid)
+
+
+def token_loss(logits: torch.Tensor, shifted: torch.Tensor, n_valid: int) -> torch.Tensor:
+    """Cross-entropy summed over the tokens whose (already shifted) label is not IGNORE, divided by ``n_valid``."""
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1),
                                            ignore_index=IGNORE, reduction="sum")
-    return ce / max(batch.n_valid, 1)
+    return ce / max(n_valid, 1)
 
 
 def allreduce_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
