@@ -96,7 +96,7 @@ SETTINGS: dict[str, Option] = {o.name: o for o in (
     _p("kernel", None, "force a local kernel (default: the fastest exact one for the device)", str, nullable=True),
     _p("peak_tflops", None, "the device's published peak TFLOP/s for MFU (e.g. 989 for H100 SXM bf16); "
        "no MFU without it", float, low=1e-3, high=1e6, nullable=True),
-    _p("link_gbps", None, "the fastest link a rank sends on, GB/s (a sweep: its profile's [model]): a record whose "
+    _p("link_gb_per_s", None, "the fastest link a rank sends on, GB/s (a sweep: its profile's [model]): a record whose "
        "rank sends more bytes per second is flagged implausible", float, low=1e-3, high=1e6, nullable=True),
     _p("device", "auto", "where to run: cpu, cuda or auto (cuda when present)", str, choices=DEVICES),
     _p("backend", "auto", "torch.distributed backend: gloo, nccl or auto (nccl on GPUs)", str, choices=BACKENDS),

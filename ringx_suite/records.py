@@ -88,7 +88,7 @@ ATTENTION = (
       "`external` in records before plugins", column="str"),
     F("plugin_source", str, "a plugin's origin: `entry point MODULE:ATTR` or `--plugin SPEC`", "optional", "str"),
     F("implausible", list, "why the measurement cannot be right (above the device's peak TFLOP/s, given or known "
-      "for the GPU; a rank sending faster than `link_gbps`); `summary` marks its cells with !", "optional"),
+      "for the GPU; a rank sending faster than `link_gb_per_s`); `summary` marks its cells with !", "optional"),
     F("seq", int, "global tokens", column="int", config=True),
     F("seq_per_rank", int, "tokens per rank", column="int", config=True),
     F("scaling", str, "`strong` (global length given) or `weak` (length per rank given)", column="str", config=True),
@@ -113,8 +113,8 @@ ATTENTION = (
     F("peak_tflops", (int, float, _NONE), "the device's published peak (null on CPUs: no MFU without a real peak)",
       "optional", "float"),
     F("mfu", (int, float, _NONE), "`tflops_per_rank / peak_tflops`", "optional", "float"),
-    F("link_gbps", _NUM, "the link bandwidth (GB/s) the bytes per second were checked against (`--link-gbps`, a "
-      "sweep's profile)", "optional", "float"),
+    F("link_gb_per_s", _NUM, "the link bandwidth (GB/s) the bytes per second were checked against "
+      "(`--link-gb-per-s`, a sweep's profile)", "optional", "float"),
     F("bytes_sent_per_rank", list, "payload bytes sent by each rank in one call (ringx ledger)", "ok"),
     F("bytes_received_per_rank", list, "payload bytes received by each rank in one call", "ok"),
     F("comm_calls_per_rank", list, "communication calls of each rank in one call", "ok"),

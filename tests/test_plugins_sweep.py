@@ -72,7 +72,7 @@ def test_a_bad_plugin_in_a_sweep_is_one_line(tmp_path, plugins, algorithms, word
 
 def test_a_tiny_plugin_sweep_runs_locally(tmp_path):
     # and the link half of the sanity check reaches the job: 2 CPU ranks send far more than 1 MB/s
-    f = sweep_file(tmp_path, f'["mine={EXAMPLE}:attention"]', '["ring", "mine"]', bench="link_gbps = 0.001")
+    f = sweep_file(tmp_path, f'["mine={EXAMPLE}:attention"]', '["ring", "mine"]', bench="link_gb_per_s = 0.001")
     proc = subprocess.run([sys.executable, "-m", "ringx_bench", "sweep", "local", str(f), "--quiet"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -80,13 +80,13 @@ def test_a_tiny_plugin_sweep_runs_locally(tmp_path):
     assert recs["mine"]["status"] == "ok" and recs["mine"]["family"] == "plugin", recs["mine"].get("error")
     assert recs["mine"]["check_max_error"] <= 1e-10 and recs["ring"]["status"] == "ok"
     for r in recs.values():  # every rank's bytes per second against the link: flagged, and kept
-        assert r["link_gbps"] == 0.001 and any("above the link's 0.001 GB/s" in x for x in r["implausible"])
+        assert r["link_gb_per_s"] == 0.001 and any("above the link's 0.001 GB/s" in x for x in r["implausible"])
 
 
 def test_a_sweep_checks_bytes_per_second_against_its_profiles_fastest_link(tmp_path):
     sw = sweep.load(sweep_file(tmp_path, "[]", '["ring"]', machine="frontier"))
-    assert sw.bench["link_gbps"] == 50.0  # frontier's [model]: intra 50 GB/s, inter 12.5
-    assert sweep.load(sweep_file(tmp_path, "[]", '["ring"]')).bench["link_gbps"] is None  # local: no [model]
+    assert sw.bench["link_gb_per_s"] == 50.0  # frontier's [model]: intra 50 GB/s, inter 12.5
+    assert sweep.load(sweep_file(tmp_path, "[]", '["ring"]')).bench["link_gb_per_s"] is None  # local: no [model]
 
 
 def test_sweep_predict_traces_a_sweeps_plugin(tmp_path, capsys):

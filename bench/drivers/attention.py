@@ -345,14 +345,14 @@ class Attention(CaseDriver):
         tflops = flops / self.P / fields["median_s"] / 1e12
         peak = self.settings.peak_tflops
         sent = per_rank_fields(votes)["bytes_sent_per_rank"]
-        link = self.settings.link_gbps
+        link = self.settings.link_gb_per_s
         wrong = plausible.problems(tflops, peak or plausible.known_peak(self.device_name), sent, fields["median_s"],
                                    link)
         c.rec.update(
             written_at=now(), kernel=result["kernel"], kernel_version=result["kernel_version"], layout=c.layout,
             timing_group=group_id, samples_s=samples, **fields,
             flops=flops, flops_convention=CONVENTION, tflops_per_rank=tflops, peak_tflops=peak,
-            mfu=tflops / peak if peak else None, **per_rank_fields(votes), **({"link_gbps": link} if link else {}),
+            mfu=tflops / peak if peak else None, **per_rank_fields(votes), **({"link_gb_per_s": link} if link else {}),
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
             **({"call_peak_bytes_per_rank": [x["call_peak"] for x in extra]} if not c.own else {}),
             **_overlap_fields(extra),

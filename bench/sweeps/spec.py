@@ -281,8 +281,8 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         bench["peak_tflops"] = prof.peak_tflops  # a device's published peak; a CPU's is a guess: no MFU
     links = [t["bw_GBps"] for t in (prof.model.get("intra"), prof.model.get("inter")) if isinstance(t, dict)
              and isinstance(t.get("bw_GBps"), int | float)]
-    if bench["link_gbps"] is None and links and pk.name == "run":  # bench run checks it; model and infer do not
-        bench["link_gbps"] = float(max(links))  # no rank sends faster than its fastest link (logical payload)
+    if bench["link_gb_per_s"] is None and links and pk.name == "run":  # bench run checks it; model and infer do not
+        bench["link_gb_per_s"] = float(max(links))  # no rank sends faster than its fastest link (logical payload)
     nodes = _as_list(raw["nodes"])
     rpns = _as_list(raw.get("ranks_per_node", prof.gpus_per_node or None))
     if rpns == [None]:

@@ -27,4 +27,4 @@ if [ "$rc" -ne 0 ]; then
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 4 -n 16 --ntasks-per-node=4 -c 72 --gpus-per-task=1 --environment=/users/u/.edf/ringx.toml ringx-bench run --points /scratch/scratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/scratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 989.0 --link-gbps 150.0
+srun -N 4 -n 16 --ntasks-per-node=4 -c 72 --gpus-per-task=1 --environment=/users/u/.edf/ringx.toml ringx-bench run --points /scratch/scratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/scratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 989.0 --link-gb-per-s 150.0

@@ -23,4 +23,4 @@ if [ "$rc" -ne 0 ]; then
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 4 -n 8 --ntasks-per-node=2 --gpus-per-task=1 /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/runs/paper/sweep/points/N4x2.json --campaign paper --out /scratch/runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 989.0 --link-gbps 450.0
+srun -N 4 -n 8 --ntasks-per-node=2 --gpus-per-task=1 /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/runs/paper/sweep/points/N4x2.json --campaign paper --out /scratch/runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 989.0 --link-gb-per-s 450.0

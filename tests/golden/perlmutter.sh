@@ -28,4 +28,4 @@ if [ "$rc" -ne 0 ]; then
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench run --points /scratch/pscratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0 --link-gbps 100.0
+srun -N 4 -n 16 --ntasks-per-node=4 -c 32 --gpus-per-node=4 --gpu-bind=none ringx-bench run --points /scratch/pscratch/ringx-runs/paper/sweep/points/N4x4.json --campaign paper --out /scratch/pscratch/ringx-runs --warmup 2 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 312.0 --link-gb-per-s 100.0

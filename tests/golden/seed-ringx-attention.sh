@@ -40,4 +40,4 @@ if [ "$rc" -ne 0 ]; then
   echo "ringx: preflight failed (status $rc): no point runs; see $RINGX_PREFLIGHT" >&2
   exit 3
 fi
-srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/points/N1x8.json --campaign seed-ringx-attention --out /scratch/memberwork/abc123/ringx-runs --warmup 1 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5 --link-gbps 50.0 --tag 'RingX SC'"'"'25 attention benchmark (seed script, global sequence)'
+srun -N 1 -n 8 -c 7 --gpus-per-task=1 --gpu-bind=closest /lustre/proj/envs/ringx/bin/ringx-bench run --points /scratch/memberwork/abc123/ringx-runs/seed-ringx-attention/sweep/points/N1x8.json --campaign seed-ringx-attention --out /scratch/memberwork/abc123/ringx-runs --warmup 1 --iters 10 --repeats 1 --check-max-seq 2048 --timeout 300.0 --peak-tflops 191.5 --link-gb-per-s 50.0 --tag 'RingX SC'"'"'25 attention benchmark (seed script, global sequence)'
