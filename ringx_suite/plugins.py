@@ -60,6 +60,26 @@ class Plugin:
     def layout(self, causal_layout: bool) -> str:
         return self.layouts[causal_layout]
 
+    @property
+    def family(self) -> str:
+        """A record's family: ``peer`` for the field's implementations the suite ships, ``plugin`` for a user's."""
+        return "peer" if "ringx_drivers.peers." in self.source else "plugin"
+
+    def refusal(self, device_type: str, masks) -> tuple[str, str | None, str] | None:
+        """(status, failure, error) when it cannot run here: it could not be loaded (failed), it is not available
+        on this device type, or it does not take one of ``masks`` (ringx.Mask; skipped, with the reason); else
+        None."""
+        if self.failure:
+            return "failed", "plugin", self.failure
+        if self.why_not(device_type):
+            return "skipped", None, self.why_not(device_type)
+        for m in masks:
+            if not self.takes(m):
+                plain = [k for k, lay in zip(("full", "causal"), self.layouts) if lay is not None]
+                return "skipped", None, f"{self.name} does not take mask {m.short()} (its masks: " \
+                    + ", ".join([*plain, *sorted(self.masks)]) + ")"
+        return None
+
     def takes(self, mask) -> bool:
         """Whether it takes this ringx.Mask: full and causal where it has their layout, other kinds it names."""
         if self.layouts[mask.causal_layout] is None:
@@ -164,4 +184,20 @@ def load(names: list[str], specs: list[str] = ()) -> dict[str, Plugin]:
     return out
 
 
-__all__ = ["FLAG_HELP", "GROUP", "Plugin", "PluginError", "installed", "load", "of", "parse_spec"]
+def load_apart(names: list[str], specs: list[str], prog: str) -> dict[str, Plugin]:
+    """:func:`load`, less any plugin named like a built-in: that name runs the built-in, and rank 0 says so in one
+    line on stderr (every rank loads alike, before any process group exists)."""
+    import ringx
+
+    from .cli import env_rank
+
+    out = {}
+    for n, p in load(names, specs).items():
+        if n not in ringx.ALGORITHMS:
+            out[n] = p
+        elif env_rank() == 0:
+            print(f"{prog}: {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
+    return out
+
+
+__all__ = ["FLAG_HELP", "GROUP", "Plugin", "PluginError", "installed", "load", "load_apart", "of", "parse_spec"]

@@ -1,4 +1,5 @@
-"""Plugins that break the contract, each in its own way (tests/test_plugins.py runs them beside a good one)."""
+"""Plugins that break the contract, each in its own way (tests/test_plugins.py runs them beside a good one), and
+built-ins wrapped as plugins (their bytes and answers must be the built-ins')."""
 
 import time
 
@@ -28,3 +29,20 @@ def hangs(q, k, v, *, causal, group):
 
 
 not_callable = 42
+
+
+def _wrapped(name: str, layout, masks=()):
+    """ringx's ``name`` under the plugin contract (ringx.attention over the group it is given)."""
+    import ringx
+
+    def attention(q, k, v, *, group, causal=None, mask=None):
+        masking = {"mask": mask} if mask is not None else {"causal": causal}
+        return ringx.attention(q, k, v, algorithm=name, group=group, validate=False, **masking)
+
+    attention.layout, attention.masks = layout, masks
+    return attention
+
+
+as_ring = _wrapped("ring", "contiguous", ("window", "docs"))
+as_zigzag = _wrapped("zigzag", "zigzag")
+full_only = _wrapped("ring", {"full": "contiguous", "causal": None})  # takes no causal attention

@@ -303,7 +303,7 @@ masks = ["docs:lognormal:48", "window:32"]
         assert all(flag in c for c in cmds) and all("--mask-seed" in c for c in cmds)
         got = set()
         for c in cmds:  # the records each job's bench model writes have the keys sweep status looks up
-            inv, _, pl = step.resolve(c[1:], 2)
+            inv, _, pl, _ = step.resolve(c[1:], 2)
             s = inv.settings
             got |= {config_key(step_points.plan_config(pl, a, pl.seqs[0], world=2, nodes=1, repeat=0, dtype="float32",
                                                        checkpoint=False, kernel=s.kernel, warmup=s.warmup,

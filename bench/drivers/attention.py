@@ -39,7 +39,7 @@ from ringx_drivers.driver import (
 )
 from ringx_drivers.measure.failures import CheckFailed
 from ringx_drivers.points.attention import Point, make_point, record_config
-from ringx_suite.cli import Parser, UserError, env_rank, split_list
+from ringx_suite.cli import Parser, UserError, split_list
 
 PROG = "ringx-bench run"
 
@@ -64,7 +64,6 @@ def build_parser() -> Parser:
 def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[Point]]:
     """Flags (over the config file, over the definitions' defaults) into the checked invocation, the plugins by name
     (loaded here, on every rank alike, before any collective) and the validated points for ``world`` ranks."""
-    import ringx
     from ringx_suite import plugins
 
     argv = list(argv or [])
@@ -87,12 +86,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[
         named = list(dict.fromkeys(str(d.get("algorithm")) for d in raw))
     else:
         raw, named = None, options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
-    loaded = {}
-    for n, p in plugins.load(named, specs).items():
-        if n not in ringx.ALGORITHMS:
-            loaded[n] = p
-        elif env_rank() == 0:  # a clash is said once, before any group exists, and left out
-            print(f"{PROG}: {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
+    loaded = plugins.load_apart(named, specs, PROG)
     if raw is None:
         raw = cross_product({k: given.get(k) for k in options.PARAMS}, loaded)
     return inv, loaded, [make_point(d, world, external=loaded, seed=inv.settings.mask_seed) for d in raw]
@@ -177,7 +171,7 @@ class Attention(CaseDriver):
     def record_fields(self, pt: Point) -> dict:
         ext = self.external.get(pt.algorithm)
         if ext:  # the field's implementations (bench/peers/) apart from a user's own
-            return {"family": "peer" if "ringx_drivers.peers." in ext.source else "plugin", "plugin_source": ext.source}
+            return {"family": ext.family, "plugin_source": ext.source}
         return {"family": self.ringx.ALGORITHMS[pt.algorithm].family}
 
     def own(self, pt: Point):
@@ -196,14 +190,9 @@ class Attention(CaseDriver):
 
     def unrunnable(self, pt: Point):
         ext = self.external.get(pt.algorithm)
-        if ext and ext.failure:
-            return "failed", "plugin", ext.failure
-        if ext and ext.why_not(self.ctx.device.type):
-            return "skipped", None, ext.why_not(self.ctx.device.type)
-        if ext and not ext.takes(pt.the_mask()):
-            plain = [k for k, lay in zip(("full", "causal"), ext.layouts) if lay is not None]
-            return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: " \
-                + ", ".join([*plain, *sorted(ext.masks)]) + ")"
+        refused = ext.refusal(self.ctx.device.type, [pt.the_mask()]) if ext else None
+        if refused:
+            return refused
         too_big = self.memory_problem(pt)  # refused before allocating
         return ("failed", "oom", too_big) if too_big else None
 

@@ -17,6 +17,12 @@ per rank, model FLOPs per token (6N + attention, as PaLM counts), MFU against a 
 with the same model run unsharded on one process in float64 on the CPU (plain attention; tolerance
 CHECK_TOLERANCE, relative). A failing algorithm is recorded as failed and not timed.
 
+Plugins (docs/plugins.md), installed ones named in --algorithms or given by --plugin, train as ours do: every
+attention layer calls the plugin on this rank's shard, in its layout; the bytes of their attention (forward and
+backward, not the gradient all-reduce) are counted at the dispatcher during the first step. One that cannot run
+(it cannot be loaded, raises, returns the wrong shape, does not take a layer's mask) is recorded so in one line and
+the others go on. --hf models take ringx's algorithms only.
+
 Example (2 local CPU ranks):
   mpiexec -n 2 ringx-bench model --preset tiny --seq 1024,2048 --algorithms ring,ringx3,ringx4o --check
 """
@@ -45,7 +51,7 @@ from ringx_drivers.driver import (
 from ringx_drivers.measure.failures import CheckFailed
 from ringx_drivers.measure.ranks import describe
 from ringx_drivers.points.step import CHECK_MAX_SEQ, POINT, ModelPlan, model_plan, plan_config
-from ringx_suite.cli import Parser, UserError
+from ringx_suite.cli import Parser, UserError, split_list
 from ringx_suite.records import MODEL_PHASES
 
 PROG = "ringx-bench model"
@@ -54,16 +60,20 @@ BUCKET = 1 << 25  # elements per gradient all-reduce
 
 
 def build_parser() -> Parser:
-    return model_parser(PROG, __doc__, options.MODEL.values(), "points (lists are crossed)",
-                        [options.PARAMS[k] for k in POINT], CHECK_MAX_SEQ)
+    from ringx_suite.plugins import FLAG_HELP
+
+    p = model_parser(PROG, __doc__, options.MODEL.values(), "points (lists are crossed)",
+                     [options.PARAMS[k] for k in POINT], CHECK_MAX_SEQ)
+    p.add_argument("--plugin", help=FLAG_HELP)
+    return p
 
 
-def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[Invocation, options.ModelOptions,
-                                                                           ModelPlan]:
+def make_plan(given: dict, world: int, argv: list[str] | tuple = (), external: dict | None = None
+              ) -> tuple[Invocation, options.ModelOptions, ModelPlan]:
     """:func:`resolve` from the options as a dict: the checked invocation (with --machine's peak for MFU), and
-    the model options and plan (bench/points/step.py ``model_plan``)."""
+    the model options and plan (bench/points/step.py ``model_plan``; ``external``: the plugins by name)."""
     inv = Invocation.of(given, argv, settings_defaults={"check_max_seq": CHECK_MAX_SEQ})
-    mo, plan = model_plan(given, world)
+    mo, plan = model_plan(given, world, external)
     if mo.machine and inv.settings.peak_tflops is None:
         from ringx_drivers.sweeps.profiles import load_profile
 
@@ -77,16 +87,21 @@ def make_plan(given: dict, world: int, argv: list[str] | tuple = ()) -> tuple[In
     return inv, mo, plan
 
 
-def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, ModelPlan]:
+def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, options.ModelOptions, ModelPlan, dict]:
     """Flags over the config file over the preset: the checked invocation, model options and plan for ``world``
-    ranks.
+    ranks, and the plugins by name (loaded here, on every rank alike).
 
     Every mistake (unknown preset, heads that do not divide, a sequence the layouts cannot split over
     ``world`` ranks) raises UserError here, on every rank alike, before any process group exists.
     """
+    from ringx_suite import plugins
+
     argv = list(argv or [])
-    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject"}
-    return make_plan(given_options(build_parser(), argv, valid), world, argv)
+    valid = set(options.MODEL) | set(POINT) | set(options.SETTINGS) | set(options.OUTPUT) | {"inject", "plugin"}
+    given = given_options(build_parser(), argv, valid)
+    named = options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
+    external = plugins.load_apart(named, split_list(given.get("plugin") or ""), PROG)
+    return (*make_plan(given, world, argv, external), external)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -114,28 +129,50 @@ def shard_batch(inputs, targets, n_global: int, layout: str, rank: int, world: i
                       pos.to(device or "cpu"), n_global)
 
 
-def ringx_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, state=None, masks=None):
-    """``attend(q, k, v)`` through ``ringx.attention``, outside autocast (its inputs are already in the
-    compute dtype). ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call. ``masks``
-    (ringx.Mask, the layers cycling through them): one attend per mask, the list the model takes."""
+def make_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, state=None, masks=None,
+                plugin=None):
+    """``attend(q, k, v)`` through ``ringx.attention``, or through ``plugin`` (a ringx_suite.plugins.Plugin: its
+    contract's call over the world group), outside autocast (its inputs are already in the compute dtype).
+    ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call. ``masks`` (ringx.Mask, the
+    layers cycling through them): one attend per mask, the list the model takes."""
+    import ringx
+
+    if plugin is not None:
+        whole = masks or [ringx.Mask.causal() if causal else ringx.Mask.full()]
+        got = [_plugin_attend(plugin, m) for m in whole]
+        return got if masks else got[0]
     if masks:
         return [_ringx_attend(algorithm, {"mask": m}, kernel, ulysses_degree, state) for m in masks]
     return _ringx_attend(algorithm, {"causal": causal}, kernel, ulysses_degree, state)
 
 
-def _ringx_attend(algorithm: str, masking: dict, kernel, ulysses_degree, state):
+def _uncast(q):
+    """Outside autocast: attention's inputs are already in the compute dtype."""
     import torch
 
+    dev = q.device.type
+    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext()
+
+
+def _ringx_attend(algorithm: str, masking: dict, kernel, ulysses_degree, state):
     import ringx
 
     state = state if state is not None else {}
 
     def attend(q, k, v):
-        dev = q.device.type
-        with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext():
+        with _uncast(q):
             return ringx.attention(q, k, v, algorithm=algorithm, **masking, kernel=kernel,
                                    ulysses_degree=ulysses_degree, stats=state.get("stats"),
                                    validate=state.get("validate", True))
+    return attend
+
+
+def _plugin_attend(plugin, mask):
+    import torch.distributed as dist
+
+    def attend(q, k, v):
+        with _uncast(q):
+            return plugin.call(q, k, v, mask, dist.group.WORLD)
     return attend
 
 
@@ -197,9 +234,10 @@ def global_batch64(cfg, batch: int, seq: int, seed: int):
 
 
 def sharded_step(model, cfg, batch: int, seq: int, seed: int, algorithm: str, layout: str, device, kernel=None,
-                 ulysses_degree=None, group=None, masks=None):
+                 ulysses_degree=None, group=None, masks=None, plugin=None):
     """(global loss, {name: summed gradient}) of one sharded step of ``model`` (float64 on this rank's
-    device); every rank of the group calls it together. The model's gradients are left set."""
+    device), its attention ``algorithm``'s or ``plugin``'s; every rank of the group calls it together. The model's
+    gradients are left set."""
     import torch.distributed as dist
 
     rank, world = dist.get_rank(group), dist.get_world_size(group)
@@ -207,7 +245,8 @@ def sharded_step(model, cfg, batch: int, seq: int, seed: int, algorithm: str, la
     inputs, targets, n = global_batch64(cfg, batch, seq, seed)
     lb = shard_batch(inputs, targets, n, layout, rank, world, device)
     loss = model.loss(lb.inputs, lb.targets, lb.positions,
-                      ringx_attend(algorithm, cfg.causal, kernel, ulysses_degree, masks=masks), lb.n_global)
+                      make_attend(algorithm, cfg.causal, kernel, ulysses_degree, masks=masks, plugin=plugin),
+                      lb.n_global)
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total, group=group)
@@ -244,13 +283,15 @@ class StepAt:
 class Step:
     """One training step of one algorithm on the shared model: forward, backward, all-reduce, AdamW.
 
-    Each call appends this rank's seconds per phase (device synchronised between phases)."""
+    Each call appends this rank's seconds per phase (device synchronised between phases). ``counting``: a
+    ringx.traffic.Traffic the forward and backward run under (a plugin's attention bytes), the all-reduce outside."""
 
     def __init__(self, model, opt, batch: LocalBatch, attend, state: dict, device, dtype: str):
         self.model, self.opt, self.batch, self.attend, self.state = model, opt, batch, attend, state
         self.device, self.dtype = device, dtype
         self.params = list(model.parameters())
         self.phases: list[tuple[float, ...]] = []
+        self.counting = None
 
     def _sync(self) -> None:
         import torch
@@ -264,12 +305,14 @@ class Step:
         b = self.batch
         cast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.dtype == "bfloat16"
                 else nullcontext())
+        counting = self.counting or nullcontext()
         t0 = time.perf_counter()
-        with cast:
+        with counting, cast:
             loss = self.model.loss(b.inputs, b.targets, b.positions, self.attend, b.n_global)
         self._sync()
         t1 = time.perf_counter()
-        loss.backward()
+        with counting:
+            loss.backward()
         self._sync()
         t2 = time.perf_counter()
         allreduce_grads(self.params)
@@ -288,9 +331,9 @@ class TrainingStep(ModelDriver):
     prog, command, kind = "bench model", "model", "model"
     point = StepAt
 
-    def __init__(self, inv: Invocation, model: options.ModelOptions, plan: ModelPlan):
+    def __init__(self, inv: Invocation, model: options.ModelOptions, plan: ModelPlan, external: dict | None = None):
         super().__init__(inv, plan, model.dtype)
-        self.model = model
+        self.model, self.external = model, external or {}
 
     # -- points and records --------------------------------------------------------------------------------
 
@@ -309,14 +352,34 @@ class TrainingStep(ModelDriver):
     def record_fields(self, pt: StepAt) -> dict:
         import ringx
 
+        ext = self.external.get(pt.algorithm)
+        if ext:
+            return {"family": ext.family, "plugin_source": ext.source, "lr": self.model.lr}
         return {"family": ringx.ALGORITHMS[pt.algorithm].family, "lr": self.model.lr}
+
+    def own(self, pt: StepAt):
+        return self.external.get(pt.algorithm)
 
     def layout(self, pt: StepAt) -> str:
         import ringx
 
         m = self.plan.layout_mask(pt.seq)
+        ext = self.external.get(pt.algorithm)
+        if ext:
+            return ext.layout(m if isinstance(m, bool) else m.causal_layout)
         return ringx.ALGORITHMS[pt.algorithm].layout(m) if isinstance(m, bool) else \
             ringx.ALGORITHMS[pt.algorithm].layout(mask=m)
+
+    def unrunnable(self, pt: StepAt):
+        """A plugin that could not be loaded, is not available here or does not take a layer's mask."""
+        import ringx
+
+        ext = self.external.get(pt.algorithm)
+        if not ext:
+            return None
+        c = self.plan.config
+        masks = self.plan.masks_at(pt.seq) or [ringx.Mask.causal() if c.causal else ringx.Mask.full()]
+        return ext.refusal(self.ctx.device.type, masks)
 
     def start(self, total: int) -> None:
         c, plan = self.plan.config, self.plan
@@ -393,7 +456,7 @@ class TrainingStep(ModelDriver):
                                               model=model)[:2]
                     else:
                         got = sharded_step(model, cfg, plan.batch, cs, cs, c.algorithm, c.layout, dev,
-                                           self.settings.kernel, masks=masks)
+                                           self.settings.kernel, masks=masks, plugin=c.own)
                 except Exception as e:  # noqa: BLE001 - raised after the verdict, which every rank waits for
                     failed = e
                 verdict = ("exception", "rank 0's sharded step failed")
@@ -451,11 +514,12 @@ class TrainingStep(ModelDriver):
 
         for c in cases:
             self.failures.hook(c.index, "prepare")
-            c.stats = ringx.CallStats()
+            c.stats = None if c.own else ringx.CallStats()
             state = {"stats": c.stats, "validate": True}
             lb = shard_batch(inputs, targets, n, c.layout, self.rank, self.P, dev)
-            c.call = Step(model, opt, lb, ringx_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state,
-                                                       masks=self.plan.masks_at(seq)), state, dev, self.dtype)
+            c.call = Step(model, opt, lb, make_attend(c.algorithm, cfg.causal, self.settings.kernel, state=state,
+                                                      masks=self.plan.masks_at(seq), plugin=c.own),
+                          state, dev, self.dtype)
         return {"model": model, "opt": opt, "params": models.count_params(model),
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
@@ -495,17 +559,27 @@ class TrainingStep(ModelDriver):
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
     def first_call(self, c: Case) -> None:
-        """One untimed step: fills the attention ledger and measures this algorithm's peak memory."""
+        """One untimed step: fills the attention ledger (a plugin's: its forward and backward counted at the
+        dispatcher, as bench run counts one) and measures this algorithm's peak memory."""
+        from ringx.traffic import Traffic
         from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         reset_peak_memory(self.ctx.device)
         self.failures.hook(c.index, "run")
+        if c.own:
+            c.call.counting = Traffic()
         c.call()
+        counted, c.call.counting = c.call.counting, None
         c.call.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
         c.call.phases.clear()
         st = c.stats
-        c.result.update(mem=peak_memory(self.ctx.device), kernel=st.kernel, kernel_version=st.kernel_version,
-                        **ledger_totals(st))
+        if st:
+            c.result.update(kernel=st.kernel, kernel_version=st.kernel_version, **ledger_totals(st))
+        else:
+            lg = counted.ledger
+            c.result.update(kernel=c.algorithm, kernel_version=None, sent=lg.sent, received=lg.received,
+                            calls=lg.calls)
+        c.result.update(mem=peak_memory(self.ctx.device))
 
     def after_timing(self, live: list[Case]) -> list[dict[str, list[float]]]:
         """Each phase's seconds per timed iteration, the slowest rank's (exchanged once, after timing)."""
@@ -560,8 +634,8 @@ class TrainingStep(ModelDriver):
 
 def main(argv: list[str] | None = None) -> int:
     def make(argv: list[str], world: int) -> TrainingStep:
-        inv, model, plan = resolve(argv, world)  # every user mistake stops here, before any collective
-        return TrainingStep(inv, model, plan)
+        inv, model, plan, external = resolve(argv, world)  # every user mistake stops here, before any collective
+        return TrainingStep(inv, model, plan, external)
 
     return mpi_main(PROG, argv, make)
 

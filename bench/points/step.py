@@ -69,19 +69,25 @@ class ModelPlan:
         return {}
 
 
-def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan]:
+def model_plan(given: dict, world: int, external: dict | None = None) -> tuple[options.ModelOptions, ModelPlan]:
     """The model options and plan of ``bench model``'s options as a dict (option name -> a flag's string, a TOML
     value or a list), checked for ``world`` ranks: what the driver runs and what a sweep validates a point with,
-    so both agree. Every mistake (an unknown preset, heads that do not divide, a sequence the layouts cannot split
-    over ``world`` ranks) raises UserError, on every rank alike, before any process group exists."""
+    so both agree. ``external``: plugins by name (ringx_suite.plugins.Plugin), which the algorithms may name and
+    which join them (after the built-ins when none are named). Every mistake (an unknown preset, heads that do not
+    divide, a sequence the layouts cannot split over ``world`` ranks) raises UserError, on every rank alike, before
+    any process group exists."""
     import ringx
     from ringx_drivers import models
-    from ringx_suite import plugins
+
+    external = {n: p for n, p in (external or {}).items() if n not in ringx.ALGORITHMS}
 
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
     mo = options.ModelOptions.of(given)
     if mo.hf or mo.hf_config:
+        if external:
+            raise UserError(f"--hf runs a transformers model through ringx.integrations.transformers, which takes "
+                            f"ringx's algorithms only; plugins ({', '.join(external)}) train --preset models")
         return _hf_plan(given, mo, world)
     cfg = model_config(mo.preset, {k: getattr(mo, k) for k in models.FIELDS if k in options.MODEL})
 
@@ -105,20 +111,24 @@ def model_plan(given: dict, world: int) -> tuple[options.ModelOptions, ModelPlan
         raise UserError("--layer-masks: full and masked layers need two layouts of one sequence; give masked "
                         "layers only (e.g. window:W,causal) or full layers only")
     family = kinds.pop()
-    names = options.value(P["algorithms"], given.get("algorithms"), "", many=True) or ringx.algorithms.names(family)
+    asked = options.value(P["algorithms"], given.get("algorithms"), "", many=True)
+    names = [*(asked or ringx.algorithms.names(family)), *(n for n in external if n not in (asked or ()))]
     for n in names:
-        if n not in ringx.ALGORITHMS and n in plugins.installed():  # a training step calls ringx.attention per layer
-            raise UserError(f"{n} is a plugin: bench model trains with ringx's algorithms only; time plugins with "
-                            "bench run or bench quick (docs/plugins.md)")
-        try:
-            ringx.algorithms.get(n, family)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        algo = ringx.ALGORITHMS[n]
-        if algo.ulysses == "all" and cfg.heads % world:
-            raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits heads); "
-                            "choose other --heads or drop it from --algorithms")
-        div = algo.local_divisor(family) * world
+        if n in external:  # its layout splits the sequence; what it cannot run is recorded when the run meets it
+            div = ringx.layouts.global_divisor(external[n].layout(family) or "contiguous", world)
+        else:
+            if n not in ringx.ALGORITHMS:
+                raise UserError(f"unknown algorithm {n!r}; choose from {', '.join(ringx.ALGORITHMS)}, or a plugin "
+                                "(--plugin, or installed: ringx-bench plugins lists them)")
+            try:
+                ringx.algorithms.get(n, family)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            algo = ringx.ALGORITHMS[n]
+            if algo.ulysses == "all" and cfg.heads % world:
+                raise UserError(f"{n}: {cfg.heads} query heads do not divide over {world} ranks (Ulysses splits "
+                                "heads); choose other --heads or drop it from --algorithms")
+            div = algo.local_divisor(family) * world
         for s in seqs:
             if s % div:
                 raise UserError(f"sequence length {s} cannot be split for {n} "
@@ -242,18 +252,21 @@ def check_values(params: dict, where: str) -> None:
         options.value(definition(k), v, where, many=True)
 
 
-def check_model(d: dict, algorithms: list[str], where: str) -> None:
-    """The model options of a point (preset, fields, dtype) and the algorithms asked of it, whatever the
-    ranks: an unknown preset, heads that do not divide or an algorithm the masking lacks, said once."""
+def check_model(d: dict, algorithms: list[str], where: str, external: dict | None = None) -> None:
+    """The model options of a point (preset, fields, dtype) and the algorithms asked of it (``external``: the
+    sweep's plugins by name), whatever the ranks: an unknown preset, heads that do not divide or an algorithm the
+    masking lacks, said once."""
     given = {k: v for k, v in d.items() if k in MODEL_KEYS}
+    external = {n: p for n, p in (external or {}).items() if n in algorithms}
     try:
-        model_plan(given | {"algorithms": algorithms}, world=1)  # at one rank any length splits
+        model_plan(given | {"algorithms": algorithms}, world=1, external=external)  # at one rank any length splits
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
 
-def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
-    """A validated point for ``world`` ranks from a dict of [params] keys (``algorithm`` for ``algorithms``).
+def make_step_point(d: dict, world: int, device_type: str, external: dict | None = None) -> StepPoint:
+    """A validated point for ``world`` ranks from a dict of [params] keys (``algorithm`` for ``algorithms``), which
+    may name one of ``external`` (the sweep's plugins by name).
 
     ``device_type`` (cuda or cpu: where the job runs) resolves dtype auto. Raises UserError with bench
     model's own message."""
@@ -264,7 +277,8 @@ def make_step_point(d: dict, world: int, device_type: str) -> StepPoint:
             given[k] = [given[k]]
     if given.get("seq") is None and given.get("seq_per_rank") is None:
         raise UserError("give seq (global, strong scaling) or seq_per_rank (weak scaling)")
-    model, plan = model_plan(given, world)
+    mine = {n: p for n, p in (external or {}).items() if n == d.get("algorithm")}
+    model, plan = model_plan(given, world, mine)
     dtype = compute_dtype(model.dtype, device_type)
     overrides = tuple((k, getattr(model, k)) for k in MODEL_KEYS
                       if k in d and k not in ("preset", "dtype", "checkpoint"))

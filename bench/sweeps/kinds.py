@@ -24,12 +24,15 @@ class PointKind:
     params: frozenset[str] = frozenset(options.PARAMS) | {"masks"}  # masks = [...]: the jobs' --mask
     defaults: dict = {}  # [bench] settings this driver defaults differently from bench/options.py
     predicts = True  # the cost model covers these points (bench sweep predict)
+    takes_plugins = True  # its points may name plugins (its driver takes --plugin)
 
-    def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
-        """Problems of [params] as a whole, before any point is made (none for attention points)."""
+    def check_params(self, params: dict, dicts: list[dict], where: str, external: dict | None = None) -> None:
+        """Problems of [params] as a whole, before any point is made (none for attention points); ``external``:
+        the sweep's plugins by name."""
 
     def make(self, d: dict, ranks: int, gpu: bool, external: dict | None = None):
-        """A point of ``d``; ``external``: the sweep's plugins by name (spec.py refuses them for other kinds)."""
+        """A point of ``d``; ``external``: the sweep's plugins by name (spec.py refuses them for kinds other than
+        attention and training steps)."""
         return points.make_point(d, ranks, external)
 
     def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict, external: dict | None = None) -> int:
@@ -62,7 +65,7 @@ class StepKind(PointKind):
     defaults = {"check_max_seq": step_points.CHECK_MAX_SEQ}
     predicts = False  # the cost model knows attention only
 
-    def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
+    def check_params(self, params: dict, dicts: list[dict], where: str, external: dict | None = None) -> None:
         """Said in one line whatever the ranks: values against their definitions, then every model configuration
         with the algorithms asked of it (preset, fields that do not divide, masking). Raises ValueError."""
         where = f"[params] of {where}"
@@ -76,10 +79,10 @@ class StepKind(PointKind):
             models.setdefault(tuple((k, v) for k, v in d.items() if k in step_points.MODEL_KEYS), []).append(
                 d["algorithm"])
         for key, algos in models.items():
-            step_points.check_model(dict(key), list(dict.fromkeys(algos)), where)
+            step_points.check_model(dict(key), list(dict.fromkeys(algos)), where, external)
 
     def make(self, d: dict, ranks: int, gpu: bool, external: dict | None = None):
-        return step_points.make_step_point(d, ranks, "cuda" if gpu else "cpu")
+        return step_points.make_step_point(d, ranks, "cuda" if gpu else "cpu", external)
 
     def memory_bytes(self, pt, ranks: int, gpu: bool, bench: dict, external: dict | None = None) -> int:
         return step_points.memory_bytes(pt, ranks, gpu, bench["check"])
@@ -106,8 +109,9 @@ class InferKind(PointKind):
     params = frozenset(infer_points.SWEEP_PARAMS)
     defaults = {"check_max_seq": infer_points.CHECK_MAX_SEQ}
     predicts = False  # the attention cost model does not cost a generation (analysis serving does)
+    takes_plugins = False  # serving calls ringx's prefill and decode, which a plugin's contract does not cover
 
-    def check_params(self, params: dict, dicts: list[dict], where: str) -> None:
+    def check_params(self, params: dict, dicts: list[dict], where: str, external: dict | None = None) -> None:
         if "algorithms" not in params:
             raise ValueError(f"[params] of {where} needs algorithms, e.g. algorithms = ['ring', 'ringx1', 'tp']")
         if "prompt_len" not in params:

@@ -26,11 +26,20 @@ def job_commands(sw: Sweep, points: list, points_file: Path, retry_failed: bool 
     tail = ["--campaign", sw.campaign, "--out", str(sw.out.resolve()), *options.to_argv(sw.bench, keep_defaults=True)]
     if sw.tag:
         tail += ["--tag", str(sw.tag)]
-    if sw.plugins:  # imported by every rank on the compute nodes, as bench run's own --plugin
-        tail += ["--plugin", ",".join(sw.plugins)]
     if retry_failed:
         tail.append("--retry-failed")
-    return [[*cmd, *tail] for cmd in sw.kind.commands(points, str(points_file.resolve()))]
+    return [[*cmd, *tail, *_plugin_flags(sw.plugins, cmd)] for cmd in sw.kind.commands(points,
+                                                                                      str(points_file.resolve()))]
+
+
+def _plugin_flags(specs: tuple[str, ...], cmd: list[str]) -> list[str]:
+    """``--plugin`` with the sweep's plugins a command runs, imported by every rank on the compute nodes. A command
+    that lists its algorithms gets only the plugins it names: a given plugin joins a command's candidates."""
+    from ringx_suite.plugins import parse_spec
+
+    named = cmd[cmd.index("--algorithms") + 1].split(",") if "--algorithms" in cmd else None
+    mine = [s for s in specs if named is None or parse_spec(s)[0] in named]
+    return ["--plugin", ",".join(mine)] if mine else []
 
 
 def resolved_profile(sw: Sweep):

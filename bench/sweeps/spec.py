@@ -186,7 +186,7 @@ def _inside(sw_dir: Path, out: Path) -> None:
                          "Remove it or choose another out")
 
 
-def _plugins(raw: dict, params: dict, sweep_dir: Path, where: str, driver: str) -> tuple[tuple[str, ...], dict]:
+def _plugins(raw: dict, params: dict, sweep_dir: Path, where: str, pk) -> tuple[tuple[str, ...], dict]:
     """(the ``--plugin`` specs the jobs pass, file paths made absolute; the plugins by name) of ``plugins = [...]``
     and of the installed plugins ``algorithms`` names. They are loaded here too: a point's layout and memory need
     them, and a plugin that cannot be loaded is better said now than on the compute nodes."""
@@ -206,9 +206,9 @@ def _plugins(raw: dict, params: dict, sweep_dir: Path, where: str, driver: str) 
         specs.append(f"{name}={target}")
     named = [a for a in _as_list(params.get("algorithms", params.get("algorithm", []))) if isinstance(a, str)]
     loaded = plugins.load(named, specs)
-    if loaded and driver != "run":
-        raise SweepError(f"plugins run in attention sweeps (driver = \"run\"); this is a {driver} sweep: "
-                         f"{', '.join(loaded)}")
+    if loaded and not pk.takes_plugins:
+        raise SweepError(f"plugins run in attention and training-step sweeps (driver = \"run\" or \"model\"); this "
+                         f"is a {pk.name} sweep: {', '.join(loaded)}")
     for n, p in loaded.items():
         if p.failure:
             raise SweepError(f"{where}: {p.failure}")
@@ -243,7 +243,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
     _unknown(_table(raw, "bench", where), BENCH, f"[bench] of {where}")
     _unknown(params, pk.params, f"[params] of {where}")
     excludes = _excludes(raw, where, pk.params)
-    specs, external = _plugins(raw, params, path.parent, where, pk.name)
+    specs, external = _plugins(raw, params, path.parent, where, pk)
     for k in ("campaign", "nodes") + (() if profile else ("machine",)):
         if k not in raw:
             raise SweepError(f"{where} needs {k!r}")
@@ -306,7 +306,7 @@ def load(path: str | Path, account: str = "", partition: str = "", qos: str = ""
         masked = [d.get("mask") is not None or d.get("layer_masks") is not None for d in dicts]
         dicts = [d | {"mask_seed": bench["mask_seed"]} if m else d for d, m in zip(dicts, masked)]
     try:
-        pk.check_params(params, dicts, where)
+        pk.check_params(params, dicts, where, external)
     except ValueError as e:
         raise SweepError(str(e)) from None
     gpu = bool(prof.gpus_per_node) and bench["device"] != "cpu"
