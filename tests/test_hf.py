@@ -252,3 +252,19 @@ def test_bench_model_hf_in_a_sweep_renders_its_flags(tmp_path):
     assert "--hf llama" in runs[0] and "--hf gpt-oss" in runs[1]
     qwen = hf.model_of(None, "qwen3-32b", {"layers": 2})
     assert (qwen.heads, qwen.kv_heads, qwen.head_dim, qwen.d_model, qwen.layers) == (64, 8, 128, 5120, 2)
+
+
+def test_a_mixture_of_experts_is_sized_with_every_expert():
+    """A sweep's memory estimate holds the weights, gradients and AdamW state of every expert, not of a dense MLP of
+    the same width (gpt-oss-20b: 32 experts per layer)."""
+    import torch
+    import transformers
+
+    from ringx_drivers.points import step as step_points
+
+    moe = hf.model_of(None, "gpt-oss-20b", {"layers": 2})
+    with torch.device("meta"):
+        built = transformers.AutoModelForCausalLM.from_config(moe.hf)
+    assert step_points.param_count(moe) == sum(p.numel() for p in built.parameters())
+    experts = sum(p.numel() for n, p in built.named_parameters() if ".experts." in n)
+    assert experts > 0.5 * step_points.param_count(moe)  # most of its weights are experts the estimate must hold

@@ -338,10 +338,14 @@ def memory_bytes(pt: StepPoint, world: int, gpu: bool, check: bool) -> int:
 
 @functools.lru_cache(maxsize=64)
 def param_count(c) -> int:
-    """The model's parameters, from its shape (built on the meta device: no memory)."""
+    """The model's parameters, from its shape (built on the meta device: no memory); a transformers model's every
+    expert counted (a mixture of experts holds them all)."""
     import torch
 
     from ringx_drivers import models
+
+    if hasattr(c, "counts"):  # --hf, --hf-config (bench/models/hf.py)
+        return c.counts()[0]
 
     with torch.device("meta"):
         return models.count_params(models.Model(c))
