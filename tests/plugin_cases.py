@@ -28,3 +28,10 @@ def hangs(q, k, v, *, causal, group):
 
 
 not_callable = 42
+
+
+def full_only(q, k, v, *, causal, group):
+    return q * 1
+
+
+full_only.layout = {"full": "contiguous", "causal": None}  # takes no causal mask: such points are skipped
