@@ -137,7 +137,7 @@ def test_a_plugin_that_cannot_run_or_fails_is_one_line_and_ring_is_still_traced(
         for line in (f"raises {mode} seq={SEQ}: FAILED (ranks 0, 1: ValueError: this plugin always fails)",
                      f"shape {mode} seq={SEQ}: FAILED (ranks 0, 1: PluginError: shape returned (1, 1, 4, 8)",
                      f"gone {mode} seq={SEQ}: FAILED (plugin gone", f"rfa-ring {mode} seq={SEQ}: skipped (",
-                     f"fullonly {mode} seq={SEQ}: skipped (fullonly does not take mask causal)"):
+                     f"fullonly {mode} seq={SEQ}: skipped (fullonly does not take mask causal (its masks: full))"):
             assert line in out, line
     assert "plugin ring (--plugin ring=" in proc.stderr and "ring runs as the built-in" in proc.stderr
     assert set(_docs(campaign, "ring")) == {(m, r) for m in ("fwd", "fwd+bwd") for r in (0, 1)}

@@ -196,15 +196,9 @@ class Attention(CaseDriver):
         self.note_machine()
 
     def unrunnable(self, pt: Point):
-        ext = self.external.get(pt.algorithm)
-        if ext and ext.failure:
-            return "failed", "plugin", ext.failure
-        if ext and ext.why_not(self.ctx.device.type):
-            return "skipped", None, ext.why_not(self.ctx.device.type)
-        if ext and not ext.takes(pt.the_mask()):
-            plain = [k for k, lay in zip(("full", "causal"), ext.layouts) if lay is not None]
-            return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: " \
-                + ", ".join([*plain, *sorted(ext.masks)]) + ")"
+        refused = plugin_refused(self.external.get(pt.algorithm), pt, self.ctx.device.type)
+        if refused:
+            return refused
         too_big = self.memory_problem(pt)  # refused before allocating
         return ("failed", "oom", too_big) if too_big else None
 
@@ -363,6 +357,23 @@ class Attention(CaseDriver):
             **({"implausible": wrong} if wrong else {}))
         return f"{fields['median_s'] * 1e3:.2f} ms ({tflops:.3f} TFLOP/s per rank)" + \
             (f" IMPLAUSIBLE: {'; '.join(wrong)}" if wrong else "")
+
+
+def plugin_refused(ext, pt: Point, device_type: str) -> tuple[str, str | None, str] | None:
+    """(status, failure, error) of a plugin's point that cannot run here (it did not load, not on this device, not
+    this mask), else None (also for a built-in: ``ext`` None). bench run records it; bench trace says it."""
+    if ext is None:
+        return None
+    if ext.failure:
+        return "failed", "plugin", ext.failure
+    why = ext.why_not(device_type)
+    if why:
+        return "skipped", None, why
+    if not ext.takes(pt.the_mask()):
+        plain = [k for k, lay in zip(("full", "causal"), ext.layouts) if lay is not None]
+        return "skipped", None, f"{pt.algorithm} does not take mask {pt.mask_text()} (its masks: " \
+            + ", ".join([*plain, *sorted(ext.masks)]) + ")"
+    return None
 
 
 def _overlap_fields(extra: list[dict]) -> dict:

@@ -99,18 +99,12 @@ class Tracer(Driver):
             print(text, flush=True)
 
     def unrunnable(self, pt) -> str | None:
-        """Why a plugin's point is not traced here (as bench run records it), or None."""
-        ext = self.external.get(pt.algorithm)
-        if ext is None:
+        """Why a plugin's point is not traced here, in bench run's words ("FAILED (...)", "skipped (...)"), or None."""
+        refused = attention.plugin_refused(self.external.get(pt.algorithm), pt, self.ctx.device.type)
+        if refused is None:
             return None
-        if ext.failure:
-            return f"FAILED ({ext.failure})"
-        why = ext.why_not(self.ctx.device.type)
-        if why:
-            return f"skipped ({why})"
-        if not ext.takes(pt.the_mask()):
-            return f"skipped ({pt.algorithm} does not take mask {pt.mask_text()})"
-        return None
+        status, _, error = refused
+        return f"{'FAILED' if status == 'failed' else status} ({error})"
 
     def guarded(self, pt, root: Path):
         """:meth:`trace` on every rank; a failure on any rank is one line from rank 0 (the ranks agree, within
@@ -129,6 +123,8 @@ class Tracer(Driver):
         if all(v["ok"] for v in votes):
             return got[0], got[1], self.overlaps(got[2])
         self.say(f"{pt.algorithm} {pt.mode} seq={pt.seq}: FAILED ({failure_line(votes)})", always=True)
+        if got is not None:  # this rank's half of a call that failed elsewhere: not a trace to draw
+            got[0].unlink(missing_ok=True)
         self.reinit()
         return None
 
