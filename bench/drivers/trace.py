@@ -42,7 +42,7 @@ PLUGIN_MARKS = ("the whole forward, and backward in fwd+bwd ('call'), and each c
 WAITS = {"functional": "functional collectives (_c10d_functional): their wait_tensor is marked 'wait', post to "
                        "wait 'comm' (in flight)",
          "c10d": "c10d calls (dist.all_gather, isend, ...): posts only; their Work.wait() is not dispatched, so "
-                 "waits are not seen (with gloo and NCCL a post enqueues the operation and returns)"}
+                 "waits are not seen (with gloo a post enqueues the operation and returns)"}
 NO_OVERLAP = "n/a: nothing inside the plugin is marked, so no compute to overlap with"
 
 
