@@ -10,6 +10,10 @@ bars, the host blocked in a post or wait as dark bars). Where communication was 
 rank computed, the row is shaded: that is the hidden communication, and the rank's overlap_fraction
 (``ringx.timeline.overlap_fraction``: hidden / in flight) is written at the row's end. One figure per
 traced configuration (mode, sequence length, masking, shapes).
+
+A plugin's call has no marks inside (``ringx.timeline.opaque``): its panel says so in its title, its forward and
+backward are hatched whole-call bars in the compute lane, its communication is what the dispatcher saw (posts; for
+functional collectives also waits and in flight), and its overlap is "n/a", never a number.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from ringx.timeline import Mark, from_chrome_trace, hidden, in_flight, overlap_fraction
+from ringx.timeline import Mark, from_chrome_trace, hidden, in_flight, opaque, overlap_fraction
 
 from .figures import STYLE, order_key, plural, save
 
 # what identifies one traced call, beside the rank; everything else in otherData describes the configuration
 CALL = ("algorithm", "world_size")
-NOT_CONFIG = {*CALL, "rank", "date", "host", "clock", "commit"}
-COLORS = {"compute": "#0072B2", "merge": "#56B4E9", "comm": "#E69F00", "blocked": "#D55E00", "hidden": "#009E73"}
+# (kernel and plugin describe the algorithm's call, not the configuration: a plugin is drawn beside ours)
+NOT_CONFIG = {*CALL, "rank", "date", "host", "clock", "commit", "kernel", "plugin"}
+COLORS = {"compute": "#0072B2", "merge": "#56B4E9", "comm": "#E69F00", "blocked": "#D55E00", "hidden": "#009E73",
+          "call": "#BBBBBB"}
+NA = "n/a"
 
 
 class NoTraces(ValueError):
@@ -53,8 +60,14 @@ class Trace:
         return tuple(sorted((k, str(v)) for k, v in self.meta.items() if k not in NOT_CONFIG))
 
     @property
-    def overlap(self) -> float:
-        return overlap_fraction(self.marks)
+    def opaque(self) -> bool:
+        """Nothing inside the call was marked (a plugin): there is no overlap to measure."""
+        return opaque(self.marks)
+
+    @property
+    def overlap(self) -> float | None:
+        """overlap_fraction, or None for an opaque call."""
+        return None if self.opaque else overlap_fraction(self.marks)
 
     @property
     def span_s(self) -> float:
@@ -108,7 +121,8 @@ def slowest(ranks: dict[int, Trace]) -> Trace:
 
 
 def rows(traces: list[Trace]) -> list[dict]:
-    """One row per traced rank: configuration, algorithm, ranks, rank, overlap, in flight, hidden, busy, span."""
+    """One row per traced rank: configuration, algorithm, ranks, rank, overlap, in flight, hidden, busy, span
+    (overlap, hidden and busy "n/a" for an opaque call: a plugin's)."""
     from ringx.timeline import busy
 
     def total(iv):
@@ -119,11 +133,20 @@ def rows(traces: list[Trace]) -> list[dict]:
         for (algo, world), ranks in sorted(by_call.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1])):
             slow = slowest(ranks).rank
             for r, t in sorted(ranks.items()):
+                inside = {"overlap_fraction": t.overlap, "hidden_ms": total(hidden(t.marks)) * 1e3,
+                          "compute_ms": total(busy(t.marks)) * 1e3}
                 out.append({**dict(config), "algorithm": algo, "world_size": world, "rank": r,
-                            "overlap_fraction": t.overlap, "comm_ms": total(in_flight(t.marks)) * 1e3,
-                            "hidden_ms": total(hidden(t.marks)) * 1e3, "compute_ms": total(busy(t.marks)) * 1e3,
-                            "span_ms": t.span_s * 1e3, "slowest": r == slow})
+                            **({k: NA for k in inside} if t.opaque else inside),
+                            "comm_ms": NA if _posts_only(t) else total(in_flight(t.marks)) * 1e3,
+                            "span_ms": t.span_s * 1e3,
+                            "slowest": r == slow})
     return out
+
+
+def _posts_only(t: Trace) -> bool:
+    """An opaque call whose communication was seen posted but never waited for: its time in flight is unknown."""
+    cats = {m.cat for m in t.marks}
+    return t.opaque and "post" in cats and "comm" not in cats
 
 
 def _title(config: tuple) -> str:
@@ -151,7 +174,7 @@ def figure(by_call: dict[tuple, dict[int, Trace]], title: str = "", width_in: fl
             for j, world in enumerate(worlds):
                 ax = axes[i][j]
                 ranks = by_call.get((algo, world))
-                ax.set_title(f"{algo}, {plural(world, 'rank')}", loc="left")
+                ax.set_title(f"{algo}, {plural(world, 'rank')}{_plugin_words(ranks)}", loc="left")
                 ax.grid(False)
                 if not ranks:
                     ax.set_axis_off()
@@ -165,12 +188,25 @@ def figure(by_call: dict[tuple, dict[int, Trace]], title: str = "", width_in: fl
                    Patch(color=COLORS["comm"], label="comm in flight (post to wait)"),
                    Patch(color=COLORS["blocked"], label="blocked in post/wait"),
                    Patch(color=COLORS["hidden"], alpha=0.3, label="comm hidden under compute")]
+        if any(t.opaque for rs in by_call.values() for t in rs.values()):
+            handles.append(Patch(facecolor=COLORS["call"], edgecolor="#555555", hatch="////", lw=0.5,
+                                 label="plugin's whole call (inside not marked)"))
         top = 1 - (0.16 if title else 0) / fig.get_figheight()
         if title:
             fig.suptitle(title, y=0.998, x=0.01, ha="left", va="top", fontsize=7)
-        fig.legend(handles=handles, loc="upper center", ncol=5, frameon=False, bbox_to_anchor=(0.5, top))
+        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 3 if len(handles) > 5 else 5),
+                   frameon=False, bbox_to_anchor=(0.5, top))
         fig.tight_layout(rect=(0, 0, 1, top - 0.22 / fig.get_figheight()), h_pad=0.4)
     return fig
+
+
+def _plugin_words(ranks: dict[int, Trace]) -> str:
+    """A plugin panel's title words: what its marks are."""
+    if not any(t.opaque for t in ranks.values()):
+        return ""
+    waits = any(m.cat == "wait" for t in ranks.values() for m in t.marks)
+    seen = "comm posts and waits seen" if waits else "comm posts seen (waits not)"
+    return f" (plugin: whole call, {seen} at the dispatcher; nothing inside marked)"
 
 
 def _panel(ax, ranks: dict[int, Trace]) -> None:
@@ -179,6 +215,13 @@ def _panel(ax, ranks: dict[int, Trace]) -> None:
     for r, t in sorted(ranks.items()):
         y = -r  # rank 0 on top
         ticks.append(y)
+        calls = [m for m in t.marks if m.cat == "call"]
+        if calls:  # a plugin's forward and backward, drawn where its kernels would be
+            ax.broken_barh([(m.start_s * 1e3, (m.end_s - m.start_s) * 1e3) for m in calls], (y + 0.05, 0.3),
+                           facecolors=COLORS["call"], edgecolors="#555555", hatch="////", lw=0.5)
+            for m in calls:
+                ax.text((m.start_s + m.end_s) / 2 * 1e3, y + 0.2, m.op, ha="center", va="center", fontsize=5,
+                        clip_on=True)
         for a, b in hidden(t.marks):
             ax.fill_between([a * 1e3, b * 1e3], y - 0.42, y + 0.42, color=COLORS["hidden"], alpha=0.3, lw=0)
         for cat, lane, color in (("compute", 0.2, COLORS["compute"]), ("merge", 0.2, COLORS["merge"]),
@@ -189,7 +232,8 @@ def _panel(ax, ranks: dict[int, Trace]) -> None:
                 h = 0.3 if cat in ("compute", "merge", "comm") else 0.16
                 ax.broken_barh(bars, (y + lane - h / 2, h), facecolors=color, lw=0)
         star = " (slowest)" if r == slow and len(ranks) > 1 else ""
-        ax.text(1.0, y, f" overlap {t.overlap:.2f}{star}", transform=blended_transform_factory(ax.transAxes,
+        over = NA if t.overlap is None else f"{t.overlap:.2f}"
+        ax.text(1.0, y, f" overlap {over}{star}", transform=blended_transform_factory(ax.transAxes,
                 ax.transData), ha="left", va="center", fontsize=6)
     ax.set_yticks(ticks, [f"rank {r}" for r in sorted(ranks)])
     ax.set_ylim(-len(ranks) + 0.5, 0.5)
@@ -216,4 +260,6 @@ CAPTION = ("One traced call per algorithm, after warm-up: a row per rank, kernel
            "below (light: in flight from post to wait; dark: the host blocked in a post or a wait). Shaded: "
            "communication in flight while the rank computed. Overlap: hidden / in flight, per rank (1.0: "
            "nothing communicated or all hidden). Each rank's clock starts when its recording began, after a "
-           "barrier; CPU runs show wall-clock ranges, GPU runs CUDA-event times.")
+           "barrier; CPU runs show wall-clock ranges, GPU runs CUDA-event times. A plugin has no marks inside: "
+           "hatched, its whole forward and backward; its communication is what the dispatcher saw; its overlap is "
+           "n/a.")

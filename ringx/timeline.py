@@ -7,14 +7,19 @@ no string formatting. :func:`record` turns it on for one call and hands back thi
     with ringx.timeline.record() as rec:
         out = ringx.attention(...)
         out.backward(dout)
-    rec.marks  # [Mark(cat, op, start_s, end_s, step, block, nbytes), ...]
+    rec.marks  # [Mark(cat, op, start_s, end_s, step, block, nbytes, received), ...]
 
 Categories: ``compute`` (a kernel call on one sub-block: op ``fwd`` or ``bwd``), ``merge`` (the
 online-softmax merge of a block's partial result), ``post`` (posting a communication; the whole
-operation when it is blocking), ``wait`` (waiting for an asynchronous one), and ``comm`` (an
-operation in flight: from its post until its wait returned). ``step`` is the schedule's n-th block
-pair of the pass (the ring step for the rings), ``block`` the sub-block's query and key rows and the
-rank whose K/V it used.
+operation when it is blocking), ``wait`` (waiting for an asynchronous one), ``comm`` (an
+operation in flight: from its post until its wait returned), and ``call`` (the whole forward or
+backward of an implementation with no marks inside, a plugin: see :func:`opaque`). ``step`` is the
+schedule's n-th block pair of the pass (the ring step for the rings), ``block`` the sub-block's query
+and key rows and the rank whose K/V it used.
+
+Communication an implementation that is not ours issues is marked from the dispatcher by
+``ringx.traffic.Traffic(marks=True)``: there ``nbytes`` and ``received`` are the ledger's payload sent and
+received (ringx's own post marks carry the operation's size in ``nbytes``).
 
 Clocks: wall clock (``time.perf_counter``) on CPU; on CUDA, CUDA events on the current stream,
 resolved to device times when recording ends, so device time is shown, not launch time (written
@@ -43,6 +48,7 @@ class Mark:
     step: int = -1
     block: str = ""
     nbytes: int = 0
+    received: int = 0  # set by the dispatcher's marks (ringx.traffic): the payload received, the ledger's
 
 
 @dataclass
@@ -53,7 +59,7 @@ class Recording:
     marks: list[Mark] = field(default_factory=list)
     step: int = -1
     kv_rank: int = -1
-    _raw: list = field(default_factory=list)  # (cat, op, start token, end token, step, block, nbytes)
+    _raw: list = field(default_factory=list)  # (cat, op, start token, end token, step, block, nbytes, received)
     _origin: object = None
 
     def now(self):
@@ -69,7 +75,7 @@ class Recording:
             t = lambda e: self._origin.elapsed_time(e) / 1e3  # noqa: E731 (ms -> s since the origin)
         else:
             t = lambda x: x - self._origin  # noqa: E731
-        self.marks = [Mark(cat, op, t(a), t(b), step, block, n) for cat, op, a, b, step, block, n in self._raw]
+        self.marks = [Mark(cat, op, t(a), t(b), step, block, n, r) for cat, op, a, b, step, block, n, r in self._raw]
         self._raw = []
 
 
@@ -94,12 +100,12 @@ def start():
     return _REC.now() if _REC is not None else None
 
 
-def stop(token, cat: str, op: str, block: str = "", nbytes: int = 0) -> None:
+def stop(token, cat: str, op: str, block: str = "", nbytes: int = 0, received: int = 0) -> None:
     """Close the range opened by ``token``."""
     rec = _REC
     if rec is None or token is None:
         return
-    rec._raw.append((cat, op, token, rec.now(), rec.step, block, nbytes))
+    rec._raw.append((cat, op, token, rec.now(), rec.step, block, nbytes, received))
 
 
 def pair(q_rank: int, kv_rank: int) -> None:
@@ -169,6 +175,13 @@ def hidden(marks: Iterable[Mark]) -> list[tuple[float, float]]:
     return _intersection(in_flight(marks), busy(marks))
 
 
+def opaque(marks: Iterable[Mark]) -> bool:
+    """Whether the call's inside was not marked: whole-call ranges and no compute (a plugin's call), so that
+    no overlap can be measured from these marks (:func:`overlap_fraction` would read 0 or 1 for nothing)."""
+    cats = {m.cat for m in marks}
+    return "call" in cats and not cats & {"compute", "merge"}
+
+
 def overlap_fraction(marks: Iterable[Mark]) -> float:
     """Communication time hidden under compute: |comm in flight AND computing| / |comm in flight|.
 
@@ -189,16 +202,18 @@ def chrome_trace(marks_per_rank: dict[int, list[Mark]] | list[list[Mark]], meta:
     mode, shapes, ...) goes under the format's free ``otherData`` key."""
     if not isinstance(marks_per_rank, dict):
         marks_per_rank = dict(enumerate(marks_per_rank))
-    tids = {"compute": 0, "merge": 0, "post": 1, "wait": 1, "comm": 2}
+    tids = {"compute": 0, "merge": 0, "post": 1, "wait": 1, "comm": 2, "call": 3}
     events: list[dict] = []
     for rank, marks in marks_per_rank.items():
         events.append({"ph": "M", "name": "process_name", "pid": rank, "args": {"name": f"rank {rank}"}})
-        for tid, name in ((0, "compute"), (1, "host comm"), (2, "comm in flight")):
+        threads = ((0, "compute"), (1, "host comm"), (2, "comm in flight"), (3, "whole call"))
+        for tid, name in threads[:4 if any(m.cat == "call" for m in marks) else 3]:
             events.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": tid, "args": {"name": name}})
         for m in marks:
             events.append({"ph": "X", "name": m.op, "cat": m.cat, "pid": rank, "tid": tids.get(m.cat, 3),
                            "ts": m.start_s * 1e6, "dur": max(0.0, m.end_s - m.start_s) * 1e6,
-                           "args": {"step": m.step, "block": m.block, "bytes": m.nbytes}})
+                           "args": {"step": m.step, "block": m.block, "bytes": m.nbytes,
+                                    **({"received": m.received} if m.received else {})}})
     doc = {"traceEvents": events, "displayTimeUnit": "ms"}
     if meta:
         doc["otherData"] = dict(meta)
@@ -222,9 +237,9 @@ def from_chrome_trace(doc: dict) -> dict[int, list[Mark]]:
         a, t0 = e.get("args") or {}, float(e["ts"]) / 1e6
         out.setdefault(int(e.get("pid", 0)), []).append(
             Mark(e.get("cat", ""), e.get("name", ""), t0, t0 + float(e.get("dur", 0.0)) / 1e6, int(a.get("step", -1)),
-                 str(a.get("block", "")), int(a.get("bytes", 0))))
+                 str(a.get("block", "")), int(a.get("bytes", 0)), int(a.get("received", 0))))
     return out
 
 
-__all__ = ["Mark", "Recording", "busy", "chrome_trace", "from_chrome_trace", "hidden", "in_flight", "overlap_fraction",
-           "record", "write_chrome_trace"]
+__all__ = ["Mark", "Recording", "busy", "chrome_trace", "from_chrome_trace", "hidden", "in_flight", "opaque",
+           "overlap_fraction", "record", "write_chrome_trace"]

@@ -9,6 +9,17 @@ checked against its own ledger (``tests/test_traffic.py``: equal for every built
 
 An op of those namespaces that no rule here knows is listed in ``unknown`` (its bytes are not counted), so a
 caller can say what was missed rather than under-count silently.
+
+With ``marks=True``, while ``ringx.timeline`` records, each op is also a timeline mark (``bench trace`` of a plugin):
+a ``post`` around the op's call at the dispatcher, with the ledger's op name, payload sent (``nbytes``) and received,
+and the dispatcher's op in ``block``. What the dispatcher shows of the wait differs by API:
+
+- functional collectives (``_c10d_functional.*``, e.g. PyTorch's context parallelism): the wait is an op of its
+  own (``wait_tensor``), so it is marked ``wait``, and post to wait return is marked ``comm`` (in flight);
+- ``torch.distributed``'s c10d calls (``dist.all_gather``, ``isend``, ...): the op returns a ``Work`` whose
+  ``wait()`` is a plain method, never dispatched, so only the post is seen. On CPU with gloo the post enqueues the
+  operation on gloo's thread and returns (~0.1-0.2 ms for a 4 KiB all-gather at 2 ranks), so its mark is the
+  posting's host time, not the transfer's (NCCL enqueues on its stream too; not run here).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import timeline
 from .comm import Ledger
 
 
@@ -122,28 +134,59 @@ class Traffic(TorchDispatchMode):
     def _should_skip_dynamo(cls) -> bool:
         return False  # as ringx.memory's mode: no dynamo import per rank; nothing run under it is compiled
 
-    def __init__(self, ledger: Ledger | None = None, calls: list | None = None):
+    def __init__(self, ledger: Ledger | None = None, calls: list | None = None, marks: bool = False):
         super().__init__()
         self.ledger = ledger if ledger is not None else Ledger()
         self.unknown: set[str] = set()
         # given a list: every counted call appended in issue order, (op, sent, received, group size, peer) with the
         # peer's group rank for send/recv (else -1), for a schedule rebuilt from the calls (the cost model's)
         self.calls = calls
+        self.marks = marks
+        # functional collectives posted and not yet waited: id(output) -> (output, op, post token, sent, received);
+        # the output is held so that its id is not reused before its wait_tensor arrives
+        self._posted: dict[int, tuple] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)
-        if name.startswith(("c10d.", "_c10d_functional.")) and name not in _SILENT:
-            rule = _RULES.get(name)
-            if rule is None:
-                self.unknown.add(name)
-            else:
-                op, count = rule
-                a = tuple(args) + tuple((kwargs or {}).values())
-                sent, received = count(a)
-                self.ledger.record(op, sent, received)
-                if self.calls is not None:
-                    self.calls.append((op, sent, received, _size(a), a[2] if op in ("send", "recv") else -1))
-        return func(*args, **(kwargs or {}))
+        if not name.startswith(("c10d.", "_c10d_functional.")):
+            return func(*args, **(kwargs or {}))
+        marking = self.marks and timeline.ON
+        if marking and name == "_c10d_functional.wait_tensor":
+            return self._waited(func, args, kwargs)
+        if name in _SILENT:
+            return func(*args, **(kwargs or {}))
+        op, sent, received = name, 0, 0
+        rule = _RULES.get(name)
+        if rule is None:
+            self.unknown.add(name)
+        else:
+            op, count = rule
+            a = tuple(args) + tuple((kwargs or {}).values())
+            sent, received = count(a)
+            self.ledger.record(op, sent, received)
+            if self.calls is not None:
+                self.calls.append((op, sent, received, _size(a), a[2] if op in ("send", "recv") else -1))
+        if not marking:
+            return func(*args, **(kwargs or {}))
+        t = timeline.start()
+        out = func(*args, **(kwargs or {}))
+        timeline.stop(t, "post", op, name if rule else f"{name} (not counted)", sent, received)
+        if name.startswith("_c10d_functional.") and isinstance(out, torch.Tensor):
+            self._posted[id(out)] = (out, op, t, sent, received)
+        return out
+
+    def _waited(self, func, args, kwargs):
+        """A functional collective's wait: marked ``wait``, and its post to here ``comm``."""
+        t = timeline.start()
+        out = func(*args, **(kwargs or {}))
+        posted = self._posted.pop(id(args[0]), None) if args else None
+        if posted is None:  # posted before the recording (or by another mode): the wait alone
+            timeline.stop(t, "wait", "wait_tensor", "_c10d_functional.wait_tensor")
+            return out
+        _, op, token, sent, received = posted
+        timeline.stop(t, "wait", op, "_c10d_functional.wait_tensor", sent, received)
+        timeline.stop(token, "comm", op, "post to wait_tensor", sent, received)
+        return out
 
 
 __all__ = ["Traffic"]

@@ -61,9 +61,10 @@ def build_parser() -> Parser:
     return p
 
 
-def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[Point]]:
+def resolve(argv: list[str] | None, world: int, prog: str = PROG) -> tuple[Invocation, dict, list[Point]]:
     """Flags (over the config file, over the definitions' defaults) into the checked invocation, the plugins by name
-    (loaded here, on every rank alike, before any collective) and the validated points for ``world`` ranks."""
+    (loaded here, on every rank alike, before any collective) and the validated points for ``world`` ranks.
+    ``prog``: the command that says so when a plugin is left out (bench trace takes these flags too)."""
     from ringx_suite import plugins
 
     argv = list(argv or [])
@@ -86,7 +87,7 @@ def resolve(argv: list[str] | None, world: int) -> tuple[Invocation, dict, list[
         named = list(dict.fromkeys(str(d.get("algorithm")) for d in raw))
     else:
         raw, named = None, options.value(options.PARAMS["algorithms"], given.get("algorithms"), "", many=True) or []
-    loaded = plugins.load_apart(named, specs, PROG)
+    loaded = plugins.load_apart(named, specs, prog)
     if raw is None:
         raw = cross_product({k: given.get(k) for k in options.PARAMS}, loaded)
     return inv, loaded, [make_point(d, world, external=loaded, seed=inv.settings.mask_seed) for d in raw]
@@ -302,7 +303,8 @@ class Attention(CaseDriver):
 
     def after_timing(self, live: list[Case]) -> list[dict]:
         """After the timed rounds, one more call per ringx case measures what the attention allocates (its call
-        peak), and with --trace one more is recorded on the timeline: its overlap_fraction. Every rank's, gathered."""
+        peak), and with --trace one more is recorded on the timeline: its overlap_fraction (not a plugin's: nothing
+        inside it is marked, so there is no overlap to measure). Every rank's, gathered."""
         import torch
 
         from ringx import timeline
@@ -312,7 +314,7 @@ class Attention(CaseDriver):
         for c in live:
             # outside baselines are not measured: torch's context parallel does not run under a dispatch mode
             mine = {"call_peak": None if c.own else call_peak(c.call, dev)[1]}
-            if self.settings.trace:
+            if self.settings.trace and not c.own:
                 torch.distributed.barrier()
                 with timeline.record(dev) as rec:
                     c.call()
@@ -374,11 +376,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def make_call(name: str, ext, pt: Point, inputs, kernel):
-    """(call(stats), stats): one forward or forward+backward of a ringx algorithm or a plugin."""
+    """(call(stats), stats): one forward or forward+backward of a ringx algorithm or a plugin. While the timeline
+    records, a plugin's forward and backward are each one ``call`` mark (nothing inside a plugin is marked)."""
     import torch
     import torch.distributed as dist
 
     import ringx
+    from ringx import timeline
 
     q, k, v, do = inputs
     qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))  # shares the inputs' storage: no copy
@@ -386,7 +390,11 @@ def make_call(name: str, ext, pt: Point, inputs, kernel):
         mask = pt.the_mask()
 
         def f(q_, k_, v_, _stats):
-            return ext.call(q_, k_, v_, mask, dist.group.WORLD)
+            t = timeline.ON and timeline.start()
+            out = ext.call(q_, k_, v_, mask, dist.group.WORLD)
+            if t:
+                timeline.stop(t, "call", "fwd")
+            return out
         stats = None
     else:
         stats, mask = ringx.CallStats(), pt.the_mask()
@@ -400,7 +408,12 @@ def make_call(name: str, ext, pt: Point, inputs, kernel):
             return f(q, k, v, st)
 
     def fwdbwd(st):
-        return torch.autograd.grad(f(qg, kg, vg, st), (qg, kg, vg), do)
+        out = f(qg, kg, vg, st)
+        t = ext is not None and timeline.ON and timeline.start()
+        grads = torch.autograd.grad(out, (qg, kg, vg), do)
+        if t:
+            timeline.stop(t, "call", "bwd")
+        return grads
 
     return (fwd if pt.mode == "fwd" else fwdbwd), stats
 
