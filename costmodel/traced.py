@@ -41,13 +41,16 @@ class CannotTrace(ValueError):
 
 
 def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int,
-                kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True) -> tuple[list, list]:
+                kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True,
+                reference: bool = False) -> tuple[list, list]:
     """(forward, backward) of rank ``rank`` of ``world``: each a list of ``(flops_before, op, sent, received,
-    group_size, peer)`` per communication call, then ``(flops_after, None, ...)`` closing the pass."""
+    group_size, peer)`` per communication call, then ``(flops_after, None, ...)`` closing the pass.
+
+    ``reference``: count with torch's ``FlopCounterMode`` under ``Traffic``, every op run (slower; the default
+    tracer is held equal to it, see the module doc)."""
     import torch
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
-    from torch.utils.flop_counter import FlopCounterMode
 
     if dist.is_initialized():
         raise CannotTrace("a process group exists in this process; trace a plugin in a process of its own")
@@ -59,19 +62,13 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
                for h in (heads, kv_heads, kv_heads))
     # meta tensors need a backend of their own: batched point-to-point asks the group for the tensors' device's
     dist.init_process_group("cpu:fake,meta:fake", rank=rank, world_size=world, store=FakeStore())
-    passes: list[list] = [[], []]
     try:
-        flops = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
-        with flops:
-            got, passes[0] = _pass(flops, lambda: fn(q, k, v, causal=causal, group=dist.group.WORLD))
-            out = got[0] if isinstance(got, tuple) else got
-            if not isinstance(out, torch.Tensor) or out.shape != q.shape:
-                raise CannotTrace(f"it returned {getattr(out, 'shape', type(out).__name__)}, expected q's shape "
-                                  f"{tuple(q.shape)}")
-            if backward:
-                if not out.requires_grad:
-                    raise CannotTrace("its output does not require grad: no backward to trace")
-                _, passes[1] = _pass(flops, lambda: out.backward(torch.zeros_like(out)))
+        from .counting import Unusual
+
+        try:
+            return _run(fn, q, k, v, causal, dist.group.WORLD, backward, reference)
+        except Unusual:  # an op the fast tracer does not mirror: torch's counter, op by op
+            return _run(fn, q, k, v, causal, dist.group.WORLD, backward, True)
     except CannotTrace:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the plugin met on meta tensors or the fake group: one line
@@ -80,60 +77,40 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
                           f"{msg[:200]}") from None
     finally:
         dist.destroy_process_group()
+
+
+def _run(fn: Callable, q, k, v, causal: bool, group, backward: bool, reference: bool) -> tuple[list, list]:
+    """The two passes under one counter: the fast tracer, or torch's counter under Traffic (``reference``)."""
+    import torch
+
+    from .counting import Reference, Tracer
+
+    counter = Reference() if reference else Tracer()
+    passes: list[list] = [[], []]
+    with counter:
+        got, passes[0] = _pass(counter, lambda: fn(q, k, v, causal=causal, group=group))
+        out = got[0] if isinstance(got, tuple) else got
+        if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+            raise CannotTrace(f"it returned {getattr(out, 'shape', type(out).__name__)}, expected q's shape "
+                              f"{tuple(q.shape)}")
+        if backward:
+            if not out.requires_grad:
+                raise CannotTrace("its output does not require grad: no backward to trace")
+            _, passes[1] = _pass(counter, lambda: out.backward(torch.zeros_like(out)))
     return passes[0], passes[1]
 
 
-def _cpu_attention_flops() -> dict:
-    """FLOP formulas torch's counter lacks: its CPU flash-attention op (PyTorch CP's CPU path) counts as SDPA."""
-    import torch
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def fwd(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
-
-
-def _pass(flops, run: Callable) -> tuple[object, list]:
+def _pass(counter, run: Callable) -> tuple[object, list]:
     """(what ``run`` returned, its calls: ``(flops before, op, sent, received, group size, peer)`` each, then the
     pass's closing ``(flops, None, 0, 0, 0, -1)``), FLOPs counted from the pass's start."""
-    start = flops.get_total_flops()
-    with _marking(flops) as mode:
-        got = run()
-    if mode.unknown:
-        raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(mode.unknown)}")
-    if mode.uncounted:
-        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(mode.uncounted)}")
-    end = flops.get_total_flops()
-    return got, [(f - start, *rest) for f, *rest in mode.marked] + [(end - start, None, 0, 0, 0, -1)]
-
-
-def _marking(flops):
-    """Traffic that also notes, at every call it counts, the FLOPs counted so far (``marked``)."""
-    from ringx.traffic import Traffic
-
-    class Marking(Traffic):
-        def __init__(self):
-            super().__init__(calls=[])
-            self.marked: list = []
-            self.uncounted: set[str] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if "attention" in func.__name__ and func.overloadpacket not in flops.flop_registry:
-                self.uncounted.add(str(func.overloadpacket))  # its FLOPs would be missing from the compute
-            before, now = len(self.calls), flops.get_total_flops()
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            if len(self.calls) > before:
-                self.marked.append((now, *self.calls[-1]))
-            return out
-
-    return Marking()
+    start, first = counter.total(), len(counter.marked)
+    got = run()
+    if counter.unknown:
+        raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(counter.unknown)}")
+    if counter.uncounted:
+        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(counter.uncounted)}")
+    end = counter.total()
+    return got, [(f - start, *rest) for f, *rest in counter.marked[first:]] + [(end - start, None, 0, 0, 0, -1)]
 
 
 def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_local: int) -> list:
