@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 
 from .machine import Machine
@@ -167,9 +168,55 @@ def default_ranks(world: int) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=256)
 def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: int, seq: int, heads: int,
             kv_heads: int, head_dim: int, dtype: str, backward: bool) -> tuple:
+    """Per traced rank, (forward, backward) at ``seq``: derived from the configuration's traces at other lengths
+    where they were found to follow the forms (costmodel/lengths.py), else traced."""
+    if seq % world:
+        raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
+    config = (name, causal, world, ranks, batch, heads, kv_heads, head_dim, dtype, backward)
+    n = seq // world
+    known = _LENGTHS.setdefault(config, _Lengths())
+    if known.form:
+        got = known.form.at(n)
+        if got is not None:
+            return got
     fn = _REGISTERED[name]
-    return tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
-                             head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
+    got = tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
+    known.traced[n] = got
+    if known.form is None and len(known.traced) == 3:
+        known.form = _checked(name, world, known.traced)
+    return got
+
+
+class _Lengths:
+    """One configuration's traces by local length, and its form across lengths: None until three lengths are
+    traced, then the form fitted to the first two (found to give the third), or False (each length traced)."""
+
+    def __init__(self):
+        self.traced: dict[int, tuple] = {}
+        self.form = None
+
+
+_LENGTHS: dict[tuple, _Lengths] = {}
+_SAID: set[str] = set()  # the plugins whose lengths are each traced, said once
+
+
+def _checked(name: str, world: int, traced: dict[int, tuple]):
+    """The form fitted to the first two lengths if it gives the third exactly; else False, said once."""
+    from .lengths import Mismatch, fit
+
+    (n1, t1), (n2, t2), (n3, t3) = traced.items()
+    try:
+        form = fit(n1, t1, n2, t2)
+        if form.at(n3) == t3:
+            return form
+        why = f"its calls at {n3} tokens a rank are not those derived from {n1} and {n2}"
+    except Mismatch as e:
+        why = str(e)
+    if name not in _SAID:
+        _SAID.add(name)
+        warnings.warn(f"{name} at {world} ranks: {why}; each sequence length is traced (slower)", stacklevel=3)
+    return False
 
 
 _REGISTERED: dict[str, Callable] = {}
@@ -181,6 +228,8 @@ def register(name: str, fn: Callable) -> None:
     if _REGISTERED.get(name) is not fn:
         _REGISTERED[name] = fn
         _traced.cache_clear()
+        _LENGTHS.clear()
+        _SAID.discard(name)
 
 
 def _resolve(name: str) -> None:
@@ -197,6 +246,15 @@ def _resolve(name: str) -> None:
     register(name, found.fn)
 
 
+def traces(name: str, causal: bool, world: int, ranks: tuple[int, ...], *, batch: int, seq: int, heads: int,
+           kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True) -> tuple:
+    """Per rank of ``ranks``, :func:`trace_calls`'s (forward, backward) of the plugin ``name`` (registered, or
+    installed) at ``seq``: traced, or derived from its traces at other lengths (see the module doc)."""
+    _resolve(name)
+    return _traced(name, bool(causal), world, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
+                   bool(backward))
+
+
 def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
                    seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
                    ranks: tuple[int, ...] | None = None, mask=None) -> Prediction:
@@ -204,9 +262,9 @@ def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine,
     of ``ranks`` (default :func:`default_ranks`). Raises CannotTrace (one line) where that cannot work."""
     if mask is not None and getattr(mask, "plain", None) is None:
         raise CannotTrace(f"{name}: a trace covers full and causal attention; mask {mask} is not predicted")
-    _resolve(name)
     ranks = ranks or default_ranks(p)
-    got = _traced(name, bool(causal), p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, mode == "fwd+bwd")
+    got = traces(name, causal, p, ranks, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                 dtype=dtype, backward=mode == "fwd+bwd")
     local = seq // p
     fwd = simulate([events(f, p, r, nodes, "fwd", local) for (f, _), r in zip(got, ranks)], machine, p, nodes,
                    list(ranks))
@@ -217,4 +275,4 @@ def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine,
     return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
 
 
-__all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls"]
+__all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls", "traces"]
