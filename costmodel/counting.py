@@ -95,7 +95,7 @@ _QUERIES = {getattr(torch.ops.aten, n).default for n in (
     "sym_size", "stride", "sym_stride", "storage_offset", "sym_storage_offset", "numel", "sym_numel", "dim")} | {
     torch.ops.aten.is_contiguous.memory_format, torch.ops.prim.layout.default}
 _PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format, torch.layout)
-_OTHER, _COMM, _QUERY = 0, 1, 2
+_OTHER, _COMM, _QUERY, _PURE = 0, 1, 2, 3  # _PURE: its outputs may be reused
 
 
 class Tracer(_Marking):
@@ -107,7 +107,7 @@ class Tracer(_Marking):
         self._registry = {**FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()).flop_registry}
         super().__init__(self._registry, lambda: self.flops)
         self.flops = 0
-        self._kind: dict = {}  # op -> _OTHER, _COMM, _QUERY
+        self._kind: dict = {}  # op -> _OTHER, _COMM, _QUERY, _PURE
         self._decomposes: dict = {}  # op -> whether torch would count it as its parts
         self._seen: dict = {}  # (op, arguments' description) -> (outputs' description, FLOPs)
 
@@ -117,7 +117,7 @@ class Tracer(_Marking):
     def _classify(self, func) -> int:
         name = str(func.overloadpacket)
         kind = (_COMM if name.startswith(("c10d.", "_c10d_functional.")) else
-                _QUERY if func in _QUERIES else _OTHER)
+                _QUERY if func in _QUERIES else _PURE if _pure(func) else _OTHER)
         self._kind[func] = kind
         return kind
 
@@ -138,7 +138,22 @@ class Tracer(_Marking):
                 got = func.decompose(*args, **kwargs)
             if got is not NotImplemented:
                 return got
-        return self._compute(func, args, kwargs)
+        key = _described(func, args, kwargs) if kind == _PURE else None
+        if key is not None:
+            seen = self._seen.get(key)
+            if seen is not None:
+                outs, flops = seen
+                self.flops += flops
+                return _made(outs)
+        out = func(*args, **kwargs)
+        formula = self._registry.get(func._overloadpacket)
+        flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
+        self.flops += flops
+        if key is not None:
+            outs = _outputs(out)
+            if outs is not None:
+                self._seen[key] = (outs, flops)
+        return out
 
     def _can_decompose(self, func) -> bool:
         can = self._decomposes.get(func)
@@ -147,23 +162,6 @@ class Tracer(_Marking):
                 DispatchKey.CompositeImplicitAutograd in func.py_kernels
                 or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), DispatchKey.CompositeImplicitAutograd))
         return can
-
-    def _compute(self, func, args, kwargs):
-        key = _described(func, args, kwargs)
-        seen = self._seen.get(key) if key is not None else None
-        if seen is not None:
-            outs, flops = seen
-            self.flops += flops
-            return _made(outs)
-        out = func(*args, **kwargs)
-        formula = self._registry.get(func._overloadpacket)
-        flops = formula(*args, **kwargs, out_val=out) if formula is not None else 0
-        self.flops += flops
-        if key is not None and _pure(func):
-            outs = _outputs(out)
-            if outs is not None:
-                self._seen[key] = (outs, flops)
-        return out
 
 
 def _pure(func) -> bool:
@@ -189,11 +187,11 @@ def _describe(x):
     if type(x) is torch.Tensor or type(x) is torch.nn.Parameter:
         if not x.is_meta:  # values it holds could steer the op
             raise _NotPlain
-        return (torch.Tensor, tuple(x.shape), x.stride(), x.storage_offset(), x.dtype)
-    if isinstance(x, list | tuple):
-        return (type(x), *(_describe(y) for y in x))
+        return x.shape, x.stride(), x.storage_offset(), x.dtype
+    if type(x) is list or type(x) is tuple:
+        return type(x), *[_describe(y) for y in x]
     if isinstance(x, _PLAIN):
-        return (type(x), x)  # the type: True and 1 are keys apart
+        return type(x), x  # the type: True and 1 are keys apart
     raise _NotPlain
 
 
