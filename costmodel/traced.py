@@ -3,9 +3,28 @@ of its own calls.
 
 The plugin runs in this process as rank ``r`` of ``P`` under PyTorch's fake process group (``FakeStore``: every
 collective and point-to-point call returns at once and moves nothing), on meta tensors of the configuration's
-shapes (no memory, no arithmetic), forward and then backward. ``ringx.traffic.Traffic`` records each communication
-call in issue order (op, payload by the ledger's conventions, group size, peer), and torch's ``FlopCounterMode``
-counts the FLOPs between calls. That sequence becomes the simulator's events (simulate.py):
+shapes (no memory, no arithmetic), forward and then backward. One dispatch mode (``counting.Tracer``) records each
+communication call in issue order as ``ringx.traffic.Traffic`` counts it (op, payload by the ledger's conventions,
+group size, peer) and the FLOPs between calls by torch's ``FlopCounterMode`` formulas and rules. It runs a meta op
+once per distinct call: a later call of an op that neither mutates nor aliases its inputs, with the same shapes,
+strides, dtypes and other arguments, gets fresh empty outputs of the shapes it gave (a ring's steps repeat their
+first; the meta kernels, mostly Python, were most of a trace's time). ``trace_calls(..., reference=True)`` traces
+under ``FlopCounterMode`` itself with ``Traffic`` above it, every op run; the tests hold the two equal, call for
+call, and a higher-order op sends the fast tracer back to it.
+
+Across sequence lengths (``lengths.py``): for one configuration (plugin, causal, P, the traced ranks, batch, heads,
+kv heads, head dim, dtype, passes), the first two lengths asked are traced and fitted in exact fractions (each
+call's bytes ``a n + c`` and the FLOPs before it ``a n^2 + b n``, ``n`` the local length), and the third asked is
+traced and compared with the derived one, integer for integer. Equal: every later length is derived, with no trace.
+Not equal, or the first two differ in their calls (count, ops, groups, peers): every length is traced, and a
+``UserWarning`` says so once per plugin. Assumed beyond that check: a plugin that follows the forms at three
+lengths follows them at all (a schedule that switches at a length threshold outside those three would be derived
+wrong). A length whose derived values are not integers (one the schedule cannot split) is traced.
+
+Not reused: rank counts. A trace still grows with the ops a schedule dispatches (a ring's P steps), and with what
+the plugin's own Python does per step (PyTorch CP's all-to-all rotation builds split lists of P at every step: P^2).
+
+That sequence becomes the simulator's events (simulate.py):
 
 - the FLOPs between two calls: one compute block of the local sequence (torch counts matrix products and SDPA as
   dense, so a causal block its kernel computes whole counts whole, as the kernel spends it);
