@@ -78,17 +78,20 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
         raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
     n = seq // world
     dt = getattr(torch, dtype)
-    q, k, v = (torch.empty(batch, n, h, head_dim, dtype=dt, device="meta", requires_grad=True)
-               for h in (heads, kv_heads, kv_heads))
+
+    def inputs() -> list:  # fresh ones for a second try: the first may have left gradients on them
+        return [torch.empty(batch, n, h, head_dim, dtype=dt, device="meta", requires_grad=True)
+                for h in (heads, kv_heads, kv_heads)]
+
     # meta tensors need a backend of their own: batched point-to-point asks the group for the tensors' device's
     dist.init_process_group("cpu:fake,meta:fake", rank=rank, world_size=world, store=FakeStore())
     try:
         from .counting import Unusual
 
         try:
-            return _run(fn, q, k, v, causal, dist.group.WORLD, backward, reference)
+            return _run(fn, *inputs(), causal, dist.group.WORLD, backward, reference)
         except Unusual:  # an op the fast tracer does not mirror: torch's counter, op by op
-            return _run(fn, q, k, v, causal, dist.group.WORLD, backward, True)
+            return _run(fn, *inputs(), causal, dist.group.WORLD, backward, True)
     except CannotTrace:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the plugin met on meta tensors or the fake group: one line
@@ -201,15 +204,18 @@ def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: 
     fn = _REGISTERED[name]
     got = tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
                             head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
-    known.traced[n] = got
-    if known.form is None and len(known.traced) == 3:
-        known.form = _checked(name, world, known.traced)
+    if known.form is None:
+        known.traced[n] = got
+        if len(known.traced) == 3:
+            known.form = _checked(name, world, known.traced)
+            known.traced.clear()  # the form, or every length traced: not needed again
     return got
 
 
 class _Lengths:
-    """One configuration's traces by local length, and its form across lengths: None until three lengths are
-    traced, then the form fitted to the first two (found to give the third), or False (each length traced)."""
+    """One configuration's form across lengths: None while fewer than three lengths are traced (``traced``, by
+    local length), then the form fitted to the first two (found to give the third), or False (each length
+    traced)."""
 
     def __init__(self):
         self.traced: dict[int, tuple] = {}

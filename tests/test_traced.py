@@ -166,3 +166,29 @@ def test_a_plugin_off_the_forms_is_traced_at_each_length(fn, monkeypatch):
         for seq in (1024, 2048, 512):
             traced.traces(fn.__name__, False, 16, (0, 15), seq=seq, **shape)
     assert len(taken) == 2 * (3 + 2 + 3)  # every length traced
+
+
+def test_what_the_fast_tracer_does_not_mirror_is_traced_by_torchs_counter(monkeypatch):
+    """An op it meets that it does not mirror (a higher-order op; here: any communication op) sends the whole trace
+    to FlopCounterMode under Traffic, on fresh inputs: the same result as asking for it."""
+    from ringx_costmodel import counting
+
+    fn = registered("as-plugin-ring")
+    want = traced.trace_calls(fn, True, 8, 7, reference=True, **SHAPE)
+    classify = counting.Tracer._classify
+
+    def unusual(self, func):
+        if str(func.overloadpacket).startswith("c10d."):
+            raise counting.Unusual(str(func))
+        return classify(self, func)
+
+    made, reference = [], counting.Reference
+
+    def counted():
+        made.append(1)
+        return reference()
+
+    monkeypatch.setattr(counting.Tracer, "_classify", unusual)
+    monkeypatch.setattr(counting, "Reference", counted)
+    assert traced.trace_calls(fn, True, 8, 7, **SHAPE) == want
+    assert made == [1]  # the fast tracer gave up, torch's counter traced
