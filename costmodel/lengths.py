@@ -12,9 +12,10 @@ integer (a length the schedule cannot split) is not derived: :meth:`Form.at` giv
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
-Line = tuple[Fraction, Fraction]
+Line = tuple[int, int, int]
 
 
 class Mismatch(ValueError):
@@ -22,8 +23,11 @@ class Mismatch(ValueError):
 
 
 def _line(x1: int, y1: Fraction | int, x2: int, y2: Fraction | int) -> Line:
+    """(A, B, D), integers: the line through the two points is (A x + B) / D."""
     a = Fraction(y2 - y1) / (x2 - x1)
-    return a, y1 - a * x1
+    b = y1 - a * x1
+    d = math.lcm(a.denominator, b.denominator)
+    return int(a * d), int(b * d), d
 
 
 def _fit_call(n1: int, c1: tuple, n2: int, c2: tuple) -> tuple:
@@ -48,8 +52,9 @@ def fit(n1: int, traces1: tuple, n2: int, traces2: tuple) -> Form:
     return Form(ranks)
 
 
-def _integer(x: Fraction) -> int | None:
-    return x.numerator if x.denominator == 1 and x >= 0 else None
+def _integer(num: int, den: int) -> int | None:
+    q, r = divmod(num, den)
+    return None if r or q < 0 else q
 
 
 class Form:
@@ -65,8 +70,8 @@ class Form:
             got = []
             for calls in passes:
                 rows = []
-                for (fa, fb), op, (sa, sc), (ra, rc), size, peer in calls:
-                    values = _integer((fa * n + fb) * n), _integer(sa * n + sc), _integer(ra * n + rc)
+                for (fa, fb, fd), op, (sa, sc, sd), (ra, rc, rd), size, peer in calls:
+                    values = _integer((fa * n + fb) * n, fd), _integer(sa * n + sc, sd), _integer(ra * n + rc, rd)
                     if None in values:
                         return None
                     rows.append((values[0], op, values[1], values[2], size, peer))
