@@ -196,8 +196,8 @@ def _describe(x):
 
 
 def _outputs(out):
-    """The outputs' shapes, strides and dtypes (None where an output is not a contiguous-from-0 meta tensor or a
-    plain value)."""
+    """The outputs' shapes, strides and dtypes (None where one is neither a meta tensor at storage offset 0, which
+    ``_made`` makes again, nor a plain value)."""
     if type(out) is torch.Tensor:
         if not out.is_meta or out.storage_offset():
             return None
