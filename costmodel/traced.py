@@ -3,9 +3,28 @@ of its own calls.
 
 The plugin runs in this process as rank ``r`` of ``P`` under PyTorch's fake process group (``FakeStore``: every
 collective and point-to-point call returns at once and moves nothing), on meta tensors of the configuration's
-shapes (no memory, no arithmetic), forward and then backward. ``ringx.traffic.Traffic`` records each communication
-call in issue order (op, payload by the ledger's conventions, group size, peer), and torch's ``FlopCounterMode``
-counts the FLOPs between calls. That sequence becomes the simulator's events (simulate.py):
+shapes (no memory, no arithmetic), forward and then backward. One dispatch mode (``counting.Tracer``) records each
+communication call in issue order as ``ringx.traffic.Traffic`` counts it (op, payload by the ledger's conventions,
+group size, peer) and the FLOPs between calls by torch's ``FlopCounterMode`` formulas and rules. It runs a meta op
+once per distinct call: a later call of an op that neither mutates nor aliases its inputs, with the same shapes,
+strides, dtypes and other arguments, gets fresh empty outputs of the shapes it gave (a ring's steps repeat their
+first; the meta kernels, mostly Python, were most of a trace's time). ``trace_calls(..., reference=True)`` traces
+under ``FlopCounterMode`` itself with ``Traffic`` above it, every op run; the tests hold the two equal, call for
+call, and a higher-order op sends the fast tracer back to it.
+
+Across sequence lengths (``lengths.py``): for one configuration (plugin, causal, P, the traced ranks, batch, heads,
+kv heads, head dim, dtype, passes), the first two lengths asked are traced and fitted in exact fractions (each
+call's bytes ``a n + c`` and the FLOPs before it ``a n^2 + b n``, ``n`` the local length), and the third asked is
+traced and compared with the derived one, integer for integer. Equal: every later length is derived, with no trace.
+Not equal, or the first two differ in their calls (count, ops, groups, peers): every length is traced, and a
+``UserWarning`` says so once per plugin. Assumed beyond that check: a plugin that follows the forms at three
+lengths follows them at all (a schedule that switches at a length threshold outside those three would be derived
+wrong). A length whose derived values are not integers (one the schedule cannot split) is traced.
+
+Not reused: rank counts. A trace still grows with the ops a schedule dispatches (a ring's P steps), and with what
+the plugin's own Python does per step (PyTorch CP's all-to-all rotation builds split lists of P at every step: P^2).
+
+That sequence becomes the simulator's events (simulate.py):
 
 - the FLOPs between two calls: one compute block of the local sequence (torch counts matrix products and SDPA as
   dense, so a causal block its kernel computes whole counts whole, as the kernel spends it);
@@ -28,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 
 from .machine import Machine
@@ -41,13 +61,16 @@ class CannotTrace(ValueError):
 
 
 def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int, seq: int, heads: int,
-                kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True) -> tuple[list, list]:
+                kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True,
+                reference: bool = False) -> tuple[list, list]:
     """(forward, backward) of rank ``rank`` of ``world``: each a list of ``(flops_before, op, sent, received,
-    group_size, peer)`` per communication call, then ``(flops_after, None, ...)`` closing the pass."""
+    group_size, peer)`` per communication call, then ``(flops_after, None, ...)`` closing the pass.
+
+    ``reference``: count with torch's ``FlopCounterMode`` under ``Traffic``, every op run (slower; the default
+    tracer is held equal to it, see the module doc)."""
     import torch
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
-    from torch.utils.flop_counter import FlopCounterMode
 
     if dist.is_initialized():
         raise CannotTrace("a process group exists in this process; trace a plugin in a process of its own")
@@ -55,23 +78,20 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
         raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
     n = seq // world
     dt = getattr(torch, dtype)
-    q, k, v = (torch.empty(batch, n, h, head_dim, dtype=dt, device="meta", requires_grad=True)
-               for h in (heads, kv_heads, kv_heads))
+
+    def inputs() -> list:  # fresh ones for a second try: the first may have left gradients on them
+        return [torch.empty(batch, n, h, head_dim, dtype=dt, device="meta", requires_grad=True)
+                for h in (heads, kv_heads, kv_heads)]
+
     # meta tensors need a backend of their own: batched point-to-point asks the group for the tensors' device's
     dist.init_process_group("cpu:fake,meta:fake", rank=rank, world_size=world, store=FakeStore())
-    passes: list[list] = [[], []]
     try:
-        flops = FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops())
-        with flops:
-            got, passes[0] = _pass(flops, lambda: fn(q, k, v, causal=causal, group=dist.group.WORLD))
-            out = got[0] if isinstance(got, tuple) else got
-            if not isinstance(out, torch.Tensor) or out.shape != q.shape:
-                raise CannotTrace(f"it returned {getattr(out, 'shape', type(out).__name__)}, expected q's shape "
-                                  f"{tuple(q.shape)}")
-            if backward:
-                if not out.requires_grad:
-                    raise CannotTrace("its output does not require grad: no backward to trace")
-                _, passes[1] = _pass(flops, lambda: out.backward(torch.zeros_like(out)))
+        from .counting import Unusual
+
+        try:
+            return _run(fn, *inputs(), causal, dist.group.WORLD, backward, reference)
+        except Unusual:  # an op the fast tracer does not mirror: torch's counter, op by op
+            return _run(fn, *inputs(), causal, dist.group.WORLD, backward, True)
     except CannotTrace:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the plugin met on meta tensors or the fake group: one line
@@ -80,60 +100,40 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
                           f"{msg[:200]}") from None
     finally:
         dist.destroy_process_group()
+
+
+def _run(fn: Callable, q, k, v, causal: bool, group, backward: bool, reference: bool) -> tuple[list, list]:
+    """The two passes under one counter: the fast tracer, or torch's counter under Traffic (``reference``)."""
+    import torch
+
+    from .counting import Reference, Tracer
+
+    counter = Reference() if reference else Tracer()
+    passes: list[list] = [[], []]
+    with counter:
+        got, passes[0] = _pass(counter, lambda: fn(q, k, v, causal=causal, group=group))
+        out = got[0] if isinstance(got, tuple) else got
+        if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+            raise CannotTrace(f"it returned {getattr(out, 'shape', type(out).__name__)}, expected q's shape "
+                              f"{tuple(q.shape)}")
+        if backward:
+            if not out.requires_grad:
+                raise CannotTrace("its output does not require grad: no backward to trace")
+            _, passes[1] = _pass(counter, lambda: out.backward(torch.zeros_like(out)))
     return passes[0], passes[1]
 
 
-def _cpu_attention_flops() -> dict:
-    """FLOP formulas torch's counter lacks: its CPU flash-attention op (PyTorch CP's CPU path) counts as SDPA."""
-    import torch
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def fwd(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    def bwd(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
-
-
-def _pass(flops, run: Callable) -> tuple[object, list]:
+def _pass(counter, run: Callable) -> tuple[object, list]:
     """(what ``run`` returned, its calls: ``(flops before, op, sent, received, group size, peer)`` each, then the
     pass's closing ``(flops, None, 0, 0, 0, -1)``), FLOPs counted from the pass's start."""
-    start = flops.get_total_flops()
-    with _marking(flops) as mode:
-        got = run()
-    if mode.unknown:
-        raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(mode.unknown)}")
-    if mode.uncounted:
-        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(mode.uncounted)}")
-    end = flops.get_total_flops()
-    return got, [(f - start, *rest) for f, *rest in mode.marked] + [(end - start, None, 0, 0, 0, -1)]
-
-
-def _marking(flops):
-    """Traffic that also notes, at every call it counts, the FLOPs counted so far (``marked``)."""
-    from ringx.traffic import Traffic
-
-    class Marking(Traffic):
-        def __init__(self):
-            super().__init__(calls=[])
-            self.marked: list = []
-            self.uncounted: set[str] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if "attention" in func.__name__ and func.overloadpacket not in flops.flop_registry:
-                self.uncounted.add(str(func.overloadpacket))  # its FLOPs would be missing from the compute
-            before, now = len(self.calls), flops.get_total_flops()
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            if len(self.calls) > before:
-                self.marked.append((now, *self.calls[-1]))
-            return out
-
-    return Marking()
+    start, first = counter.total(), len(counter.marked)
+    got = run()
+    if counter.unknown:
+        raise CannotTrace(f"it calls communication ops the counter does not know: {sorted(counter.unknown)}")
+    if counter.uncounted:
+        raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(counter.uncounted)}")
+    end = counter.total()
+    return got, [(f - start, *rest) for f, *rest in counter.marked[first:]] + [(end - start, None, 0, 0, 0, -1)]
 
 
 def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_local: int) -> list:
@@ -190,9 +190,58 @@ def default_ranks(world: int) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=256)
 def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: int, seq: int, heads: int,
             kv_heads: int, head_dim: int, dtype: str, backward: bool) -> tuple:
+    """Per traced rank, (forward, backward) at ``seq``: derived from the configuration's traces at other lengths
+    where they were found to follow the forms (costmodel/lengths.py), else traced."""
+    if seq % world:
+        raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
+    config = (name, causal, world, ranks, batch, heads, kv_heads, head_dim, dtype, backward)
+    n = seq // world
+    known = _LENGTHS.setdefault(config, _Lengths())
+    if known.form:
+        got = known.form.at(n)
+        if got is not None:
+            return got
     fn = _REGISTERED[name]
-    return tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
-                             head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
+    got = tuple(trace_calls(fn, causal, world, r, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads,
+                            head_dim=head_dim, dtype=dtype, backward=backward) for r in ranks)
+    if known.form is None:
+        known.traced[n] = got
+        if len(known.traced) == 3:
+            known.form = _checked(name, world, known.traced)
+            known.traced.clear()  # the form, or every length traced: not needed again
+    return got
+
+
+class _Lengths:
+    """One configuration's form across lengths: None while fewer than three lengths are traced (``traced``, by
+    local length), then the form fitted to the first two (found to give the third), or False (each length
+    traced)."""
+
+    def __init__(self):
+        self.traced: dict[int, tuple] = {}
+        self.form = None
+
+
+_LENGTHS: dict[tuple, _Lengths] = {}
+_SAID: set[str] = set()  # the plugins whose lengths are each traced, said once
+
+
+def _checked(name: str, world: int, traced: dict[int, tuple]):
+    """The form fitted to the first two lengths if it gives the third exactly; else False, said once."""
+    from .lengths import Mismatch, fit
+
+    (n1, t1), (n2, t2), (n3, t3) = traced.items()
+    try:
+        form = fit(n1, t1, n2, t2)
+        if form.at(n3) == t3:
+            return form
+        why = f"its calls at {n3} tokens a rank are not those derived from {n1} and {n2}"
+    except Mismatch as e:
+        why = str(e)
+    if name not in _SAID:
+        _SAID.add(name)
+        warnings.warn(f"{name} at {world} ranks: {why}; each sequence length is traced (slower)", stacklevel=3)
+    return False
 
 
 _REGISTERED: dict[str, Callable] = {}
@@ -204,6 +253,8 @@ def register(name: str, fn: Callable) -> None:
     if _REGISTERED.get(name) is not fn:
         _REGISTERED[name] = fn
         _traced.cache_clear()
+        _LENGTHS.clear()
+        _SAID.discard(name)
 
 
 def _resolve(name: str) -> None:
@@ -220,6 +271,15 @@ def _resolve(name: str) -> None:
     register(name, found.fn)
 
 
+def traces(name: str, causal: bool, world: int, ranks: tuple[int, ...], *, batch: int, seq: int, heads: int,
+           kv_heads: int, head_dim: int, dtype: str = "bfloat16", backward: bool = True) -> tuple:
+    """Per rank of ``ranks``, :func:`trace_calls`'s (forward, backward) of the plugin ``name`` (registered, or
+    installed) at ``seq``: traced, or derived from its traces at other lengths (see the module doc)."""
+    _resolve(name)
+    return _traced(name, bool(causal), world, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
+                   bool(backward))
+
+
 def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
                    seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
                    ranks: tuple[int, ...] | None = None, mask=None) -> Prediction:
@@ -227,9 +287,9 @@ def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine,
     of ``ranks`` (default :func:`default_ranks`). Raises CannotTrace (one line) where that cannot work."""
     if mask is not None and getattr(mask, "plain", None) is None:
         raise CannotTrace(f"{name}: a trace covers full and causal attention; mask {mask} is not predicted")
-    _resolve(name)
     ranks = ranks or default_ranks(p)
-    got = _traced(name, bool(causal), p, ranks, batch, seq, heads, kv_heads, head_dim, dtype, mode == "fwd+bwd")
+    got = traces(name, causal, p, ranks, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+                 dtype=dtype, backward=mode == "fwd+bwd")
     local = seq // p
     fwd = simulate([events(f, p, r, nodes, "fwd", local) for (f, _), r in zip(got, ranks)], machine, p, nodes,
                    list(ranks))
@@ -240,4 +300,4 @@ def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine,
     return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
 
 
-__all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls"]
+__all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls", "traces"]

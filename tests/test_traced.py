@@ -4,6 +4,8 @@ a real peer (PyTorch CP's ring) is predicted at 8 ranks; what cannot be traced i
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 import ringx
@@ -71,3 +73,122 @@ def test_what_cannot_be_traced_is_one_line():
     assert "meta tensors under the fake process group" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError, match="not an installed plugin"):  # predict --plugin nope: one line, exit 2
         costmodel_cli._plugins("nope")
+
+
+PEERS = ["as-plugin-ring", "as-plugin-ringx4", "tcp-allgather", "tcp-ring"]
+DIRECT = traced.trace_calls  # a trace at the length asked, whatever the tests patch
+
+
+def registered(name: str):
+    if name.startswith("as-plugin-"):
+        traced.register(name, wrapped(name.removeprefix("as-plugin-")))
+    else:
+        from ringx_suite import plugins
+
+        traced.register(name, plugins.load([name])[name].fn)
+    return traced._REGISTERED[name]
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_the_fast_tracer_counts_as_torchs_counter(name):
+    """One mode, each distinct meta op run once: the calls and FLOPs torch's FlopCounterMode under Traffic gives."""
+    fn = registered(name)
+    for causal in (False, True):
+        for rank in (0, 7):
+            assert traced.trace_calls(fn, causal, 8, rank, **SHAPE) == traced.trace_calls(
+                fn, causal, 8, rank, reference=True, **SHAPE)
+
+
+def counting_traces(monkeypatch) -> list:
+    """The (rank, seq) of every trace taken from here on."""
+    taken = []
+
+    def counted(fn, causal, world, rank, **kw):
+        taken.append((rank, kw["seq"]))
+        return DIRECT(fn, causal, world, rank, **kw)
+
+    monkeypatch.setattr(traced, "trace_calls", counted)
+    return taken
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_a_length_is_derived_as_it_is_traced(name, monkeypatch):
+    """Traced at two lengths and found right at a third, the others are derived: the same integers, call for call,
+    as a trace at that length."""
+    fn = registered(name)
+    shape = {k: v for k, v in SHAPE.items() if k != "seq"}
+    taken = counting_traces(monkeypatch)
+    for causal in (False, True):
+        for seq in (1024, 2048, 512):  # fitted to the first two, checked at the third
+            traced.traces(name, causal, 8, (0, 7), seq=seq, **shape)
+        assert len(taken) == 6
+        for seq in (4096, 1536, 3072, 16 << 10):
+            got = traced.traces(name, causal, 8, (0, 7), seq=seq, **shape)
+            assert len(taken) == 6  # derived: no trace taken
+            assert got == tuple(DIRECT(fn, causal, 8, r, seq=seq, **shape) for r in (0, 7))
+        taken.clear()
+
+
+def squared(q, k, v, *, causal, group):
+    """Gathers a tensor of n^2 elements (n the local length): bytes off the linear form."""
+    import torch.distributed as dist
+
+    n = q.shape[1]
+    out = q.new_empty(n * n * group.size())
+    dist.all_gather_into_tensor(out, q.new_empty(n * n), group=group)
+    return q * 1
+
+
+def chunked(q, k, v, *, causal, group):
+    """One all-reduce per 64 tokens: calls that grow with the length."""
+    import torch.distributed as dist
+
+    for _ in range(q.shape[1] // 64):
+        dist.all_reduce(q.new_empty(64), group=group)
+    return q * 1
+
+
+@pytest.mark.parametrize("fn", [squared, chunked])
+def test_a_plugin_off_the_forms_is_traced_at_each_length(fn, monkeypatch):
+    """The third length disagrees with the form (bytes n^2) or the first two differ in calls: every length is then
+    traced, and that is said once."""
+    traced.register(fn.__name__, fn)
+    shape = {k: v for k, v in SHAPE.items() if k != "seq"}
+    taken = counting_traces(monkeypatch)
+    with pytest.warns(UserWarning, match=f"{fn.__name__} at 8 ranks: .*; each sequence length is traced"):
+        for seq in (1024, 2048, 512):
+            traced.traces(fn.__name__, False, 8, (0, 7), seq=seq, **shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # said once: not again, at other lengths or rank counts
+        for seq in (4096, 3072):
+            got = traced.traces(fn.__name__, False, 8, (0, 7), seq=seq, **shape)
+            assert got == tuple(DIRECT(fn, False, 8, r, seq=seq, **shape) for r in (0, 7))
+        for seq in (1024, 2048, 512):
+            traced.traces(fn.__name__, False, 16, (0, 15), seq=seq, **shape)
+    assert len(taken) == 2 * (3 + 2 + 3)  # every length traced
+
+
+def test_what_the_fast_tracer_does_not_mirror_is_traced_by_torchs_counter(monkeypatch):
+    """An op it meets that it does not mirror (a higher-order op; here: any communication op) sends the whole trace
+    to FlopCounterMode under Traffic, on fresh inputs: the same result as asking for it."""
+    from ringx_costmodel import counting
+
+    fn = registered("as-plugin-ring")
+    want = traced.trace_calls(fn, True, 8, 7, reference=True, **SHAPE)
+    classify = counting.Tracer._classify
+
+    def unusual(self, func):
+        if str(func.overloadpacket).startswith("c10d."):
+            raise counting.Unusual(str(func))
+        return classify(self, func)
+
+    made, reference = [], counting.Reference
+
+    def counted():
+        made.append(1)
+        return reference()
+
+    monkeypatch.setattr(counting.Tracer, "_classify", unusual)
+    monkeypatch.setattr(counting, "Reference", counted)
+    assert traced.trace_calls(fn, True, 8, 7, **SHAPE) == want
+    assert made == [1]  # the fast tracer gave up, torch's counter traced
