@@ -88,3 +88,21 @@ def test_more_ranks_than_gpus_is_refused_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert f"{GPUS + 1} ranks on" in proc.stderr and "GPUs for NCCL" in proc.stderr, proc.stderr
     assert "Duplicate GPU" not in proc.stderr
+
+
+def test_pytorch_cp_runs_its_cuda_ops_checked(tmp_path):
+    """The PyTorch CP peers on CUDA (bench/peers/torch_cp.py: flash per block in bf16, memory-efficient in float32,
+    written from torch's own CP handlers), causal and full, checked against float64 and timed beside ring."""
+    from ringx_suite.store import Store
+    from tests.mpi import launch
+
+    proc = launch(1, ["-m", "ringx_bench", "run", "--algorithms", "ring,tcp-allgather,tcp-ring", "--seq", "4096",
+                      "--heads", "8", "--head-dim", "128", "--dtype", "bfloat16,float32", "--causal", "true,false",
+                      "--check", "--iters", "3", "--warmup", "1", "--out", str(tmp_path), "--campaign", "g",
+                      "--quiet"], timeout=600, env=GPU_ENV)
+    assert proc.returncode == 0, proc.stderr
+    recs = [r for r in Store(tmp_path, "g").records() if r["algorithm"].startswith("tcp-")]
+    assert len(recs) == 8
+    for r in recs:
+        assert r["status"] == "ok" and r["device"] == "cuda", (r["algorithm"], r["dtype"], r.get("error"))
+        assert r["check_max_error"] <= r["check_tolerance"]

@@ -34,7 +34,7 @@ def model_run(tmp_path_factory):
     specs = [f"mine={EXAMPLE}:attention", f"almost={EXAMPLE}:almost", f"as-ring={CASES}:as_ring",
              f"as-zigzag={CASES}:as_zigzag", f"full-only={CASES}:full_only", f"shape={CASES}:wrong_shape",
              f"raises={CASES}:raises", f"noattr={CASES}:missing"]
-    proc = bench("--seq", "64", "--algorithms", "ring,zigzag", "--plugin", ",".join(specs), "--check",
+    proc = bench("--seq", "64", "--algorithms", "ring,zigzag,tcp-allgather", "--plugin", ",".join(specs), "--check",
                  "--out", str(out), "--campaign", "c", *SMALL)
     assert proc.returncode == 0, proc.stderr
     return records(out, "c"), proc
@@ -50,6 +50,11 @@ def test_a_plugin_trains_checked_and_timed_beside_ours(model_run):
         assert r["timing_group"] == ring["timing_group"] and len(r["samples_s"]) == 2
         assert r["grad_allreduce_bytes"] == ring["grad_allreduce_bytes"] > 0
     assert recs["as-zigzag"]["layout"] == "zigzag" and recs["mine"]["layout"] == "contiguous"
+    # the field's: PyTorch CP in every layer, on its load-balanced (our zigzag) layout, exact in float64
+    tcp = recs["tcp-allgather"]
+    assert tcp["status"] == "ok" and tcp["family"] == "peer" and tcp["layout"] == "zigzag", tcp.get("error")
+    assert tcp["check_grad_error"] <= tcp["check_tolerance"] and tcp["timing_group"] == ring["timing_group"]
+    assert sum(tcp["bytes_sent_per_rank"]) > 0
 
 
 def test_a_plugins_bytes_are_its_attention_only(model_run):

@@ -1,7 +1,14 @@
 """PyTorch's own context-parallel ring attention (the private templated ring forward and backward that
 ``torch.distributed.tensor.experimental.context_parallel`` uses), with K/V rotated by all-gather (``tcp-allgather``,
-torch's default) or all-to-all (``tcp-ring``). Causal runs use its load-balanced layout, which is our zigzag. Wired
-for the CPU fused op; on other devices it says it cannot run until the CUDA op's arguments are wired and checked."""
+torch's default) or all-to-all (``tcp-ring``). Causal runs use its load-balanced layout, which is our zigzag.
+
+The per-block op is the one torch's SDPA dispatch would give these inputs: on CPU its fused flash op; on CUDA its
+flash op for bf16/fp16 and its memory-efficient op otherwise, called with the arguments torch's own CP handlers pass
+(torch 2.13's ``_scaled_dot_product_ring_{flash,efficient}_attention[_backward]``). The CUDA ops are written from
+those call sites and have not run here (no GPU has been lent). Float64 inputs turn off torch's ``convert_to_f32``
+(on by default; it merges the blocks' partial results in float32, which costs a float64 run ~3e-7): for bf16 and
+float32 the merge is torch's default.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ def _unavailable(device_type: str) -> str | None:
     api, why = _api()
     if api is None:
         return why
-    if device_type != "cpu":
-        return "PyTorch CP is wired for the CPU fused op only here (its CUDA op's arguments are not checked yet)"
+    if device_type not in ("cpu", "cuda"):
+        return f"PyTorch CP is wired for the CPU and CUDA SDPA ops only (not {device_type})"
     return None
 
 
@@ -39,32 +46,60 @@ def _make(rotate: str):
     return attend
 
 
-def _function():
+def _ops(q):
+    """(the forward op, its extra arguments, the backward op, its grad_out name, the backward's extra arguments
+    from the forward's results ``rest`` after out and lse): torch's per-block SDPA op for these inputs."""
     import torch
 
     aten = torch.ops.aten
+    if q.device.type != "cuda":  # the CPU op; also on meta tensors, where the cost model traces it
+        return (aten._scaled_dot_product_flash_attention_for_cpu.default, {},
+                aten._scaled_dot_product_flash_attention_for_cpu_backward.default, "grad_out",
+                lambda rest: {"dropout_p": 0.0})
+    if q.dtype in (torch.bfloat16, torch.float16):  # flash: out, lse, cum_seq_q, cum_seq_k, max_q, max_k, seed, offset
+        return (aten._scaled_dot_product_flash_attention.default, {"dropout_p": 0.0},
+                aten._scaled_dot_product_flash_attention_backward.default, "grad_out",
+                lambda rest: {"cum_seq_q": rest[0], "cum_seq_k": rest[1], "max_q": rest[2], "max_k": rest[3],
+                              "dropout_p": 0.0, "philox_seed": rest[4], "philox_offset": rest[5]})
+    # memory-efficient: (out, lse, seed, offset); CP always merges LSE, so it is always computed
+    return (aten._scaled_dot_product_efficient_attention.default,
+            {"attn_bias": None, "compute_log_sumexp": True, "dropout_p": 0.0},
+            aten._scaled_dot_product_efficient_attention_backward.default, "grad_out_",
+            lambda rest: {"attn_bias": None, "philox_seed": rest[0], "philox_offset": rest[1], "dropout_p": 0.0,
+                          "grad_input_mask": (True, True, True, False)})
+
+
+def _configure(cp, causal: bool, rotate: str, dtype) -> None:
+    import torch
+
+    cp._cp_options.enable_load_balance = causal  # torch refuses load balancing without a causal mask
+    cp._cp_options.rotate_method = cp._RotateMethod[rotate]
+    cp._cp_options.convert_to_f32 = dtype != torch.float64  # upcasting is its purpose: never down from float64
+
+
+def _function():
+    import torch
 
     class TorchCP(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, causal, rotate, group):
             (fwd, _, cp), _ = _api()
-            cp._cp_options.enable_load_balance = causal  # torch refuses load balancing without a causal mask
-            cp._cp_options.rotate_method = cp._RotateMethod[rotate]
+            _configure(cp, causal, rotate, q.dtype)
+            op, extra, _, _, _ = _ops(q)
             qb, kb, vb = (t.transpose(1, 2) for t in (q, k, v))
-            res = fwd(group, 2, aten._scaled_dot_product_flash_attention_for_cpu.default, qb, kb, vb, is_causal=causal)
-            ctx.save_for_backward(qb, kb, vb, res[0], res[1])
-            ctx.causal, ctx.rotate, ctx.group = causal, rotate, group
-            return res[0].transpose(1, 2)
+            out, lse, *rest = fwd(group, 2, op, qb, kb, vb, is_causal=causal, **extra)
+            ctx.save_for_backward(qb, kb, vb, out, lse)
+            ctx.causal, ctx.rotate, ctx.group, ctx.rest = causal, rotate, group, rest
+            return out.transpose(1, 2)
 
         @staticmethod
         def backward(ctx, dout):
             (_, bwd, cp), _ = _api()
             qb, kb, vb, out, lse = ctx.saved_tensors
-            cp._cp_options.enable_load_balance = ctx.causal
-            cp._cp_options.rotate_method = cp._RotateMethod[ctx.rotate]
-            g = bwd(ctx.group, 2, aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
-                    grad_out=dout.transpose(1, 2), grad_out_name="grad_out", query=qb, key=kb, value=vb, out=out,
-                    logsumexp=lse, is_causal=ctx.causal, dropout_p=0.0)
+            _configure(cp, ctx.causal, ctx.rotate, qb.dtype)
+            _, _, op, grad_name, extra = _ops(qb)
+            g = bwd(ctx.group, 2, op, grad_out=dout.transpose(1, 2), grad_out_name=grad_name, query=qb, key=kb,
+                    value=vb, out=out, logsumexp=lse, is_causal=ctx.causal, **extra(ctx.rest))
             return g[0].transpose(1, 2), g[1].transpose(1, 2), g[2].transpose(1, 2), None, None, None
 
     return TorchCP
