@@ -90,19 +90,26 @@ def test_more_ranks_than_gpus_is_refused_in_one_line(tmp_path):
     assert "Duplicate GPU" not in proc.stderr
 
 
-def test_pytorch_cp_runs_its_cuda_ops_checked(tmp_path):
-    """The PyTorch CP peers on CUDA (bench/peers/torch_cp.py: flash per block in bf16, memory-efficient in float32,
-    written from torch's own CP handlers), causal and full, checked against float64 and timed beside ring."""
+@pytest.mark.parametrize("world", ["one", "all"])
+def test_pytorch_cp_runs_its_cuda_ops_checked(tmp_path, world):
+    """The PyTorch CP peers on CUDA (bench/peers/torch_cp.py: flash per block in bf16, memory-efficient in float32
+    with K/V heads expanded, written from torch's own CP handlers), causal and full, fewer K/V heads, checked against
+    float64 and timed beside ring; across GPUs the ring's rotation, merge and load-balanced halves run too. float64
+    has no CUDA op: one failed line."""
     from ringx_suite.store import Store
     from tests.mpi import launch
 
-    proc = launch(1, ["-m", "ringx_bench", "run", "--algorithms", "ring,tcp-allgather,tcp-ring", "--seq", "4096",
-                      "--heads", "8", "--head-dim", "128", "--dtype", "bfloat16,float32", "--causal", "true,false",
-                      "--check", "--iters", "3", "--warmup", "1", "--out", str(tmp_path), "--campaign", "g",
-                      "--quiet"], timeout=600, env=GPU_ENV)
+    n = _world(world)
+    proc = launch(n, ["-m", "ringx_bench", "run", "--algorithms", "ring,tcp-allgather,tcp-ring", "--seq", "4096",
+                      "--heads", "8", "--kv-heads", "2", "--head-dim", "128", "--dtype", "bfloat16,float32,float64",
+                      "--causal", "true,false", "--check", "--iters", "3", "--warmup", "1", "--out", str(tmp_path),
+                      "--campaign", "g", "--quiet"], timeout=600, env=GPU_ENV)
     assert proc.returncode == 0, proc.stderr
     recs = [r for r in Store(tmp_path, "g").records() if r["algorithm"].startswith("tcp-")]
-    assert len(recs) == 8
+    assert len(recs) == 12
     for r in recs:
+        if r["dtype"] == "float64":
+            assert r["status"] == "failed" and "no float64 op on CUDA" in r["error"] and "\n" not in r["error"]
+            continue
         assert r["status"] == "ok" and r["device"] == "cuda", (r["algorithm"], r["dtype"], r.get("error"))
         assert r["check_max_error"] <= r["check_tolerance"]

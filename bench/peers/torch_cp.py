@@ -2,12 +2,14 @@
 ``torch.distributed.tensor.experimental.context_parallel`` uses), with K/V rotated by all-gather (``tcp-allgather``,
 torch's default) or all-to-all (``tcp-ring``). Causal runs use its load-balanced layout, which is our zigzag.
 
-The per-block op is the one torch's SDPA dispatch would give these inputs: on CPU its fused flash op; on CUDA its
-flash op for bf16/fp16 and its memory-efficient op otherwise, called with the arguments torch's own CP handlers pass
-(torch 2.13's ``_scaled_dot_product_ring_{flash,efficient}_attention[_backward]``). The CUDA ops are written from
-those call sites and have not run here (no GPU has been lent). Float64 inputs turn off torch's ``convert_to_f32``
-(on by default; it merges the blocks' partial results in float32, which costs a float64 run ~3e-7): for bf16 and
-float32 the merge is torch's default.
+The per-block op is the one torch's SDPA dispatch would give these inputs: on CPU its fused flash op (any dtype,
+fewer K/V heads taken); on CUDA its flash op for bf16/fp16 and its memory-efficient op for float32 (K/V heads
+expanded first, as SDPA's frontend does for that kernel), called with the arguments torch's own CP handlers pass
+(torch 2.13's ``_scaled_dot_product_ring_{flash,efficient}_attention[_backward]``); float64 on CUDA has no op and
+fails in one line. The CUDA ops are written from those call sites and have not run here (no GPU has been lent).
+Float64 inputs turn off torch's ``convert_to_f32`` (on by default; it merges the blocks' partial results in
+float32, which costs a float64 run ~3e-7): for bf16 and float32 the merge is torch's default. These options are
+torch's module globals, set at every call.
 """
 
 from __future__ import annotations
@@ -40,10 +42,21 @@ def _unavailable(device_type: str) -> str | None:
 
 def _make(rotate: str):
     def attend(q, k, v, *, causal: bool, group):
+        dtype = str(q.dtype).removeprefix("torch.")
+        if q.device.type == "cuda" and dtype not in _FLASH:
+            if dtype not in _EFFICIENT:  # one line for the record, not a kernel's traceback
+                raise TypeError(f"PyTorch CP has no {dtype} op on CUDA (its flash and memory-efficient kernels "
+                                "take bf16, fp16 and float32)")
+            if k.shape[2] != q.shape[2]:  # the efficient kernel wants equal heads: expanded as SDPA's frontend does
+                k, v = (t.repeat_interleave(q.shape[2] // k.shape[2], dim=2) for t in (k, v))
         return _TorchCP.apply(q, k, v, causal, rotate, group)
 
     attend.layout, attend.unavailable = LAYOUT, _unavailable
     return attend
+
+
+_FLASH = ("bfloat16", "float16")  # by name
+_EFFICIENT = ("float32",)
 
 
 def _ops(q):
@@ -56,7 +69,7 @@ def _ops(q):
         return (aten._scaled_dot_product_flash_attention_for_cpu.default, {},
                 aten._scaled_dot_product_flash_attention_for_cpu_backward.default, "grad_out",
                 lambda rest: {"dropout_p": 0.0})
-    if q.dtype in (torch.bfloat16, torch.float16):  # flash: out, lse, cum_seq_q, cum_seq_k, max_q, max_k, seed, offset
+    if str(q.dtype).removeprefix("torch.") in _FLASH:  # out, lse, cum_seq_q, cum_seq_k, max_q, max_k, seed, offset
         return (aten._scaled_dot_product_flash_attention.default, {"dropout_p": 0.0},
                 aten._scaled_dot_product_flash_attention_backward.default, "grad_out",
                 lambda rest: {"cum_seq_q": rest[0], "cum_seq_k": rest[1], "max_q": rest[2], "max_k": rest[3],
