@@ -177,8 +177,11 @@ KERNEL = (
 MODEL_PHASES = ("forward", "backward", "grad_allreduce", "optimizer")
 
 MODEL = (
-    F("algorithm", str, "the ringx algorithm of every attention layer", column="str", config=True),
-    F("family", str, "`ring`, `ringx` or `ulysses`", column="str"),
+    F("algorithm", str, "the attention of every layer: a ringx algorithm, or a plugin (the field's or a user's)",
+      column="str", config=True),
+    F("family", str, "`ring`, `ringx`, `ulysses`, `peer` (the field's implementations) or `plugin` (a user's)",
+      column="str"),
+    F("plugin_source", str, "a plugin's origin: `entry point MODULE:ATTR` or `--plugin SPEC`", "optional", "str"),
     F("model", str, "the preset the model started from (`tiny`, `tiny-vit`, `llama3-8b`, `vit-l`; bench/models/)",
       column="str", config=True),
     F("arch", str, "`decoder` (causal LM loss) or `vit` (non-causal encoder, per-patch regression)", column="str",
@@ -238,6 +241,8 @@ MODEL = (
       "and backward (ringx ledger)", "ok"),
     F("bytes_received_per_rank", list, "attention payload bytes received by each rank in one step", "ok"),
     F("comm_calls_per_rank", list, "attention communication calls of each rank in one step", "ok"),
+    F("comm_not_counted", list, "a plugin's communication ops the dispatcher's counter has no rule for (their "
+      "bytes are missing from the counts above)", "optional"),
     F("grad_allreduce_bytes", int, "bytes of gradients all-reduced per step (0 at one rank)", "ok", "int"),
     F("mem_peak_bytes_per_rank", list, "peak device memory (GPU) or peak RSS (CPU) of each rank over one step", "ok"),
     F("check_loss_error", _NUM, "with `--check`: |loss - ref| / |ref| against the unsharded float64 model",

@@ -559,27 +559,31 @@ class TrainingStep(ModelDriver):
                 "grad_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
     def first_call(self, c: Case) -> None:
-        """One untimed step: fills the attention ledger (a plugin's: its forward and backward counted at the
-        dispatcher, as bench run counts one) and measures this algorithm's peak memory."""
+        """One untimed step: fills the attention ledger and measures this algorithm's peak memory. A plugin's bytes
+        are counted at the dispatcher (its forward and backward, not the all-reduce) in one more untimed step, as
+        bench run counts one: its first call may set things up."""
         from ringx.traffic import Traffic
         from ringx_drivers.measure.memory import peak_memory, reset_peak_memory
 
         reset_peak_memory(self.ctx.device)
         self.failures.hook(c.index, "run")
-        if c.own:
-            c.call.counting = Traffic()
         c.call()
-        counted, c.call.counting = c.call.counting, None
+        mem = peak_memory(self.ctx.device)
         c.call.state.update(stats=None, validate=False)  # the timed steps: no ledger, no input exchange
-        c.call.phases.clear()
         st = c.stats
         if st:
             c.result.update(kernel=st.kernel, kernel_version=st.kernel_version, **ledger_totals(st))
         else:
+            c.call.counting = counted = Traffic()
+            try:
+                c.call()
+            finally:
+                c.call.counting = None
             lg = counted.ledger
             c.result.update(kernel=c.algorithm, kernel_version=None, sent=lg.sent, received=lg.received,
-                            calls=lg.calls)
-        c.result.update(mem=peak_memory(self.ctx.device))
+                            calls=lg.calls, not_counted=sorted(counted.unknown))
+        c.call.phases.clear()
+        c.result.update(mem=mem)
 
     def after_timing(self, live: list[Case]) -> list[dict[str, list[float]]]:
         """Each phase's seconds per timed iteration, the slowest rank's (exchanged once, after timing)."""
@@ -597,21 +601,15 @@ class TrainingStep(ModelDriver):
     def finish(self, c: Case, samples: list[float], phases: dict, group_id: str | None, shared: dict) -> str:
         import statistics
 
-        from ringx.flops import MODEL_CONVENTION, masked_model_flops_per_token, model_flops_per_token
-        from ringx_drivers import models
+        from ringx.flops import MODEL_CONVENTION
+        from ringx_drivers.points.step import flops_per_token
         from ringx_suite.stats import stat_fields
         from ringx_suite.store import now
 
         cfg, plan, votes, seq = self.plan.config, self.plan, c.votes, c.point.seq
         fields = stat_fields(samples)
         med = fields["median_s"]
-        masks = plan.masks_at(seq)
-        n_flops = cfg.counts()[1] if self.is_hf else models.flops_params(cfg)
-        if self.is_hf:  # each layer's own mask: windows count only the pairs they see
-            masks = tuple(cfg.layer_masks(seq))
-        per_token = (masked_model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim, masks)
-                     if masks else model_flops_per_token(n_flops, cfg.layers, seq, cfg.heads, cfg.head_dim,
-                                                         cfg.causal))
+        per_token, n_flops = flops_per_token(cfg, seq, plan.masks_at(seq))
         flops = per_token * plan.batch * seq
         tflops = flops / self.P / med / 1e12
         peak = self.settings.peak_tflops if self.ctx.device.type == "cuda" else None
@@ -625,6 +623,7 @@ class TrainingStep(ModelDriver):
             mfu=tflops / peak if peak else None, **per_rank_fields(votes),
             grad_allreduce_bytes=shared["grad_bytes"] if self.P > 1 else 0,
             mem_peak_bytes_per_rank=[v["mem"] for v in votes],
+            **({"comm_not_counted": c.result["not_counted"]} if c.result.get("not_counted") else {}),
             **{k: v for k, v in c.result.items() if k.startswith("check_")})
         ms = {ph: statistics.median(phases[ph]) * 1e3 for ph in MODEL_PHASES}
         return (f"{med * 1e3:.1f} ms/step (fwd {ms['forward']:.1f}, bwd {ms['backward']:.1f}, all-reduce "

@@ -351,18 +351,24 @@ def param_count(c) -> int:
         return models.count_params(models.Model(c))
 
 
+def flops_per_token(cfg, seq: int, masks) -> tuple[float, int]:
+    """(model FLOPs per token of one step, the N it counts), as bench model's records count them: 6N plus each
+    layer's attention over what its mask shows (``masks``: the layers' masks cycled, or None for the architecture's
+    causal or full); a transformers model with its active experts only and its layers' own masks."""
+    from ringx.flops import masked_model_flops_per_token, model_flops_per_token
+    from ringx_drivers import models
+
+    hf = hasattr(cfg, "counts")  # --hf, --hf-config (bench/models/hf.py)
+    n = cfg.counts()[1] if hf else models.flops_params(cfg)
+    if hf:
+        masks = tuple(cfg.layer_masks(seq))
+    if masks:
+        return masked_model_flops_per_token(n, cfg.layers, seq, cfg.heads, cfg.head_dim, masks), n
+    return model_flops_per_token(n, cfg.layers, seq, cfg.heads, cfg.head_dim, cfg.causal), n
+
+
 def step_flops(pt: StepPoint) -> float:
     """One training step's FLOPs over all ranks (the model convention of bench model's records), with the
     recomputed forward when checkpointed."""
-    from ringx.flops import model_flops_per_token
-    from ringx_drivers import models
-
-    c = pt.config
-    masks = plan_of(pt).masks_at(pt.seq)
-    if masks:  # each layer's visible area
-        from ringx.flops import masked_model_flops_per_token
-
-        per_token = masked_model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, masks)
-    else:
-        per_token = model_flops_per_token(models.flops_params(c), c.layers, pt.seq, c.heads, c.head_dim, c.causal)
+    per_token, _ = flops_per_token(pt.config, pt.seq, plan_of(pt).masks_at(pt.seq))
     return per_token * pt.batch * pt.seq * (4 / 3 if pt.checkpoint else 1.0)
