@@ -152,7 +152,7 @@ def _posts_only(t: Trace) -> bool:
 def _title(config: tuple) -> str:
     c = dict(config)
     parts = [c.get("mode", ""), f"seq {c['seq']}" if "seq" in c else "",
-             {"True": "causal", "False": "full"}.get(c.get("causal", ""), ""), c.get("dtype", ""),
+             c.get("mask") or {"True": "causal", "False": "full"}.get(c.get("causal", ""), ""), c.get("dtype", ""),
              f"{c['heads']}/{c['kv_heads']} heads" if "heads" in c and "kv_heads" in c else "",
              c.get("device", "")]
     return ", ".join(p for p in parts if p)

@@ -172,3 +172,13 @@ def test_bench_run_with_trace_records_no_overlap_for_a_plugin(tmp_path):
     recs = {r["algorithm"]: r for r in Store(tmp_path, "default").records()}
     assert all(validate(r) == [] for r in recs.values())
     assert "overlap_fraction" in recs["ring"] and "overlap_fraction" not in recs["mine"]
+
+
+def test_trace_files_of_different_masks_do_not_overwrite_each_other(tmp_path):
+    from ringx_drivers.drivers.trace import trace_path
+    from ringx_drivers.points.attention import make_point
+
+    pts = [make_point({"algorithm": "ring", "seq": 64, "mask": m}, 2) for m in ("causal", "window:16", "full")]
+    paths = {trace_path(tmp_path, pt, 2, 0) for pt in pts}
+    assert len(paths) == 3 and all(p.parent == tmp_path / "2ranks" for p in paths)
+    assert any("window_16" in p.name for p in paths) and any("-causal-" in p.name for p in paths)

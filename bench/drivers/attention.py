@@ -312,7 +312,7 @@ class Attention(CaseDriver):
 
         dev, comm, out = self.ctx.device, self.group.comm, []
         for c in live:
-            # outside baselines are not measured: torch's context parallel does not run under a dispatch mode
+            # a plugin's call peak is not measured: a call that fails under the memory mode would fail its whole group
             mine = {"call_peak": None if c.own else call_peak(c.call, dev)[1]}
             if self.settings.trace and not c.own:
                 torch.distributed.barrier()

@@ -53,8 +53,7 @@ def build_parser():
 
 
 def trace_path(root: Path, pt, world: int, rank: int) -> Path:
-    mask = "causal" if pt.causal else "full"
-    algo = re.sub(r"[^\w.+-]", "_", pt.algorithm)  # a plugin's name is the user's: no path separators
+    mask, algo = (re.sub(r"[^\w.+-]", "_", x) for x in (pt.mask_text(), pt.algorithm))  # no path separators
     name = f"{algo}-{pt.mode.replace('+', '-')}-{pt.seq}-{mask}-{pt.dtype}-rank{rank}.json"
     return root / f"{world}ranks" / name
 
@@ -185,7 +184,7 @@ def plugin_meta(ext, traffic, marks) -> dict:
     """What a plugin's trace holds and does not, where the plugin came from, and its traffic (the ledger's)."""
     lg = traffic.ledger
     kinds = {"functional" if m.block.startswith("_c10d_functional.") else "c10d" for m in marks if m.cat == "post"}
-    return {"source": ext.source, "family": "peer" if "ringx_drivers.peers." in ext.source else "plugin",
+    return {"source": ext.source, "family": ext.family,
             "marks": PLUGIN_MARKS, "waits": "; ".join(WAITS[k] for k in sorted(kinds, reverse=True)) or
             "no communication was seen", "overlap_fraction": NO_OVERLAP,
             "bytes_sent": lg.sent, "bytes_received": lg.received, "comm_calls": lg.calls, "ledger": lg.as_dict(),
