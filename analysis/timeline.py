@@ -61,8 +61,9 @@ class Trace:
 
     @property
     def opaque(self) -> bool:
-        """Nothing inside the call was marked (a plugin): there is no overlap to measure."""
-        return opaque(self.marks)
+        """A plugin's call (its file says so; or nothing inside the call was marked): no overlap to measure, even
+        where the plugin calls ringx inside, whose marks are then only part of its call."""
+        return "plugin" in self.meta or opaque(self.marks)
 
     @property
     def overlap(self) -> float | None:

@@ -168,7 +168,8 @@ class Tracer(Driver):
         path = trace_path(root, pt, self.P, self.rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         timeline.write_chrome_trace(path, {self.rank: rec.marks}, meta)
-        return path, len(rec.marks), None if timeline.opaque(rec.marks) else timeline.overlap_fraction(rec.marks)
+        # a plugin's overlap is n/a even when it calls ringx inside: its marks are then only part of its call
+        return path, len(rec.marks), None if ext else timeline.overlap_fraction(rec.marks)
 
 
 def failure_line(votes: list[dict]) -> str:
