@@ -194,6 +194,7 @@ def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: 
     where they were found to follow the forms (costmodel/lengths.py), else traced."""
     if seq % world:
         raise CannotTrace(f"sequence {seq} does not split over {world} ranks")
+    _check_split(name, causal, world, seq)  # a derived length must be one the plugin's layout can split
     config = (name, causal, world, ranks, batch, heads, kv_heads, head_dim, dtype, backward)
     n = seq // world
     known = _LENGTHS.setdefault(config, _Lengths())
@@ -210,6 +211,22 @@ def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: 
             known.form = _checked(name, world, known.traced)
             known.traced.clear()  # the form, or every length traced: not needed again
     return got
+
+
+def _check_split(name: str, causal: bool, world: int, seq: int) -> None:
+    """CannotTrace where the plugin's layout (its ``layout`` attribute) does not take this masking or cannot split
+    ``seq`` over ``world`` ranks (zigzag: two chunks a rank)."""
+    from ringx.layouts import local_divisor
+    from ringx_suite import plugins
+
+    p = plugins.of(name, _REGISTERED[name], "registered")
+    if p.failure:
+        raise CannotTrace(p.failure)
+    layout = p.layout(causal)
+    if layout is None:
+        raise CannotTrace(f"{name} takes no {'causal' if causal else 'full'} attention (its layout attribute)")
+    if (seq // world) % local_divisor(layout):
+        raise CannotTrace(f"sequence {seq} cannot be split in {name}'s {layout} layout over {world} ranks")
 
 
 class _Lengths:

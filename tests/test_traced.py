@@ -192,3 +192,13 @@ def test_what_the_fast_tracer_does_not_mirror_is_traced_by_torchs_counter(monkey
     monkeypatch.setattr(counting, "Reference", counted)
     assert traced.trace_calls(fn, True, 8, 7, **SHAPE) == want
     assert made == [1]  # the fast tracer gave up, torch's counter traced
+
+
+def test_a_length_the_plugins_layout_cannot_split_is_refused_in_one_line():
+    """Neither traced nor derived: PyTorch CP's causal layout (our zigzag) needs two chunks a rank."""
+    from ringx_drivers.peers import torch_cp
+
+    traced.register("tcp-split", torch_cp.allgather)
+    with pytest.raises(traced.CannotTrace, match="cannot be split in tcp-split's zigzag layout over 8 ranks"):
+        traced.traces("tcp-split", True, 8, (0,), batch=1, seq=8 * 3, heads=4, kv_heads=4, head_dim=8)
+    assert traced.traces("tcp-split", False, 8, (0,), batch=1, seq=8 * 3, heads=4, kv_heads=4, head_dim=8)
