@@ -130,6 +130,7 @@ def run(a) -> int:
         return serving_model.run(a)
     if a.command == "mask":
         return mask_picture(a)
+    warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)  # one line each
     if a.command in ("predict", "validate", "curve", "map"):
         from ringx_analysis import costmodel_cli
 
@@ -142,7 +143,6 @@ def run(a) -> int:
     from ringx_analysis.records import EmptyCampaign, load
 
     warnings.simplefilter("always")
-    warnings.showwarning = lambda msg, *args, **kw: print(f"warning: {msg}", file=sys.stderr)
     try:
         if a.command == "export":
             from ringx_analysis.records import export_parquet

@@ -47,8 +47,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from .machine import Machine
 from .simulate import Prediction, simulate
@@ -99,7 +102,8 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
         raise CannotTrace(f"it does not run on meta tensors under the fake process group: {type(e).__name__}: "
                           f"{msg[:200]}") from None
     finally:
-        dist.destroy_process_group()
+        with _muted_stderr():  # torch's C++ logger warns at every fake group's teardown ("No backend of type 0")
+            dist.destroy_process_group()
 
 
 def _run(fn: Callable, q, k, v, causal: bool, group, backward: bool, reference: bool) -> tuple[list, list]:
@@ -134,6 +138,21 @@ def _pass(counter, run: Callable) -> tuple[object, list]:
         raise CannotTrace(f"torch counts no FLOPs for its attention op(s) {sorted(counter.uncounted)}")
     end = counter.total()
     return got, [(f - start, *rest) for f, *rest in counter.marked[first:]] + [(end - start, None, 0, 0, 0, -1)]
+
+
+@contextmanager
+def _muted_stderr():
+    """File descriptor 2 to /dev/null for the block: a C++ warning that says nothing to the user (the fake group
+    has no default backend by design) is not printed once per trace."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def events(calls: list, world: int, rank: int, nodes: int, direction: str, seq_local: int) -> list:
