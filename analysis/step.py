@@ -50,26 +50,30 @@ def with_attention(sp: pd.DataFrame, df: pd.DataFrame, baseline: str = "ring") -
     return merged
 
 
+STEP_WIDTH, ATTENTION_WIDTH = 1.5, 0.6  # thick: the step; thin: attention alone (each keeps its algorithm's dash,
+# which with its marker tells apart algorithms of one colour: the palette has fewer colours than algorithms)
+
+
 def _attention_line(ax, g: pd.DataFrame, st: dict) -> None:
-    """The attention-only speedup at the step's shape: dotted, open markers."""
+    """The attention-only speedup at the step's shape: a thin line in the algorithm's own dash, open markers."""
     at = g[g["attention_speedup"].notna()]
     if not at.empty:
-        ax.plot(at["seq"], at["attention_speedup"].astype(float), linestyle=":", marker=st["marker"],
-                color=st["color"], markerfacecolor="none", alpha=0.8)
+        ax.plot(at["seq"], at["attention_speedup"].astype(float), linestyle=st["linestyle"], marker=st["marker"],
+                color=st["color"], markerfacecolor="none", linewidth=ATTENTION_WIDTH, alpha=0.8)
 
 
 def speedup_vs_seq(summary: pd.DataFrame, baseline: str = "ring", width: str = "two",
                    records: pd.DataFrame | None = None):
-    """Whole-step speedup over the baseline (solid, error bars: 95% bootstrap interval, hollow: within noise)
-    beside the attention-only speedup at the same shape (dotted, open markers; from ``records``' attention
+    """Whole-step speedup over the baseline (thick, error bars: 95% bootstrap interval, hollow: within noise)
+    beside the attention-only speedup at the same shape (thin, open markers; from ``records``' attention
     records), vs sequence length; one panel per (model, mask, ranks): figures.speedups_vs_seq."""
     sp = speedup(summary, baseline)
     sp = with_attention(sp, records, baseline) if records is not None else \
         sp.assign(attention_speedup=np.nan, attention_lo=np.nan, attention_hi=np.nan)
     if (sp["algorithm"] == baseline).all():
         raise NoData(f"no algorithm besides {baseline} in the model records")
-    return figures.speedups_vs_seq(sp, baseline, width, line={"linestyle": "-"}, also=_attention_line,
-                                   ylabel=f"speedup over {baseline}\n(solid: step; dotted: attention only)")
+    return figures.speedups_vs_seq(sp, baseline, width, line={"linewidth": STEP_WIDTH}, also=_attention_line,
+                                   ylabel=f"speedup over {baseline}\n(thick: step; thin: attention only)")
 
 
 # The model kind's figures and tables (kinds.py): each takes kinds.Draw's or kinds.MakeTable's keywords.
@@ -78,8 +82,9 @@ TITLES = {"model-speedup": "Training step: speedup over the baseline, beside att
           "model-mfu": "Training step: MFU"}
 CAPTIONS = {
     "model-speedup": "Speedup of a whole training step (forward, backward, gradient all-reduce, AdamW) over {baseline} "
-                     "(solid; error bars: 95% bootstrap interval; hollow: within noise) and of attention alone at "
-                     "the model's attention shape (dotted, open markers, from `bench run` records of the campaign), "
+                     "(thick lines; error bars: 95% bootstrap interval; hollow: within noise) and of attention alone "
+                     "at the model's attention shape (thin lines, open markers, from `bench run` records of the "
+                     "campaign), "
                      "against the global sequence length. The gap is the dilution by the rest of the step.",
     "model-mfu": "Model FLOPs utilisation of the step (6N + attention, PaLM's convention) against the device's "
                  "published peak where the records name one; otherwise model TFLOP/s per rank (CPU runs have no "

@@ -9,7 +9,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from ringx_analysis import report, step  # noqa: E402
+from ringx_analysis import figures, report, step  # noqa: E402
 from ringx_analysis.metrics import MissingBaseline, NoData, speedup, summarize  # noqa: E402
 from ringx_suite.records import validate  # noqa: E402
 
@@ -82,8 +82,13 @@ def test_figures_table_and_report(tmp_path):
     steps = summarize(frame(recs), "model")
     fig = step.speedup_vs_seq(steps, records=frame(recs))
     assert [ax.get_title() for ax in fig.axes] == ["tiny, 1 rank, causal", "tiny, 2 ranks, causal"]
-    dotted = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_linestyle() == ":"]
-    assert dotted and all(ln.get_markerfacecolor() == "none" for ln in dotted)  # attention beside the step
+    lines = [ln for ax in fig.axes for ln in ax.get_lines()  # the algorithms' lines (not the caps, nor y = 1)
+             if ln.get_linestyle() != "None" and ln.get_marker() in tuple(figures.MARKERS)]
+    thin = [ln for ln in lines if ln.get_linewidth() < step.STEP_WIDTH]
+    assert thin and all(ln.get_markerfacecolor() == "none" for ln in thin)  # attention beside the step
+    thick = {(ln.get_color(), ln.get_linestyle()) for ln in lines if ln not in thin}
+    assert {x[1] for x in thick} == {":", "-"}  # ringx3's and ringx4's own dashes, as in every other figure
+    assert {(ln.get_color(), ln.get_linestyle()) for ln in thin} <= thick  # attention in its step's colour and dash
     t = step.table(steps, records=frame(recs))
     assert len(t.rows) == 12 and t.columns[-2:] == ["step x ring", "attention x ring"]
     row = next(r for r in t.rows if r[1] == 2 and r[2] == 512 and r[3] == "ringx3")
