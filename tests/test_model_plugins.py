@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ringx_suite.cli import UserError
-from ringx_suite.store import Store
 from tests.mpi import launch
+from tests.test_plugins import by_name
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "my_algorithm" / "src" / "my_algorithm" / "__init__.py"
@@ -24,10 +24,6 @@ def bench(*args: str):
     return launch(2, ["-m", "ringx_bench", "model", *args], timeout=300)
 
 
-def records(root: Path, campaign: str) -> dict[str, dict]:
-    return {r["algorithm"]: r for r in Store(root, campaign).records()}
-
-
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("model_plugins")
@@ -37,7 +33,7 @@ def model_run(tmp_path_factory):
     proc = bench("--seq", "64", "--algorithms", "ring,zigzag,tcp-allgather", "--plugin", ",".join(specs), "--check",
                  "--out", str(out), "--campaign", "c", *SMALL)
     assert proc.returncode == 0, proc.stderr
-    return records(out, "c"), proc
+    return by_name(out, "c"), proc
 
 
 def test_a_plugin_trains_checked_and_timed_beside_ours(model_run):
@@ -97,7 +93,7 @@ def test_a_plugin_that_takes_a_layers_mask_trains_under_it(tmp_path):
                  f"as-ring={CASES}:as_ring,mine={EXAMPLE}:attention", "--check", "--out", str(tmp_path),
                  "--campaign", "w", *SMALL)
     assert proc.returncode == 0, proc.stderr
-    recs = records(tmp_path, "w")
+    recs = by_name(tmp_path, "w")
     assert recs["as-ring"]["status"] == "ok" and recs["as-ring"]["check_grad_error"] <= 1e-9
     assert recs["as-ring"]["bytes_sent_per_rank"] == recs["ring"]["bytes_sent_per_rank"]
     assert recs["mine"]["status"] == "skipped" and "does not take mask window:16" in recs["mine"]["error"]
