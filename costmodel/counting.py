@@ -45,7 +45,7 @@ class _Marking(Traffic):
     """Traffic that notes, at every call it counts, the FLOPs ``flops_now()`` gives (``marked``), and the attention
     ops torch has no formula for (``uncounted``)."""
 
-    def __init__(self, registry: dict, flops_now):
+    def __init__(self, registry: dict, flops_now=None):  # flops_now: for __torch_dispatch__ (Tracer has its own)
         super().__init__(calls=[])
         self.marked: list = []
         self.uncounted: set[str] = set()
@@ -104,8 +104,7 @@ class Tracer(_Marking):
     supports_higher_order_operators = True  # to see them, and hand them to torch's counter
 
     def __init__(self):
-        self._registry = {**FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()).flop_registry}
-        super().__init__(self._registry, lambda: self.flops)
+        super().__init__({**FlopCounterMode(display=False, custom_mapping=_cpu_attention_flops()).flop_registry})
         self.flops = 0
         self._kind: dict = {}  # op -> _OTHER, _COMM, _QUERY, _PURE
         self._decomposes: dict = {}  # op -> whether torch would count it as its parts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from .machine import Machine
-from .simulate import Prediction, sample_ranks, simulate
+from .simulate import Prediction, sample_ranks, simulate_call
 
 
 @functools.lru_cache(maxsize=512)
@@ -52,11 +52,8 @@ def predict(algorithm: str, causal: bool, mode: str, p: int, machine: Machine, *
     rpn = p // nodes if nodes > 1 and p % nodes == 0 else None  # hierarchical schedules follow the nodes
     traces = _traces(algorithm, bool(causal), p, tuple(ranks), batch, seq, heads, kv_heads, head_dim, dtype,
                      mode == "fwd+bwd", rpn, ulysses_degree, _mask(mask))
-    fwd = simulate([t.forward for t in traces], machine, p, nodes, ranks)
-    if mode == "fwd":
-        return fwd
-    bwd = simulate([t.backward for t in traces], machine, p, nodes, ranks)
-    return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
+    return simulate_call([t.forward for t in traces], [t.backward for t in traces] if mode == "fwd+bwd" else None,
+                         machine, p, nodes, ranks)
 
 
 def speedup_curve(machine: Machine, algorithms: list[str], ranks: list[int], *, seq: int, gpus_per_node: int,

@@ -134,3 +134,15 @@ def sample_ranks(p: int, exact_ranks: int) -> list[int]:
         return list(range(p))
     k = max(2, exact_ranks // 8)
     return sorted({round(i * (p - 1) / (k - 1)) for i in range(k)})
+
+
+def simulate_call(forward: list[list], backward: list[list] | None, machine: Machine, p: int, nodes: int,
+                  ranks: list[int] | None = None) -> Prediction:
+    """One call: the forward's events replayed, then the backward's (None: a forward-only call), the two
+    predictions summed field by field."""
+    fwd = simulate(forward, machine, p, nodes, ranks)
+    if backward is None:
+        return fwd
+    bwd = simulate(backward, machine, p, nodes, ranks)
+    return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
+

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from .machine import Machine
-from .simulate import Prediction, simulate
+from .simulate import Prediction, simulate_call
 
 _P2P = ("send", "recv")
 
@@ -235,7 +235,7 @@ def _traced(name: str, causal: bool, world: int, ranks: tuple[int, ...], batch: 
 def _check_split(name: str, causal: bool, world: int, seq: int) -> None:
     """CannotTrace where the plugin's layout (its ``layout`` attribute) does not take this masking or cannot split
     ``seq`` over ``world`` ranks (zigzag: two chunks a rank)."""
-    from ringx.layouts import local_divisor
+    from ringx.layouts import global_divisor
     from ringx_suite import plugins
 
     p = plugins.of(name, _REGISTERED[name], "registered")
@@ -244,7 +244,7 @@ def _check_split(name: str, causal: bool, world: int, seq: int) -> None:
     layout = p.layout(causal)
     if layout is None:
         raise CannotTrace(f"{name} takes no {'causal' if causal else 'full'} attention (its layout attribute)")
-    if (seq // world) % local_divisor(layout):
+    if seq % global_divisor(layout, world):
         raise CannotTrace(f"sequence {seq} cannot be split in {name}'s {layout} layout over {world} ranks")
 
 
@@ -318,22 +318,18 @@ def traces(name: str, causal: bool, world: int, ranks: tuple[int, ...], *, batch
 
 def predict_plugin(name: str, causal: bool, mode: str, p: int, machine: Machine, *, nodes: int = 1, batch: int = 1,
                    seq: int, heads: int, kv_heads: int, head_dim: int, dtype: str = "bfloat16",
-                   ranks: tuple[int, ...] | None = None, mask=None) -> Prediction:
+                   mask=None) -> Prediction:
     """Predicted time of one call of the plugin ``name`` (registered, or installed) on ``p`` ranks, from the traces
-    of ``ranks`` (default :func:`default_ranks`). Raises CannotTrace (one line) where that cannot work."""
+    of :func:`default_ranks`. Raises CannotTrace (one line) where that cannot work."""
     if mask is not None and getattr(mask, "plain", None) is None:
         raise CannotTrace(f"{name}: a trace covers full and causal attention; mask {mask} is not predicted")
-    ranks = ranks or default_ranks(p)
+    ranks = default_ranks(p)
     got = traces(name, causal, p, ranks, batch=batch, seq=seq, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
                  dtype=dtype, backward=mode == "fwd+bwd")
     local = seq // p
-    fwd = simulate([events(f, p, r, nodes, "fwd", local) for (f, _), r in zip(got, ranks)], machine, p, nodes,
-                   list(ranks))
-    if mode == "fwd":
-        return fwd
-    bwd = simulate([events(b, p, r, nodes, "bwd", local) for (_, b), r in zip(got, ranks)], machine, p, nodes,
-                   list(ranks))
-    return Prediction(*(a + b for a, b in zip(vars(fwd).values(), vars(bwd).values())))
+    fwd = [events(f, p, r, nodes, "fwd", local) for (f, _), r in zip(got, ranks)]
+    bwd = [events(b, p, r, nodes, "bwd", local) for (_, b), r in zip(got, ranks)] if mode == "fwd+bwd" else None
+    return simulate_call(fwd, bwd, machine, p, nodes, list(ranks))
 
 
 __all__ = ["CannotTrace", "default_ranks", "events", "predict_plugin", "register", "trace_calls", "traces"]

@@ -89,7 +89,7 @@ _RULES: dict[str, tuple[str, Callable[[tuple], tuple[int, int]]]] = {
     "c10d.alltoall_": ("all_to_all", lambda a: _moved(_bytes(a[1]), _group(a[2])[1])),
     "c10d.send": ("send", lambda a: (_bytes(a[0]), 0)),
     "c10d.recv_": ("recv", lambda a: (0, _bytes(a[0]))),
-    "c10d.recv_any_source_": ("recv", lambda a: (0, _bytes(a[0]))),
+    "c10d.recv_any_source_": ("recv", lambda a: (0, _bytes(a[0]))),  # its third argument is a tag: no peer
     "_c10d_functional.broadcast": ("broadcast", lambda a: _rooted(_bytes(a[0]), _named(a[2])[0], a[1],
                                                                    to_root=False)),
     "_c10d_functional.all_reduce": ("all_reduce", lambda a: (_bytes(a[0]), _bytes(a[0]))),
@@ -101,6 +101,9 @@ _RULES: dict[str, tuple[str, Callable[[tuple], tuple[int, int]]]] = {
 }
 _SILENT = {"c10d.barrier", "c10d.monitored_barrier_", "_c10d_functional.wait_tensor",
            "_c10d_functional._wrap_tensor_autograd"}
+
+
+_PEERED = ("c10d.send", "c10d.recv_")  # point-to-point calls whose third argument is the peer's group rank
 
 
 def _size(a: tuple) -> int:
@@ -165,7 +168,7 @@ class Traffic(TorchDispatchMode):
             sent, received = count(a)
             self.ledger.record(op, sent, received)
             if self.calls is not None:
-                self.calls.append((op, sent, received, _size(a), a[2] if op in ("send", "recv") else -1))
+                self.calls.append((op, sent, received, _size(a), a[2] if name in _PEERED else -1))
         if not marking:
             return func(*args, **(kwargs or {}))
         t = timeline.start()

@@ -71,8 +71,9 @@ class Plugin:
         None."""
         if self.failure:
             return "failed", "plugin", self.failure
-        if self.why_not(device_type):
-            return "skipped", None, self.why_not(device_type)
+        why = self.why_not(device_type)
+        if why:
+            return "skipped", None, why
         for m in masks:
             if not self.takes(m):
                 plain = [k for k, lay in zip(("full", "causal"), self.layouts) if lay is not None]
