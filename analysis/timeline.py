@@ -11,9 +11,9 @@ rank computed, the row is shaded: that is the hidden communication, and the rank
 (``ringx.timeline.overlap_fraction``: hidden / in flight) is written at the row's end. One figure per
 traced configuration (mode, sequence length, masking, shapes).
 
-A plugin's call has no marks inside (``ringx.timeline.opaque``): its panel says so in its title, its forward and
-backward are hatched whole-call bars in the compute lane, its communication is what the dispatcher saw (posts; for
-functional collectives also waits and in flight), and its overlap is "n/a", never a number.
+A plugin's call (its file's otherData names the plugin) has no marks inside: its panel says so in its title, its
+forward and backward are hatched whole-call bars in the compute lane, its communication is what the dispatcher saw
+(posts; for functional collectives also waits and in flight), and its overlap is "n/a", never a number.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
-from ringx.timeline import Mark, from_chrome_trace, hidden, in_flight, opaque, overlap_fraction
+from ringx.timeline import Mark, from_chrome_trace, hidden, in_flight, overlap_fraction
 
 from .figures import STYLE, order_key, plural, save
 
@@ -63,7 +63,7 @@ class Trace:
     def opaque(self) -> bool:
         """A plugin's call (its file says so; or nothing inside the call was marked): no overlap to measure, even
         where the plugin calls ringx inside, whose marks are then only part of its call."""
-        return "plugin" in self.meta or opaque(self.marks)
+        return "plugin" in self.meta
 
     @property
     def overlap(self) -> float | None:
@@ -134,10 +134,10 @@ def rows(traces: list[Trace]) -> list[dict]:
         for (algo, world), ranks in sorted(by_call.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1])):
             slow = slowest(ranks).rank
             for r, t in sorted(ranks.items()):
-                inside = {"overlap_fraction": t.overlap, "hidden_ms": total(hidden(t.marks)) * 1e3,
-                          "compute_ms": total(busy(t.marks)) * 1e3}
-                out.append({**dict(config), "algorithm": algo, "world_size": world, "rank": r,
-                            **({k: NA for k in inside} if t.opaque else inside),
+                inside = ({k: NA for k in ("overlap_fraction", "hidden_ms", "compute_ms")} if t.opaque else
+                          {"overlap_fraction": t.overlap, "hidden_ms": total(hidden(t.marks)) * 1e3,
+                           "compute_ms": total(busy(t.marks)) * 1e3})
+                out.append({**dict(config), "algorithm": algo, "world_size": world, "rank": r, **inside,
                             "comm_ms": NA if _posts_only(t) else total(in_flight(t.marks)) * 1e3,
                             "span_ms": t.span_s * 1e3,
                             "slowest": r == slow})
@@ -233,7 +233,8 @@ def _panel(ax, ranks: dict[int, Trace]) -> None:
                 h = 0.3 if cat in ("compute", "merge", "comm") else 0.16
                 ax.broken_barh(bars, (y + lane - h / 2, h), facecolors=color, lw=0)
         star = " (slowest)" if r == slow and len(ranks) > 1 else ""
-        over = NA if t.overlap is None else f"{t.overlap:.2f}"
+        overlap = t.overlap
+        over = NA if overlap is None else f"{overlap:.2f}"
         ax.text(1.0, y, f" overlap {over}{star}", transform=blended_transform_factory(ax.transAxes,
                 ax.transData), ha="left", va="center", fontsize=6)
     ax.set_yticks(ticks, [f"rank {r}" for r in sorted(ranks)])

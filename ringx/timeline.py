@@ -13,7 +13,7 @@ Categories: ``compute`` (a kernel call on one sub-block: op ``fwd`` or ``bwd``),
 online-softmax merge of a block's partial result), ``post`` (posting a communication; the whole
 operation when it is blocking), ``wait`` (waiting for an asynchronous one), ``comm`` (an
 operation in flight: from its post until its wait returned), and ``call`` (the whole forward or
-backward of an implementation with no marks inside, a plugin: see :func:`opaque`). ``step`` is the
+backward of an implementation with no marks inside: a plugin, whose trace file says so). ``step`` is the
 schedule's n-th block pair of the pass (the ring step for the rings), ``block`` the sub-block's query
 and key rows and the rank whose K/V it used.
 
@@ -175,13 +175,6 @@ def hidden(marks: Iterable[Mark]) -> list[tuple[float, float]]:
     return _intersection(in_flight(marks), busy(marks))
 
 
-def opaque(marks: Iterable[Mark]) -> bool:
-    """Whether the call's inside was not marked: whole-call ranges and no compute (a plugin's call), so that
-    no overlap can be measured from these marks (:func:`overlap_fraction` would read 0 or 1 for nothing)."""
-    cats = {m.cat for m in marks}
-    return "call" in cats and not cats & {"compute", "merge"}
-
-
 def overlap_fraction(marks: Iterable[Mark]) -> float:
     """Communication time hidden under compute: |comm in flight AND computing| / |comm in flight|.
 
@@ -241,5 +234,5 @@ def from_chrome_trace(doc: dict) -> dict[int, list[Mark]]:
     return out
 
 
-__all__ = ["Mark", "Recording", "busy", "chrome_trace", "from_chrome_trace", "hidden", "in_flight", "opaque",
+__all__ = ["Mark", "Recording", "busy", "chrome_trace", "from_chrome_trace", "hidden", "in_flight",
            "overlap_fraction", "record", "write_chrome_trace"]

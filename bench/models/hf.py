@@ -179,11 +179,8 @@ def sharded_step(cfg, ids, pos, labels, seed: int, algorithm: str, group=None, u
     loss.backward()
     total = loss.detach().clone()
     dist.all_reduce(total, group=group)
-    grads = {}
-    for k, p in model.named_parameters():
-        g = p.grad if p.grad is not None else torch.zeros_like(p)  # an expert no token of this rank chose
-        dist.all_reduce(g, group=group)
-        grads[k] = g
+    rxt.allreduce_gradients(model, group)  # an expert no token of this rank chose contributes zeros
+    grads = {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in model.named_parameters()}
     return total.item(), grads, logits.detach()
 
 

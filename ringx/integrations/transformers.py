@@ -84,7 +84,7 @@ def config_problem(config, algorithm: str, world: int, ulysses_degree: int | Non
         return f"attention dropout ({config.attention_dropout}) is not exact under ringx: set attention_dropout=0"
     heads = config.num_attention_heads
     algo = ringx.ALGORITHMS[algorithm]
-    degree = world if algo.ulysses == "all" else (ulysses_degree if algo.ulysses == "node" else None)
+    degree = algo.degree(world, ulysses_degree, None)
     if degree and heads % degree:
         return f"{algorithm}: {heads} query heads do not divide over a Ulysses degree of {degree}"
     return ""
