@@ -104,6 +104,7 @@ def fastest_map(a) -> int:
     import pandas as pd
 
     import ringx
+    from ringx_suite import plugins
 
     from . import predicted
 
@@ -117,8 +118,8 @@ def fastest_map(a) -> int:
     outside = _plugins(a.plugin)
     if a.algorithms:
         algos = [x for x in a.algorithms.split(",") if x]
-        outside += _plugins(",".join(x for x in algos if x not in ringx.algorithms.names() and x not in outside
-                                     and x in _installed()))
+        installed, builtin = plugins.installed(), set(ringx.algorithms.names())
+        outside += [x for x in algos if x not in builtin and x in installed and x not in outside]
         unknown = [x for x in algos if x not in ringx.algorithms.names() and x not in outside]
         if unknown:
             raise UserError(f"--algorithms: unknown {', '.join(unknown)}; choose from "
@@ -176,12 +177,6 @@ def _plugins(given: str | None) -> list[str]:
         traced.register(name, p.fn)
         names.append(name)
     return names
-
-
-def _installed() -> set[str]:
-    from ringx_suite import plugins
-
-    return set(plugins.installed())
 
 
 def _degrees(u: int | None, p: int) -> str:

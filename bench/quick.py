@@ -128,15 +128,11 @@ def _plugins(a: argparse.Namespace) -> dict:
     import ringx
     from ringx_suite import plugins
 
-    got = {}
-    for n, p in plugins.load(a.algorithms, a.plugin).items():
-        if n not in ringx.ALGORITHMS:
-            got[n] = p
-        elif not a.worker:  # as bench run: the built-in runs, the clash is said once
-            print(f"[quick] {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
+    got = plugins.load_apart(a.algorithms, a.plugin, "[quick]", quiet=a.worker)  # said once, by the launcher
     usable = {}
     for n, p in got.items():
-        why = p.failure or p.why_not("cpu")
+        refused = p.refusal("cpu", ())
+        why = refused[2] if refused else None
         if why and not a.worker:
             print(f"[quick] {n} left out: {why}", file=sys.stderr, flush=True)
         if not why:

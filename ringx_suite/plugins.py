@@ -65,6 +65,10 @@ class Plugin:
         """A record's family: ``peer`` for the field's implementations the suite ships, ``plugin`` for a user's."""
         return "peer" if "ringx_drivers.peers." in self.source else "plugin"
 
+    def record_fields(self) -> dict:
+        """A record's fields that say what it ran: its family and where it came from."""
+        return {"family": self.family, "plugin_source": self.source}
+
     def refusal(self, device_type: str, masks) -> tuple[str, str | None, str] | None:
         """(status, failure, error) when it cannot run here: it could not be loaded (failed), it is not available
         on this device type, or it does not take one of ``masks`` (ringx.Mask; skipped, with the reason); else
@@ -185,9 +189,9 @@ def load(names: list[str], specs: list[str] = ()) -> dict[str, Plugin]:
     return out
 
 
-def load_apart(names: list[str], specs: list[str], prog: str) -> dict[str, Plugin]:
+def load_apart(names: list[str], specs: list[str], prog: str, quiet: bool = False) -> dict[str, Plugin]:
     """:func:`load`, less any plugin named like a built-in: that name runs the built-in, and rank 0 says so in one
-    line on stderr (every rank loads alike, before any process group exists)."""
+    line on stderr unless ``quiet`` (every rank loads alike, before any process group exists)."""
     import ringx
 
     from .cli import env_rank
@@ -196,7 +200,7 @@ def load_apart(names: list[str], specs: list[str], prog: str) -> dict[str, Plugi
     for n, p in load(names, specs).items():
         if n not in ringx.ALGORITHMS:
             out[n] = p
-        elif env_rank() == 0:
+        elif env_rank() == 0 and not quiet:
             print(f"{prog}: {p.failure}; {n} runs as the built-in", file=sys.stderr, flush=True)
     return out
 

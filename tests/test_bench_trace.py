@@ -13,6 +13,7 @@ import pytest
 from ringx_analysis import timeline as tl
 from ringx_analysis.__main__ import main as analysis_main
 from tests.mpi import launch
+from tests.test_plugins import by_name
 
 ALGOS = ("ring", "ringx4o", "ringx3b")
 
@@ -61,7 +62,7 @@ def test_bench_run_records_call_peaks_and_with_trace_the_overlap(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     plain = launch(2, ["-m", "ringx_bench", "run", *small, "--campaign", "plain"], timeout=300)
     assert plain.returncode == 0, plain.stdout + plain.stderr
-    recs = {r["algorithm"]: r for r in Store(tmp_path, "traced").records()}
+    recs = by_name(tmp_path, "traced")
     s = memory.sizes(1, 128, 4, 4, 16, __import__("torch").float32)
     for algo, r in recs.items():
         assert validate(r) == [], r
@@ -162,14 +163,14 @@ def test_the_timeline_draws_a_campaign_holding_plugins(plugin_trace, capsys):
 
 def test_bench_run_with_trace_records_no_overlap_for_a_plugin(tmp_path):
     """Nothing inside a plugin is marked: an overlap_fraction would be a number measured from nothing."""
-    from ringx_suite.store import Store, validate
+    from ringx_suite.store import validate
 
     proc = launch(2, ["-m", "ringx_bench", "run", "--algorithms", "ring", "--plugin", f"mine={EXAMPLE}:attention",
                       "--seq", str(SEQ), "--heads", "4", "--kv-heads", str(KV_HEADS), "--head-dim", str(HEAD_DIM),
                       "--iters", "2", "--warmup", "1", "--mode", "fwd", "--quiet", "--trace", "--out", str(tmp_path)],
                   timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    recs = {r["algorithm"]: r for r in Store(tmp_path, "default").records()}
+    recs = by_name(tmp_path, "default")
     assert all(validate(r) == [] for r in recs.values())
     assert "overlap_fraction" in recs["ring"] and "overlap_fraction" not in recs["mine"]
 

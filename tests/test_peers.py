@@ -16,6 +16,7 @@ import torch
 import ringx
 from ringx_suite.store import Store
 from tests.mpi import launch
+from tests.test_plugins import by_name
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDINS = ROOT / "tests" / "standins"
@@ -147,6 +148,6 @@ def test_ring_flash_attentions_llama3_varlen_runs_packed_documents(tmp_path):
                       "--dtype", "float32", "--check", "--out", str(tmp_path), "--campaign", "d", *args],
                   timeout=300, env={"PYTHONPATH": f"{STANDINS}:{ROOT}"})
     assert proc.returncode == 0, proc.stderr
-    recs = {r["algorithm"]: r for r in Store(tmp_path, "d").records()}
+    recs = by_name(tmp_path, "d")
     assert recs["rfa-llama3"]["status"] == "ok", (docs, recs["rfa-llama3"].get("error"))
     assert recs["rfa-llama3"]["timing_group"] == recs["ring"]["timing_group"] and recs["rfa-llama3"]["samples_s"]

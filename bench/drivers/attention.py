@@ -172,7 +172,7 @@ class Attention(CaseDriver):
     def record_fields(self, pt: Point) -> dict:
         ext = self.external.get(pt.algorithm)
         if ext:  # the field's implementations (bench/peers/) apart from a user's own
-            return {"family": ext.family, "plugin_source": ext.source}
+            return ext.record_fields()
         return {"family": self.ringx.ALGORITHMS[pt.algorithm].family}
 
     def own(self, pt: Point):

@@ -135,10 +135,10 @@ def make_attend(algorithm: str, causal: bool, kernel=None, ulysses_degree=None, 
     contract's call over the world group), outside autocast (its inputs are already in the compute dtype).
     ``state`` (a dict) may carry ``stats`` (a CallStats) and ``validate`` per call. ``masks`` (ringx.Mask, the
     layers cycling through them): one attend per mask, the list the model takes."""
-    import ringx
+    from ringx.mask import as_mask
 
     if plugin is not None:
-        whole = masks or [ringx.Mask.causal() if causal else ringx.Mask.full()]
+        whole = masks or [as_mask(causal=causal)]
         got = [_plugin_attend(plugin, m) for m in whole]
         return got if masks else got[0]
     if masks:
@@ -352,10 +352,9 @@ class TrainingStep(ModelDriver):
     def record_fields(self, pt: StepAt) -> dict:
         import ringx
 
-        ext = self.external.get(pt.algorithm)
-        if ext:
-            return {"family": ext.family, "plugin_source": ext.source, "lr": self.model.lr}
-        return {"family": ringx.ALGORITHMS[pt.algorithm].family, "lr": self.model.lr}
+        ext = self.own(pt)
+        return {**(ext.record_fields() if ext else {"family": ringx.ALGORITHMS[pt.algorithm].family}),
+                "lr": self.model.lr}
 
     def own(self, pt: StepAt):
         return self.external.get(pt.algorithm)
@@ -364,7 +363,7 @@ class TrainingStep(ModelDriver):
         import ringx
 
         m = self.plan.layout_mask(pt.seq)
-        ext = self.external.get(pt.algorithm)
+        ext = self.own(pt)
         if ext:
             return ext.layout(m if isinstance(m, bool) else m.causal_layout)
         return ringx.ALGORITHMS[pt.algorithm].layout(m) if isinstance(m, bool) else \
@@ -372,13 +371,13 @@ class TrainingStep(ModelDriver):
 
     def unrunnable(self, pt: StepAt):
         """A plugin that could not be loaded, is not available here or does not take a layer's mask."""
-        import ringx
+        from ringx.mask import as_mask
 
-        ext = self.external.get(pt.algorithm)
+        ext = self.own(pt)
         if not ext:
             return None
         c = self.plan.config
-        masks = self.plan.masks_at(pt.seq) or [ringx.Mask.causal() if c.causal else ringx.Mask.full()]
+        masks = self.plan.masks_at(pt.seq) or [as_mask(causal=c.causal)]
         return ext.refusal(self.ctx.device.type, masks)
 
     def start(self, total: int) -> None:
@@ -526,7 +525,9 @@ class TrainingStep(ModelDriver):
     @property
     def is_hf(self) -> bool:
         """A transformers model (--hf, --hf-config): bench/models/hf.py builds and steps it."""
-        return hasattr(self.plan.config, "hf")
+        from ringx_drivers.models.hf import is_hf
+
+        return is_hf(self.plan.config)
 
     def hf_inputs(self, cases: list[Case]) -> dict:
         """:meth:`inputs` of a transformers model: the same weights on every rank (one seed, drawn on the CPU), its

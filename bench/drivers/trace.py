@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from ringx_drivers.driver import Driver, mpi_main
@@ -152,12 +153,8 @@ class Tracer(Driver):
             call(None)
         torch.distributed.barrier()  # the ranks' recordings start together
         traffic = Traffic(marks=True) if ext else None  # a plugin's communication, marked at the dispatcher
-        with timeline.record(dev) as rec:
-            if traffic is None:
-                call(None)
-            else:
-                with traffic:
-                    call(None)
+        with timeline.record(dev) as rec, traffic or nullcontext():
+            call(None)
         meta = {"algorithm": pt.algorithm, "world_size": self.P, "rank": self.rank, "mode": pt.mode,
                 "seq": pt.seq, "causal": pt.causal, "batch": pt.batch, "heads": pt.heads,
                 "kv_heads": pt.kv_heads, "head_dim": pt.head_dim, "dtype": pt.dtype, "device": dev.type,

@@ -7,6 +7,7 @@ Nothing is downloaded: an architecture's config is its class's defaults with tin
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -125,10 +126,6 @@ def global_batch(cfg, batch: int, seq: int, seed: int, documents: tuple[int, ...
     return ids, pos.expand(batch, seq).contiguous(), labels
 
 
-def params_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def dense_masks(cfg, documents: tuple[int, ...], seq: int) -> dict:
     """Additive float64 masks (1, 1, seq, seq) per layer kind for packed ``documents``, written from transformers'
     definitions (same document, j <= i, and i - j < W for sliding layers): what the unsharded gpt-oss needs, whose
@@ -237,26 +234,33 @@ class HFModel:
                 "rope_theta": self.rope_theta, "norm_eps": self.norm_eps, "hf": self.name,
                 "hf_config": {k: getattr(self.hf, k) for k in keep if getattr(self.hf, k, None) is not None}}
 
-    def problem(self) -> str:
-        return ""
-
     def counts(self) -> tuple[int, int]:
         """(parameters, parameters a token's FLOPs count: without the input embedding, and with only the experts a
-        token uses), from the model built on the meta device (no memory)."""
-        import torch
-        import transformers
+        token uses), from the model built on the meta device (no memory); once per configuration."""
+        return _counts(self)
 
-        with torch.device("meta"):
-            m = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(self.hf))
-        total, active = 0, 0
-        experts = getattr(self.hf, "num_local_experts", 0) or 0
-        share = (getattr(self.hf, "num_experts_per_tok", 0) or 0) / experts if experts else 1.0
-        for name, p in m.named_parameters():
-            total += p.numel()
-            if "embed_tokens" in name:
-                continue
-            active += p.numel() * (share if ".experts." in name else 1.0)
-        return total, int(active)
+
+def is_hf(cfg) -> bool:
+    """Whether a plan's model config is a transformers model (``--hf``, ``--hf-config``)."""
+    return isinstance(cfg, HFModel)
+
+
+@functools.lru_cache(maxsize=16)
+def _counts(cfg: HFModel) -> tuple[int, int]:
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        m = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(cfg.hf))
+    total, active = 0, 0
+    experts = getattr(cfg.hf, "num_local_experts", 0) or 0
+    share = (getattr(cfg.hf, "num_experts_per_tok", 0) or 0) / experts if experts else 1.0
+    for name, p in m.named_parameters():
+        total += p.numel()
+        if "embed_tokens" in name:
+            continue
+        active += p.numel() * (share if ".experts." in name else 1.0)
+    return total, int(active)
 
 
 def model_of(arch: str | None, path: str | None, overrides: dict) -> HFModel:

@@ -64,7 +64,7 @@ def llama3(q, k, v, *, group, causal: bool | None = None, mask=None):
     packs a row's tokens; a row of documents is what it is written for)."""
     import ringx
 
-    m = mask if mask is not None else ringx.Mask.causal() if causal else ringx.Mask.full()
+    m = ringx.mask.as_mask(mask, causal)
     if m.kind == "docs" and m.left is not None:
         raise ValueError("rfa-llama3 is run without a window here (the flash-attn stand-in has none)")
     world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)

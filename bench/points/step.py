@@ -25,6 +25,12 @@ POINT = ("algorithms", "seq", "seq_per_rank", "batch", "mask")  # bench model's 
 SWEEP_PARAMS = MODEL_KEYS + POINT
 
 
+def _is_hf(cfg) -> bool:
+    from ringx_drivers.models.hf import is_hf  # here: the models import torch, which planning a sweep may not need
+
+    return is_hf(cfg)
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """What ``bench model`` runs: the model, the points (global seq, algorithm) and how to measure them."""
@@ -57,7 +63,7 @@ class ModelPlan:
         pattern's ``mask`` is ``layers:A/B/...`` and ``layer_masks`` each layer pattern's text."""
         from ringx_suite import masks as suite_masks
 
-        if hasattr(self.config, "layer_masks"):  # a transformers model: its layers' own masks
+        if _is_hf(self.config):  # a transformers model: its layers' own masks
             return self.config.mask_fields(seq)
         if self.mask:
             return suite_masks.record_fields(self.mask, self.masks_at(seq)[0], self.mask_seed)
@@ -79,7 +85,7 @@ def model_plan(given: dict, world: int, external: dict | None = None) -> tuple[o
     import ringx
     from ringx_drivers import models
 
-    external = {n: p for n, p in (external or {}).items() if n not in ringx.ALGORITHMS}
+    external = external or {}  # plugins named like a built-in were left out by their loader
 
     if isinstance(given.get("layer_masks"), list):  # a TOML list: the option's text form
         given = given | {"layer_masks": ",".join(map(str, given["layer_masks"]))}
@@ -344,7 +350,7 @@ def param_count(c) -> int:
 
     from ringx_drivers import models
 
-    if hasattr(c, "counts"):  # --hf, --hf-config (bench/models/hf.py)
+    if _is_hf(c):  # --hf, --hf-config (bench/models/hf.py)
         return c.counts()[0]
 
     with torch.device("meta"):
@@ -358,7 +364,7 @@ def flops_per_token(cfg, seq: int, masks) -> tuple[float, int]:
     from ringx.flops import masked_model_flops_per_token, model_flops_per_token
     from ringx_drivers import models
 
-    hf = hasattr(cfg, "counts")  # --hf, --hf-config (bench/models/hf.py)
+    hf = _is_hf(cfg)
     n = cfg.counts()[1] if hf else models.flops_params(cfg)
     if hf:
         masks = tuple(cfg.layer_masks(seq))
