@@ -59,9 +59,11 @@ def rows(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None) -> Table:
-    """One row per (configuration, outsider): its median ms, ring's speedup over it and the fastest of ours'."""
-    d = rows(summary)
+def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame | None = None,
+          d: pd.DataFrame | None = None) -> Table:
+    """One row per (configuration, outsider): its median ms, ring's speedup over it and the fastest of ours'
+    (``d``: :func:`rows` of the summary, when the caller has them)."""
+    d = rows(summary) if d is None else d
     if d.empty:
         raise ValueError("no outside implementation (peer or plugin) with successful records")
     varying, fixed = _constants(summary)
@@ -92,9 +94,11 @@ def table(summary: pd.DataFrame, baseline: str = "ring", records: pd.DataFrame |
 
 
 @figures.styled
-def figure(summary: pd.DataFrame, baseline: str = "ring", width: str = "two", records: pd.DataFrame | None = None):
-    """A panel per outsider: ring's and the fastest of ours' speedup over it at each configuration."""
-    d = rows(summary)
+def figure(summary: pd.DataFrame, baseline: str = "ring", width: str = "two", records: pd.DataFrame | None = None,
+           d: pd.DataFrame | None = None):
+    """A panel per outsider: ring's and the fastest of ours' speedup over it at each configuration (``d``: as
+    :func:`table`'s)."""
+    d = rows(summary) if d is None else d
     if d.empty:
         raise figures.NoData("no outside implementation (peer or plugin) with successful records")
     keys = [c for c, _ in _constants(summary)[0]]

@@ -266,8 +266,9 @@ def _field(summary: pd.DataFrame | None, out: Path, formats: tuple[str, ...]) ->
     if summary is None or not field.outsiders(summary):
         return [], [], {}
     try:
-        fig = field.figure(summary)
-        t = field.table(summary)
+        d = field.rows(summary)  # bootstrap intervals: computed once for the figure and the table
+        fig = field.figure(summary, d=d)
+        t = field.table(summary, d=d)
     except (figures.NoData, ValueError) as e:
         return [], [], {field.SECTION: str(e)}
     paths = figures.save(fig, out, field.FIGURE, formats)
