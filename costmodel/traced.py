@@ -102,8 +102,10 @@ def trace_calls(fn: Callable, causal: bool, world: int, rank: int, *, batch: int
         raise CannotTrace(f"it does not run on meta tensors under the fake process group: {type(e).__name__}: "
                           f"{msg[:200]}") from None
     finally:
+        from ringx import launch
+
         with _muted_stderr():  # torch's C++ logger warns at every fake group's teardown ("No backend of type 0")
-            dist.destroy_process_group()
+            launch.finalize()  # and ringx's caches of the fake group (a plugin may call ringx) go with it
 
 
 def _run(fn: Callable, q, k, v, causal: bool, group, backward: bool, reference: bool) -> tuple[list, list]:
